@@ -1,1 +1,16 @@
+//! The API's model of resources, independent of HTTP and storage: the registry of served
+//! resources ([`registry`]), per-kind strategies for defaulting and validation
+//! ([`strategy`], [`validation`]), selectors ([`selector`]), patching ([`patch`]) and
+//! server-side printing ([`table`]).
 
+pub mod patch;
+pub mod registry;
+pub mod selector;
+pub mod strategy;
+pub mod table;
+pub mod validation;
+
+pub use registry::{Registry, ResourceInfo, Verbs};
+
+/// The Kubernetes version kite serves.
+pub const KUBERNETES_VERSION: &str = "v1.36.0";

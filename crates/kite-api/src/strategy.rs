@@ -1,0 +1,733 @@
+//! Per-kind strategies, as upstream's registry has them: defaulting, validation on create and
+//! update (including immutable fields), which fields a field selector may use, and whether a
+//! change bumps `metadata.generation`. Kinds without special rules get the generic behaviour.
+
+use crate::registry::ResourceInfo;
+use crate::validation::{self as v, FieldError};
+use serde_json::{json, Map, Value};
+
+fn obj_mut<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
+    if !v.get(key).is_some_and(Value::is_object) {
+        v[key] = json!({});
+    }
+    v[key].as_object_mut().unwrap()
+}
+
+fn set_default(m: &mut Map<String, Value>, key: &str, val: Value) {
+    if m.get(key).is_none_or(Value::is_null) {
+        m.insert(key.to_string(), val);
+    }
+}
+
+/// The image pull policy upstream defaults from the tag: Always for `:latest` or no tag.
+pub fn default_pull_policy(image: &str) -> &'static str {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    let no_digest = !image.contains('@');
+    match last.split_once(':') {
+        _ if !no_digest => "IfNotPresent",
+        Some((_, "latest")) | None => "Always",
+        _ => "IfNotPresent",
+    }
+}
+
+fn default_container(c: &mut Value) {
+    let image = c["image"].as_str().unwrap_or_default().to_string();
+    let m = match c.as_object_mut() {
+        Some(m) => m,
+        None => return,
+    };
+    set_default(m, "terminationMessagePath", json!("/dev/termination-log"));
+    set_default(m, "terminationMessagePolicy", json!("File"));
+    set_default(m, "imagePullPolicy", json!(default_pull_policy(&image)));
+    set_default(m, "resources", json!({}));
+    if let Some(ports) = m.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            set_default(p, "protocol", json!("TCP"));
+        }
+    }
+}
+
+/// Defaults a PodSpec as upstream's SetDefaults_PodSpec and friends do.
+pub fn default_pod_spec(spec: &mut Value, restart_default: Option<&str>) {
+    let m = match spec.as_object_mut() {
+        Some(m) => m,
+        None => return,
+    };
+    if let Some(r) = restart_default {
+        set_default(m, "restartPolicy", json!(r));
+    }
+    set_default(m, "dnsPolicy", json!("ClusterFirst"));
+    set_default(m, "terminationGracePeriodSeconds", json!(30));
+    set_default(m, "securityContext", json!({}));
+    set_default(m, "schedulerName", json!("default-scheduler"));
+    set_default(m, "enableServiceLinks", json!(true));
+    for key in ["containers", "initContainers"] {
+        if let Some(cs) = m.get_mut(key).and_then(Value::as_array_mut) {
+            cs.iter_mut().for_each(default_container);
+        }
+    }
+}
+
+fn default_template(obj: &mut Value, ptr: &str, restart_default: Option<&str>) {
+    if let Some(spec) = obj.pointer_mut(ptr) {
+        default_pod_spec(spec, restart_default);
+    }
+}
+
+/// Applies the kind's defaults to a new or updated object.
+pub fn default(ri: &ResourceInfo, obj: &mut Value) {
+    match (ri.group, ri.kind) {
+        ("", "Pod") => {
+            default_pod_spec(&mut obj["spec"], Some("Always"));
+            let spec = obj_mut(obj, "spec");
+            set_default(spec, "serviceAccountName", json!("default"));
+            set_default(spec, "priority", json!(0));
+            set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+            let status = obj_mut(obj, "status");
+            set_default(status, "phase", json!("Pending"));
+        }
+        ("apps", "Deployment") => {
+            let spec = obj_mut(obj, "spec");
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "progressDeadlineSeconds", json!(600));
+            set_default(spec, "strategy", json!({"type": "RollingUpdate"}));
+            if let Some(s) = spec.get_mut("strategy").and_then(Value::as_object_mut) {
+                set_default(s, "type", json!("RollingUpdate"));
+                if s["type"] == "RollingUpdate" {
+                    let ru = s
+                        .entry("rollingUpdate")
+                        .or_insert_with(|| json!({}));
+                    if let Some(ru) = ru.as_object_mut() {
+                        set_default(ru, "maxSurge", json!("25%"));
+                        set_default(ru, "maxUnavailable", json!("25%"));
+                    }
+                }
+            }
+            default_template(obj, "/spec/template/spec", Some("Always"));
+        }
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => {
+            set_default(obj_mut(obj, "spec"), "replicas", json!(1));
+            default_template(obj, "/spec/template/spec", Some("Always"));
+        }
+        ("apps", "StatefulSet") => {
+            let spec = obj_mut(obj, "spec");
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(
+                spec,
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+            );
+            set_default(
+                spec,
+                "persistentVolumeClaimRetentionPolicy",
+                json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+            );
+            default_template(obj, "/spec/template/spec", Some("Always"));
+        }
+        ("apps", "DaemonSet") => {
+            let spec = obj_mut(obj, "spec");
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(
+                spec,
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+            );
+            default_template(obj, "/spec/template/spec", Some("Always"));
+        }
+        ("batch", "Job") => {
+            default_job_spec(obj_mut(obj, "spec"));
+            default_template(obj, "/spec/template/spec", None);
+        }
+        ("batch", "CronJob") => {
+            let spec = obj_mut(obj, "spec");
+            set_default(spec, "concurrencyPolicy", json!("Allow"));
+            set_default(spec, "suspend", json!(false));
+            set_default(spec, "successfulJobsHistoryLimit", json!(3));
+            set_default(spec, "failedJobsHistoryLimit", json!(1));
+            if let Some(js) = obj.pointer_mut("/spec/jobTemplate/spec") {
+                if let Some(m) = js.as_object_mut() {
+                    default_job_spec(m);
+                }
+            }
+            default_template(obj, "/spec/jobTemplate/spec/template/spec", None);
+        }
+        ("", "Service") => default_service(obj),
+        ("", "Secret") => {
+            set_default(obj.as_object_mut().unwrap(), "type", json!("Opaque"));
+        }
+        ("", "Namespace") => {
+            let name = obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+            if let Some(n) = name.as_str() {
+                let meta = obj_mut(obj, "metadata");
+                let labels = meta.entry("labels").or_insert_with(|| json!({}));
+                if !labels.is_object() {
+                    *labels = json!({});
+                }
+                labels["kubernetes.io/metadata.name"] = json!(n);
+            }
+            set_default(obj_mut(obj, "spec"), "finalizers", json!(["kubernetes"]));
+            set_default(obj_mut(obj, "status"), "phase", json!("Active"));
+        }
+        ("", "PersistentVolumeClaim") => {
+            set_default(obj_mut(obj, "spec"), "volumeMode", json!("Filesystem"));
+            set_default(obj_mut(obj, "status"), "phase", json!("Pending"));
+        }
+        ("", "PersistentVolume") => {
+            let spec = obj_mut(obj, "spec");
+            set_default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+            set_default(spec, "volumeMode", json!("Filesystem"));
+            set_default(obj_mut(obj, "status"), "phase", json!("Pending"));
+        }
+        _ => {}
+    }
+}
+
+fn default_job_spec(spec: &mut Map<String, Value>) {
+    let completions_set = spec.get("completions").is_some_and(|v| !v.is_null());
+    let parallelism_set = spec.get("parallelism").is_some_and(|v| !v.is_null());
+    if !completions_set && !parallelism_set {
+        spec.insert("completions".into(), json!(1));
+    }
+    set_default(spec, "parallelism", json!(1));
+    set_default(spec, "backoffLimit", json!(6));
+    set_default(spec, "completionMode", json!("NonIndexed"));
+    set_default(spec, "suspend", json!(false));
+    set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    set_default(spec, "manualSelector", Value::Null);
+    if spec.get("manualSelector").is_some_and(Value::is_null) {
+        spec.remove("manualSelector");
+    }
+}
+
+fn default_service(obj: &mut Value) {
+    let spec = obj_mut(obj, "spec");
+    set_default(spec, "type", json!("ClusterIP"));
+    set_default(spec, "sessionAffinity", json!("None"));
+    let ty = spec["type"].as_str().unwrap_or_default().to_string();
+    if ty != "ExternalName" {
+        set_default(spec, "ipFamilies", json!(["IPv4"]));
+        set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
+        set_default(spec, "internalTrafficPolicy", json!("Cluster"));
+    }
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        set_default(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    if ty == "LoadBalancer" {
+        set_default(spec, "allocateLoadBalancerNodePorts", json!(true));
+    }
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            set_default(p, "protocol", json!("TCP"));
+            if let Some(port) = p.get("port").cloned() {
+                set_default(p, "targetPort", port);
+            }
+        }
+    }
+}
+
+/// Validates metadata common to all kinds.
+pub fn validate_meta(ri: &ResourceInfo, obj: &Value, errs: &mut Vec<FieldError>) {
+    let meta = &obj["metadata"];
+    let name = meta["name"].as_str().unwrap_or_default();
+    if name.is_empty() {
+        errs.push(FieldError::required("metadata.name"));
+    } else {
+        let check = match (ri.group, ri.kind) {
+            ("", "Namespace") => v::dns1123_label(name),
+            ("", "Service") => v::dns1035_label(name),
+            _ => {
+                if name.contains('/') || name.contains('%') || name == "." || name == ".." {
+                    Some("may not contain '/' or '%' and may not be '.' or '..'".into())
+                } else if ri.group == "rbac.authorization.k8s.io" {
+                    // RBAC names are path segments only (e.g. "system:admin").
+                    None
+                } else {
+                    v::dns1123_subdomain(name)
+                }
+            }
+        };
+        if let Some(e) = check {
+            errs.push(FieldError::invalid("metadata.name", &meta["name"], &e));
+        }
+    }
+    v::labels_and_annotations(meta, "metadata", errs);
+}
+
+fn validate_container(c: &Value, path: &str, names: &mut Vec<String>, errs: &mut Vec<FieldError>) {
+    match c["name"].as_str() {
+        None | Some("") => errs.push(FieldError::required(format!("{path}.name"))),
+        Some(n) => {
+            if let Some(e) = v::dns1123_label(n) {
+                errs.push(FieldError::invalid(format!("{path}.name"), &c["name"], &e));
+            }
+            if names.iter().any(|x| x == n) {
+                errs.push(FieldError::duplicate(format!("{path}.name"), &c["name"]));
+            }
+            names.push(n.to_string());
+        }
+    }
+    if c["image"].as_str().is_none_or(|s| s.trim().is_empty()) {
+        errs.push(FieldError::required(format!("{path}.image")));
+    }
+    if let Some(p) = c["imagePullPolicy"].as_str() {
+        if !["Always", "IfNotPresent", "Never"].contains(&p) {
+            errs.push(FieldError::not_supported(
+                format!("{path}.imagePullPolicy"),
+                &c["imagePullPolicy"],
+                &["Always", "IfNotPresent", "Never"],
+            ));
+        }
+    }
+    if let Some(ports) = c["ports"].as_array() {
+        for (i, p) in ports.iter().enumerate() {
+            let cp = p["containerPort"].as_i64().unwrap_or(0);
+            if !(1..=65535).contains(&cp) {
+                errs.push(FieldError::invalid(
+                    format!("{path}.ports[{i}].containerPort"),
+                    &p["containerPort"],
+                    "must be between 1 and 65535, inclusive",
+                ));
+            }
+        }
+    }
+}
+
+/// Validates a PodSpec at `path`.
+pub fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    let mut names = Vec::new();
+    match spec["containers"].as_array() {
+        Some(cs) if !cs.is_empty() => {
+            for (i, c) in cs.iter().enumerate() {
+                validate_container(c, &format!("{path}.containers[{i}]"), &mut names, errs);
+            }
+        }
+        _ => errs.push(FieldError::required(format!("{path}.containers"))),
+    }
+    if let Some(cs) = spec["initContainers"].as_array() {
+        for (i, c) in cs.iter().enumerate() {
+            validate_container(c, &format!("{path}.initContainers[{i}]"), &mut names, errs);
+        }
+    }
+    if let Some(r) = spec["restartPolicy"].as_str() {
+        if !["Always", "OnFailure", "Never"].contains(&r) {
+            errs.push(FieldError::not_supported(
+                format!("{path}.restartPolicy"),
+                &spec["restartPolicy"],
+                &["Always", "OnFailure", "Never"],
+            ));
+        }
+    }
+    if let Some(d) = spec["dnsPolicy"].as_str() {
+        let ok = ["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
+        if !ok.contains(&d) {
+            errs.push(FieldError::not_supported(
+                format!("{path}.dnsPolicy"),
+                &spec["dnsPolicy"],
+                &ok,
+            ));
+        }
+    }
+}
+
+fn validate_workload(obj: &Value, errs: &mut Vec<FieldError>, restart_only_always: bool) {
+    let spec = &obj["spec"];
+    if let Some(r) = spec["replicas"].as_i64() {
+        if r < 0 {
+            errs.push(FieldError::invalid(
+                "spec.replicas",
+                &spec["replicas"],
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    let selector = &spec["selector"];
+    let empty_sel = selector.get("matchLabels").is_none_or(|m| m.as_object().is_none_or(|m| m.is_empty()))
+        && selector.get("matchExpressions").is_none_or(|m| m.as_array().is_none_or(|a| a.is_empty()));
+    if selector.is_null() || empty_sel {
+        errs.push(FieldError::required("spec.selector"));
+    } else {
+        match crate::selector::LabelSelector::from_object(selector) {
+            Ok(sel) => {
+                let tmpl = json!({"metadata": {"labels": spec["template"]["metadata"]["labels"]}});
+                if !sel.matches_object(&tmpl) {
+                    errs.push(FieldError::invalid(
+                        "spec.template.metadata.labels",
+                        &spec["template"]["metadata"]["labels"],
+                        "`selector` does not match template `labels`",
+                    ));
+                }
+            }
+            Err(e) => errs.push(FieldError::invalid("spec.selector", selector, &e.0)),
+        }
+    }
+    validate_pod_spec(&spec["template"]["spec"], "spec.template.spec", errs);
+    if restart_only_always {
+        if let Some(r) = spec["template"]["spec"]["restartPolicy"].as_str() {
+            if r != "Always" {
+                errs.push(FieldError::not_supported(
+                    "spec.template.spec.restartPolicy",
+                    &spec["template"]["spec"]["restartPolicy"],
+                    &["Always"],
+                ));
+            }
+        }
+    }
+}
+
+fn validate_service(obj: &Value, errs: &mut Vec<FieldError>, range: (i64, i64)) {
+    let spec = &obj["spec"];
+    let ty = spec["type"].as_str().unwrap_or("ClusterIP");
+    let types = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
+    if !types.contains(&ty) {
+        errs.push(FieldError::not_supported("spec.type", &spec["type"], &types));
+    }
+    let ports = spec["ports"].as_array().cloned().unwrap_or_default();
+    let headless = spec["clusterIP"] == "None";
+    if ports.is_empty() && ty != "ExternalName" && !headless {
+        errs.push(FieldError::required("spec.ports"));
+    }
+    let mut names = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let path = format!("spec.ports[{i}]");
+        let port = p["port"].as_i64().unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            errs.push(FieldError::invalid(
+                format!("{path}.port"),
+                &p["port"],
+                "must be between 1 and 65535, inclusive",
+            ));
+        }
+        let name = p["name"].as_str().unwrap_or_default();
+        if ports.len() > 1 && name.is_empty() {
+            errs.push(FieldError::required(format!("{path}.name")));
+        }
+        if !name.is_empty() {
+            if names.contains(&name) {
+                errs.push(FieldError::duplicate(format!("{path}.name"), &p["name"]));
+            }
+            names.push(name);
+        }
+        if let Some(np) = p["nodePort"].as_i64() {
+            if np != 0 && ty == "ClusterIP" {
+                errs.push(FieldError::forbidden(
+                    format!("{path}.nodePort"),
+                    "may not be used when `type` is 'ClusterIP'",
+                ));
+            } else if np != 0 && (np < range.0 || np > range.1) {
+                errs.push(FieldError::invalid(
+                    format!("{path}.nodePort"),
+                    &p["nodePort"],
+                    &format!("provided port is not in the valid range. The range of valid ports is {}-{}", range.0, range.1),
+                ));
+            }
+        }
+        if let Some(proto) = p["protocol"].as_str() {
+            if !["TCP", "UDP", "SCTP"].contains(&proto) {
+                errs.push(FieldError::not_supported(
+                    format!("{path}.protocol"),
+                    &p["protocol"],
+                    &["SCTP", "TCP", "UDP"],
+                ));
+            }
+        }
+    }
+}
+
+fn validate_data_keys(obj: &Value, errs: &mut Vec<FieldError>) {
+    for field in ["data", "binaryData", "stringData"] {
+        if let Some(m) = obj[field].as_object() {
+            for k in m.keys() {
+                let ok = !k.is_empty()
+                    && k.len() <= 253
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                if !ok {
+                    errs.push(FieldError::invalid(
+                        format!("{field}[{k}]"),
+                        &Value::String(k.clone()),
+                        "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Cluster settings validation needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_port_range: (i64, i64),
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            node_port_range: (30000, 32767),
+        }
+    }
+}
+
+/// Validates an object of the kind; `old` is the stored object on update.
+pub fn validate(
+    ri: &ResourceInfo,
+    obj: &Value,
+    old: Option<&Value>,
+    settings: &Settings,
+) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    validate_meta(ri, obj, &mut errs);
+    match (ri.group, ri.kind) {
+        ("", "Pod") => validate_pod_spec(&obj["spec"], "spec", &mut errs),
+        ("apps", "Deployment") => validate_workload(obj, &mut errs, true),
+        ("apps", "ReplicaSet") | ("apps", "DaemonSet") => validate_workload(obj, &mut errs, true),
+        ("apps", "StatefulSet") => validate_workload(obj, &mut errs, true),
+        ("batch", "Job") => {
+            let spec = &obj["spec"];
+            validate_pod_spec(&spec["template"]["spec"], "spec.template.spec", &mut errs);
+            match spec["template"]["spec"]["restartPolicy"].as_str() {
+                Some("OnFailure") | Some("Never") => {}
+                _ => errs.push(FieldError::not_supported(
+                    "spec.template.spec.restartPolicy",
+                    &spec["template"]["spec"]["restartPolicy"],
+                    &["OnFailure", "Never"],
+                )),
+            }
+        }
+        ("batch", "CronJob") => {
+            if obj["spec"]["schedule"].as_str().is_none_or(str::is_empty) {
+                errs.push(FieldError::required("spec.schedule"));
+            }
+            let ts = &obj["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+            validate_pod_spec(ts, "spec.jobTemplate.spec.template.spec", &mut errs);
+        }
+        ("", "Service") => validate_service(obj, &mut errs, settings.node_port_range),
+        ("", "ConfigMap") | ("", "Secret") => validate_data_keys(obj, &mut errs),
+        _ => {}
+    }
+    if let Some(old) = old {
+        validate_update(ri, obj, old, &mut errs);
+    }
+    errs
+}
+
+fn immutable(obj: &Value, old: &Value, ptr: &str, field: &str, errs: &mut Vec<FieldError>) {
+    let new_v = obj.pointer(ptr).unwrap_or(&Value::Null);
+    let old_v = old.pointer(ptr).unwrap_or(&Value::Null);
+    if new_v != old_v {
+        errs.push(FieldError::invalid(
+            field,
+            new_v,
+            "field is immutable",
+        ));
+    }
+}
+
+fn validate_update(ri: &ResourceInfo, obj: &Value, old: &Value, errs: &mut Vec<FieldError>) {
+    match (ri.group, ri.kind) {
+        ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet")
+        | ("apps", "StatefulSet") => {
+            immutable(obj, old, "/spec/selector", "spec.selector", errs);
+        }
+        ("batch", "Job") => {
+            immutable(obj, old, "/spec/selector", "spec.selector", errs);
+            immutable(obj, old, "/spec/completions", "spec.completions", errs);
+        }
+        ("", "Service") => {
+            let old_ip = old.pointer("/spec/clusterIP");
+            let new_ip = obj.pointer("/spec/clusterIP");
+            if old_ip.is_some_and(|v| !v.is_null() && v != "")
+                && new_ip.is_some_and(|v| !v.is_null() && v != "")
+                && old_ip != new_ip
+            {
+                errs.push(FieldError::invalid(
+                    "spec.clusterIPs[0]",
+                    new_ip.unwrap(),
+                    "may not change once set",
+                ));
+            }
+        }
+        ("", "ConfigMap") | ("", "Secret") => {
+            if old["immutable"] == true {
+                for f in ["data", "binaryData"] {
+                    if obj[f] != old[f] {
+                        errs.push(FieldError::forbidden(
+                            f,
+                            "field is immutable when `immutable` is set",
+                        ));
+                    }
+                }
+                if obj["immutable"] != true {
+                    errs.push(FieldError::forbidden(
+                        "immutable",
+                        "field is immutable when `immutable` is set",
+                    ));
+                }
+            }
+            if ri.kind == "Secret" {
+                immutable(obj, old, "/type", "type", errs);
+            }
+        }
+        ("", "Pod") => {
+            // Only image, activeDeadlineSeconds and additions to tolerations may change.
+            let mut a = obj["spec"].clone();
+            let mut b = old["spec"].clone();
+            for s in [&mut a, &mut b] {
+                for key in ["containers", "initContainers"] {
+                    if let Some(cs) = s.get_mut(key).and_then(Value::as_array_mut) {
+                        for c in cs.iter_mut().filter_map(Value::as_object_mut) {
+                            c.remove("image");
+                        }
+                    }
+                }
+                if let Some(m) = s.as_object_mut() {
+                    m.remove("activeDeadlineSeconds");
+                    m.remove("tolerations");
+                    m.remove("nodeName");
+                }
+            }
+            if a != b {
+                errs.push(FieldError::forbidden(
+                    "spec",
+                    "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Field selector support beyond metadata.name and metadata.namespace, as upstream.
+pub fn field_supported(ri: &ResourceInfo, field: &str) -> bool {
+    if field == "metadata.name" || field == "metadata.namespace" {
+        return true;
+    }
+    let extra: &[&str] = match (ri.group, ri.kind) {
+        ("", "Pod") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.podIPs",
+            "status.nominatedNodeName",
+        ],
+        ("", "Secret") => &["type"],
+        ("", "Event") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ("", "Node") => &["spec.unschedulable"],
+        ("", "Namespace") => &["status.phase"],
+        ("", "ReplicationController") => &["status.replicas"],
+        ("apps", "ReplicaSet") => &["status.replicas"],
+        ("batch", "Job") => &["status.successful"],
+        ("certificates.k8s.io", "CertificateSigningRequest") => &["spec.signerName"],
+        _ => &[],
+    };
+    extra.contains(&field)
+}
+
+/// Reads a field's value for field selectors (a missing field reads as "").
+pub fn field_value(obj: &Value, field: &str) -> String {
+    if field == "source" {
+        return obj["source"]["component"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+    }
+    if field == "status.podIPs" {
+        return obj["status"]["podIP"].as_str().unwrap_or_default().into();
+    }
+    let mut cur = obj;
+    for part in field.split('.') {
+        cur = &cur[part];
+    }
+    match cur {
+        Value::String(s) => s.clone(),
+        Value::Null => match field {
+            "spec.hostNetwork" | "spec.unschedulable" => "false".into(),
+            _ => String::new(),
+        },
+        v => v.to_string(),
+    }
+}
+
+/// Whether the change from `old` to `new` bumps metadata.generation: any change outside
+/// metadata and status, for kinds that track generation.
+pub fn bumps_generation(ri: &ResourceInfo, new: &Value, old: &Value) -> bool {
+    if !tracks_generation(ri) {
+        return false;
+    }
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("metadata");
+            m.remove("status");
+        }
+        v
+    };
+    strip(new) != strip(old)
+}
+
+pub fn tracks_generation(ri: &ResourceInfo) -> bool {
+    ri.status || ri.kind == "Pod"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+
+    #[test]
+    fn deployment_defaults_and_validation() {
+        let r = Registry::get();
+        let d = r.lookup("apps", "v1", "deployments").unwrap();
+        let mut obj = json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}
+        });
+        default(d, &mut obj);
+        assert_eq!(obj["spec"]["replicas"], 1);
+        assert_eq!(obj["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        let c = &obj["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["imagePullPolicy"], "Always");
+        assert_eq!(obj["spec"]["template"]["spec"]["restartPolicy"], "Always");
+        assert!(validate(d, &obj, None, &Settings::default()).is_empty());
+        obj["spec"]["template"]["metadata"]["labels"]["app"] = json!("other");
+        let errs = validate(d, &obj, None, &Settings::default());
+        assert_eq!(errs[0].field, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn pull_policy_by_tag() {
+        assert_eq!(default_pull_policy("nginx:alpine"), "IfNotPresent");
+        assert_eq!(default_pull_policy("nginx"), "Always");
+        assert_eq!(default_pull_policy("localhost:5000/x"), "Always");
+        assert_eq!(default_pull_policy("localhost:5000/x:1"), "IfNotPresent");
+    }
+
+    #[test]
+    fn bad_names_and_required_fields() {
+        let r = Registry::get();
+        let p = r.lookup("", "v1", "pods").unwrap();
+        let obj = json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": [{"name": "c"}]}});
+        let errs = validate(p, &obj, None, &Settings::default());
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, vec!["metadata.name", "spec.containers[0].image"]);
+    }
+}
