@@ -1,1 +1,112 @@
+//! The kite API server: HTTPS ([`serve`]), authentication and authorization ([`auth`]), one
+//! generic REST handler for every registered resource ([`http`], [`objects`]), watch
+//! ([`watch`]), discovery and OpenAPI ([`discovery`], [`openapi`]), computed resources
+//! ([`reviews`]), Service allocation ([`alloc`]), first-start objects ([`bootstrap`]) and
+//! metrics ([`metrics`]).
 
+pub mod alloc;
+pub mod auth;
+pub mod bootstrap;
+pub mod discovery;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod objects;
+pub mod openapi;
+pub mod reviews;
+pub mod serve;
+pub mod watch;
+
+use auth::Authorizer;
+use objects::Objects;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What every request handler shares.
+pub struct AppState {
+    pub objects: Arc<Objects>,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// `host:port` clients should use (for `/api`'s serverAddressByClientCIDRs).
+    pub server_address: String,
+    pub version: Value,
+}
+
+/// The `/version` document.
+pub fn version_info() -> Value {
+    let v = kite_api::KUBERNETES_VERSION.trim_start_matches('v');
+    let mut parts = v.split('.');
+    let major = parts.next().unwrap_or("1");
+    let minor = parts.next().unwrap_or("0");
+    json!({
+        "major": major,
+        "minor": minor,
+        "emulationMajor": major,
+        "emulationMinor": minor,
+        "minCompatibilityMajor": major,
+        "minCompatibilityMinor": minor,
+        "gitVersion": format!("{}+kite", kite_api::KUBERNETES_VERSION),
+        "gitCommit": option_env!("KITE_GIT_COMMIT").unwrap_or("unknown"),
+        "gitTreeState": "clean",
+        "buildDate": option_env!("KITE_BUILD_DATE").unwrap_or("1970-01-01T00:00:00Z"),
+        "goVersion": "n/a (kite is written in Rust)",
+        "compiler": "rustc",
+        "platform": format!("linux/{}", match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a }),
+    })
+}
+
+/// Everything needed to start serving.
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub authorizer: Arc<dyn Authorizer>,
+}
+
+/// A running API server.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Bootstraps system objects, binds, and serves in the background.
+pub async fn start(objects: Arc<Objects>, opts: ServerOptions) -> anyhow::Result<RunningServer> {
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    bootstrap::run(&objects, &opts.advertise, addr.port())
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrapping system objects: {e}"))?;
+    let state = Arc::new(AppState {
+        objects,
+        authorizer: opts.authorizer,
+        metrics: Arc::new(metrics::Metrics::default()),
+        server_address: format!("{}:{}", opts.advertise, addr.port()),
+        version: version_info(),
+    });
+    let app = http::router(state.clone());
+    let task = tokio::spawn(serve::serve(listener, opts.tls, app));
+    Ok(RunningServer { addr, state, task })
+}
+
+/// Compacts history older than `keep` revisions every `every`, as K3s does (kine keeps 1000).
+pub fn spawn_compactor(store: kite_store::DynStore, keep: i64, every: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(every);
+        t.tick().await;
+        loop {
+            t.tick().await;
+            let target = store.current_revision() - keep;
+            if target > store.compacted_revision() {
+                if let Err(e) = store.compact(target).await {
+                    tracing::warn!(error = %e, "compaction failed");
+                } else {
+                    tracing::debug!(revision = target, "compacted");
+                }
+            }
+        }
+    });
+}

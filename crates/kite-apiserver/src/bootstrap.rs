@@ -1,0 +1,107 @@
+//! What exists from the first start: the four system namespaces, and the `kubernetes` Service
+//! in `default` with Endpoints and an EndpointSlice pointing at this server. Idempotent: it runs
+//! on every start and only creates or corrects.
+
+use crate::error::ApiResult;
+use crate::objects::{Objects, Part, WriteOpts};
+use serde_json::{json, Value};
+
+async fn ensure(
+    objs: &Objects,
+    group: &str,
+    version: &str,
+    plural: &str,
+    ns: Option<&str>,
+    obj: Value,
+) -> ApiResult<()> {
+    let ri = objs
+        .registry
+        .lookup(group, version, plural)
+        .expect("bootstrap kinds are registered");
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    match objs.get(ri, ns, &name).await {
+        Ok((current, _)) => {
+            // Endpoints must follow the server's address; other objects are left as they are.
+            if plural == "endpoints" || plural == "endpointslices" {
+                let mut want = obj.clone();
+                want["metadata"] = current["metadata"].clone();
+                objs.update(ri, ns, &name, want, Part::Main, &WriteOpts::default())
+                    .await?;
+            }
+            Ok(())
+        }
+        Err(e) if e.code == http::StatusCode::NOT_FOUND => {
+            match objs.create(ri, ns, obj, &WriteOpts::default()).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.reason == "AlreadyExists" => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn run(objs: &Objects, advertise: &str, port: u16) -> ApiResult<()> {
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        ensure(
+            objs,
+            "",
+            "v1",
+            "namespaces",
+            None,
+            json!({"metadata": {"name": ns}}),
+        )
+        .await?;
+    }
+    let first_ip = objs
+        .cfg
+        .service_cidr
+        .hosts()
+        .next()
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    ensure(
+        objs,
+        "",
+        "v1",
+        "services",
+        Some("default"),
+        json!({
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": first_ip,
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+        }),
+    )
+    .await?;
+    ensure(
+        objs,
+        "",
+        "v1",
+        "endpoints",
+        Some("default"),
+        json!({
+            "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+            "subsets": [{"addresses": [{"ip": advertise}],
+                         "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+        }),
+    )
+    .await?;
+    ensure(
+        objs,
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        Some("default"),
+        json!({
+            "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": if advertise.contains(':') { "IPv6" } else { "IPv4" },
+            "endpoints": [{"addresses": [advertise], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        }),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! API errors and their rendering as upstream `metav1.Status` responses (code, reason,
+//! message, details with causes), so kubectl prints its usual messages.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use kite_api::validation::FieldError;
+use kite_api::ResourceInfo;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The "resource.group" form upstream uses in messages (`deployments.apps`).
+pub fn qualified(ri: &ResourceInfo) -> String {
+    if ri.group.is_empty() {
+        ri.plural.to_string()
+    } else {
+        format!("{}.{}", ri.plural, ri.group)
+    }
+}
+
+fn details(ri: &ResourceInfo, name: &str) -> Value {
+    json!({"name": name, "group": ri.group, "kind": ri.plural})
+}
+
+impl ApiError {
+    pub fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+    pub fn not_found(ri: &ResourceInfo, name: &str) -> Self {
+        ApiError {
+            details: Some(details(ri, name)),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{} \"{}\" not found", qualified(ri), name),
+            )
+        }
+    }
+    pub fn path_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    }
+    pub fn already_exists(ri: &ResourceInfo, name: &str) -> Self {
+        ApiError {
+            details: Some(details(ri, name)),
+            ..Self::new(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                format!("{} \"{}\" already exists", qualified(ri), name),
+            )
+        }
+    }
+    pub fn conflict(ri: &ResourceInfo, name: &str, why: &str) -> Self {
+        ApiError {
+            details: Some(details(ri, name)),
+            ..Self::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{}\": {}",
+                    qualified(ri),
+                    name,
+                    why
+                ),
+            )
+        }
+    }
+    pub fn stale(ri: &ResourceInfo, name: &str) -> Self {
+        Self::conflict(
+            ri,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )
+    }
+    pub fn invalid(ri: &ResourceInfo, name: &str, errs: &[FieldError]) -> Self {
+        let list: Vec<String> = errs.iter().map(FieldError::text).collect();
+        let joined = if list.len() == 1 {
+            list[0].clone()
+        } else {
+            format!("[{}]", list.join(", "))
+        };
+        let kind_group = if ri.group.is_empty() {
+            ri.kind.to_string()
+        } else {
+            format!("{}.{}", ri.kind, ri.group)
+        };
+        let causes: Vec<Value> = errs
+            .iter()
+            .map(|e| json!({"reason": e.reason, "message": e.message, "field": e.field}))
+            .collect();
+        ApiError {
+            code: StatusCode::UNPROCESSABLE_ENTITY,
+            reason: "Invalid",
+            message: format!("{kind_group} \"{name}\" is invalid: {joined}"),
+            details: Some(
+                json!({"name": name, "group": ri.group, "kind": ri.kind, "causes": causes}),
+            ),
+        }
+    }
+    pub fn method_not_supported(ri: &ResourceInfo, verb: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!(
+                "{verb} is not supported on resources of kind \"{}\"",
+                qualified(ri)
+            ),
+        )
+    }
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GONE, "Expired", message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+    }
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
+    }
+    pub fn unsupported_media(ct: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct:?})"),
+        )
+    }
+
+    pub fn status(&self) -> Value {
+        let mut s = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code.as_u16(),
+        });
+        if let Some(d) = &self.details {
+            s["details"] = d.clone();
+        }
+        s
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.status()).unwrap_or_default();
+        (
+            self.code,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+impl From<kite_store::StoreError> for ApiError {
+    fn from(e: kite_store::StoreError) -> Self {
+        match e {
+            kite_store::StoreError::Compacted {
+                requested,
+                compacted,
+            } => ApiError::gone(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,879 @@
+//! The generic REST store: create, get, list, update, patch and delete for any resource in
+//! the registry, over the [`kite_store::Store`]. It applies the kind's strategy (defaulting,
+//! validation, status handling), object semantics (uid, creationTimestamp, generation,
+//! finalizers, deletionTimestamp, namespaces) and optimistic concurrency. It knows nothing of
+//! HTTP; `http.rs` parses requests into these calls.
+
+use crate::alloc;
+use crate::error::{qualified, ApiError, ApiResult};
+use base64::Engine;
+use http::StatusCode;
+use kite_api::patch::{self, PatchType};
+use kite_api::registry::{Registry, ResourceInfo};
+use kite_api::selector::{FieldSelector, LabelSelector};
+use kite_api::strategy::{self, Settings};
+use kite_api::validation::FieldError;
+use kite_store::{DynStore, KeyValue, Revision, StoreError};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// How unknown fields are treated (the `fieldValidation` parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    Strict,
+    #[default]
+    Warn,
+    Ignore,
+}
+
+impl FieldValidation {
+    pub fn parse(s: Option<&str>) -> ApiResult<Self> {
+        match s {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some(o) => Err(ApiError::bad_request(format!(
+                "fieldValidation parameter unsupported: {o}"
+            ))),
+        }
+    }
+}
+
+/// Options every write takes.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOpts {
+    pub dry_run: bool,
+    pub field_validation: FieldValidation,
+}
+
+/// Which part of an object a write addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Main,
+    Status,
+}
+
+/// A written object and the warnings to send with it.
+pub struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+    /// True when the write created the object (201 rather than 200).
+    pub created: bool,
+}
+
+/// Cluster settings the API needs.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub service_cidr: ipnet::Ipv4Net,
+    pub strategy: Settings,
+}
+
+/// The generic store plus what every request needs.
+pub struct Objects {
+    pub store: DynStore,
+    pub registry: &'static Registry,
+    pub cfg: ApiConfig,
+    /// Serialises Service writes so ClusterIP and nodePort allocation cannot race.
+    service_lock: tokio::sync::Mutex<()>,
+}
+
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn meta(obj: &Value) -> &Value {
+    &obj["metadata"]
+}
+
+fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    obj["metadata"].as_object_mut().unwrap()
+}
+
+pub fn name_of(obj: &Value) -> &str {
+    meta(obj)["name"].as_str().unwrap_or_default()
+}
+
+fn finalizers(obj: &Value) -> Vec<String> {
+    meta(obj)["finalizers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Decodes a stored value and stamps its resourceVersion.
+pub fn decode(kv: &KeyValue) -> ApiResult<Value> {
+    let mut v: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("corrupt object at {}: {e}", kv.key)))?;
+    meta_mut(&mut v).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+    Ok(v)
+}
+
+fn encode(obj: &Value) -> Vec<u8> {
+    let mut o = obj.clone();
+    meta_mut(&mut o).remove("resourceVersion");
+    serde_json::to_vec(&o).expect("JSON values always serialise")
+}
+
+fn random_suffix() -> String {
+    // Upstream's alphabet: no vowels, no ambiguous characters.
+    const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5)
+        .map(|_| ALPHA[rand::random_range(0..ALPHA.len())] as char)
+        .collect()
+}
+
+/// Paths of fields in `input` that the typed `output` does not have.
+fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, output) {
+        (Value::Object(i), Value::Object(o)) => {
+            for (k, v) in i {
+                if v.is_null() {
+                    continue;
+                }
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match o.get(k) {
+                    None => out.push(p),
+                    Some(ov) => unknown_fields(v, ov, &p, out),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) => {
+            for (n, (iv, ov)) in i.iter().zip(o.iter()).enumerate() {
+                unknown_fields(iv, ov, &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    rv: Revision,
+    start: String,
+}
+
+/// Parsed list options.
+#[derive(Debug, Default, Clone)]
+pub struct ListOpts {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub limit: usize,
+    pub continue_token: Option<String>,
+}
+
+/// Parsed delete options.
+#[derive(Debug, Default, Clone)]
+pub struct DeleteOpts {
+    pub grace_period: Option<i64>,
+    pub propagation: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<String>,
+    pub dry_run: bool,
+}
+
+impl Objects {
+    pub fn new(store: DynStore, cfg: ApiConfig) -> Arc<Self> {
+        Arc::new(Objects {
+            store,
+            registry: Registry::get(),
+            cfg,
+            service_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn key(ri: &ResourceInfo, ns: Option<&str>, name: &str) -> String {
+        ri.key(ns, name)
+    }
+
+    /// The store prefix for a collection: all namespaces, or one.
+    pub fn collection_prefix(ri: &ResourceInfo, ns: Option<&str>) -> String {
+        match ns {
+            Some(ns) if ri.namespaced => format!("{}{}/", ri.storage_prefix(), ns),
+            _ => ri.storage_prefix(),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> ApiResult<(Value, Revision)> {
+        let kv = self
+            .store
+            .get(&Self::key(ri, ns, name))
+            .await?
+            .ok_or_else(|| ApiError::not_found(ri, name))?;
+        Ok((decode(&kv)?, kv.mod_revision))
+    }
+
+    async fn check_namespace(&self, ri: &ResourceInfo, ns: Option<&str>) -> ApiResult<()> {
+        if !ri.namespaced {
+            return Ok(());
+        }
+        let ns = ns.ok_or_else(|| ApiError::bad_request("a namespace is required"))?;
+        let nsri = self.registry.lookup("", "v1", "namespaces").unwrap();
+        let (nso, _) = self
+            .get(nsri, None, ns)
+            .await
+            .map_err(|_| ApiError::not_found(nsri, ns))?;
+        if nso["status"]["phase"] == "Terminating" || meta(&nso)["deletionTimestamp"].is_string() {
+            return Err(ApiError {
+                details: Some(json!({"name": ns, "kind": "namespaces", "causes": [{
+                    "reason": "NamespaceTerminating",
+                    "message": format!("namespace {ns} is being terminated"),
+                    "field": "metadata.namespace"}]})),
+                ..ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!(
+                        "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                        qualified(ri),
+                        ""
+                    ),
+                )
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the body's apiVersion/kind and namespace against the request; fills them in.
+    fn check_identity(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        obj: &mut Value,
+    ) -> ApiResult<()> {
+        if !obj.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "Object '{}' is not a JSON object",
+                ri.kind
+            )));
+        }
+        let want_av = ri.api_version();
+        if let Some(av) = obj["apiVersion"].as_str() {
+            if av != want_av {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({av}) does not match the expected API version ({want_av})"
+                )));
+            }
+        }
+        if let Some(k) = obj["kind"].as_str() {
+            if k != ri.kind {
+                return Err(ApiError::bad_request(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({})",
+                    ri.kind
+                )));
+            }
+        }
+        obj["apiVersion"] = json!(want_av);
+        obj["kind"] = json!(ri.kind);
+        let m = meta_mut(obj);
+        if ri.namespaced {
+            let ns = ns.unwrap_or_default();
+            match m.get("namespace").and_then(Value::as_str) {
+                Some(b) if !b.is_empty() && b != ns => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ))
+                }
+                _ => {
+                    m.insert("namespace".into(), json!(ns));
+                }
+            }
+        } else {
+            m.remove("namespace");
+        }
+        Ok(())
+    }
+
+    /// Defaults, validates and decodes as the typed object; returns warnings.
+    fn admit(
+        &self,
+        ri: &ResourceInfo,
+        obj: &mut Value,
+        old: Option<&Value>,
+        fv: FieldValidation,
+    ) -> ApiResult<Vec<String>> {
+        let input = obj.clone();
+        strategy::default(ri, obj);
+        let name = name_of(obj).to_string();
+        let errs = strategy::validate(ri, obj, old, &self.cfg.strategy);
+        if !errs.is_empty() {
+            return Err(ApiError::invalid(ri, &name, &errs));
+        }
+        let typed = (ri.roundtrip)(obj).map_err(|e| {
+            if let Some(f) = e.missing_field() {
+                let field = if e.path.is_empty() || e.path == "." {
+                    f.to_string()
+                } else {
+                    format!("{}.{f}", e.path)
+                };
+                ApiError::invalid(ri, &name, &[FieldError::required(field)])
+            } else {
+                ApiError::bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: {}: {}",
+                    ri.kind, ri.version, ri.kind, e.path, e.message
+                ))
+            }
+        })?;
+        let mut unknown = Vec::new();
+        unknown_fields(&input, &typed, "", &mut unknown);
+        *obj = typed;
+        let mut warnings = Vec::new();
+        match fv {
+            FieldValidation::Strict if !unknown.is_empty() => {
+                let list: Vec<String> = unknown
+                    .iter()
+                    .map(|u| format!("unknown field \"{u}\""))
+                    .collect();
+                return Err(ApiError::bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                    ri.kind,
+                    ri.version,
+                    ri.kind,
+                    list.join(", ")
+                )));
+            }
+            FieldValidation::Warn => {
+                warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\"")));
+            }
+            _ => {}
+        }
+        Ok(warnings)
+    }
+
+    pub async fn create(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        mut obj: Value,
+        opts: &WriteOpts,
+    ) -> ApiResult<Written> {
+        self.check_identity(ri, ns, &mut obj)?;
+        {
+            let m = meta_mut(&mut obj);
+            let has_name = m
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            if !has_name {
+                if let Some(g) = m.get("generateName").and_then(Value::as_str) {
+                    let g = g.to_string();
+                    m.insert("name".into(), json!(format!("{g}{}", random_suffix())));
+                }
+            }
+            m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            m.insert("creationTimestamp".into(), json!(now_rfc3339()));
+            m.remove("resourceVersion");
+            m.remove("deletionTimestamp");
+            m.remove("deletionGracePeriodSeconds");
+            m.remove("selfLink");
+            m.remove("managedFields");
+        }
+        if strategy::tracks_generation(ri) {
+            meta_mut(&mut obj).insert("generation".into(), json!(1));
+        } else {
+            meta_mut(&mut obj).remove("generation");
+        }
+        if ri.status && !ri.is("", "Pod") && !ri.is("", "Node") && !ri.is("", "PersistentVolume") {
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("status");
+            }
+        }
+        let warnings = self.admit(ri, &mut obj, None, opts.field_validation)?;
+        self.check_namespace(ri, ns).await?;
+        let name = name_of(&obj).to_string();
+        let key = Self::key(ri, ns, &name);
+        let _svc = if ri.is("", "Service") {
+            let g = self.service_lock.lock().await;
+            self.allocate_service(ri, &mut obj, None).await?;
+            Some(g)
+        } else {
+            None
+        };
+        if opts.dry_run {
+            if self.store.get(&key).await?.is_some() {
+                return Err(ApiError::already_exists(ri, &name));
+            }
+            return Ok(Written {
+                object: obj,
+                warnings,
+                created: true,
+            });
+        }
+        let kv = match self.store.create(&key, encode(&obj)).await {
+            Ok(kv) => kv,
+            Err(StoreError::AlreadyExists(_)) => return Err(ApiError::already_exists(ri, &name)),
+            Err(e) => return Err(e.into()),
+        };
+        tracing::debug!(
+            kind = ri.kind,
+            namespace = ns,
+            name,
+            rv = kv.mod_revision,
+            "created"
+        );
+        Ok(Written {
+            object: decode(&kv)?,
+            warnings,
+            created: true,
+        })
+    }
+
+    async fn allocate_service(
+        &self,
+        ri: &ResourceInfo,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> ApiResult<()> {
+        let prefix = ri.storage_prefix();
+        let me = old.and_then(|o| meta(o)["uid"].as_str()).map(String::from);
+        let all = self.store.range(&prefix, None, 0).await?;
+        let mut others = Vec::new();
+        for kv in &all.items {
+            let o = decode(kv)?;
+            if me.is_some() && meta(&o)["uid"].as_str() == me.as_deref() {
+                continue;
+            }
+            others.push(o);
+        }
+        alloc::allocate(
+            obj,
+            old,
+            &others,
+            self.cfg.service_cidr,
+            self.cfg.strategy.node_port_range,
+        )
+        .map_err(|errs| ApiError::invalid(ri, name_of(obj), &errs))
+    }
+
+    pub async fn list(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        opts: &ListOpts,
+    ) -> ApiResult<(Vec<Value>, Revision, Option<String>)> {
+        let prefix = Self::collection_prefix(ri, ns);
+        let (mut start, mut token_rv) = (None, None);
+        if let Some(tok) = &opts.continue_token {
+            let bad = || {
+                ApiError::bad_request(
+                    "continue key is not valid: the continue token could not be decoded",
+                )
+            };
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(tok)
+                .map_err(|_| bad())?;
+            let t: ContinueToken = serde_json::from_slice(&raw).map_err(|_| bad())?;
+            if !t.start.starts_with(&prefix) {
+                return Err(bad());
+            }
+            if t.rv < self.store.compacted_revision() {
+                return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results."));
+            }
+            start = Some(t.start);
+            token_rv = Some(t.rv);
+        }
+        let filtering = !opts.labels.is_empty() || !opts.fields.is_empty();
+        let mut items = Vec::new();
+        let mut revision = None;
+        let mut next = None;
+        loop {
+            let want = if opts.limit == 0 {
+                0
+            } else if filtering {
+                opts.limit.max(256)
+            } else {
+                opts.limit - items.len()
+            };
+            let page = self.store.range(&prefix, start.as_deref(), want).await?;
+            revision.get_or_insert(page.revision);
+            let mut last_key = None;
+            for kv in &page.items {
+                last_key = Some(kv.key.clone());
+                let o = decode(kv)?;
+                if opts.labels.matches_object(&o)
+                    && opts.fields.matches(&|f| strategy::field_value(&o, f))
+                {
+                    items.push(o);
+                    if opts.limit > 0 && items.len() == opts.limit {
+                        break;
+                    }
+                }
+            }
+            let full = opts.limit > 0 && items.len() == opts.limit;
+            let consumed_all = last_key.as_ref() == page.items.last().map(|k| &k.key);
+            if full {
+                let more = page.more || !consumed_all;
+                if more {
+                    next = last_key;
+                }
+                break;
+            }
+            if !page.more {
+                break;
+            }
+            start = last_key;
+        }
+        let rev = token_rv.unwrap_or(revision.unwrap_or(0));
+        let cont = next.map(|start| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(serde_json::to_vec(&ContinueToken { rv: rev, start }).unwrap())
+        });
+        Ok((items, rev, cont))
+    }
+
+    /// Replaces an object (PUT), or its status.
+    pub async fn update(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        part: Part,
+        opts: &WriteOpts,
+    ) -> ApiResult<Written> {
+        self.check_identity(ri, ns, &mut obj)?;
+        let body_name = name_of(&obj);
+        if body_name.is_empty() {
+            meta_mut(&mut obj).insert("name".into(), json!(name));
+        } else if body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let (old, old_rev) = self.get(ri, ns, name).await?;
+        let precondition = meta(&obj)["resourceVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from);
+        if let Some(p) = &precondition {
+            if p.parse::<Revision>().ok() != Some(old_rev) {
+                return Err(ApiError::stale(ri, name));
+            }
+        }
+        self.write_update(ri, ns, name, obj, old, old_rev, part, opts)
+            .await
+    }
+
+    /// The common tail of update and patch: `obj` is the wanted object, `old` what is stored.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_update(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        old: Value,
+        old_rev: Revision,
+        part: Part,
+        opts: &WriteOpts,
+    ) -> ApiResult<Written> {
+        if part == Part::Status {
+            // A status write changes status only (and nothing else of the object).
+            let status = obj.get("status").cloned().unwrap_or(Value::Null);
+            obj = old.clone();
+            obj["status"] = status;
+        } else if ri.status {
+            match old.get("status") {
+                Some(s) => obj["status"] = s.clone(),
+                None => {
+                    if let Some(m) = obj.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        }
+        {
+            let om = meta(&old).clone();
+            let m = meta_mut(&mut obj);
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "namespace",
+            ] {
+                match om.get(k) {
+                    Some(v) => m.insert(k.into(), v.clone()),
+                    None => m.remove(k),
+                };
+            }
+            m.insert("name".into(), json!(name));
+            m.remove("resourceVersion");
+            m.remove("managedFields");
+            m.remove("selfLink");
+        }
+        let warnings = self.admit(ri, &mut obj, Some(&old), opts.field_validation)?;
+        if meta(&old)["deletionTimestamp"].is_string() {
+            // Finalizers may only be removed from an object being deleted.
+            let newf = finalizers(&obj);
+            let oldf = finalizers(&old);
+            if newf.iter().any(|f| !oldf.contains(f)) {
+                return Err(ApiError::invalid(
+                    ri,
+                    name,
+                    &[FieldError::forbidden(
+                        "metadata.finalizers",
+                        "no new finalizers can be added if the object is being deleted",
+                    )],
+                ));
+            }
+        }
+        if strategy::bumps_generation(ri, &obj, &old) {
+            let g = meta(&old)["generation"].as_i64().unwrap_or(0) + 1;
+            meta_mut(&mut obj).insert("generation".into(), json!(g));
+        }
+        let _svc = if ri.is("", "Service") && part == Part::Main {
+            let g = self.service_lock.lock().await;
+            self.allocate_service(ri, &mut obj, Some(&old)).await?;
+            Some(g)
+        } else {
+            None
+        };
+        let mut old_cmp = old.clone();
+        meta_mut(&mut old_cmp).remove("resourceVersion");
+        if obj == old_cmp {
+            // Nothing changed: no write, the resourceVersion stays.
+            return Ok(Written {
+                object: old,
+                warnings,
+                created: false,
+            });
+        }
+        let key = Self::key(ri, ns, name);
+        if opts.dry_run {
+            meta_mut(&mut obj).insert("resourceVersion".into(), json!(old_rev.to_string()));
+            return Ok(Written {
+                object: obj,
+                warnings,
+                created: false,
+            });
+        }
+        // An object being deleted goes once its last finalizer is removed.
+        if meta(&obj)["deletionTimestamp"].is_string()
+            && finalizers(&obj).is_empty()
+            && !self.namespace_finalizers_pending(ri, &obj)
+        {
+            return match self.store.delete(&key, Some(old_rev)).await {
+                Ok(_) => Ok(Written {
+                    object: obj,
+                    warnings,
+                    created: false,
+                }),
+                Err(StoreError::Conflict { .. }) => Err(ApiError::stale(ri, name)),
+                Err(StoreError::NotFound(_)) => Err(ApiError::not_found(ri, name)),
+                Err(e) => Err(e.into()),
+            };
+        }
+        match self.store.update(&key, encode(&obj), old_rev).await {
+            Ok(kv) => Ok(Written {
+                object: decode(&kv)?,
+                warnings,
+                created: false,
+            }),
+            Err(StoreError::Conflict { .. }) => Err(ApiError::stale(ri, name)),
+            Err(StoreError::NotFound(_)) => Err(ApiError::not_found(ri, name)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn namespace_finalizers_pending(&self, ri: &ResourceInfo, obj: &Value) -> bool {
+        ri.is("", "Namespace")
+            && obj["spec"]["finalizers"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        patch_body: &Value,
+        ty: PatchType,
+        part: Part,
+        opts: &WriteOpts,
+    ) -> ApiResult<Written> {
+        if ty == PatchType::Apply {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                "server-side apply is not supported by kite yet; use client-side `kubectl apply` (without --server-side)",
+            ));
+        }
+        // Retry on a concurrent write, as upstream's GuaranteedUpdate does, unless the patch
+        // itself names a resourceVersion (then a conflict is the caller's to see).
+        for _ in 0..8 {
+            let (old, old_rev) = self.get(ri, ns, name).await?;
+            let patched = patch::apply(&old, patch_body, ty, ri.kind).map_err(|e| {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string())
+            })?;
+            let explicit_rv =
+                patched["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"];
+            if explicit_rv {
+                let want = patched["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                if want.parse::<Revision>().ok() != Some(old_rev) {
+                    return Err(ApiError::stale(ri, name));
+                }
+            }
+            if patched["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n != name)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    patched["metadata"]["name"].as_str().unwrap_or_default()
+                )));
+            }
+            let mut patched = patched;
+            self.check_identity(ri, ns, &mut patched)?;
+            match self
+                .write_update(ri, ns, name, patched, old, old_rev, part, opts)
+                .await
+            {
+                Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::stale(ri, name))
+    }
+
+    pub async fn delete(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOpts,
+    ) -> ApiResult<Value> {
+        for _ in 0..8 {
+            let (old, old_rev) = self.get(ri, ns, name).await?;
+            if let Some(uid) = &opts.precondition_uid {
+                let have = meta(&old)["uid"].as_str().unwrap_or_default();
+                if have != uid {
+                    return Err(ApiError::conflict(ri, name, &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
+                    )));
+                }
+            }
+            if let Some(rv) = &opts.precondition_rv {
+                if rv.parse::<Revision>().ok() != Some(old_rev) {
+                    return Err(ApiError::conflict(ri, name, &format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {old_rev}"
+                    )));
+                }
+            }
+            if ri.is("", "Namespace") && ["default", "kube-system", "kube-public"].contains(&name) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!(
+                        "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+                    ),
+                ));
+            }
+            let mut obj = old.clone();
+            let mut fins = finalizers(&obj);
+            match opts.propagation.as_deref() {
+                Some("Orphan") if !fins.contains(&"orphan".to_string()) => {
+                    fins.push("orphan".into())
+                }
+                Some("Foreground") if !fins.contains(&"foregroundDeletion".to_string()) => {
+                    fins.push("foregroundDeletion".into())
+                }
+                None | Some("Orphan") | Some("Foreground") | Some("Background") => {}
+                Some(other) => {
+                    return Err(ApiError::invalid(
+                        ri,
+                        name,
+                        &[FieldError::not_supported(
+                            "propagationPolicy",
+                            &json!(other),
+                            &["Foreground", "Background", "Orphan"],
+                        )],
+                    ))
+                }
+            }
+            // Pods on a node end gracefully: the kubelet stops them, then removes the object.
+            let grace = if ri.is("", "Pod") && obj["spec"]["nodeName"].is_string() {
+                opts.grace_period
+                    .or(obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+                    .unwrap_or(30)
+            } else {
+                0
+            };
+            let ns_pending = self.namespace_finalizers_pending(ri, &obj);
+            let key = Self::key(ri, ns, name);
+            if fins.is_empty() && grace == 0 && !ns_pending {
+                if opts.dry_run {
+                    return Ok(old);
+                }
+                match self.store.delete(&key, Some(old_rev)).await {
+                    Ok(_) => return Ok(old),
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(StoreError::NotFound(_)) => return Err(ApiError::not_found(ri, name)),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let already = meta(&obj)["deletionTimestamp"].is_string();
+            {
+                let m = meta_mut(&mut obj);
+                m.insert("finalizers".into(), json!(fins));
+                if fins_empty_after(&m["finalizers"]) {
+                    m.remove("finalizers");
+                }
+                let current_grace = m.get("deletionGracePeriodSeconds").and_then(Value::as_i64);
+                if !already || current_grace.is_some_and(|g| grace < g) {
+                    let when = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+                    m.insert(
+                        "deletionTimestamp".into(),
+                        json!(when
+                            .round(jiff::Unit::Second)
+                            .unwrap_or(when)
+                            .strftime("%Y-%m-%dT%H:%M:%SZ")
+                            .to_string()),
+                    );
+                    m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                }
+                m.remove("resourceVersion");
+            }
+            if ri.is("", "Namespace") {
+                obj["status"]["phase"] = json!("Terminating");
+            }
+            if opts.dry_run {
+                return Ok(obj);
+            }
+            match self.store.update(&key, encode(&obj), old_rev).await {
+                Ok(kv) => return decode(&kv),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound(_)) => return Err(ApiError::not_found(ri, name)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::stale(ri, name))
+    }
+}
+
+fn fins_empty_after(v: &Value) -> bool {
+    v.as_array().is_some_and(|a| a.is_empty())
+}
