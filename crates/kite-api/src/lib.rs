@@ -4,6 +4,7 @@
 //! server-side printing ([`table`]).
 
 pub mod patch;
+pub mod proto;
 pub mod registry;
 pub mod selector;
 pub mod strategy;
