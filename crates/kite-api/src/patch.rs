@@ -231,7 +231,7 @@ fn merge_map(
     Ok(())
 }
 
-fn item_key<'v>(item: &'v Value, strategy: ListStrategy) -> Option<&'v Value> {
+fn item_key(item: &Value, strategy: ListStrategy) -> Option<&Value> {
     match strategy {
         ListStrategy::MergeKey(k) => item.get(k),
         ListStrategy::MergePrimitive => Some(item),
@@ -385,7 +385,10 @@ mod tests {
             "Deployment",
         );
         assert_eq!(out["metadata"]["finalizers"], json!(["b", "z"]));
-        assert_eq!(out["spec"]["containers"], json!([{"name": "c"}, {"name": "a"}]));
+        assert_eq!(
+            out["spec"]["containers"],
+            json!([{"name": "c"}, {"name": "a"}])
+        );
         assert_eq!(out["spec"]["strategy"], json!({"type": "Recreate"}));
     }
 
@@ -398,18 +401,39 @@ mod tests {
             json!({"spec": {"ports": [{"port": 80, "name": "http"}], "externalIPs": ["2.2.2.2"]}}),
             "Service",
         );
-        assert_eq!(out["spec"]["ports"], json!([{"port": 80, "nodePort": 30007, "name": "http"}]));
+        assert_eq!(
+            out["spec"]["ports"],
+            json!([{"port": 80, "nodePort": 30007, "name": "http"}])
+        );
         assert_eq!(out["spec"]["externalIPs"], json!(["2.2.2.2"]));
     }
 
     #[test]
     fn json_and_merge_patch() {
         let doc = json!({"a": 1, "b": {"c": 2}});
-        let out = apply(&doc, &json!([{"op": "replace", "path": "/a", "value": 5}]), PatchType::Json, "X").unwrap();
+        let out = apply(
+            &doc,
+            &json!([{"op": "replace", "path": "/a", "value": 5}]),
+            PatchType::Json,
+            "X",
+        )
+        .unwrap();
         assert_eq!(out["a"], 5);
         let out = apply(&doc, &json!({"b": {"c": null}}), PatchType::Merge, "X").unwrap();
         assert_eq!(out, json!({"a": 1, "b": {}}));
-        assert!(apply(&doc, &json!([{"op": "test", "path": "/a", "value": 9}]), PatchType::Json, "X").is_err());
-        assert!(apply(&doc, &json!({"spec": {"containers": [{"image": "x"}]}}), PatchType::Strategic, "Pod").is_err());
+        assert!(apply(
+            &doc,
+            &json!([{"op": "test", "path": "/a", "value": 9}]),
+            PatchType::Json,
+            "X"
+        )
+        .is_err());
+        assert!(apply(
+            &doc,
+            &json!({"spec": {"containers": [{"image": "x"}]}}),
+            PatchType::Strategic,
+            "Pod"
+        )
+        .is_err());
     }
 }

@@ -70,7 +70,7 @@ pub struct ResourceInfo {
     pub definition: String,
     /// Decodes JSON into the typed object and back: checks types and required fields, and
     /// drops fields the type does not have.
-    pub roundtrip: fn(&Value) -> Result<Value, serde_json::Error>,
+    pub roundtrip: fn(&Value) -> Result<Value, DecodeError>,
     /// The JSON schema of the type (for OpenAPI).
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
 }
@@ -116,34 +116,33 @@ impl ResourceInfo {
     }
 }
 
-fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(
-    v: &Value,
-) -> Result<Value, serde_json::Error> {
-    let typed: T = serde::Deserialize::deserialize(v)?;
-    serde_json::to_value(typed)
+/// Why JSON did not decode as the kind's type: the field path and serde's message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeError {
+    pub path: String,
+    pub message: String,
 }
 
-fn definition_name(group: &str, version: &str, kind: &str, rust_path: &str) -> String {
-    // k8s-openapi module paths mirror the upstream Go packages.
-    if rust_path.contains("apiextensions_apiserver") {
-        return format!("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{version}.{kind}");
+impl DecodeError {
+    /// The name of a required field that is missing, if that is the error.
+    pub fn missing_field(&self) -> Option<&str> {
+        self.message
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
     }
-    if rust_path.contains("kube_aggregator") {
-        return format!("io.k8s.kube-aggregator.pkg.apis.apiregistration.{version}.{kind}");
-    }
-    let g = if group.is_empty() {
-        "core"
-    } else {
-        group.split('.').next().unwrap_or(group)
-    };
-    let g = match g {
-        "admissionregistration" | "apps" | "authentication" | "authorization" | "autoscaling"
-        | "batch" | "certificates" | "coordination" | "discovery" | "events" | "flowcontrol"
-        | "networking" | "node" | "policy" | "rbac" | "resource" | "scheduling" | "storage"
-        | "core" => g,
-        other => other,
-    };
-    format!("io.k8s.api.{g}.{version}.{kind}")
+}
+
+fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(
+    v: &Value,
+) -> Result<Value, DecodeError> {
+    let typed: T = serde_path_to_error::deserialize(v).map_err(|e| DecodeError {
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
+    })?;
+    serde_json::to_value(typed).map_err(|e| DecodeError {
+        path: String::new(),
+        message: e.to_string(),
+    })
 }
 
 struct Extra {
@@ -178,7 +177,10 @@ where
 
 fn info_unlisted<T>(x: Extra, list_kind: String) -> ResourceInfo
 where
-    T: k8s_openapi::Resource + serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema,
+    T: k8s_openapi::Resource
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + schemars::JsonSchema,
     T::Scope: ScopeKind,
 {
     ResourceInfo {
@@ -194,7 +196,7 @@ where
         categories: x.cats,
         status: x.status,
         scale: x.scale,
-        definition: definition_name(T::GROUP, T::VERSION, T::KIND, std::any::type_name::<T>()),
+        definition: T::schema_name().into_owned(),
         roundtrip: roundtrip::<T>,
         schema: |g| g.subschema_for::<T>(),
     }
@@ -202,7 +204,10 @@ where
 
 fn create_only<T>() -> ResourceInfo
 where
-    T: k8s_openapi::Resource + serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema,
+    T: k8s_openapi::Resource
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + schemars::JsonSchema,
     T::Scope: ScopeKind,
 {
     info_unlisted::<T>(
@@ -355,7 +360,11 @@ impl Registry {
                 .enumerate()
                 .map(|(i, r)| {
                     (
-                        (r.group.to_string(), r.version.to_string(), r.plural.to_string()),
+                        (
+                            r.group.to_string(),
+                            r.version.to_string(),
+                            r.plural.to_string(),
+                        ),
                         i,
                     )
                 })
@@ -426,7 +435,9 @@ mod tests {
         assert_eq!(d.list_kind, "DeploymentList");
         let g = r.groups();
         assert_eq!(g[0].name, "");
-        assert!(g.iter().any(|g| g.name == "autoscaling" && g.versions == ["v2"]));
+        assert!(g
+            .iter()
+            .any(|g| g.name == "autoscaling" && g.versions == ["v2"]));
         assert_eq!(
             r.by_kind("apiextensions.k8s.io/v1", "CustomResourceDefinition")
                 .unwrap()

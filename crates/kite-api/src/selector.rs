@@ -25,7 +25,9 @@ pub struct SelectorError(pub String);
 fn valid_label_value(v: &str) -> bool {
     v.len() <= 63
         && (v.is_empty()
-            || (v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || (v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
                 && v.starts_with(|c: char| c.is_ascii_alphanumeric())
                 && v.ends_with(|c: char| c.is_ascii_alphanumeric())))
 }
@@ -91,9 +93,7 @@ impl LabelSelector {
                 Req::Exists(k) | Req::NotExists(k) => (k, vec![]),
             };
             if crate::validation::qualified_name(key).is_some() {
-                return Err(SelectorError(format!(
-                    "{p:?}: invalid label key {key:?}"
-                )));
+                return Err(SelectorError(format!("{p:?}: invalid label key {key:?}")));
             }
             if let Some(v) = values.iter().find(|v| !valid_label_value(v)) {
                 return Err(SelectorError(format!("{p:?}: invalid label value {v:?}")));
@@ -108,7 +108,10 @@ impl LabelSelector {
         let mut reqs = Vec::new();
         if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
             for (k, v) in m {
-                reqs.push(Req::Eq(k.clone(), v.as_str().unwrap_or_default().to_string()));
+                reqs.push(Req::Eq(
+                    k.clone(),
+                    v.as_str().unwrap_or_default().to_string(),
+                ));
             }
         }
         if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
@@ -116,7 +119,11 @@ impl LabelSelector {
                 let key = e["key"].as_str().unwrap_or_default().to_string();
                 let vals: Vec<String> = e["values"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 reqs.push(match e["operator"].as_str().unwrap_or_default() {
                     "In" => Req::In(key, vals),
@@ -193,9 +200,7 @@ impl FieldSelector {
             };
             let k = k.trim();
             if !supported(k) {
-                return Err(SelectorError(format!(
-                    "field label not supported: {k}"
-                )));
+                return Err(SelectorError(format!("field label not supported: {k}")));
             }
             out.push((k.to_string(), eq, v.trim().to_string()));
         }
@@ -208,9 +213,7 @@ impl FieldSelector {
 
     /// Matches using `value_of(field)` to read the object's field value.
     pub fn matches(&self, value_of: &dyn Fn(&str) -> String) -> bool {
-        self.0
-            .iter()
-            .all(|(k, eq, v)| (value_of(k) == *v) == *eq)
+        self.0.iter().all(|(k, eq, v)| (value_of(k) == *v) == *eq)
     }
 }
 
@@ -250,7 +253,11 @@ mod tests {
     fn field_selectors() {
         let ok = |k: &str| k == "metadata.name" || k == "status.phase";
         let f = FieldSelector::parse("metadata.name=a,status.phase!=Running", &ok).unwrap();
-        assert!(f.matches(&|k| if k == "metadata.name" { "a".into() } else { "Pending".into() }));
+        assert!(f.matches(&|k| if k == "metadata.name" {
+            "a".into()
+        } else {
+            "Pending".into()
+        }));
         assert!(FieldSelector::parse("spec.bogus=x", &ok).is_err());
     }
 }

@@ -95,9 +95,7 @@ pub fn default(ri: &ResourceInfo, obj: &mut Value) {
             if let Some(s) = spec.get_mut("strategy").and_then(Value::as_object_mut) {
                 set_default(s, "type", json!("RollingUpdate"));
                 if s["type"] == "RollingUpdate" {
-                    let ru = s
-                        .entry("rollingUpdate")
-                        .or_insert_with(|| json!({}));
+                    let ru = s.entry("rollingUpdate").or_insert_with(|| json!({}));
                     if let Some(ru) = ru.as_object_mut() {
                         set_default(ru, "maxSurge", json!("25%"));
                         set_default(ru, "maxUnavailable", json!("25%"));
@@ -159,7 +157,10 @@ pub fn default(ri: &ResourceInfo, obj: &mut Value) {
             set_default(obj.as_object_mut().unwrap(), "type", json!("Opaque"));
         }
         ("", "Namespace") => {
-            let name = obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+            let name = obj
+                .pointer("/metadata/name")
+                .cloned()
+                .unwrap_or(Value::Null);
             if let Some(n) = name.as_str() {
                 let meta = obj_mut(obj, "metadata");
                 let labels = meta.entry("labels").or_insert_with(|| json!({}));
@@ -344,8 +345,12 @@ fn validate_workload(obj: &Value, errs: &mut Vec<FieldError>, restart_only_alway
         }
     }
     let selector = &spec["selector"];
-    let empty_sel = selector.get("matchLabels").is_none_or(|m| m.as_object().is_none_or(|m| m.is_empty()))
-        && selector.get("matchExpressions").is_none_or(|m| m.as_array().is_none_or(|a| a.is_empty()));
+    let empty_sel = selector
+        .get("matchLabels")
+        .is_none_or(|m| m.as_object().is_none_or(|m| m.is_empty()))
+        && selector
+            .get("matchExpressions")
+            .is_none_or(|m| m.as_array().is_none_or(|a| a.is_empty()));
     if selector.is_null() || empty_sel {
         errs.push(FieldError::required("spec.selector"));
     } else {
@@ -382,7 +387,11 @@ fn validate_service(obj: &Value, errs: &mut Vec<FieldError>, range: (i64, i64)) 
     let ty = spec["type"].as_str().unwrap_or("ClusterIP");
     let types = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
     if !types.contains(&ty) {
-        errs.push(FieldError::not_supported("spec.type", &spec["type"], &types));
+        errs.push(FieldError::not_supported(
+            "spec.type",
+            &spec["type"],
+            &types,
+        ));
     }
     let ports = spec["ports"].as_array().cloned().unwrap_or_default();
     let headless = spec["clusterIP"] == "None";
@@ -442,7 +451,8 @@ fn validate_data_keys(obj: &Value, errs: &mut Vec<FieldError>) {
             for k in m.keys() {
                 let ok = !k.is_empty()
                     && k.len() <= 253
-                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
                 if !ok {
                     errs.push(FieldError::invalid(
                         format!("{field}[{k}]"),
@@ -516,17 +526,15 @@ fn immutable(obj: &Value, old: &Value, ptr: &str, field: &str, errs: &mut Vec<Fi
     let new_v = obj.pointer(ptr).unwrap_or(&Value::Null);
     let old_v = old.pointer(ptr).unwrap_or(&Value::Null);
     if new_v != old_v {
-        errs.push(FieldError::invalid(
-            field,
-            new_v,
-            "field is immutable",
-        ));
+        errs.push(FieldError::invalid(field, new_v, "field is immutable"));
     }
 }
 
 fn validate_update(ri: &ResourceInfo, obj: &Value, old: &Value, errs: &mut Vec<FieldError>) {
     match (ri.group, ri.kind) {
-        ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet")
+        ("apps", "Deployment")
+        | ("apps", "ReplicaSet")
+        | ("apps", "DaemonSet")
         | ("apps", "StatefulSet") => {
             immutable(obj, old, "/spec/selector", "spec.selector", errs);
         }
@@ -725,7 +733,8 @@ mod tests {
     fn bad_names_and_required_fields() {
         let r = Registry::get();
         let p = r.lookup("", "v1", "pods").unwrap();
-        let obj = json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": [{"name": "c"}]}});
+        let obj =
+            json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": [{"name": "c"}]}});
         let errs = validate(p, &obj, None, &Settings::default());
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, vec!["metadata.name", "spec.containers[0].image"]);

@@ -311,7 +311,10 @@ fn cells(ri: &ResourceInfo, o: &Value, now: Timestamp) -> Vec<Value> {
     match (ri.group, ri.kind) {
         ("", "Pod") => {
             let cs = spec["containers"].as_array().map_or(0, Vec::len);
-            let statuses = st["containerStatuses"].as_array().cloned().unwrap_or_default();
+            let statuses = st["containerStatuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let ready = statuses.iter().filter(|c| c["ready"] == true).count();
             let restarts: i64 = statuses
                 .iter()
@@ -427,7 +430,12 @@ fn cells(ri: &ResourceInfo, o: &Value, now: Timestamp) -> Vec<Value> {
         }
         ("", "Secret") => {
             let n = o["data"].as_object().map_or(0, |m| m.len());
-            vec![name, json!(s(&o["type"])), json!(n.to_string()), age(o, now)]
+            vec![
+                name,
+                json!(s(&o["type"])),
+                json!(n.to_string()),
+                age(o, now),
+            ]
         }
         ("", "ServiceAccount") => {
             let n = o["secrets"].as_array().map_or(0, Vec::len);
@@ -501,7 +509,11 @@ fn cells(ri: &ResourceInfo, o: &Value, now: Timestamp) -> Vec<Value> {
                 json!(last),
                 json!(s(&o["type"])),
                 json!(s(&o["reason"])),
-                json!(format!("{}/{}", s(&io["kind"]).to_lowercase(), s(&io["name"]))),
+                json!(format!(
+                    "{}/{}",
+                    s(&io["kind"]).to_lowercase(),
+                    s(&io["name"])
+                )),
                 json!(s(&o["message"])),
             ]
         }
@@ -525,7 +537,11 @@ fn cells(ri: &ResourceInfo, o: &Value, now: Timestamp) -> Vec<Value> {
                 json!(s(&st["phase"])),
                 json!(s(&spec["volumeName"])),
                 json!(s(&st["capacity"]["storage"])),
-                json!(if st["capacity"].is_null() { String::new() } else { modes.join(",") }),
+                json!(if st["capacity"].is_null() {
+                    String::new()
+                } else {
+                    modes.join(",")
+                }),
                 json!(s(&spec["storageClassName"])),
                 or_none(s(&spec["volumeAttributesClassName"])),
                 age(o, now),
@@ -535,11 +551,13 @@ fn cells(ri: &ResourceInfo, o: &Value, now: Timestamp) -> Vec<Value> {
         ("batch", "Job") => {
             let (c, i) = containers_and_images(&spec["template"]["spec"]);
             let succeeded = st["succeeded"].as_i64().unwrap_or(0);
-            let completions = spec["completions"]
-                .as_i64()
-                .map_or(format!("{succeeded}/1 of {}", spec["parallelism"].as_i64().unwrap_or(1)), |c| {
-                    format!("{succeeded}/{c}")
-                });
+            let completions = spec["completions"].as_i64().map_or(
+                format!(
+                    "{succeeded}/1 of {}",
+                    spec["parallelism"].as_i64().unwrap_or(1)
+                ),
+                |c| format!("{succeeded}/{c}"),
+            );
             let cond = |t: &str| {
                 st["conditions"]
                     .as_array()
@@ -559,8 +577,12 @@ fn cells(ri: &ResourceInfo, o: &Value, now: Timestamp) -> Vec<Value> {
                 "Running"
             };
             let duration = match (
-                st["startTime"].as_str().and_then(|t| t.parse::<Timestamp>().ok()),
-                st["completionTime"].as_str().and_then(|t| t.parse::<Timestamp>().ok()),
+                st["startTime"]
+                    .as_str()
+                    .and_then(|t| t.parse::<Timestamp>().ok()),
+                st["completionTime"]
+                    .as_str()
+                    .and_then(|t| t.parse::<Timestamp>().ok()),
             ) {
                 (Some(a), Some(b)) => human_duration(b.duration_since(a).as_secs()),
                 (Some(a), None) => human_duration(now.duration_since(a).as_secs()),
@@ -578,8 +600,7 @@ fn cells(ri: &ResourceInfo, o: &Value, now: Timestamp) -> Vec<Value> {
             ]
         }
         ("batch", "CronJob") => {
-            let (c, i) =
-                containers_and_images(&spec["jobTemplate"]["spec"]["template"]["spec"]);
+            let (c, i) = containers_and_images(&spec["jobTemplate"]["spec"]["template"]["spec"]);
             let last = st["lastScheduleTime"]
                 .as_str()
                 .and_then(|t| t.parse::<Timestamp>().ok())
@@ -601,13 +622,23 @@ fn cells(ri: &ResourceInfo, o: &Value, now: Timestamp) -> Vec<Value> {
         ("networking.k8s.io", "Ingress") => {
             let hosts: Vec<String> = spec["rules"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|r| r["host"].as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|r| r["host"].as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             let addrs: Vec<String> = st["loadBalancer"]["ingress"]
                 .as_array()
                 .map(|a| {
                     a.iter()
-                        .map(|i| i["ip"].as_str().or(i["hostname"].as_str()).unwrap_or_default().to_string())
+                        .map(|i| {
+                            i["ip"]
+                                .as_str()
+                                .or(i["hostname"].as_str())
+                                .unwrap_or_default()
+                                .to_string()
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -619,7 +650,11 @@ fn cells(ri: &ResourceInfo, o: &Value, now: Timestamp) -> Vec<Value> {
             vec![
                 name,
                 or_none(s(&spec["ingressClassName"])),
-                json!(if hosts.is_empty() { "*".to_string() } else { hosts.join(",") }),
+                json!(if hosts.is_empty() {
+                    "*".to_string()
+                } else {
+                    hosts.join(",")
+                }),
                 json!(addrs.join(",")),
                 json!(ports),
                 age(o, now),

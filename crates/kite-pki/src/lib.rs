@@ -7,8 +7,8 @@
 
 use base64::Engine;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::collections::BTreeSet;
 use std::fs;
@@ -79,8 +79,16 @@ impl CertKey {
     }
 
     fn save(&self, dir: &Path, name: &str) -> Result<()> {
-        write_file_atomic(&dir.join(format!("{name}.key")), self.key_pem.as_bytes(), 0o600)?;
-        write_file_atomic(&dir.join(format!("{name}.crt")), self.cert_pem.as_bytes(), 0o644)
+        write_file_atomic(
+            &dir.join(format!("{name}.key")),
+            self.key_pem.as_bytes(),
+            0o600,
+        )?;
+        write_file_atomic(
+            &dir.join(format!("{name}.crt")),
+            self.cert_pem.as_bytes(),
+            0o644,
+        )
     }
 
     fn issuer(&self, path: &Path) -> Result<Issuer<'static, KeyPair>> {
@@ -186,10 +194,12 @@ fn issue(
 ) -> Result<CertKey> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     for s in sans {
-        params.subject_alt_names.push(match s.parse::<std::net::IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(s.clone().try_into()?),
-        });
+        params
+            .subject_alt_names
+            .push(match s.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(s.clone().try_into()?),
+            });
     }
     let mut dn = DistinguishedName::new();
     for o in orgs {

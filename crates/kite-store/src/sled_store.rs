@@ -8,9 +8,7 @@
 //! sees a write that a crash could lose.
 
 use crate::codec::{decode_event, decode_kv, encode_event, encode_kv};
-use crate::{
-    Event, EventKind, KeyValue, RangeResult, Result, Revision, Store, StoreError, Watch,
-};
+use crate::{Event, EventKind, KeyValue, RangeResult, Result, Revision, Store, StoreError, Watch};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::collections::VecDeque;
@@ -495,7 +493,10 @@ mod tests {
         let e = w.rx.recv().await.unwrap().unwrap();
         assert_eq!((e.revision, e.prev.unwrap().value), (3, b"1".to_vec()));
         let e = w.rx.recv().await.unwrap().unwrap();
-        assert_eq!((e.kind, e.revision, e.kv.value), (EventKind::Delete, 4, b"2".to_vec()));
+        assert_eq!(
+            (e.kind, e.revision, e.kv.value),
+            (EventKind::Delete, 4, b"2".to_vec())
+        );
     }
 
     #[tokio::test]
@@ -505,7 +506,10 @@ mod tests {
             s.create(&format!("/c/{i}"), vec![]).await.unwrap();
         }
         s.compact(3).await.unwrap();
-        assert!(matches!(s.watch("/c/", 2), Err(StoreError::Compacted { .. })));
+        assert!(matches!(
+            s.watch("/c/", 2),
+            Err(StoreError::Compacted { .. })
+        ));
         let mut w = s.watch("/c/", 3).unwrap();
         assert_eq!(w.rx.recv().await.unwrap().unwrap().revision, 4);
     }

@@ -1,1 +1,33 @@
-fn main() {}
+//! The `kite` binary: parses the command line and wires the component crates together. It
+//! holds no logic of its own beyond start-up order.
+
+mod config;
+mod host;
+mod server;
+
+/// What `kite --version` prints after the name.
+pub const VERSION_LINE: &str =
+    concat!("v", env!("CARGO_PKG_VERSION"), "+kite (kubernetes v1.36.0)");
+
+#[cfg(test)]
+#[test]
+fn version_line_names_the_served_kubernetes_version() {
+    assert!(VERSION_LINE.contains(kite_api::KUBERNETES_VERSION));
+}
+
+fn main() {
+    let cli = match config::parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    let result = match cli.command {
+        config::Command::Server(args) => args.resolve().and_then(server::run),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

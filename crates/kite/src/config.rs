@@ -1,0 +1,407 @@
+//! Command-line flags, `KITE_*` environment variables and `/etc/kite/config.yaml`, merged as
+//! K3s merges them: a flag on the command line wins, then its environment variable, then the
+//! config file (whose keys are the flag names), then the default.
+
+use anyhow::{bail, Context, Result};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG: &str = "/etc/kite/config.yaml";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kite",
+    about = "kite: a lightweight Kubernetes in one binary",
+    version = crate::VERSION_LINE,
+    args_override_self = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the control plane (API server, datastore) and, later, a node.
+    Server(ServerArgs),
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Config file (flag names as keys).
+    #[arg(long, short = 'c', env = "KITE_CONFIG_FILE", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Folder to hold state [default: /var/lib/kite as root, ~/.kite otherwise].
+    #[arg(long, short = 'd', env = "KITE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the API server listens on.
+    #[arg(long, env = "KITE_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: String,
+    /// HTTPS port of the API server.
+    #[arg(long, env = "KITE_HTTPS_LISTEN_PORT", default_value_t = 6443)]
+    pub https_listen_port: u16,
+    /// Address other nodes and clients use to reach this server [default: the node's first IP].
+    #[arg(long, env = "KITE_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+    /// Extra hostname or IP for the serving certificate (repeatable).
+    #[arg(long, env = "KITE_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// Where to write the admin kubeconfig [default: /etc/kite/kite.yaml as root, ~/.kube/kite.yaml otherwise].
+    #[arg(long, short = 'o', env = "KITE_KUBECONFIG_OUTPUT")]
+    pub write_kubeconfig: Option<PathBuf>,
+    /// File mode of the kubeconfig, in octal (e.g. 644).
+    #[arg(long, env = "KITE_KUBECONFIG_MODE", default_value = "600")]
+    pub write_kubeconfig_mode: String,
+    /// Pod network range.
+    #[arg(long, env = "KITE_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// Service ClusterIP range.
+    #[arg(long, env = "KITE_SERVICE_CIDR", default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+    /// Cluster DNS service IP.
+    #[arg(long, env = "KITE_CLUSTER_DNS", default_value = "10.43.0.10")]
+    pub cluster_dns: String,
+    /// Cluster domain.
+    #[arg(long, env = "KITE_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// NodePort range, as FROM-TO.
+    #[arg(
+        long,
+        env = "KITE_SERVICE_NODE_PORT_RANGE",
+        default_value = "30000-32767"
+    )]
+    pub service_node_port_range: String,
+    /// Node name [default: the hostname].
+    #[arg(long, env = "KITE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Run the control plane only, with no node.
+    #[arg(long, env = "KITE_DISABLE_AGENT")]
+    pub disable_agent: bool,
+    /// Verbose logging.
+    #[arg(long, env = "KITE_DEBUG")]
+    pub debug: bool,
+}
+
+/// Settings checked and resolved from [`ServerArgs`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub bind: std::net::IpAddr,
+    pub port: u16,
+    pub advertise: String,
+    pub tls_sans: Vec<String>,
+    pub kubeconfig: PathBuf,
+    pub kubeconfig_mode: u32,
+    pub cluster_cidr: ipnet::Ipv4Net,
+    pub service_cidr: ipnet::Ipv4Net,
+    pub cluster_dns: std::net::Ipv4Addr,
+    pub cluster_domain: String,
+    pub node_port_range: (i64, i64),
+    pub node_name: String,
+    pub disable_agent: bool,
+    pub debug: bool,
+}
+
+fn bad(key: &str, value: &str, why: &str) -> anyhow::Error {
+    anyhow::anyhow!("invalid value {value:?} for --{key}: {why}")
+}
+
+impl ServerArgs {
+    pub fn resolve(&self) -> Result<ServerConfig> {
+        let data_dir = self.data_dir.clone().unwrap_or_else(|| {
+            if is_root() {
+                PathBuf::from("/var/lib/kite")
+            } else {
+                home().join(".kite")
+            }
+        });
+        let kubeconfig = self.write_kubeconfig.clone().unwrap_or_else(|| {
+            if is_root() {
+                PathBuf::from("/etc/kite/kite.yaml")
+            } else {
+                home().join(".kube/kite.yaml")
+            }
+        });
+        let bind = self
+            .bind_address
+            .parse()
+            .map_err(|_| bad("bind-address", &self.bind_address, "not an IP address"))?;
+        let kubeconfig_mode = u32::from_str_radix(&self.write_kubeconfig_mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                bad(
+                    "write-kubeconfig-mode",
+                    &self.write_kubeconfig_mode,
+                    "not an octal file mode such as 600 or 644",
+                )
+            })?;
+        let cidr = |key: &str, v: &str| -> Result<ipnet::Ipv4Net> {
+            v.parse::<ipnet::Ipv4Net>()
+                .map(|n| n.trunc())
+                .map_err(|_| bad(key, v, "not an IPv4 CIDR such as 10.43.0.0/16"))
+        };
+        let cluster_cidr = cidr("cluster-cidr", &self.cluster_cidr)?;
+        let service_cidr = cidr("service-cidr", &self.service_cidr)?;
+        if service_cidr.prefix_len() > 28 {
+            return Err(bad(
+                "service-cidr",
+                &self.service_cidr,
+                "too small; use a /28 or larger",
+            ));
+        }
+        let cluster_dns: std::net::Ipv4Addr = self
+            .cluster_dns
+            .parse()
+            .map_err(|_| bad("cluster-dns", &self.cluster_dns, "not an IPv4 address"))?;
+        if !service_cidr.contains(&cluster_dns) {
+            return Err(bad(
+                "cluster-dns",
+                &self.cluster_dns,
+                &format!("not inside --service-cidr {service_cidr}"),
+            ));
+        }
+        let range = self
+            .service_node_port_range
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse::<i64>().ok()?, b.trim().parse::<i64>().ok()?)))
+            .filter(|(a, b)| 0 < *a && a <= b && *b <= 65535)
+            .ok_or_else(|| {
+                bad(
+                    "service-node-port-range",
+                    &self.service_node_port_range,
+                    "expected FROM-TO, e.g. 30000-32767",
+                )
+            })?;
+        let node_name = match &self.node_name {
+            Some(n) => n.clone(),
+            None => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+                .to_lowercase(),
+        };
+        if kite_api::validation::dns1123_subdomain(&node_name).is_some() {
+            return Err(bad(
+                "node-name",
+                &node_name,
+                "must be a lowercase RFC 1123 subdomain",
+            ));
+        }
+        let advertise = match &self.advertise_address {
+            Some(a) => {
+                a.parse::<std::net::IpAddr>()
+                    .map_err(|_| bad("advertise-address", a, "not an IP address"))?;
+                a.clone()
+            }
+            None => crate::host::node_ips()
+                .first()
+                .map(|ip| ip.to_string())
+                .unwrap_or_else(|| "127.0.0.1".into()),
+        };
+        Ok(ServerConfig {
+            data_dir,
+            bind,
+            port: self.https_listen_port,
+            advertise,
+            tls_sans: self.tls_san.clone(),
+            kubeconfig,
+            kubeconfig_mode,
+            cluster_cidr,
+            service_cidr,
+            cluster_dns,
+            cluster_domain: self.cluster_domain.clone(),
+            node_port_range: range,
+            node_name,
+            disable_agent: self.disable_agent,
+            debug: self.debug,
+        })
+    }
+}
+
+/// Turns one config-file entry into command-line arguments.
+fn config_args(key: &str, value: &Value, out: &mut Vec<String>, file: &Path) -> Result<()> {
+    match value {
+        Value::Bool(true) => out.push(format!("--{key}")),
+        Value::Bool(false) | Value::Null => {}
+        Value::String(s) => out.push(format!("--{key}={s}")),
+        Value::Number(n) => out.push(format!("--{key}={n}")),
+        Value::Array(items) => {
+            for i in items {
+                config_args(key, i, out, file)?;
+            }
+        }
+        Value::Object(_) => bail!(
+            "{}: key {key:?} must be a value or a list, not a map",
+            file.display()
+        ),
+    }
+    Ok(())
+}
+
+fn arg_id(cmd: &clap::Command, key: &str) -> Option<String> {
+    cmd.get_arguments()
+        .find(|a| a.get_long() == Some(key))
+        .map(|a| a.get_id().to_string())
+}
+
+/// Parses argv, then merges the config file of the subcommand underneath it.
+pub fn parse() -> Result<Cli> {
+    let argv: Vec<String> = std::env::args().collect();
+    let cmd = Cli::command();
+    let matches = cmd.clone().get_matches_from(&argv);
+    let Some(("server", sub)) = matches.subcommand() else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let server_cmd = cmd
+        .find_subcommand("server")
+        .expect("server subcommand exists")
+        .clone();
+    let path: PathBuf = sub
+        .get_one::<PathBuf>("config")
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_CONFIG.into());
+    let explicit = sub.value_source("config") != Some(ValueSource::DefaultValue);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            return Ok(Cli::from_arg_matches(&matches)?)
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading config file {}", path.display())),
+    };
+    let doc: Value = if text.trim().is_empty() {
+        Value::Object(Default::default())
+    } else {
+        serde_saphyr::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not valid YAML: {}",
+                path.display(),
+                e.to_string().lines().next().unwrap_or_default()
+            )
+        })?
+    };
+    let map = doc.as_object().ok_or_else(|| {
+        anyhow::anyhow!("{}: expected a map of flag names to values", path.display())
+    })?;
+    let mut extra = Vec::new();
+    for (key, value) in map {
+        let id = arg_id(&server_cmd, key).ok_or_else(|| {
+            anyhow::anyhow!("{}: unknown key {key:?} (keys are `kite server` flag names, e.g. write-kubeconfig-mode)", path.display())
+        })?;
+        if key == "config" {
+            bail!(
+                "{}: key \"config\" cannot be set from a config file",
+                path.display()
+            );
+        }
+        if is_set_outside_config(sub, &id) {
+            continue;
+        }
+        config_args(key, value, &mut extra, &path)?;
+    }
+    // The config file's values go right after the subcommand, so flags given on the command
+    // line come later and win.
+    let pos = argv.iter().position(|a| a == "server").unwrap_or(1);
+    let mut merged = argv.clone();
+    for (i, a) in extra.into_iter().enumerate() {
+        merged.insert(pos + 1 + i, a);
+    }
+    let matches = Cli::command().try_get_matches_from(&merged).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}",
+            path.display(),
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+        )
+    })?;
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+fn is_set_outside_config(m: &ArgMatches, id: &str) -> bool {
+    matches!(
+        m.value_source(id),
+        Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ServerArgs {
+        let mut argv = vec!["kite", "server"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Server(a) => a,
+        }
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let c = args(&["--node-name", "n1"]).resolve().unwrap();
+        assert_eq!(c.port, 6443);
+        assert_eq!(c.node_port_range, (30000, 32767));
+        assert_eq!(c.service_cidr.to_string(), "10.43.0.0/16");
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = args(&["--write-kubeconfig-mode", "999"])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("--write-kubeconfig-mode"));
+        let e = args(&["--service-node-port-range", "5-1"])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("--service-node-port-range"));
+        let e = args(&["--cluster-dns", "10.99.0.10"])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("--cluster-dns"));
+    }
+
+    #[test]
+    fn config_values_become_args() {
+        let mut out = Vec::new();
+        config_args(
+            "tls-san",
+            &serde_json::json!(["a", "b"]),
+            &mut out,
+            Path::new("x"),
+        )
+        .unwrap();
+        config_args("debug", &serde_json::json!(true), &mut out, Path::new("x")).unwrap();
+        config_args(
+            "https-listen-port",
+            &serde_json::json!(7443),
+            &mut out,
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                "--tls-san=a",
+                "--tls-san=b",
+                "--debug",
+                "--https-listen-port=7443"
+            ]
+        );
+        assert!(config_args("x", &serde_json::json!({"a": 1}), &mut out, Path::new("x")).is_err());
+    }
+}

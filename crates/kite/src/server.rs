@@ -1,0 +1,140 @@
+//! `kite server`: opens the store, loads the PKI, writes kubeconfigs, and starts the API
+//! server. Later issues add the controllers, scheduler and the node here.
+
+use crate::config::ServerConfig;
+use anyhow::{Context, Result};
+use kite_apiserver::auth::MastersOnly;
+use kite_apiserver::objects::{ApiConfig, Objects};
+use kite_store::{DynStore, SledStore};
+use std::sync::Arc;
+
+/// The serving certificate's names, as K3s chooses them.
+fn sans(cfg: &ServerConfig) -> Vec<String> {
+    let mut s = vec![
+        "localhost".to_string(),
+        "127.0.0.1".into(),
+        "::1".into(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        format!("kubernetes.default.svc.{}", cfg.cluster_domain),
+        crate::host::hostname(),
+        cfg.node_name.clone(),
+        cfg.advertise.clone(),
+    ];
+    if let Some(first) = cfg.service_cidr.hosts().next() {
+        s.push(first.to_string());
+    }
+    s.extend(crate::host::node_ips().iter().map(|ip| ip.to_string()));
+    s.extend(cfg.tls_sans.iter().cloned());
+    s.sort();
+    s.dedup();
+    s
+}
+
+pub fn run(cfg: ServerConfig) -> Result<()> {
+    let filter = if cfg.debug { "debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KITE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: ServerConfig) -> Result<()> {
+    let started = std::time::Instant::now();
+    let server_dir = cfg.data_dir.join("server");
+    std::fs::create_dir_all(&server_dir)
+        .with_context(|| format!("creating data dir {}", server_dir.display()))?;
+    let store: DynStore = Arc::new(SledStore::open(&server_dir.join("db")).with_context(|| {
+        format!(
+            "opening the datastore in {}",
+            server_dir.join("db").display()
+        )
+    })?);
+    let pki = kite_pki::Pki::load_or_create(&server_dir.join("tls"), &sans(&cfg))
+        .context("loading the cluster PKI")?;
+    let admin = pki.client_cert("admin", "system:admin", &["system:masters"])?;
+    let local_url = format!("https://127.0.0.1:{}", cfg.port);
+    kite_pki::write_file_atomic(
+        &cfg.kubeconfig,
+        kite_pki::kubeconfig(&local_url, &pki.server_ca.cert_pem, &admin).as_bytes(),
+        cfg.kubeconfig_mode,
+    )
+    .with_context(|| format!("writing kubeconfig {}", cfg.kubeconfig.display()))?;
+    // Component identities, as upstream names them, for the controllers, scheduler and node.
+    let cred = server_dir.join("cred");
+    for (file, cn, org) in [
+        ("controller", "system:kube-controller-manager", None),
+        ("scheduler", "system:kube-scheduler", None),
+        (
+            "node",
+            &*format!("system:node:{}", cfg.node_name),
+            Some("system:nodes"),
+        ),
+    ] {
+        let orgs: Vec<&str> = org.into_iter().collect();
+        let c = pki.client_cert(file, cn, &orgs)?;
+        kite_pki::write_file_atomic(
+            &cred.join(format!("{file}.kubeconfig")),
+            kite_pki::kubeconfig(&local_url, &pki.server_ca.cert_pem, &c).as_bytes(),
+            0o600,
+        )?;
+    }
+    let tls = kite_apiserver::serve::tls_config(
+        &pki.serving.cert_pem,
+        &pki.serving.key_pem,
+        &pki.client_ca.cert_pem,
+    )?;
+    let objects = Objects::new(
+        store.clone(),
+        ApiConfig {
+            service_cidr: cfg.service_cidr,
+            strategy: kite_api::strategy::Settings {
+                node_port_range: cfg.node_port_range,
+            },
+        },
+    );
+    let running = kite_apiserver::start(
+        objects,
+        kite_apiserver::ServerOptions {
+            listen: std::net::SocketAddr::new(cfg.bind, cfg.port),
+            advertise: cfg.advertise.clone(),
+            tls,
+            authorizer: Arc::new(MastersOnly),
+        },
+    )
+    .await?;
+    kite_apiserver::spawn_compactor(store, 1000, std::time::Duration::from_secs(300));
+    tracing::info!(
+        addr = %running.addr,
+        kubeconfig = %cfg.kubeconfig.display(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        cluster_cidr = %cfg.cluster_cidr,
+        service_cidr = %cfg.service_cidr,
+        cluster_dns = %cfg.cluster_dns,
+        "kite API server is serving"
+    );
+    if !cfg.disable_agent {
+        tracing::warn!(
+            "the node agent is not part of this build yet; running the control plane only"
+        );
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+        r = running.task => { r.context("API server task")?; }
+    }
+    tracing::info!("shutting down");
+    Ok(())
+}
