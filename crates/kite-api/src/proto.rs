@@ -228,6 +228,10 @@ fn special(msg: &str, buf: &[u8]) -> Result<Option<Value>, ProtoError> {
                 Some(Raw::Varint(v)) => v as i64 as i32,
                 _ => 0,
             };
+            if secs == 0 && nanos == 0 {
+                // Go's zero time, which JSON writes as null.
+                return Ok(Some(Value::Null));
+            }
             let ts = jiff::Timestamp::new(secs, nanos).map_err(|_| ProtoError::Malformed)?;
             let text = if msg.ends_with("MicroTime") {
                 ts.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
@@ -289,7 +293,13 @@ fn message(msg: &str, buf: &[u8], depth: usize) -> Result<Value, ProtoError> {
                         a.extend(scalars(ty, &raw)?);
                     }
                 } else {
-                    out.insert(f.name.clone(), scalar(ty, &raw)?);
+                    // Go sends non-pointer strings even when empty; JSON would omit them.
+                    match scalar(ty, &raw)? {
+                        Value::String(s) if s.is_empty() => {}
+                        v => {
+                            out.insert(f.name.clone(), v);
+                        }
+                    }
                 }
             }
             Ty::Message(m) => {

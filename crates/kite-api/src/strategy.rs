@@ -13,8 +13,9 @@ fn obj_mut<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
     v[key].as_object_mut().unwrap()
 }
 
+/// Sets `key` unless it has a value; like Go's defaulting, an empty string counts as unset.
 fn set_default(m: &mut Map<String, Value>, key: &str, val: Value) {
-    if m.get(key).is_none_or(Value::is_null) {
+    if m.get(key).is_none_or(|v| v.is_null() || v == "") {
         m.insert(key.to_string(), val);
     }
 }

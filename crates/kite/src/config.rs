@@ -92,6 +92,12 @@ pub struct ServerArgs {
     /// Verbose logging.
     #[arg(long, env = "KITE_DEBUG")]
     pub debug: bool,
+    /// Seconds between compactions of the datastore's history.
+    #[arg(long, env = "KITE_COMPACT_INTERVAL", default_value_t = 300)]
+    pub compact_interval: u64,
+    /// Revisions of history kept by compaction (watches may resume this far back).
+    #[arg(long, env = "KITE_COMPACT_RETAIN", default_value_t = 1000)]
+    pub compact_retain: i64,
 }
 
 /// Settings checked and resolved from [`ServerArgs`].
@@ -112,6 +118,8 @@ pub struct ServerConfig {
     pub node_name: String,
     pub disable_agent: bool,
     pub debug: bool,
+    pub compact_interval: std::time::Duration,
+    pub compact_retain: i64,
 }
 
 fn bad(key: &str, value: &str, why: &str) -> anyhow::Error {
@@ -227,6 +235,8 @@ impl ServerArgs {
             node_name,
             disable_agent: self.disable_agent,
             debug: self.debug,
+            compact_interval: std::time::Duration::from_secs(self.compact_interval.max(1)),
+            compact_retain: self.compact_retain.max(0),
         })
     }
 }

@@ -114,7 +114,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         },
     )
     .await?;
-    kite_apiserver::spawn_compactor(store, 1000, std::time::Duration::from_secs(300));
+    kite_apiserver::spawn_compactor(store, cfg.compact_retain, cfg.compact_interval);
     tracing::info!(
         addr = %running.addr,
         kubeconfig = %cfg.kubeconfig.display(),

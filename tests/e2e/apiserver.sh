@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# End-to-end: the control plane core (issue 2), driven by the real kubectl given in $KUBECTL.
+# Starts its own server on a free port in a temporary data dir.
+source "$(dirname "$0")/../lib.sh"
+echo "# kubectl: $KUBECTL ($("$KUBECTL" version --client 2>/dev/null | head -1))"
+
+start_server || { cat "$WORK/server.log"; exit 1; }
+F="$WORK/files"
+mkdir -p "$F"
+
+# --- Basics ---------------------------------------------------------------------------------
+check "cluster-info names the server" contains "$(kc cluster-info 2>&1)" "is running at https://127.0.0.1:$PORT"
+check "version reports v1.36 +kite" contains "$(kc version 2>&1)" "Server Version: v1.36.0+kite"
+check "/healthz needs no credentials" equals "$(curl -sk "https://127.0.0.1:$PORT/healthz")" "ok"
+check "no credentials gets 401" contains "$(curl -sk "https://127.0.0.1:$PORT/api/v1/namespaces")" '"code":401'
+resources=$(kc api-resources 2>&1)
+for r in "pods  *po " "deployments  *deploy " "services  *svc " "configmaps  *cm " "namespaces  *ns " \
+         "cronjobs  *cj " "ingresses  *ing " "clusterroles " "customresourcedefinitions  *crd,crds " \
+         "leases " "endpointslices " "priorityclasses  *pc " "storageclasses  *sc " "resourceclaims " \
+         "flowschemas " "apiservices " "certificatesigningrequests  *csr " "runtimeclasses " \
+         "poddisruptionbudgets  *pdb " "horizontalpodautoscalers  *hpa " "selfsubjectreviews "; do
+  check "api-resources lists ${r%% *}" grep -qE "^$r" <<<"$resources"
+done
+check "api-resources has the full list (>= 60 rows)" test "$(wc -l <<<"$resources")" -ge 60
+check "api-resources --namespaced=false" contains "$(kc api-resources --namespaced=false 2>&1)" "nodes"
+check "explain pod.spec.containers" contains "$(kc explain pod.spec.containers 2>&1)" "List of containers belonging to the pod"
+check "explain shows fields" contains "$(kc explain deployment.spec 2>&1)" "progressDeadlineSeconds"
+check "system namespaces exist" contains "$(kc get ns 2>&1)" "kube-node-lease"
+check "kubernetes service" contains "$(kc get svc kubernetes -o wide 2>&1)" "10.43.0.1"
+
+# --- The apply flow -------------------------------------------------------------------------
+cat >"$F/app.yaml" <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: gitops-kubernetes
+  labels:
+    app: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.27
+        args: ["--verbose"]
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: gitops-kubernetes
+spec:
+  type: NodePort
+  selector:
+    app: web
+  ports:
+  - port: 80
+    targetPort: 80
+    nodePort: 30007
+YAML
+sed -e 's/nginx:1.27/nginx:1.28/' -e '0,/^    app: web$/s//    app: web\n    tier: frontend/' "$F/app.yaml" >"$F/app2.yaml"
+grep -v -- '--verbose' "$F/app2.yaml" >"$F/app3.yaml"
+check "create namespace" contains "$(kc create namespace gitops-kubernetes 2>&1)" "namespace/gitops-kubernetes created"
+out=$(kc apply -f "$F/app.yaml" 2>&1)
+check "apply creates the deployment" contains "$out" "deployment.apps/web created"
+check "apply creates the service" contains "$out" "service/web created"
+out=$(kc apply -f "$F/app.yaml" 2>&1)
+check "apply again: deployment unchanged" contains "$out" "deployment.apps/web unchanged"
+check "apply again: service unchanged" contains "$out" "service/web unchanged"
+rv_before=$(kc get deploy web -n gitops-kubernetes -o jsonpath='{.metadata.resourceVersion}')
+diff_out=$(kc diff -f "$F/app2.yaml" 2>&1); diff_rc=$?
+check "diff exits 1 on a change" equals "$diff_rc" "1"
+check "diff shows the new image" contains "$diff_out" "+        image: nginx:1.28"
+check "diff shows the new label" contains "$diff_out" "+    tier: frontend"
+check "diff changed nothing" equals "$(kc get deploy web -n gitops-kubernetes -o jsonpath='{.metadata.resourceVersion}')" "$rv_before"
+check "apply a change: configured" contains "$(kc apply -f "$F/app2.yaml" 2>&1)" "deployment.apps/web configured"
+check "the new image is there" equals "$(kc get deploy web -n gitops-kubernetes -o jsonpath='{.spec.template.spec.containers[0].image}')" "nginx:1.28"
+check "the new label is there" equals "$(kc get deploy web -n gitops-kubernetes -o jsonpath='{.metadata.labels.tier}')" "frontend"
+check "generation bumped by the spec change" equals "$(kc get deploy web -n gitops-kubernetes -o jsonpath='{.metadata.generation}')" "2"
+kc apply -f "$F/app3.yaml" >/dev/null 2>&1
+check "a field removed from the file is removed (three-way merge)" equals "$(kc get deploy web -n gitops-kubernetes -o jsonpath='{.spec.template.spec.containers[0].args}')" ""
+check "nodePort kept" equals "$(kc get svc web -n gitops-kubernetes -o jsonpath='{.spec.ports[0].nodePort}')" "30007"
+check "defaults applied" equals "$(kc get deploy web -n gitops-kubernetes -o jsonpath='{.spec.strategy.rollingUpdate.maxSurge} {.spec.revisionHistoryLimit} {.spec.template.spec.dnsPolicy}')" "25% 10 ClusterFirst"
+
+# --- get and its outputs --------------------------------------------------------------------
+NS="-n gitops-kubernetes"
+check "get -o yaml" contains "$(kc get deploy web $NS -o yaml)" "kind: Deployment"
+check "get -o json" equals "$(kc get deploy web $NS -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["spec"]["replicas"])')" "2"
+wide=$(kc get deploy $NS -o wide)
+check "get -o wide columns" contains "$wide" "CONTAINERS   IMAGES       SELECTOR"
+check "get deploy columns" grep -qE "^NAME +READY +UP-TO-DATE +AVAILABLE +AGE" <<<"$wide"
+check "get svc columns" grep -qE "^NAME +TYPE +CLUSTER-IP +EXTERNAL-IP +PORT\(S\) +AGE" <<<"$(kc get svc $NS)"
+check "svc ports column" contains "$(kc get svc web $NS)" "80:30007/TCP"
+check "get -o name" equals "$(kc get deploy,svc $NS -o name | tr '\n' ' ')" "deployment.apps/web service/web "
+check "get -o jsonpath" equals "$(kc get svc web $NS -o jsonpath='{.spec.type}')" "NodePort"
+check "get -o custom-columns" contains "$(kc get deploy $NS -o custom-columns=N:.metadata.name,R:.spec.replicas)" "web   2"
+check "--show-labels" contains "$(kc get deploy $NS --show-labels)" "app=web,tier=frontend"
+kc create configmap c1 $NS --from-literal=a=1 >/dev/null
+kc create configmap c2 $NS --from-literal=a=1 --from-literal=b=2 >/dev/null
+kc label configmap c2 $NS color=blue >/dev/null
+check "-l selects by label" equals "$(kc get cm $NS -l color=blue -o name)" "configmap/c2"
+check "-l set-based" equals "$(kc get cm $NS -l 'color in (blue,red)' -o name)" "configmap/c2"
+check "-l not-exists" contains "$(kc get cm $NS -l '!color' -o name)" "configmap/c1"
+check "--field-selector metadata.name" equals "$(kc get cm $NS --field-selector metadata.name=c1 -o name)" "configmap/c1"
+check "--field-selector rejects unknown fields" fails_with "field label not supported" kc get cm $NS --field-selector spec.bogus=1
+check "configmap DATA column" grep -qE "^c2 +2 " <<<"$(kc get cm $NS)"
+check "-A lists across namespaces with a NAMESPACE column" grep -qE "^gitops-kubernetes +c1 " <<<"$(kc get cm -A)"
+check "get a missing object: NotFound" fails_with 'configmaps "nope" not found' kc get cm nope $NS
+check "pagination with --chunk-size" equals "$(kc get cm $NS --chunk-size=1 -o name | wc -l)" "$(kc get cm $NS -o name | wc -l)"
+
+# --- watch ----------------------------------------------------------------------------------
+kc create ns watch >/dev/null
+kc get cm -n watch -w --output-watch-events >"$WORK/watch.out" 2>&1 &
+WPID=$!
+sleep 1
+kc create configmap w1 -n watch --from-literal=k=v >/dev/null
+kc patch configmap w1 -n watch -p '{"data":{"k":"v2"}}' >/dev/null
+kc delete configmap w1 -n watch >/dev/null
+wait_for 10 "watch events" grep -q "DELETED" "$WORK/watch.out"
+kill $WPID 2>/dev/null; wait $WPID 2>/dev/null
+w=$(cat "$WORK/watch.out")
+check "watch shows ADDED" grep -qE "^ADDED +w1 " <<<"$w"
+check "watch shows MODIFIED" grep -qE "^MODIFIED +w1 " <<<"$w"
+check "watch shows DELETED" grep -qE "^DELETED +w1 " <<<"$w"
+
+# --- label, annotate, patch, replace, edit, scale, delete -----------------------------------
+check "label" contains "$(kc label deploy web $NS env=prod 2>&1)" "deployment.apps/web labeled"
+check "label overwrite needs --overwrite" fails_with "already has a value" kc label deploy web $NS env=dev
+check "label removal" contains "$(kc label deploy web $NS env- 2>&1)" "unlabeled"
+check "annotate" contains "$(kc annotate deploy web $NS note=hello 2>&1)" "annotated"
+check "annotation is there" equals "$(kc get deploy web $NS -o jsonpath='{.metadata.annotations.note}')" "hello"
+check "patch (strategic)" contains "$(kc patch deploy web $NS -p '{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"nginx:1.29"}]}}}}' 2>&1)" "patched"
+check "strategic patch merged by name" equals "$(kc get deploy web $NS -o jsonpath='{.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort}')" "nginx:1.29 80"
+check "patch --type merge" contains "$(kc patch cm c1 $NS --type merge -p '{"data":{"z":"26"}}' 2>&1)" "patched"
+check "patch --type json" contains "$(kc patch cm c1 $NS --type json -p '[{"op":"remove","path":"/data/z"}]' 2>&1)" "patched"
+check "json patch removed the key" equals "$(kc get cm c1 $NS -o jsonpath='{.data.z}')" ""
+check "failed json patch test op" fails_with "" kc patch cm c1 $NS --type json -p '[{"op":"test","path":"/data/a","value":"nope"}]'
+kc get cm c1 $NS -o yaml | sed 's/a: "1"/a: "replaced"/' >"$F/c1.yaml"
+check "replace" contains "$(kc replace -f "$F/c1.yaml" 2>&1)" "configmap/c1 replaced"
+check "replace with a stale resourceVersion: Conflict" fails_with "the object has been modified" kc replace -f "$F/c1.yaml"
+cat >"$F/editor.sh" <<'SH'
+#!/bin/sh
+sed -i 's/a: replaced/a: edited/' "$1"
+SH
+chmod +x "$F/editor.sh"
+check "edit" contains "$(EDITOR="$F/editor.sh" kc edit cm c1 $NS 2>&1)" "configmap/c1 edited"
+check "edit took effect" equals "$(kc get cm c1 $NS -o jsonpath='{.data.a}')" "edited"
+check "scale (scale subresource)" contains "$(kc scale deploy web $NS --replicas=5 2>&1)" "deployment.apps/web scaled"
+check "scaled replicas" equals "$(kc get deploy web $NS -o jsonpath='{.spec.replicas}')" "5"
+check "scale subresource reads" contains "$(kc get --raw /apis/apps/v1/namespaces/gitops-kubernetes/deployments/web/scale)" '"replicas":5'
+check "create deployment" contains "$(kc create deployment d2 $NS --image=busybox:1.36 --replicas=2 2>&1)" "deployment.apps/d2 created"
+check "create deployment set the selector" equals "$(kc get deploy d2 $NS -o jsonpath='{.spec.selector.matchLabels.app} {.spec.replicas}')" "d2 2"
+check "create secret generic" contains "$(kc create secret generic s1 $NS --from-literal=password=hunter2 2>&1)" "secret/s1 created"
+check "secret data is base64" equals "$(kc get secret s1 $NS -o jsonpath='{.data.password}' | base64 -d)" "hunter2"
+check "secret columns" grep -qE "^s1 +Opaque +1 " <<<"$(kc get secret s1 $NS)"
+check "create service nodeport" contains "$(kc create service nodeport np1 $NS --tcp=8080:80 2>&1)" "service/np1 created"
+check "nodePort allocated in range" test "$(kc get svc np1 $NS -o jsonpath='{.spec.ports[0].nodePort}')" -ge 30000
+run_out=$(kc run ngx --image=nginx:alpine --dry-run=server -o yaml $NS 2>&1)
+check "run --dry-run=server returns the defaulted pod" contains "$run_out" "imagePullPolicy: IfNotPresent"
+check "run --dry-run=server stored nothing" fails_with "not found" kc get pod ngx $NS
+check "delete -f" contains "$(kc delete -f "$F/app3.yaml" 2>&1)" 'deployment.apps "web" deleted'
+check "deleted objects are gone" fails_with "not found" kc get deploy web $NS
+check "deleting the service released nodePort 30007" contains "$(kc create service nodeport again $NS --tcp=80:80 --node-port=30007 2>&1)" "created"
+
+# --- bad input: clear errors, nothing changed -----------------------------------------------
+count_cm() { kc get cm -n gitops-kubernetes -o name | wc -l; }
+before=$(count_cm)
+check "invalid name" fails_with "a lowercase RFC 1123 subdomain" kc create configmap Bad_Name -n gitops-kubernetes
+cat >"$F/noimage.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: noimage, namespace: gitops-kubernetes}
+spec:
+  containers:
+  - name: c
+YAML
+check "missing required field" fails_with "spec.containers[0].image: Required value" kc apply -f "$F/noimage.yaml"
+cat >"$F/unknown.yaml" <<'YAML'
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: unknownfield, namespace: gitops-kubernetes}
+data: {a: b}
+bogusField: 1
+YAML
+check "unknown field (strict)" fails_with 'unknown field "bogusField"' kc apply -f "$F/unknown.yaml"
+check "unknown field with --validate=warn warns" contains "$(kc apply --validate=warn -f "$F/unknown.yaml" 2>&1)" 'unknown field "bogusField"'
+kc delete cm unknownfield -n gitops-kubernetes >/dev/null 2>&1
+printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n   bad: [indent\n' >"$F/malformed.yaml"
+check "malformed YAML" fails_with "error" kc apply -f "$F/malformed.yaml"
+python3 -c "
+import json
+print(json.dumps({'apiVersion':'v1','kind':'ConfigMap','metadata':{'name':'huge','namespace':'gitops-kubernetes'},'data':{'k':'x'*(4*1024*1024)}}))" >"$F/huge.json"
+check "oversized body" fails_with "Request entity too large" kc create -f "$F/huge.json"
+cat >"$F/dupnp.yaml" <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: dupnp, namespace: gitops-kubernetes}
+spec:
+  type: NodePort
+  ports: [{port: 80, nodePort: 30007}]
+YAML
+check "duplicate nodePort" fails_with "provided port is already allocated" kc apply -f "$F/dupnp.yaml"
+check "nodePort out of range" fails_with "not in the valid range" kc create service nodeport far -n gitops-kubernetes --tcp=80:80 --node-port=40000
+check "create into a missing namespace" fails_with 'namespaces "nowhere" not found' kc create configmap x -n nowhere
+check "duplicate create: AlreadyExists" fails_with 'configmaps "c1" already exists' kc create configmap c1 -n gitops-kubernetes
+check "bad input changed nothing" equals "$(count_cm)" "$before"
+check "the failed service was not stored" fails_with "not found" kc get svc dupnp -n gitops-kubernetes
+check "system namespaces cannot be deleted" fails_with "may not be deleted" kc delete ns kube-system
+
+# --- namespaces, finalizers, deletecollection ------------------------------------------------
+kc create ns doomed >/dev/null
+kc create configmap keep -n doomed >/dev/null
+kc delete ns doomed --wait=false >/dev/null 2>&1
+check "a deleted namespace is Terminating" equals "$(kc get ns doomed -o jsonpath='{.status.phase}')" "Terminating"
+check "no new content in a terminating namespace" fails_with "because it is being terminated" kc create configmap late -n doomed
+kc create configmap fin -n gitops-kubernetes >/dev/null
+kc patch cm fin -n gitops-kubernetes --type merge -p '{"metadata":{"finalizers":["example.com/hold"]}}' >/dev/null
+kc delete cm fin -n gitops-kubernetes --wait=false >/dev/null 2>&1
+check "a finalizer holds the object with a deletionTimestamp" test -n "$(kc get cm fin -n gitops-kubernetes -o jsonpath='{.metadata.deletionTimestamp}')"
+kc patch cm fin -n gitops-kubernetes --type json -p '[{"op":"remove","path":"/metadata/finalizers"}]' >/dev/null 2>&1
+check "removing the last finalizer deletes it" fails_with "not found" kc get cm fin -n gitops-kubernetes
+kc create ns bulk >/dev/null
+for i in 1 2 3; do kc create configmap "b$i" -n bulk >/dev/null; done
+kc label cm b1 b2 -n bulk group=x >/dev/null
+kc delete cm -n bulk -l group=x >/dev/null
+check "deletecollection by label" equals "$(kc get cm -n bulk -o name | tr '\n' ' ')" "configmap/b3 "
+check "auth can-i (SelfSubjectAccessReview)" equals "$(kc auth can-i create pods 2>&1)" "yes"
+check "auth whoami (SelfSubjectReview)" contains "$(kc auth whoami 2>&1)" "system:masters"
+check "metrics count requests" contains "$(kc get --raw /metrics)" 'apiserver_request_total{code="200",resource="configmaps",verb="LIST"}'
+
+summary

@@ -1,0 +1,143 @@
+# Shared helpers for kite's end-to-end tests: start a server on a free port in a temporary data
+# dir, drive it with the real kubectl, assert, and always clean up.
+# Every wait is bounded. Source this file; set KUBECTL to the kubectl binary to test with.
+
+set -u
+KITE_BIN=${KITE_BIN:-"$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/debug/kite"}
+KUBECTL=${KUBECTL:-/usr/bin/kubectl}
+PASS=0
+FAIL=0
+FAILED_NAMES=()
+WORK=$(mktemp -d /tmp/kite-e2e.XXXXXX)
+KITE_PID=""
+export HOME="$WORK/home"   # kubectl's discovery cache stays per run
+mkdir -p "$HOME"
+
+cleanup() {
+  stop_server
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# start_server [extra flags...]: starts kite on a free port; sets PORT, KUBECONFIG, DATA.
+start_server() {
+  PORT=${PORT:-$(free_port)}
+  DATA=${DATA:-"$WORK/data"}
+  export KUBECONFIG="$WORK/kubeconfig.yaml"
+  "$KITE_BIN" server --data-dir "$DATA" --https-listen-port "$PORT" --bind-address 127.0.0.1 \
+    --advertise-address 127.0.0.1 --write-kubeconfig "$KUBECONFIG" --write-kubeconfig-mode 600 \
+    --node-name kite-e2e --disable-agent "$@" >>"$WORK/server.log" 2>&1 &
+  KITE_PID=$!
+  wait_for 10 "API server to answer" kc get --raw /readyz
+}
+
+stop_server() {
+  if [ -n "$KITE_PID" ] && kill -0 "$KITE_PID" 2>/dev/null; then
+    kill "$KITE_PID" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$KITE_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$KITE_PID" 2>/dev/null
+  fi
+  KITE_PID=""
+}
+
+kill9_server() {
+  kill -9 "$KITE_PID" 2>/dev/null
+  wait "$KITE_PID" 2>/dev/null
+  KITE_PID=""
+}
+
+kc() { "$KUBECTL" "$@"; }
+
+# wait_for SECONDS WHAT CMD...: retries CMD until it succeeds or the time is up.
+wait_for() {
+  local secs=$1 what=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      echo "timed out after ${secs}s waiting for $what" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+# check NAME CMD...: runs one assertion.
+check() {
+  local name=$1; shift
+  local out
+  if out=$("$@" 2>&1); then
+    PASS=$((PASS + 1))
+    echo "ok   - $name"
+  else
+    FAIL=$((FAIL + 1))
+    FAILED_NAMES+=("$name")
+    echo "FAIL - $name"
+    echo "$out" | sed 's/^/       /' | head -40
+  fi
+}
+
+# contains HAYSTACK NEEDLE
+contains() {
+  if [[ "$1" == *"$2"* ]]; then return 0; fi
+  echo "expected to find: $2"
+  echo "in: $1"
+  return 1
+}
+
+not_contains() {
+  if [[ "$1" != *"$2"* ]]; then return 0; fi
+  echo "did not expect: $2"
+  echo "in: $1"
+  return 1
+}
+
+equals() {
+  if [ "$1" == "$2" ]; then return 0; fi
+  echo "expected: $2"
+  echo "got:      $1"
+  return 1
+}
+
+# fails_with SUBSTRING CMD...: CMD must fail and print SUBSTRING.
+fails_with() {
+  local want=$1; shift
+  local out
+  if out=$("$@" 2>&1); then
+    echo "expected failure, but it succeeded: $out"
+    return 1
+  fi
+  contains "$out" "$want"
+}
+
+summary() {
+  echo
+  if [ "$FAIL" -gt 0 ]; then
+    echo "failed: ${FAILED_NAMES[*]}"
+    echo "--- server log (last 30 lines) ---"
+    tail -30 "$WORK/server.log" 2>/dev/null
+  fi
+  echo "$PASS passed, $FAIL failed"
+  [ "$FAIL" -eq 0 ]
+}
+
+# curl with the admin client certificate, for raw API checks.
+kcurl() {
+  local dir="$WORK/certs"
+  if [ ! -f "$dir/ca.crt" ]; then
+    mkdir -p "$dir"
+    python3 - "$KUBECONFIG" "$dir" <<'PY'
+import base64, sys, re
+text = open(sys.argv[1]).read()
+def get(k):
+    return base64.b64decode(re.search(k + r": (\S+)", text).group(1))
+open(sys.argv[2] + "/ca.crt", "wb").write(get("certificate-authority-data"))
+open(sys.argv[2] + "/client.crt", "wb").write(get("client-certificate-data"))
+open(sys.argv[2] + "/client.key", "wb").write(get("client-key-data"))
+PY
+  fi
+  curl -sS --max-time 20 --cacert "$dir/ca.crt" --cert "$dir/client.crt" --key "$dir/client.key" "$@"
+}
