@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""32 concurrent writers update one ConfigMap, each with the resourceVersion it read.
+
+For every revision exactly one PUT may succeed; every other attempt must get 409 Conflict.
+Usage: concurrent_writers.py SERVER CA CERT KEY NAMESPACE ROUNDS
+"""
+import json
+import ssl
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+server, ca, cert, key, ns, rounds = sys.argv[1:7]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+url = f"{server}/api/v1/namespaces/{ns}/configmaps/contended"
+
+
+def call(method, body=None, u=url):
+    req = urllib.request.Request(u, method=method, data=None if body is None else json.dumps(body).encode())
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+call("POST", {"metadata": {"name": "contended"}, "data": {"n": "0"}},
+     u=f"{server}/api/v1/namespaces/{ns}/configmaps")
+problems = []
+for rnd in range(int(rounds)):
+    status, current = call("GET")
+    rv = current["metadata"]["resourceVersion"]
+    results = []
+    barrier = threading.Barrier(32)
+
+    def writer(i):
+        body = dict(current)
+        body["data"] = {"n": str(i)}
+        barrier.wait()
+        results.append(call("PUT", body)[0])
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok = results.count(200)
+    conflicts = results.count(409)
+    if ok != 1 or conflicts != 31:
+        problems.append(f"round {rnd} from rv {rv}: {ok} successes, {conflicts} conflicts, others {sorted(set(results))}")
+    status, after = call("GET")
+    if int(after["metadata"]["resourceVersion"]) != int(rv) + 1:
+        problems.append(f"round {rnd}: revision went {rv} -> {after['metadata']['resourceVersion']}")
+if problems:
+    print("\n".join(problems))
+    sys.exit(1)
+print(f"{rounds} rounds: exactly one success and 31 conflicts per revision")

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs, checks formatting and lints, runs the unit
+# tests, builds kite, then runs the end-to-end tiers with both kubectl versions in parallel.
+# Usage: ./tests/run.sh            (as root on Debian/Ubuntu, or as a user with what it needs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+start=$SECONDS
+
+need_pkgs=()
+command -v curl >/dev/null || need_pkgs+=(curl)
+command -v python3 >/dev/null || need_pkgs+=(python3)
+command -v gcc >/dev/null || need_pkgs+=(gcc)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing ${need_pkgs[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  else
+    echo "missing: ${need_pkgs[*]} (install them, e.g. apt-get install ${need_pkgs[*]})" >&2
+    exit 1
+  fi
+fi
+command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup)" >&2; exit 1; }
+
+KUBECTLS=()
+for k in /usr/bin/kubectl /usr/lib/google-cloud-sdk/bin/kubectl.1.33; do
+  [ -x "$k" ] && KUBECTLS+=("$k")
+done
+[ ${#KUBECTLS[@]} -gt 0 ] || { echo "no kubectl found at /usr/bin/kubectl or /usr/lib/google-cloud-sdk/bin/kubectl.1.33" >&2; exit 1; }
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== unit tests"
+cargo test --quiet 2>&1 | tee "$ROOT/target/unit-tests.log" | grep -E "^test result|FAILED|panicked" || true
+if grep -qE "FAILED|panicked|error\[" "$ROOT/target/unit-tests.log" || ! grep -q "^test result" "$ROOT/target/unit-tests.log"; then
+  echo "unit tests failed"; exit 1
+fi
+unit_pass=$(grep -oE "ok\. [0-9]+ passed" "$ROOT/target/unit-tests.log" | awk '{s+=$2} END {print s+0}')
+echo "== building kite"
+cargo build --quiet -p kite
+
+echo "== end-to-end tiers (in parallel; each has its own server, port and data dir)"
+logs="$ROOT/target/e2e-logs"
+rm -rf "$logs"; mkdir -p "$logs"
+pids=()
+names=()
+for k in "${KUBECTLS[@]}"; do
+  v=$(basename "$k")
+  for t in tests/e2e/*.sh; do
+    n="$(basename "$t" .sh)-$v"
+    KUBECTL="$k" timeout 900 bash "$t" >"$logs/$n.log" 2>&1 &
+    pids+=($!); names+=("$n")
+  done
+done
+e2e_fail=0
+for i in "${!pids[@]}"; do
+  if wait "${pids[$i]}"; then
+    echo "   ${names[$i]}: $(tail -1 "$logs/${names[$i]}.log")"
+  else
+    e2e_fail=1
+    echo "   ${names[$i]}: FAILED"
+    grep -vE "^ok " "$logs/${names[$i]}.log" | sed 's/^/      /' | head -60
+  fi
+done
+e2e_pass=$(cat "$logs"/*.log | grep -c "^ok " || true)
+e2e_failed=$(cat "$logs"/*.log | grep -c "^FAIL " || true)
+echo "== done in $((SECONDS - start))s"
+echo "$((unit_pass + e2e_pass)) passed, $e2e_failed failed"
+[ "$e2e_fail" -eq 0 ] && [ "$e2e_failed" -eq 0 ]
