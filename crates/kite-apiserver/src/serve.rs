@@ -98,7 +98,9 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: a
                 req
             });
             let svc = hyper_util::service::TowerToHyperService::new(svc);
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // kube-apiserver's --http2-max-streams-per-connection default.
+            builder.http2().max_concurrent_streams(1000);
             if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await
