@@ -18,6 +18,7 @@
 
 pub mod codec;
 pub mod sled_store;
+pub mod wal;
 
 use futures::future::BoxFuture;
 use std::sync::Arc;

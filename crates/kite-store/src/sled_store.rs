@@ -1,13 +1,17 @@
 //! The embedded backend: one sled tree holding key records (`k` + key), the history log
-//! (`l` + revision) and two counters (`m/rev`, `m/compacted`).
+//! (`l` + revision) and two counters (`m/rev`, `m/compacted`), made durable by a write-ahead
+//! log ([`crate::wal`]).
 //!
-//! Every write runs under one mutex, which assigns the next revision and applies the key
-//! record, the log record and the counter as one atomic sled batch. The writer then waits for
-//! durability through a group commit: the first waiter flushes for everyone who wrote before
-//! the flush began. Only after a flush are events published to watchers, so a watcher never
-//! sees a write that a crash could lose.
+//! Every write runs under one mutex, which assigns the next revision, applies the key record,
+//! the log record and the counter as one atomic sled batch, and queues the WAL record. The
+//! writer then waits for durability through a group commit: the first waiter writes and syncs
+//! the WAL for everyone who wrote before it began. Only then are events published to watchers,
+//! so a watcher never sees a write that a crash could lose. A maintenance thread flushes sled
+//! every few seconds and retires the WAL segment that flush made redundant; opening the store
+//! replays whatever WAL records sled had not persisted.
 
 use crate::codec::{decode_event, decode_kv, encode_event, encode_kv};
+use crate::wal::{self, Wal};
 use crate::{Event, EventKind, KeyValue, RangeResult, Result, Revision, Store, StoreError, Watch};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -21,6 +25,8 @@ const META_REV: &[u8] = b"m/rev";
 const META_COMPACTED: &[u8] = b"m/compacted";
 const BROADCAST_CAPACITY: usize = 4096;
 const WATCH_CHANNEL: usize = 1024;
+/// How often sled is flushed and the WAL segment before it retired.
+const SLED_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn key_record(key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
@@ -40,6 +46,10 @@ struct WriteState {
     last: Revision,
     /// Applied events waiting for a flush before they are published.
     pending: VecDeque<Arc<Event>>,
+    /// WAL records of applied writes not yet written to the log.
+    wal_buf: Vec<u8>,
+    /// Revision last persisted by a sled flush.
+    sled_flushed: Revision,
 }
 
 struct Inner {
@@ -48,6 +58,7 @@ struct Inner {
     durable: AtomicI64,
     compacted: AtomicI64,
     flush_lock: tokio::sync::Mutex<()>,
+    wal: Mutex<Wal>,
     events: broadcast::Sender<Arc<Event>>,
 }
 
@@ -58,12 +69,15 @@ pub struct SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, replaying the WAL into sled if needed.
     pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
         let db = sled::Config::new()
-            .path(dir)
+            .path(dir.join("sled"))
             .cache_capacity(32 * 1024 * 1024)
             .mode(sled::Mode::LowSpace)
+            .flush_every_ms(None)
             .open()?;
         let read_i64 = |k: &[u8]| -> Result<i64> {
             Ok(match db.get(k)? {
@@ -72,22 +86,102 @@ impl SledStore {
                 None => 0,
             })
         };
-        let last = read_i64(META_REV)?;
+        let mut last = read_i64(META_REV)?;
+        // Replay what the WAL has beyond sled's persisted state, in order, without gaps.
+        let mut replayed = 0;
+        for path in [Wal::old_path(dir), Wal::log_path(dir)] {
+            for (rev, bytes) in wal::read_records(&path)? {
+                if rev <= last {
+                    continue;
+                }
+                if rev != last + 1 {
+                    tracing::error!(
+                        expected = last + 1,
+                        found = rev,
+                        "gap in the WAL; replay stops"
+                    );
+                    break;
+                }
+                let event = decode_event(rev, &bytes)?;
+                db.apply_batch(batch_for(&event, &bytes))?;
+                last = rev;
+                replayed += 1;
+            }
+        }
+        let mut wal = Wal::open(dir)?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                revision = last,
+                "replayed the write-ahead log"
+            );
+        }
+        db.flush()?;
+        wal.rotate()?;
+        wal.drop_old()?;
         let compacted = read_i64(META_COMPACTED)?;
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
-        Ok(SledStore {
+        let store = SledStore {
             inner: Arc::new(Inner {
                 db,
                 write: Mutex::new(WriteState {
                     last,
                     pending: VecDeque::new(),
+                    wal_buf: Vec::new(),
+                    sled_flushed: last,
                 }),
                 durable: AtomicI64::new(last),
                 compacted: AtomicI64::new(compacted),
                 flush_lock: tokio::sync::Mutex::new(()),
+                wal: Mutex::new(wal),
                 events,
             }),
-        })
+        };
+        store.spawn_maintenance();
+        Ok(store)
+    }
+
+    /// Flushes sled now and then and retires the WAL segment it made redundant. Ends when the
+    /// store is dropped.
+    fn spawn_maintenance(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        std::thread::Builder::new()
+            .name("kite-store-flush".into())
+            .spawn(move || loop {
+                std::thread::sleep(SLED_FLUSH_EVERY);
+                let Some(inner) = weak.upgrade() else { return };
+                let store = SledStore { inner };
+                if let Err(e) = store.checkpoint() {
+                    tracing::warn!(error = %e, "store checkpoint failed; will retry");
+                }
+            })
+            .expect("spawning the store maintenance thread");
+    }
+
+    /// Persists sled's state and drops the WAL records it now holds.
+    pub fn checkpoint(&self) -> Result<()> {
+        let durable = self.inner.durable.load(Ordering::Acquire);
+        if self.lock().sled_flushed >= durable {
+            return Ok(());
+        }
+        {
+            // No commit is writing the WAL while it rotates.
+            let _flush = self.inner.flush_lock.blocking_lock();
+            self.inner
+                .wal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .rotate()?;
+        }
+        // Every record in the rotated segment was applied to sled before this flush began.
+        self.inner.db.flush()?;
+        self.inner
+            .wal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drop_old()?;
+        self.lock().sled_flushed = durable;
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, WriteState> {
@@ -114,11 +208,9 @@ impl SledStore {
         let current = self.read_key(key)?;
         check(current.as_ref())?;
         let rev = st.last + 1;
-        let mut batch = sled::Batch::default();
         let event = match value {
             Some(value) => {
                 let create = current.as_ref().map_or(rev, |c| c.create_revision);
-                batch.insert(key_record(key), encode_kv(create, rev, &value));
                 Event {
                     kind: EventKind::Put,
                     revision: rev,
@@ -133,7 +225,6 @@ impl SledStore {
             }
             None => {
                 let prev = current.ok_or_else(|| StoreError::NotFound(key.to_string()))?;
-                batch.remove(key_record(key));
                 Event {
                     kind: EventKind::Delete,
                     revision: rev,
@@ -145,16 +236,16 @@ impl SledStore {
                 }
             }
         };
-        batch.insert(&log_record(rev)[..], encode_event(&event));
-        batch.insert(META_REV, &rev.to_be_bytes()[..]);
-        self.inner.db.apply_batch(batch)?;
+        let encoded = encode_event(&event);
+        self.inner.db.apply_batch(batch_for(&event, &encoded))?;
+        wal::encode_record(rev, &encoded, &mut st.wal_buf);
         st.last = rev;
         let event = Arc::new(event);
         st.pending.push_back(event.clone());
         Ok((rev, event))
     }
 
-    /// Group commit: returns once `rev` is durable, flushing if nobody else has.
+    /// Group commit: returns once `rev` is durable, syncing the WAL if nobody else has.
     async fn commit(&self, rev: Revision) -> Result<()> {
         if self.inner.durable.load(Ordering::Acquire) >= rev {
             return Ok(());
@@ -163,8 +254,20 @@ impl SledStore {
         if self.inner.durable.load(Ordering::Acquire) >= rev {
             return Ok(());
         }
-        let target = self.lock().last;
-        self.inner.db.flush_async().await?;
+        let (target, buf) = {
+            let mut st = self.lock();
+            (st.last, std::mem::take(&mut st.wal_buf))
+        };
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            inner
+                .wal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append_sync(&buf)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("WAL writer: {e}")))??;
         let mut st = self.lock();
         while st.pending.front().is_some_and(|e| e.revision <= target) {
             let ev = st.pending.pop_front().unwrap();
@@ -203,6 +306,21 @@ impl SledStore {
         }
         Ok(out)
     }
+}
+
+/// The sled batch for one write: key record, history record and revision counter.
+fn batch_for(event: &Event, encoded_event: &[u8]) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    match event.kind {
+        EventKind::Put => batch.insert(
+            key_record(&event.kv.key),
+            encode_kv(event.kv.create_revision, event.revision, &event.kv.value),
+        ),
+        EventKind::Delete => batch.remove(key_record(&event.kv.key)),
+    }
+    batch.insert(&log_record(event.revision)[..], encoded_event);
+    batch.insert(META_REV, &event.revision.to_be_bytes()[..]);
+    batch
 }
 
 fn conflict(key: &str, current: Option<&KeyValue>) -> StoreError {
@@ -423,7 +541,6 @@ impl Store for SledStore {
             batch.insert(META_COMPACTED, &revision.to_be_bytes()[..]);
             self.inner.db.apply_batch(batch)?;
             self.inner.compacted.store(revision, Ordering::Release);
-            self.inner.db.flush_async().await?;
             Ok(())
         }
         .boxed()
@@ -527,6 +644,36 @@ mod tests {
         let kv = s.get("/k").await.unwrap().unwrap();
         assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"w"[..], 2));
         assert_eq!(s.create("/k2", vec![]).await.unwrap().mod_revision, 3);
+    }
+
+    #[tokio::test]
+    async fn acknowledged_writes_survive_without_a_sled_flush() {
+        fn copy_dir(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for e in std::fs::read_dir(from).unwrap() {
+                let e = e.unwrap();
+                if e.path().is_dir() {
+                    copy_dir(&e.path(), &to.join(e.file_name()));
+                } else {
+                    std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = tempfile::tempdir().unwrap();
+        let s = SledStore::open(&dir.path().join("a")).unwrap();
+        for i in 0..50 {
+            s.create(&format!("/w/{i}"), vec![i as u8]).await.unwrap();
+        }
+        s.delete("/w/7", None).await.unwrap();
+        // What is on disk right now, while sled has not flushed: as if the machine died.
+        copy_dir(&dir.path().join("a"), crashed.path());
+        drop(s);
+        let s = SledStore::open(crashed.path()).unwrap();
+        assert_eq!(s.current_revision(), 51);
+        assert!(s.get("/w/7").await.unwrap().is_none());
+        assert_eq!(s.get("/w/49").await.unwrap().unwrap().value, vec![49]);
+        s.checkpoint().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -28,14 +28,23 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn pem_from_kubeconfig(text: &str, key: &str) -> Vec<u8> {
     use base64::Engine;
-    let line = text.lines().find(|l| l.trim_start().starts_with(key)).expect(key);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(key))
+        .expect(key);
     let b64 = line.split(':').nth(1).unwrap().trim();
-    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
 }
 
 fn start() -> Server {
@@ -43,10 +52,22 @@ fn start() -> Server {
     let port = free_port();
     let kc = dir.path().join("kc.yaml");
     let child = Command::new(env!("CARGO_BIN_EXE_kite"))
-        .args(["server", "--disable-agent", "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--node-name", "bench"])
-        .arg("--data-dir").arg(dir.path().join("data"))
-        .arg("--https-listen-port").arg(port.to_string())
-        .arg("--write-kubeconfig").arg(&kc)
+        .args([
+            "server",
+            "--disable-agent",
+            "--bind-address",
+            "127.0.0.1",
+            "--advertise-address",
+            "127.0.0.1",
+            "--node-name",
+            "bench",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--https-listen-port")
+        .arg(port.to_string())
+        .arg("--write-kubeconfig")
+        .arg(&kc)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -66,19 +87,28 @@ fn start() -> Server {
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
         roots.add(c.unwrap()).unwrap();
     }
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&cert).map(|c| c.unwrap()).collect();
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&cert)
+        .map(|c| c.unwrap())
+        .collect();
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key).unwrap();
     let mut tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)
         .unwrap();
     tls.alpn_protocols = vec![b"h2".to_vec()];
-    Server { child, port, _dir: dir, tls: Arc::new(tls) }
+    Server {
+        child,
+        port,
+        _dir: dir,
+        tls: Arc::new(tls),
+    }
 }
 
 impl Server {
     async fn conn(&self) -> SendRequest<Full<Bytes>> {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
         tcp.set_nodelay(true).unwrap();
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
             .connect("localhost".try_into().unwrap(), tcp)
@@ -123,12 +153,19 @@ async fn request(
 }
 
 fn pod(name: &str, i: usize) -> Vec<u8> {
-    let tier = if i % 100 == 0 { "selected" } else { "other" };
+    let tier = if i.is_multiple_of(100) {
+        "selected"
+    } else {
+        "other"
+    };
     format!(r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","labels":{{"app":"bench","tier":"{tier}"}}}},"spec":{{"containers":[{{"name":"c","image":"busybox:1.36","command":["sleep","3600"],"resources":{{"requests":{{"cpu":"10m","memory":"16Mi"}}}}}}]}}}}"#).into_bytes()
 }
 
 fn scale() -> f64 {
-    std::env::var("KITE_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0)
+    std::env::var("KITE_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0)
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -141,7 +178,13 @@ async fn create_pods(srv: &Server, ns: &str, total: usize, clients: usize) -> f6
     for _ in 0..conns {
         sends.push(srv.conn().await);
     }
-    let (_, _) = request(&mut sends[0], "POST", "/api/v1/namespaces", Some(format!(r#"{{"metadata":{{"name":"{ns}"}}}}"#).into_bytes())).await;
+    let (_, _) = request(
+        &mut sends[0],
+        "POST",
+        "/api/v1/namespaces",
+        Some(format!(r#"{{"metadata":{{"name":"{ns}"}}}}"#).into_bytes()),
+    )
+    .await;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -155,7 +198,13 @@ async fn create_pods(srv: &Server, ns: &str, total: usize, clients: usize) -> f6
                 if i >= total {
                     return;
                 }
-                let (code, body) = request(&mut send, "POST", &format!("/api/v1/namespaces/{ns}/pods"), Some(pod(&format!("p{i}"), i))).await;
+                let (code, body) = request(
+                    &mut send,
+                    "POST",
+                    &format!("/api/v1/namespaces/{ns}/pods"),
+                    Some(pod(&format!("p{i}"), i)),
+                )
+                .await;
                 assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
             }
         }));
@@ -181,7 +230,10 @@ async fn bench_list(srv: &Server) {
     let mut send = srv.conn().await;
     for (what, path) in [
         ("all", "/api/v1/namespaces/list/pods".to_string()),
-        ("labelSelector tier=selected (1%)", "/api/v1/namespaces/list/pods?labelSelector=tier%3Dselected".to_string()),
+        (
+            "labelSelector tier=selected (1%)",
+            "/api/v1/namespaces/list/pods?labelSelector=tier%3Dselected".to_string(),
+        ),
     ] {
         let mut times = Vec::new();
         for _ in 0..10 {
@@ -192,7 +244,11 @@ async fn bench_list(srv: &Server) {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        println!("list {n} pods, {what}: p50 {:.1} ms, max {:.1} ms", pct(&times, 0.5), times[times.len() - 1]);
+        println!(
+            "list {n} pods, {what}: p50 {:.1} ms, max {:.1} ms",
+            pct(&times, 0.5),
+            times[times.len() - 1]
+        );
     }
     println!("rss after {n} pods: {} MiB", srv.rss_kib() / 1024);
 }
@@ -201,7 +257,13 @@ async fn bench_watch(srv: &Server) {
     let watchers = (1000.0 * scale()).max(10.0) as usize;
     let events = 50;
     let mut send = srv.conn().await;
-    request(&mut send, "POST", "/api/v1/namespaces", Some(br#"{"metadata":{"name":"watch"}}"#.to_vec())).await;
+    request(
+        &mut send,
+        "POST",
+        "/api/v1/namespaces",
+        Some(br#"{"metadata":{"name":"watch"}}"#.to_vec()),
+    )
+    .await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
     let conns: Vec<_> = {
         let mut v = Vec::new();
@@ -232,7 +294,12 @@ async fn bench_watch(srv: &Server) {
                     while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = buf.drain(..=pos).collect();
                         let text = String::from_utf8_lossy(&line);
-                        if let Some(i) = text.split("\"name\":\"e").nth(1).and_then(|r| r.split('"').next()).and_then(|n| n.parse::<usize>().ok()) {
+                        if let Some(i) = text
+                            .split("\"name\":\"e")
+                            .nth(1)
+                            .and_then(|r| r.split('"').next())
+                            .and_then(|n| n.parse::<usize>().ok())
+                        {
                             let _ = tx.send((i, Instant::now()));
                         }
                     }
@@ -245,7 +312,13 @@ async fn bench_watch(srv: &Server) {
     let mut sent = Vec::new();
     for i in 0..events {
         sent.push(Instant::now());
-        let (code, _) = request(&mut send, "POST", "/api/v1/namespaces/watch/configmaps", Some(format!(r#"{{"metadata":{{"name":"e{i}"}}}}"#).into_bytes())).await;
+        let (code, _) = request(
+            &mut send,
+            "POST",
+            "/api/v1/namespaces/watch/configmaps",
+            Some(format!(r#"{{"metadata":{{"name":"e{i}"}}}}"#).into_bytes()),
+        )
+        .await;
         assert_eq!(code, 201);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -265,13 +338,22 @@ async fn bench_watch(srv: &Server) {
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let want = |w: &str| which.is_empty() || which.iter().any(|x| x == w);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     if want("rss") {
         let srv = start();
         std::thread::sleep(Duration::from_secs(2));
-        println!("rss idle (fresh data dir, 2 s after start): {} MiB", srv.rss_kib() / 1024);
+        println!(
+            "rss idle (fresh data dir, 2 s after start): {} MiB",
+            srv.rss_kib() / 1024
+        );
     }
     if want("creates") {
         let srv = start();
