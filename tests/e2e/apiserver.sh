@@ -236,6 +236,9 @@ kc delete cm -n bulk -l group=x >/dev/null
 check "deletecollection by label" equals "$(kc get cm -n bulk -o name | tr '\n' ' ')" "configmap/b3 "
 check "auth can-i (SelfSubjectAccessReview)" equals "$(kc auth can-i create pods 2>&1)" "yes"
 check "auth whoami (SelfSubjectReview)" contains "$(kc auth whoami 2>&1)" "system:masters"
-check "metrics count requests" contains "$(kc get --raw /metrics)" 'apiserver_request_total{code="200",resource="configmaps",verb="LIST"}'
+metrics=$(kc get --raw /metrics)
+check "metrics count requests" contains "$metrics" 'apiserver_request_total{code="200",resource="configmaps",verb="LIST"}'
+check "metrics time store operations" contains "$metrics" 'etcd_request_duration_seconds_count{operation="create"}'
+check "metrics count open watches" contains "$metrics" 'apiserver_registered_watchers '
 
 summary

@@ -427,36 +427,54 @@ fn written(w: Written) -> Response {
     json_response(code, &w.object, &w.warnings)
 }
 
-fn list_response(
+/// A list as a Table (what `kubectl get` asks for).
+fn table_list_response(
     ri: &ResourceInfo,
     items: Vec<Value>,
     rv: i64,
     cont: Option<String>,
-    h: &HeaderMap,
     q: &Query,
 ) -> Response {
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if let Some(c) = cont {
         meta["continue"] = json!(c);
     }
-    if wants_table(h) {
-        let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));
-        return json_response(
-            StatusCode::OK,
-            &table::table(ri, &items, meta, include, false),
-            &[],
-        );
-    }
+    let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));
     json_response(
         StatusCode::OK,
-        &json!({
-            "kind": ri.list_kind,
-            "apiVersion": ri.api_version(),
-            "metadata": meta,
-            "items": items,
-        }),
+        &table::table(ri, &items, meta, include, false),
         &[],
     )
+}
+
+/// A List written from stored JSON without parsing the items.
+fn raw_list_response(
+    ri: &ResourceInfo,
+    items: &[Vec<u8>],
+    rv: i64,
+    cont: Option<String>,
+) -> Response {
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if let Some(c) = cont {
+        meta["continue"] = json!(c);
+    }
+    let head = json!({"kind": ri.list_kind, "apiVersion": ri.api_version(), "metadata": meta});
+    let mut out = serde_json::to_vec(&head).unwrap_or_default();
+    out.pop(); // the closing brace
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.extend_from_slice(b"]}");
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        out,
+    )
+        .into_response()
 }
 
 async fn serve_resource(
@@ -486,8 +504,12 @@ async fn serve_resource(
     match (verb, name, t.sub.as_deref()) {
         ("list", None, None) => {
             let opts = list_opts(ri, &q)?;
-            let (items, rv, cont) = objs.list(ri, ns, &opts).await?;
-            Ok(list_response(ri, items, rv, cont, req.headers(), &q))
+            if wants_table(req.headers()) {
+                let (items, rv, cont) = objs.list(ri, ns, &opts).await?;
+                return Ok(table_list_response(ri, items, rv, cont, &q));
+            }
+            let (items, rv, cont) = objs.list_raw(ri, ns, &opts).await?;
+            Ok(raw_list_response(ri, &items, rv, cont))
         }
         ("watch", _, None) => {
             let mut opts = list_opts(ri, &q)?;

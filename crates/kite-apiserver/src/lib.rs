@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod metered;
 pub mod metrics;
 pub mod objects;
 pub mod openapi;
@@ -71,8 +72,13 @@ pub struct RunningServer {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Bootstraps system objects, binds, and serves in the background.
-pub async fn start(objects: Arc<Objects>, opts: ServerOptions) -> anyhow::Result<RunningServer> {
+/// Bootstraps system objects, binds, and serves in the background. `metrics` should be the
+/// one the store was wrapped with ([`metered::MeteredStore`]).
+pub async fn start(
+    objects: Arc<Objects>,
+    metrics: Arc<metrics::Metrics>,
+    opts: ServerOptions,
+) -> anyhow::Result<RunningServer> {
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
@@ -83,7 +89,7 @@ pub async fn start(objects: Arc<Objects>, opts: ServerOptions) -> anyhow::Result
     let state = Arc::new(AppState {
         objects,
         authorizer: opts.authorizer,
-        metrics: Arc::new(metrics::Metrics::default()),
+        metrics,
         server_address: format!("{}:{}", opts.advertise, addr.port()),
         version: version_info(),
     });

@@ -19,7 +19,35 @@ struct Histogram {
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<(String, String), Histogram>>,
+    store: Mutex<BTreeMap<&'static str, Histogram>>,
     watches: AtomicI64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            out.push_str(&format!(
+                "{name}_bucket{{{labels},le=\"{b}\"}} {}\n",
+                self.counts[i]
+            ));
+        }
+        out.push_str(&format!(
+            "{name}_bucket{{{labels},le=\"+Inf\"}} {}\n",
+            self.count
+        ));
+        out.push_str(&format!("{name}_sum{{{labels}}} {}\n", self.sum));
+        out.push_str(&format!("{name}_count{{{labels}}} {}\n", self.count));
+    }
 }
 
 impl Metrics {
@@ -34,18 +62,22 @@ impl Metrics {
         if verb == "watch" {
             return;
         }
-        let secs = took.as_secs_f64();
-        let mut lat = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        let h = lat
+        self.latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .entry((verb.to_string(), resource.to_string()))
-            .or_default();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += secs;
-        h.count += 1;
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records one store operation (get, list, create, update, delete, compact).
+    pub fn observe_store(&self, op: &'static str, took: Duration) {
+        self.store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(op)
+            .or_default()
+            .observe(took.as_secs_f64());
     }
 
     pub fn watch_opened(&self) {
@@ -78,24 +110,15 @@ impl Metrics {
             .iter()
         {
             let labels = format!("resource=\"{res}\",verb=\"{}\"", verb.to_uppercase());
-            for (i, b) in BUCKETS.iter().enumerate() {
-                out.push_str(&format!(
-                    "apiserver_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}\n",
-                    h.counts[i]
-                ));
-            }
-            out.push_str(&format!(
-                "apiserver_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n",
-                h.count
-            ));
-            out.push_str(&format!(
-                "apiserver_request_duration_seconds_sum{{{labels}}} {}\n",
-                h.sum
-            ));
-            out.push_str(&format!(
-                "apiserver_request_duration_seconds_count{{{labels}}} {}\n",
-                h.count
-            ));
+            h.render(&mut out, "apiserver_request_duration_seconds", &labels);
+        }
+        out.push_str("# HELP etcd_request_duration_seconds Store operation latency in seconds, by operation.\n# TYPE etcd_request_duration_seconds histogram\n");
+        for (op, h) in self.store.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            h.render(
+                &mut out,
+                "etcd_request_duration_seconds",
+                &format!("operation=\"{op}\""),
+            );
         }
         out.push_str(&format!(
             "# HELP apiserver_registered_watchers Number of currently open watches.\n# TYPE apiserver_registered_watchers gauge\napiserver_registered_watchers {}\n",
@@ -114,7 +137,9 @@ mod tests {
         let m = Metrics::default();
         m.observe_request("list", "pods", 200, Duration::from_millis(3));
         m.watch_opened();
+        m.observe_store("create", Duration::from_micros(700));
         let text = m.render();
+        assert!(text.contains("etcd_request_duration_seconds_count{operation=\"create\"} 1"));
         assert!(text
             .contains("apiserver_request_total{code=\"200\",resource=\"pods\",verb=\"LIST\"} 1"));
         assert!(text.contains("le=\"0.005\"} 1"));

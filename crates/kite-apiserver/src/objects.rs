@@ -119,6 +119,64 @@ pub fn decode(kv: &KeyValue) -> ApiResult<Value> {
     Ok(v)
 }
 
+/// Where the top-level `metadata` object's `{` is in compact JSON written by [`encode`].
+fn metadata_brace(raw: &[u8]) -> Option<usize> {
+    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+    let mut key_start = 0;
+    let mut last_key: &[u8] = b"";
+    let mut after_metadata_colon = false;
+    for (i, &c) in raw.iter().enumerate() {
+        if in_str {
+            if esc {
+                esc = false;
+            } else if c == b'\\' {
+                esc = true;
+            } else if c == b'"' {
+                in_str = false;
+                if depth == 1 {
+                    last_key = &raw[key_start..i];
+                }
+            }
+            continue;
+        }
+        match c {
+            b'"' => {
+                in_str = true;
+                key_start = i + 1;
+            }
+            b':' if depth == 1 => after_metadata_colon = last_key == b"metadata",
+            b'{' | b'[' => {
+                if depth == 1 && c == b'{' && after_metadata_colon {
+                    return Some(i);
+                }
+                depth += 1;
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' => after_metadata_colon = false,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The stored JSON with `metadata.resourceVersion` set, without parsing it.
+pub fn raw_with_rv(kv: &KeyValue) -> ApiResult<Vec<u8>> {
+    let rv = format!("\"resourceVersion\":\"{}\"", kv.mod_revision);
+    match metadata_brace(&kv.value) {
+        Some(b) => {
+            let mut out = Vec::with_capacity(kv.value.len() + rv.len() + 1);
+            out.extend_from_slice(&kv.value[..=b]);
+            out.extend_from_slice(rv.as_bytes());
+            if kv.value.get(b + 1) != Some(&b'}') {
+                out.push(b',');
+            }
+            out.extend_from_slice(&kv.value[b + 1..]);
+            Ok(out)
+        }
+        None => serde_json::to_vec(&decode(kv)?).map_err(|e| ApiError::internal(e.to_string())),
+    }
+}
+
 fn encode(obj: &Value) -> Vec<u8> {
     let mut o = obj.clone();
     meta_mut(&mut o).remove("resourceVersion");
@@ -158,6 +216,32 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_version_is_spliced_into_the_top_level_metadata() {
+        let kv = |v: &str| KeyValue {
+            key: "k".into(),
+            value: v.as_bytes().to_vec(),
+            create_revision: 1,
+            mod_revision: 42,
+        };
+        let cases = [
+            r#"{"data":{"metadata":{"x":"y"}},"metadata":{"name":"a"}}"#,
+            r#"{"kind":"X","metadata":{},"spec":{"template":{"metadata":{}}}}"#,
+            r#"{"data":{"k":"\"metadata\":{"},"metadata":{"name":"b"}}"#,
+        ];
+        for c in cases {
+            let spliced: Value = serde_json::from_slice(&raw_with_rv(&kv(c)).unwrap()).unwrap();
+            let mut want: Value = serde_json::from_str(c).unwrap();
+            want["metadata"]["resourceVersion"] = json!("42");
+            assert_eq!(spliced, want, "{c}");
+        }
     }
 }
 
@@ -463,12 +547,28 @@ impl Objects {
         .map_err(|errs| ApiError::invalid(ri, name_of(obj), &errs))
     }
 
+    /// Lists objects, parsed.
     pub async fn list(
         &self,
         ri: &ResourceInfo,
         ns: Option<&str>,
         opts: &ListOpts,
     ) -> ApiResult<(Vec<Value>, Revision, Option<String>)> {
+        let (raw, rev, cont) = self.list_raw(ri, ns, opts).await?;
+        let items = raw
+            .iter()
+            .map(|r| serde_json::from_slice(r).map_err(|e| ApiError::internal(e.to_string())))
+            .collect::<ApiResult<Vec<Value>>>()?;
+        Ok((items, rev, cont))
+    }
+
+    /// Lists objects as JSON bytes with their resourceVersion; parses only to apply selectors.
+    pub async fn list_raw(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        opts: &ListOpts,
+    ) -> ApiResult<(Vec<Vec<u8>>, Revision, Option<String>)> {
         let prefix = Self::collection_prefix(ri, ns);
         let (mut start, mut token_rv) = (None, None);
         if let Some(tok) = &opts.continue_token {
@@ -507,11 +607,13 @@ impl Objects {
             let mut last_key = None;
             for kv in &page.items {
                 last_key = Some(kv.key.clone());
-                let o = decode(kv)?;
-                if opts.labels.matches_object(&o)
-                    && opts.fields.matches(&|f| strategy::field_value(&o, f))
-                {
-                    items.push(o);
+                let keep = !filtering || {
+                    let o = decode(kv)?;
+                    opts.labels.matches_object(&o)
+                        && opts.fields.matches(&|f| strategy::field_value(&o, f))
+                };
+                if keep {
+                    items.push(raw_with_rv(kv)?);
                     if opts.limit > 0 && items.len() == opts.limit {
                         break;
                     }
@@ -684,11 +786,15 @@ impl Objects {
             };
         }
         match self.store.update(&key, encode(&obj), old_rev).await {
-            Ok(kv) => Ok(Written {
-                object: decode(&kv)?,
-                warnings,
-                created: false,
-            }),
+            Ok(kv) => {
+                meta_mut(&mut obj)
+                    .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+                Ok(Written {
+                    object: obj,
+                    warnings,
+                    created: false,
+                })
+            }
             Err(StoreError::Conflict { .. }) => Err(ApiError::stale(ri, name)),
             Err(StoreError::NotFound(_)) => Err(ApiError::not_found(ri, name)),
             Err(e) => Err(e.into()),

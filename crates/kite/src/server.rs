@@ -55,12 +55,16 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     let server_dir = cfg.data_dir.join("server");
     std::fs::create_dir_all(&server_dir)
         .with_context(|| format!("creating data dir {}", server_dir.display()))?;
-    let store: DynStore = Arc::new(SledStore::open(&server_dir.join("db")).with_context(|| {
-        format!(
-            "opening the datastore in {}",
-            server_dir.join("db").display()
-        )
-    })?);
+    let metrics = Arc::new(kite_apiserver::metrics::Metrics::default());
+    let store: DynStore = kite_apiserver::metered::MeteredStore::wrap(
+        Arc::new(SledStore::open(&server_dir.join("db")).with_context(|| {
+            format!(
+                "opening the datastore in {}",
+                server_dir.join("db").display()
+            )
+        })?),
+        metrics.clone(),
+    );
     let pki = kite_pki::Pki::load_or_create(&server_dir.join("tls"), &sans(&cfg))
         .context("loading the cluster PKI")?;
     let admin = pki.client_cert("admin", "system:admin", &["system:masters"])?;
@@ -106,6 +110,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     );
     let running = kite_apiserver::start(
         objects,
+        metrics,
         kite_apiserver::ServerOptions {
             listen: std::net::SocketAddr::new(cfg.bind, cfg.port),
             advertise: cfg.advertise.clone(),
