@@ -173,7 +173,10 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn create_pods(srv: &Server, ns: &str, total: usize, clients: usize) -> f64 {
-    let conns = clients.div_ceil(16).max(1);
+    let conns = std::env::var("KITE_BENCH_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(clients.div_ceil(16).max(1));
     let mut sends = Vec::new();
     for _ in 0..conns {
         sends.push(srv.conn().await);
@@ -217,7 +220,11 @@ async fn create_pods(srv: &Server, ns: &str, total: usize, clients: usize) -> f6
 
 async fn bench_creates(srv: &Server) {
     let n = (5000.0 * scale()) as usize;
-    for clients in [1, 8, 64] {
+    let counts: Vec<usize> = std::env::var("KITE_BENCH_CLIENTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 8, 64]);
+    for clients in counts {
         let total = if clients == 1 { n / 5 } else { n };
         let rate = create_pods(srv, &format!("creates-{clients}"), total, clients).await;
         println!("creates: {clients:>2} clients, {total} durable pod creates: {rate:.0}/s");
