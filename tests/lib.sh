@@ -29,7 +29,7 @@ start_server() {
   DATA=${DATA:-"$WORK/data"}
   export KUBECONFIG="$WORK/kubeconfig.yaml"
   "$KITE_BIN" server --data-dir "$DATA" --https-listen-port "$PORT" --bind-address 127.0.0.1 \
-    --advertise-address 127.0.0.1 --write-kubeconfig "$KUBECONFIG" --write-kubeconfig-mode 600 \
+    --advertise-address 127.0.0.1 --write-kubeconfig "$KUBECONFIG" \
     --node-name kite-e2e --disable-agent "$@" >>"$WORK/server.log" 2>&1 &
   KITE_PID=$!
   wait_for 10 "API server to answer" kc get --raw /readyz

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 struct Server {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
     tls: Arc<rustls::ClientConfig>,
 }
 
@@ -48,7 +48,12 @@ fn pem_from_kubeconfig(text: &str, key: &str) -> Vec<u8> {
 }
 
 fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap()).0
+}
+
+/// Starts kite in `dir`; also returns the time from spawn to a TLS-answered `/readyz`.
+fn start_in(dir: tempfile::TempDir) -> (Server, Duration) {
+    let t0 = Instant::now();
     let port = free_port();
     let kc = dir.path().join("kc.yaml");
     let child = Command::new(env!("CARGO_BIN_EXE_kite"))
@@ -75,9 +80,8 @@ fn start() -> Server {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !kc.exists() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "kite did not start");
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(2));
     }
-    std::thread::sleep(Duration::from_millis(100));
     let text = std::fs::read_to_string(&kc).unwrap();
     use rustls::pki_types::pem::PemObject;
     let ca = pem_from_kubeconfig(&text, "certificate-authority-data");
@@ -96,15 +100,38 @@ fn start() -> Server {
         .with_client_auth_cert(certs, key)
         .unwrap();
     tls.alpn_protocols = vec![b"h2".to_vec()];
-    Server {
+    let srv = Server {
         child,
         port,
-        _dir: dir,
+        dir: Some(dir),
         tls: Arc::new(tls),
-    }
+    };
+    // Ready means a TLS handshake and an authenticated answer.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        loop {
+            let mut c = srv.conn().await;
+            if request(&mut c, "GET", "/api/v1/namespaces", None).await.0 == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "kite did not serve");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    (srv, t0.elapsed())
 }
 
 impl Server {
+    /// Kills kite (SIGKILL, as a crash) and keeps its data dir.
+    fn crash_keep_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.dir.take().expect("the data dir is kept until drop")
+    }
+
     async fn conn(&self) -> SendRequest<Full<Bytes>> {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
@@ -354,12 +381,19 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if want("rss") {
-        let srv = start();
+    if want("rss") || want("startup") {
+        let (srv, fresh) = start_in(tempfile::tempdir().unwrap());
         std::thread::sleep(Duration::from_secs(2));
         println!(
             "rss idle (fresh data dir, 2 s after start): {} MiB",
             srv.rss_kib() / 1024
+        );
+        rt.block_on(create_pods(&srv, "startup", 2000, 16));
+        let (_srv, existing) = start_in(srv.crash_keep_dir());
+        println!(
+            "start-up to a served authenticated request: fresh data dir {} ms, existing data dir (2,000 pods, after kill -9) {} ms",
+            fresh.as_millis(),
+            existing.as_millis()
         );
     }
     if want("creates") {

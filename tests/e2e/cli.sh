@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# End-to-end: the `kite` command line (issue 2): --version, flag and config-file errors, the
+# config file and KITE_* environment, their precedence. (Start-up time is a benchmark.)
+source "$(dirname "$0")/../lib.sh"
+echo "# kubectl: $KUBECTL"
+
+check "--version names kite and the Kubernetes version" contains "$("$KITE_BIN" --version)" "(kubernetes v1.36.0)"
+out=$("$KITE_BIN" server --no-such-flag 2>&1); rc=$?
+check "an unknown flag fails" test "$rc" -ne 0
+check "an unknown flag is named" contains "$out" "--no-such-flag"
+out=$("$KITE_BIN" server --data-dir "$WORK/x" --service-node-port-range 5-1 2>&1); rc=$?
+check "a bad flag value fails with one line naming the flag" equals "$rc:$(wc -l <<<"$out")" "1:1"
+check "the bad value's message names the flag" contains "$out" "--service-node-port-range"
+printf 'https-listen-port: 6553\nbogus-key: 1\n' >"$WORK/bad.yaml"
+out=$("$KITE_BIN" server --config "$WORK/bad.yaml" 2>&1); rc=$?
+check "an unknown config key fails" test "$rc" -ne 0
+check "the error names the key and the file in one line" equals "$(wc -l <<<"$out")" "1"
+check "the error names the unknown key" contains "$out" '"bogus-key"'
+printf 'tls-san: [a\n' >"$WORK/malformed.yaml"
+out=$("$KITE_BIN" server --config "$WORK/malformed.yaml" 2>&1); rc=$?
+check "malformed config YAML fails in one line" equals "$rc:$(wc -l <<<"$out")" "1:1"
+check "a missing explicit config file is an error" fails_with "reading config file" "$KITE_BIN" server --config "$WORK/none.yaml"
+
+# Values from the config file apply; the environment beats the file; the command line beats both.
+PORT=$(free_port)
+cat >"$WORK/config.yaml" <<YAML
+https-listen-port: 1
+write-kubeconfig-mode: "644"
+tls-san:
+  - kite-from-config.example
+cluster-domain: from-file.local
+YAML
+export KITE_HTTPS_LISTEN_PORT=2
+start_server --config "$WORK/config.yaml" || { cat "$WORK/server.log"; exit 1; }
+unset KITE_HTTPS_LISTEN_PORT
+check "the command line beats env and file (port $PORT)" contains "$(kc cluster-info 2>&1)" ":$PORT"
+check "write-kubeconfig-mode from the config file" equals "$(stat -c %a "$KUBECONFIG")" "644"
+san=$(echo | openssl s_client -connect "127.0.0.1:$PORT" 2>/dev/null | openssl x509 -noout -ext subjectAltName 2>/dev/null)
+check "tls-san from the config file is in the serving certificate" contains "$san" "kite-from-config.example"
+check "the cluster domain from the file is in the serving certificate" contains "$san" "kubernetes.default.svc.from-file.local"
+check "the service IP is in the serving certificate" contains "$san" "10.43.0.1"
+
+# A bookmark arrives on a watch that allows them (every 15 s).
+bm=$(kcurl "https://127.0.0.1:$PORT/api/v1/namespaces/default/configmaps?watch=1&allowWatchBookmarks=true&timeoutSeconds=17")
+check "allowWatchBookmarks sends a BOOKMARK with a resourceVersion" contains "$bm" '"type":"BOOKMARK"'
+check "timeoutSeconds ends the watch" test -n "$bm"
+
+stop_server
+for i in $(seq 1 200); do echo "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"c$i\",\"namespace\":\"default\"}}"; done >"$WORK/many.json"
+start_server --config "$WORK/config.yaml" || exit 1
+kc create -f "$WORK/many.json" >/dev/null
+stop_server
+start_server --config "$WORK/config.yaml" || exit 1
+check "objects are there after the restart" equals "$(kc get cm -n default -o name | grep -c '^configmap/c')" "200"
+
+summary
