@@ -551,11 +551,7 @@ async fn serve_resource(
             Ok(json_response(StatusCode::CREATED, &out, &[]))
         }
         ("update", Some(n), sub @ (None | Some("status"))) => {
-            let part = if sub.is_some() {
-                Part::Status
-            } else {
-                Part::Main
-            };
+            let part = part_of(sub);
             let opts = write_opts(&q)?;
             let (h, body) = read_body(req).await?;
             let obj = decode_body(&h, &body)?;
@@ -611,11 +607,7 @@ async fn serve_resource(
             ))
         }
         ("patch", Some(n), sub @ (None | Some("status"))) => {
-            let part = if sub.is_some() {
-                Part::Status
-            } else {
-                Part::Main
-            };
+            let part = part_of(sub);
             let opts = write_opts(&q)?;
             let (h, body) = read_body(req).await?;
             let ct = content_type(&h);
@@ -661,6 +653,14 @@ async fn serve_resource(
             ))
         }
         _ => Err(ApiError::method_not_supported(ri, verb)),
+    }
+}
+
+/// Which part of the object a write to the main resource or `/status` addresses.
+fn part_of(sub: Option<&str>) -> Part {
+    match sub {
+        Some("status") => Part::Status,
+        _ => Part::Main,
     }
 }
 

@@ -308,6 +308,31 @@ impl SledStore {
     }
 }
 
+/// Sends the logged events in `(from, upto]` under `prefix` to a watcher. False when the
+/// watch is over (the watcher left, or the log could not be read and the error was sent).
+async fn replay(
+    store: &SledStore,
+    prefix: &str,
+    from: Revision,
+    upto: Revision,
+    tx: &tokio::sync::mpsc::Sender<Result<Event>>,
+) -> bool {
+    match store.read_log(from, upto) {
+        Ok(events) => {
+            for e in events.into_iter().filter(|e| e.kv.key.starts_with(prefix)) {
+                if tx.send(Ok(e)).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            false
+        }
+    }
+}
+
 /// The sled batch for one write: key record, history record and revision counter.
 fn batch_for(event: &Event, encoded_event: &[u8]) -> sled::Batch {
     let mut batch = sled::Batch::default();
@@ -448,25 +473,8 @@ impl Store for SledStore {
         let prefix = prefix.to_string();
         tokio::spawn(async move {
             let mut last = after;
-            let send_range = |store: &SledStore, from: Revision, upto: Revision| {
-                store.read_log(from, upto).map(|evs| {
-                    evs.into_iter()
-                        .filter(|e| e.kv.key.starts_with(prefix.as_str()))
-                        .collect::<Vec<_>>()
-                })
-            };
-            match send_range(&store, last, durable) {
-                Ok(evs) => {
-                    for e in evs {
-                        if tx.send(Ok(e)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
+            if !replay(&store, &prefix, last, durable, &tx).await {
+                return;
             }
             last = last.max(durable);
             loop {
@@ -494,18 +502,8 @@ impl Store for SledStore {
                                 .await;
                             return;
                         }
-                        match send_range(&store, last, upto) {
-                            Ok(evs) => {
-                                for e in evs {
-                                    if tx.send(Ok(e)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(e)).await;
-                                return;
-                            }
+                        if !replay(&store, &prefix, last, upto, &tx).await {
+                            return;
                         }
                         last = last.max(upto);
                     }
