@@ -177,7 +177,12 @@ pub fn raw_with_rv(kv: &KeyValue) -> ApiResult<Vec<u8>> {
     }
 }
 
+/// The stored form of an object: its JSON without `metadata.resourceVersion`, which is the
+/// key's revision. Writers remove the field before calling; a copy is made only if they did not.
 fn encode(obj: &Value) -> Vec<u8> {
+    if obj["metadata"].get("resourceVersion").is_none() {
+        return serde_json::to_vec(obj).expect("JSON values always serialise");
+    }
     let mut o = obj.clone();
     meta_mut(&mut o).remove("resourceVersion");
     serde_json::to_vec(&o).expect("JSON values always serialise")
