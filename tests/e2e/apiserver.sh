@@ -222,7 +222,7 @@ kc create ns doomed >/dev/null
 kc create configmap keep -n doomed >/dev/null
 kc delete ns doomed --wait=false >/dev/null 2>&1
 check "a deleted namespace is Terminating" equals "$(kc get ns doomed -o jsonpath='{.status.phase}')" "Terminating"
-check "no new content in a terminating namespace" fails_with "because it is being terminated" kc create configmap late -n doomed
+check "no new content in a terminating namespace" fails_with 'configmaps "late" is forbidden: unable to create new content in namespace doomed because it is being terminated' kc create configmap late -n doomed
 kc create configmap fin -n gitops-kubernetes >/dev/null
 kc patch cm fin -n gitops-kubernetes --type merge -p '{"metadata":{"finalizers":["example.com/hold"]}}' >/dev/null
 kc delete cm fin -n gitops-kubernetes --wait=false >/dev/null 2>&1

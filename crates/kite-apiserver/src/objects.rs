@@ -311,7 +311,12 @@ impl Objects {
         Ok((decode(&kv)?, kv.mod_revision))
     }
 
-    async fn check_namespace(&self, ri: &ResourceInfo, ns: Option<&str>) -> ApiResult<()> {
+    async fn check_namespace(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> ApiResult<()> {
         if !ri.namespaced {
             return Ok(());
         }
@@ -333,7 +338,7 @@ impl Objects {
                     format!(
                         "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                         qualified(ri),
-                        ""
+                        name
                     ),
                 )
             });
@@ -486,8 +491,8 @@ impl Objects {
             }
         }
         let warnings = self.admit(ri, &mut obj, None, opts.field_validation)?;
-        self.check_namespace(ri, ns).await?;
         let name = name_of(&obj).to_string();
+        self.check_namespace(ri, ns, &name).await?;
         let key = Self::key(ri, ns, &name);
         let _svc = if ri.is("", "Service") {
             let g = self.service_lock.lock().await;
