@@ -76,7 +76,7 @@ impl SledStore {
         let db = sled::Config::new()
             .path(dir.join("sled"))
             .cache_capacity(32 * 1024 * 1024)
-            .mode(sled::Mode::LowSpace)
+            .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
             .open()?;
         let read_i64 = |k: &[u8]| -> Result<i64> {
