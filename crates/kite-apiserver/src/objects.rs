@@ -557,19 +557,18 @@ impl Objects {
         .map_err(|errs| ApiError::invalid(ri, name_of(obj), &errs))
     }
 
-    /// Lists objects, parsed.
+    /// Lists objects, parsed (each stored object is decoded once).
     pub async fn list(
         &self,
         ri: &ResourceInfo,
         ns: Option<&str>,
         opts: &ListOpts,
     ) -> ApiResult<(Vec<Value>, Revision, Option<String>)> {
-        let (raw, rev, cont) = self.list_raw(ri, ns, opts).await?;
-        let items = raw
-            .iter()
-            .map(|r| serde_json::from_slice(r).map_err(|e| ApiError::internal(e.to_string())))
-            .collect::<ApiResult<Vec<Value>>>()?;
-        Ok((items, rev, cont))
+        self.scan(ri, ns, opts, |kv, parsed| match parsed {
+            Some(v) => Ok(v),
+            None => decode(kv),
+        })
+        .await
     }
 
     /// Lists objects as JSON bytes with their resourceVersion; parses only to apply selectors.
@@ -579,6 +578,18 @@ impl Objects {
         ns: Option<&str>,
         opts: &ListOpts,
     ) -> ApiResult<(Vec<Vec<u8>>, Revision, Option<String>)> {
+        self.scan(ri, ns, opts, |kv, _| raw_with_rv(kv)).await
+    }
+
+    /// The paging, selector and continuation logic of a list. `make` turns a matching key into
+    /// an item; it gets the decoded object when selectors already needed it.
+    async fn scan<T>(
+        &self,
+        ri: &ResourceInfo,
+        ns: Option<&str>,
+        opts: &ListOpts,
+        make: impl Fn(&KeyValue, Option<Value>) -> ApiResult<T>,
+    ) -> ApiResult<(Vec<T>, Revision, Option<String>)> {
         let prefix = Self::collection_prefix(ri, ns);
         let (mut start, mut token_rv) = (None, None);
         if let Some(tok) = &opts.continue_token {
@@ -617,16 +628,20 @@ impl Objects {
             let mut last_key = None;
             for kv in &page.items {
                 last_key = Some(kv.key.clone());
-                let keep = !filtering || {
+                let parsed = if filtering {
                     let o = decode(kv)?;
-                    opts.labels.matches_object(&o)
-                        && opts.fields.matches(&|f| strategy::field_value(&o, f))
-                };
-                if keep {
-                    items.push(raw_with_rv(kv)?);
-                    if opts.limit > 0 && items.len() == opts.limit {
-                        break;
+                    let keep = opts.labels.matches_object(&o)
+                        && opts.fields.matches(&|f| strategy::field_value(&o, f));
+                    if !keep {
+                        continue;
                     }
+                    Some(o)
+                } else {
+                    None
+                };
+                items.push(make(kv, parsed)?);
+                if opts.limit > 0 && items.len() == opts.limit {
+                    break;
                 }
             }
             let full = opts.limit > 0 && items.len() == opts.limit;
