@@ -470,12 +470,59 @@ fn validate_data_keys(obj: &Value, errs: &mut Vec<FieldError>) {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub node_port_range: (i64, i64),
+    /// DefaultTolerationSeconds admission: seconds a new pod tolerates a not-ready node.
+    pub not_ready_toleration_seconds: i64,
+    /// ... and an unreachable one.
+    pub unreachable_toleration_seconds: i64,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             node_port_range: (30000, 32767),
+            not_ready_toleration_seconds: 300,
+            unreachable_toleration_seconds: 300,
+        }
+    }
+}
+
+/// Upstream's DefaultTolerationSeconds admission plugin: a new pod that does not already
+/// tolerate `node.kubernetes.io/not-ready` / `unreachable` with NoExecute gets a
+/// toleration for them with the configured seconds.
+pub fn admit_default_tolerations(pod: &mut Value, settings: &Settings) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let tols = spec
+        .entry("tolerations")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !tols.is_array() {
+        return;
+    }
+    let list = tols.as_array_mut().unwrap();
+    for (key, secs) in [
+        (
+            "node.kubernetes.io/not-ready",
+            settings.not_ready_toleration_seconds,
+        ),
+        (
+            "node.kubernetes.io/unreachable",
+            settings.unreachable_toleration_seconds,
+        ),
+    ] {
+        let tolerated = list.iter().any(|t| {
+            let effect = t["effect"].as_str().unwrap_or("");
+            let k = t["key"].as_str().unwrap_or("");
+            let exists_all = k.is_empty() && t["operator"] == "Exists";
+            (k == key || exists_all) && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !tolerated {
+            list.push(serde_json::json!({
+                "key": key,
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": secs,
+            }));
         }
     }
 }

@@ -490,6 +490,9 @@ impl Objects {
                 m.remove("status");
             }
         }
+        if ri.is("", "Pod") {
+            strategy::admit_default_tolerations(&mut obj, &self.cfg.strategy);
+        }
         let warnings = self.admit(ri, &mut obj, None, opts.field_validation)?;
         let name = name_of(&obj).to_string();
         self.check_namespace(ri, ns, &name).await?;

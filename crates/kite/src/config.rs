@@ -26,6 +26,98 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane (API server, datastore) and, later, a node.
     Server(ServerArgs),
+    /// Register simulated nodes and act as their kubelet (no containers run).
+    Sim(SimArgs),
+}
+
+/// `kite sim` flags.
+#[derive(Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Kubeconfig of the cluster to join [default: $KUBECONFIG, then ~/.kube/config].
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// How many nodes to simulate.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Node names are this prefix plus a number from 0.
+    #[arg(long, default_value = "kite-sim-")]
+    pub node_prefix: String,
+    /// CPU capacity of each node.
+    #[arg(long, default_value = "4")]
+    pub cpu: String,
+    /// Memory capacity of each node.
+    #[arg(long, default_value = "16Gi")]
+    pub memory: String,
+    /// Pod capacity of each node.
+    #[arg(long, default_value_t = 110)]
+    pub pods: u32,
+    /// Extra node labels, as k=v,k2=v2.
+    #[arg(long, default_value = "")]
+    pub labels: String,
+    /// Node taints, as key=value:Effect,key2:Effect.
+    #[arg(long, default_value = "")]
+    pub taints: String,
+    /// How long a bound pod takes to become Running, e.g. 500ms or 2s.
+    #[arg(long, default_value = "0s")]
+    pub start_delay: String,
+}
+
+/// Parses `300ms`, `2s`, `1m`, `40` (seconds).
+pub fn parse_duration(key: &str, v: &str) -> Result<std::time::Duration> {
+    let v = v.trim();
+    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| bad(key, v, "expected a duration such as 500ms, 40s or 5m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad(key, v, "expected a duration such as 500ms, 40s or 5m")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+impl SimArgs {
+    pub fn resolve(&self) -> Result<(PathBuf, kite_sim::SimOptions)> {
+        let kubeconfig = self
+            .kubeconfig
+            .clone()
+            .unwrap_or_else(|| home().join(".kube/config"));
+        for (k, v) in [("cpu", &self.cpu), ("memory", &self.memory)] {
+            if kite_runtime::quantity::parse(v).is_none() {
+                return Err(bad(k, v, "not a quantity such as 4, 500m or 16Gi"));
+            }
+        }
+        if kite_api::validation::dns1123_subdomain(&format!("{}0", self.node_prefix)).is_some() {
+            return Err(bad(
+                "node-prefix",
+                &self.node_prefix,
+                "node names must be lowercase RFC 1123 subdomains",
+            ));
+        }
+        let labels = kite_sim::spec::parse_labels(&self.labels)
+            .map_err(|e| bad("labels", &self.labels, &e.to_string()))?;
+        let taints = kite_sim::spec::parse_taints(&self.taints)
+            .map_err(|e| bad("taints", &self.taints, &e.to_string()))?;
+        Ok((
+            kubeconfig,
+            kite_sim::SimOptions {
+                nodes: self.nodes,
+                prefix: self.node_prefix.clone(),
+                cpu: self.cpu.clone(),
+                memory: self.memory.clone(),
+                pods: self.pods,
+                labels,
+                taints,
+                start_delay: parse_duration("start-delay", &self.start_delay)?,
+            },
+        ))
+    }
 }
 
 fn is_root() -> bool {
@@ -98,6 +190,29 @@ pub struct ServerArgs {
     /// Revisions of history kept by compaction (watches may resume this far back).
     #[arg(long, env = "KITE_COMPACT_RETAIN", default_value_t = 1000)]
     pub compact_retain: i64,
+    /// How long a node may miss heartbeats before it is marked unhealthy.
+    #[arg(long, env = "KITE_NODE_MONITOR_GRACE_PERIOD", default_value = "40s")]
+    pub node_monitor_grace_period: String,
+    /// tolerationSeconds of the not-ready toleration added to every pod.
+    #[arg(
+        long,
+        env = "KITE_DEFAULT_NOT_READY_TOLERATION_SECONDS",
+        default_value_t = 300
+    )]
+    pub default_not_ready_toleration_seconds: i64,
+    /// tolerationSeconds of the unreachable toleration added to every pod.
+    #[arg(
+        long,
+        env = "KITE_DEFAULT_UNREACHABLE_TOLERATION_SECONDS",
+        default_value_t = 300
+    )]
+    pub default_unreachable_toleration_seconds: i64,
+    /// Do not run the controller manager.
+    #[arg(long, env = "KITE_DISABLE_CONTROLLER_MANAGER")]
+    pub disable_controller_manager: bool,
+    /// Do not run the scheduler.
+    #[arg(long, env = "KITE_DISABLE_SCHEDULER")]
+    pub disable_scheduler: bool,
 }
 
 /// Settings checked and resolved from [`ServerArgs`].
@@ -120,6 +235,11 @@ pub struct ServerConfig {
     pub debug: bool,
     pub compact_interval: std::time::Duration,
     pub compact_retain: i64,
+    pub node_monitor_grace_period: std::time::Duration,
+    pub not_ready_toleration_seconds: i64,
+    pub unreachable_toleration_seconds: i64,
+    pub disable_controller_manager: bool,
+    pub disable_scheduler: bool,
 }
 
 fn bad(key: &str, value: &str, why: &str) -> anyhow::Error {
@@ -237,6 +357,14 @@ impl ServerArgs {
             debug: self.debug,
             compact_interval: std::time::Duration::from_secs(self.compact_interval.max(1)),
             compact_retain: self.compact_retain.max(0),
+            node_monitor_grace_period: parse_duration(
+                "node-monitor-grace-period",
+                &self.node_monitor_grace_period,
+            )?,
+            not_ready_toleration_seconds: self.default_not_ready_toleration_seconds.max(0),
+            unreachable_toleration_seconds: self.default_unreachable_toleration_seconds.max(0),
+            disable_controller_manager: self.disable_controller_manager,
+            disable_scheduler: self.disable_scheduler,
         })
     }
 }
@@ -358,7 +486,55 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Server(a) => a,
+            Command::Sim(_) => unreachable!("parsed `kite server`"),
         }
+    }
+
+    fn sim(extra: &[&str]) -> Result<(PathBuf, kite_sim::SimOptions)> {
+        let mut argv = vec!["kite", "sim"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Sim(a) => a.resolve(),
+            Command::Server(_) => unreachable!("parsed `kite sim`"),
+        }
+    }
+
+    #[test]
+    fn sim_flags_are_checked() {
+        let (_, o) = sim(&[
+            "--nodes",
+            "5",
+            "--labels",
+            "zone=a",
+            "--taints",
+            "k=v:NoSchedule",
+            "--start-delay",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(o.nodes, 5);
+        assert_eq!(o.labels["zone"], "a");
+        assert_eq!(o.taints[0].effect, "NoSchedule");
+        assert_eq!(o.start_delay, std::time::Duration::from_millis(500));
+        for bad in [
+            &["--cpu", "lots"][..],
+            &["--memory", "16Q"],
+            &["--taints", "k=v:Never"],
+            &["--labels", "novalue"],
+            &["--start-delay", "soon"],
+            &["--node-prefix", "Bad_"],
+        ] {
+            let e = sim(bad).unwrap_err().to_string();
+            assert!(e.contains(&bad[0][2..]), "{e}");
+        }
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("x", "40s").unwrap().as_secs(), 40);
+        assert_eq!(parse_duration("x", "2m").unwrap().as_secs(), 120);
+        assert_eq!(parse_duration("x", "40").unwrap().as_secs(), 40);
+        assert!(parse_duration("x", "4 0").is_err());
     }
 
     #[test]

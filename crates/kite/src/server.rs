@@ -3,7 +3,7 @@
 
 use crate::config::ServerConfig;
 use anyhow::{Context, Result};
-use kite_apiserver::auth::MastersOnly;
+use kite_apiserver::auth::MastersAndComponents;
 use kite_apiserver::objects::{ApiConfig, Objects};
 use kite_store::{DynStore, SledStore};
 use std::sync::Arc;
@@ -105,6 +105,8 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             service_cidr: cfg.service_cidr,
             strategy: kite_api::strategy::Settings {
                 node_port_range: cfg.node_port_range,
+                not_ready_toleration_seconds: cfg.not_ready_toleration_seconds,
+                unreachable_toleration_seconds: cfg.unreachable_toleration_seconds,
             },
         },
     );
@@ -115,7 +117,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             listen: std::net::SocketAddr::new(cfg.bind, cfg.port),
             advertise: cfg.advertise.clone(),
             tls,
-            authorizer: Arc::new(MastersOnly),
+            authorizer: Arc::new(MastersAndComponents),
         },
     )
     .await?;
@@ -129,6 +131,33 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         cluster_dns = %cfg.cluster_dns,
         "kite API server is serving"
     );
+    let identity = format!("{}_{}", cfg.node_name, std::process::id());
+    if !cfg.disable_controller_manager {
+        let client =
+            kite_runtime::client::from_kubeconfig(&cred.join("controller.kubeconfig")).await?;
+        let opts = kite_controllers::Options {
+            cluster_cidr: cfg.cluster_cidr,
+            node_cidr_mask: 24,
+            node_monitor_grace_period: cfg.node_monitor_grace_period,
+            root_ca_pem: pki.server_ca.cert_pem.clone(),
+            identity: identity.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = kite_controllers::run(client, opts).await {
+                tracing::error!(error = %format!("{e:#}"), "controller manager stopped");
+            }
+        });
+    }
+    if !cfg.disable_scheduler {
+        let client =
+            kite_runtime::client::from_kubeconfig(&cred.join("scheduler.kubeconfig")).await?;
+        let id = identity.clone();
+        tokio::spawn(async move {
+            if let Err(e) = kite_scheduler::run(client, &id).await {
+                tracing::error!(error = %format!("{e:#}"), "scheduler stopped");
+            }
+        });
+    }
     if !cfg.disable_agent {
         tracing::warn!(
             "the node agent is not part of this build yet; running the control plane only"
@@ -142,4 +171,28 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     }
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// `kite sim`: simulated nodes against the cluster in `kubeconfig`.
+pub fn run_sim(kubeconfig: &std::path::Path, opts: kite_sim::SimOptions) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KITE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let client = kite_runtime::client::from_kubeconfig(kubeconfig).await?;
+        tokio::select! {
+            r = kite_sim::run(client, opts) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
 }

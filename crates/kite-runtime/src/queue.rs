@@ -1,0 +1,187 @@
+//! A work queue with client-go's guarantees: a key queued many times is processed once,
+//! a key is never processed by two workers at once (a change arriving meanwhile queues
+//! it again after), and retries come back after a per-key exponential back-off.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+struct Inner<T> {
+    queue: VecDeque<T>,
+    dirty: HashSet<T>,
+    processing: HashSet<T>,
+    failures: HashMap<T, u32>,
+}
+
+/// A cloneable handle to one queue.
+pub struct WorkQueue<T> {
+    inner: Arc<Mutex<Inner<T>>>,
+    notify: Arc<Notify>,
+}
+
+impl<T> Clone for WorkQueue<T> {
+    fn clone(&self) -> Self {
+        WorkQueue {
+            inner: self.inner.clone(),
+            notify: self.notify.clone(),
+        }
+    }
+}
+
+impl<T: Hash + Eq + Clone + Send + 'static> Default for WorkQueue<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Hash + Eq + Clone + Send + 'static> WorkQueue<T> {
+    pub fn new() -> Self {
+        WorkQueue {
+            inner: Arc::new(Mutex::new(Inner {
+                queue: VecDeque::new(),
+                dirty: HashSet::new(),
+                processing: HashSet::new(),
+                failures: HashMap::new(),
+            })),
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Queues `key` unless it is already waiting.
+    pub fn add(&self, key: T) {
+        let mut g = self.inner.lock().unwrap();
+        if !g.dirty.insert(key.clone()) {
+            return;
+        }
+        if g.processing.contains(&key) {
+            // `done` will queue it once the current pass ends.
+            return;
+        }
+        g.queue.push_back(key);
+        drop(g);
+        self.notify.notify_one();
+    }
+
+    /// Queues `key` after `delay`.
+    pub fn add_after(&self, key: T, delay: Duration) {
+        if delay.is_zero() {
+            return self.add(key);
+        }
+        let q = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            q.add(key);
+        });
+    }
+
+    /// Queues `key` after its next back-off step (5 ms doubling to 30 s).
+    pub fn add_rate_limited(&self, key: T) {
+        let n = {
+            let mut g = self.inner.lock().unwrap();
+            let n = g.failures.entry(key.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let ms = 5u64.saturating_mul(1 << (n - 1).min(13)).min(30_000);
+        self.add_after(key, Duration::from_millis(ms));
+    }
+
+    /// Clears the back-off of `key` after a success.
+    pub fn forget(&self, key: &T) {
+        self.inner.lock().unwrap().failures.remove(key);
+    }
+
+    /// Waits for the next key; the caller must call [`WorkQueue::done`] with it.
+    pub async fn next(&self) -> T {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut g = self.inner.lock().unwrap();
+                if let Some(k) = g.queue.pop_front() {
+                    g.dirty.remove(&k);
+                    g.processing.insert(k.clone());
+                    if !g.queue.is_empty() {
+                        self.notify.notify_one();
+                    }
+                    return k;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Ends processing of `key`; if it changed meanwhile it is queued again.
+    pub fn done(&self, key: &T) {
+        let mut g = self.inner.lock().unwrap();
+        g.processing.remove(key);
+        if g.dirty.contains(key) {
+            g.queue.push_back(key.clone());
+            drop(g);
+            self.notify.notify_one();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap().queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Runs `workers` tasks that take keys from `queue` and call `reconcile`; an error is
+/// logged and the key retried with back-off (the controller's error policy).
+pub fn run_workers<T, F, Fut>(name: &'static str, queue: WorkQueue<T>, workers: usize, reconcile: F)
+where
+    T: Hash + Eq + Clone + Send + Sync + std::fmt::Debug + 'static,
+    F: Fn(T) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<crate::Action>> + Send + 'static,
+{
+    for _ in 0..workers {
+        let q = queue.clone();
+        let f = reconcile.clone();
+        tokio::spawn(async move {
+            loop {
+                let key = q.next().await;
+                match f(key.clone()).await {
+                    Ok(action) => {
+                        q.forget(&key);
+                        if let crate::Action::Requeue(d) = action {
+                            q.add_after(key.clone(), d);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(controller = name, ?key, error = %format!("{e:#}"), "reconcile failed; retrying");
+                        q.add_rate_limited(key.clone());
+                    }
+                }
+                q.done(&key);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dedups_and_excludes() {
+        let q = WorkQueue::new();
+        q.add("a");
+        q.add("a");
+        q.add("b");
+        assert_eq!(q.len(), 2);
+        let k = q.next().await;
+        assert_eq!(k, "a");
+        // Added while processing: not handed out until done.
+        q.add("a");
+        assert_eq!(q.next().await, "b");
+        assert!(q.is_empty());
+        q.done(&"a");
+        assert_eq!(q.next().await, "a");
+    }
+}

@@ -1,0 +1,166 @@
+//! The scheduling queue: pending pods by priority (then arrival), a back-off for pods that
+//! did not fit (1 s doubling to 10 s, as upstream), and a set of unschedulable pods that
+//! cluster changes move back to the active queue once their back-off has passed.
+
+use kite_runtime::Key;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Inner {
+    seq: u64,
+    active: BTreeSet<(Reverse<i32>, u64, Key)>,
+    in_active: HashMap<Key, (i32, u64)>,
+    /// Unschedulable pods: when their back-off ends and their priority.
+    parked: HashMap<Key, (Instant, i32)>,
+    attempts: HashMap<Key, u32>,
+}
+
+#[derive(Clone, Default)]
+pub struct SchedulingQueue {
+    inner: Arc<Mutex<Inner>>,
+    notify: Arc<Notify>,
+}
+
+impl SchedulingQueue {
+    /// Adds (or re-prioritises) a pending pod.
+    pub fn add(&self, key: Key, priority: i32) {
+        let mut g = self.inner.lock().unwrap();
+        if g.in_active.contains_key(&key) {
+            return;
+        }
+        if let Some((until, _)) = g.parked.get(&key) {
+            // A parked pod changed: retry, but not before its back-off ends.
+            let wait = until.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                drop(g);
+                self.add_after(key, priority, wait);
+                return;
+            }
+            g.parked.remove(&key);
+        }
+        g.seq += 1;
+        let seq = g.seq;
+        g.active.insert((Reverse(priority), seq, key.clone()));
+        g.in_active.insert(key, (priority, seq));
+        drop(g);
+        self.notify.notify_one();
+    }
+
+    fn add_after(&self, key: Key, priority: i32, wait: Duration) {
+        let q = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let due = {
+                let mut g = q.inner.lock().unwrap();
+                match g.parked.get(&key) {
+                    Some((until, _)) if *until <= Instant::now() => {
+                        g.parked.remove(&key);
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if due {
+                q.add(key, priority);
+            }
+        });
+    }
+
+    /// Forgets a pod that was bound or deleted.
+    pub fn remove(&self, key: &Key) {
+        let mut g = self.inner.lock().unwrap();
+        if let Some((p, s)) = g.in_active.remove(key) {
+            g.active.remove(&(Reverse(p), s, key.clone()));
+        }
+        g.parked.remove(key);
+        g.attempts.remove(key);
+    }
+
+    /// Parks a pod that did not fit, with its next back-off.
+    pub fn unschedulable(&self, key: Key, priority: i32) {
+        let mut g = self.inner.lock().unwrap();
+        let n = g.attempts.entry(key.clone()).or_insert(0);
+        *n += 1;
+        let backoff = (INITIAL_BACKOFF * 2u32.saturating_pow((*n - 1).min(8))).min(MAX_BACKOFF);
+        g.parked.insert(key, (Instant::now() + backoff, priority));
+    }
+
+    /// A cluster change may let parked pods fit: each goes back once its back-off ends.
+    pub fn move_all_to_active(&self) {
+        let parked: Vec<(Key, Instant, i32)> = {
+            let g = self.inner.lock().unwrap();
+            g.parked
+                .iter()
+                .map(|(k, (t, p))| (k.clone(), *t, *p))
+                .collect()
+        };
+        let now = Instant::now();
+        for (k, until, prio) in parked {
+            let wait = until.saturating_duration_since(now);
+            if wait.is_zero() {
+                self.inner.lock().unwrap().parked.remove(&k);
+                self.add(k, prio);
+            } else {
+                self.add_after(k, prio, wait);
+            }
+        }
+    }
+
+    /// The next pod to schedule, highest priority first.
+    pub async fn pop(&self) -> Key {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut g = self.inner.lock().unwrap();
+                if let Some(first) = g.active.pop_first() {
+                    g.in_active.remove(&first.2);
+                    return first.2;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    pub fn pending(&self) -> (usize, usize) {
+        let g = self.inner.lock().unwrap();
+        (g.active.len(), g.parked.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(n: &str) -> Key {
+        ("ns".into(), n.into())
+    }
+
+    #[tokio::test]
+    async fn pops_by_priority_then_arrival() {
+        let q = SchedulingQueue::default();
+        q.add(k("a"), 0);
+        q.add(k("b"), 100);
+        q.add(k("c"), 0);
+        q.add(k("a"), 0);
+        assert_eq!(q.pop().await, k("b"));
+        assert_eq!(q.pop().await, k("a"));
+        assert_eq!(q.pop().await, k("c"));
+    }
+
+    #[tokio::test]
+    async fn parked_pods_wait_for_backoff() {
+        let q = SchedulingQueue::default();
+        q.unschedulable(k("a"), 0);
+        q.move_all_to_active();
+        assert_eq!(q.pending(), (0, 1));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(q.pending(), (1, 0));
+    }
+}
