@@ -13,7 +13,10 @@ KITE_PID=""
 export HOME="$WORK/home"   # kubectl's discovery cache stays per run
 mkdir -p "$HOME"
 
+SIM_PIDS=()
+
 cleanup() {
+  stop_sims
   stop_server
   rm -rf "$WORK"
 }
@@ -42,6 +45,21 @@ stop_server() {
     kill -9 "$KITE_PID" 2>/dev/null
   fi
   KITE_PID=""
+}
+
+# start_sim [flags...]: runs `kite sim` against the current server (its log: $WORK/sim.log).
+start_sim() {
+  "$KITE_BIN" sim --kubeconfig "$KUBECONFIG" "$@" >>"$WORK/sim.log" 2>&1 &
+  SIM_PIDS+=($!)
+}
+
+stop_sims() {
+  local p
+  for p in "${SIM_PIDS[@]}"; do
+    kill "$p" 2>/dev/null
+    wait "$p" 2>/dev/null
+  done
+  SIM_PIDS=()
 }
 
 kill9_server() {

@@ -396,6 +396,72 @@ impl Objects {
         Ok(())
     }
 
+    /// Upstream's Priority admission plugin: a new pod's `priority` and
+    /// `preemptionPolicy` come from its PriorityClass (or the global default class).
+    async fn admit_priority(&self, pod: &mut Value) -> ApiResult<()> {
+        let pcri = self
+            .registry
+            .lookup("scheduling.k8s.io", "v1", "priorityclasses")
+            .expect("priorityclasses are registered");
+        let pod_name = name_of(pod).to_string();
+        let forbidden = |msg: String| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("pods \"{pod_name}\" is forbidden: {msg}"),
+            )
+        };
+        let class_name = pod["spec"]["priorityClassName"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from);
+        let (class, value, policy) = match class_name.as_deref() {
+            Some("system-node-critical") => (class_name.clone(), 2_000_001_000, None),
+            Some("system-cluster-critical") => (class_name.clone(), 2_000_000_000, None),
+            Some(n) => match self.get(pcri, None, n).await {
+                Ok((pc, _)) => (
+                    class_name.clone(),
+                    pc["value"].as_i64().unwrap_or(0),
+                    pc["preemptionPolicy"].as_str().map(String::from),
+                ),
+                Err(_) => {
+                    return Err(forbidden(format!(
+                        "no PriorityClass with name {n} was found"
+                    )))
+                }
+            },
+            None => {
+                let (all, _, _) = self.list(pcri, None, &ListOpts::default()).await?;
+                match all.iter().find(|pc| pc["globalDefault"] == json!(true)) {
+                    Some(pc) => (
+                        meta(pc)["name"].as_str().map(String::from),
+                        pc["value"].as_i64().unwrap_or(0),
+                        pc["preemptionPolicy"].as_str().map(String::from),
+                    ),
+                    None => (None, 0, None),
+                }
+            }
+        };
+        let spec = pod
+            .get_mut("spec")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| ApiError::bad_request("a pod needs a spec"))?;
+        if let Some(given) = spec.get("priority").and_then(Value::as_i64) {
+            if given != value {
+                return Err(forbidden(format!("the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name")));
+            }
+        }
+        spec.insert("priority".into(), json!(value));
+        if let Some(c) = class {
+            spec.insert("priorityClassName".into(), json!(c));
+        }
+        spec.insert(
+            "preemptionPolicy".into(),
+            json!(policy.unwrap_or_else(|| "PreemptLowerPriority".into())),
+        );
+        Ok(())
+    }
+
     /// Defaults, validates and decodes as the typed object; returns warnings.
     fn admit(
         &self,
@@ -492,6 +558,7 @@ impl Objects {
         }
         if ri.is("", "Pod") {
             strategy::admit_default_tolerations(&mut obj, &self.cfg.strategy);
+            self.admit_priority(&mut obj).await?;
         }
         let warnings = self.admit(ri, &mut obj, None, opts.field_validation)?;
         let name = name_of(&obj).to_string();

@@ -188,7 +188,33 @@ fn without_hash(t: &PodTemplateSpec) -> serde_json::Value {
     if let Some(l) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
         l.remove(HASH);
     }
-    serde_json::to_value(&t).unwrap_or_default()
+    let mut v = serde_json::to_value(&t).unwrap_or_default();
+    drop_zero_values(&mut v);
+    v
+}
+
+/// Removes fields holding a zero value (false, 0, "", null, {} or []). Templates are
+/// compared after the API server's defaulting, where an absent field and its zero value
+/// mean the same; a template decoded from protobuf carries explicit zeros that the same
+/// template sent as JSON (by `kubectl rollout undo`) does not.
+fn drop_zero_values(v: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !drop_zero_values(x));
+            m.is_empty()
+        }
+        Value::Array(a) => {
+            for x in a.iter_mut() {
+                drop_zero_values(x);
+            }
+            a.is_empty()
+        }
+        Value::Bool(b) => !*b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Null => true,
+    }
 }
 
 fn now() -> jiff::Timestamp {
@@ -926,6 +952,27 @@ mod tests {
         assert_eq!(scaled(Some(&p), 10, false, "25%"), 2);
         assert_eq!(scaled(Some(&IntOrString::Int(2)), 10, false, "25%"), 2);
         assert_eq!(scaled(None, 4, false, "25%"), 1);
+    }
+
+    #[test]
+    fn templates_compare_without_zero_values() {
+        let a: PodTemplateSpec = serde_json::from_value(json!({
+            "metadata": {"labels": {"app": "web", "pod-template-hash": "x"}, "generation": 0},
+            "spec": {"containers": [{"name": "c", "image": "i", "stdin": false}], "hostIPC": false}
+        }))
+        .unwrap();
+        let b: PodTemplateSpec = serde_json::from_value(json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}
+        }))
+        .unwrap();
+        assert_eq!(without_hash(&a), without_hash(&b));
+        let c: PodTemplateSpec = serde_json::from_value(json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "j"}]}
+        }))
+        .unwrap();
+        assert_ne!(without_hash(&a), without_hash(&c));
     }
 
     #[test]

@@ -220,11 +220,6 @@ impl<'a> PreFilter<'a> {
                 return Err(Rejection::hard("node(s) were unschedulable"));
             }
         }
-        if !node_affinity_matches(p, nl, ni.name()) {
-            return Err(Rejection::hard(
-                "node(s) didn't match Pod's node affinity/selector",
-            ));
-        }
         for t in node_taints(ni) {
             if (t.effect == "NoSchedule" || t.effect == "NoExecute") && !tolerates(tols, t) {
                 return Err(Rejection::hard(format!(
@@ -233,6 +228,11 @@ impl<'a> PreFilter<'a> {
                     t.value.as_deref().unwrap_or("")
                 )));
             }
+        }
+        if !node_affinity_matches(p, nl, ni.name()) {
+            return Err(Rejection::hard(
+                "node(s) didn't match Pod's node affinity/selector",
+            ));
         }
         let mut fit = Vec::new();
         let (a, r, want) = (&ni.allocatable, &ni.requested, &p.requests);

@@ -22,7 +22,6 @@ pub use spec::SimOptions;
 /// The annotation that pauses (`false`) and resumes (`true`) a node's heartbeats.
 pub const HEARTBEAT_ANNOTATION: &str = "sim.kite.io/heartbeat";
 const LEASE_SECONDS: i32 = 40;
-const RENEW_EVERY: Duration = Duration::from_secs(10);
 
 struct Sim {
     client: kube::Client,
@@ -130,14 +129,14 @@ impl Sim {
         Ok(())
     }
 
-    /// Renews every node's Lease once per [`RENEW_EVERY`], spread over the interval.
+    /// Renews every node's Lease once per heartbeat interval, spread over it.
     async fn heartbeat_forever(self: Arc<Self>) -> Result<()> {
         let mut names: Vec<String> = self.names.iter().cloned().collect();
         names.sort();
         let nodes = self.informers.get::<Node>();
         let api: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
         let slots = 10usize;
-        let mut tick = tokio::time::interval(RENEW_EVERY / slots as u32);
+        let mut tick = tokio::time::interval(self.opts.heartbeat_interval / slots as u32);
         let mut slot = 0usize;
         loop {
             tick.tick().await;
@@ -199,6 +198,16 @@ impl Sim {
         };
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.0);
+        // A node without heartbeats is "down": its kubelet acts on nothing.
+        let node_name = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let node = self.informers.get::<Node>().get("", &node_name);
+        if node.as_ref().is_some_and(|n| !self.heartbeating(n)) {
+            return Ok(Action::Requeue(Duration::from_secs(2)));
+        }
         if pod.metadata.deletion_timestamp.is_some() {
             // The containers "stopped": finish the graceful deletion, as a kubelet does.
             let dp = DeleteParams {
@@ -233,12 +242,7 @@ impl Sim {
         if waited < self.opts.start_delay {
             return Ok(Action::Requeue(self.opts.start_delay - waited));
         }
-        let node_name = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default();
-        let Some(node) = self.informers.get::<Node>().get("", &node_name) else {
+        let Some(node) = node else {
             return Ok(Action::Requeue(Duration::from_millis(200)));
         };
         let host_ip = spec::node_ip(&node);

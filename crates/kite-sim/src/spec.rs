@@ -21,6 +21,8 @@ pub struct SimOptions {
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
     pub start_delay: Duration,
+    /// How often each node's Lease is renewed.
+    pub heartbeat_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -60,6 +60,10 @@ pub struct SimArgs {
     /// How long a bound pod takes to become Running, e.g. 500ms or 2s.
     #[arg(long, default_value = "0s")]
     pub start_delay: String,
+    /// How often each node renews its Lease (keep it well under the server's
+    /// --node-monitor-grace-period).
+    #[arg(long, default_value = "10s")]
+    pub heartbeat_interval: String,
 }
 
 /// Parses `300ms`, `2s`, `1m`, `40` (seconds).
@@ -115,6 +119,8 @@ impl SimArgs {
                 labels,
                 taints,
                 start_delay: parse_duration("start-delay", &self.start_delay)?,
+                heartbeat_interval: parse_duration("heartbeat-interval", &self.heartbeat_interval)?
+                    .max(std::time::Duration::from_millis(100)),
             },
         ))
     }

@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# End-to-end: controllers and scheduler (issue 3) on simulated nodes: deployments roll out,
+# scale, update, roll back; cascading deletion; namespace cleanup; scheduling constraints;
+# node failure and eviction; endpoints; preemption. Uses the kubectl in $KUBECTL.
+source "$(dirname "$0")/../lib.sh"
+echo "# kubectl: $KUBECTL"
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+start_server --node-monitor-grace-period 4s --default-unreachable-toleration-seconds 2 \
+  || { cat "$WORK/server.log"; exit 1; }
+start_sim --nodes 3 --cpu 4 --memory 8Gi --pods 30 --start-delay 200ms --heartbeat-interval 1s
+# A small, tainted pool for the preemption test.
+start_sim --nodes 1 --heartbeat-interval 1s --node-prefix prio- --cpu 1 --memory 1Gi --labels pool=prio --taints pool=prio:NoSchedule
+
+nodes_ready() { [ "$(kc get nodes --no-headers 2>/dev/null | grep -c ' Ready ')" -eq 4 ]; }
+wait_for 20 "4 simulated nodes Ready" nodes_ready
+check "kite sim registers Ready nodes" nodes_ready
+check "nodes get a podCIDR from --cluster-cidr" contains "$(kc get node kite-sim-0 -o jsonpath='{.spec.podCIDR}')" "10.42."
+check "kite sim rejects a bad flag with a one-line error" fails_with "invalid value \"sometimes\" for --start-delay" "$KITE_BIN" sim --kubeconfig "$KUBECONFIG" --start-delay sometimes
+check "leader election leases exist" kc get lease -n kube-system kube-controller-manager kube-scheduler
+
+# --- per-namespace defaults ------------------------------------------------------------------
+kc create ns apps >/dev/null
+wait_for 5 "default service account" kc get sa default -n apps
+check "a new namespace gets the default ServiceAccount" kc get sa default -n apps
+wait_for 5 "root CA configmap" kc get cm kube-root-ca.crt -n apps
+check "a new namespace gets kube-root-ca.crt with the cluster CA" contains "$(kc get cm kube-root-ca.crt -n apps -o jsonpath='{.data.ca\.crt}')" "BEGIN CERTIFICATE"
+
+# --- deployment: create, spread, scale ---------------------------------------------------------
+kc create deployment web -n apps --image=nginx:alpine --replicas=3 >/dev/null
+check "rollout status returns for a new deployment" kc rollout status deploy/web -n apps --timeout=60s
+check "3 pods Running" equals "$(kc get pods -n apps -l app=web --no-headers | grep -c Running)" "3"
+check "the pods are spread over 3 nodes" equals "$(kc get pods -n apps -l app=web -o wide --no-headers | awk '{print $7}' | sort -u | wc -l | tr -d ' ')" "3"
+check "pods get IPs from their node's podCIDR" contains "$(kc get pods -n apps -l app=web -o jsonpath='{.items[0].status.podIP}')" "10.42."
+check "describe pod shows the Scheduled event" contains "$(kc describe pod -n apps -l app=web | grep Scheduled)" "Successfully assigned apps/web-"
+check "describe replicaset shows SuccessfulCreate" contains "$(kc describe rs -n apps -l app=web)" "SuccessfulCreate"
+kc scale deploy/web -n apps --replicas=10 >/dev/null
+check "scale to 10 rolls out" kc rollout status deploy/web -n apps --timeout=60s
+check "10 pods Ready" equals "$(kc get deploy web -n apps -o jsonpath='{.status.readyReplicas}')" "10"
+kc scale deploy/web -n apps --replicas=2 >/dev/null
+live_pods() { kc get pods -n apps -l "$1" -o jsonpath='{range .items[*]}{.metadata.deletionTimestamp}{"|"}{end}' | tr '|' '\n' | grep -c '^$'; }
+wait_for 20 "scale down to 2" bash -c "[ \"\$($KUBECTL get pods -n apps -l app=web --no-headers 2>/dev/null | wc -l)\" -eq 2 ]"
+check "scale back to 2 leaves 2 pods" equals "$(kc get pods -n apps -l app=web --no-headers | wc -l | tr -d ' ')" "2"
+check "describe deployment shows ScalingReplicaSet" contains "$(kc describe deploy web -n apps)" "Scaled down replica set web-"
+
+# --- rolling update within maxSurge / maxUnavailable ------------------------------------------
+kc scale deploy/web -n apps --replicas=4 >/dev/null
+kc patch deploy web -n apps --type merge -p '{"spec":{"strategy":{"rollingUpdate":{"maxSurge":1,"maxUnavailable":1}}}}' >/dev/null
+kc rollout status deploy/web -n apps --timeout=60s >/dev/null
+python3 "$HERE/rollout_watch.py" "$KUBECTL" app=web apps 4 "$WORK/rollout.stop" >"$WORK/rollout.out" 2>&1 &
+WATCHER=$!
+sleep 1
+kc set image deploy/web -n apps nginx=nginx:1.27 >/dev/null
+kc annotate deploy web -n apps kubernetes.io/change-cause="nginx 1.27" >/dev/null
+check "set image rolls out" kc rollout status deploy/web -n apps --timeout=60s
+touch "$WORK/rollout.stop"
+wait $WATCHER
+seen=$(cat "$WORK/rollout.out")
+max=$(sed -n 's/.*max=\([0-9]*\).*/\1/p' <<<"$seen"); min=$(sed -n 's/.*min=\([0-9]*\).*/\1/p' <<<"$seen")
+check "the rollout never exceeded replicas + maxSurge pods ($seen)" test "${max:-99}" -le 5
+check "the rollout never had fewer than replicas - maxUnavailable Ready ($seen)" test "${min:-0}" -ge 3
+check "all pods run the new image" equals "$(kc get pods -n apps -l app=web -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{end}' | sort -u)" "nginx:1.27"
+hist=$(kc rollout history deploy/web -n apps)
+check "rollout history lists revisions with change-cause" contains "$hist" "nginx 1.27"
+check "rollout history has two revisions" equals "$(grep -cE '^[0-9]+ ' <<<"$hist")" "2"
+kc rollout undo deploy/web -n apps >/dev/null
+check "rollout undo rolls out" kc rollout status deploy/web -n apps --timeout=60s
+check "rollout undo brings back the previous template" equals "$(kc get deploy web -n apps -o jsonpath='{.spec.template.spec.containers[0].image}')" "nginx:alpine"
+check "undo reuses the old ReplicaSet (two in all)" equals "$(kc get rs -n apps -l app=web --no-headers | wc -l | tr -d ' ')" "2"
+check "the deployment's revision annotation is 3" equals "$(kc get deploy web -n apps -o jsonpath='{.metadata.annotations.deployment\.kubernetes\.io/revision}')" "3"
+kc rollout pause deploy/web -n apps >/dev/null
+kc set image deploy/web -n apps nginx=nginx:1.28 >/dev/null
+sleep 1
+check "a paused deployment does not roll out" equals "$(kc get rs -n apps -l app=web --no-headers | wc -l | tr -d ' ')" "2"
+check "a paused deployment says so" contains "$(kc get deploy web -n apps -o jsonpath='{.status.conditions[?(@.type=="Progressing")].reason}')" "DeploymentPaused"
+kc rollout resume deploy/web -n apps >/dev/null
+check "resume rolls out the new template" kc rollout status deploy/web -n apps --timeout=60s
+check "after resume the pods run nginx:1.28" equals "$(kc get pods -n apps -l app=web -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{end}' | sort -u)" "nginx:1.28"
+kc rollout restart deploy/web -n apps >/dev/null
+check "rollout restart rolls out" kc rollout status deploy/web -n apps --timeout=60s
+check "rollout restart made a new revision" equals "$(kc get deploy web -n apps -o jsonpath='{.metadata.annotations.deployment\.kubernetes\.io/revision}')" "5"
+check "the Available condition is True" equals "$(kc get deploy web -n apps -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" "True"
+check "the Progressing reason is NewReplicaSetAvailable" equals "$(kc get deploy web -n apps -o jsonpath='{.status.conditions[?(@.type=="Progressing")].reason}')" "NewReplicaSetAvailable"
+
+# Recreate: the old pods go before new ones come.
+kc create deployment rec -n apps --image=busybox --replicas=2 >/dev/null
+kc patch deploy rec -n apps --type merge -p '{"spec":{"strategy":{"type":"Recreate","rollingUpdate":null}}}' >/dev/null
+kc rollout status deploy/rec -n apps --timeout=60s >/dev/null
+kc set image deploy/rec -n apps busybox=busybox:1.36 >/dev/null
+check "a Recreate deployment rolls out" kc rollout status deploy/rec -n apps --timeout=60s
+check "Recreate replaced every pod" equals "$(kc get pods -n apps -l app=rec -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{end}' | sort -u)" "busybox:1.36"
+
+# A ReplicationController keeps its replicas too.
+kc apply -n apps -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: ReplicationController
+metadata: {name: legacy}
+spec:
+  replicas: 2
+  selector: {app: legacy}
+  template:
+    metadata: {labels: {app: legacy}}
+    spec: {containers: [{name: c, image: busybox}]}
+YAML
+wait_for 20 "RC pods" bash -c "[ \"\$($KUBECTL get rc legacy -n apps -o jsonpath='{.status.readyReplicas}')\" = 2 ]"
+check "a ReplicationController runs its replicas" equals "$(kc get rc legacy -n apps -o jsonpath='{.status.readyReplicas}')" "2"
+
+# --- services: endpoints follow readiness -----------------------------------------------------
+kc expose deploy web -n apps --port 80 --target-port 8080 >/dev/null
+ready_ips() {
+  kc get pods -n apps -l app=web -o json | python3 -c '
+import json, sys
+for p in json.load(sys.stdin)["items"]:
+    if p["metadata"].get("deletionTimestamp"):
+        continue
+    if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", [])):
+        print(p["status"]["podIP"])' | sort | tr '\n' ' '
+}
+ep_ips() { kc get endpoints web -n apps -o jsonpath='{range .subsets[*].addresses[*]}{.ip}{"\n"}{end}' | sort | tr '\n' ' '; }
+wait_for 10 "endpoints" bash -c "[ -n \"\$($KUBECTL get endpoints web -n apps -o jsonpath='{.subsets[*].addresses[*].ip}')\" ]"
+check "Endpoints hold exactly the Ready pods" equals "$(ep_ips)" "$(ready_ips)"
+check "Endpoints use the target port" equals "$(kc get endpoints web -n apps -o jsonpath='{.subsets[0].ports[0].port}')" "8080"
+slice=$(kc get endpointslices -n apps -l kubernetes.io/service-name=web -o jsonpath='{range .items[*].endpoints[*]}{.addresses[0]}{"\n"}{end}' | sort | tr '\n' ' ')
+check "the EndpointSlice holds the same addresses" equals "$slice" "$(ready_ips)"
+check "EndpointSlice endpoints carry nodeName" contains "$(kc get endpointslices -n apps -l kubernetes.io/service-name=web -o jsonpath='{.items[0].endpoints[0].nodeName}')" "kite-sim-"
+victim=$(kc get pods -n apps -l app=web -o jsonpath='{.items[0].metadata.name}')
+vip=$(kc get pod "$victim" -n apps -o jsonpath='{.status.podIP}')
+kc patch pod "$victim" -n apps --subresource=status --type strategic -p '{"status":{"conditions":[{"type":"Ready","status":"False"}]}}' >/dev/null
+wait_for 3 "not-ready address" bash -c "$KUBECTL get endpoints web -n apps -o jsonpath='{.subsets[*].notReadyAddresses[*].ip}' | grep -q '$vip'"
+check "a pod that turns unready moves to notReadyAddresses" contains "$(kc get endpoints web -n apps -o jsonpath='{.subsets[*].notReadyAddresses[*].ip}')" "$vip"
+check "Endpoints still hold exactly the Ready pods" equals "$(ep_ips)" "$(ready_ips)"
+check "the slice marks it not ready" contains "$(kc get endpointslices -n apps -l kubernetes.io/service-name=web -o jsonpath="{.items[0].endpoints[?(@.addresses[0]==\"$vip\")].conditions.ready}")" "false"
+kc delete pod "$victim" -n apps --wait=false >/dev/null   # its replacement is Ready again
+
+# --- cascading deletion ----------------------------------------------------------------------
+kc create deployment gone -n apps --image=busybox --replicas=2 >/dev/null
+kc rollout status deploy/gone -n apps --timeout=60s >/dev/null
+kc delete deploy gone -n apps >/dev/null
+wait_for 20 "dependents of a deleted deployment to go" bash -c "[ -z \"\$($KUBECTL get rs,pods -n apps -l app=gone -o name)\" ]"
+check "deleting a deployment removes its ReplicaSets and pods" equals "$(kc get rs,pods -n apps -l app=gone -o name)" ""
+kc create deployment orphan -n apps --image=busybox --replicas=2 >/dev/null
+kc rollout status deploy/orphan -n apps --timeout=60s >/dev/null
+kc delete deploy orphan -n apps --cascade=orphan >/dev/null
+sleep 1
+check "--cascade=orphan leaves the ReplicaSet" equals "$(kc get rs -n apps -l app=orphan --no-headers | wc -l | tr -d ' ')" "1"
+check "--cascade=orphan leaves the pods" equals "$(kc get pods -n apps -l app=orphan --no-headers | wc -l | tr -d ' ')" "2"
+check "orphaned ReplicaSets lose their ownerReference" equals "$(kc get rs -n apps -l app=orphan -o jsonpath='{.items[0].metadata.ownerReferences}')" ""
+kc create deployment fg -n apps --image=busybox --replicas=1 >/dev/null
+kc rollout status deploy/fg -n apps --timeout=60s >/dev/null
+fgpod=$(kc get pods -n apps -l app=fg -o jsonpath='{.items[0].metadata.name}')
+kc patch pod "$fgpod" -n apps --type merge -p '{"metadata":{"finalizers":["example.com/hold"]}}' >/dev/null
+kc delete deploy fg -n apps --cascade=foreground --wait=false >/dev/null
+sleep 2
+check "foreground deletion keeps the owner while a dependent remains" contains "$(kc get deploy fg -n apps -o jsonpath='{.metadata.finalizers}')" "foregroundDeletion"
+kc patch pod "$fgpod" -n apps --type json -p '[{"op":"remove","path":"/metadata/finalizers"}]' >/dev/null
+wait_for 20 "foreground owner to go" bash -c "! $KUBECTL get deploy fg -n apps >/dev/null 2>&1"
+check "the owner goes once its dependents are gone" fails_with "not found" kc get deploy fg -n apps
+
+# --- namespace deletion ------------------------------------------------------------------------
+kc create ns doomed >/dev/null
+kc create deployment d -n doomed --image=busybox --replicas=2 >/dev/null
+kc create service clusterip s -n doomed --tcp=80:80 >/dev/null
+kc create configmap c -n doomed --from-literal=a=b >/dev/null
+kc create secret generic s -n doomed --from-literal=a=b >/dev/null
+kc rollout status deploy/d -n doomed --timeout=60s >/dev/null
+check "deleting a namespace with content completes" kc delete ns doomed --timeout=60s
+check "the namespace is gone" fails_with "not found" kc get ns doomed
+check "nothing is left of its content" equals "$(kc get deploy,rs,pods,svc,cm,secret,endpoints,endpointslices -n doomed -o name 2>&1)" ""
+
+# --- scheduling constraints ------------------------------------------------------------------
+kc apply -n apps -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: picky}
+spec:
+  nodeSelector: {disk: ssd}
+  containers: [{name: c, image: busybox}]
+YAML
+wait_for 10 "FailedScheduling" bash -c "$KUBECTL get events -n apps --field-selector involvedObject.name=picky,reason=FailedScheduling -o name | grep -q ."
+check "an unschedulable pod stays Pending" equals "$(kc get pod picky -n apps -o jsonpath='{.status.phase}')" "Pending"
+check "FailedScheduling explains why" contains "$(kc get events -n apps --field-selector involvedObject.name=picky,reason=FailedScheduling -o jsonpath='{.items[0].message}')" "0/4 nodes are available: 1 node(s) had untolerated taint {pool: prio}, 3 node(s) didn't match Pod's node affinity/selector."
+check "the pod's PodScheduled condition is Unschedulable" equals "$(kc get pod picky -n apps -o jsonpath='{.status.conditions[?(@.type=="PodScheduled")].reason}')" "Unschedulable"
+kc label node kite-sim-1 disk=ssd >/dev/null
+wait_for 3 "picky to be scheduled" bash -c "[ \"\$($KUBECTL get pod picky -n apps -o jsonpath='{.spec.nodeName}')\" = kite-sim-1 ]"
+check "labelling a node schedules the pending pod onto it" equals "$(kc get pod picky -n apps -o jsonpath='{.spec.nodeName}')" "kite-sim-1"
+
+kc taint node kite-sim-2 maint=yes:NoSchedule >/dev/null
+kc create deployment tainted -n apps --image=busybox --replicas=6 >/dev/null
+kc rollout status deploy/tainted -n apps --timeout=60s >/dev/null
+check "a NoSchedule taint keeps new pods away" equals "$(kc get pods -n apps -l app=tainted -o wide --no-headers | awk '{print $7}' | grep -c kite-sim-2)" "0"
+kc taint node kite-sim-2 maint=yes:NoSchedule- >/dev/null
+kc scale deploy/web -n apps --replicas=6 >/dev/null
+kc rollout status deploy/web -n apps --timeout=60s >/dev/null
+on2() { kc get pods -n apps -l app=web -o wide --no-headers | awk '$3 != "Terminating" {print $7}' | grep -c kite-sim-2; }
+[ "$(on2)" -gt 0 ] || kc scale deploy/web -n apps --replicas=9 >/dev/null
+kc taint node kite-sim-2 evict=now:NoExecute >/dev/null
+wait_for 20 "eviction from kite-sim-2" bash -c "[ \"\$($KUBECTL get pods -n apps -l app=web -o wide --no-headers | grep -c kite-sim-2)\" = 0 ]"
+check "a NoExecute taint evicts pods without a toleration" equals "$(kc get pods -n apps -l app=web -o wide --no-headers | grep -c kite-sim-2)" "0"
+check "evictions are recorded as events" contains "$(kc get events -n apps --field-selector reason=TaintManagerEviction -o name | head -1)" "event"
+check "evicted pods are replaced elsewhere" kc rollout status deploy/web -n apps --timeout=60s
+kc taint node kite-sim-2 evict=now:NoExecute- >/dev/null
+
+# --- node failure ------------------------------------------------------------------------------
+kc scale deploy/web -n apps --replicas=6 >/dev/null
+kc rollout status deploy/web -n apps --timeout=60s >/dev/null
+kc annotate node kite-sim-1 sim.kite.io/heartbeat=false >/dev/null
+wait_for 30 "kite-sim-1 NotReady" bash -c "$KUBECTL get node kite-sim-1 --no-headers | grep -q NotReady"
+check "a node that stops heartbeating becomes NotReady" contains "$(kc get node kite-sim-1 --no-headers)" "NotReady"
+check "its Ready condition is Unknown" equals "$(kc get node kite-sim-1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" "Unknown"
+check "it is tainted unreachable:NoExecute" contains "$(kc get node kite-sim-1 -o jsonpath='{.spec.taints}')" '"effect":"NoExecute","key":"node.kubernetes.io/unreachable"'
+check "pods got the default unreachable toleration" contains "$(kc get pods -n apps -l app=web -o jsonpath='{.items[0].spec.tolerations}')" '"key":"node.kubernetes.io/unreachable","operator":"Exists","tolerationSeconds":2'
+live_on1() { kc get pods -n apps -l app=web -o wide --no-headers | awk '$3 != "Terminating" {print $7}' | grep -c kite-sim-1; }
+wait_for 30 "pods evicted from kite-sim-1" bash -c "[ \"\$($KUBECTL get pods -n apps -l app=web -o wide --no-headers | awk '\$3 != \"Terminating\" {print \$7}' | grep -c kite-sim-1)\" = 0 ]"
+check "its pods are evicted after tolerationSeconds" equals "$(live_on1)" "0"
+wait_for 30 "replacements" bash -c "[ \"\$($KUBECTL get deploy web -n apps -o jsonpath='{.status.availableReplicas}')\" = 6 ]"
+check "and replaced on other nodes" equals "$(kc get deploy web -n apps -o jsonpath='{.status.availableReplicas}')" "6"
+kc annotate node kite-sim-1 sim.kite.io/heartbeat=true --overwrite >/dev/null
+wait_for 20 "kite-sim-1 Ready again" bash -c "$KUBECTL get node kite-sim-1 --no-headers | grep -q ' Ready '"
+check "heartbeats resumed: Ready again" contains "$(kc get node kite-sim-1 --no-headers)" " Ready "
+wait_for 10 "taints removed" bash -c "[ -z \"\$($KUBECTL get node kite-sim-1 -o jsonpath='{.spec.taints}')\" ]"
+check "and untainted" equals "$(kc get node kite-sim-1 -o jsonpath='{.spec.taints}')" ""
+
+# --- priority and preemption -------------------------------------------------------------------
+kc apply -f - >/dev/null <<'YAML'
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: low}
+value: 100
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: high}
+value: 10000
+YAML
+prio_pod() {
+  cat <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  priorityClassName: $2
+  nodeSelector: {pool: prio}
+  tolerations: [{key: pool, operator: Equal, value: prio, effect: NoSchedule}]
+  containers:
+  - name: c
+    image: busybox
+    resources: {requests: {cpu: 700m}}
+YAML
+}
+prio_pod lowpod low | kc apply -n apps -f - >/dev/null
+wait_for 20 "lowpod Running" bash -c "[ \"\$($KUBECTL get pod lowpod -n apps -o jsonpath='{.status.phase}')\" = Running ]"
+prio_pod highpod high | kc apply -n apps -f - >/dev/null
+wait_for 30 "highpod scheduled" bash -c "[ \"\$($KUBECTL get pod highpod -n apps -o jsonpath='{.spec.nodeName}')\" = prio-0 ]"
+check "a high-priority pod preempts a low-priority one when the node is full" equals "$(kc get pod highpod -n apps -o jsonpath='{.spec.nodeName}')" "prio-0"
+check "the victim is gone" fails_with "not found" kc get pod lowpod -n apps
+check "the preemption is recorded" contains "$(kc get events -n apps --field-selector reason=Preempted -o jsonpath='{.items[*].message}')" "Preempted by pod"
+
+summary
