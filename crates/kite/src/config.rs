@@ -28,6 +28,25 @@ pub enum Command {
     Server(ServerArgs),
     /// Register simulated nodes and act as their kubelet (no containers run).
     Sim(SimArgs),
+    /// Run only the scheduler against a cluster (as kube-scheduler does); `kite server`
+    /// already runs one unless --disable-scheduler.
+    Scheduler(ClientArgs),
+}
+
+/// Flags of commands that are API clients of a cluster.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Kubeconfig of the cluster [default: $KUBECONFIG, then ~/.kube/config].
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.kubeconfig
+            .clone()
+            .unwrap_or_else(|| home().join(".kube/config"))
+    }
 }
 
 /// `kite sim` flags.
@@ -492,7 +511,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Server(a) => a,
-            Command::Sim(_) => unreachable!("parsed `kite server`"),
+            _ => unreachable!("parsed `kite server`"),
         }
     }
 
@@ -501,7 +520,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Sim(a) => a.resolve(),
-            Command::Server(_) => unreachable!("parsed `kite sim`"),
+            _ => unreachable!("parsed `kite sim`"),
         }
     }
 

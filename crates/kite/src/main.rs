@@ -26,6 +26,7 @@ fn main() {
     let result = match cli.command {
         config::Command::Server(args) => args.resolve().and_then(server::run),
         config::Command::Sim(args) => args.resolve().and_then(|(kc, o)| server::run_sim(&kc, o)),
+        config::Command::Scheduler(args) => server::run_scheduler(&args.kubeconfig()),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

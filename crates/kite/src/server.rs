@@ -173,8 +173,8 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     Ok(())
 }
 
-/// `kite sim`: simulated nodes against the cluster in `kubeconfig`.
-pub fn run_sim(kubeconfig: &std::path::Path, opts: kite_sim::SimOptions) -> Result<()> {
+/// Logging, TLS provider and runtime for the commands that are API clients.
+fn client_runtime() -> Result<tokio::runtime::Runtime> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KITE_LOG")
@@ -183,12 +183,28 @@ pub fn run_sim(kubeconfig: &std::path::Path, opts: kite_sim::SimOptions) -> Resu
         .with_writer(std::io::stderr)
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
         .build()
-        .context("starting the async runtime")?;
-    rt.block_on(async {
+        .context("starting the async runtime")
+}
+
+/// `kite scheduler`: the scheduler alone, against the cluster in `kubeconfig`.
+pub fn run_scheduler(kubeconfig: &std::path::Path) -> Result<()> {
+    client_runtime()?.block_on(async {
+        let client = kite_runtime::client::from_kubeconfig(kubeconfig).await?;
+        let id = format!("{}_{}", crate::host::hostname(), std::process::id());
+        tokio::select! {
+            r = kite_scheduler::run(client, &id) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}
+
+/// `kite sim`: simulated nodes against the cluster in `kubeconfig`.
+pub fn run_sim(kubeconfig: &std::path::Path, opts: kite_sim::SimOptions) -> Result<()> {
+    client_runtime()?.block_on(async {
         let client = kite_runtime::client::from_kubeconfig(kubeconfig).await?;
         tokio::select! {
             r = kite_sim::run(client, opts) => r,
