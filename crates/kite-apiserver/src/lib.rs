@@ -70,6 +70,38 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
     pub task: tokio::task::JoinHandle<()>,
+    /// The router, for in-process clients (see [`RunningServer::local_service`]).
+    pub app: axum::Router,
+}
+
+impl RunningServer {
+    /// A `tower::Service` that hands requests straight to the router as `user`, for
+    /// components inside the server process (`kube::Client::new` takes it). Requests skip
+    /// TCP, TLS and HTTP framing, but not authorization, admission or validation: the
+    /// identity is the one the component's client certificate would carry.
+    pub fn local_service<B>(
+        &self,
+        user: auth::UserInfo,
+    ) -> impl tower::Service<
+        ::http::Request<B>,
+        Response = ::http::Response<axum::body::Body>,
+        Error = std::convert::Infallible,
+        Future = impl Send + 'static,
+    > + Clone
+           + Send
+           + 'static
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        use tower::ServiceExt;
+        self.app
+            .clone()
+            .map_request(move |mut req: ::http::Request<B>| {
+                req.extensions_mut().insert(user.clone());
+                req
+            })
+    }
 }
 
 /// Bootstraps system objects, binds, and serves in the background. `metrics` should be the
@@ -94,8 +126,13 @@ pub async fn start(
         version: version_info(),
     });
     let app = http::router(state.clone());
-    let task = tokio::spawn(serve::serve(listener, opts.tls, app));
-    Ok(RunningServer { addr, state, task })
+    let task = tokio::spawn(serve::serve(listener, opts.tls, app.clone()));
+    Ok(RunningServer {
+        addr,
+        state,
+        task,
+        app,
+    })
 }
 
 /// Compacts history older than `keep` revisions every `every`, as K3s does (kine keeps 1000).

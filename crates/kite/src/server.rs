@@ -3,7 +3,7 @@
 
 use crate::config::ServerConfig;
 use anyhow::{Context, Result};
-use kite_apiserver::auth::MastersAndComponents;
+use kite_apiserver::auth::{MastersAndComponents, UserInfo};
 use kite_apiserver::objects::{ApiConfig, Objects};
 use kite_store::{DynStore, SledStore};
 use std::sync::Arc;
@@ -132,9 +132,18 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         "kite API server is serving"
     );
     let identity = format!("{}_{}", cfg.node_name, std::process::id());
+    // In-process components reach the API through the router itself, with the identity
+    // their client certificate carries: no TCP, TLS or HTTP framing, same authorization and
+    // admission. The kubeconfigs in server/cred are for components elsewhere.
+    let local_client = |user: &str| {
+        let svc = running.local_service::<kube::client::Body>(UserInfo {
+            username: user.to_string(),
+            groups: vec!["system:authenticated".into()],
+        });
+        kube::Client::new(svc, "default")
+    };
     if !cfg.disable_controller_manager {
-        let client =
-            kite_runtime::client::from_kubeconfig(&cred.join("controller.kubeconfig")).await?;
+        let client = local_client("system:kube-controller-manager");
         let opts = kite_controllers::Options {
             cluster_cidr: cfg.cluster_cidr,
             node_cidr_mask: 24,
@@ -149,8 +158,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         });
     }
     if !cfg.disable_scheduler {
-        let client =
-            kite_runtime::client::from_kubeconfig(&cred.join("scheduler.kubeconfig")).await?;
+        let client = local_client("system:kube-scheduler");
         let id = identity.clone();
         tokio::spawn(async move {
             if let Err(e) = kite_scheduler::run(client, &id).await {
