@@ -82,6 +82,33 @@ check "rollout restart made a new revision" equals "$(kc get deploy web -n apps 
 check "the Available condition is True" equals "$(kc get deploy web -n apps -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" "True"
 check "the Progressing reason is NewReplicaSetAvailable" equals "$(kc get deploy web -n apps -o jsonpath='{.status.conditions[?(@.type=="Progressing")].reason}')" "NewReplicaSetAvailable"
 
+# Proportional scaling: scaling in the middle of a stuck rollout grows both ReplicaSets.
+kc create deployment prop -n apps --image=busybox --replicas=10 >/dev/null
+kc patch deploy prop -n apps --type merge -p '{"spec":{"strategy":{"rollingUpdate":{"maxSurge":3,"maxUnavailable":0}}}}' >/dev/null
+kc rollout status deploy/prop -n apps --timeout=60s >/dev/null
+# The new template fits no node, so its pods stay Pending and the rollout stalls.
+kc patch deploy prop -n apps --type merge -p '{"spec":{"template":{"spec":{"nodeSelector":{"no":"such-node"}}}}}' >/dev/null
+rs_sizes() { kc get rs -n apps -l app=prop -o jsonpath='{range .items[*]}{.spec.replicas}{"\n"}{end}' | sort -n | tr '\n' ' '; }
+rs_total_is() { [ "$(rs_sizes | awk '{for (i = 1; i <= NF; i++) s += $i} END {print s + 0}')" = "$1" ]; }
+wait_for 20 "the stalled rollout" rs_total_is 13
+kc scale deploy/prop -n apps --replicas=20 >/dev/null
+wait_for 20 "proportional scale-up" rs_total_is 23
+sizes=$(rs_sizes)
+check "scaling mid-rollout keeps replicas + maxSurge in all ($sizes)" rs_total_is 23
+check "scaling mid-rollout grows the old ReplicaSet ($sizes)" test "$(awk '{print $NF}' <<<"$sizes")" -gt 10
+check "scaling mid-rollout grows the new ReplicaSet ($sizes)" test "$(awk '{print $1}' <<<"$sizes")" -gt 3
+kc delete deploy prop -n apps >/dev/null
+
+# A rollout that cannot progress reports ProgressDeadlineExceeded.
+kc create deployment stuck -n apps --image=busybox >/dev/null
+kc patch deploy stuck -n apps --type merge -p '{"spec":{"progressDeadlineSeconds":2,"template":{"spec":{"nodeSelector":{"no":"such-node"}}}}}' >/dev/null
+progress_reason() { kc get deploy "$1" -n apps -o jsonpath='{.status.conditions[?(@.type=="Progressing")].reason}'; }
+deadline_exceeded() { [ "$(progress_reason stuck)" = ProgressDeadlineExceeded ]; }
+wait_for 20 "ProgressDeadlineExceeded" deadline_exceeded
+check "a stuck rollout gets Progressing=False ProgressDeadlineExceeded" equals "$(kc get deploy stuck -n apps -o jsonpath='{.status.conditions[?(@.type=="Progressing")].status}/{.status.conditions[?(@.type=="Progressing")].reason}')" "False/ProgressDeadlineExceeded"
+check "rollout status fails on it" fails_with "exceeded its progress deadline" kc rollout status deploy/stuck -n apps --timeout=10s
+kc delete deploy stuck -n apps >/dev/null
+
 # Recreate: the old pods go before new ones come.
 kc create deployment rec -n apps --image=busybox --replicas=2 >/dev/null
 kc patch deploy rec -n apps --type merge -p '{"spec":{"strategy":{"type":"Recreate","rollingUpdate":null}}}' >/dev/null

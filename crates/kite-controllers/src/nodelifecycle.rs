@@ -242,7 +242,7 @@ impl Controller {
             for t in &no_exec {
                 let matching: Vec<_> = tols
                     .iter()
-                    .filter(|tol| kite_scheduler_tolerates(tol, t))
+                    .filter(|tol| kite_runtime::labels::tolerates(tol, t))
                     .collect();
                 if matching.is_empty() {
                     now_evict = true;
@@ -299,25 +299,5 @@ impl Controller {
             }
             None => Action::AwaitChange,
         })
-    }
-}
-
-/// Whether a toleration tolerates a taint (upstream's ToleratesTaint).
-fn kite_scheduler_tolerates(t: &k8s_openapi::api::core::v1::Toleration, taint: &Taint) -> bool {
-    let effect_ok = t
-        .effect
-        .as_deref()
-        .is_none_or(|e| e.is_empty() || e == taint.effect);
-    let key = t.key.as_deref().unwrap_or("");
-    let op = t.operator.as_deref().unwrap_or("Equal");
-    if key.is_empty() {
-        return op == "Exists" && effect_ok;
-    }
-    if key != taint.key || !effect_ok {
-        return false;
-    }
-    match op {
-        "Exists" => true,
-        _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
     }
 }

@@ -1,7 +1,7 @@
 //! Matching label selectors (metav1.LabelSelector, equality maps) and node selector terms
 //! against labels, as controllers and the scheduler need it.
 
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm};
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use std::collections::BTreeMap;
 
@@ -81,6 +81,27 @@ pub fn term_matches(t: &NodeSelectorTerm, labels: &Labels, node_name: &str) -> b
             let v = (r.key == "metadata.name").then_some(&name);
             requirement(r, v)
         })
+}
+
+/// Whether a toleration tolerates a taint (upstream's `ToleratesTaint`): an empty key with
+/// `Exists` tolerates every taint; an empty effect matches every effect.
+pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    let effect_ok = t
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == taint.effect);
+    let key = t.key.as_deref().unwrap_or("");
+    let op = t.operator.as_deref().unwrap_or("Equal");
+    if key.is_empty() {
+        return op == "Exists" && effect_ok;
+    }
+    if key != taint.key || !effect_ok {
+        return false;
+    }
+    match op {
+        "Exists" => true,
+        _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+    }
 }
 
 /// Formats a selector as `kubectl` prints it (`app=web,tier in (a,b)`).

@@ -27,27 +27,9 @@ impl Rejection {
     }
 }
 
+/// Whether any of `tols` tolerates `taint`.
 pub fn tolerates(tols: &[Toleration], taint: &Taint) -> bool {
-    tols.iter().any(|t| {
-        let effect_ok = t
-            .effect
-            .as_deref()
-            .is_none_or(|e| e.is_empty() || e == taint.effect);
-        let key_ok = t
-            .key
-            .as_deref()
-            .is_none_or(|k| k.is_empty() || k == taint.key);
-        let op = t.operator.as_deref().unwrap_or("Equal");
-        let value_ok = match op {
-            "Exists" => true,
-            _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-        };
-        // An empty key with Exists tolerates everything.
-        effect_ok
-            && key_ok
-            && value_ok
-            && !(t.key.as_deref().unwrap_or("").is_empty() && op != "Exists")
-    })
+    tols.iter().any(|t| labels::tolerates(t, taint))
 }
 
 fn tolerations(p: &PodInfo) -> &[Toleration] {

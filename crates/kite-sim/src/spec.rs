@@ -199,39 +199,35 @@ pub fn running_status(pod: &Pod, host_ip: &str, ip: &str, now: jiff::Timestamp) 
     let spec = pod.spec.as_ref();
     let cond = |t: &str| json!({"type": t, "status": "True", "lastProbeTime": null, "lastTransitionTime": Time(now)});
     let uid = pod.metadata.uid.clone().unwrap_or_default();
+    // Init containers have run to completion; app containers are running and ready.
+    let status = |c: &k8s_openapi::api::core::v1::Container, init: bool| {
+        let state = if init {
+            json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": Time(now), "finishedAt": Time(now)}})
+        } else {
+            json!({"running": {"startedAt": Time(now)}})
+        };
+        json!({
+            "name": c.name,
+            "image": c.image.clone().unwrap_or_default(),
+            "imageID": "",
+            "containerID": format!("kite-sim://{uid}-{}", c.name),
+            "ready": true,
+            "started": !init,
+            "restartCount": 0,
+            "state": state,
+        })
+    };
     let containers: Vec<Value> = spec
         .map(|s| s.containers.as_slice())
         .unwrap_or_default()
         .iter()
-        .map(|c| {
-            json!({
-                "name": c.name,
-                "image": c.image.clone().unwrap_or_default(),
-                "imageID": "",
-                "containerID": format!("kite-sim://{uid}-{}", c.name),
-                "ready": true,
-                "started": true,
-                "restartCount": 0,
-                "state": {"running": {"startedAt": Time(now)}},
-            })
-        })
+        .map(|c| status(c, false))
         .collect();
     let inits: Vec<Value> = spec
         .and_then(|s| s.init_containers.as_deref())
         .unwrap_or_default()
         .iter()
-        .map(|c| {
-            json!({
-                "name": c.name,
-                "image": c.image.clone().unwrap_or_default(),
-                "imageID": "",
-                "containerID": format!("kite-sim://{uid}-{}", c.name),
-                "ready": true,
-                "started": false,
-                "restartCount": 0,
-                "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": Time(now), "finishedAt": Time(now)}},
-            })
-        })
+        .map(|c| status(c, true))
         .collect();
     let mut st = json!({
         "phase": "Running",
