@@ -135,6 +135,19 @@ impl PodInfo {
         static EMPTY: BTreeMap<String, String> = BTreeMap::new();
         self.pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
     }
+
+    pub fn has_required_anti_affinity(&self) -> bool {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .is_some_and(|t| !t.is_empty())
+    }
 }
 
 #[derive(Debug)]
@@ -195,6 +208,9 @@ pub struct Cache {
     /// Pods whose node does not exist (yet), so they are counted when it appears.
     orphans: HashMap<String, Arc<PodInfo>>,
     pod_node: HashMap<String, String>,
+    /// Pods with required anti-affinity terms, which every new pod must be checked
+    /// against; kept apart so that pods without such terms cost nothing per attempt.
+    pub anti_affinity: HashMap<String, Arc<PodInfo>>,
 }
 
 impl Cache {
@@ -236,6 +252,9 @@ impl Cache {
     pub fn add_pod(&mut self, node: &str, p: Arc<PodInfo>) {
         self.remove_pod(&p.uid);
         self.pod_node.insert(p.uid.clone(), node.to_string());
+        if p.has_required_anti_affinity() {
+            self.anti_affinity.insert(p.uid.clone(), p.clone());
+        }
         match self.nodes.get_mut(node) {
             Some(ni) => ni.add_pod(p),
             None => {
@@ -245,6 +264,7 @@ impl Cache {
     }
 
     pub fn remove_pod(&mut self, uid: &str) {
+        self.anti_affinity.remove(uid);
         if let Some(node) = self.pod_node.remove(uid) {
             if let Some(ni) = self.nodes.get_mut(&node) {
                 ni.remove_pod(uid);

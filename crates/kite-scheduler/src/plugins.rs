@@ -154,11 +154,11 @@ impl<'a> PreFilter<'a> {
             existing_anti: HashSet::new(),
             spread: Vec::new(),
         };
-        let needs_scan = !pf.affinity.is_empty() || !pf.anti_affinity.is_empty();
-        for ni in cache.nodes.values() {
-            let nl = ni.labels();
-            for other in ni.pods.values() {
-                if needs_scan {
+        // Only a pod with affinity terms of its own needs a scan of every placed pod.
+        if !pf.affinity.is_empty() || !pf.anti_affinity.is_empty() {
+            for ni in cache.nodes.values() {
+                let nl = ni.labels();
+                for other in ni.pods.values() {
                     for (t, vals) in pf.affinity.iter_mut().chain(pf.anti_affinity.iter_mut()) {
                         if term_selects(t, &pod.namespace, other) {
                             if let Some(v) = nl.get(&t.topology_key) {
@@ -167,11 +167,16 @@ impl<'a> PreFilter<'a> {
                         }
                     }
                 }
-                for t in required_terms(other, true) {
-                    if term_selects(t, &other.namespace, pod) {
-                        if let Some(v) = nl.get(&t.topology_key) {
-                            pf.existing_anti.insert((t.topology_key.clone(), v.clone()));
-                        }
+            }
+        }
+        for other in cache.anti_affinity.values() {
+            let Some(ni) = cache.node_of(&other.uid).and_then(|n| cache.nodes.get(n)) else {
+                continue;
+            };
+            for t in required_terms(other, true) {
+                if term_selects(t, &other.namespace, pod) {
+                    if let Some(v) = ni.labels().get(&t.topology_key) {
+                        pf.existing_anti.insert((t.topology_key.clone(), v.clone()));
                     }
                 }
             }
@@ -569,5 +574,90 @@ mod tests {
             summary(3, &m),
             "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {a: b}."
         );
+    }
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+    use crate::cache::{Cache, PodInfo};
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn node(name: &str) -> Arc<Node> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+                "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "10"}}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn pod(name: &str, app: &str, spec: serde_json::Value) -> Arc<PodInfo> {
+        let mut spec = spec;
+        spec["containers"] = json!([{"name": "c", "image": "i"}]);
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns", "uid": name, "labels": {"app": app}},
+            "spec": spec
+        }))
+        .unwrap();
+        Arc::new(PodInfo::new(Arc::new(p), 0))
+    }
+
+    fn term(app: &str) -> serde_json::Value {
+        json!([{"labelSelector": {"matchLabels": {"app": app}}, "topologyKey": "kubernetes.io/hostname"}])
+    }
+
+    fn fits(cache: &Cache, p: &PodInfo) -> Vec<String> {
+        let pf = PreFilter::new(p, cache);
+        cache
+            .nodes
+            .values()
+            .filter(|n| pf.filter(n).is_ok())
+            .map(|n| n.name().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn affinity_anti_affinity_and_spread() {
+        let mut cache = Cache::default();
+        cache.upsert_node(node("n1"));
+        cache.upsert_node(node("n2"));
+        let db = pod(
+            "db",
+            "db",
+            json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": term("web")}}}),
+        );
+        cache.add_pod("n1", db);
+        // An existing pod's anti-affinity keeps web pods off its node.
+        assert_eq!(fits(&cache, &pod("w1", "web", json!({}))), vec!["n2"]);
+        // Required affinity to the db pod puts a cache pod on its node only.
+        let near = pod(
+            "c1",
+            "cache",
+            json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": term("db")}}}),
+        );
+        assert_eq!(fits(&cache, &near), vec!["n1"]);
+        // Own anti-affinity against db keeps it off n1.
+        let away = pod(
+            "x1",
+            "x",
+            json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": term("db")}}}),
+        );
+        assert_eq!(fits(&cache, &away), vec!["n2"]);
+        // Topology spread with maxSkew 1: two "s" pods on n1 leave only n2.
+        cache.add_pod("n1", pod("s1", "s", json!({})));
+        cache.add_pod("n1", pod("s2", "s", json!({})));
+        let spread = pod(
+            "s3",
+            "s",
+            json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "s"}}}]}),
+        );
+        assert_eq!(fits(&cache, &spread), vec!["n2"]);
+        // Removing the db pod lifts its anti-affinity.
+        cache.remove_pod("db");
+        assert_eq!(fits(&cache, &pod("w2", "web", json!({}))), vec!["n1", "n2"]);
     }
 }
