@@ -93,40 +93,107 @@ pub fn start(ctx: Arc<Ctx>) {
     // Monitors first, then the collector; handlers are registered once it exists.
     let mut monitors: Vec<Arc<dyn Monitor>> = Vec::new();
     let mut registrations: Vec<Box<dyn FnOnce(Arc<Gc>)>> = Vec::new();
-    fn add<K: Kind>(
-        ctx: &Arc<Ctx>,
+    /// Watches `K` through `inf`: the full informer other controllers already share, or a
+    /// metadata-only one.
+    fn add<K: Kind, O: Kind>(
+        inf: Arc<Informer<O>>,
         namespaced: bool,
         monitors: &mut Vec<Arc<dyn Monitor>>,
         regs: &mut Vec<Box<dyn FnOnce(Arc<Gc>)>>,
     ) {
         let idx = monitors.len();
-        let inf = ctx.informers.get::<K>();
-        monitors.push(Arc::new(Typed::<K> {
+        monitors.push(Arc::new(Typed::<O> {
             inf: inf.clone(),
             ar: ApiResource::erase::<K>(&()),
             namespaced,
         }));
         regs.push(Box::new(move |gc: Arc<Gc>| {
-            inf.add_handler(move |c: &Change<K>| gc.observe(idx, c));
+            inf.add_handler(move |c: &Change<O>| gc.observe(idx, c));
         }));
     }
-    add::<Pod>(&ctx, true, &mut monitors, &mut registrations);
-    add::<ReplicaSet>(&ctx, true, &mut monitors, &mut registrations);
-    add::<Deployment>(&ctx, true, &mut monitors, &mut registrations);
-    add::<ReplicationController>(&ctx, true, &mut monitors, &mut registrations);
-    add::<StatefulSet>(&ctx, true, &mut monitors, &mut registrations);
-    add::<DaemonSet>(&ctx, true, &mut monitors, &mut registrations);
-    add::<ControllerRevision>(&ctx, true, &mut monitors, &mut registrations);
-    add::<Job>(&ctx, true, &mut monitors, &mut registrations);
-    add::<CronJob>(&ctx, true, &mut monitors, &mut registrations);
-    add::<EndpointSlice>(&ctx, true, &mut monitors, &mut registrations);
-    add::<Service>(&ctx, true, &mut monitors, &mut registrations);
-    add::<ConfigMap>(&ctx, true, &mut monitors, &mut registrations);
-    add::<Secret>(&ctx, true, &mut monitors, &mut registrations);
-    add::<ServiceAccount>(&ctx, true, &mut monitors, &mut registrations);
-    add::<PersistentVolumeClaim>(&ctx, true, &mut monitors, &mut registrations);
-    add::<Lease>(&ctx, true, &mut monitors, &mut registrations);
-    add::<Node>(&ctx, false, &mut monitors, &mut registrations);
+    let i = &ctx.informers;
+    add::<Pod, _>(i.get::<Pod>(), true, &mut monitors, &mut registrations);
+    add::<ReplicaSet, _>(
+        i.get::<ReplicaSet>(),
+        true,
+        &mut monitors,
+        &mut registrations,
+    );
+    add::<Deployment, _>(
+        i.get::<Deployment>(),
+        true,
+        &mut monitors,
+        &mut registrations,
+    );
+    add::<ReplicationController, _>(
+        i.get::<ReplicationController>(),
+        true,
+        &mut monitors,
+        &mut registrations,
+    );
+    add::<StatefulSet, _>(
+        i.get_metadata::<StatefulSet>(),
+        true,
+        &mut monitors,
+        &mut registrations,
+    );
+    add::<DaemonSet, _>(
+        i.get_metadata::<DaemonSet>(),
+        true,
+        &mut monitors,
+        &mut registrations,
+    );
+    add::<ControllerRevision, _>(
+        i.get_metadata::<ControllerRevision>(),
+        true,
+        &mut monitors,
+        &mut registrations,
+    );
+    add::<Job, _>(
+        i.get_metadata::<Job>(),
+        true,
+        &mut monitors,
+        &mut registrations,
+    );
+    add::<CronJob, _>(
+        i.get_metadata::<CronJob>(),
+        true,
+        &mut monitors,
+        &mut registrations,
+    );
+    add::<EndpointSlice, _>(
+        i.get::<EndpointSlice>(),
+        true,
+        &mut monitors,
+        &mut registrations,
+    );
+    add::<Service, _>(i.get::<Service>(), true, &mut monitors, &mut registrations);
+    add::<ConfigMap, _>(
+        i.get::<ConfigMap>(),
+        true,
+        &mut monitors,
+        &mut registrations,
+    );
+    add::<Secret, _>(
+        i.get_metadata::<Secret>(),
+        true,
+        &mut monitors,
+        &mut registrations,
+    );
+    add::<ServiceAccount, _>(
+        i.get::<ServiceAccount>(),
+        true,
+        &mut monitors,
+        &mut registrations,
+    );
+    add::<PersistentVolumeClaim, _>(
+        i.get_metadata::<PersistentVolumeClaim>(),
+        true,
+        &mut monitors,
+        &mut registrations,
+    );
+    add::<Lease, _>(i.get::<Lease>(), true, &mut monitors, &mut registrations);
+    add::<Node, _>(i.get::<Node>(), false, &mut monitors, &mut registrations);
     let gc = Arc::new(Gc {
         ctx,
         monitors,

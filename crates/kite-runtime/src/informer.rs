@@ -3,7 +3,9 @@
 //! on an informer see each change once, in order, with the old and new object; they must
 //! be cheap (typically: put a key on a work queue).
 
+use futures::stream::BoxStream;
 use futures::StreamExt;
+use kube::core::PartialObjectMeta;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -195,8 +197,8 @@ impl<K: Kind> Informer<K> {
         self.synced.send_replace(true);
     }
 
-    async fn run(self: Arc<Self>, api: Api<K>, cfg: watcher::Config) {
-        let mut stream = watcher(api, cfg).default_backoff().boxed();
+    async fn run(self: Arc<Self>, stream: BoxStream<'static, watcher::Result<watcher::Event<K>>>) {
+        let mut stream = stream;
         let mut buffer: Option<BTreeMap<Key, K>> = None;
         while let Some(ev) = stream.next().await {
             match ev {
@@ -245,11 +247,22 @@ impl Informers {
         let inf = Arc::new(Informer::<K>::new());
         m.insert(TypeId::of::<K>(), inf.clone());
         let api = Api::<K>::all(self.client.clone());
-        tokio::spawn(
-            inf.clone()
-                .run(api, watcher::Config::default().page_size(2000)),
-        );
+        let stream = watcher(api, watcher::Config::default().page_size(2000))
+            .default_backoff()
+            .boxed();
+        tokio::spawn(inf.clone().run(stream));
         inf
+    }
+
+    /// A shared informer of `K`'s metadata only (`PartialObjectMetadata`), for
+    /// controllers that never look past `metadata` (the garbage collector): it caches
+    /// and decodes far less than a full one.
+    pub fn get_metadata<K: Kind>(&self) -> Arc<Informer<PartialObjectMeta<K>>>
+    where
+        PartialObjectMeta<K>: Kind,
+    {
+        // kube sends metadata-only requests for `Api<PartialObjectMeta<K>>`.
+        self.get::<PartialObjectMeta<K>>()
     }
 }
 
