@@ -71,6 +71,18 @@ impl Encoder {
     }
 }
 
+/// A watch event line from the stored bytes, with `resourceVersion` spliced in.
+fn raw_line(ty: &str, kv: &kite_store::KeyValue) -> Option<Bytes> {
+    let obj = crate::objects::raw_with_rv(kv).ok()?;
+    let mut b = Vec::with_capacity(obj.len() + 32);
+    b.extend_from_slice(b"{\"type\":\"");
+    b.extend_from_slice(ty.as_bytes());
+    b.extend_from_slice(b"\",\"object\":");
+    b.extend_from_slice(&obj);
+    b.extend_from_slice(b"}\n");
+    Some(Bytes::from(b))
+}
+
 fn error_line(e: &ApiError) -> Bytes {
     let mut b =
         serde_json::to_vec(&json!({"type": "ERROR", "object": e.status()})).unwrap_or_default();
@@ -131,6 +143,7 @@ pub async fn serve(
                 return;
             }
         };
+        let plain = enc.table.is_none() && opts.labels.is_empty() && opts.fields.is_empty();
         metrics.watch_opened();
         let _guard = scopeguard(metrics.clone());
         for o in &initial {
@@ -159,6 +172,15 @@ pub async fn serve(
                     };
                     last = ev.revision;
                     let line = match ev.kind {
+                        // Without selectors or a table, every change goes out as stored:
+                        // the bytes are spliced, not parsed and encoded again.
+                        EventKind::Put if plain => {
+                            let ty = if ev.prev.is_some() { "MODIFIED" } else { "ADDED" };
+                            match raw_line(ty, &ev.kv) { Some(l) => l, None => continue }
+                        }
+                        EventKind::Delete if plain => {
+                            match raw_line("DELETED", &ev.kv) { Some(l) => l, None => continue }
+                        }
                         EventKind::Put => {
                             let Ok(new) = decode(&ev.kv) else { continue };
                             let was = ev.prev.as_ref().and_then(|p| decode(p).ok()).is_some_and(|p| matches(&opts, &p));

@@ -21,7 +21,8 @@ use std::time::Duration;
 
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const NOT_READY: &str = "node.kubernetes.io/not-ready";
-const MONITOR_PERIOD: Duration = Duration::from_secs(2);
+/// How often every node is checked, as upstream's --node-monitor-period.
+const MONITOR_PERIOD: Duration = Duration::from_secs(5);
 
 struct Controller {
     ctx: Arc<Ctx>,
