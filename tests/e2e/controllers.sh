@@ -149,6 +149,7 @@ check "Endpoints hold exactly the Ready pods" equals "$(ep_ips)" "$(ready_ips)"
 check "Endpoints use the target port" equals "$(kc get endpoints web -n apps -o jsonpath='{.subsets[0].ports[0].port}')" "8080"
 slice=$(kc get endpointslices -n apps -l kubernetes.io/service-name=web -o jsonpath='{range .items[*].endpoints[*]}{.addresses[0]}{"\n"}{end}' | sort | tr '\n' ' ')
 check "the EndpointSlice holds the same addresses" equals "$slice" "$(ready_ips)"
+check "kubectl get endpointslices prints upstream's columns" contains "$(kc get endpointslices -n apps -l kubernetes.io/service-name=web)" "ADDRESSTYPE   PORTS   ENDPOINTS"
 check "EndpointSlice endpoints carry nodeName" contains "$(kc get endpointslices -n apps -l kubernetes.io/service-name=web -o jsonpath='{.items[0].endpoints[0].nodeName}')" "kite-sim-"
 victim=$(kc get pods -n apps -l app=web -o jsonpath='{.items[0].metadata.name}')
 vip=$(kc get pod "$victim" -n apps -o jsonpath='{.status.podIP}')
@@ -280,6 +281,7 @@ prio_pod highpod high | kc apply -n apps -f - >/dev/null
 wait_for 30 "highpod scheduled" bash -c "[ \"\$($KUBECTL get pod highpod -n apps -o jsonpath='{.spec.nodeName}')\" = prio-0 ]"
 check "a high-priority pod preempts a low-priority one when the node is full" equals "$(kc get pod highpod -n apps -o jsonpath='{.spec.nodeName}')" "prio-0"
 check "the victim is gone" fails_with "not found" kc get pod lowpod -n apps
+check "kubectl get priorityclasses prints upstream's columns" contains "$(kc get pc high)" "VALUE   GLOBAL-DEFAULT"
 check "the preemption is recorded" contains "$(kc get events -n apps --field-selector reason=Preempted -o jsonpath='{.items[*].message}')" "Preempted by pod"
 
 summary

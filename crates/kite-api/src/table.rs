@@ -164,6 +164,15 @@ fn pod_status_reason(pod: &Value) -> String {
     reason
 }
 
+/// Up to three items, then " + N more...", as upstream prints endpoints.
+fn first_three(items: &[String]) -> String {
+    match items.len() {
+        0 => "<none>".into(),
+        n if n <= 3 => items.join(","),
+        n => format!("{} + {} more...", items[..3].join(","), n - 3),
+    }
+}
+
 fn columns(ri: &ResourceInfo) -> &'static [Col] {
     const NAME: Col = ("Name", "string", "name", 0);
     const AGE: Col = ("Age", "string", "", 0);
@@ -250,6 +259,20 @@ fn columns(ri: &ResourceInfo) -> &'static [Col] {
             ("Container-Runtime", "string", "", 1),
         ],
         ("", "Endpoints") => &[NAME, ("Endpoints", "string", "", 0), AGE],
+        ("discovery.k8s.io", "EndpointSlice") => &[
+            NAME,
+            ("AddressType", "string", "", 0),
+            ("Ports", "string", "", 0),
+            ("Endpoints", "string", "", 0),
+            AGE,
+        ],
+        ("scheduling.k8s.io", "PriorityClass") => &[
+            NAME,
+            ("Value", "integer", "", 0),
+            ("Global-Default", "boolean", "", 0),
+            AGE,
+            ("PreemptionPolicy", "string", "", 0),
+        ],
         ("", "Event") => &[
             ("Last Seen", "string", "", 0),
             ("Type", "string", "", 0),
@@ -494,8 +517,51 @@ fn cells(ri: &ResourceInfo, o: &Value, now: Timestamp) -> Vec<Value> {
                     }
                 }
             }
-            vec![name, or_none(eps.join(",")), age(o, now)]
+            vec![name, json!(first_three(&eps)), age(o, now)]
         }
+        ("discovery.k8s.io", "EndpointSlice") => {
+            let ports: Vec<String> = o["ports"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|p| {
+                            p["port"]
+                                .as_i64()
+                                .map_or("<unset>".into(), |n| n.to_string())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let addrs: Vec<String> = o["endpoints"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                        .map(|a| s(&a))
+                        .collect()
+                })
+                .unwrap_or_default();
+            vec![
+                name,
+                json!(s(&o["addressType"])),
+                json!(if ports.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    ports.join(",")
+                }),
+                json!(first_three(&addrs)),
+                age(o, now),
+            ]
+        }
+        ("scheduling.k8s.io", "PriorityClass") => vec![
+            name,
+            json!(o["value"].as_i64().unwrap_or(0)),
+            json!(o["globalDefault"] == true),
+            age(o, now),
+            json!(o["preemptionPolicy"]
+                .as_str()
+                .unwrap_or("PreemptLowerPriority")),
+        ],
         ("", "Event") => {
             let last = o["lastTimestamp"]
                 .as_str()
@@ -776,5 +842,19 @@ mod tests {
         assert_eq!(cells[3], "<none>");
         assert_eq!(cells[4], "80:30007/TCP");
         assert_eq!(t["columnDefinitions"][2]["name"], "Cluster-IP");
+    }
+}
+
+#[cfg(test)]
+mod endpoint_column_tests {
+    #[test]
+    fn endpoints_show_three_then_a_count() {
+        let v: Vec<String> = (1..=5).map(|i| format!("10.0.0.{i}")).collect();
+        assert_eq!(super::first_three(&v[..2]), "10.0.0.1,10.0.0.2");
+        assert_eq!(
+            super::first_three(&v),
+            "10.0.0.1,10.0.0.2,10.0.0.3 + 2 more..."
+        );
+        assert_eq!(super::first_three(&[]), "<none>");
     }
 }

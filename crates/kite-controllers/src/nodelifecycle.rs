@@ -77,8 +77,14 @@ pub fn start(ctx: Arc<Ctx>) {
         let mut t = tokio::time::interval(MONITOR_PERIOD);
         loop {
             t.tick().await;
+            // Only nodes whose heartbeat just went stale need work; every other change
+            // reaches the queue through the node handler.
+            let now = jiff::Timestamp::now();
             for n in c3.nodes.list() {
-                c3.queue.add(n.metadata.name.clone().unwrap_or_default());
+                let (status, stale) = c3.health(&n, now);
+                if stale && status != "Unknown" {
+                    c3.queue.add(n.metadata.name.clone().unwrap_or_default());
+                }
             }
         }
     });
@@ -104,12 +110,11 @@ fn ready_condition(n: &Node) -> Option<(String, Option<jiff::Timestamp>)> {
 }
 
 impl Controller {
-    async fn reconcile(&self, name: String) -> Result<Action> {
-        let Some(node) = self.nodes.get("", &name) else {
-            return Ok(Action::AwaitChange);
-        };
-        let now = jiff::Timestamp::now();
-        let (mut status, heartbeat) = ready_condition(&node).unwrap_or(("Unknown".into(), None));
+    /// The node's Ready status and whether its last heartbeat (Lease renewal or Ready
+    /// condition) is older than the grace period.
+    fn health(&self, node: &Node, now: jiff::Timestamp) -> (String, bool) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let (status, heartbeat) = ready_condition(node).unwrap_or(("Unknown".into(), None));
         let lease = self
             .leases
             .get("kube-node-lease", &name)
@@ -127,6 +132,15 @@ impl Controller {
             .unwrap_or(now);
         let grace = self.ctx.opts.node_monitor_grace_period;
         let stale = now.as_millisecond() - last.as_millisecond() > grace.as_millis() as i64;
+        (status, stale)
+    }
+
+    async fn reconcile(&self, name: String) -> Result<Action> {
+        let Some(node) = self.nodes.get("", &name) else {
+            return Ok(Action::AwaitChange);
+        };
+        let now = jiff::Timestamp::now();
+        let (mut status, stale) = self.health(&node, now);
         let api: Api<Node> = Api::all(self.ctx.client.clone());
         if stale && status != "Unknown" {
             let t = Time(now);
