@@ -324,14 +324,7 @@ impl Controller {
                     .is_some_and(|t| without_hash(t) == want_t)
             })
             .collect();
-        matching.sort_by_key(|i| {
-            rss[*i]
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.as_second())
-                .unwrap_or(0)
-        });
+        matching.sort_by_key(|i| util::created(&rss[*i].metadata));
         let existing = matching.first().copied();
         let max_old = rss
             .iter()
@@ -529,14 +522,7 @@ impl Controller {
                 let mut olds: Vec<usize> = (0..rss.len())
                     .filter(|i| *i != ni && replicas(&rss[*i]) > 0)
                     .collect();
-                olds.sort_by_key(|i| {
-                    rss[*i]
-                        .metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map(|t| t.0.as_second())
-                        .unwrap_or(0)
-                });
+                olds.sort_by_key(|i| util::created(&rss[*i].metadata));
                 // First drop old replicas that are not available anyway.
                 for &i in &olds {
                     if budget <= 0 {
@@ -647,14 +633,7 @@ impl Controller {
         order.sort_by_key(|i| {
             (
                 std::cmp::Reverse(replicas(&rss[*i])),
-                std::cmp::Reverse(
-                    rss[*i]
-                        .metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map(|t| t.0.as_second())
-                        .unwrap_or(0),
-                ),
+                std::cmp::Reverse(util::created(&rss[*i].metadata)),
             )
         });
         let mut targets: Vec<(usize, i32)> = Vec::new();

@@ -52,13 +52,7 @@ pub fn start(ctx: Arc<Ctx>) {
             let mut terminated: Vec<&Arc<Pod>> =
                 all.iter().filter(|p| crate::util::is_terminal(p)).collect();
             if terminated.len() > TERMINATED_THRESHOLD {
-                terminated.sort_by_key(|p| {
-                    p.metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map(|t| t.0.as_second())
-                        .unwrap_or(0)
-                });
+                terminated.sort_by_key(|p| crate::util::created(&p.metadata));
                 let n = terminated.len() - TERMINATED_THRESHOLD;
                 doomed.extend(terminated.into_iter().take(n).cloned());
             }

@@ -445,12 +445,7 @@ pub fn pick_victims<'a>(pods: &[&'a Arc<Pod>], n: usize) -> Vec<&'a Arc<Pod>> {
             .and_then(|s| s.container_statuses.as_ref())
             .map(|cs| cs.iter().map(|c| c.restart_count).sum())
             .unwrap_or(0);
-        let created = p
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second())
-            .unwrap_or(0);
+        let created = util::created(&p.metadata);
         (
             bound,
             phase,

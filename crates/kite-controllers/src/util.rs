@@ -134,6 +134,14 @@ impl Expectations {
     }
 }
 
+/// An object's creationTimestamp in seconds (0 if unset), for oldest-first ordering.
+pub fn created(m: &ObjectMeta) -> i64 {
+    m.creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(0)
+}
+
 /// `ns/name`.
 pub fn key_str(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")
