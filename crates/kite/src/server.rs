@@ -131,7 +131,9 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         cluster_dns = %cfg.cluster_dns,
         "kite API server is serving"
     );
-    let identity = format!("{}_{}", cfg.node_name, std::process::id());
+    // The lease holder identity is the node name, stable across restarts, so a restarted
+    // server takes its leases back at once instead of waiting for them to expire.
+    let identity = cfg.node_name.clone();
     // In-process components reach the API through the router itself, with the identity
     // their client certificate carries: no TCP, TLS or HTTP framing, same authorization and
     // admission. The kubeconfigs in server/cred are for components elsewhere.
