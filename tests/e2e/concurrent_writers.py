@@ -42,20 +42,24 @@ for rnd in range(int(rounds)):
         # succeeds without a write (as upstream), which would count as a second success.
         body["data"] = {"n": f"{rnd}-{i}"}
         barrier.wait()
-        results.append(call("PUT", body)[0])
+        results.append((call("PUT", body)[0], body["data"]["n"]))
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(32)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    ok = results.count(200)
-    conflicts = results.count(409)
+    codes = [c for c, _ in results]
+    ok = codes.count(200)
+    conflicts = codes.count(409)
     if ok != 1 or conflicts != 31:
-        problems.append(f"round {rnd} from rv {rv}: {ok} successes, {conflicts} conflicts, others {sorted(set(results))}")
+        problems.append(f"round {rnd} from rv {rv}: {ok} successes, {conflicts} conflicts, others {sorted(set(codes))}")
+    # The stored object is the one winner's write, at a newer revision. (The global
+    # revision may have moved further: controllers write too.)
     status, after = call("GET")
-    if int(after["metadata"]["resourceVersion"]) != int(rv) + 1:
-        problems.append(f"round {rnd}: revision went {rv} -> {after['metadata']['resourceVersion']}")
+    winners = [n for c, n in results if c == 200]
+    if after["data"]["n"] not in winners or int(after["metadata"]["resourceVersion"]) <= int(rv):
+        problems.append(f"round {rnd}: stored {after['data']} at {after['metadata']['resourceVersion']} (from {rv}), winners {winners}")
 if problems:
     print("\n".join(problems))
     sys.exit(1)

@@ -8,6 +8,10 @@ start_server --compact-interval 1 --compact-retain 5 || { cat "$WORK/server.log"
 kc create ns dur >/dev/null
 for i in $(seq 1 20); do kc create configmap "cm$i" -n dur --from-literal=i="$i" >/dev/null; done
 kc create deployment web -n dur --image=nginx:1.27 >/dev/null
+# Let the controllers finish with it, so the snapshot below is not raced by their writes.
+web_settled() { [ "$(kc get deploy web -n dur -o jsonpath='{.status.observedGeneration}/{.status.replicas}')" = "1/1" ]; }
+wait_for 10 "the deployment controller to settle web" web_settled
+sleep 1
 snapshot() { kc get cm,deploy -n dur -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.resourceVersion},{.metadata.uid};{end}'; }
 before=$(snapshot)
 first_ts=$(kc get cm cm1 -n dur -o jsonpath='{.metadata.creationTimestamp}')
@@ -20,6 +24,10 @@ rv=$(kc get cm cm20 -n dur -o jsonpath='{.metadata.resourceVersion}')
 kc create configmap after -n dur >/dev/null
 check "revisions keep increasing after restart" test "$(kc get cm after -n dur -o jsonpath='{.metadata.resourceVersion}')" -gt "$rv"
 check "the cluster CA is reused after restart" equals "$(grep certificate-authority-data "$KUBECONFIG")" "$ca_before"
+# The restarted server holds its controller lease again at once (same holder identity).
+kc create deployment after-restart -n dur --image=busybox >/dev/null
+wait_for 5 "a ReplicaSet from the restarted controller manager" bash -c "$KUBECTL get rs -n dur -l app=after-restart -o name | grep -q ."
+check "controllers act within seconds of a kill -9 restart" contains "$(kc get rs -n dur -l app=after-restart -o name)" "replicaset.apps/after-restart-"
 
 # Watch from a resourceVersion older than compaction: ERROR 410 Expired.
 for i in $(seq 1 10); do kc annotate cm cm1 -n dur "n=$i" --overwrite >/dev/null; done
