@@ -95,11 +95,8 @@ async fn try_acquire(api: &Api<Lease>, name: &str, identity: &str) -> kube::Resu
                 mine(transitions + 1, None)
             };
             l.spec = Some(spec);
-            match api.replace(name, &PostParams::default(), &l).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            }
+            // A conflict is a race to be retried, not proof that someone else holds it.
+            api.replace(name, &PostParams::default(), &l).await.map(|_| true)
         }
     }
 }
