@@ -96,7 +96,9 @@ async fn try_acquire(api: &Api<Lease>, name: &str, identity: &str) -> kube::Resu
             };
             l.spec = Some(spec);
             // A conflict is a race to be retried, not proof that someone else holds it.
-            api.replace(name, &PostParams::default(), &l).await.map(|_| true)
+            api.replace(name, &PostParams::default(), &l)
+                .await
+                .map(|_| true)
         }
     }
 }
