@@ -33,50 +33,50 @@ pub trait Replicated: Kind + kube::Resource<Scope = k8s_openapi::NamespaceResour
     fn observed(&self) -> Option<(i32, i32, i32, i32, i64)>;
 }
 
+/// The accessors ReplicaSet and ReplicationController share: their spec and status
+/// fields have the same names.
+macro_rules! common_accessors {
+    () => {
+        fn replicas(&self) -> i32 {
+            self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+        }
+        fn min_ready_seconds(&self) -> i32 {
+            self.spec
+                .as_ref()
+                .and_then(|s| s.min_ready_seconds)
+                .unwrap_or(0)
+        }
+        fn template(&self) -> Option<&PodTemplateSpec> {
+            self.spec.as_ref().and_then(|s| s.template.as_ref())
+        }
+        fn observed(&self) -> Option<(i32, i32, i32, i32, i64)> {
+            self.status.as_ref().map(|s| {
+                (
+                    s.replicas,
+                    s.fully_labeled_replicas.unwrap_or(0),
+                    s.ready_replicas.unwrap_or(0),
+                    s.available_replicas.unwrap_or(0),
+                    s.observed_generation.unwrap_or(0),
+                )
+            })
+        }
+    };
+}
+
 impl Replicated for ReplicaSet {
     const COMPONENT: &'static str = "replicaset-controller";
-    fn replicas(&self) -> i32 {
-        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
-    }
-    fn min_ready_seconds(&self) -> i32 {
-        self.spec
-            .as_ref()
-            .and_then(|s| s.min_ready_seconds)
-            .unwrap_or(0)
-    }
+    common_accessors!();
     fn selector(&self) -> LabelSelector {
         self.spec
             .as_ref()
             .map(|s| s.selector.clone())
             .unwrap_or_default()
     }
-    fn template(&self) -> Option<&PodTemplateSpec> {
-        self.spec.as_ref().and_then(|s| s.template.as_ref())
-    }
-    fn observed(&self) -> Option<(i32, i32, i32, i32, i64)> {
-        self.status.as_ref().map(|s| {
-            (
-                s.replicas,
-                s.fully_labeled_replicas.unwrap_or(0),
-                s.ready_replicas.unwrap_or(0),
-                s.available_replicas.unwrap_or(0),
-                s.observed_generation.unwrap_or(0),
-            )
-        })
-    }
 }
 
 impl Replicated for ReplicationController {
     const COMPONENT: &'static str = "replication-controller";
-    fn replicas(&self) -> i32 {
-        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
-    }
-    fn min_ready_seconds(&self) -> i32 {
-        self.spec
-            .as_ref()
-            .and_then(|s| s.min_ready_seconds)
-            .unwrap_or(0)
-    }
+    common_accessors!();
     fn selector(&self) -> LabelSelector {
         // An RC without a selector selects its template's labels (defaulted upstream).
         let sel = self
@@ -91,20 +91,6 @@ impl Replicated for ReplicationController {
             match_labels: sel,
             match_expressions: None,
         }
-    }
-    fn template(&self) -> Option<&PodTemplateSpec> {
-        self.spec.as_ref().and_then(|s| s.template.as_ref())
-    }
-    fn observed(&self) -> Option<(i32, i32, i32, i32, i64)> {
-        self.status.as_ref().map(|s| {
-            (
-                s.replicas,
-                s.fully_labeled_replicas.unwrap_or(0),
-                s.ready_replicas.unwrap_or(0),
-                s.available_replicas.unwrap_or(0),
-                s.observed_generation.unwrap_or(0),
-            )
-        })
     }
 }
 

@@ -71,15 +71,18 @@ pub struct PodInfo {
 
 impl PodInfo {
     pub fn new(pod: Arc<Pod>, priority: i32) -> Self {
-        let spec = pod.spec.clone().unwrap_or_default();
+        let default_spec = k8s_openapi::api::core::v1::PodSpec::default();
+        let spec = pod.spec.as_ref().unwrap_or(&default_spec);
+        let requests = |c: &k8s_openapi::api::core::v1::Container| {
+            c.resources
+                .as_ref()
+                .and_then(|r| r.requests.clone())
+                .unwrap_or_default()
+        };
         let mut req = Resources::default();
         let mut nz = Resources::default();
         for c in &spec.containers {
-            let r = c
-                .resources
-                .as_ref()
-                .and_then(|r| r.requests.clone())
-                .unwrap_or_default();
+            let r = requests(c);
             let cr = Resources::from_map(&r);
             let mut cnz = cr.clone();
             if !r.contains_key("cpu") {
@@ -93,12 +96,7 @@ impl PodInfo {
         }
         // Init containers run one at a time: the pod needs the largest of them, if more.
         for c in spec.init_containers.iter().flatten() {
-            let r = c
-                .resources
-                .as_ref()
-                .and_then(|r| r.requests.clone())
-                .unwrap_or_default();
-            let cr = Resources::from_map(&r);
+            let cr = Resources::from_map(&requests(c));
             req.cpu = req.cpu.max(cr.cpu);
             req.memory = req.memory.max(cr.memory);
         }

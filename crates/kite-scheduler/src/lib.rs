@@ -149,8 +149,12 @@ impl Scheduler {
                 self.queue.remove(&key);
             }
             Some(_) => {
-                let was = self.cache.lock().unwrap().node_of(&uid).is_some();
-                self.cache.lock().unwrap().remove_pod(&uid);
+                let was = {
+                    let mut cache = self.cache.lock().unwrap();
+                    let was = cache.node_of(&uid).is_some();
+                    cache.remove_pod(&uid);
+                    was
+                };
                 if was {
                     // Resources were freed: parked pods may fit now.
                     self.queue.move_all_to_active();
@@ -160,9 +164,7 @@ impl Scheduler {
                 if deleted || p.metadata.deletion_timestamp.is_some() || !is_ours(p) {
                     self.queue.remove(&key);
                     // An assumed pod deleted before its binding was seen.
-                    if self.cache.lock().unwrap().node_of(&uid).is_some() {
-                        self.cache.lock().unwrap().remove_pod(&uid);
-                    }
+                    self.cache.lock().unwrap().remove_pod(&uid);
                     return;
                 }
                 if self.cache.lock().unwrap().node_of(&uid).is_some() {

@@ -5,6 +5,8 @@
 //! Sizes can be scaled down with KITE_BENCH_SCALE=0.1 for a quick look.
 //! Figures and the command are recorded in docs/benchmarks.md.
 
+mod common;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
@@ -27,14 +29,6 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn pem_from_kubeconfig(text: &str, key: &str) -> Vec<u8> {
     use base64::Engine;
     let line = text
@@ -54,7 +48,7 @@ fn start() -> Server {
 /// Starts kite in `dir`; also returns the time from spawn to a TLS-answered `/readyz`.
 fn start_in(dir: tempfile::TempDir) -> (Server, Duration) {
     let t0 = Instant::now();
-    let port = free_port();
+    let port = common::free_port();
     let kc = dir.path().join("kc.yaml");
     let child = Command::new(env!("CARGO_BIN_EXE_kite"))
         .args([
@@ -151,12 +145,7 @@ impl Server {
     }
 
     fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        s.lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        common::rss_kib(self.child.id())
     }
 }
 

@@ -11,6 +11,8 @@
 //!
 //! Figures and the command are recorded in docs/benchmarks.md.
 
+mod common;
+
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -30,22 +32,8 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn rss_mib(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    common::rss_kib(pid) as f64 / 1024.0
 }
 
 struct Cluster {
@@ -58,7 +46,7 @@ struct Cluster {
 
 async fn cluster(nodes: usize, scheduler: bool) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let kc = dir.path().join("kc.yaml");
     // Leases are renewed every 60 s in the benchmark; the grace period is set to match.
     let server = Proc(
