@@ -891,6 +891,7 @@ impl Controller {
         let ns = d.metadata.namespace.clone().unwrap_or_default();
         let name = d.metadata.name.clone().unwrap_or_default();
         let dapi: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let mut rv = d.metadata.resource_version.clone();
         if let Some(n) = &plan.new_rs {
             let rev = revision(&n.metadata).to_string();
             let have = d
@@ -900,15 +901,23 @@ impl Controller {
                 .and_then(|a| a.get(REVISION));
             if have != Some(&rev) {
                 let patch = json!({"metadata": {"annotations": {REVISION: rev}}});
-                dapi.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                let stored = dapi
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await?;
+                if stored.status != d.status {
+                    // The status moved on since our cache: compute it again from the news.
+                    return Ok(Action::AwaitChange);
+                }
+                rv = stored.metadata.resource_version;
             }
         }
         if changed {
+            // Conditioned on the version this status was computed from, as upstream's
+            // UpdateStatus: a stale cache must not restamp the Progressing deadline.
             dapi.patch_status(
                 &name,
                 &PatchParams::default(),
-                &Patch::Merge(&json!({"status": fresh})),
+                &Patch::Merge(&json!({"metadata": {"resourceVersion": rv}, "status": fresh})),
             )
             .await?;
         }
