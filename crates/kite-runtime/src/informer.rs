@@ -254,6 +254,16 @@ impl Informers {
         inf
     }
 
+    /// A private informer of `K` with its own selectors (a kubelet's pods, by
+    /// `spec.nodeName`): not shared, since other users want other selections.
+    pub fn get_selected<K: Kind>(&self, config: watcher::Config) -> Arc<Informer<K>> {
+        let inf = Arc::new(Informer::<K>::new());
+        let api = Api::<K>::all(self.client.clone());
+        let stream = watcher(api, config).default_backoff().boxed();
+        tokio::spawn(inf.clone().run(stream));
+        inf
+    }
+
     /// A shared informer of `K`'s metadata only (`PartialObjectMetadata`), for
     /// controllers that never look past `metadata` (the garbage collector): it caches
     /// and decodes far less than a full one.

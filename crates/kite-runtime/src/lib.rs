@@ -10,6 +10,7 @@ pub mod events;
 pub mod informer;
 pub mod labels;
 pub mod leader;
+pub mod node;
 pub mod quantity;
 pub mod queue;
 

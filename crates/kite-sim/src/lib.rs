@@ -6,9 +6,8 @@
 pub mod spec;
 
 use anyhow::Result;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use kite_runtime::{queue::run_workers, Action, Change, Informers, WorkQueue};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, ResourceExt};
@@ -21,7 +20,6 @@ pub use spec::SimOptions;
 
 /// The annotation that pauses (`false`) and resumes (`true`) a node's heartbeats.
 pub const HEARTBEAT_ANNOTATION: &str = "sim.kite.io/heartbeat";
-const LEASE_SECONDS: i32 = 40;
 
 struct Sim {
     client: kube::Client,
@@ -155,7 +153,7 @@ impl Sim {
                 let uid = node.and_then(|n| n.metadata.uid.clone());
                 let api = api.clone();
                 Some(async move {
-                    if let Err(e) = renew(&api, &name, uid).await {
+                    if let Err(e) = kite_runtime::node::renew_lease(&api, &name, uid).await {
                         tracing::debug!(node = %name, error = %e, "lease renewal failed");
                     }
                 })
@@ -273,46 +271,5 @@ impl Sim {
         let ip = ip.to_string();
         self.ips.lock().unwrap().insert(uid.to_string(), ip.clone());
         Some(ip)
-    }
-}
-
-async fn renew(api: &Api<Lease>, node: &str, node_uid: Option<String>) -> kube::Result<()> {
-    let now = MicroTime(now());
-    let patch = json!({"spec": {"holderIdentity": node, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now}});
-    match api
-        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(node.to_string()),
-                    namespace: Some("kube-node-lease".into()),
-                    owner_references: node_uid.map(|uid| {
-                        vec![OwnerReference {
-                            api_version: "v1".into(),
-                            kind: "Node".into(),
-                            name: node.to_string(),
-                            uid,
-                            ..Default::default()
-                        }]
-                    }),
-                    ..Default::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(node.to_string()),
-                    lease_duration_seconds: Some(LEASE_SECONDS),
-                    renew_time: Some(now),
-                    ..Default::default()
-                }),
-            };
-            match api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
     }
 }

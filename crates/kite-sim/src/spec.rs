@@ -73,36 +73,7 @@ pub fn parse_taints(s: &str) -> Result<Vec<Taint>, SpecError> {
 }
 
 pub fn node_conditions(now: jiff::Timestamp) -> Value {
-    let c = |t: &str, s: &str, reason: &str, msg: &str| {
-        json!({"type": t, "status": s, "reason": reason, "message": msg,
-               "lastHeartbeatTime": Time(now), "lastTransitionTime": Time(now)})
-    };
-    json!([
-        c(
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available"
-        ),
-        c(
-            "DiskPressure",
-            "False",
-            "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure"
-        ),
-        c(
-            "PIDPressure",
-            "False",
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available"
-        ),
-        c(
-            "Ready",
-            "True",
-            "KubeletReady",
-            "kubelet is posting ready status"
-        ),
-    ])
+    kite_runtime::node::conditions(now, None)
 }
 
 /// The fake InternalIP of node `i`: loopback addresses, which nothing ever dials.
