@@ -142,23 +142,81 @@ fn containers_and_images(spec: &Value) -> (String, String) {
     (names.join(","), images.join(","))
 }
 
+/// The STATUS column, as upstream's printPod derives it: phase or reason, then the
+/// first unfinished init container (`Init:Error`, `Init:1/2`), else the app containers'
+/// waiting or terminated reasons, and Terminating last.
 fn pod_status_reason(pod: &Value) -> String {
-    if pod["metadata"]["deletionTimestamp"].is_string() {
-        return "Terminating".into();
-    }
     let status = &pod["status"];
-    let mut reason = status["reason"]
-        .as_str()
-        .or(status["phase"].as_str())
-        .unwrap_or("Pending")
-        .to_string();
-    if let Some(cs) = status["containerStatuses"].as_array() {
-        for c in cs.iter().rev() {
-            if let Some(r) = c["state"]["waiting"]["reason"].as_str() {
-                reason = r.to_string();
-            } else if let Some(r) = c["state"]["terminated"]["reason"].as_str() {
-                reason = r.to_string();
+    let phase = status["phase"].as_str().unwrap_or("Pending");
+    let mut reason = status["reason"].as_str().unwrap_or(phase).to_string();
+    let n_init = pod["spec"]["initContainers"]
+        .as_array()
+        .map_or(0, |a| a.len());
+    let terminated_reason = |t: &Value, prefix: &str| match t["reason"].as_str() {
+        Some(r) if !r.is_empty() => format!("{prefix}{r}"),
+        _ if t["signal"].as_i64().unwrap_or(0) != 0 => format!("{prefix}Signal:{}", t["signal"]),
+        _ => format!("{prefix}ExitCode:{}", t["exitCode"].as_i64().unwrap_or(0)),
+    };
+    let mut initializing = false;
+    for (i, c) in status["initContainerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let t = &c["state"]["terminated"];
+        let w = c["state"]["waiting"]["reason"].as_str().unwrap_or("");
+        if t.is_object() && t["exitCode"].as_i64() == Some(0) {
+            continue;
+        }
+        initializing = true;
+        reason = if t.is_object() {
+            terminated_reason(t, "Init:")
+        } else if !w.is_empty() && w != "PodInitializing" {
+            format!("Init:{w}")
+        } else {
+            format!("Init:{i}/{n_init}")
+        };
+        break;
+    }
+    let initialized = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Initialized" && c["status"] == "True");
+    if !initializing || initialized {
+        let mut has_running = false;
+        for c in status["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .rev()
+        {
+            let st = &c["state"];
+            match st["waiting"]["reason"].as_str() {
+                Some(r) if !r.is_empty() => reason = r.to_string(),
+                _ if st["terminated"].is_object() => {
+                    reason = terminated_reason(&st["terminated"], "")
+                }
+                _ if c["ready"] == true && st["running"].is_object() => has_running = true,
+                _ => {}
             }
+        }
+        if reason == "Completed" && has_running {
+            let ready = status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            reason = if ready { "Running" } else { "NotReady" }.into();
+        }
+    }
+    let terminal = phase == "Succeeded" || phase == "Failed";
+    if pod["metadata"]["deletionTimestamp"].is_string() {
+        if status["reason"] == "NodeLost" {
+            reason = "Unknown".into();
+        } else if !terminal {
+            reason = "Terminating".into();
         }
     }
     reason
