@@ -31,6 +31,57 @@ pub enum Command {
     /// Run only the scheduler against a cluster (as kube-scheduler does); `kite server`
     /// already runs one unless --disable-scheduler.
     Scheduler(ClientArgs),
+    /// Manage the node's images in containerd (as `k3s ctr images`).
+    Images(ImagesArgs),
+}
+
+/// `kite images` flags and subcommands.
+#[derive(Args, Debug, Clone)]
+pub struct ImagesArgs {
+    /// kite's data directory [default: /var/lib/kite as root, ~/.kite otherwise].
+    #[arg(long, short = 'd', env = "KITE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// containerd socket, if not kite's own.
+    #[arg(long, env = "KITE_CONTAINER_RUNTIME_ENDPOINT")]
+    pub container_runtime_endpoint: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: ImagesAction,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ImagesAction {
+    /// Import image archives (OCI layout or `docker save`; .tar, .tar.gz).
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List images.
+    #[command(alias = "list")]
+    Ls,
+    /// Remove images by name.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+impl ImagesArgs {
+    /// The containerd socket these commands use.
+    pub fn socket(&self) -> PathBuf {
+        self.container_runtime_endpoint.clone().unwrap_or_else(|| {
+            let d = self.data_dir.clone().unwrap_or_else(default_data_dir);
+            kite_kubelet::containerd::Paths::new(&d).socket
+        })
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    if is_root() {
+        PathBuf::from("/var/lib/kite")
+    } else {
+        home().join(".kite")
+    }
 }
 
 /// Flags of commands that are API clients of a cluster.
@@ -238,6 +289,9 @@ pub struct ServerArgs {
     /// Do not run the scheduler.
     #[arg(long, env = "KITE_DISABLE_SCHEDULER")]
     pub disable_scheduler: bool,
+    /// containerd socket to use instead of starting kite's own containerd.
+    #[arg(long, env = "KITE_CONTAINER_RUNTIME_ENDPOINT")]
+    pub container_runtime_endpoint: Option<PathBuf>,
 }
 
 /// Settings checked and resolved from [`ServerArgs`].
@@ -265,6 +319,7 @@ pub struct ServerConfig {
     pub unreachable_toleration_seconds: i64,
     pub disable_controller_manager: bool,
     pub disable_scheduler: bool,
+    pub container_runtime_endpoint: Option<PathBuf>,
 }
 
 fn bad(key: &str, value: &str, why: &str) -> anyhow::Error {
@@ -273,13 +328,7 @@ fn bad(key: &str, value: &str, why: &str) -> anyhow::Error {
 
 impl ServerArgs {
     pub fn resolve(&self) -> Result<ServerConfig> {
-        let data_dir = self.data_dir.clone().unwrap_or_else(|| {
-            if is_root() {
-                PathBuf::from("/var/lib/kite")
-            } else {
-                home().join(".kite")
-            }
-        });
+        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
         let kubeconfig = self.write_kubeconfig.clone().unwrap_or_else(|| {
             if is_root() {
                 PathBuf::from("/etc/kite/kite.yaml")
@@ -390,6 +439,10 @@ impl ServerArgs {
             unreachable_toleration_seconds: self.default_unreachable_toleration_seconds.max(0),
             disable_controller_manager: self.disable_controller_manager,
             disable_scheduler: self.disable_scheduler,
+            container_runtime_endpoint: self
+                .container_runtime_endpoint
+                .clone()
+                .map(|p| PathBuf::from(p.to_string_lossy().trim_start_matches("unix://"))),
         })
     }
 }

@@ -27,6 +27,7 @@ fn main() {
         config::Command::Server(args) => args.resolve().and_then(server::run),
         config::Command::Sim(args) => args.resolve().and_then(|(kc, o)| server::run_sim(&kc, o)),
         config::Command::Scheduler(args) => server::run_scheduler(&args.kubeconfig()),
+        config::Command::Images(args) => server::run_images(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -138,9 +138,13 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     // their client certificate carries: no TCP, TLS or HTTP framing, same authorization and
     // admission. The kubeconfigs in server/cred are for components elsewhere.
     let local_client = |user: &str| {
+        let mut groups = vec!["system:authenticated".to_string()];
+        if user.starts_with("system:node:") {
+            groups.insert(0, "system:nodes".into());
+        }
         let svc = running.local_service::<kube::client::Body>(UserInfo {
             username: user.to_string(),
-            groups: vec!["system:authenticated".into()],
+            groups,
         });
         kube::Client::new(svc, "default")
     };
@@ -169,9 +173,34 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         });
     }
     if !cfg.disable_agent {
-        tracing::warn!(
-            "the node agent is not part of this build yet; running the control plane only"
-        );
+        let client = local_client(&format!("system:node:{}", cfg.node_name));
+        let node_ip = cfg
+            .advertise
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let opts = kite_kubelet::Options {
+            node_name: cfg.node_name.clone(),
+            node_ip,
+            data_dir: cfg.data_dir.clone(),
+            cluster_cidr: cfg.cluster_cidr,
+            cluster_dns: std::net::IpAddr::V4(cfg.cluster_dns),
+            cluster_domain: cfg.cluster_domain.clone(),
+            labels: [
+                ("node-role.kubernetes.io/control-plane", "true"),
+                ("node-role.kubernetes.io/master", "true"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            containerd_socket: cfg.container_runtime_endpoint.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = kite_kubelet::run(client, opts).await {
+                tracing::error!(error = %format!("{e:#}"), "the node agent stopped");
+                // A server whose node cannot run is not what the user asked for.
+                std::process::exit(1);
+            }
+        });
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -221,4 +250,54 @@ pub fn run_sim(kubeconfig: &std::path::Path, opts: kite_sim::SimOptions) -> Resu
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })
+}
+
+/// `kite images …`: talks to the node's containerd directly.
+pub fn run_images(args: &crate::config::ImagesArgs) -> Result<()> {
+    use crate::config::ImagesAction;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let socket = args.socket();
+        let cd = kite_kubelet::containerd::Containerd::connect(&socket, std::time::Duration::from_secs(2))
+            .await
+            .map_err(|_| anyhow::anyhow!("containerd is not running at {} (start `kite server`, or pass --data-dir / --container-runtime-endpoint)", socket.display()))?;
+        match &args.action {
+            ImagesAction::Import { files } => {
+                for f in files {
+                    let names = kite_kubelet::images::import_file(&cd, f).await?;
+                    for n in names {
+                        println!("imported {n}");
+                    }
+                }
+            }
+            ImagesAction::Ls => {
+                println!("{:<60} {:<20} {:>10}", "IMAGE", "DIGEST", "SIZE");
+                for i in kite_kubelet::images::list(&cd).await? {
+                    let short = i.digest.trim_start_matches("sha256:").chars().take(12).collect::<String>();
+                    println!("{:<60} {:<20} {:>10}", i.name, short, human(i.size));
+                }
+            }
+            ImagesAction::Rm { names } => {
+                for n in names {
+                    kite_kubelet::images::remove(&cd, n).await?;
+                    println!("removed {}", kite_kubelet::images::normalize(n));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn human(b: i64) -> String {
+    let b = b as f64;
+    if b >= 1048576.0 {
+        format!("{:.1}MiB", b / 1048576.0)
+    } else if b >= 1024.0 {
+        format!("{:.1}KiB", b / 1024.0)
+    } else {
+        format!("{b}B")
+    }
 }

@@ -1,0 +1,310 @@
+//! A pod's containers in containerd: created from an image snapshot and a runtime spec,
+//! labelled with the pod and container they belong to (so a restarted kite adopts them),
+//! started, inspected, stopped gracefully and removed.
+
+use crate::containerd::{Containerd, SNAPSHOTTER};
+use anyhow::{Context, Result};
+use containerd_client::services::v1::{
+    container::Runtime,
+    snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest},
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+pub const L_POD_UID: &str = "io.kubernetes.pod.uid";
+pub const L_POD_NAME: &str = "io.kubernetes.pod.name";
+pub const L_POD_NS: &str = "io.kubernetes.pod.namespace";
+pub const L_NAME: &str = "io.kubernetes.container.name";
+pub const L_ATTEMPT: &str = "io.kubernetes.container.attempt";
+
+/// One container of a pod, as containerd has it.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub created: Option<jiff::Timestamp>,
+    pub state: State,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    /// Created but never started (or its task is gone without an exit).
+    Created,
+    Running {
+        pid: u32,
+    },
+    Exited {
+        code: i32,
+        at: Option<jiff::Timestamp>,
+    },
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> Option<jiff::Timestamp> {
+    t.as_ref()
+        .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+        .filter(|t| t.as_second() > 0)
+}
+
+/// Every container of the pod with `uid`, oldest attempt first.
+pub async fn list(cd: &Containerd, uid: &str) -> Result<Vec<Info>> {
+    list_filtered(cd, &format!("labels.\"{L_POD_UID}\"=={uid}")).await
+}
+
+/// Every container kite made, for adoption and orphan clean-up.
+pub async fn list_all(cd: &Containerd) -> Result<Vec<(String, Info)>> {
+    let cs = cd
+        .containers()
+        .list(cd.req(ListContainersRequest {
+            filters: vec![format!("labels.\"{L_POD_UID}\"")],
+        }))
+        .await?
+        .into_inner()
+        .containers;
+    let mut out = Vec::new();
+    for c in cs {
+        let uid = c.labels.get(L_POD_UID).cloned().unwrap_or_default();
+        out.push((uid, info(cd, c).await?));
+    }
+    Ok(out)
+}
+
+async fn list_filtered(cd: &Containerd, filter: &str) -> Result<Vec<Info>> {
+    let cs = cd
+        .containers()
+        .list(cd.req(ListContainersRequest {
+            filters: vec![filter.to_string()],
+        }))
+        .await?
+        .into_inner()
+        .containers;
+    let mut out = Vec::new();
+    for c in cs {
+        out.push(info(cd, c).await?);
+    }
+    out.sort_by_key(|i| i.attempt);
+    Ok(out)
+}
+
+async fn info(cd: &Containerd, c: Container) -> Result<Info> {
+    let state = match cd
+        .tasks()
+        .get(cd.req(GetRequest {
+            container_id: c.id.clone(),
+            exec_id: String::new(),
+        }))
+        .await
+    {
+        Ok(r) => {
+            let p = r.into_inner().process.unwrap_or_default();
+            // containerd.types.v1.Status: 1 created, 2 running, 3 stopped, 4/5 paused.
+            match p.status {
+                2 | 4 | 5 => State::Running { pid: p.pid },
+                3 => State::Exited {
+                    code: p.exit_status as i32,
+                    at: ts(&p.exited_at),
+                },
+                _ => State::Created,
+            }
+        }
+        Err(s) if s.code() == tonic::Code::NotFound => State::Created,
+        Err(s) => return Err(s.into()),
+    };
+    Ok(Info {
+        name: c.labels.get(L_NAME).cloned().unwrap_or_default(),
+        attempt: c
+            .labels
+            .get(L_ATTEMPT)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0),
+        created: ts(&c.created_at),
+        id: c.id,
+        state,
+    })
+}
+
+pub struct New<'a> {
+    pub id: &'a str,
+    pub image: &'a crate::images::Resolved,
+    pub spec: Vec<u8>,
+    pub labels: HashMap<String, String>,
+    pub log: &'a Path,
+}
+
+/// Creates the container (root filesystem snapshot + container record under one lease)
+/// and its task, and starts it.
+pub async fn create_and_start(cd: &Containerd, n: New<'_>) -> Result<()> {
+    let id = n.id.to_string();
+    let mounts = cd
+        .with_lease(|cd| {
+            let id = id.clone();
+            let image = n.image.clone();
+            let spec = n.spec.clone();
+            let labels = n.labels.clone();
+            async move {
+                let mounts = cd
+                    .snapshots()
+                    .prepare(cd.req(PrepareSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.into(),
+                        key: id.clone(),
+                        parent: image.top_snapshot.clone(),
+                        labels: Default::default(),
+                    }))
+                    .await
+                    .context("preparing the root filesystem")?
+                    .into_inner()
+                    .mounts;
+                cd.containers()
+                    .create(cd.req(CreateContainerRequest {
+                        container: Some(Container {
+                            id: id.clone(),
+                            labels,
+                            image: image.name.clone(),
+                            runtime: Some(Runtime {
+                                name: "io.containerd.runc.v2".into(),
+                                options: None,
+                            }),
+                            spec: Some(prost_types::Any {
+                                type_url:
+                                    "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                                value: spec,
+                            }),
+                            snapshotter: SNAPSHOTTER.into(),
+                            snapshot_key: id.clone(),
+                            ..Default::default()
+                        }),
+                    }))
+                    .await
+                    .context("creating the container")?;
+                Ok(mounts)
+            }
+        })
+        .await?;
+    if let Some(d) = n.log.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(n.log)?;
+    let log = n.log.to_string_lossy().to_string();
+    cd.tasks()
+        .create(cd.req(CreateTaskRequest {
+            container_id: id.clone(),
+            rootfs: mounts,
+            stdout: log.clone(),
+            stderr: log,
+            ..Default::default()
+        }))
+        .await
+        .context("creating the task")?;
+    cd.tasks()
+        .start(cd.req(StartRequest {
+            container_id: id.clone(),
+            exec_id: String::new(),
+        }))
+        .await
+        .context("starting the task")?;
+    Ok(())
+}
+
+/// Waits (in the background) for the container's task to exit, then calls `done`.
+pub fn on_exit(cd: &Containerd, id: &str, done: impl FnOnce() + Send + 'static) {
+    let cd = cd.clone();
+    let id = id.to_string();
+    tokio::spawn(async move {
+        let _ = cd
+            .tasks()
+            .wait(cd.req(WaitRequest {
+                container_id: id,
+                exec_id: String::new(),
+            }))
+            .await;
+        done();
+    });
+}
+
+/// SIGTERM (or `signal`), up to `grace` for the process to exit, then SIGKILL.
+pub async fn stop(cd: &Containerd, id: &str, signal: u32, grace: Duration) -> Result<()> {
+    let running = |cd: Containerd, id: String| async move {
+        matches!(
+            cd.tasks()
+                .get(cd.req(GetRequest {
+                    container_id: id,
+                    exec_id: String::new()
+                }))
+                .await
+                .map(|r| r.into_inner().process.unwrap_or_default().status),
+            Ok(1 | 2 | 4 | 5)
+        )
+    };
+    if !running(cd.clone(), id.to_string()).await {
+        return Ok(());
+    }
+    let kill = |sig: u32| {
+        let cd = cd.clone();
+        let id = id.to_string();
+        async move {
+            cd.tasks()
+                .kill(cd.req(KillRequest {
+                    container_id: id,
+                    exec_id: String::new(),
+                    signal: sig,
+                    all: true,
+                }))
+                .await
+        }
+    };
+    let _ = kill(signal).await;
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        if !running(cd.clone(), id.to_string()).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = kill(9).await;
+    for _ in 0..50 {
+        if !running(cd.clone(), id.to_string()).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("container {id} did not stop after SIGKILL")
+}
+
+/// Removes the task, the container and its snapshot; what is already gone is fine.
+pub async fn remove(cd: &Containerd, id: &str) -> Result<()> {
+    let nf = |s: &tonic::Status| s.code() == tonic::Code::NotFound;
+    if let Err(s) = cd
+        .tasks()
+        .delete(cd.req(DeleteTaskRequest {
+            container_id: id.to_string(),
+        }))
+        .await
+    {
+        if !nf(&s) {
+            return Err(anyhow::Error::from(s).context("deleting the task"));
+        }
+    }
+    if let Err(s) = cd
+        .containers()
+        .delete(cd.req(DeleteContainerRequest { id: id.to_string() }))
+        .await
+    {
+        if !nf(&s) {
+            return Err(anyhow::Error::from(s).context("deleting the container"));
+        }
+    }
+    let _ = cd
+        .snapshots()
+        .remove(cd.req(RemoveSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: id.to_string(),
+        }))
+        .await;
+    Ok(())
+}

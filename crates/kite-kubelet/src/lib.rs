@@ -1,0 +1,311 @@
+//! kite's kubelet: registers the node, heartbeats its Lease, keeps its status, and runs
+//! the pods bound to it on containerd (see `pods`). It is an API client like every other
+//! component, so the same code runs inside `kite server` and, later, `kite agent`.
+
+pub mod containerd;
+pub mod containers;
+pub mod images;
+pub mod network;
+mod pods;
+pub mod sandbox;
+pub mod spec;
+
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kite_runtime::{Change, Informers};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::Api;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const VERSION: &str = "v1.36.0+kite";
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    pub data_dir: PathBuf,
+    pub cluster_cidr: ipnet::Ipv4Net,
+    pub cluster_dns: IpAddr,
+    pub cluster_domain: String,
+    /// Extra node labels (a server node is labelled control-plane, as K3s does).
+    pub labels: BTreeMap<String, String>,
+    /// An existing containerd socket; `None` starts kite's own.
+    pub containerd_socket: Option<PathBuf>,
+}
+
+/// Starts containerd (unless given one), imports `<data-dir>/agent/images`, registers the
+/// node and runs until the process ends.
+pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
+    let cd = connect_runtime(&opts).await?;
+    import_image_dir(&cd, &opts.data_dir).await;
+    let version = cd.version().await.unwrap_or_default();
+    register(&client, &opts, &version).await?;
+    let informers = Informers::new(client.clone());
+    let nodes = informers.get_selected::<Node>(
+        watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name)),
+    );
+    let pods = informers.get_selected::<Pod>(
+        watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node_name)),
+    );
+    let kubelet = pods::Kubelet::new(
+        client.clone(),
+        cd,
+        opts.clone(),
+        nodes.clone(),
+        pods.clone(),
+    );
+    {
+        let k = kubelet.clone();
+        nodes.add_handler(move |c: &Change<Node>| {
+            if !matches!(c, Change::Deleted(_)) {
+                k.node_changed();
+            }
+        });
+    }
+    kubelet.start().await;
+    heartbeat(client, opts, kubelet).await
+}
+
+/// Connects to the given containerd, or starts and supervises kite's own.
+pub async fn connect_runtime(opts: &Options) -> Result<containerd::Containerd> {
+    let socket = match &opts.containerd_socket {
+        Some(s) => s.clone(),
+        None => {
+            let missing = containerd::missing_packages();
+            if !missing.is_empty() {
+                bail!(
+                    "{} not found: install it (apt-get install {}), or run with --disable-agent",
+                    missing.join(" and "),
+                    missing.join(" ")
+                );
+            }
+            let paths = containerd::Paths::new(&opts.data_dir);
+            containerd::supervise(paths.clone()).await?;
+            paths.socket
+        }
+    };
+    containerd::Containerd::connect(&socket, Duration::from_secs(20)).await
+}
+
+/// Imports every archive in `<data-dir>/agent/images/`, as K3s does at start.
+async fn import_image_dir(cd: &containerd::Containerd, data_dir: &std::path::Path) {
+    let dir = data_dir.join("agent").join("images");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    files.sort();
+    for f in files {
+        let n = f.to_string_lossy();
+        if !(n.ends_with(".tar")
+            || n.ends_with(".tar.gz")
+            || n.ends_with(".tgz")
+            || n.ends_with(".tar.zst"))
+        {
+            continue;
+        }
+        match images::import_file(cd, &f).await {
+            Ok(names) => tracing::info!(file = %f.display(), images = ?names, "imported images"),
+            Err(e) => {
+                tracing::warn!(file = %f.display(), error = %format!("{e:#}"), "importing images")
+            }
+        }
+    }
+}
+
+fn host_capacity(data_dir: &std::path::Path) -> BTreeMap<String, Quantity> {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|v| v.to_string()))
+        })
+        .unwrap_or_else(|| "0".into());
+    let disk = nix::sys::statvfs::statvfs(data_dir)
+        .map(|s| s.blocks() * s.fragment_size() / 1024)
+        .unwrap_or(0);
+    [
+        ("cpu", cpus.to_string()),
+        ("memory", format!("{mem_kib}Ki")),
+        ("pods", "110".to_string()),
+        ("ephemeral-storage", format!("{disk}Ki")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), Quantity(v)))
+    .collect()
+}
+
+fn os_image() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        })
+        .unwrap_or_else(|| "Linux".into())
+}
+
+fn node_status(
+    opts: &Options,
+    runtime_version: &str,
+    not_ready: Option<(&str, &str)>,
+) -> serde_json::Value {
+    let cap = host_capacity(&opts.data_dir);
+    let uname = nix::sys::utsname::uname().ok();
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    json!({
+        "capacity": cap,
+        "allocatable": cap,
+        "conditions": kite_runtime::node::conditions(jiff::Timestamp::now(), not_ready),
+        "addresses": [
+            {"type": "InternalIP", "address": opts.node_ip.to_string()},
+            {"type": "Hostname", "address": opts.node_name},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {
+            "architecture": arch,
+            "bootID": boot_id.trim(),
+            "containerRuntimeVersion": format!("containerd://{runtime_version}"),
+            "kernelVersion": uname.as_ref().map(|u| u.release().to_string_lossy().to_string()).unwrap_or_default(),
+            "kubeProxyVersion": "",
+            "kubeletVersion": VERSION,
+            "machineID": machine_id.trim(),
+            "operatingSystem": "linux",
+            "osImage": os_image(),
+            "systemUUID": machine_id.trim(),
+        },
+    })
+}
+
+async fn register(client: &kube::Client, opts: &Options, runtime_version: &str) -> Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    let mut labels: BTreeMap<String, String> = [
+        ("kubernetes.io/hostname", opts.node_name.as_str()),
+        ("kubernetes.io/os", "linux"),
+        (
+            "kubernetes.io/arch",
+            match std::env::consts::ARCH {
+                "x86_64" => "amd64",
+                "aarch64" => "arm64",
+                a => a,
+            },
+        ),
+        ("beta.kubernetes.io/os", "linux"),
+        ("node.kubernetes.io/instance-type", "kite"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    labels.insert(
+        "beta.kubernetes.io/arch".into(),
+        labels["kubernetes.io/arch"].clone(),
+    );
+    labels.extend(opts.labels.clone());
+    let status = node_status(
+        opts,
+        runtime_version,
+        Some((
+            "KubeletNotReady",
+            "container runtime network not ready: the pod network is being set up",
+        )),
+    );
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": opts.node_name, "labels": labels,
+                     "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+        "status": status,
+    }))?;
+    match api.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            api.patch(
+                &opts.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"labels": labels}})),
+            )
+            .await
+            .context("updating the node's labels")?;
+        }
+        Err(e) => return Err(e).context("registering the node"),
+    }
+    api.patch_status(
+        &opts.node_name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": status})),
+    )
+    .await
+    .context("posting node status")?;
+    tracing::info!(node = %opts.node_name, "node registered");
+    Ok(())
+}
+
+/// Renews the node Lease every 10 s, and posts the status when readiness changes (or
+/// the node controller marked it Unknown) and at least every minute.
+async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubelet>) -> Result<()> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut last_status = std::time::Instant::now() - Duration::from_secs(3600);
+    let mut last_ready: Option<bool> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n = 0u64;
+    loop {
+        tick.tick().await;
+        if n.is_multiple_of(10) {
+            let uid = kubelet.node().and_then(|n| n.metadata.uid.clone());
+            if let Err(e) = kite_runtime::node::renew_lease(&leases, &opts.node_name, uid).await {
+                tracing::debug!(error = %e, "lease renewal failed");
+            }
+        }
+        n += 1;
+        let not_ready = kubelet.not_ready_reason();
+        let ready = not_ready.is_none();
+        let shown_ready = kubelet.node().is_some_and(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                .is_some_and(|c| c.status == if ready { "True" } else { "False" })
+        });
+        if last_ready != Some(ready)
+            || !shown_ready
+            || last_status.elapsed() > Duration::from_secs(60)
+        {
+            let version = kubelet.runtime_version().await;
+            let reason = not_ready.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));
+            let status = node_status(&opts, &version, reason);
+            match nodes
+                .patch_status(
+                    &opts.node_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"status": status})),
+                )
+                .await
+            {
+                Ok(_) => {
+                    last_ready = Some(ready);
+                    last_status = std::time::Instant::now();
+                }
+                Err(e) => tracing::debug!(error = %e, "posting node status failed"),
+            }
+        }
+    }
+}

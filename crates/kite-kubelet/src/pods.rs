@@ -1,0 +1,1140 @@
+//! Pod workers: one reconcile per pod key (through the work queue, so one at a time per
+//! pod) that drives containerd toward the pod's spec and reports the pod's status.
+//!
+//! The containerd labels are the source of truth for what runs, so a restarted kite
+//! adopts its containers instead of starting them again, and cleans up pods deleted
+//! while it was down.
+
+use crate::containerd::Containerd;
+use crate::containers::{self, Info, State};
+use crate::images::{self, Resolved};
+use crate::network::Network;
+use crate::sandbox::Sandbox;
+use crate::Options;
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Node, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kite_runtime::events::{Recorder, NORMAL, WARNING};
+use kite_runtime::informer::{key_of, Informer, Key};
+use kite_runtime::{queue::run_workers, Action, Change, WorkQueue};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Api, ResourceExt};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const COMPONENT: &str = "kubelet";
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Why a container is not running, shown as its `waiting` state.
+#[derive(Clone, Debug, PartialEq)]
+struct Waiting {
+    reason: String,
+    message: String,
+}
+
+#[derive(Default)]
+struct PodState {
+    uid: String,
+    waiting: HashMap<String, Waiting>,
+}
+
+pub struct Kubelet {
+    client: kube::Client,
+    cd: Containerd,
+    opts: Options,
+    nodes: Arc<Informer<Node>>,
+    pods: Arc<Informer<Pod>>,
+    queue: WorkQueue<Key>,
+    network: Mutex<Option<Arc<Network>>>,
+    network_error: Mutex<Option<String>>,
+    /// Set while the network is being set up, so it happens once.
+    network_busy: std::sync::atomic::AtomicBool,
+    state: Mutex<HashMap<Key, PodState>>,
+    /// Containers with a background Wait on their task.
+    waiting_on: Mutex<HashSet<String>>,
+    recorder: Recorder,
+}
+
+fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
+
+impl Kubelet {
+    pub fn new(
+        client: kube::Client,
+        cd: Containerd,
+        opts: Options,
+        nodes: Arc<Informer<Node>>,
+        pods: Arc<Informer<Pod>>,
+    ) -> Arc<Self> {
+        let recorder = Recorder::new(client.clone(), COMPONENT, &opts.node_name);
+        Arc::new(Kubelet {
+            client,
+            cd,
+            opts,
+            nodes,
+            pods,
+            queue: WorkQueue::new(),
+            network: Mutex::new(None),
+            network_error: Mutex::new(None),
+            network_busy: Default::default(),
+            state: Mutex::default(),
+            waiting_on: Mutex::default(),
+            recorder,
+        })
+    }
+
+    pub fn node(&self) -> Option<Arc<Node>> {
+        self.nodes.get("", &self.opts.node_name)
+    }
+
+    pub async fn runtime_version(&self) -> String {
+        self.cd.version().await.unwrap_or_default()
+    }
+
+    /// `Some((reason, message))` while the node cannot run pods.
+    pub fn not_ready_reason(&self) -> Option<(String, String)> {
+        if self.network.lock().unwrap().is_some() {
+            return None;
+        }
+        let msg = self
+            .network_error
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| "the node has no podCIDR yet".into());
+        Some((
+            "KubeletNotReady".into(),
+            format!("container runtime network not ready: {msg}"),
+        ))
+    }
+
+    /// The node changed (its podCIDR arrived): set up the network once, then requeue
+    /// every pod that was waiting on it.
+    pub fn node_changed(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.network.lock().unwrap().is_some() || self.network_busy.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let k = self.clone();
+        tokio::spawn(async move {
+            let _done = Defer(|| k.network_busy.store(false, Ordering::SeqCst));
+            let Some(cidr) = k
+                .node()
+                .and_then(|n| n.spec.as_ref()?.pod_cidr.clone())
+                .and_then(|c| c.parse::<ipnet::Ipv4Net>().ok())
+            else {
+                return;
+            };
+            let net = Network::new(&k.opts.data_dir, cidr, k.opts.cluster_cidr);
+            match net.ensure_host().await {
+                Ok(()) => {
+                    tracing::info!(pod_cidr = %cidr, "pod network ready");
+                    *k.network.lock().unwrap() = Some(Arc::new(net));
+                    *k.network_error.lock().unwrap() = None;
+                    for p in k.pods.list() {
+                        k.queue.add(key_of(&*p));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "setting up the pod network");
+                    *k.network_error.lock().unwrap() = Some(format!("{e:#}"));
+                }
+            }
+        });
+    }
+
+    pub async fn start(self: &Arc<Self>) {
+        {
+            let q = self.queue.clone();
+            let k = self.clone();
+            self.pods.add_handler(move |c: &Change<Pod>| {
+                let p = c.object();
+                let key = key_of(&**p);
+                if let Change::Deleted(_) = c {
+                    // Remember the uid: the worker cleans up by it.
+                    let uid = p.metadata.uid.clone().unwrap_or_default();
+                    k.state.lock().unwrap().entry(key.clone()).or_default().uid = uid;
+                }
+                q.add(key);
+            });
+        }
+        self.pods.wait_synced().await;
+        self.nodes.wait_synced().await;
+        self.node_changed();
+        // Containers of pods that no longer exist (deleted while kite was down), now and
+        // every 10 s after, so a failed clean-up is tried again.
+        self.remove_orphans().await;
+        let k = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                k.remove_orphans().await;
+            }
+        });
+        let k = self.clone();
+        run_workers("kubelet-pods", self.queue.clone(), 8, move |key| {
+            let k = k.clone();
+            async move { k.sync(key).await }
+        });
+    }
+
+    async fn remove_orphans(&self) {
+        let known: HashSet<String> = self
+            .pods
+            .list()
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        let all = match containers::list_all(&self.cd).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "listing containers");
+                return;
+            }
+        };
+        let orphans: HashSet<String> = all
+            .into_iter()
+            .map(|(uid, _)| uid)
+            .filter(|u| !known.contains(u))
+            .collect();
+        for uid in orphans {
+            tracing::info!(%uid, "removing the containers of a pod that no longer exists");
+            if let Err(e) = self.teardown(&uid, Duration::from_secs(2)).await {
+                tracing::warn!(%uid, error = %format!("{e:#}"), "removing an orphaned pod's containers");
+            }
+        }
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.opts.data_dir.join("agent").join("pods").join(uid)
+    }
+
+    #[tracing::instrument(skip(self), fields(pod = %format!("{}/{}", key.0, key.1)))]
+    async fn sync(self: Arc<Self>, key: Key) -> Result<Action> {
+        let Some(pod) = self.pods.get_key(&key) else {
+            let uid = self.state.lock().unwrap().remove(&key).map(|s| s.uid);
+            if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+                self.teardown(&uid, Duration::from_secs(0)).await?;
+            }
+            return Ok(Action::AwaitChange);
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        {
+            let mut st = self.state.lock().unwrap();
+            let s = st.entry(key.clone()).or_default();
+            if s.uid != uid {
+                *s = PodState {
+                    uid: uid.clone(),
+                    ..Default::default()
+                };
+            }
+        }
+        if pod.metadata.deletion_timestamp.is_some() {
+            return self.terminate(&pod).await;
+        }
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        if phase == "Succeeded" || phase == "Failed" {
+            return Ok(Action::AwaitChange);
+        }
+        let Some(net) = self.network.lock().unwrap().clone() else {
+            return Ok(Action::AwaitChange);
+        };
+        let ip = match self.ensure_sandbox(&pod, &net).await {
+            Ok(ip) => ip,
+            Err(e) => {
+                self.recorder.event(
+                    &*pod,
+                    WARNING,
+                    "FailedCreatePodSandBox",
+                    format!("Failed to create pod sandbox: {e:#}"),
+                );
+                return Err(e);
+            }
+        };
+        let running = containers::list(&self.cd, &uid).await?;
+        let requeue = self.drive(&pod, &key, &running).await?;
+        let running = containers::list(&self.cd, &uid).await?;
+        for c in &running {
+            if matches!(c.state, State::Running { .. }) {
+                self.watch_exit(&c.id, key.clone());
+            }
+        }
+        self.report(&pod, &key, &running, ip).await?;
+        Ok(match requeue {
+            Some(d) => Action::Requeue(d),
+            None => Action::AwaitChange,
+        })
+    }
+
+    fn watch_exit(&self, id: &str, key: Key) {
+        if !self.waiting_on.lock().unwrap().insert(id.to_string()) {
+            return;
+        }
+        let q = self.queue.clone();
+        containers::on_exit(&self.cd, id, move || q.add(key));
+    }
+
+    async fn ensure_sandbox(&self, pod: &Pod, net: &Network) -> Result<Ipv4Addr> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let dir = self.pod_dir(&uid);
+        let sb = Sandbox::new(&dir);
+        if sb.exists() {
+            if let Some(ip) = net.held_by(&uid) {
+                return Ok(ip);
+            }
+        }
+        std::fs::create_dir_all(&dir)?;
+        let name = pod.name_any();
+        sb.create(&name)?;
+        let ip = net.allocate(&uid)?;
+        if let Err(e) = net.attach(&uid, &sb.path("net"), ip).await {
+            sb.destroy();
+            net.release(&uid);
+            return Err(e);
+        }
+        self.write_pod_files(pod, &dir, ip)?;
+        Ok(ip)
+    }
+
+    fn write_pod_files(&self, pod: &Pod, dir: &std::path::Path, ip: Ipv4Addr) -> Result<()> {
+        let name = pod.name_any();
+        let ns = pod.namespace().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
+        let mut hosts = String::from("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n");
+        hosts.push_str(&format!("{ip}\t{hostname}\n"));
+        for ha in spec.host_aliases.iter().flatten() {
+            hosts.push_str(&format!(
+                "{}\t{}\n",
+                ha.ip,
+                ha.hostnames.clone().unwrap_or_default().join("\t")
+            ));
+        }
+        std::fs::write(dir.join("hosts"), hosts)?;
+        std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
+        let policy = spec
+            .dns_policy
+            .clone()
+            .unwrap_or_else(|| "ClusterFirst".into());
+        let resolv = if policy == "Default"
+            || (policy == "ClusterFirst" && spec.host_network == Some(true))
+        {
+            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+        } else {
+            let d = &self.opts.cluster_domain;
+            format!(
+                "search {ns}.svc.{d} svc.{d} {d}\nnameserver {}\noptions ndots:5\n",
+                self.opts.cluster_dns
+            )
+        };
+        std::fs::write(dir.join("resolv.conf"), resolv)?;
+        Ok(())
+    }
+
+    /// Starts what should run: init containers in order, then the app containers.
+    /// Returns when to look again (a back-off ending), if any.
+    async fn drive(&self, pod: &Pod, key: &Key, have: &[Info]) -> Result<Option<Duration>> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        let latest = |name: &str| {
+            have.iter()
+                .filter(|c| c.name == name)
+                .max_by_key(|c| c.attempt)
+        };
+        // Init containers: each must exit 0 before the next starts.
+        for c in spec.init_containers.iter().flatten() {
+            match latest(&c.name).map(|i| &i.state) {
+                Some(State::Exited { code: 0, .. }) => continue,
+                Some(State::Running { .. }) => return Ok(None),
+                Some(State::Exited { .. }) | Some(State::Created) if policy == "Never" => {
+                    return Ok(None)
+                }
+                _ => return self.start_or_backoff(pod, key, c, have, true).await,
+            }
+        }
+        let mut next: Option<Duration> = None;
+        for c in &spec.containers {
+            let restart = match latest(&c.name).map(|i| &i.state) {
+                None => true,
+                Some(State::Running { .. }) => false,
+                Some(State::Created) => true,
+                Some(State::Exited { code, .. }) => match policy.as_str() {
+                    "Always" => true,
+                    "OnFailure" => *code != 0,
+                    _ => false,
+                },
+            };
+            if restart {
+                if let Some(d) = self.start_or_backoff(pod, key, c, have, false).await? {
+                    next = Some(next.map_or(d, |n| n.min(d)));
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    /// Starts a new attempt of `c`, unless its restart back-off has not run out.
+    async fn start_or_backoff(
+        &self,
+        pod: &Pod,
+        key: &Key,
+        c: &Container,
+        have: &[Info],
+        init: bool,
+    ) -> Result<Option<Duration>> {
+        let prev: Vec<&Info> = have.iter().filter(|i| i.name == c.name).collect();
+        let last = prev.iter().max_by_key(|i| i.attempt).copied();
+        if let Some(Info {
+            state: State::Exited { at, .. },
+            attempt,
+            created,
+            ..
+        }) = last
+        {
+            // Upstream: 10 s doubling to 5 min, reset after 10 min of running.
+            let ran = match (created, at) {
+                (Some(s), Some(e)) => e.duration_since(*s).as_secs(),
+                _ => 0,
+            };
+            let backoff = if ran >= 600 {
+                Duration::ZERO
+            } else {
+                (Duration::from_secs(10) * 2u32.saturating_pow(*attempt)).min(MAX_BACKOFF)
+            };
+            let since = at
+                .map(|e| Duration::from_secs_f64(now().duration_since(e).as_secs_f64().max(0.0)))
+                .unwrap_or(backoff);
+            if since < backoff {
+                let msg = format!(
+                    "back-off {}s restarting failed container={} pod={}_{}({})",
+                    backoff.as_secs(),
+                    c.name,
+                    pod.name_any(),
+                    key.0,
+                    pod.metadata.uid.clone().unwrap_or_default()
+                );
+                if self.set_waiting(key, &c.name, "CrashLoopBackOff", &msg) {
+                    self.recorder.event(
+                        pod,
+                        WARNING,
+                        "BackOff",
+                        format!(
+                            "Back-off restarting failed container {} in pod {}_{}({})",
+                            c.name,
+                            pod.name_any(),
+                            key.0,
+                            pod.metadata.uid.clone().unwrap_or_default()
+                        ),
+                    );
+                }
+                return Ok(Some(backoff - since));
+            }
+        }
+        let attempt = last.map(|l| l.attempt + 1).unwrap_or(0);
+        // Keep only the attempt before this one, for lastState.
+        for old in prev
+            .iter()
+            .filter(|i| last.is_some_and(|l| i.attempt < l.attempt))
+        {
+            containers::remove(&self.cd, &old.id).await.ok();
+        }
+        let image_ref = c.image.clone().unwrap_or_default();
+        let image = match self.ensure_image(pod, key, c, &image_ref).await? {
+            Some(i) => i,
+            None => return Ok(Some(Duration::from_secs(10))),
+        };
+        let env = match self.resolve_env(pod, c, &image).await {
+            Ok(e) => e,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if self.set_waiting(key, &c.name, "CreateContainerConfigError", &msg) {
+                    self.recorder
+                        .event(pod, WARNING, "Failed", format!("Error: {msg}"));
+                }
+                return Ok(Some(Duration::from_secs(10)));
+            }
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let dir = self.pod_dir(&uid);
+        let id = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let sandbox = Sandbox::new(&dir);
+        let spec = crate::spec::build(&crate::spec::Inputs {
+            pod,
+            container: c,
+            image: &image.config,
+            env,
+            pod_dir: &dir,
+            sandbox: &sandbox,
+            container_id: &id,
+        });
+        let spec = match spec {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if self.set_waiting(key, &c.name, "CreateContainerError", &msg) {
+                    self.recorder
+                        .event(pod, WARNING, "Failed", format!("Error: {msg}"));
+                }
+                return Ok(Some(Duration::from_secs(10)));
+            }
+        };
+        let labels: HashMap<String, String> = [
+            (containers::L_POD_UID, uid.clone()),
+            (containers::L_POD_NAME, pod.name_any()),
+            (containers::L_POD_NS, key.0.clone()),
+            (containers::L_NAME, c.name.clone()),
+            (containers::L_ATTEMPT, attempt.to_string()),
+            ("kite.io/init", init.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let log = dir
+            .join("containers")
+            .join(&c.name)
+            .join(format!("{attempt}.log"));
+        let r = containers::create_and_start(
+            &self.cd,
+            containers::New {
+                id: &id,
+                image: &image,
+                spec,
+                labels,
+                log: &log,
+            },
+        )
+        .await;
+        if let Err(e) = r {
+            let msg = format!("{e:#}");
+            containers::remove(&self.cd, &id).await.ok();
+            self.set_waiting(key, &c.name, "RunContainerError", &msg);
+            self.recorder
+                .event(pod, WARNING, "Failed", format!("Error: {msg}"));
+            return Err(e);
+        }
+        self.clear_waiting(key, &c.name);
+        self.recorder.event(
+            pod,
+            NORMAL,
+            "Created",
+            format!("Created container: {}", c.name),
+        );
+        self.recorder.event(
+            pod,
+            NORMAL,
+            "Started",
+            format!("Started container {}", c.name),
+        );
+        self.watch_exit(&id, key.clone());
+        Ok(None)
+    }
+
+    /// The image, present locally; `None` (with the container waiting and an event)
+    /// when it cannot be had.
+    async fn ensure_image(
+        &self,
+        pod: &Pod,
+        key: &Key,
+        c: &Container,
+        image_ref: &str,
+    ) -> Result<Option<Resolved>> {
+        let name = images::normalize(image_ref);
+        let policy = c
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| "IfNotPresent".into());
+        if let Some(img) = images::resolve(&self.cd, &name).await? {
+            if self
+                .take_waiting_reason(key, &c.name)
+                .is_some_and(|r| r.starts_with("Err") || r == "ImagePullBackOff")
+            {
+                // Became available (imported) since.
+            }
+            self.recorder.event(
+                pod,
+                NORMAL,
+                "Pulled",
+                format!("Container image \"{image_ref}\" already present on machine"),
+            );
+            return Ok(Some(img));
+        }
+        let (reason, msg) = if policy == "Never" {
+            (
+                "ErrImageNeverPull",
+                format!("Container image \"{image_ref}\" is not present with pull policy of Never"),
+            )
+        } else {
+            // Pulling from registries is not built yet: say so, with the way out.
+            let was = self.waiting_reason(key, &c.name);
+            let reason = if was.as_deref() == Some("ErrImagePull")
+                || was.as_deref() == Some("ImagePullBackOff")
+            {
+                "ImagePullBackOff"
+            } else {
+                "ErrImagePull"
+            };
+            (
+                reason,
+                format!("Failed to pull image \"{image_ref}\": this kite cannot pull from registries yet; import it with `kite images import FILE`"),
+            )
+        };
+        if self.set_waiting(key, &c.name, reason, &msg) {
+            self.recorder.event(
+                pod,
+                WARNING,
+                if reason == "ImagePullBackOff" {
+                    "BackOff"
+                } else {
+                    reason
+                },
+                msg.clone(),
+            );
+            if reason == "ErrImagePull" {
+                self.recorder
+                    .event(pod, WARNING, "Failed", format!("Error: {reason}"));
+            }
+        }
+        Ok(None)
+    }
+
+    fn waiting_reason(&self, key: &Key, name: &str) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .get(key)
+            .and_then(|s| s.waiting.get(name))
+            .map(|w| w.reason.clone())
+    }
+
+    fn take_waiting_reason(&self, key: &Key, name: &str) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .get_mut(key)
+            .and_then(|s| s.waiting.remove(name))
+            .map(|w| w.reason)
+    }
+
+    /// Records why a container waits; true if that is news.
+    fn set_waiting(&self, key: &Key, name: &str, reason: &str, message: &str) -> bool {
+        let w = Waiting {
+            reason: reason.into(),
+            message: message.into(),
+        };
+        let mut st = self.state.lock().unwrap();
+        let s = st.entry(key.clone()).or_default();
+        s.waiting.insert(name.to_string(), w.clone()) != Some(w)
+    }
+
+    fn clear_waiting(&self, key: &Key, name: &str) {
+        if let Some(s) = self.state.lock().unwrap().get_mut(key) {
+            s.waiting.remove(name);
+        }
+    }
+
+    /// The container's environment: image env, then `envFrom`, then `env` (with
+    /// `$(VAR)` expansion against what came before), as upstream.
+    async fn resolve_env(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        image: &Resolved,
+    ) -> Result<Vec<(String, String)>> {
+        let ns = pod.namespace().unwrap_or_default();
+        let mut out: Vec<(String, String)> = Vec::new();
+        let set = |out: &mut Vec<(String, String)>, k: String, v: String| {
+            if let Some(e) = out.iter_mut().find(|(n, _)| *n == k) {
+                e.1 = v;
+            } else {
+                out.push((k, v));
+            }
+        };
+        for e in image
+            .config
+            .config()
+            .clone()
+            .unwrap_or_default()
+            .env()
+            .clone()
+            .unwrap_or_default()
+        {
+            if let Some((k, v)) = e.split_once('=') {
+                set(&mut out, k.into(), v.into());
+            }
+        }
+        let hostname = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| pod.name_any());
+        set(&mut out, "HOSTNAME".into(), hostname);
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        for src in c.env_from.iter().flatten() {
+            let prefix = src.prefix.clone().unwrap_or_default();
+            if let Some(r) = &src.config_map_ref {
+                match cms.get_opt(&r.name).await? {
+                    Some(cm) => {
+                        for (k, v) in cm.data.unwrap_or_default() {
+                            set(&mut out, format!("{prefix}{k}"), v);
+                        }
+                    }
+                    None if r.optional == Some(true) => {}
+                    None => anyhow::bail!("configmap \"{}\" not found", r.name),
+                }
+            }
+            if let Some(r) = &src.secret_ref {
+                match secrets.get_opt(&r.name).await? {
+                    Some(s) => {
+                        for (k, v) in s.data.unwrap_or_default() {
+                            set(
+                                &mut out,
+                                format!("{prefix}{k}"),
+                                String::from_utf8_lossy(&v.0).into(),
+                            );
+                        }
+                    }
+                    None if r.optional == Some(true) => {}
+                    None => anyhow::bail!("secret \"{}\" not found", r.name),
+                }
+            }
+        }
+        for e in c.env.iter().flatten() {
+            let value = if let Some(v) = &e.value {
+                let so_far: BTreeMap<String, String> = out.iter().cloned().collect();
+                Some(crate::spec::expand(v, &so_far))
+            } else if let Some(vf) = &e.value_from {
+                if let Some(r) = &vf.config_map_key_ref {
+                    match cms.get_opt(&r.name).await? {
+                        Some(cm) => match cm.data.unwrap_or_default().get(&r.key) {
+                            Some(v) => Some(v.clone()),
+                            None if r.optional == Some(true) => None,
+                            None => anyhow::bail!(
+                                "couldn't find key {} in ConfigMap {}/{}",
+                                r.key,
+                                ns,
+                                r.name
+                            ),
+                        },
+                        None if r.optional == Some(true) => None,
+                        None => anyhow::bail!("configmap \"{}\" not found", r.name),
+                    }
+                } else if let Some(r) = &vf.secret_key_ref {
+                    match secrets.get_opt(&r.name).await? {
+                        Some(s) => match s.data.unwrap_or_default().get(&r.key) {
+                            Some(v) => Some(String::from_utf8_lossy(&v.0).into_owned()),
+                            None if r.optional == Some(true) => None,
+                            None => anyhow::bail!(
+                                "couldn't find key {} in Secret {}/{}",
+                                r.key,
+                                ns,
+                                r.name
+                            ),
+                        },
+                        None if r.optional == Some(true) => None,
+                        None => anyhow::bail!("secret \"{}\" not found", r.name),
+                    }
+                } else if let Some(f) = &vf.field_ref {
+                    Some(self.field(pod, &f.field_path)?)
+                } else {
+                    vf.resource_field_ref.as_ref().map(|r| {
+                        resource_field(c, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()))
+                    })
+                }
+            } else {
+                Some(String::new())
+            };
+            if let Some(v) = value {
+                set(&mut out, e.name.clone(), v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn field(&self, pod: &Pod, path: &str) -> Result<String> {
+        let m = &pod.metadata;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let ip = self
+            .network
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|n| n.held_by(m.uid.as_deref().unwrap_or_default()))
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        Ok(match path {
+            "metadata.name" => m.name.clone().unwrap_or_default(),
+            "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
+            "metadata.uid" => m.uid.clone().unwrap_or_default(),
+            "spec.nodeName" => spec.node_name.unwrap_or_default(),
+            "spec.serviceAccountName" => spec.service_account_name.unwrap_or_default(),
+            "status.hostIP" | "status.hostIPs" => self.opts.node_ip.to_string(),
+            "status.podIP" | "status.podIPs" => ip,
+            p => {
+                let lookup = |prefix: &str, map: &Option<BTreeMap<String, String>>| {
+                    p.strip_prefix(prefix)
+                        .map(|k| k.trim_start_matches("['").trim_end_matches("']"))
+                        .map(|k| {
+                            map.as_ref()
+                                .and_then(|m| m.get(k))
+                                .cloned()
+                                .unwrap_or_default()
+                        })
+                };
+                if let Some(v) = lookup("metadata.labels", &m.labels) {
+                    v
+                } else if let Some(v) = lookup("metadata.annotations", &m.annotations) {
+                    v
+                } else {
+                    anyhow::bail!("unsupported fieldRef {p}")
+                }
+            }
+        })
+    }
+
+    async fn terminate(&self, pod: &Pod) -> Result<Action> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or(pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30)
+            .max(0) as u64;
+        for c in containers::list(&self.cd, &uid).await? {
+            if matches!(c.state, State::Running { .. }) {
+                self.recorder.event(
+                    pod,
+                    NORMAL,
+                    "Killing",
+                    format!("Stopping container {}", c.name),
+                );
+            }
+        }
+        self.teardown(&uid, Duration::from_secs(grace)).await?;
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&pod.name_any(), &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Action::AwaitChange)
+    }
+
+    /// Stops every container of the pod (SIGTERM, `grace`, SIGKILL), removes them, its
+    /// sandbox, address and files.
+    async fn teardown(&self, uid: &str, grace: Duration) -> Result<()> {
+        let cs = containers::list(&self.cd, uid).await?;
+        let stops = cs
+            .iter()
+            .filter(|c| matches!(c.state, State::Running { .. }))
+            .map(|c| containers::stop(&self.cd, &c.id, 15, grace));
+        for r in futures::future::join_all(stops).await {
+            r?;
+        }
+        for c in &cs {
+            containers::remove(&self.cd, &c.id).await?;
+            self.waiting_on.lock().unwrap().remove(&c.id);
+        }
+        let dir = self.pod_dir(uid);
+        Sandbox::new(&dir).destroy();
+        let net = self.network.lock().unwrap().clone();
+        if let Some(net) = net {
+            net.detach(uid).await;
+            net.release(uid);
+        }
+        crate::spec::remove_pod_cgroups(uid);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// Posts the pod's status when it differs from what the API has.
+    async fn report(&self, pod: &Pod, key: &Key, have: &[Info], ip: Ipv4Addr) -> Result<()> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let old = pod.status.clone().unwrap_or_default();
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        let waiting = self
+            .state
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|s| s.waiting.clone())
+            .unwrap_or_default();
+        let image_of = |c: &Container| c.image.clone().unwrap_or_default();
+        let inits_done = spec.init_containers.iter().flatten().all(|c| {
+            have.iter()
+                .filter(|i| i.name == c.name)
+                .max_by_key(|i| i.attempt)
+                .is_some_and(|i| matches!(i.state, State::Exited { code: 0, .. }))
+        });
+        let status_of = |c: &Container, init: bool| -> (Value, bool, Option<i32>, bool) {
+            let mut atts: Vec<&Info> = have.iter().filter(|i| i.name == c.name).collect();
+            atts.sort_by_key(|i| i.attempt);
+            let cur = atts.last().copied();
+            let prev = if atts.len() >= 2 {
+                Some(atts[atts.len() - 2])
+            } else {
+                None
+            };
+            let term = |i: &Info| match &i.state {
+                State::Exited { code, at } => json!({"terminated": {
+                    "exitCode": code, "reason": if *code == 0 { "Completed" } else { "Error" },
+                    "startedAt": i.created.map(Time), "finishedAt": at.map(Time),
+                    "containerID": format!("containerd://{}", i.id)}}),
+                _ => json!({}),
+            };
+            let mut running = false;
+            let mut exit = None;
+            let mut last_state = json!({});
+            let state = match cur {
+                None => {
+                    let w = waiting.get(&c.name).cloned().unwrap_or(Waiting {
+                        reason: if init || !inits_done {
+                            "PodInitializing".into()
+                        } else {
+                            "ContainerCreating".into()
+                        },
+                        message: String::new(),
+                    });
+                    json!({"waiting": {"reason": w.reason, "message": Some(w.message).filter(|m| !m.is_empty())}})
+                }
+                Some(i) => match &i.state {
+                    State::Running { .. } => {
+                        running = true;
+                        if let Some(p) = prev {
+                            last_state = term(p);
+                        }
+                        json!({"running": {"startedAt": i.created.map(Time)}})
+                    }
+                    State::Created => json!({"waiting": {"reason": "ContainerCreating"}}),
+                    State::Exited { code, .. } => {
+                        exit = Some(*code);
+                        match waiting.get(&c.name) {
+                            Some(w) if w.reason == "CrashLoopBackOff" => {
+                                last_state = term(i);
+                                json!({"waiting": {"reason": w.reason, "message": w.message}})
+                            }
+                            _ => {
+                                if let Some(p) = prev {
+                                    last_state = term(p);
+                                }
+                                term(i)
+                            }
+                        }
+                    }
+                },
+            };
+            let restart_count = cur.map(|i| i.attempt).unwrap_or(0);
+            let mut s = json!({
+                "name": c.name,
+                "image": image_of(c),
+                "imageID": "",
+                "ready": running && !init,
+                "restartCount": restart_count,
+                "started": running,
+                "state": state,
+                "lastState": last_state,
+            });
+            if let Some(i) = cur {
+                s["containerID"] = json!(format!("containerd://{}", i.id));
+            }
+            (s, running, exit, cur.is_some())
+        };
+        let mut init_statuses = Vec::new();
+        let mut initialized = true;
+        let mut init_failed = false;
+        for c in spec.init_containers.iter().flatten() {
+            let (s, _, exit, _) = status_of(c, true);
+            if exit != Some(0) {
+                initialized = false;
+                if exit.is_some() && policy == "Never" {
+                    init_failed = true;
+                }
+            }
+            init_statuses.push(s);
+        }
+        let mut statuses = Vec::new();
+        let (mut n_running, mut n_exited, mut n_failed) = (0, 0, 0);
+        for c in &spec.containers {
+            let (s, running, exit, _) = status_of(c, false);
+            let restarting = s["state"]["waiting"]["reason"] == "CrashLoopBackOff";
+            if running || restarting {
+                n_running += 1;
+            }
+            if let Some(code) = exit {
+                if !restarting {
+                    n_exited += 1;
+                    if code != 0 {
+                        n_failed += 1;
+                    }
+                }
+            }
+            statuses.push(s);
+        }
+        let total = spec.containers.len();
+        let all_ready = statuses.iter().all(|s| s["ready"] == json!(true));
+        let phase = if init_failed {
+            "Failed"
+        } else if !initialized {
+            "Pending"
+        } else if n_exited == total && total > 0 && policy != "Always" {
+            if n_failed > 0 && policy == "Never" {
+                "Failed"
+            } else if n_failed == 0 {
+                "Succeeded"
+            } else {
+                "Running"
+            }
+        } else if n_running > 0 || n_exited > 0 {
+            "Running"
+        } else {
+            "Pending"
+        };
+        let t = now();
+        let old_conds = old.conditions.clone().unwrap_or_default();
+        let cond = |typ: &str, ok: bool, reason: Option<&str>| {
+            let status = if ok { "True" } else { "False" };
+            let since = old_conds
+                .iter()
+                .find(|c| c.type_ == typ && c.status == status)
+                .and_then(|c| c.last_transition_time.clone())
+                .unwrap_or(Time(t));
+            let mut v = json!({"type": typ, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+            if let Some(r) = reason.filter(|_| !ok) {
+                v["reason"] = json!(r);
+            }
+            v
+        };
+        let terminal = phase == "Succeeded" || phase == "Failed";
+        let ready = all_ready && initialized && !terminal;
+        let mut conditions = vec![
+            cond("PodReadyToStartContainers", !terminal, None),
+            cond("Initialized", initialized, Some("ContainersNotInitialized")),
+            cond(
+                "Ready",
+                ready,
+                Some(if terminal {
+                    "PodCompleted"
+                } else {
+                    "ContainersNotReady"
+                }),
+            ),
+            cond(
+                "ContainersReady",
+                ready,
+                Some(if terminal {
+                    "PodCompleted"
+                } else {
+                    "ContainersNotReady"
+                }),
+            ),
+        ];
+        if let Some(ps) = old_conds.iter().find(|c| c.type_ == "PodScheduled") {
+            conditions.push(serde_json::to_value(ps)?);
+        }
+        let mut status = json!({
+            "phase": phase,
+            "conditions": conditions,
+            "hostIP": self.opts.node_ip.to_string(),
+            "hostIPs": [{"ip": self.opts.node_ip.to_string()}],
+            "podIP": ip.to_string(),
+            "podIPs": [{"ip": ip.to_string()}],
+            "startTime": old.start_time.clone().unwrap_or(Time(t)),
+            "containerStatuses": statuses,
+            "qosClass": crate::spec::qos_class(pod),
+        });
+        if !init_statuses.is_empty() {
+            status["initContainerStatuses"] = json!(init_statuses);
+        }
+        // Compare with what the API has, through the same typed round trip.
+        let fresh: k8s_openapi::api::core::v1::PodStatus =
+            serde_json::from_value(status.clone()).context("building pod status")?;
+        let mut was = old.clone();
+        was.message = None;
+        was.reason = None;
+        was.nominated_node_name = None;
+        was.resize = None;
+        if serde_json::to_value(&fresh)? == serde_json::to_value(&was)? {
+            return Ok(());
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.0);
+        api.patch_status(
+            &key.1,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": status})),
+        )
+        .await
+        .context("posting pod status")?;
+        Ok(())
+    }
+}
+
+/// Runs its closure when dropped.
+struct Defer<F: FnMut()>(F);
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+/// `resourceFieldRef`: a container's request or limit in units of `divisor`.
+fn resource_field(c: &Container, resource: &str, divisor: Option<&str>) -> String {
+    let (which, name) = resource.split_once('.').unwrap_or(("limits", resource));
+    let res = c.resources.clone().unwrap_or_default();
+    let m = if which == "requests" {
+        res.requests
+    } else {
+        res.limits
+    };
+    let q = m.and_then(|m| m.get(name).map(|q| q.0.clone()));
+    let milli = q.and_then(|q| kite_runtime::quantity::parse_milli(&q));
+    let Some(milli) = milli else {
+        // Unset limits fall back to the node's allocatable, as upstream: cores or bytes.
+        return if name == "cpu" {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .to_string()
+        } else {
+            "0".into()
+        };
+    };
+    let div = divisor
+        .and_then(kite_runtime::quantity::parse_milli)
+        .filter(|d| *d > 0)
+        .unwrap_or(1000);
+    ((milli + div - 1) / div).to_string()
+}

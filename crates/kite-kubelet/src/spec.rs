@@ -1,0 +1,424 @@
+//! The OCI runtime spec of one container: the image's config under the pod's and
+//! container's settings (command and args with `$(VAR)` expansion, env, working dir, user,
+//! security context, resources), joined to the pod's pinned namespaces, in a cgroup under
+//! `/kite/kubepods/<qos>/pod<uid>/`. Validated by parsing into `oci_spec::runtime::Spec`.
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use oci_spec::image::ImageConfiguration;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// containerd's default capability set for containers.
+const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Upstream's QoS class of a pod, which names its cgroup parent.
+pub fn qos_class(pod: &Pod) -> &'static str {
+    let Some(spec) = pod.spec.as_ref() else {
+        return "BestEffort";
+    };
+    let all: Vec<&Container> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .collect();
+    let res = |c: &Container, which: &str, r: &str| -> Option<String> {
+        let rr = c.resources.as_ref()?;
+        let m = if which == "limits" {
+            rr.limits.as_ref()
+        } else {
+            rr.requests.as_ref()
+        };
+        m?.get(r).map(|q| q.0.clone())
+    };
+    let any = all.iter().any(|c| {
+        ["cpu", "memory"]
+            .iter()
+            .any(|r| res(c, "requests", r).is_some() || res(c, "limits", r).is_some())
+    });
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = all.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| {
+            let l = res(c, "limits", r);
+            l.is_some() && res(c, "requests", r).is_none_or(|q| Some(q) == l)
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// The cgroup parent of a pod's containers.
+pub fn pod_cgroup(pod: &Pod) -> String {
+    let uid = pod
+        .metadata
+        .uid
+        .clone()
+        .unwrap_or_default()
+        .replace('-', "_");
+    match qos_class(pod) {
+        "Guaranteed" => format!("/kite/kubepods/pod{uid}"),
+        q => format!("/kite/kubepods/{}/pod{uid}", q.to_lowercase()),
+    }
+}
+
+/// Removes the (empty) cgroup directories of a pod in every hierarchy, whatever its QoS
+/// class was: runc removes the containers' own, not their parent.
+pub fn remove_pod_cgroups(uid: &str) {
+    let uid = uid.replace('-', "_");
+    let mut roots: Vec<std::path::PathBuf> = vec!["/sys/fs/cgroup".into()];
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for root in roots {
+        for sub in ["", "burstable/", "besteffort/"] {
+            let _ = std::fs::remove_dir(root.join(format!("kite/kubepods/{sub}pod{uid}")));
+        }
+    }
+}
+
+/// Expands `$(VAR)` from `env`; `$$(VAR)` is a literal `$(VAR)`; unknown names stay as
+/// written, as upstream.
+pub fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            if b[i + 1] == b'$' {
+                out.push('$');
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'(' {
+                if let Some(end) = s[i + 2..].find(')') {
+                    let name = &s[i + 2..i + 2 + end];
+                    match env.get(name) {
+                        Some(v) => out.push_str(v),
+                        None => out.push_str(&s[i..i + 3 + end]),
+                    }
+                    i += 3 + end;
+                    continue;
+                }
+            }
+        }
+        let ch = s[i..].chars().next().expect("in bounds");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// The process arguments, as upstream combines image and container.
+pub fn args(
+    c: &Container,
+    img: &ImageConfiguration,
+    env: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let cfg = img.config().clone().unwrap_or_default();
+    let entry = cfg.entrypoint().clone().unwrap_or_default();
+    let cmd = cfg.cmd().clone().unwrap_or_default();
+    let x = |v: &Vec<String>| v.iter().map(|s| expand(s, env)).collect::<Vec<_>>();
+    match (&c.command, &c.args) {
+        (Some(command), Some(args)) => [x(command), x(args)].concat(),
+        (Some(command), None) => x(command),
+        (None, Some(args)) => [entry, x(args)].concat(),
+        (None, None) => [entry, cmd].concat(),
+    }
+}
+
+fn quantity_milli(q: &str) -> Option<i64> {
+    kite_runtime::quantity::parse_milli(q).map(|v| v as i64)
+}
+
+fn quantity_bytes(q: &str) -> Option<i64> {
+    kite_runtime::quantity::parse(q).map(|v| v as i64)
+}
+
+pub struct Inputs<'a> {
+    pub pod: &'a Pod,
+    pub container: &'a Container,
+    pub image: &'a ImageConfiguration,
+    /// Fully resolved environment, image env first, in order.
+    pub env: Vec<(String, String)>,
+    pub pod_dir: &'a Path,
+    pub sandbox: &'a crate::sandbox::Sandbox,
+    pub container_id: &'a str,
+}
+
+pub fn build(i: &Inputs) -> Result<Vec<u8>> {
+    let c = i.container;
+    let pod_spec = i.pod.spec.clone().unwrap_or_default();
+    let env_map: BTreeMap<String, String> = i.env.iter().cloned().collect();
+    let cfg = i.image.config().clone().unwrap_or_default();
+    let sc = c.security_context.clone().unwrap_or_default();
+    let psc = pod_spec.security_context.clone().unwrap_or_default();
+    let privileged = sc.privileged.unwrap_or(false);
+
+    let (mut uid, mut gid) = (0i64, 0i64);
+    if let Some(u) = cfg.user().as_deref().filter(|u| !u.is_empty()) {
+        let mut parts = u.splitn(2, ':');
+        uid = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        gid = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    }
+    if let Some(u) = sc.run_as_user.or(psc.run_as_user) {
+        uid = u;
+    }
+    if let Some(g) = sc.run_as_group.or(psc.run_as_group) {
+        gid = g;
+    }
+    let mut extra_gids: Vec<i64> = psc.supplemental_groups.clone().unwrap_or_default();
+    if let Some(fs) = psc.fs_group {
+        extra_gids.push(fs);
+    }
+
+    let mut caps: Vec<String> = if privileged {
+        all_caps()
+    } else {
+        DEFAULT_CAPS.iter().map(|s| s.to_string()).collect()
+    };
+    if let Some(cs) = &sc.capabilities {
+        let norm = |s: &String| {
+            let u = s.to_uppercase();
+            if u.starts_with("CAP_") {
+                u
+            } else {
+                format!("CAP_{u}")
+            }
+        };
+        let drops: Vec<String> = cs.drop.iter().flatten().map(norm).collect();
+        if drops.iter().any(|d| d == "CAP_ALL") {
+            caps.clear();
+        } else {
+            caps.retain(|c| !drops.contains(c));
+        }
+        for a in cs.add.iter().flatten().map(norm) {
+            if a == "CAP_ALL" {
+                caps = all_caps();
+            } else if !caps.contains(&a) {
+                caps.push(a);
+            }
+        }
+    }
+
+    let mut args = args(c, i.image, &env_map);
+    if args.is_empty() {
+        anyhow::bail!(
+            "no command specified: the image has no entrypoint or cmd and the container sets none"
+        );
+    }
+    if args[0].is_empty() {
+        args[0] = "/bin/sh".into();
+    }
+    let cwd = c
+        .working_dir
+        .clone()
+        .or(cfg.working_dir().clone())
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    let env: Vec<String> = i.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if privileged { "rw" } else { "ro" }]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if privileged { "rw" } else { "ro" }]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+    ];
+    for f in ["hosts", "hostname", "resolv.conf"] {
+        mounts.push(json!({"destination": format!("/etc/{f}"), "type": "bind",
+            "source": i.pod_dir.join(f), "options": ["rbind", "rprivate", "rw"]}));
+    }
+    let term_path = c
+        .termination_message_path
+        .clone()
+        .unwrap_or_else(|| "/dev/termination-log".into());
+    let term_file = i
+        .pod_dir
+        .join("containers")
+        .join(&c.name)
+        .join("termination-log");
+    if let Some(d) = term_file.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    if !term_file.exists() {
+        std::fs::write(&term_file, b"")?;
+    }
+    mounts.push(json!({"destination": term_path, "type": "bind", "source": term_file, "options": ["rbind", "rprivate", "rw"]}));
+
+    let res = c.resources.clone().unwrap_or_default();
+    let get =
+        |m: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+         k: &str| { m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone()) };
+    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let cpu_req = get(&res.requests, "cpu")
+        .or(get(&res.limits, "cpu"))
+        .and_then(|q| quantity_milli(&q));
+    let shares = cpu_req.map(|m| (m * 1024 / 1000).max(2)).unwrap_or(2);
+    resources["cpu"] = json!({"shares": shares});
+    if let Some(m) = get(&res.limits, "cpu").and_then(|q| quantity_milli(&q)) {
+        resources["cpu"]["quota"] = json!((m * 100).max(1000));
+        resources["cpu"]["period"] = json!(100000u64);
+    }
+    if let Some(b) = get(&res.limits, "memory").and_then(|q| quantity_bytes(&q)) {
+        resources["memory"] = json!({"limit": b});
+    }
+
+    let ns = |t: &str, path: Option<&Path>| match path {
+        Some(p) => json!({"type": t, "path": p}),
+        None => json!({"type": t}),
+    };
+    let host_network = pod_spec.host_network.unwrap_or(false);
+    let mut namespaces = vec![
+        ns("pid", None),
+        ns("mount", None),
+        ns("ipc", Some(&i.sandbox.path("ipc"))),
+    ];
+    if !host_network {
+        namespaces.push(ns("network", Some(&i.sandbox.path("net"))));
+        namespaces.push(ns("uts", Some(&i.sandbox.path("uts"))));
+    }
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": uid, "gid": gid, "additionalGids": extra_gids},
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": !sc.allow_privilege_escalation.unwrap_or(true) && !privileged,
+            "oomScoreAdj": 1000,
+        },
+        "root": {"path": "rootfs", "readonly": sc.read_only_root_filesystem.unwrap_or(false)},
+        "hostname": i.pod.metadata.name.clone().unwrap_or_default(),
+        "mounts": mounts,
+        "annotations": {
+            "io.kubernetes.pod.uid": i.pod.metadata.uid.clone().unwrap_or_default(),
+            "io.kubernetes.container.name": c.name,
+        },
+        "linux": {
+            "cgroupsPath": format!("{}/{}", pod_cgroup(i.pod), i.container_id),
+            "namespaces": namespaces,
+            "resources": resources,
+            "maskedPaths": if privileged { json!([]) } else { json!(oci_spec::runtime::get_default_maskedpaths()) },
+            "readonlyPaths": if privileged { json!([]) } else { json!(oci_spec::runtime::get_default_readonly_paths()) },
+        },
+    });
+    let mut spec = spec;
+    if host_network {
+        spec.as_object_mut().expect("object").remove("hostname");
+    }
+    let typed: oci_spec::runtime::Spec = serde_json::from_value(spec.clone())
+        .context("the runtime spec kite built does not parse as OCI (a kite bug)")?;
+    Ok(serde_json::to_vec(&typed)?)
+}
+
+fn all_caps() -> Vec<String> {
+    [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ]
+    .iter()
+    .map(|c| format!("CAP_{c}"))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_like_upstream() {
+        let env: BTreeMap<String, String> = [("A".to_string(), "1".to_string())].into();
+        assert_eq!(expand("x$(A)y", &env), "x1y");
+        assert_eq!(expand("$$(A)", &env), "$(A)");
+        assert_eq!(expand("$(B)", &env), "$(B)");
+        assert_eq!(expand("$(A", &env), "$(A");
+        assert_eq!(expand("é$(A)", &env), "é1");
+    }
+
+    #[test]
+    fn command_and_args_combine_as_upstream() {
+        let img: ImageConfiguration = serde_json::from_value(json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Entrypoint": ["/e"], "Cmd": ["c"]},
+            "rootfs": {"type": "layers", "diff_ids": []}
+        }))
+        .unwrap();
+        let env = BTreeMap::new();
+        let c = |cmd: Option<Vec<&str>>, a: Option<Vec<&str>>| Container {
+            command: cmd.map(|v| v.iter().map(|s| s.to_string()).collect()),
+            args: a.map(|v| v.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        };
+        assert_eq!(args(&c(None, None), &img, &env), ["/e", "c"]);
+        assert_eq!(args(&c(None, Some(vec!["x"])), &img, &env), ["/e", "x"]);
+        assert_eq!(args(&c(Some(vec!["/m"]), None), &img, &env), ["/m"]);
+        assert_eq!(
+            args(&c(Some(vec!["/m"]), Some(vec!["y"])), &img, &env),
+            ["/m", "y"]
+        );
+    }
+}
