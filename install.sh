@@ -32,10 +32,33 @@ if [ "${INSTALL_KITE_SKIP_BUILD:-0}" != 1 ]; then
     echo "install.sh: cargo is needed to build kite from source (install Rust with rustup)" >&2
     exit 1
   fi
-  command -v gcc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq gcc >/dev/null; }
+  need=""
+  command -v gcc >/dev/null 2>&1 || need="$need gcc"
+  command -v protoc >/dev/null 2>&1 || need="$need protobuf-compiler"
+  if [ -n "$need" ]; then apt-get update -qq && apt-get install -y -qq $need >/dev/null; fi
   echo "[kite] building (release)"
   cargo build --release --quiet -p kite
 fi
+
+# What the node needs at run time (skipped with --disable-agent in the extra flags).
+case " $EXTRA " in
+  *" --disable-agent "*) ;;
+  *)
+    need=""
+    command -v containerd >/dev/null 2>&1 || need="$need containerd"
+    command -v runc >/dev/null 2>&1 || need="$need runc"
+    command -v nft >/dev/null 2>&1 || need="$need nftables"
+    if [ -n "$need" ]; then
+      if command -v apt-get >/dev/null 2>&1; then
+        echo "[kite] installing$need"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+      else
+        echo "install.sh: kite's node needs$need; install them with your package manager" >&2
+        exit 1
+      fi
+    fi
+    ;;
+esac
 
 install -d "$BIN_DIR" /etc/kite
 install -m 0755 target/release/kite "$BIN_DIR/kite"

@@ -3,10 +3,26 @@
 # kite*, so nothing else is touched. Safe to run twice.
 set -u
 [ "$(id -u)" = 0 ] || { echo "kite-killall.sh: run as root" >&2; exit 1; }
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet kite 2>/dev/null; then
+# KITE_DATA_DIR: the data dir of the kite to clean up (default /var/lib/kite).
+# KITE_KILLALL_NODE_ONLY=1: leave the kite process alone (tests stop their own server).
+DATA=${KITE_DATA_DIR:-/var/lib/kite}
+SOCK="$DATA/agent/run/containerd.sock"
+CTR="ctr -a $SOCK -n k8s.io"
+
+# Pods' containers first, while kite's containerd still answers.
+if [ -S "$SOCK" ] && command -v ctr >/dev/null 2>&1; then
+  for id in $($CTR containers ls -q 2>/dev/null); do
+    $CTR tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
+    i=0; while $CTR tasks ls -q 2>/dev/null | grep -qx "$id" && [ $i -lt 20 ]; do
+      $CTR tasks rm -f "$id" >/dev/null 2>&1 || true; sleep 0.1; i=$((i + 1)); done
+    $CTR containers rm "$id" >/dev/null 2>&1 || true
+  done
+fi
+if [ "${KITE_KILLALL_NODE_ONLY:-0}" = 1 ]; then :
+elif command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet kite 2>/dev/null; then
   systemctl stop kite
 fi
-if [ -f /run/kite.pid ]; then
+if [ "${KITE_KILLALL_NODE_ONLY:-0}" != 1 ] && [ -f /run/kite.pid ]; then
   pid=$(cat /run/kite.pid)
   if kill -0 "$pid" 2>/dev/null; then
     kill "$pid"
@@ -15,8 +31,21 @@ if [ -f /run/kite.pid ]; then
   fi
   rm -f /run/kite.pid
 fi
-# Network and mounts kite creates for pods (later releases): kite* interfaces, nftables
-# tables and mounts under the data dir.
+# This data dir's containerd and its shims (found by their socket, nothing else).
+for p in /proc/[0-9]*; do
+  cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+  case "$cmd" in
+    *containerd-shim*"-address $SOCK "*|*"containerd --config $DATA/agent/etc/containerd/config.toml"*)
+      kill -9 "${p#/proc/}" 2>/dev/null || true ;;
+  esac
+done
+# Whatever is left in kite's pod cgroups, then the cgroups themselves, deepest first.
+for f in $(find /sys/fs/cgroup -path '*/kite/kubepods*' -name cgroup.procs 2>/dev/null); do
+  for pid in $(cat "$f" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+done
+find /sys/fs/cgroup -depth -type d \( -path '*/kite/*' -o -name kite \) -exec rmdir {} \; 2>/dev/null || true
+# Network and mounts kite creates for pods: kite* interfaces, nftables tables and mounts
+# under the data dir.
 for dev in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^kite' || true); do
   ip link delete "$dev" 2>/dev/null || true
 done
@@ -25,5 +54,5 @@ if command -v nft >/dev/null 2>&1; then
     nft delete table "$(echo "$t" | cut -d: -f1)" "$(echo "$t" | cut -d: -f2)" 2>/dev/null || true
   done
 fi
-awk '$2 ~ "^/var/lib/kite/" {print $2}' /proc/self/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null || true; done
+awk -v d="$DATA/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null || true; done
 echo "kite stopped"

@@ -17,8 +17,17 @@ SIM_PIDS=()
 
 cleanup() {
   stop_sims
+  [ "${WITH_AGENT:-0}" = 1 ] && node_cleanup
   stop_server
+  [ "${WITH_AGENT:-0}" = 1 ] && node_cleanup
   rm -rf "$WORK"
+}
+
+# node_cleanup: removes the containers, shims, mounts, cgroups, interfaces and nftables
+# table this test's node made (kite-killall.sh scoped to this data dir).
+node_cleanup() {
+  KITE_DATA_DIR="${DATA:-$WORK/data}" KITE_KILLALL_NODE_ONLY=1 \
+    sh "$(dirname "${BASH_SOURCE[0]}")/../packaging/kite-killall.sh" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -27,13 +36,16 @@ free_port() {
 }
 
 # start_server [extra flags...]: starts kite on a free port; sets PORT, KUBECONFIG, DATA.
+# The server runs no node unless WITH_AGENT=1.
 start_server() {
+  local agent=--disable-agent
+  [ "${WITH_AGENT:-0}" = 1 ] && agent=""
   PORT=${PORT:-$(free_port)}
   DATA=${DATA:-"$WORK/data"}
   export KUBECONFIG="$WORK/kubeconfig.yaml"
   "$KITE_BIN" server --data-dir "$DATA" --https-listen-port "$PORT" --bind-address 127.0.0.1 \
     --advertise-address 127.0.0.1 --write-kubeconfig "$KUBECONFIG" \
-    --node-name kite-e2e --disable-agent "$@" >>"$WORK/server.log" 2>&1 &
+    --node-name kite-e2e $agent "$@" >>"$WORK/server.log" 2>&1 &
   KITE_PID=$!
   wait_for 10 "API server to answer" kc get --raw /readyz
 }

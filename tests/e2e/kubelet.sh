@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# End-to-end: the kubelet (issue 4) runs pods on containerd, as root. Uses the kubelet in
+# `kite server` (the server is a node), images built offline by tests/images/build.py,
+# and the kubectl in $KUBECTL. Touches only what it creates: the kite0 bridge, the
+# kite-nat nftables table, kite cgroups and its own data dir; all removed on exit.
+# Not run in parallel with itself (the bridge is per host): run.sh runs it once per
+# kubectl, one after the other.
+source "$(dirname "$0")/../lib.sh"
+echo "# kubectl: $KUBECTL"
+[ "$(id -u)" = 0 ] || { echo "the kubelet tier needs root"; exit 1; }
+if ip link show kite0 >/dev/null 2>&1; then
+  echo "a kite node already runs on this host (kite0 exists): stop it (kite-killall.sh) first"
+  exit 1
+fi
+WITH_AGENT=1
+DATA="$WORK/data"
+mkdir -p "$DATA/agent/images" "$WORK/img"
+# hello in OCI layout, dropped in the images dir; shell as a `docker save` archive, too.
+python3 "$(dirname "$0")/../images/build.py" "$DATA/agent/images" >/dev/null
+python3 "$(dirname "$0")/../images/build.py" "$WORK/img" --docker >/dev/null
+rm "$DATA/agent/images/shell.tar"
+cp "$WORK/img/shell.tar" "$DATA/agent/images/shell-docker.tar"
+
+start_server || { cat "$WORK/server.log"; exit 1; }
+ctr_() { ctr -a "$DATA/agent/run/containerd.sock" -n k8s.io "$@"; }
+node_ready() { [ "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
+start=$SECONDS
+wait_for 10 "the node to be Ready" node_ready
+check "the node is Ready within 10 s of start" node_ready
+check "kubectl get nodes shows the node Ready with its runtime" \
+  contains "$(kc get nodes -o wide)" "containerd://"
+cidr=$(kc get node kite-e2e -o jsonpath='{.spec.podCIDR}')
+prefix=${cidr%.0/24}
+
+# The book flow: a Deployment of 2 replicas of the HTTP image.
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: hello}}
+  template:
+    metadata: {labels: {app: hello}}
+    spec:
+      containers:
+      - name: hello
+        image: kite.test/hello:1
+        ports: [{containerPort: 80}]
+YAML
+both_ready() { [ "$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{" "}{end}')" = "True True " ]; }
+wait_for 30 "both hello pods Ready" both_ready
+check "both pods are Running and Ready" both_ready
+check "kubectl get pods shows 1/1 Running" \
+  test "$(kc get pods -l app=hello --no-headers | awk '$2=="1/1" && $3=="Running"' | wc -l)" -eq 2
+pods=$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.metadata.name}={.status.podIP}{"\n"}{end}')
+for pi in $pods; do
+  name=${pi%=*}; ip=${pi#*=}
+  check "pod $name has an IP from the node's podCIDR $cidr" contains "$ip" "$prefix."
+  check "curl from the host to $ip returns the page naming $name" \
+    contains "$(curl -s --max-time 5 "http://$ip/")" "Server name: $name"
+done
+check "the two pods have different IPs" test "$(echo "$pods" | cut -d= -f2 | sort -u | wc -l)" -eq 2
+check "describe shows the kubelet's Created and Started events" \
+  contains "$(kc describe pod -l app=hello)" "Started container hello"
+check "the containers are in containerd, labelled with their pod" \
+  test "$(ctr_ containers ls -q "labels.\"io.kubernetes.pod.namespace\"==default" | wc -l)" -eq 2
+
+# kill -9 kite with pods running: the same containers run after the restart.
+ids_before=$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.status.containerStatuses[0].containerID}{"\n"}{end}' | sort)
+kill9_server
+start_server || { cat "$WORK/server.log"; exit 1; }
+wait_for 10 "the node to be Ready again" node_ready
+sleep 2
+ids_after=$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.status.containerStatuses[0].containerID}{"\n"}{end}' | sort)
+check "after kill -9 and restart the same container IDs run" equals "$ids_after" "$ids_before"
+check "no duplicate containers after the restart" test "$(ctr_ containers ls -q | wc -l)" -eq 2
+check "no restarts counted" equals "$(kc get pods -l app=hello -o jsonpath='{.items[*].status.containerStatuses[0].restartCount}')" "0 0"
+check "the pods still serve after the restart" \
+  contains "$(curl -s --max-time 5 "http://$(echo "$ids_after" >/dev/null; kc get pods -l app=hello -o jsonpath='{.items[0].status.podIP}')/")" "Server name:"
+
+# kubectl delete: the containers leave containerd.
+kc delete deployment hello >/dev/null
+no_containers() { [ "$(ctr_ containers ls -q | wc -l)" -eq 0 ]; }
+wait_for 20 "the containers to be removed" no_containers
+check "kubectl delete removes the containers from containerd" no_containers
+wait_for 10 "the pods to go" bash -c "[ -z \"\$($KUBECTL get pods -l app=hello -o name)\" ]"
+check "the pod objects are gone once their containers stopped" equals "$(kc get pods -l app=hello -o name)" ""
+check "the pods' veths are gone" equals "$(ip -o link show | grep -c 'kitev' || true)" "0"
+
+# Restart policies.
+pod() { # name policy command...
+  local name=$1 policy=$2; shift 2
+  local cmd; cmd=$(printf '"%s",' "$@"); cmd="[${cmd%,}]"
+  cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: $name}
+spec:
+  restartPolicy: $policy
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: kite.test/shell:1, command: $cmd}]
+YAML
+}
+phase() { kc get pod "$1" -o jsonpath='{.status.phase}'; }
+pod crash Always sh -c "echo bye; exit 1"
+pod never-fail Never sh -c "exit 3"
+pod onfailure-ok OnFailure sh -c "exit 0"
+pod onfailure-fail OnFailure sh -c "exit 2"
+waiting_reason() { kc get pod "$1" -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}'; }
+wait_for 20 "crash to be in CrashLoopBackOff" bash -c "[ \"\$($KUBECTL get pod crash -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')\" = CrashLoopBackOff ]"
+check "a container exiting 1 under Always reaches CrashLoopBackOff" equals "$(waiting_reason crash)" "CrashLoopBackOff"
+check "kubectl get pods shows CrashLoopBackOff" contains "$(kc get pod crash --no-headers)" "CrashLoopBackOff"
+check "lastState records exit code 1" equals "$(kc get pod crash -o jsonpath='{.status.containerStatuses[0].lastState.terminated.exitCode}')" "1"
+check "the first back-off is 10s" contains "$(kc get pod crash -o jsonpath='{.status.containerStatuses[0].state.waiting.message}')" "back-off 10s"
+wait_for 25 "the second back-off" bash -c "$KUBECTL get pod crash -o jsonpath='{.status.containerStatuses[0].state.waiting.message}' | grep -q 'back-off 20s'"
+check "the restart interval grows: the next back-off is 20s" contains "$(kc get pod crash -o jsonpath='{.status.containerStatuses[0].state.waiting.message}')" "back-off 20s"
+check "restartCount counts the restart" test "$(kc get pod crash -o jsonpath='{.status.containerStatuses[0].restartCount}')" -ge 1
+check "a BackOff event is recorded" contains "$(kc get events --field-selector involvedObject.name=crash)" "Back-off restarting failed container"
+wait_for 15 "never-fail to fail" bash -c "[ \"\$($KUBECTL get pod never-fail -o jsonpath='{.status.phase}')\" = Failed ]"
+check "Never: exit 3 leaves the pod Failed, not restarted" equals "$(phase never-fail)/$(kc get pod never-fail -o jsonpath='{.status.containerStatuses[0].restartCount}/{.status.containerStatuses[0].state.terminated.exitCode}')" "Failed/0/3"
+wait_for 15 "onfailure-ok to succeed" bash -c "[ \"\$($KUBECTL get pod onfailure-ok -o jsonpath='{.status.phase}')\" = Succeeded ]"
+check "OnFailure: exit 0 completes the pod (Succeeded)" equals "$(phase onfailure-ok)" "Succeeded"
+check "kubectl shows Completed" contains "$(kc get pod onfailure-ok --no-headers)" "Completed"
+wait_for 20 "onfailure-fail to restart" bash -c "[ \"\$($KUBECTL get pod onfailure-fail -o jsonpath='{.status.containerStatuses[0].lastState.terminated.exitCode}')\" = 2 ]"
+check "OnFailure: exit 2 is restarted" equals "$(phase onfailure-fail)" "Running"
+
+# Init containers: in order; a failing one blocks the app containers.
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: inits}
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - {name: first, image: kite.test/shell:1, command: [sh, -c, "sleep 1"]}
+  - {name: second, image: kite.test/shell:1, command: [sh, -c, "true"]}
+  containers: [{name: app, image: kite.test/shell:1, command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: init-fails}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  initContainers: [{name: broken, image: kite.test/shell:1, command: [sh, -c, "exit 1"]}]
+  containers: [{name: app, image: kite.test/shell:1, command: [sleep, "3600"]}]
+YAML
+wait_for 20 "inits to run" bash -c "[ \"\$($KUBECTL get pod inits -o jsonpath='{.status.phase}')\" = Running ]"
+check "a pod with init containers runs its app after them" equals "$(phase inits)" "Running"
+f_end=$(kc get pod inits -o jsonpath='{.status.initContainerStatuses[0].state.terminated.finishedAt}')
+s_start=$(kc get pod inits -o jsonpath='{.status.initContainerStatuses[1].state.terminated.startedAt}')
+check "init containers run in order (first finished before second started)" \
+  test "$(date -d "$f_end" +%s)" -le "$(date -d "$s_start" +%s)"
+check "both init containers Completed" equals "$(kc get pod inits -o jsonpath='{.status.initContainerStatuses[*].state.terminated.reason}')" "Completed Completed"
+wait_for 15 "init-fails to fail" bash -c "[ \"\$($KUBECTL get pod init-fails -o jsonpath='{.status.phase}')\" = Failed ]"
+check "a failing init container fails the pod under Never" equals "$(phase init-fails)" "Failed"
+check "its app container never started" equals "$(kc get pod init-fails -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')" "PodInitializing"
+check "kubectl shows Init:Error" contains "$(kc get pod init-fails --no-headers; kc get pod init-fails -o jsonpath="{.status.initContainerStatuses}")" "Init:Error"
+
+# Images.
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: never-pull}
+spec:
+  containers: [{name: c, image: kite.test/absent:1, imagePullPolicy: Never}]
+YAML
+wait_for 10 "ErrImageNeverPull" bash -c "[ \"\$($KUBECTL get pod never-pull -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')\" = ErrImageNeverPull ]"
+check "imagePullPolicy Never with a missing image: ErrImageNeverPull" equals "$(waiting_reason never-pull)" "ErrImageNeverPull"
+check "the event says why" contains "$(kc get events --field-selector involvedObject.name=never-pull)" 'is not present with pull policy of Never'
+check "kite images ls lists the imported images" contains "$("$KITE_BIN" images --data-dir "$DATA" ls)" "kite.test/shell:1"
+check "the docker save archive was imported and is what the pods ran" \
+  contains "$(kc get pod inits -o jsonpath='{.status.containerStatuses[0].image}')" "kite.test/shell:1"
+python3 - "$WORK/img/shell.tar" "$WORK/other.tar" <<'PY'
+import json, sys, tarfile, io
+# The same image under another name, in docker save format.
+src = tarfile.open(sys.argv[1]); out = tarfile.open(sys.argv[2], "w")
+for m in src.getmembers():
+    data = src.extractfile(m).read() if m.isfile() else None
+    if m.name == "manifest.json":
+        j = json.loads(data); j[0]["RepoTags"] = ["kite.test/other:2"]; data = json.dumps(j).encode(); m.size = len(data)
+    out.addfile(m, io.BytesIO(data) if data is not None else None)
+out.close()
+PY
+check "kite images import takes a docker save archive" contains "$("$KITE_BIN" images --data-dir "$DATA" import "$WORK/other.tar")" "imported kite.test/other:2"
+check "kite images rm removes it" contains "$("$KITE_BIN" images --data-dir "$DATA" rm kite.test/other:2)" "removed kite.test/other:2"
+check "kite images rm of an unknown image fails clearly" fails_with "not found" "$KITE_BIN" images --data-dir "$DATA" rm kite.test/nothing:9
+
+# A pod deleted while its node was down is cleaned up when the node returns. (This node
+# is also the API server, so the pod is deleted through a control-plane-only start.)
+pod survivor Always sleep 3600
+wait_for 15 "survivor to run" bash -c "[ \"\$($KUBECTL get pod survivor -o jsonpath='{.status.phase}')\" = Running ]"
+sid=$(kc get pod survivor -o jsonpath='{.status.containerStatuses[0].containerID}'); sid=${sid#containerd://}
+stop_server
+WITH_AGENT=0 start_server || { cat "$WORK/server.log"; exit 1; }
+kc delete pod survivor --grace-period=0 --force >/dev/null 2>&1
+stop_server
+start_server || { cat "$WORK/server.log"; exit 1; }
+gone() { ! ctr_ containers ls -q | grep -qx "$sid"; }
+wait_for 20 "the orphaned container to be removed" gone
+check "a pod deleted while the node was down is cleaned up after restart" gone
+
+summary
