@@ -158,6 +158,45 @@ check "a failing init container fails the pod under Never" equals "$(phase init-
 check "its app container never started" equals "$(kc get pod init-fails -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')" "PodInitializing"
 check "kubectl shows Init:Error" contains "$(kc get pod init-fails --no-headers; kc get pod init-fails -o jsonpath="{.status.initContainerStatuses}")" "Init:Error"
 
+# A memory-limit breach is OOMKilled; termination messages come from the file or the log.
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: oom}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: kite.test/shell:1
+    command: [sh, -c, "tail /dev/zero"]
+    resources: {limits: {memory: 16Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: says-why}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: c, image: kite.test/shell:1, command: [sh, -c, "echo 'disk full' > /dev/termination-log; exit 4"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: logs-why}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: c, image: kite.test/shell:1, terminationMessagePolicy: FallbackToLogsOnError,
+     command: [sh, -c, "echo first; echo 'the last words'; exit 5"]}
+YAML
+term_of() { kc get pod "$1" -o jsonpath="{.status.containerStatuses[0].state.terminated.$2}"; }
+wait_for 30 "oom to be killed" bash -c "[ \"\$($KUBECTL get pod oom -o jsonpath='{.status.phase}')\" = Failed ]"
+check "a memory-limit breach shows OOMKilled" equals "$(term_of oom reason)/$(term_of oom exitCode)" "OOMKilled/137"
+check "kubectl shows OOMKilled" contains "$(kc get pod oom --no-headers)" "OOMKilled"
+wait_for 15 "says-why to fail" bash -c "[ \"\$($KUBECTL get pod says-why -o jsonpath='{.status.phase}')\" = Failed ]"
+check "the termination message comes from terminationMessagePath" equals "$(term_of says-why message)" "disk full"
+wait_for 15 "logs-why to fail" bash -c "[ \"\$($KUBECTL get pod logs-why -o jsonpath='{.status.phase}')\" = Failed ]"
+check "FallbackToLogsOnError takes the message from the log" contains "$(term_of logs-why message)" "the last words"
+
 # Images.
 cat <<YAML | kc apply -f - >/dev/null
 apiVersion: v1
@@ -187,6 +226,30 @@ check "kite images import takes a docker save archive" contains "$("$KITE_BIN" i
 check "kite images rm removes it" contains "$("$KITE_BIN" images --data-dir "$DATA" rm kite.test/other:2)" "removed kite.test/other:2"
 check "kite images rm of an unknown image fails clearly" fails_with "not found" "$KITE_BIN" images --data-dir "$DATA" rm kite.test/nothing:9
 
+# Static pods: a manifest file runs without the API and shows as a mirror pod.
+mkdir -p "$DATA/agent/pod-manifests"
+cat >"$DATA/agent/pod-manifests/web.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: static-web, namespace: kube-system}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers: [{name: web, image: kite.test/hello:1}]
+YAML
+mirror_running() { [ "$(kc get pod static-web-kite-e2e -n kube-system -o jsonpath='{.status.phase}')" = Running ]; }
+wait_for 20 "the static pod's mirror to run" mirror_running
+check "a static pod file shows as a mirror pod in kube-system, Running" mirror_running
+check "the mirror pod carries kubernetes.io/config.mirror" \
+  contains "$(kc get pod static-web-kite-e2e -n kube-system -o jsonpath='{.metadata.annotations}')" "kubernetes.io/config.mirror"
+sip=$(kc get pod static-web-kite-e2e -n kube-system -o jsonpath='{.status.podIP}')
+check "the static pod serves" contains "$(curl -s --max-time 5 "http://$sip/")" "Server name: static-web-kite-e2e"
+rm "$DATA/agent/pod-manifests/web.yaml"
+wait_for 20 "the mirror to go with its manifest" bash -c "[ -z \"\$($KUBECTL get pods -n kube-system -o name | grep static-web)\" ]"
+check "removing the manifest removes the mirror pod" equals "$(kc get pods -n kube-system -o name | grep static-web || true)" ""
+no_static_containers() { [ "$(ctr_ containers ls -q 'labels."io.kubernetes.pod.namespace"==kube-system' | wc -l)" -eq 0 ]; }
+wait_for 15 "the static pod's containers to go" no_static_containers
+check "and its containers" no_static_containers
+
 # A pod deleted while its node was down is cleaned up when the node returns. (This node
 # is also the API server, so the pod is deleted through a control-plane-only start.)
 pod survivor Always sleep 3600
@@ -195,10 +258,12 @@ sid=$(kc get pod survivor -o jsonpath='{.status.containerStatuses[0].containerID
 stop_server
 WITH_AGENT=0 start_server || { cat "$WORK/server.log"; exit 1; }
 kc delete pod survivor --grace-period=0 --force >/dev/null 2>&1
+check "the pod is deleted while the node is down" equals "$(kc get pods -o name | grep survivor || true)" ""
 stop_server
 start_server || { cat "$WORK/server.log"; exit 1; }
 gone() { ! ctr_ containers ls -q | grep -qx "$sid"; }
-wait_for 20 "the orphaned container to be removed" gone
-check "a pod deleted while the node was down is cleaned up after restart" gone
+wait_for 25 "the orphaned container to be removed" gone
+check "a pod deleted while the node was down is cleaned up after restart" \
+  bash -c "$(declare -f ctr_ gone); DATA='$DATA' sid='$sid'; gone || { echo 'still there:'; ctr -a '$DATA/agent/run/containerd.sock' -n k8s.io containers ls; grep -E 'orphan|no longer exists|WARN|ERROR' '$WORK/server.log' | tail -5; exit 1; }"
 
 summary

@@ -19,6 +19,7 @@ pub const L_POD_NAME: &str = "io.kubernetes.pod.name";
 pub const L_POD_NS: &str = "io.kubernetes.pod.namespace";
 pub const L_NAME: &str = "io.kubernetes.container.name";
 pub const L_ATTEMPT: &str = "io.kubernetes.container.attempt";
+pub const L_STOP_SIGNAL: &str = "kite.io/stop-signal";
 
 /// One container of a pod, as containerd has it.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct Info {
     pub name: String,
     pub attempt: u32,
     pub created: Option<jiff::Timestamp>,
+    /// The signal that asks it to stop (the image's StopSignal).
+    pub stop_signal: u32,
     pub state: State,
 }
 
@@ -121,6 +124,11 @@ async fn info(cd: &Containerd, c: Container) -> Result<Info> {
             .and_then(|a| a.parse().ok())
             .unwrap_or(0),
         created: ts(&c.created_at),
+        stop_signal: c
+            .labels
+            .get(L_STOP_SIGNAL)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(15),
         id: c.id,
         state,
     })

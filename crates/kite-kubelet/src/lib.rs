@@ -9,6 +9,7 @@ pub mod network;
 mod pods;
 pub mod sandbox;
 pub mod spec;
+pub mod static_pods;
 
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -291,7 +292,26 @@ async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubel
         {
             let version = kubelet.runtime_version().await;
             let reason = not_ready.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));
-            let status = node_status(&opts, &version, reason);
+            let mut status = node_status(&opts, &version, reason);
+            // A condition that did not change keeps its lastTransitionTime.
+            if let (Some(node), Some(conds)) = (kubelet.node(), status["conditions"].as_array_mut())
+            {
+                let old = node
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.clone())
+                    .unwrap_or_default();
+                for c in conds {
+                    if let Some(o) = old
+                        .iter()
+                        .find(|o| c["type"] == o.type_.as_str() && c["status"] == o.status.as_str())
+                    {
+                        if let Some(t) = &o.last_transition_time {
+                            c["lastTransitionTime"] = json!(t);
+                        }
+                    }
+                }
+            }
             match nodes
                 .patch_status(
                     &opts.node_name,

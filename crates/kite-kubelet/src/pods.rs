@@ -10,6 +10,7 @@ use crate::containers::{self, Info, State};
 use crate::images::{self, Resolved};
 use crate::network::Network;
 use crate::sandbox::Sandbox;
+use crate::static_pods;
 use crate::Options;
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Node, Pod, Secret};
@@ -54,6 +55,8 @@ pub struct Kubelet {
     /// Set while the network is being set up, so it happens once.
     network_busy: std::sync::atomic::AtomicBool,
     state: Mutex<HashMap<Key, PodState>>,
+    /// Static pods from the manifests dir, by their (mirror's) key.
+    statics: Mutex<HashMap<Key, Arc<Pod>>>,
     /// Containers with a background Wait on their task.
     waiting_on: Mutex<HashSet<String>>,
     recorder: Recorder,
@@ -84,6 +87,7 @@ impl Kubelet {
             network_busy: Default::default(),
             state: Mutex::default(),
             waiting_on: Mutex::default(),
+            statics: Mutex::default(),
             recorder,
         })
     }
@@ -169,14 +173,27 @@ impl Kubelet {
         self.node_changed();
         // Containers of pods that no longer exist (deleted while kite was down), now and
         // every 10 s after, so a failed clean-up is tried again.
-        self.remove_orphans().await;
+        self.refresh_statics();
         let k = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            tick.tick().await;
+            // Orphans are looked for at once and every 10 s (a failed or stuck clean-up
+            // is tried again); manifests are read every 2 s.
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            let mut n = 0u32;
             loop {
                 tick.tick().await;
-                k.remove_orphans().await;
+                if n > 0 {
+                    k.refresh_statics();
+                }
+                if n.is_multiple_of(5) {
+                    let round = tokio::time::timeout(Duration::from_secs(60), k.remove_orphans());
+                    if round.await.is_err() {
+                        tracing::warn!(
+                            "looking for orphaned containers took over 60 s; trying again"
+                        );
+                    }
+                }
+                n += 1;
             }
         });
         let k = self.clone();
@@ -187,12 +204,19 @@ impl Kubelet {
     }
 
     async fn remove_orphans(&self) {
-        let known: HashSet<String> = self
+        let mut known: HashSet<String> = self
             .pods
             .list()
             .iter()
             .filter_map(|p| p.metadata.uid.clone())
             .collect();
+        known.extend(
+            self.statics
+                .lock()
+                .unwrap()
+                .values()
+                .filter_map(|p| p.metadata.uid.clone()),
+        );
         let all = match containers::list_all(&self.cd).await {
             Ok(a) => a,
             Err(e) => {
@@ -219,13 +243,37 @@ impl Kubelet {
 
     #[tracing::instrument(skip(self), fields(pod = %format!("{}/{}", key.0, key.1)))]
     async fn sync(self: Arc<Self>, key: Key) -> Result<Action> {
-        let Some(pod) = self.pods.get_key(&key) else {
-            let uid = self.state.lock().unwrap().remove(&key).map(|s| s.uid);
-            if let Some(uid) = uid.filter(|u| !u.is_empty()) {
-                self.teardown(&uid, Duration::from_secs(0)).await?;
+        let static_pod = self.statics.lock().unwrap().get(&key).cloned();
+        let api_pod = self.pods.get_key(&key);
+        let pod = match (static_pod, api_pod) {
+            (Some(sp), mirror) => {
+                // A static pod runs from its manifest; its mirror shows it (and holds its
+                // status). A mirror being deleted is replaced.
+                let mirror = mirror.filter(|m| static_pods::is_mirror(m));
+                let mut p = (*sp).clone();
+                p.status = mirror.as_ref().and_then(|m| m.status.clone());
+                self.ensure_mirror(&key, &sp, mirror.as_deref()).await?;
+                Arc::new(p)
             }
-            return Ok(Action::AwaitChange);
+            (None, Some(p)) if static_pods::is_mirror(&p) => {
+                // Its manifest is gone: so go its containers and its mirror.
+                let uid = self.state.lock().unwrap().remove(&key).map(|s| s.uid);
+                if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+                    self.teardown(&uid, Duration::from_secs(0)).await?;
+                }
+                self.delete_api_pod(&p).await?;
+                return Ok(Action::AwaitChange);
+            }
+            (None, Some(p)) => p,
+            (None, None) => {
+                let uid = self.state.lock().unwrap().remove(&key).map(|s| s.uid);
+                if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+                    self.teardown(&uid, Duration::from_secs(0)).await?;
+                }
+                return Ok(Action::AwaitChange);
+            }
         };
+
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         {
             let mut st = self.state.lock().unwrap();
@@ -504,6 +552,10 @@ impl Kubelet {
             (containers::L_NAME, c.name.clone()),
             (containers::L_ATTEMPT, attempt.to_string()),
             ("kite.io/init", init.to_string()),
+            (
+                containers::L_STOP_SIGNAL,
+                crate::spec::stop_signal(&image.config).to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -833,22 +885,77 @@ impl Kubelet {
             }
         }
         self.teardown(&uid, Duration::from_secs(grace)).await?;
+        self.delete_api_pod(pod).await?;
+        Ok(Action::AwaitChange)
+    }
+
+    /// Deletes the pod object now (its containers are gone), if it is still this pod.
+    async fn delete_api_pod(&self, pod: &Pod) -> Result<()> {
         let api: Api<Pod> =
             Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {
-                uid: Some(uid),
+                uid: pod.metadata.uid.clone(),
                 resource_version: None,
             }),
             ..Default::default()
         };
         match api.delete(&pod.name_any(), &dp).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => return Err(e.into()),
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Ok(Action::AwaitChange)
+    }
+
+    /// Creates the static pod's mirror if it has none (or its mirror is being deleted,
+    /// or mirrors another version of the manifest).
+    async fn ensure_mirror(&self, key: &Key, sp: &Pod, mirror: Option<&Pod>) -> Result<()> {
+        let hash = sp.metadata.uid.clone().unwrap_or_default();
+        if let Some(m) = mirror {
+            let same = m
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(static_pods::MIRROR))
+                .is_some_and(|h| *h == hash);
+            if same && m.metadata.deletion_timestamp.is_none() {
+                return Ok(());
+            }
+            self.delete_api_pod(m).await?;
+        }
+        let node_uid = self.node().and_then(|n| n.metadata.uid.clone());
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.0);
+        match api
+            .create(&Default::default(), &static_pods::mirror(sp, node_uid))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(anyhow::Error::from(e).context("creating the mirror pod")),
+        }
+    }
+
+    /// Reads the manifests dir; queues what appeared, changed or went.
+    fn refresh_statics(&self) {
+        let dir = self.opts.data_dir.join("agent").join("pod-manifests");
+        let fresh: HashMap<Key, Arc<Pod>> = static_pods::load(&dir, &self.opts.node_name)
+            .into_iter()
+            .map(|p| (key_of(&p), Arc::new(p)))
+            .collect();
+        let mut cur = self.statics.lock().unwrap();
+        let mut changed: Vec<Key> = Vec::new();
+        for (k, p) in &fresh {
+            if cur.get(k).map(|o| &o.metadata.uid) != Some(&p.metadata.uid) {
+                changed.push(k.clone());
+            }
+        }
+        changed.extend(cur.keys().filter(|k| !fresh.contains_key(*k)).cloned());
+        *cur = fresh;
+        drop(cur);
+        for k in changed {
+            self.queue.add(k);
+        }
     }
 
     /// Stops every container of the pod (SIGTERM, `grace`, SIGKILL), removes them, its
@@ -858,7 +965,7 @@ impl Kubelet {
         let stops = cs
             .iter()
             .filter(|c| matches!(c.state, State::Running { .. }))
-            .map(|c| containers::stop(&self.cd, &c.id, 15, grace));
+            .map(|c| containers::stop(&self.cd, &c.id, c.stop_signal, grace));
         for r in futures::future::join_all(stops).await {
             r?;
         }
@@ -876,6 +983,33 @@ impl Kubelet {
         crate::spec::remove_pod_cgroups(uid);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
+    }
+
+    /// A terminated container's message: its `terminationMessagePath` file (4 KiB at
+    /// most), or with FallbackToLogsOnError and a failure, the end of its log.
+    fn termination_message(&self, pod: &Pod, c: &Container, i: &Info, code: i32) -> Option<String> {
+        let dir = self.pod_dir(pod.metadata.uid.as_deref().unwrap_or_default());
+        let read_tail = |p: PathBuf, max: usize| {
+            let b = std::fs::read(p).ok()?;
+            let start = b.len().saturating_sub(max);
+            Some(String::from_utf8_lossy(&b[start..]).into_owned())
+        };
+        let msg = read_tail(crate::spec::termination_log(&dir, &c.name, &i.id), 4096)
+            .filter(|m| !m.is_empty());
+        if msg.is_some() {
+            return msg;
+        }
+        if code != 0 && c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError") {
+            let log = dir
+                .join("containers")
+                .join(&c.name)
+                .join(format!("{}.log", i.attempt));
+            let tail = read_tail(log, 2048)?;
+            let lines: Vec<&str> = tail.lines().collect();
+            let start = lines.len().saturating_sub(80);
+            return Some(lines[start..].join("\n")).filter(|m| !m.is_empty());
+        }
+        None
     }
 
     /// Posts the pod's status when it differs from what the API has.
@@ -910,10 +1044,23 @@ impl Kubelet {
                 None
             };
             let term = |i: &Info| match &i.state {
-                State::Exited { code, at } => json!({"terminated": {
-                    "exitCode": code, "reason": if *code == 0 { "Completed" } else { "Error" },
-                    "startedAt": i.created.map(Time), "finishedAt": at.map(Time),
-                    "containerID": format!("containerd://{}", i.id)}}),
+                State::Exited { code, at } => {
+                    let reason = if *code != 0 && crate::spec::oom_killed(pod, &i.id) {
+                        "OOMKilled"
+                    } else if *code == 0 {
+                        "Completed"
+                    } else {
+                        "Error"
+                    };
+                    let mut t = json!({
+                        "exitCode": code, "reason": reason,
+                        "startedAt": i.created.map(Time), "finishedAt": at.map(Time),
+                        "containerID": format!("containerd://{}", i.id)});
+                    if let Some(m) = self.termination_message(pod, c, i, *code) {
+                        t["message"] = json!(m);
+                    }
+                    json!({"terminated": t})
+                }
                 _ => json!({}),
             };
             let mut running = false;
@@ -1062,8 +1209,10 @@ impl Kubelet {
                 }),
             ),
         ];
-        if let Some(ps) = old_conds.iter().find(|c| c.type_ == "PodScheduled") {
-            conditions.push(serde_json::to_value(ps)?);
+        match old_conds.iter().find(|c| c.type_ == "PodScheduled") {
+            Some(ps) => conditions.push(serde_json::to_value(ps)?),
+            // A static pod was never scheduled: it is on its node by definition.
+            None => conditions.push(cond("PodScheduled", true, None)),
         }
         let mut status = json!({
             "phase": phase,

@@ -82,6 +82,65 @@ pub fn pod_cgroup(pod: &Pod) -> String {
     }
 }
 
+/// The file a container's `terminationMessagePath` is bound to, one per container instance.
+pub fn termination_log(pod_dir: &Path, name: &str, container_id: &str) -> std::path::PathBuf {
+    pod_dir
+        .join("containers")
+        .join(name)
+        .join(format!("{container_id}.termination-log"))
+}
+
+/// Whether the kernel's OOM killer killed a process of the container (its cgroup
+/// survives the exit until the container is removed). cgroup v1 and v2.
+pub fn oom_killed(pod: &Pod, container_id: &str) -> bool {
+    let rel = format!("{}/{container_id}", pod_cgroup(pod));
+    let count = |path: String, key: &str| {
+        std::fs::read_to_string(path).ok().and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix(key)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+        })
+    };
+    [
+        count(
+            format!("/sys/fs/cgroup/memory{rel}/memory.oom_control"),
+            "oom_kill ",
+        ),
+        count(format!("/sys/fs/cgroup{rel}/memory.events"), "oom_kill "),
+        count(
+            format!("/sys/fs/cgroup/unified{rel}/memory.events"),
+            "oom_kill ",
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|n| n > 0)
+}
+
+/// The signal number of an image's `StopSignal` (`SIGQUIT`, `QUIT`, `3`); SIGTERM if unset
+/// or unknown.
+pub fn stop_signal(image: &ImageConfiguration) -> u32 {
+    let Some(s) = image
+        .config()
+        .as_ref()
+        .and_then(|c| c.stop_signal().clone())
+    else {
+        return 15;
+    };
+    if let Ok(n) = s.parse::<u32>() {
+        return n;
+    }
+    let name = if s.starts_with("SIG") {
+        s.clone()
+    } else {
+        format!("SIG{s}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|sig| sig as u32)
+        .unwrap_or(15)
+}
+
 /// Removes the (empty) cgroup directories of a pod in every hierarchy, whatever its QoS
 /// class was: runc removes the containers' own, not their parent.
 pub fn remove_pod_cgroups(uid: &str) {
@@ -255,17 +314,11 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
         .termination_message_path
         .clone()
         .unwrap_or_else(|| "/dev/termination-log".into());
-    let term_file = i
-        .pod_dir
-        .join("containers")
-        .join(&c.name)
-        .join("termination-log");
+    let term_file = termination_log(i.pod_dir, &c.name, i.container_id);
     if let Some(d) = term_file.parent() {
         std::fs::create_dir_all(d)?;
     }
-    if !term_file.exists() {
-        std::fs::write(&term_file, b"")?;
-    }
+    std::fs::write(&term_file, b"")?;
     mounts.push(json!({"destination": term_path, "type": "bind", "source": term_file, "options": ["rbind", "rprivate", "rw"]}));
 
     let res = c.resources.clone().unwrap_or_default();
@@ -283,7 +336,8 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
         resources["cpu"]["period"] = json!(100000u64);
     }
     if let Some(b) = get(&res.limits, "memory").and_then(|q| quantity_bytes(&q)) {
-        resources["memory"] = json!({"limit": b});
+        // No swap beyond the limit, as upstream's kubelet without swap support.
+        resources["memory"] = json!({"limit": b, "swap": b});
     }
 
     let ns = |t: &str, path: Option<&Path>| match path {

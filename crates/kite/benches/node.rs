@@ -1,0 +1,250 @@
+//! Node benchmarks (issue 4), against the real `kite` binary as root: `kite server` with
+//! its node, the offline test images, pods of `kite.test/shell:1` running `sleep`.
+//!
+//! `cargo bench -p kite --bench node` (as root; needs containerd, runc, busybox-static).
+//! - start latency: N pods created at once (N = 1, 10, 100; KITE_BENCH_BATCHES overrides,
+//!   e.g. "1,10"), each timed from just before its POST to the watch event that shows it
+//!   Ready; p50 and p99 per batch. The pods are deleted, and gone, between batches.
+//! - memory: RSS of kite and of its containerd with 0 pods and with the largest batch
+//!   running.
+//!
+//! Figures and the command are recorded in docs/benchmarks.md.
+
+mod common;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    data: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Containers first (while containerd answers), then kite, then what is left.
+        let killall = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../packaging/kite-killall.sh"
+        );
+        let run_killall = |data: &Path| {
+            let _ = Command::new("sh")
+                .arg(killall)
+                .env("KITE_DATA_DIR", data)
+                .env("KITE_KILLALL_NODE_ONLY", "1")
+                .stdout(Stdio::null())
+                .status();
+        };
+        run_killall(&self.data);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        run_killall(&self.data);
+    }
+}
+
+fn containerd_pid(data: &Path) -> Option<u32> {
+    let want = data.join("agent/etc/containerd/config.toml");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd);
+        (cmd.starts_with("containerd\0") && cmd.contains(want.to_str()?)).then_some(pid)
+    })
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[tokio::main]
+async fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("the node benchmark runs pods and needs root");
+        return;
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let batches: Vec<usize> = std::env::var("KITE_BENCH_BATCHES")
+        .unwrap_or_else(|_| "1,10,100".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let images = data.join("agent/images");
+    std::fs::create_dir_all(&images).unwrap();
+    let build = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/images/build.py");
+    assert!(Command::new("python3")
+        .arg(build)
+        .arg(&images)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let port = common::free_port();
+    let kc = dir.path().join("kc.yaml");
+    let child = Command::new(env!("CARGO_BIN_EXE_kite"))
+        .args(["server", "--bind-address", "127.0.0.1"])
+        .args(["--advertise-address", "127.0.0.1", "--node-name", "bench"])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--https-listen-port")
+        .arg(port.to_string())
+        .arg("--write-kubeconfig")
+        .arg(&kc)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kite server starts");
+    let server = Server {
+        child,
+        data: data.clone(),
+    };
+    let started = Instant::now();
+    while !kc.exists() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "kite did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let client = kite_runtime::client::from_kubeconfig(&kc).await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    loop {
+        let ok = nodes
+            .get_opt("bench")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|n| {
+                n.status
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            });
+        if ok {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the node never became Ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "node Ready {:.2} s after start",
+        started.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let kite_pid = server.child.id();
+    let cd_pid = containerd_pid(&data);
+    let mem = |label: &str| {
+        let k = common::rss_kib(kite_pid) as f64 / 1024.0;
+        let c = cd_pid
+            .map(|p| common::rss_kib(p) as f64 / 1024.0)
+            .unwrap_or(0.0);
+        println!("RSS with {label}: kite {k:.1} MiB, containerd {c:.1} MiB");
+        (k, c)
+    };
+    let (k0, _) = mem("0 pods");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut k_max = k0;
+    for &n in &batches {
+        // Watch first, then create, so no Ready is missed.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+        let w = pods.clone();
+        let watch = tokio::spawn(async move {
+            let mut s = watcher(w, watcher::Config::default())
+                .applied_objects()
+                .boxed();
+            while let Ok(Some(p)) = s.try_next().await {
+                if ready(&p) {
+                    let _ = tx.send((p.metadata.name.clone().unwrap_or_default(), Instant::now()));
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let created: HashMap<String, Instant> = futures::stream::iter(0..n)
+            .map(|i| {
+                let pods = pods.clone();
+                async move {
+                    let name = format!("b{n}-{i}");
+                    let pod: Pod = serde_json::from_value(serde_json::json!({
+                        "metadata": {"name": name},
+                        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
+                            "name": "c", "image": "kite.test/shell:1",
+                            "command": ["sleep", "3600"]}]}
+                    }))
+                    .unwrap();
+                    let t = Instant::now();
+                    pods.create(&PostParams::default(), &pod).await.unwrap();
+                    (name, t)
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut lat: HashMap<String, Duration> = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while lat.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, rx.recv()).await {
+                Ok(Some((name, at))) => {
+                    if let Some(t) = created.get(&name) {
+                        lat.entry(name).or_insert(at.duration_since(*t));
+                    }
+                }
+                _ => panic!("only {} of {n} pods became Ready in 300 s", lat.len()),
+            }
+        }
+        watch.abort();
+        let mut v: Vec<Duration> = lat.into_values().collect();
+        v.sort();
+        println!(
+            "start latency, {n} pods: p50 {} ms, p99 {} ms, max {} ms",
+            pct(&v, 0.5).as_millis(),
+            pct(&v, 0.99).as_millis(),
+            v.last().unwrap().as_millis()
+        );
+        if n == *batches.iter().max().unwrap() {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            k_max = mem(&format!("{n} pods")).0;
+        }
+        pods.delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await
+            .unwrap();
+        let gone_by = Instant::now() + Duration::from_secs(120);
+        while !pods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+        {
+            assert!(Instant::now() < gone_by, "pods did not go");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    println!(
+        "kite RSS growth, 0 to {} pods: {:.1} MiB",
+        batches.iter().max().unwrap(),
+        k_max - k0
+    );
+    drop(server);
+}
