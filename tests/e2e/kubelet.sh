@@ -197,6 +197,55 @@ check "the termination message comes from terminationMessagePath" equals "$(term
 wait_for 15 "logs-why to fail" bash -c "[ \"\$($KUBECTL get pod logs-why -o jsonpath='{.status.phase}')\" = Failed ]"
 check "FallbackToLogsOnError takes the message from the log" contains "$(term_of logs-why message)" "the last words"
 
+# Container config: env sources and $(VAR), DNS policies, hostNetwork, runAsNonRoot.
+kc create configmap settings --from-literal=color=blue >/dev/null
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: env-pod, labels: {tier: web}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: kite.test/shell:1
+    command: [sh, -c, 'echo "\$COLOR \$MY_NAME \$TIER \$GREETING \$(hostname)" > /dev/termination-log']
+    env:
+    - {name: COLOR, valueFrom: {configMapKeyRef: {name: settings, key: color}}}
+    - {name: MY_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: TIER, valueFrom: {fieldRef: {fieldPath: "metadata.labels['tier']"}}}
+    - {name: GREETING, value: "hello-\$(COLOR)"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: non-root}
+spec:
+  securityContext: {runAsNonRoot: true}
+  containers: [{name: c, image: kite.test/shell:1, command: [sleep, "3600"]}]
+YAML
+# reporter NAME 'SPEC LINES' 'SHELL': a run-once pod whose container writes what SHELL
+# prints to its termination message.
+reporter() {
+  printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: %s}\nspec:\n  restartPolicy: Never\n%s\n  containers: [{name: c, image: kite.test/shell:1, command: [sh, -c, "%s > /dev/termination-log"]}]\n' \
+    "$1" "$2" "$3" | kc apply -f - >/dev/null
+}
+reporter dns-default '' 'cat /etc/resolv.conf'
+reporter dns-none '  dnsPolicy: None
+  dnsConfig: {nameservers: [10.9.9.9], searches: [example.test], options: [{name: ndots, value: "2"}]}' 'cat /etc/resolv.conf'
+reporter host-net '  hostNetwork: true' 'ip -o link show kite0 >/dev/null && echo on-host'
+succeeded() { [ "$(kc get pod "$1" -o jsonpath='{.status.phase}')" = Succeeded ]; }
+for p in env-pod dns-default dns-none host-net; do wait_for 20 "$p to complete" succeeded "$p"; done
+check "env from a ConfigMap, fieldRefs and \$(VAR) expansion reach the container" \
+  equals "$(term_of env-pod message)" "blue env-pod web hello-blue env-pod"
+check "ClusterFirst DNS: cluster nameserver, namespace search path, ndots:5" \
+  equals "$(term_of dns-default message)" "$(printf 'search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.43.0.10\noptions ndots:5')"
+check "dnsPolicy None takes dnsConfig" \
+  equals "$(term_of dns-none message)" "$(printf 'search example.test\nnameserver 10.9.9.9\noptions ndots:2')"
+check "a hostNetwork pod runs in the host's network namespace" equals "$(term_of host-net message)" "on-host"
+check "a hostNetwork pod's IP is the node's" equals "$(kc get pod host-net -o jsonpath='{.status.podIP}')" "127.0.0.1"
+wait_for 10 "non-root to be refused" bash -c "[ \"\$($KUBECTL get pod non-root -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')\" = CreateContainerConfigError ]"
+check "runAsNonRoot with a root image: CreateContainerConfigError" \
+  contains "$(kc get pod non-root -o jsonpath='{.status.containerStatuses[0].state.waiting.message}')" "runAsNonRoot and image will run as root"
+
 # Images.
 cat <<YAML | kc apply -f - >/dev/null
 apiVersion: v1

@@ -533,6 +533,49 @@ pub struct Resolved {
     pub config: ImageConfiguration,
     /// The committed snapshot holding the unpacked root filesystem.
     pub top_snapshot: String,
+    /// What the image name pointed at when this was resolved.
+    pub target: String,
+}
+
+/// Resolutions by image name, re-used while the name still points at the same target:
+/// a container start then costs one Images.Get instead of reading manifest and config.
+#[derive(Default)]
+pub struct Cache(std::sync::Mutex<std::collections::HashMap<String, Resolved>>);
+
+impl Cache {
+    pub async fn resolve(&self, cd: &Containerd, name: &str) -> Result<Option<Resolved>> {
+        let target = match cd
+            .images()
+            .get(cd.req(GetImageRequest { name: name.into() }))
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .image
+                .and_then(|i| i.target)
+                .map(|t| t.digest),
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => return Err(s.into()),
+        };
+        let Some(target) = target else {
+            self.0.lock().unwrap().remove(name);
+            return Ok(None);
+        };
+        if let Some(r) = self
+            .0
+            .lock()
+            .unwrap()
+            .get(name)
+            .filter(|r| r.target == target)
+        {
+            return Ok(Some(r.clone()));
+        }
+        let r = resolve(cd, name).await?;
+        if let Some(r) = &r {
+            self.0.lock().unwrap().insert(name.to_string(), r.clone());
+        }
+        Ok(r)
+    }
 }
 
 async fn read_blob(cd: &Containerd, d: &str) -> Result<Vec<u8>> {
@@ -566,6 +609,7 @@ pub async fn resolve(cd: &Containerd, name: &str) -> Result<Option<Resolved>> {
     let Some(target) = img.and_then(|i| i.target) else {
         return Ok(None);
     };
+    let target_digest = target.digest.clone();
     let mut desc = target;
     if desc.media_type == MT_OCI_INDEX || desc.media_type == MT_DOCKER_LIST {
         let index: ImageIndex = serde_json::from_slice(&read_blob(cd, &desc.digest).await?)?;
@@ -604,6 +648,7 @@ pub async fn resolve(cd: &Containerd, name: &str) -> Result<Option<Resolved>> {
         id,
         config,
         top_snapshot: top,
+        target: target_digest,
     }))
 }
 

@@ -148,6 +148,14 @@ fn host_capacity(data_dir: &std::path::Path) -> BTreeMap<String, Quantity> {
     .collect()
 }
 
+/// The host's name, for hostNetwork pods' UTS namespace.
+pub(crate) fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 fn os_image() -> String {
     std::fs::read_to_string("/etc/os-release")
         .ok()

@@ -22,7 +22,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,6 +55,7 @@ pub struct Kubelet {
     /// Set while the network is being set up, so it happens once.
     network_busy: std::sync::atomic::AtomicBool,
     state: Mutex<HashMap<Key, PodState>>,
+    images: images::Cache,
     /// Static pods from the manifests dir, by their (mirror's) key.
     statics: Mutex<HashMap<Key, Arc<Pod>>>,
     /// Containers with a background Wait on their task.
@@ -88,6 +89,7 @@ impl Kubelet {
             state: Mutex::default(),
             waiting_on: Mutex::default(),
             statics: Mutex::default(),
+            images: Default::default(),
             recorder,
         })
     }
@@ -197,7 +199,7 @@ impl Kubelet {
             }
         });
         let k = self.clone();
-        run_workers("kubelet-pods", self.queue.clone(), 8, move |key| {
+        run_workers("kubelet-pods", self.queue.clone(), 32, move |key| {
             let k = k.clone();
             async move { k.sync(key).await }
         });
@@ -334,13 +336,23 @@ impl Kubelet {
         containers::on_exit(&self.cd, id, move || q.add(key));
     }
 
-    async fn ensure_sandbox(&self, pod: &Pod, net: &Network) -> Result<Ipv4Addr> {
+    /// The pod's namespaces, address and files; returns its IP (the node's own for
+    /// hostNetwork pods, which get no veth).
+    async fn ensure_sandbox(&self, pod: &Pod, net: &Network) -> Result<IpAddr> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let dir = self.pod_dir(&uid);
         let sb = Sandbox::new(&dir);
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            if !sb.exists() {
+                std::fs::create_dir_all(&dir)?;
+                sb.create(&crate::host_name())?;
+            }
+            self.write_pod_files(pod, &dir, self.opts.node_ip)?;
+            return Ok(self.opts.node_ip);
+        }
         if sb.exists() {
             if let Some(ip) = net.held_by(&uid) {
-                return Ok(ip);
+                return Ok(IpAddr::V4(ip));
             }
         }
         std::fs::create_dir_all(&dir)?;
@@ -352,15 +364,19 @@ impl Kubelet {
             net.release(&uid);
             return Err(e);
         }
-        self.write_pod_files(pod, &dir, ip)?;
-        Ok(ip)
+        self.write_pod_files(pod, &dir, IpAddr::V4(ip))?;
+        Ok(IpAddr::V4(ip))
     }
 
-    fn write_pod_files(&self, pod: &Pod, dir: &std::path::Path, ip: Ipv4Addr) -> Result<()> {
+    fn write_pod_files(&self, pod: &Pod, dir: &std::path::Path, ip: IpAddr) -> Result<()> {
         let name = pod.name_any();
         let ns = pod.namespace().unwrap_or_default();
         let spec = pod.spec.clone().unwrap_or_default();
-        let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
+        let hostname = if spec.host_network == Some(true) {
+            crate::host_name()
+        } else {
+            spec.hostname.clone().unwrap_or_else(|| name.clone())
+        };
         let mut hosts = String::from("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n");
         hosts.push_str(&format!("{ip}\t{hostname}\n"));
         for ha in spec.host_aliases.iter().flatten() {
@@ -376,17 +392,63 @@ impl Kubelet {
             .dns_policy
             .clone()
             .unwrap_or_else(|| "ClusterFirst".into());
-        let resolv = if policy == "Default"
-            || (policy == "ClusterFirst" && spec.host_network == Some(true))
-        {
-            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
-        } else {
-            let d = &self.opts.cluster_domain;
-            format!(
-                "search {ns}.svc.{d} svc.{d} {d}\nnameserver {}\noptions ndots:5\n",
-                self.opts.cluster_dns
-            )
-        };
+        let host_net = spec.host_network == Some(true);
+        // Name servers, searches and options before dnsConfig is merged in, as upstream.
+        let (mut servers, mut searches, mut options): (Vec<String>, Vec<String>, Vec<String>) =
+            if policy == "None" {
+                (vec![], vec![], vec![])
+            } else if policy == "Default" || (policy == "ClusterFirst" && host_net) {
+                let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+                let mut out = (vec![], vec![], vec![]);
+                for l in host.lines() {
+                    let mut w = l.split_whitespace();
+                    match w.next() {
+                        Some("nameserver") => out.0.extend(w.map(String::from)),
+                        Some("search") | Some("domain") => out.1.extend(w.map(String::from)),
+                        Some("options") => out.2.extend(w.map(String::from)),
+                        _ => {}
+                    }
+                }
+                out
+            } else {
+                let d = &self.opts.cluster_domain;
+                (
+                    vec![self.opts.cluster_dns.to_string()],
+                    vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()],
+                    vec!["ndots:5".into()],
+                )
+            };
+        if let Some(dc) = &spec.dns_config {
+            for n in dc.nameservers.iter().flatten() {
+                if !servers.contains(n) {
+                    servers.push(n.clone());
+                }
+            }
+            for sd in dc.searches.iter().flatten() {
+                if !searches.contains(sd) {
+                    searches.push(sd.clone());
+                }
+            }
+            for o in dc.options.iter().flatten() {
+                let opt = match &o.value {
+                    Some(v) => format!("{}:{v}", o.name.clone().unwrap_or_default()),
+                    None => o.name.clone().unwrap_or_default(),
+                };
+                let name = opt.split(':').next().unwrap_or_default().to_string();
+                options.retain(|x| x.split(':').next() != Some(name.as_str()));
+                options.push(opt);
+            }
+        }
+        let mut resolv = String::new();
+        if !searches.is_empty() {
+            resolv.push_str(&format!("search {}\n", searches.join(" ")));
+        }
+        for n in servers.iter().take(3) {
+            resolv.push_str(&format!("nameserver {n}\n"));
+        }
+        if !options.is_empty() {
+            resolv.push_str(&format!("options {}\n", options.join(" ")));
+        }
         std::fs::write(dir.join("resolv.conf"), resolv)?;
         Ok(())
     }
@@ -506,6 +568,13 @@ impl Kubelet {
             Some(i) => i,
             None => return Ok(Some(Duration::from_secs(10))),
         };
+        if let Err(msg) = crate::spec::check_non_root(pod, c, &image.config) {
+            if self.set_waiting(key, &c.name, "CreateContainerConfigError", &msg) {
+                self.recorder
+                    .event(pod, WARNING, "Failed", format!("Error: {msg}"));
+            }
+            return Ok(Some(Duration::from_secs(10)));
+        }
         let env = match self.resolve_env(pod, c, &image).await {
             Ok(e) => e,
             Err(e) => {
@@ -614,7 +683,7 @@ impl Kubelet {
             .image_pull_policy
             .clone()
             .unwrap_or_else(|| "IfNotPresent".into());
-        if let Some(img) = images::resolve(&self.cd, &name).await? {
+        if let Some(img) = self.images.resolve(&self.cd, &name).await? {
             if self
                 .take_waiting_reason(key, &c.name)
                 .is_some_and(|r| r.starts_with("Err") || r == "ImagePullBackOff")
@@ -1013,7 +1082,7 @@ impl Kubelet {
     }
 
     /// Posts the pod's status when it differs from what the API has.
-    async fn report(&self, pod: &Pod, key: &Key, have: &[Info], ip: Ipv4Addr) -> Result<()> {
+    async fn report(&self, pod: &Pod, key: &Key, have: &[Info], ip: IpAddr) -> Result<()> {
         let spec = pod.spec.clone().unwrap_or_default();
         let old = pod.status.clone().unwrap_or_default();
         let policy = spec

@@ -214,6 +214,51 @@ fn quantity_bytes(q: &str) -> Option<i64> {
     kite_runtime::quantity::parse(q).map(|v| v as i64)
 }
 
+/// runAsNonRoot: the container must not run as uid 0, by its securityContext or the
+/// image's user, as upstream's kubelet verifies before creating it.
+pub fn check_non_root(pod: &Pod, c: &Container, image: &ImageConfiguration) -> Result<(), String> {
+    let psc = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.clone())
+        .unwrap_or_default();
+    let sc = c.security_context.clone().unwrap_or_default();
+    if sc.run_as_non_root.or(psc.run_as_non_root) != Some(true) {
+        return Ok(());
+    }
+    let uid = match sc.run_as_user.or(psc.run_as_user) {
+        Some(u) => u,
+        None => {
+            let user = image
+                .config()
+                .as_ref()
+                .and_then(|c| c.user().clone())
+                .unwrap_or_default();
+            let name = user.split(':').next().unwrap_or_default();
+            if name.is_empty() {
+                0
+            } else {
+                name.parse::<i64>().map_err(|_| {
+                    format!("container has runAsNonRoot and image has non-numeric user ({name}), cannot verify user is non-root")
+                })?
+            }
+        }
+    };
+    if uid == 0 {
+        let pod_name = format!(
+            "{}_{}({})",
+            pod.metadata.name.clone().unwrap_or_default(),
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.uid.clone().unwrap_or_default()
+        );
+        return Err(format!(
+            "container has runAsNonRoot and image will run as root (pod: \"{pod_name}\", container: {})",
+            c.name
+        ));
+    }
+    Ok(())
+}
+
 pub struct Inputs<'a> {
     pub pod: &'a Pod,
     pub container: &'a Container,
