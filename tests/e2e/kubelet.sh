@@ -21,7 +21,7 @@ python3 "$(dirname "$0")/../images/build.py" "$WORK/img" --docker >/dev/null
 rm "$DATA/agent/images/shell.tar"
 cp "$WORK/img/shell.tar" "$DATA/agent/images/shell-docker.tar"
 
-start_server || { cat "$WORK/server.log"; exit 1; }
+start_server --node-label kite.test/tier=e2e --node-external-ip 192.0.2.10 || { cat "$WORK/server.log"; exit 1; }
 ctr_() { ctr -a "$DATA/agent/run/containerd.sock" -n k8s.io "$@"; }
 node_ready() { [ "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
 start=$SECONDS
@@ -29,6 +29,10 @@ wait_for 10 "the node to be Ready" node_ready
 check "the node is Ready within 10 s of start" node_ready
 check "kubectl get nodes shows the node Ready with its runtime" \
   contains "$(kc get nodes -o wide)" "containerd://"
+check "--node-label labels the node" equals "$(kc get node kite-e2e -o jsonpath='{.metadata.labels.kite\.test/tier}')" "e2e"
+check "--node-external-ip is the node's ExternalIP" \
+  equals "$(kc get node kite-e2e -o jsonpath='{.status.addresses[?(@.type=="ExternalIP")].address}')" "192.0.2.10"
+check "the server node is labelled control-plane" contains "$(kc get nodes --no-headers)" "control-plane"
 cidr=$(kc get node kite-e2e -o jsonpath='{.spec.podCIDR}')
 prefix=${cidr%.0/24}
 

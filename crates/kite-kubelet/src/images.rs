@@ -74,24 +74,27 @@ struct Archived {
 /// Imports every image in the archive at `path`; returns their names.
 pub async fn import_file(cd: &Containerd, path: &Path) -> Result<Vec<String>> {
     let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let name = path.to_string_lossy();
-    let data = if name.ends_with(".gz") || name.ends_with(".tgz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .with_context(|| format!("decompressing {}", path.display()))?;
-        out
-    } else if name.ends_with(".zst") {
-        bail!(
-            "{}: zstd archives are not supported yet; decompress it with `zstd -d` first",
-            path.display()
-        );
-    } else {
-        raw
-    };
+    let data = decompress(&path.to_string_lossy(), raw)
+        .with_context(|| format!("decompressing {}", path.display()))?;
     import_tar(cd, &data)
         .await
         .with_context(|| format!("importing {}", path.display()))
+}
+
+/// The tar inside an archive named `.tar`, `.tar.gz`/`.tgz` or `.tar.zst`.
+fn decompress(name: &str, raw: Vec<u8>) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    if name.ends_with(".gz") || name.ends_with(".tgz") {
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out)?;
+    } else if name.ends_with(".zst") {
+        let mut src = &raw[..];
+        ruzstd::decoding::StreamingDecoder::new(&mut src)
+            .map_err(|e| anyhow!("not a zstd stream: {e}"))?
+            .read_to_end(&mut out)?;
+    } else {
+        return Ok(raw);
+    }
+    Ok(out)
 }
 
 /// Imports an OCI image layout or `docker save` tar held in memory.
@@ -724,6 +727,22 @@ mod tests {
             "docker.io/library/busybox:latest"
         );
         assert_eq!(normalize("ghcr.io/a/b@sha256:00"), "ghcr.io/a/b@sha256:00");
+    }
+
+    #[test]
+    fn decompresses_gzip_and_zstd_archives() {
+        let tar = b"pretend this is a tar".to_vec();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(decompress("a.tar.gz", gz).unwrap(), tar);
+        let zst = ruzstd::encoding::compress_to_vec(
+            &tar[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        assert_eq!(decompress("a.tar.zst", zst).unwrap(), tar);
+        assert_eq!(decompress("a.tar", tar.clone()).unwrap(), tar);
+        assert!(decompress("a.tar.zst", b"nope".to_vec()).is_err());
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub const VERSION: &str = "v1.36.0+kite";
 pub struct Options {
     pub node_name: String,
     pub node_ip: IpAddr,
+    pub external_ip: Option<IpAddr>,
+    /// Taints the node registers with (later changes are the user's, as upstream).
+    pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
     pub data_dir: PathBuf,
     pub cluster_cidr: ipnet::Ipv4Net,
     pub cluster_dns: IpAddr,
@@ -168,6 +171,15 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
+fn addresses(opts: &Options) -> serde_json::Value {
+    let mut a = vec![json!({"type": "InternalIP", "address": opts.node_ip.to_string()})];
+    if let Some(e) = opts.external_ip {
+        a.push(json!({"type": "ExternalIP", "address": e.to_string()}));
+    }
+    a.push(json!({"type": "Hostname", "address": opts.node_name}));
+    json!(a)
+}
+
 fn node_status(
     opts: &Options,
     runtime_version: &str,
@@ -186,10 +198,7 @@ fn node_status(
         "capacity": cap,
         "allocatable": cap,
         "conditions": kite_runtime::node::conditions(jiff::Timestamp::now(), not_ready),
-        "addresses": [
-            {"type": "InternalIP", "address": opts.node_ip.to_string()},
-            {"type": "Hostname", "address": opts.node_name},
-        ],
+        "addresses": addresses(opts),
         "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
         "nodeInfo": {
             "architecture": arch,
@@ -241,6 +250,7 @@ async fn register(client: &kube::Client, opts: &Options, runtime_version: &str) 
     let node: Node = serde_json::from_value(json!({
         "metadata": {"name": opts.node_name, "labels": labels,
                      "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+        "spec": {"taints": opts.taints},
         "status": status,
     }))?;
     match api.create(&PostParams::default(), &node).await {

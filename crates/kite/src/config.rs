@@ -24,8 +24,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the control plane (API server, datastore) and, later, a node.
-    Server(ServerArgs),
+    /// Run the control plane (API server, datastore, controllers, scheduler) and a node.
+    Server(Box<ServerArgs>),
     /// Register simulated nodes and act as their kubelet (no containers run).
     Sim(SimArgs),
     /// Run only the scheduler against a cluster (as kube-scheduler does); `kite server`
@@ -50,7 +50,7 @@ pub struct ImagesArgs {
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum ImagesAction {
-    /// Import image archives (OCI layout or `docker save`; .tar, .tar.gz).
+    /// Import image archives (OCI layout or `docker save`; .tar, .tar.gz, .tar.zst).
     Import {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -292,6 +292,18 @@ pub struct ServerArgs {
     /// containerd socket to use instead of starting kite's own containerd.
     #[arg(long, env = "KITE_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<PathBuf>,
+    /// The node's InternalIP [default: the advertise address].
+    #[arg(long, env = "KITE_NODE_IP")]
+    pub node_ip: Option<String>,
+    /// The node's ExternalIP.
+    #[arg(long, env = "KITE_NODE_EXTERNAL_IP")]
+    pub node_external_ip: Option<String>,
+    /// Label for the node at registration, key=value (repeatable).
+    #[arg(long, env = "KITE_NODE_LABEL", value_delimiter = ',')]
+    pub node_label: Vec<String>,
+    /// Taint for the node at registration, key=value:Effect (repeatable).
+    #[arg(long, env = "KITE_NODE_TAINT", value_delimiter = ',')]
+    pub node_taint: Vec<String>,
 }
 
 /// Settings checked and resolved from [`ServerArgs`].
@@ -320,6 +332,10 @@ pub struct ServerConfig {
     pub disable_controller_manager: bool,
     pub disable_scheduler: bool,
     pub container_runtime_endpoint: Option<PathBuf>,
+    pub node_ip: std::net::IpAddr,
+    pub node_external_ip: Option<std::net::IpAddr>,
+    pub node_labels: std::collections::BTreeMap<String, String>,
+    pub node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
 }
 
 fn bad(key: &str, value: &str, why: &str) -> anyhow::Error {
@@ -413,7 +429,43 @@ impl ServerArgs {
                 .map(|ip| ip.to_string())
                 .unwrap_or_else(|| "127.0.0.1".into()),
         };
+        let ip = |key: &str, v: &str| {
+            v.parse::<std::net::IpAddr>()
+                .map_err(|_| bad(key, v, "expected an IP address"))
+        };
+        let node_ip = match &self.node_ip {
+            Some(v) => ip("node-ip", v)?,
+            None => advertise
+                .parse()
+                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+        };
+        let node_external_ip = self
+            .node_external_ip
+            .as_deref()
+            .map(|v| ip("node-external-ip", v))
+            .transpose()?;
+        let mut node_labels = std::collections::BTreeMap::new();
+        for l in &self.node_label {
+            node_labels.extend(
+                kite_sim::spec::parse_labels(l)
+                    .map_err(|_| bad("node-label", l, "expected key=value"))?,
+            );
+        }
+        let mut node_taints = Vec::new();
+        for t in &self.node_taint {
+            node_taints.extend(kite_sim::spec::parse_taints(t).map_err(|_| {
+                bad(
+                    "node-taint",
+                    t,
+                    "expected key=value:Effect (NoSchedule, PreferNoSchedule or NoExecute)",
+                )
+            })?);
+        }
         Ok(ServerConfig {
+            node_ip,
+            node_external_ip,
+            node_labels,
+            node_taints,
             data_dir,
             bind,
             port: self.https_listen_port,
@@ -563,7 +615,7 @@ mod tests {
         let mut argv = vec!["kite", "server"];
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Server(a) => a,
+            Command::Server(a) => *a,
             _ => unreachable!("parsed `kite server`"),
         }
     }

@@ -174,13 +174,11 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     }
     if !cfg.disable_agent {
         let client = local_client(&format!("system:node:{}", cfg.node_name));
-        let node_ip = cfg
-            .advertise
-            .parse()
-            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
         let opts = kite_kubelet::Options {
             node_name: cfg.node_name.clone(),
-            node_ip,
+            node_ip: cfg.node_ip,
+            external_ip: cfg.node_external_ip,
+            taints: cfg.node_taints.clone(),
             data_dir: cfg.data_dir.clone(),
             cluster_cidr: cfg.cluster_cidr,
             cluster_dns: std::net::IpAddr::V4(cfg.cluster_dns),
@@ -191,6 +189,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain(cfg.node_labels.clone())
             .collect(),
             containerd_socket: cfg.container_runtime_endpoint.clone(),
         };
