@@ -23,6 +23,10 @@ cp "$WORK/img/shell.tar" "$DATA/agent/images/shell-docker.tar"
 
 start_server --node-label kite.test/tier=e2e --node-external-ip 192.0.2.10 || { cat "$WORK/server.log"; exit 1; }
 ctr_() { ctr -a "$DATA/agent/run/containerd.sock" -n k8s.io "$@"; }
+# ctr_ids [FILTER]: the container IDs, or failure if containerd does not answer (an empty
+# answer from a containerd that is restarting must not pass for "no containers").
+ctr_ids() { local out; out=$(ctr_ containers ls -q "$@") || return 1; printf '%s' "$out"; }
+ctr_count() { local out; out=$(ctr_ids "$@") || { echo unanswered; return 1; }; grep -c . <<<"$out" || true; }
 node_ready() { [ "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
 start=$SECONDS
 wait_for 10 "the node to be Ready" node_ready
@@ -68,7 +72,7 @@ check "the two pods have different IPs" test "$(echo "$pods" | cut -d= -f2 | sor
 check "describe shows the kubelet's Created and Started events" \
   contains "$(kc describe pod -l app=hello)" "Started container hello"
 check "the containers are in containerd, labelled with their pod" \
-  test "$(ctr_ containers ls -q "labels.\"io.kubernetes.pod.namespace\"==default" | wc -l)" -eq 2
+  equals "$(ctr_count "labels.\"io.kubernetes.pod.namespace\"==default")" 2
 
 # kill -9 kite with pods running: the same containers run after the restart.
 ids_before=$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.status.containerStatuses[0].containerID}{"\n"}{end}' | sort)
@@ -78,14 +82,14 @@ wait_for 10 "the node to be Ready again" node_ready
 sleep 2
 ids_after=$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.status.containerStatuses[0].containerID}{"\n"}{end}' | sort)
 check "after kill -9 and restart the same container IDs run" equals "$ids_after" "$ids_before"
-check "no duplicate containers after the restart" test "$(ctr_ containers ls -q | wc -l)" -eq 2
+check "no duplicate containers after the restart" equals "$(ctr_count)" 2
 check "no restarts counted" equals "$(kc get pods -l app=hello -o jsonpath='{.items[*].status.containerStatuses[0].restartCount}')" "0 0"
 check "the pods still serve after the restart" \
   contains "$(curl -s --max-time 5 "http://$(echo "$ids_after" >/dev/null; kc get pods -l app=hello -o jsonpath='{.items[0].status.podIP}')/")" "Server name:"
 
 # kubectl delete: the containers leave containerd.
 kc delete deployment hello >/dev/null
-no_containers() { [ "$(ctr_ containers ls -q | wc -l)" -eq 0 ]; }
+no_containers() { [ "$(ctr_count)" = 0 ]; }
 wait_for 20 "the containers to be removed" no_containers
 check "kubectl delete removes the containers from containerd" no_containers
 wait_for 10 "the pods to go" bash -c "[ -z \"\$($KUBECTL get pods -l app=hello -o name)\" ]"
@@ -299,7 +303,7 @@ check "the static pod serves" contains "$(curl -s --max-time 5 "http://$sip/")" 
 rm "$DATA/agent/pod-manifests/web.yaml"
 wait_for 20 "the mirror to go with its manifest" bash -c "[ -z \"\$($KUBECTL get pods -n kube-system -o name | grep static-web)\" ]"
 check "removing the manifest removes the mirror pod" equals "$(kc get pods -n kube-system -o name | grep static-web || true)" ""
-no_static_containers() { [ "$(ctr_ containers ls -q 'labels."io.kubernetes.pod.namespace"==kube-system' | wc -l)" -eq 0 ]; }
+no_static_containers() { [ "$(ctr_count 'labels."io.kubernetes.pod.namespace"==kube-system')" = 0 ]; }
 wait_for 15 "the static pod's containers to go" no_static_containers
 check "and its containers" no_static_containers
 
@@ -314,9 +318,9 @@ kc delete pod survivor --grace-period=0 --force >/dev/null 2>&1
 check "the pod is deleted while the node is down" equals "$(kc get pods -o name | grep survivor || true)" ""
 stop_server
 start_server || { cat "$WORK/server.log"; exit 1; }
-gone() { ! ctr_ containers ls -q | grep -qx "$sid"; }
-wait_for 25 "the orphaned container to be removed" gone
+gone() { local ids; ids=$(ctr_ids) || return 1; ! grep -qx "$sid" <<<"$ids"; }
+wait_for 60 "the orphaned container to be removed" gone
 check "a pod deleted while the node was down is cleaned up after restart" \
-  bash -c "$(declare -f ctr_ gone); DATA='$DATA' sid='$sid'; gone || { echo 'still there:'; ctr -a '$DATA/agent/run/containerd.sock' -n k8s.io containers ls; grep -E 'orphan|no longer exists|WARN|ERROR' '$WORK/server.log' | tail -5; exit 1; }"
+  bash -c "$(declare -f ctr_ ctr_ids gone); DATA='$DATA' sid='$sid'; gone || { echo 'still there:'; ctr -a '$DATA/agent/run/containerd.sock' -n k8s.io containers ls; grep -E 'orphan|no longer exists|containerd|WARN|ERROR' '$WORK/server.log' | tail -5; echo '--- containerds:'; ps -eo pid,ppid,lstart,stat,cmd | grep '[c]ontainerd --config ' ; echo '--- containerd log:'; grep -E 'booted|level=(error|fatal)|serving' '$DATA/agent/containerd.log' | tail -8; grep -E 'kite_kubelet' '$WORK/server.log' | tail -8; exit 1; }"
 
 summary

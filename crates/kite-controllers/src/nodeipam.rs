@@ -27,8 +27,8 @@ pub fn start(ctx: Arc<Ctx>) {
             q2.add(n.metadata.name.clone().unwrap_or_default());
         }
     });
-    // Ranges handed out whose node update the cache has not shown yet.
-    let pending: Arc<Mutex<HashSet<String>>> = Arc::default();
+    // Ranges handed out, by node, whose node update the cache has not shown yet.
+    let pending: Arc<Mutex<std::collections::HashMap<String, String>>> = Arc::default();
     run_workers(COMPONENT, q, 1, move |name: String| {
         let (ctx, nodes, pending) = (ctx.clone(), nodes.clone(), pending.clone());
         async move {
@@ -50,8 +50,12 @@ pub fn start(ctx: Arc<Ctx>) {
                 .collect();
             {
                 let mut p = pending.lock().unwrap();
-                p.retain(|c| !used.contains(c));
-                used.extend(p.iter().cloned());
+                p.retain(|_, c| !used.contains(c));
+                if p.contains_key(&name) {
+                    // Assigned already; the cache has not caught up with it yet.
+                    return Ok(Action::AwaitChange);
+                }
+                used.extend(p.values().cloned());
             }
             let cidr = match next_free(ctx.opts.cluster_cidr, ctx.opts.node_cidr_mask, &used) {
                 Ok(c) => c,
@@ -65,11 +69,15 @@ pub fn start(ctx: Arc<Ctx>) {
                     return Err(e);
                 }
             };
-            pending.lock().unwrap().insert(cidr.clone());
             let api: Api<Node> = Api::all(ctx.client.clone());
-            let patch = json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
+            // Conditioned on the version seen without a podCIDR: a range is given once.
+            let patch = json!({
+                "metadata": {"resourceVersion": node.metadata.resource_version},
+                "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+            });
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
+            pending.lock().unwrap().insert(name.clone(), cidr.clone());
             ctx.recorder(COMPONENT).event(
                 &*node,
                 NORMAL,

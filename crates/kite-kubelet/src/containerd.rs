@@ -29,6 +29,7 @@ impl Containerd {
     /// Connects to the socket, waiting up to `wait` for it to appear.
     pub async fn connect(socket: &Path, wait: Duration) -> Result<Self> {
         let deadline = tokio::time::Instant::now() + wait;
+        let mut last_note = tokio::time::Instant::now();
         loop {
             if socket.exists() {
                 if let Ok(channel) = containerd_client::connect(socket).await {
@@ -41,6 +42,10 @@ impl Containerd {
                     }
                 }
             }
+            if last_note.elapsed() >= Duration::from_secs(5) {
+                tracing::info!(socket = %socket.display(), "waiting for containerd to answer");
+                last_note = tokio::time::Instant::now();
+            }
             if tokio::time::Instant::now() >= deadline {
                 bail!(
                     "containerd is not answering on {} (is it running?)",
@@ -51,8 +56,17 @@ impl Containerd {
         }
     }
 
-    /// A request in kite's namespace (and lease, if this handle holds one).
+    /// A request in kite's namespace (and lease, if this handle holds one), with a
+    /// 30 s deadline: a stuck shim or containerd fails the call instead of hanging the
+    /// pod worker that made it.
     pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = self.req_unbounded(msg);
+        r.set_timeout(Duration::from_secs(30));
+        r
+    }
+
+    /// A request without a deadline: Tasks.Wait, and streams of image content.
+    pub fn req_unbounded<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         r.metadata_mut()
             .insert("containerd-namespace", NAMESPACE.parse().expect("ascii"));
@@ -65,8 +79,10 @@ impl Containerd {
     }
 
     pub async fn version(&self) -> Result<String> {
+        let mut r = tonic::Request::new(());
+        r.set_timeout(Duration::from_secs(2));
         let v = VersionClient::new(self.channel.clone())
-            .version(tonic::Request::new(()))
+            .version(r)
             .await?
             .into_inner();
         Ok(v.version)
@@ -195,7 +211,9 @@ pub fn missing_packages() -> Vec<&'static str> {
 }
 
 /// Starts containerd with a generated config and restarts it whenever it exits, until
-/// kite ends (the child is killed with kite: `kill_on_drop`, and PR_SET_PDEATHSIG).
+/// kite ends. The child gets PR_SET_PDEATHSIG, which fires when the *thread* that forked
+/// it ends: so it is forked from a dedicated thread that lives as long as kite, never
+/// from a runtime worker (tokio may retire those).
 pub async fn supervise(paths: Paths) -> Result<()> {
     for d in [&paths.root, &paths.state] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -209,47 +227,52 @@ pub async fn supervise(paths: Paths) -> Result<()> {
         .parent()
         .expect("agent dir")
         .join("containerd.log");
-    let mut first = true;
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(500);
-        loop {
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path);
-            let mut cmd = tokio::process::Command::new("containerd");
-            cmd.arg("--config").arg(&paths.config);
-            if let Ok(l) = log {
-                if let Ok(l2) = l.try_clone() {
-                    cmd.stdout(l).stderr(l2);
-                }
-            }
-            cmd.kill_on_drop(true);
-            // SAFETY: prctl is async-signal-safe; this runs between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                        .map_err(std::io::Error::from)
-                });
-            }
-            match cmd.spawn() {
-                Ok(mut child) => {
-                    if !first {
-                        tracing::warn!("containerd restarted");
-                    }
-                    first = false;
-                    let started = std::time::Instant::now();
-                    let status = child.wait().await;
-                    tracing::warn!(?status, "containerd exited; restarting it");
-                    if started.elapsed() > Duration::from_secs(60) {
-                        backoff = Duration::from_millis(500);
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "starting containerd"),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-        }
-    });
+    std::thread::Builder::new()
+        .name("containerd-supervisor".into())
+        .spawn(move || supervise_forever(&paths, &log_path))
+        .context("starting the containerd supervisor thread")?;
     Ok(())
+}
+
+fn supervise_forever(paths: &Paths, log_path: &Path) {
+    use std::os::unix::process::CommandExt;
+    let mut backoff = Duration::from_millis(500);
+    let mut first = true;
+    loop {
+        let mut cmd = std::process::Command::new("containerd");
+        cmd.arg("--config").arg(&paths.config);
+        if let Ok(l) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+        {
+            if let Ok(l2) = l.try_clone() {
+                cmd.stdout(l).stderr(l2);
+            }
+        }
+        // SAFETY: prctl is async-signal-safe; this runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                if !first {
+                    tracing::warn!("containerd restarted");
+                }
+                first = false;
+                let started = std::time::Instant::now();
+                let status = child.wait();
+                tracing::warn!(?status, "containerd exited; restarting it");
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_millis(500);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "starting containerd"),
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
 }

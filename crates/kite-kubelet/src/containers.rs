@@ -57,8 +57,9 @@ pub async fn list(cd: &Containerd, uid: &str) -> Result<Vec<Info>> {
     list_filtered(cd, &format!("labels.\"{L_POD_UID}\"=={uid}")).await
 }
 
-/// Every container kite made, for adoption and orphan clean-up.
-pub async fn list_all(cd: &Containerd) -> Result<Vec<(String, Info)>> {
+/// The pod uids of every container kite made, for orphan clean-up. Only containerd's
+/// metadata is read (no task is asked), so a stuck shim cannot hold this up.
+pub async fn pod_uids(cd: &Containerd) -> Result<std::collections::HashSet<String>> {
     let cs = cd
         .containers()
         .list(cd.req(ListContainersRequest {
@@ -67,12 +68,10 @@ pub async fn list_all(cd: &Containerd) -> Result<Vec<(String, Info)>> {
         .await?
         .into_inner()
         .containers;
-    let mut out = Vec::new();
-    for c in cs {
-        let uid = c.labels.get(L_POD_UID).cloned().unwrap_or_default();
-        out.push((uid, info(cd, c).await?));
-    }
-    Ok(out)
+    Ok(cs
+        .into_iter()
+        .filter_map(|c| c.labels.get(L_POD_UID).cloned())
+        .collect())
 }
 
 async fn list_filtered(cd: &Containerd, filter: &str) -> Result<Vec<Info>> {
@@ -226,7 +225,7 @@ pub fn on_exit(cd: &Containerd, id: &str, done: impl FnOnce() + Send + 'static) 
     tokio::spawn(async move {
         let _ = cd
             .tasks()
-            .wait(cd.req(WaitRequest {
+            .wait(cd.req_unbounded(WaitRequest {
                 container_id: id,
                 exec_id: String::new(),
             }))

@@ -419,7 +419,7 @@ async fn write_blob(
     });
     let mut stream = cd
         .content()
-        .write(cd.req(futures::stream::iter(reqs)))
+        .write(cd.req_unbounded(futures::stream::iter(reqs)))
         .await
         .with_context(|| format!("writing {d}"))?
         .into_inner();
@@ -460,7 +460,7 @@ async fn unpack(cd: &Containerd, manifest: &ImageManifest, chain: &[String]) -> 
                 .into_inner()
                 .mounts;
             cd.diff()
-                .apply(cd.req(ApplyRequest {
+                .apply(cd.req_unbounded(ApplyRequest {
                     diff: Some(Descriptor {
                         media_type: layer.media_type().to_string(),
                         digest: layer.digest().to_string(),

@@ -49,6 +49,7 @@ pub struct Options {
 /// node and runs until the process ends.
 pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
     let cd = connect_runtime(&opts).await?;
+    tracing::info!("containerd answers");
     import_image_dir(&cd, &opts.data_dir).await;
     let version = cd.version().await.unwrap_or_default();
     register(&client, &opts, &version).await?;
@@ -99,12 +100,21 @@ pub async fn connect_runtime(opts: &Options) -> Result<containerd::Containerd> {
     containerd::Containerd::connect(&socket, Duration::from_secs(20)).await
 }
 
-/// Imports every archive in `<data-dir>/agent/images/`, as K3s does at start.
+/// Imports every archive in `<data-dir>/agent/images/`, as K3s does at start. Archives
+/// already imported (same name, size and mtime, recorded in `.imported` beside them) are
+/// skipped while containerd still has their images, so a restart writes nothing to
+/// containerd while it is still reloading its tasks.
 async fn import_image_dir(cd: &containerd::Containerd, data_dir: &std::path::Path) {
     let dir = data_dir.join("agent").join("images");
     let Ok(rd) = std::fs::read_dir(&dir) else {
         return;
     };
+    let record = dir.join(".imported");
+    let done: BTreeMap<String, Vec<String>> = std::fs::read(&record)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut now_done: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
     files.sort();
     for f in files {
@@ -116,12 +126,32 @@ async fn import_image_dir(cd: &containerd::Containerd, data_dir: &std::path::Pat
         {
             continue;
         }
+        let stamp = std::fs::metadata(&f)
+            .map(|m| format!("{}:{}:{:?}", n, m.len(), m.modified().ok()))
+            .unwrap_or_default();
+        if let Some(names) = done.get(&stamp) {
+            let mut all_there = true;
+            for name in names {
+                all_there &= matches!(images::resolve(cd, name).await, Ok(Some(_)));
+            }
+            if all_there {
+                now_done.insert(stamp, names.clone());
+                continue;
+            }
+        }
+        tracing::info!(file = %f.display(), "importing images");
         match images::import_file(cd, &f).await {
-            Ok(names) => tracing::info!(file = %f.display(), images = ?names, "imported images"),
+            Ok(names) => {
+                tracing::info!(file = %f.display(), images = ?names, "imported images");
+                now_done.insert(stamp, names);
+            }
             Err(e) => {
                 tracing::warn!(file = %f.display(), error = %format!("{e:#}"), "importing images")
             }
         }
+    }
+    if let Ok(b) = serde_json::to_vec(&now_done) {
+        let _ = std::fs::write(&record, b);
     }
 }
 

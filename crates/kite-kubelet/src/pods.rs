@@ -219,18 +219,13 @@ impl Kubelet {
                 .values()
                 .filter_map(|p| p.metadata.uid.clone()),
         );
-        let all = match containers::list_all(&self.cd).await {
-            Ok(a) => a,
+        let orphans: Vec<String> = match containers::pod_uids(&self.cd).await {
+            Ok(uids) => uids.into_iter().filter(|u| !known.contains(u)).collect(),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "listing containers");
                 return;
             }
         };
-        let orphans: HashSet<String> = all
-            .into_iter()
-            .map(|(uid, _)| uid)
-            .filter(|u| !known.contains(u))
-            .collect();
         for uid in orphans {
             tracing::info!(%uid, "removing the containers of a pod that no longer exists");
             if let Err(e) = self.teardown(&uid, Duration::from_secs(2)).await {
