@@ -45,6 +45,11 @@ struct Controller {
     replicasets: Arc<Informer<ReplicaSet>>,
     pods: Arc<Informer<Pod>>,
     queue: WorkQueue<Key>,
+    /// The resourceVersion of this controller's last write to each ReplicaSet (by uid):
+    /// a sync waits until the cache has caught up with it, so that it never sizes
+    /// ReplicaSets from a copy older than its own last scale (the Deployment and
+    /// ReplicaSet watches are separate streams, and a scale can overtake an RS update).
+    written: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 pub fn start(ctx: Arc<Ctx>) {
@@ -53,6 +58,7 @@ pub fn start(ctx: Arc<Ctx>) {
         replicasets: ctx.informers.get::<ReplicaSet>(),
         pods: ctx.informers.get::<Pod>(),
         queue: WorkQueue::new(),
+        written: Default::default(),
         ctx,
     });
     let q = c.queue.clone();
@@ -236,6 +242,11 @@ impl Controller {
             return Ok(Action::AwaitChange);
         };
         let d = (*d).clone();
+        // A Deployment being deleted adopts nothing (as upstream's canAdopt): with
+        // --cascade=orphan the garbage collector is releasing its ReplicaSets.
+        if d.metadata.deletion_timestamp.is_some() {
+            return Ok(Action::AwaitChange);
+        }
         let uid = d.metadata.uid.clone().unwrap_or_default();
         let spec = d.spec.clone().unwrap_or_default();
         let sel = spec.selector.clone();
@@ -269,6 +280,9 @@ impl Controller {
         }
         if d.metadata.deletion_timestamp.is_some() {
             return Ok(Action::AwaitChange);
+        }
+        if self.cache_behind(&rss) {
+            return Ok(Action::Requeue(Duration::from_millis(20)));
         }
         let paused = spec.paused.unwrap_or(false);
         let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
@@ -448,6 +462,44 @@ impl Controller {
     }
 
     /// Sets one ReplicaSet's replicas (and its desired/max annotations), with the event.
+    /// Whether the cache shows any of `rss` older than this controller last wrote it.
+    /// Entries the cache has caught up with are dropped, so the map holds only writes
+    /// in flight.
+    fn cache_behind(&self, rss: &[ReplicaSet]) -> bool {
+        let mut written = self.written.lock().unwrap();
+        let mut behind = false;
+        for r in rss {
+            let uid = r.metadata.uid.as_deref().unwrap_or_default();
+            let Some(w) = written.get(uid).copied() else {
+                continue;
+            };
+            let seen = r
+                .metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok());
+            match seen {
+                Some(s) if s < w => behind = true,
+                _ => {
+                    written.remove(uid);
+                }
+            }
+        }
+        behind
+    }
+
+    fn wrote(&self, rs: &ReplicaSet) {
+        if let (Some(uid), Some(rv)) = (
+            rs.metadata.uid.clone(),
+            rs.metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok()),
+        ) {
+            self.written.lock().unwrap().insert(uid, rv);
+        }
+    }
+
     async fn scale_rs(&self, d: &Deployment, rs: &mut ReplicaSet, to: i32) -> Result<bool> {
         let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let (surge, _) = fenceposts(d);
@@ -468,6 +520,7 @@ impl Controller {
             .api(&ns)
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        self.wrote(rs);
         if from != to {
             let dir = if to > from { "up" } else { "down" };
             self.ctx.recorder(COMPONENT).event(
