@@ -11,7 +11,16 @@ kc create deployment web -n dur --image=nginx:1.27 >/dev/null
 # Let the controllers finish with it, so the snapshot below is not raced by their writes.
 web_settled() { [ "$(kc get deploy web -n dur -o jsonpath='{.status.observedGeneration}/{.status.replicas}')" = "1/1" ]; }
 wait_for 10 "the deployment controller to settle web" web_settled
-sleep 1
+# Settled means no controller writes it any more: its resourceVersion holds for 2 s
+# (under load the Progressing condition can still move on after the counts are right).
+web_still() {
+  local a b
+  a=$(kc get deploy web -n dur -o jsonpath='{.metadata.resourceVersion}')
+  sleep 2
+  b=$(kc get deploy web -n dur -o jsonpath='{.metadata.resourceVersion}')
+  [ -n "$a" ] && [ "$a" = "$b" ]
+}
+wait_for 30 "web to stop changing" web_still
 snapshot() { kc get cm,deploy -n dur -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.resourceVersion},{.metadata.uid};{end}'; }
 before=$(snapshot)
 first_ts=$(kc get cm cm1 -n dur -o jsonpath='{.metadata.creationTimestamp}')
