@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,25 +50,8 @@ fn start_in(dir: tempfile::TempDir) -> (Server, Duration) {
     let t0 = Instant::now();
     let port = common::free_port();
     let kc = dir.path().join("kc.yaml");
-    let child = Command::new(env!("CARGO_BIN_EXE_kite"))
-        .args([
-            "server",
-            "--disable-agent",
-            "--bind-address",
-            "127.0.0.1",
-            "--advertise-address",
-            "127.0.0.1",
-            "--node-name",
-            "bench",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--https-listen-port")
-        .arg(port.to_string())
-        .arg("--write-kubeconfig")
-        .arg(&kc)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let child = common::kite_server(&dir.path().join("data"), port, &kc)
+        .arg("--disable-agent")
         .spawn()
         .expect("kite starts");
     let deadline = Instant::now() + Duration::from_secs(10);

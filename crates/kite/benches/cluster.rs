@@ -50,23 +50,13 @@ async fn cluster(nodes: usize, scheduler: bool) -> Cluster {
     let kc = dir.path().join("kc.yaml");
     // Leases are renewed every 60 s in the benchmark; the grace period is set to match.
     let server = Proc(
-        Command::new(env!("CARGO_BIN_EXE_kite"))
-            .args(["server", "--disable-agent", "--bind-address", "127.0.0.1"])
-            .args(["--advertise-address", "127.0.0.1", "--node-name", "bench"])
-            .args(["--node-monitor-grace-period", "5m"])
+        common::kite_server(&dir.path().join("data"), port, &kc)
+            .args(["--disable-agent", "--node-monitor-grace-period", "5m"])
             .args(if scheduler {
                 &[][..]
             } else {
                 &["--disable-scheduler"][..]
             })
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--https-listen-port")
-            .arg(port.to_string())
-            .arg("--write-kubeconfig")
-            .arg(&kc)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("kite server starts"),
     );

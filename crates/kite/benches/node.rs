@@ -100,17 +100,7 @@ async fn main() {
         .success());
     let port = common::free_port();
     let kc = dir.path().join("kc.yaml");
-    let child = Command::new(env!("CARGO_BIN_EXE_kite"))
-        .args(["server", "--bind-address", "127.0.0.1"])
-        .args(["--advertise-address", "127.0.0.1", "--node-name", "bench"])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--https-listen-port")
-        .arg(port.to_string())
-        .arg("--write-kubeconfig")
-        .arg(&kc)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let child = common::kite_server(&data, port, &kc)
         .spawn()
         .expect("kite server starts");
     let server = Server {

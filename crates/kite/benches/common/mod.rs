@@ -18,3 +18,24 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// `kite server` on 127.0.0.1:`port` with its data in `data` and its kubeconfig at `kc`,
+/// output discarded; callers add their own flags (`--disable-agent`, …) and spawn it.
+pub fn kite_server(
+    data: &std::path::Path,
+    port: u16,
+    kc: &std::path::Path,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kite"));
+    cmd.args(["server", "--bind-address", "127.0.0.1"])
+        .args(["--advertise-address", "127.0.0.1", "--node-name", "bench"])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--https-listen-port")
+        .arg(port.to_string())
+        .arg("--write-kubeconfig")
+        .arg(kc)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    cmd
+}
