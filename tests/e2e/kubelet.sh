@@ -21,6 +21,31 @@ python3 "$(dirname "$0")/../images/build.py" "$WORK/img" --docker >/dev/null
 rm "$DATA/agent/images/shell.tar"
 cp "$WORK/img/shell.tar" "$DATA/agent/images/shell-docker.tar"
 
+# Two registries of our own on loopback: an open one, and one that wants a password.
+# Their images are OCI archives with gzip layers, so a pull downloads layers the docker
+# save import above did not leave in containerd.
+python3 "$(dirname "$0")/../images/build.py" "$WORK/oci" >/dev/null
+REG="$(dirname "$0")/../images/registry.py"
+REG_PIDS=()
+python3 "$REG" "$WORK/reg.port" tests/shell:1="$WORK/oci/shell.tar" mirrored/hello:1="$WORK/oci/hello.tar" \
+  >"$WORK/reg.log" 2>&1 &
+REG_PIDS+=($!)
+python3 "$REG" "$WORK/areg.port" private/shell:1="$WORK/oci/shell.tar" --user kite --password s3cret \
+  >"$WORK/areg.log" 2>&1 &
+REG_PIDS+=($!)
+trap 'kill "${REG_PIDS[@]}" 2>/dev/null; cleanup' EXIT
+wait_for 10 "the test registries to listen" test -s "$WORK/reg.port" -a -s "$WORK/areg.port"
+RP=$(cat "$WORK/reg.port"); AP=$(cat "$WORK/areg.port")
+# registry.invalid resolves nowhere: only its mirror (with a rewrite) can serve it.
+cat >"$WORK/registries.yaml" <<YAML
+mirrors:
+  registry.invalid:
+    endpoint: ["http://127.0.0.1:$RP"]
+    rewrite:
+      "^team/(.*)": "mirrored/\$1"
+YAML
+export KITE_PRIVATE_REGISTRY="$WORK/registries.yaml"
+
 start_server --node-label kite.test/tier=e2e --node-external-ip 192.0.2.10 || { cat "$WORK/server.log"; exit 1; }
 ctr_() { ctr -a "$DATA/agent/run/containerd.sock" -n k8s.io "$@"; }
 # ctr_ids [FILTER]: the container IDs, or failure if containerd does not answer (an empty
@@ -265,6 +290,54 @@ YAML
 wait_for 10 "ErrImageNeverPull" bash -c "[ \"\$($KUBECTL get pod never-pull -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')\" = ErrImageNeverPull ]"
 check "imagePullPolicy Never with a missing image: ErrImageNeverPull" equals "$(waiting_reason never-pull)" "ErrImageNeverPull"
 check "the event says why" contains "$(kc get events --field-selector involvedObject.name=never-pull)" 'is not present with pull policy of Never'
+
+# Pulls from the registries on loopback.
+image_pod() { # name image [pull-secret]
+  local secrets=""
+  [ -n "${3:-}" ] && secrets="imagePullSecrets: [{name: $3}]"
+  cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  terminationGracePeriodSeconds: 1
+  $secrets
+  containers: [{name: c, image: "$2", command: [sleep, "3600"]}]
+YAML
+}
+running() { [ "$(kc get pod "$1" -o jsonpath='{.status.phase}')" = Running ]; }
+pull_failed() { case "$(waiting_reason "$1")" in ErrImagePull|ImagePullBackOff) return 0;; esac; return 1; }
+events_of() { kc get events --field-selector "involvedObject.name=$1" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}'; }
+image_pod pulled "127.0.0.1:$RP/tests/shell:1"
+image_pod mirrored registry.invalid/team/hello:1
+image_pod missing-tag "127.0.0.1:$RP/tests/shell:nope"
+image_pod no-creds "127.0.0.1:$AP/private/shell:1"
+kc create secret docker-registry regcred --docker-server="127.0.0.1:$AP" \
+  --docker-username=kite --docker-password=s3cret >/dev/null
+image_pod with-creds "127.0.0.1:$AP/private/shell:1" regcred
+wait_for 30 "the pulled pod to run" running pulled
+check "a pull from a registry on loopback runs the pod" running pulled
+check "the Pulled event gives time and size" contains "$(events_of pulled)" "Successfully pulled image \"127.0.0.1:$RP/tests/shell:1\" in"
+check "the pull fetched the layer from the registry" grep -q "GET /v2/tests/shell/blobs/sha256:.* 200" "$WORK/reg.log"
+wait_for 30 "the mirrored pod to run" running mirrored
+check "a registries.yaml mirror with a rewrite serves registry.invalid/team/hello" running mirrored
+check "the mirror was asked for the rewritten repository" grep -q "GET /v2/mirrored/hello/manifests/1 200" "$WORK/reg.log"
+wait_for 20 "missing-tag to fail its pull" pull_failed missing-tag
+check "a tag the registry lacks: ErrImagePull / ImagePullBackOff" pull_failed missing-tag
+check "its event says not found" contains "$(events_of missing-tag)" "not found"
+wait_for 30 "missing-tag to back off" bash -c "[ \"\$($KUBECTL get pod missing-tag -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')\" = ImagePullBackOff ]"
+check "then ImagePullBackOff, with the reason in its message" \
+  contains "$(kc get pod missing-tag -o jsonpath='{.status.containerStatuses[0].state.waiting.message}')" "Back-off pulling image"
+wait_for 20 "no-creds to fail its pull" pull_failed no-creds
+check "a registry that wants a password, without one: the pull fails" pull_failed no-creds
+check "its event says 401" contains "$(events_of no-creds)" "401 Unauthorized"
+wait_for 30 "with-creds to run" running with-creds
+check "with an imagePullSecret (dockerconfigjson) it pulls and runs" running with-creds
+kc delete pod pulled mirrored missing-tag no-creds with-creds --wait=false >/dev/null
+check "kite images ls lists the pulled images" contains "$("$KITE_BIN" images --data-dir "$DATA" ls)" "registry.invalid/team/hello:1"
+check "a bad --private-registry file stops kite server with the key named" \
+  fails_with "mirrors.docker.io.endpoint[0]" bash -c "printf 'mirrors:\n  docker.io:\n    endpoint: [\"ftp://x\"]\n' >'$WORK/bad.yaml'; timeout 20 '$KITE_BIN' server --data-dir '$WORK/bad' --https-listen-port 1 --disable-agent --private-registry '$WORK/bad.yaml'"
+
 check "kite images ls lists the imported images" contains "$("$KITE_BIN" images --data-dir "$DATA" ls)" "kite.test/shell:1"
 check "the docker save archive was imported and is what the pods ran" \
   contains "$(kc get pod inits -o jsonpath='{.status.containerStatuses[0].image}')" "kite.test/shell:1"

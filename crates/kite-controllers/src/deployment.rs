@@ -546,7 +546,10 @@ impl Controller {
         let target = if cur_new > want {
             want
         } else {
-            let total: i32 = rss.iter().map(replicas).sum();
+            // Count pods a ReplicaSet still has beyond its (lowered) spec too: a scale-down
+            // takes effect when its controller deletes the pods, and until then they run. So
+            // the pods alive never exceed replicas + maxSurge, as the docs promise.
+            let total: i32 = rss.iter().map(|r| replicas(r).max(status_of(r).0)).sum();
             let room = (want + surge - total).max(0);
             cur_new + room.min(want - cur_new)
         };

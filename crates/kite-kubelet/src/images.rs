@@ -21,10 +21,10 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
-const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const MT_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const MT_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
 
@@ -65,11 +65,14 @@ pub fn normalize(reference: &str) -> String {
     format!("{full}{tag_or_digest}")
 }
 
-/// One image in an archive: its name(s) and manifest, with every blob it needs.
-struct Archived {
-    names: Vec<String>,
-    manifest: Descriptor,
+/// One image to store: its name(s) and top-level manifest (or index).
+pub(crate) struct Archived {
+    pub names: Vec<String>,
+    pub manifest: Descriptor,
 }
+
+/// Blobs by digest: (media type, bytes). A pull leaves out layers containerd already has.
+pub(crate) type Blobs = BTreeMap<String, (String, Vec<u8>)>;
 
 /// Imports every image in the archive at `path`; returns their names.
 pub async fn import_file(cd: &Containerd, path: &Path) -> Result<Vec<String>> {
@@ -115,7 +118,7 @@ pub async fn import_tar(cd: &Containerd, data: &[u8]) -> Result<Vec<String>> {
         e.read_to_end(&mut buf)?;
         files.insert(p, buf);
     }
-    let mut blobs: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
+    let mut blobs = Blobs::new();
     let images = if files.contains_key("index.json") {
         oci_layout(&files, &mut blobs)?
     } else if files.contains_key("manifest.json") {
@@ -128,6 +131,15 @@ pub async fn import_tar(cd: &Containerd, data: &[u8]) -> Result<Vec<String>> {
     if images.is_empty() {
         bail!("the archive names no image (no io.containerd.image.name annotation or RepoTags)");
     }
+    store(cd, images, blobs).await
+}
+
+/// Stores images whose blobs are at hand, under one lease, and names them.
+pub(crate) async fn store(
+    cd: &Containerd,
+    images: Vec<Archived>,
+    blobs: Blobs,
+) -> Result<Vec<String>> {
     let cd2 = cd.clone();
     cd2.with_lease(|cd| async move {
         let mut names = Vec::new();
@@ -244,11 +256,7 @@ fn docker_save(
 
 /// Writes the manifest (or index: this platform's manifest) and everything it references,
 /// then unpacks the layers.
-async fn store_image(
-    cd: &Containerd,
-    img: &Archived,
-    blobs: &BTreeMap<String, (String, Vec<u8>)>,
-) -> Result<()> {
+async fn store_image(cd: &Containerd, img: &Archived, blobs: &Blobs) -> Result<()> {
     let blob = |d: &str| {
         blobs
             .get(d)
@@ -285,10 +293,15 @@ async fn store_image(
     }
     for (i, l) in manifest.layers().iter().enumerate() {
         let d = l.digest().to_string();
+        let data = match blobs.get(&d) {
+            Some((_, b)) => b.as_slice(),
+            None if has_blob(cd, &d).await => &[],
+            None => bail!("the archive lacks blob {d}"),
+        };
         write_blob(
             cd,
             &d,
-            blob(&d)?,
+            data,
             &[("containerd.io/uncompressed", diff_ids[i].clone())],
         )
         .await?;
@@ -315,13 +328,10 @@ async fn store_image(
     }
     let refs: Vec<(&str, String)> = refs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     write_blob(cd, &manifest_desc.digest, raw, &refs).await?;
-    if manifest_desc.digest != img.manifest.digest {
-        // Keep the index's own blob pointing at the manifest we unpacked.
-    }
     Ok(())
 }
 
-fn pick_platform(index: &ImageIndex) -> Result<Descriptor> {
+pub(crate) fn pick_platform(index: &ImageIndex) -> Result<Descriptor> {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -355,6 +365,14 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
         out.push(next);
     }
     out
+}
+
+/// Whether containerd's content store has the blob.
+pub(crate) async fn has_blob(cd: &Containerd, d: &str) -> bool {
+    cd.content()
+        .info(cd.req(InfoRequest { digest: d.into() }))
+        .await
+        .is_ok()
 }
 
 async fn write_blob(

@@ -7,6 +7,8 @@ pub mod containers;
 pub mod images;
 pub mod network;
 mod pods;
+pub mod pull;
+pub mod registries;
 pub mod sandbox;
 pub mod spec;
 pub mod static_pods;
@@ -43,6 +45,8 @@ pub struct Options {
     pub labels: BTreeMap<String, String>,
     /// An existing containerd socket; `None` starts kite's own.
     pub containerd_socket: Option<PathBuf>,
+    /// Mirrors and credentials for pulls (`--private-registry`).
+    pub registries: registries::Registries,
 }
 
 /// Starts containerd (unless given one), imports `<data-dir>/agent/images`, registers the

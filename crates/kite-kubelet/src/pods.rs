@@ -37,6 +37,13 @@ struct Waiting {
     message: String,
 }
 
+/// When a failed pull may be tried again.
+struct PullBackoff {
+    until: std::time::Instant,
+    next: Duration,
+    last_error: String,
+}
+
 #[derive(Default)]
 struct PodState {
     uid: String,
@@ -56,6 +63,10 @@ pub struct Kubelet {
     network_busy: std::sync::atomic::AtomicBool,
     state: Mutex<HashMap<Key, PodState>>,
     images: images::Cache,
+    /// Pulls go one at a time, as upstream's serialized image pulls.
+    pulls: tokio::sync::Mutex<()>,
+    /// Failed pulls by (pod uid, image).
+    pull_backoff: Mutex<HashMap<(String, String), PullBackoff>>,
     /// Static pods from the manifests dir, by their (mirror's) key.
     statics: Mutex<HashMap<Key, Arc<Pod>>>,
     /// Containers with a background Wait on their task.
@@ -90,6 +101,8 @@ impl Kubelet {
             waiting_on: Mutex::default(),
             statics: Mutex::default(),
             images: Default::default(),
+            pulls: Default::default(),
+            pull_backoff: Mutex::default(),
             recorder,
         })
     }
@@ -560,8 +573,8 @@ impl Kubelet {
         }
         let image_ref = c.image.clone().unwrap_or_default();
         let image = match self.ensure_image(pod, key, c, &image_ref).await? {
-            Some(i) => i,
-            None => return Ok(Some(Duration::from_secs(10))),
+            Ok(i) => i,
+            Err(delay) => return Ok(Some(delay)),
         };
         if let Err(msg) = crate::spec::check_non_root(pod, c, &image.config) {
             if self.set_waiting(key, &c.name, "CreateContainerConfigError", &msg) {
@@ -666,88 +679,171 @@ impl Kubelet {
 
     /// The image, present locally; `None` (with the container waiting and an event)
     /// when it cannot be had.
+    /// The container's image, pulled per its imagePullPolicy; `Err(delay)` while it is not
+    /// there (the waiting state and events say why), to try again after `delay`.
     async fn ensure_image(
         &self,
         pod: &Pod,
         key: &Key,
         c: &Container,
         image_ref: &str,
-    ) -> Result<Option<Resolved>> {
+    ) -> Result<std::result::Result<Resolved, Duration>> {
         let name = images::normalize(image_ref);
-        let policy = c
-            .image_pull_policy
-            .clone()
-            .unwrap_or_else(|| "IfNotPresent".into());
-        if let Some(img) = self.images.resolve(&self.cd, &name).await? {
-            if self
-                .take_waiting_reason(key, &c.name)
-                .is_some_and(|r| r.starts_with("Err") || r == "ImagePullBackOff")
-            {
-                // Became available (imported) since.
+        let policy = c.image_pull_policy.as_deref().unwrap_or("IfNotPresent");
+        let present = self.images.resolve(&self.cd, &name).await?;
+        if policy != "Always" {
+            if let Some(img) = present {
+                self.recorder.event(
+                    pod,
+                    NORMAL,
+                    "Pulled",
+                    format!("Container image \"{image_ref}\" already present on machine"),
+                );
+                return Ok(Ok(img));
             }
-            self.recorder.event(
-                pod,
-                NORMAL,
-                "Pulled",
-                format!("Container image \"{image_ref}\" already present on machine"),
-            );
-            return Ok(Some(img));
         }
-        let (reason, msg) = if policy == "Never" {
-            (
-                "ErrImageNeverPull",
-                format!("Container image \"{image_ref}\" is not present with pull policy of Never"),
-            )
-        } else {
-            // Pulling from registries is not built yet: say so, with the way out.
-            let was = self.waiting_reason(key, &c.name);
-            let reason = if was.as_deref() == Some("ErrImagePull")
-                || was.as_deref() == Some("ImagePullBackOff")
-            {
-                "ImagePullBackOff"
-            } else {
-                "ErrImagePull"
-            };
-            (
-                reason,
-                format!("Failed to pull image \"{image_ref}\": this kite cannot pull from registries yet; import it with `kite images import FILE`"),
-            )
+        if policy == "Never" {
+            let msg =
+                format!("Container image \"{image_ref}\" is not present with pull policy of Never");
+            if self.set_waiting(key, &c.name, "ErrImageNeverPull", &msg) {
+                self.recorder
+                    .event(pod, WARNING, "ErrImageNeverPull", msg.clone());
+                self.recorder.event(
+                    pod,
+                    WARNING,
+                    "Failed",
+                    "Error: ErrImageNeverPull".to_string(),
+                );
+            }
+            return Ok(Err(Duration::from_secs(10)));
+        }
+        // Upstream's image back-off: per pod and image, 10 s doubling to 5 min.
+        let bkey = (pod.metadata.uid.clone().unwrap_or_default(), name.clone());
+        let wait = self.pull_backoff.lock().unwrap().get(&bkey).and_then(|b| {
+            b.until
+                .checked_duration_since(std::time::Instant::now())
+                .map(|d| (d, b.last_error.clone()))
+        });
+        if let Some((left, last)) = wait {
+            let msg = format!("Back-off pulling image \"{image_ref}\": ErrImagePull: {last}");
+            if self.set_waiting(key, &c.name, "ImagePullBackOff", &msg) {
+                self.recorder.event(
+                    pod,
+                    NORMAL,
+                    "BackOff",
+                    format!("Back-off pulling image \"{image_ref}\""),
+                );
+                self.recorder.event(
+                    pod,
+                    WARNING,
+                    "Failed",
+                    "Error: ImagePullBackOff".to_string(),
+                );
+            }
+            return Ok(Err(left));
+        }
+        let creds = self.pull_credentials(pod).await;
+        self.recorder.event(
+            pod,
+            NORMAL,
+            "Pulling",
+            format!("Pulling image \"{image_ref}\""),
+        );
+        let asked = std::time::Instant::now();
+        let _one_at_a_time = self.pulls.lock().await;
+        let started = std::time::Instant::now();
+        let r = crate::pull::pull(&self.cd, &self.opts.registries, &name, &creds).await;
+        drop(_one_at_a_time);
+        let resolved = match r {
+            Ok(p) => {
+                self.pull_backoff.lock().unwrap().remove(&bkey);
+                self.recorder.event(
+                    pod,
+                    NORMAL,
+                    "Pulled",
+                    format!(
+                        "Successfully pulled image \"{image_ref}\" in {:.3}s ({:.3}s including waiting). Image size: {} bytes.",
+                        started.elapsed().as_secs_f64(),
+                        asked.elapsed().as_secs_f64(),
+                        p.size
+                    ),
+                );
+                self.images.resolve(&self.cd, &name).await
+            }
+            Err(e) => Err(anyhow::anyhow!(e)),
         };
-        if self.set_waiting(key, &c.name, reason, &msg) {
+        match resolved {
+            Ok(Some(img)) => Ok(Ok(img)),
+            other => {
+                let why = match other {
+                    Err(e) => format!("{e:#}"),
+                    _ => format!("{name}: the pulled image is not in containerd"),
+                };
+                let mut bo = self.pull_backoff.lock().unwrap();
+                let next = bo
+                    .get(&bkey)
+                    .map(|b| (b.next * 2).min(MAX_BACKOFF))
+                    .unwrap_or(Duration::from_secs(10));
+                bo.insert(
+                    bkey,
+                    PullBackoff {
+                        until: std::time::Instant::now() + next,
+                        next,
+                        last_error: why.clone(),
+                    },
+                );
+                drop(bo);
+                let msg = format!("Failed to pull image \"{image_ref}\": {why}");
+                self.set_waiting(key, &c.name, "ErrImagePull", &why);
+                self.recorder.event(pod, WARNING, "Failed", msg);
+                self.recorder
+                    .event(pod, WARNING, "Failed", "Error: ErrImagePull".to_string());
+                Ok(Err(next))
+            }
+        }
+    }
+
+    /// Credentials from the pod's imagePullSecrets; a missing secret is a warning, as upstream.
+    async fn pull_credentials(&self, pod: &Pod) -> Vec<(String, (String, String))> {
+        let ns = pod.namespace().unwrap_or_default();
+        let names: Vec<String> = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.name)
+            .filter(|n| !n.is_empty())
+            .collect();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
+        for n in names {
+            match api.get_opt(&n).await {
+                Ok(Some(s)) => {
+                    let data: BTreeMap<String, Vec<u8>> = s
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect();
+                    out.extend(crate::registries::pull_secret_auths(&data));
+                }
+                _ => missing.push(format!("\"{n}\"")),
+            }
+        }
+        if !missing.is_empty() {
             self.recorder.event(
                 pod,
                 WARNING,
-                if reason == "ImagePullBackOff" {
-                    "BackOff"
-                } else {
-                    reason
-                },
-                msg.clone(),
+                "FailedToRetrieveImagePullSecret",
+                format!(
+                    "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                    missing.join(", ")
+                ),
             );
-            if reason == "ErrImagePull" {
-                self.recorder
-                    .event(pod, WARNING, "Failed", format!("Error: {reason}"));
-            }
         }
-        Ok(None)
-    }
-
-    fn waiting_reason(&self, key: &Key, name: &str) -> Option<String> {
-        self.state
-            .lock()
-            .unwrap()
-            .get(key)
-            .and_then(|s| s.waiting.get(name))
-            .map(|w| w.reason.clone())
-    }
-
-    fn take_waiting_reason(&self, key: &Key, name: &str) -> Option<String> {
-        self.state
-            .lock()
-            .unwrap()
-            .get_mut(key)
-            .and_then(|s| s.waiting.remove(name))
-            .map(|w| w.reason)
+        out
     }
 
     /// Records why a container waits; true if that is news.
@@ -1025,6 +1121,10 @@ impl Kubelet {
     /// Stops every container of the pod (SIGTERM, `grace`, SIGKILL), removes them, its
     /// sandbox, address and files.
     async fn teardown(&self, uid: &str, grace: Duration) -> Result<()> {
+        self.pull_backoff
+            .lock()
+            .unwrap()
+            .retain(|(u, _), _| u != uid);
         let cs = containers::list(&self.cd, uid).await?;
         let stops = cs
             .iter()

@@ -304,6 +304,10 @@ pub struct ServerArgs {
     /// Taint for the node at registration, key=value:Effect (repeatable).
     #[arg(long, env = "KITE_NODE_TAINT", value_delimiter = ',')]
     pub node_taint: Vec<String>,
+    /// Registry mirrors and credentials, in K3s's registries.yaml format
+    /// [default: /etc/kite/registries.yaml, if present].
+    #[arg(long, env = "KITE_PRIVATE_REGISTRY")]
+    pub private_registry: Option<PathBuf>,
 }
 
 /// Settings checked and resolved from [`ServerArgs`].
@@ -336,6 +340,7 @@ pub struct ServerConfig {
     pub node_external_ip: Option<std::net::IpAddr>,
     pub node_labels: std::collections::BTreeMap<String, String>,
     pub node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    pub registries: kite_kubelet::registries::Registries,
 }
 
 fn bad(key: &str, value: &str, why: &str) -> anyhow::Error {
@@ -461,7 +466,20 @@ impl ServerArgs {
                 )
             })?);
         }
+        let registries_file = self
+            .private_registry
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/kite/registries.yaml"));
+        if self.private_registry.is_some() && !registries_file.exists() {
+            anyhow::bail!(
+                "--private-registry {}: no such file",
+                registries_file.display()
+            );
+        }
+        let registries = kite_kubelet::registries::Registries::load(&registries_file)
+            .map_err(|e| anyhow::anyhow!("invalid --private-registry file {e}"))?;
         Ok(ServerConfig {
+            registries,
             node_ip,
             node_external_ip,
             node_labels,

@@ -192,6 +192,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             .chain(cfg.node_labels.clone())
             .collect(),
             containerd_socket: cfg.container_runtime_endpoint.clone(),
+            registries: cfg.registries.clone(),
         };
         tokio::spawn(async move {
             if let Err(e) = kite_kubelet::run(client, opts).await {
