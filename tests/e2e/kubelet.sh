@@ -62,6 +62,10 @@ check "--node-label labels the node" equals "$(kc get node kite-e2e -o jsonpath=
 check "--node-external-ip is the node's ExternalIP" \
   equals "$(kc get node kite-e2e -o jsonpath='{.status.addresses[?(@.type=="ExternalIP")].address}')" "192.0.2.10"
 check "the server node is labelled control-plane" contains "$(kc get nodes --no-headers)" "control-plane"
+node_lists_image() { contains "$(kc get node kite-e2e -o jsonpath='{.status.images[*].names}')" "kite.test/hello:1"; }
+wait_for 15 "the node status to list its images" node_lists_image
+check "the node status lists its images (names and sizeBytes)" node_lists_image
+check "each with a size" test "$(kc get node kite-e2e -o jsonpath='{.status.images[0].sizeBytes}')" -gt 100000
 cidr=$(kc get node kite-e2e -o jsonpath='{.spec.podCIDR}')
 prefix=${cidr%.0/24}
 

@@ -691,7 +691,19 @@ pub async fn list(cd: &Containerd) -> Result<Vec<Listed>> {
     for i in images {
         let t = i.target.unwrap_or_default();
         let mut size = t.size;
-        if let Ok(b) = read_blob(cd, &t.digest).await {
+        let mut manifest = t.digest.clone();
+        if t.media_type == MT_OCI_INDEX || t.media_type == MT_DOCKER_LIST {
+            let picked = read_blob(cd, &t.digest)
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ImageIndex>(&b).ok())
+                .and_then(|x| pick_platform(&x).ok());
+            if let Some(d) = picked {
+                size += d.size;
+                manifest = d.digest;
+            }
+        }
+        if let Ok(b) = read_blob(cd, &manifest).await {
             if let Ok(m) = serde_json::from_slice::<ImageManifest>(&b) {
                 size += m.config().size() as i64
                     + m.layers().iter().map(|l| l.size() as i64).sum::<i64>();

@@ -249,6 +249,42 @@ fn node_status(
     })
 }
 
+/// The node's `status.images`, as upstream: one entry per image (its tags and its
+/// `repo@digest`), largest first, at most 50.
+fn node_images(list: Vec<images::Listed>) -> serde_json::Value {
+    let mut by_target: BTreeMap<String, (Vec<String>, i64)> = BTreeMap::new();
+    for i in list {
+        let e = by_target.entry(i.digest.clone()).or_default();
+        let repo = match i.name.split_once('@') {
+            Some((r, _)) => r.to_string(),
+            None => {
+                let slash = i.name.rfind('/').map_or(0, |x| x + 1);
+                match i.name[slash..].rfind(':') {
+                    Some(c) => i.name[..slash + c].to_string(),
+                    None => i.name.clone(),
+                }
+            }
+        };
+        let by_digest = format!("{repo}@{}", i.digest);
+        for n in [by_digest, i.name] {
+            if !e.0.contains(&n) {
+                e.0.push(n);
+            }
+        }
+        e.1 = e.1.max(i.size);
+    }
+    let mut v: Vec<(Vec<String>, i64)> = by_target.into_values().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(50);
+    json!(v
+        .into_iter()
+        .map(|(mut names, size)| {
+            names.sort();
+            json!({"names": names, "sizeBytes": size})
+        })
+        .collect::<Vec<_>>())
+}
+
 async fn register(client: &kube::Client, opts: &Options, runtime_version: &str) -> Result<()> {
     let api: Api<Node> = Api::all(client.clone());
     let mut labels: BTreeMap<String, String> = [
@@ -320,6 +356,8 @@ async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubel
     let mut last_ready: Option<bool> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n = 0u64;
+    let mut images_now = json!([]);
+    let mut images_posted = json!(null);
     loop {
         tick.tick().await;
         if n.is_multiple_of(10) {
@@ -329,6 +367,11 @@ async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubel
             }
         }
         n += 1;
+        if n % 10 == 1 {
+            if let Ok(list) = images::list(kubelet.runtime()).await {
+                images_now = node_images(list);
+            }
+        }
         let not_ready = kubelet.not_ready_reason();
         let ready = not_ready.is_none();
         let shown_ready = kubelet.node().is_some_and(|n| {
@@ -340,11 +383,13 @@ async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubel
         });
         if last_ready != Some(ready)
             || !shown_ready
+            || images_now != images_posted
             || last_status.elapsed() > Duration::from_secs(60)
         {
             let version = kubelet.runtime_version().await;
             let reason = not_ready.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));
             let mut status = node_status(&opts, &version, reason);
+            status["images"] = images_now.clone();
             // A condition that did not change keeps its lastTransitionTime.
             if let (Some(node), Some(conds)) = (kubelet.node(), status["conditions"].as_array_mut())
             {
@@ -373,6 +418,7 @@ async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubel
                 .await
             {
                 Ok(_) => {
+                    images_posted = images_now.clone();
                     last_ready = Some(ready);
                     last_status = std::time::Instant::now();
                 }

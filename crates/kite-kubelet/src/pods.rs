@@ -111,6 +111,10 @@ impl Kubelet {
         self.nodes.get("", &self.opts.node_name)
     }
 
+    pub fn runtime(&self) -> &Containerd {
+        &self.cd
+    }
+
     pub async fn runtime_version(&self) -> String {
         self.cd.version().await.unwrap_or_default()
     }
