@@ -195,6 +195,14 @@ YAML
 check "unknown field (strict)" fails_with 'unknown field "bogusField"' kc apply -f "$F/unknown.yaml"
 check "unknown field with --validate=warn warns" contains "$(kc apply --validate=warn -f "$F/unknown.yaml" 2>&1)" 'unknown field "bogusField"'
 kc delete cm unknownfield -n gitops-kubernetes >/dev/null 2>&1
+# A `kind: List` (what `kubectl get -o yaml` writes) is validated on the client side,
+# against /openapi/v2 in protobuf.
+printf 'apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: in-list, namespace: gitops-kubernetes}\n  data: {a: b}\n' >"$F/list.yaml"
+check "apply of a kind: List creates its items" contains "$(kc apply -f "$F/list.yaml" 2>&1)" "configmap/in-list created"
+check "kubectl get -o yaml output (a List) applies back" contains "$(kc get cm -n gitops-kubernetes -o yaml >"$F/back-list.yaml"; kc apply -f "$F/back-list.yaml" 2>&1)" "configmap/in-list"
+printf 'apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: in-list2, namespace: gitops-kubernetes}\n  bogusField: 1\n' >"$F/badlist.yaml"
+check "an unknown field in a List item is refused (client-side schema)" fails_with 'unknown field "bogusField"' kc apply -f "$F/badlist.yaml"
+kc delete cm in-list -n gitops-kubernetes >/dev/null 2>&1
 printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n   bad: [indent\n' >"$F/malformed.yaml"
 check "malformed YAML" fails_with "error" kc apply -f "$F/malformed.yaml"
 python3 -c "

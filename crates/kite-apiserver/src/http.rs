@@ -389,6 +389,13 @@ fn non_resource(
             st.metrics.render(),
         )
             .into_response()),
+        ["openapi", "v2"] if accept.contains("protobuf") => Ok((
+            StatusCode::OK,
+            // As kube-openapi: the proto media type has an '@' that Go's mime parser refuses.
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            openapi::v2_protobuf(reg),
+        )
+            .into_response()),
         ["openapi", "v2"] => Ok(json_response(StatusCode::OK, &openapi::v2(reg), &[])),
         ["openapi", "v3"] => Ok(json_response(StatusCode::OK, &openapi::v3_root(reg), &[])),
         ["openapi", "v3", rest @ ..] => {

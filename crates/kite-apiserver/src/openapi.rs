@@ -449,6 +449,240 @@ pub fn v2(reg: &Registry) -> Value {
     })
 }
 
+/// `/openapi/v2` as protobuf (gnostic's `openapi.v2.Document`), which kubectl asks for when
+/// it validates on the client side (a `kind: List`, say). It carries the definitions (what
+/// validation reads); paths are left out. Built once: the document is fixed for a build.
+pub fn v2_protobuf(reg: &Registry) -> &'static [u8] {
+    static DOC: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let doc = v2(reg);
+        let mut out = Vec::new();
+        pb::string(&mut out, 1, "2.0");
+        let mut info = Vec::new();
+        pb::string(&mut info, 1, "Kubernetes");
+        pb::string(&mut info, 2, kite_api::KUBERNETES_VERSION);
+        pb::message(&mut out, 2, &info);
+        let mut defs = Vec::new();
+        if let Some(m) = doc["definitions"].as_object() {
+            for (name, schema) in m {
+                pb::message(&mut defs, 1, &pb::named(name, &pb::schema(schema)));
+            }
+        }
+        pb::message(&mut out, 9, &defs);
+        out
+    })
+}
+
+/// A minimal protobuf writer for the gnostic OpenAPI v2 messages.
+mod pb {
+    use serde_json::Value;
+
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
+        varint(out, (u64::from(field) << 3) | u64::from(wire));
+    }
+
+    pub fn message(out: &mut Vec<u8>, field: u32, body: &[u8]) {
+        key(out, field, 2);
+        varint(out, body.len() as u64);
+        out.extend_from_slice(body);
+    }
+
+    pub fn string(out: &mut Vec<u8>, field: u32, s: &str) {
+        message(out, field, s.as_bytes());
+    }
+
+    fn boolean(out: &mut Vec<u8>, field: u32, b: bool) {
+        if b {
+            key(out, field, 0);
+            varint(out, 1);
+        }
+    }
+
+    fn int(out: &mut Vec<u8>, field: u32, v: &Value) {
+        if let Some(i) = v.as_i64() {
+            key(out, field, 0);
+            varint(out, i as u64);
+        }
+    }
+
+    fn double(out: &mut Vec<u8>, field: u32, v: &Value) {
+        if let Some(f) = v.as_f64() {
+            key(out, field, 1);
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+    }
+
+    /// gnostic's `Any`: the value as YAML text (JSON is YAML).
+    fn any(v: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        string(&mut out, 2, &v.to_string());
+        out
+    }
+
+    /// A `Named*` pair: name = 1, value = 2.
+    pub fn named(name: &str, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        string(&mut out, 1, name);
+        message(&mut out, 2, value);
+        out
+    }
+
+    /// A JSON Schema object as `openapi.v2.Schema`. A lone `allOf: [{$ref}]` becomes the
+    /// `$ref` itself, as upstream's v2 document writes it; `oneOf`/`anyOf` have no place in
+    /// Swagger 2.0 and are left out (the value is then of any type, as upstream's).
+    pub fn schema(s: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        let Some(m) = s.as_object() else {
+            return out;
+        };
+        let single_ref = m
+            .get("allOf")
+            .and_then(|a| a.as_array())
+            .filter(|a| a.len() == 1 && !m.contains_key("$ref") && !m.contains_key("type"))
+            .and_then(|a| a[0].get("$ref"))
+            .and_then(|r| r.as_str());
+        if let Some(r) = m.get("$ref").and_then(|r| r.as_str()).or(single_ref) {
+            string(&mut out, 1, r);
+        }
+        for (k, f) in [
+            ("format", 2),
+            ("title", 3),
+            ("description", 4),
+            ("pattern", 13),
+        ] {
+            if let Some(v) = m.get(k).and_then(|v| v.as_str()) {
+                string(&mut out, f, v);
+            }
+        }
+        if let Some(v) = m.get("default") {
+            message(&mut out, 5, &any(v));
+        }
+        for (k, f) in [("multipleOf", 6), ("maximum", 7), ("minimum", 9)] {
+            if let Some(v) = m.get(k) {
+                double(&mut out, f, v);
+            }
+        }
+        for (k, f) in [
+            ("exclusiveMaximum", 8),
+            ("exclusiveMinimum", 10),
+            ("uniqueItems", 16),
+            ("readOnly", 27),
+        ] {
+            boolean(
+                &mut out,
+                f,
+                m.get(k).and_then(|v| v.as_bool()).unwrap_or(false),
+            );
+        }
+        for (k, f) in [
+            ("maxLength", 11),
+            ("minLength", 12),
+            ("maxItems", 14),
+            ("minItems", 15),
+            ("maxProperties", 17),
+            ("minProperties", 18),
+        ] {
+            if let Some(v) = m.get(k) {
+                int(&mut out, f, v);
+            }
+        }
+        for r in m
+            .get("required")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(r) = r.as_str() {
+                string(&mut out, 19, r);
+            }
+        }
+        for e in m
+            .get("enum")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
+            message(&mut out, 20, &any(e));
+        }
+        match m.get("additionalProperties") {
+            Some(Value::Bool(b)) => {
+                let mut ap = Vec::new();
+                key(&mut ap, 2, 0);
+                varint(&mut ap, u64::from(*b));
+                message(&mut out, 21, &ap);
+            }
+            Some(v @ Value::Object(_)) => {
+                let mut ap = Vec::new();
+                message(&mut ap, 1, &schema(v));
+                message(&mut out, 21, &ap);
+            }
+            _ => {}
+        }
+        let types: Vec<&str> = match m.get("type") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(|t| t.as_str()).collect(),
+            _ => vec![],
+        };
+        if !types.is_empty() {
+            let mut t = Vec::new();
+            for x in types {
+                string(&mut t, 1, x);
+            }
+            message(&mut out, 22, &t);
+        }
+        match m.get("items") {
+            Some(v @ Value::Object(_)) => {
+                let mut it = Vec::new();
+                message(&mut it, 1, &schema(v));
+                message(&mut out, 23, &it);
+            }
+            Some(Value::Array(a)) => {
+                let mut it = Vec::new();
+                for v in a {
+                    message(&mut it, 1, &schema(v));
+                }
+                message(&mut out, 23, &it);
+            }
+            _ => {}
+        }
+        if single_ref.is_none() {
+            for v in m
+                .get("allOf")
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+            {
+                message(&mut out, 24, &schema(v));
+            }
+        }
+        if let Some(props) = m.get("properties").and_then(|v| v.as_object()) {
+            let mut p = Vec::new();
+            for (name, v) in props {
+                message(&mut p, 1, &named(name, &schema(v)));
+            }
+            message(&mut out, 25, &p);
+        }
+        if let Some(v) = m.get("discriminator").and_then(|v| v.as_str()) {
+            string(&mut out, 26, v);
+        }
+        if let Some(v) = m.get("example") {
+            message(&mut out, 30, &any(v));
+        }
+        for (k, v) in m.iter().filter(|(k, _)| k.starts_with("x-")) {
+            message(&mut out, 31, &named(k, &any(v)));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
