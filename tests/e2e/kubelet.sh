@@ -295,6 +295,53 @@ wait_for 10 "ErrImageNeverPull" bash -c "[ \"\$($KUBECTL get pod never-pull -o j
 check "imagePullPolicy Never with a missing image: ErrImageNeverPull" equals "$(waiting_reason never-pull)" "ErrImageNeverPull"
 check "the event says why" contains "$(kc get events --field-selector involvedObject.name=never-pull)" 'is not present with pull policy of Never'
 
+# Sidecars: init containers with restartPolicy Always (upstream 1.33).
+cat <<'YAML' | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: sidecar}
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - {name: side, image: kite.test/shell:1, restartPolicy: Always, command: [httpd, -f, -p, "8081", -h, /etc]}
+  - name: after
+    image: kite.test/shell:1
+    command: [sh, -c, "for i in $(seq 50); do wget -q -O- http://127.0.0.1:8081/hostname && exit 0; sleep 0.1; done; exit 1"]
+  containers: [{name: app, image: kite.test/shell:1, command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sidecar-job}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  initContainers: [{name: side, image: kite.test/shell:1, restartPolicy: Always, command: [sleep, "3600"]}]
+  containers: [{name: app, image: kite.test/shell:1, command: [sh, -c, "sleep 1"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sidecar-crash}
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers: [{name: side, image: kite.test/shell:1, restartPolicy: Always, command: [sh, -c, "sleep 1; exit 1"]}]
+  containers: [{name: app, image: kite.test/shell:1, command: [sleep, "3600"]}]
+YAML
+wait_for 30 "the sidecar pod to run" running sidecar
+check "a sidecar runs beside the app: READY 2/2 Running" \
+  equals "$(kc get pod sidecar --no-headers | awk '{print $2, $3}')" "2/2 Running"
+check "the init container after the sidecar reached it (the sidecar started first)" \
+  equals "$(kc get pod sidecar -o jsonpath='{.status.initContainerStatuses[1].state.terminated.reason}')" "Completed"
+check "the sidecar shows running, started and ready" \
+  equals "$(kc get pod sidecar -o jsonpath='{.status.initContainerStatuses[0].started} {.status.initContainerStatuses[0].ready}')" "true true"
+wait_for 30 "sidecar-job to complete" bash -c "[ \"\$($KUBECTL get pod sidecar-job -o jsonpath='{.status.phase}')\" = Succeeded ]"
+check "a restartPolicy Never pod completes once its app exits; its sidecar is stopped" \
+  equals "$(kc get pod sidecar-job -o jsonpath='{.status.phase}')" "Succeeded"
+wait_for 40 "the crashing sidecar to restart" bash -c "[ \"\$($KUBECTL get pod sidecar-crash -o jsonpath='{.status.initContainerStatuses[0].restartCount}')\" -ge 1 ]"
+check "a sidecar that exits is restarted" test "$(kc get pod sidecar-crash -o jsonpath='{.status.initContainerStatuses[0].restartCount}')" -ge 1
+check "while the app container keeps running, not restarted" \
+  equals "$(kc get pod sidecar-crash -o jsonpath='{.status.containerStatuses[0].restartCount} {.status.phase}')" "0 Running"
+kc delete pod sidecar sidecar-job sidecar-crash --wait=false >/dev/null
+
 # Pulls from the registries on loopback.
 image_pod() { # name image [pull-secret]
   local secrets=""

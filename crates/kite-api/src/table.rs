@@ -145,6 +145,15 @@ fn containers_and_images(spec: &Value) -> (String, String) {
 /// The STATUS column, as upstream's printPod derives it: phase or reason, then the
 /// first unfinished init container (`Init:Error`, `Init:1/2`), else the app containers'
 /// waiting or terminated reasons, and Terminating last.
+/// Whether the pod's init container `name` is a sidecar (restartPolicy Always).
+fn is_sidecar(pod: &Value, name: &Value) -> bool {
+    pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| &c["name"] == name && c["restartPolicy"] == "Always")
+}
+
 fn pod_status_reason(pod: &Value) -> String {
     let status = &pod["status"];
     let phase = status["phase"].as_str().unwrap_or("Pending");
@@ -167,6 +176,9 @@ fn pod_status_reason(pod: &Value) -> String {
         let t = &c["state"]["terminated"];
         let w = c["state"]["waiting"]["reason"].as_str().unwrap_or("");
         if t.is_object() && t["exitCode"].as_i64() == Some(0) {
+            continue;
+        }
+        if is_sidecar(pod, &c["name"]) && c["started"] == true {
             continue;
         }
         initializing = true;
@@ -391,14 +403,34 @@ fn cells(ri: &ResourceInfo, o: &Value, now: Timestamp) -> Vec<Value> {
     let int = |v: &Value| json!(v.as_i64().unwrap_or(0));
     match (ri.group, ri.kind) {
         ("", "Pod") => {
-            let cs = spec["containers"].as_array().map_or(0, Vec::len);
+            // Sidecars (init containers with restartPolicy Always) count as containers,
+            // as upstream's printPod counts them.
+            let sidecars: Vec<Value> = st["initContainerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| is_sidecar(o, &c["name"]))
+                .cloned()
+                .collect();
+            let cs = spec["containers"].as_array().map_or(0, Vec::len)
+                + spec["initContainers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["restartPolicy"] == "Always")
+                    .count();
             let statuses = st["containerStatuses"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            let ready = statuses.iter().filter(|c| c["ready"] == true).count();
+            let ready = statuses
+                .iter()
+                .chain(&sidecars)
+                .filter(|c| c["ready"] == true)
+                .count();
             let restarts: i64 = statuses
                 .iter()
+                .chain(&sidecars)
                 .map(|c| c["restartCount"].as_i64().unwrap_or(0))
                 .sum();
             vec![
@@ -900,6 +932,26 @@ mod tests {
         assert_eq!(cells[3], "<none>");
         assert_eq!(cells[4], "80:30007/TCP");
         assert_eq!(t["columnDefinitions"][2]["name"], "Cluster-IP");
+    }
+
+    #[test]
+    fn pod_row_counts_sidecars() {
+        let r = Registry::get();
+        let pods = r.lookup("", "v1", "pods").unwrap();
+        let o = json!({"metadata": {"name": "p", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"initContainers": [{"name": "side", "restartPolicy": "Always"}, {"name": "once"}],
+                     "containers": [{"name": "app"}]},
+            "status": {"phase": "Running",
+                "conditions": [{"type": "Initialized", "status": "True"}, {"type": "Ready", "status": "True"}],
+                "initContainerStatuses": [
+                    {"name": "side", "ready": true, "started": true, "restartCount": 2, "state": {"running": {}}},
+                    {"name": "once", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}],
+                "containerStatuses": [{"name": "app", "ready": true, "restartCount": 1, "state": {"running": {}}}]}});
+        let t = table(pods, &[o], json!({}), IncludeObject::Metadata, false);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "2/2");
+        assert_eq!(cells[2], "Running");
+        assert_eq!(cells[3], "3");
     }
 }
 

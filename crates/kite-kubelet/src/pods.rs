@@ -74,6 +74,33 @@ pub struct Kubelet {
     recorder: Recorder,
 }
 
+/// An init container with restartPolicy Always: a sidecar that runs beside the app
+/// containers.
+fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
+/// Whether every app container has exited and will not be started again.
+fn app_containers_done(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    policy: &str,
+    have: &[Info],
+) -> bool {
+    policy != "Always"
+        && !spec.containers.is_empty()
+        && spec.containers.iter().all(|c| {
+            match have
+                .iter()
+                .filter(|i| i.name == c.name)
+                .max_by_key(|i| i.attempt)
+                .map(|i| &i.state)
+            {
+                Some(State::Exited { code, .. }) => policy == "Never" || *code == 0,
+                _ => false,
+            }
+        })
+}
+
 fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
 }
@@ -478,10 +505,34 @@ impl Kubelet {
                 .filter(|c| c.name == name)
                 .max_by_key(|c| c.attempt)
         };
-        // Init containers: each must exit 0 before the next starts.
+        // Once an app container has been created, the pod has been initialized: a sidecar
+        // that stops later is restarted without holding the app containers back.
+        let initialized = spec
+            .containers
+            .iter()
+            .any(|c| have.iter().any(|i| i.name == c.name));
+        // Init containers: each must exit 0 before the next starts; a sidecar (an init
+        // container with restartPolicy Always, as upstream 1.33) must have started, and is
+        // restarted whenever it stops, whatever the pod's restartPolicy.
+        let mut next: Option<Duration> = None;
         for c in spec.init_containers.iter().flatten() {
+            if is_sidecar(c) {
+                match latest(&c.name).map(|i| &i.state) {
+                    Some(State::Running { .. }) => continue,
+                    _ if app_containers_done(&spec, &policy, have) => continue,
+                    _ => match self.start_or_backoff(pod, key, c, have, true).await? {
+                        None => continue,
+                        Some(d) if initialized => {
+                            next = Some(next.map_or(d, |n| n.min(d)));
+                            continue;
+                        }
+                        Some(d) => return Ok(Some(d)),
+                    },
+                }
+            }
             match latest(&c.name).map(|i| &i.state) {
                 Some(State::Exited { code: 0, .. }) => continue,
+                _ if initialized => continue,
                 Some(State::Running { .. }) => return Ok(None),
                 Some(State::Exited { .. }) | Some(State::Created) if policy == "Never" => {
                     return Ok(None)
@@ -489,7 +540,6 @@ impl Kubelet {
                 _ => return self.start_or_backoff(pod, key, c, have, true).await,
             }
         }
-        let mut next: Option<Duration> = None;
         for c in &spec.containers {
             let restart = match latest(&c.name).map(|i| &i.state) {
                 None => true,
@@ -504,6 +554,32 @@ impl Kubelet {
             if restart {
                 if let Some(d) = self.start_or_backoff(pod, key, c, have, false).await? {
                     next = Some(next.map_or(d, |n| n.min(d)));
+                }
+            }
+        }
+        // The app containers are done for good (restartPolicy Never or OnFailure): the
+        // sidecars stop too, last started first, so the pod can complete.
+        if app_containers_done(&spec, &policy, have) {
+            let grace = Duration::from_secs(
+                spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64,
+            );
+            for c in spec
+                .init_containers
+                .iter()
+                .flatten()
+                .rev()
+                .filter(|c| is_sidecar(c))
+            {
+                if let Some(i) =
+                    latest(&c.name).filter(|i| matches!(i.state, State::Running { .. }))
+                {
+                    self.recorder.event(
+                        pod,
+                        NORMAL,
+                        "Killing",
+                        format!("Stopping container {}", c.name),
+                    );
+                    containers::stop(&self.cd, &i.id, i.stop_signal, grace).await?;
                 }
             }
         }
@@ -1196,12 +1272,23 @@ impl Kubelet {
             .map(|s| s.waiting.clone())
             .unwrap_or_default();
         let image_of = |c: &Container| c.image.clone().unwrap_or_default();
-        let inits_done = spec.init_containers.iter().flatten().all(|c| {
-            have.iter()
-                .filter(|i| i.name == c.name)
-                .max_by_key(|i| i.attempt)
-                .is_some_and(|i| matches!(i.state, State::Exited { code: 0, .. }))
-        });
+        let app_started = spec
+            .containers
+            .iter()
+            .any(|c| have.iter().any(|i| i.name == c.name));
+        let inits_done = app_started
+            || spec.init_containers.iter().flatten().all(|c| {
+                have.iter()
+                    .filter(|i| i.name == c.name)
+                    .max_by_key(|i| i.attempt)
+                    .is_some_and(|i| {
+                        if is_sidecar(c) {
+                            matches!(i.state, State::Running { .. })
+                        } else {
+                            matches!(i.state, State::Exited { code: 0, .. })
+                        }
+                    })
+            });
         let status_of = |c: &Container, init: bool| -> (Value, bool, Option<i32>, bool) {
             let mut atts: Vec<&Info> = have.iter().filter(|i| i.name == c.name).collect();
             atts.sort_by_key(|i| i.attempt);
@@ -1277,7 +1364,7 @@ impl Kubelet {
                 "name": c.name,
                 "image": image_of(c),
                 "imageID": "",
-                "ready": running && !init,
+                "ready": running && (!init || is_sidecar(c)),
                 "restartCount": restart_count,
                 "started": running,
                 "state": state,
@@ -1291,9 +1378,19 @@ impl Kubelet {
         let mut init_statuses = Vec::new();
         let mut initialized = true;
         let mut init_failed = false;
+        let mut sidecars_ready = true;
         for c in spec.init_containers.iter().flatten() {
             let (s, _, exit, _) = status_of(c, true);
-            if exit != Some(0) {
+            if is_sidecar(c) {
+                // Initialized once it has started (and stays so after).
+                if !inits_done {
+                    initialized = false;
+                }
+                sidecars_ready &= s["ready"] == json!(true);
+                init_statuses.push(s);
+                continue;
+            }
+            if exit != Some(0) && !app_started {
                 initialized = false;
                 if exit.is_some() && policy == "Never" {
                     init_failed = true;
@@ -1320,7 +1417,7 @@ impl Kubelet {
             statuses.push(s);
         }
         let total = spec.containers.len();
-        let all_ready = statuses.iter().all(|s| s["ready"] == json!(true));
+        let all_ready = sidecars_ready && statuses.iter().all(|s| s["ready"] == json!(true));
         let phase = if init_failed {
             "Failed"
         } else if !initialized {
