@@ -342,6 +342,23 @@ check "while the app container keeps running, not restarted" \
   equals "$(kc get pod sidecar-crash -o jsonpath='{.status.containerStatuses[0].restartCount} {.status.phase}')" "0 Running"
 kc delete pod sidecar sidecar-job sidecar-crash --wait=false >/dev/null
 
+# hostPort: the node's port goes to the pod (here through loopback).
+HP=$(free_port)
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: hostport}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: web, image: kite.test/hello:1, ports: [{containerPort: 80, hostPort: $HP}]}]
+YAML
+wait_for 30 "the hostport pod to run" running hostport
+served() { contains "$(curl -s --max-time 3 "http://127.0.0.1:$HP/")" "Server name: hostport"; }
+wait_for 10 "127.0.0.1:$HP to answer" served
+check "hostPort $HP on the node reaches the pod" served
+kc delete pod hostport >/dev/null
+check "deleting the pod removes its hostPort rules" bash -c "! nft list table ip kite-hostports 2>/dev/null | grep -q 'dport $HP'"
+
 # Pulls from the registries on loopback.
 image_pod() { # name image [pull-secret]
   local secrets=""

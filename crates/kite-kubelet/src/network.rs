@@ -2,7 +2,9 @@
 //! node's podCIDR, one veth pair per pod (host end `kitev<hash>` on the bridge, pod end
 //! `eth0` in the pod's network namespace), host-local style IPAM persisted under
 //! `<data-dir>/agent/ipam/`, loopback up, and masquerade (nftables table `kite-nat`) for
-//! traffic leaving the cluster CIDR.
+//! traffic leaving the cluster CIDR. hostPort mappings are DNAT rules in the nftables
+//! table `kite-hostports`, rebuilt whole from `<data-dir>/agent/hostports/<pod uid>` (so a
+//! restarted kite puts back what its pods had).
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::TryStreamExt;
@@ -18,6 +20,73 @@ pub struct Network {
     pub pod_cidr: Ipv4Net,
     pub cluster_cidr: Ipv4Net,
     ipam_dir: PathBuf,
+    hostports_dir: PathBuf,
+    /// One rebuild of the hostport table at a time.
+    hostports_lock: tokio::sync::Mutex<()>,
+}
+
+/// One hostPort of a pod: traffic to the node's `host_port` (on `host_ip`, or any local
+/// address) goes to `pod_ip:container_port`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HostPort {
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub pod_ip: Ipv4Addr,
+    pub container_port: u16,
+}
+
+/// The nftables script for a set of mappings (every pod's), replacing the table whole.
+pub fn hostport_rules(all: &[HostPort], cluster_cidr: Ipv4Net) -> String {
+    let mut s = String::from("table ip kite-hostports\ndelete table ip kite-hostports\n");
+    if all.is_empty() {
+        return s;
+    }
+    let mut dnat = String::new();
+    for m in all {
+        let dst = match m.host_ip {
+            Some(ip) if !ip.is_unspecified() => format!("ip daddr {ip}"),
+            _ => "fib daddr type local".to_string(),
+        };
+        dnat.push_str(&format!(
+            "    {dst} {} dport {} dnat to {}:{}\n",
+            m.protocol, m.host_port, m.pod_ip, m.container_port
+        ));
+    }
+    s.push_str(&format!(
+        "table ip kite-hostports {{\n  \
+         chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{dnat}  }}\n  \
+         chain output {{\n    type nat hook output priority -100; policy accept;\n{dnat}  }}\n  \
+         chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
+         ip saddr 127.0.0.0/8 ip daddr {cluster_cidr} masquerade\n  }}\n}}\n"
+    ));
+    s
+}
+
+/// Runs an nftables script; `Ok(false)` when nft is not installed.
+async fn run_nft(script: &str) -> Result<bool> {
+    let mut child = match tokio::process::Command::new("nft")
+        .arg("-f")
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).context("running nft"),
+    };
+    use tokio::io::AsyncWriteExt;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(true)
 }
 
 /// The host end's name for a pod: `kitev` + 8 hex digits of its uid hash (15 chars max).
@@ -62,6 +131,8 @@ impl Network {
                 .join("agent")
                 .join("ipam")
                 .join(pod_cidr.to_string().replace('/', "-")),
+            hostports_dir: data_dir.join("agent").join("hostports"),
+            hostports_lock: Default::default(),
         }
     }
 
@@ -124,30 +195,67 @@ impl Network {
              table ip kite-nat {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
              ip saddr {c} ip daddr != {c} masquerade\n  }}\n}}\n"
         );
-        let mut child = match tokio::process::Command::new("nft")
-            .arg("-f")
-            .arg("-")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!("nft is missing (apt-get install nftables): pods cannot reach beyond the cluster CIDR");
-                return Ok(());
+        match run_nft(&rules).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "nft is missing (apt-get install nftables): pods cannot reach beyond the cluster CIDR"
+            ),
+            Err(e) => tracing::warn!(error = %e, "setting up masquerade"),
+        }
+        // DNAT of 127.0.0.1:<hostPort> to a pod needs loopback sources routed out of kite0.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{BRIDGE}/route_localnet"),
+            "1",
+        );
+        self.sync_hostports().await
+    }
+
+    /// Records the pod's hostPorts (none: forgets them) and rebuilds the table if they
+    /// changed.
+    pub async fn set_hostports(&self, uid: &str, ports: &[HostPort]) -> Result<()> {
+        let path = self.hostports_dir.join(uid);
+        let had: Vec<HostPort> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if had == ports {
+            return Ok(());
+        }
+        if ports.is_empty() {
+            let _ = std::fs::remove_file(&path);
+        } else {
+            std::fs::create_dir_all(&self.hostports_dir)?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(ports)?)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        self.sync_hostports().await
+    }
+
+    /// Rebuilds `kite-hostports` from every pod's record.
+    pub async fn sync_hostports(&self) -> Result<()> {
+        let _one = self.hostports_lock.lock().await;
+        let mut all = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&self.hostports_dir) {
+            for e in rd.flatten() {
+                if e.path().extension().is_some() {
+                    continue;
+                }
+                if let Ok(v) = std::fs::read(e.path())
+                    .map_err(anyhow::Error::from)
+                    .and_then(|b| Ok(serde_json::from_slice::<Vec<HostPort>>(&b)?))
+                {
+                    all.extend(v);
+                }
             }
-            Err(e) => return Err(e).context("running nft"),
-        };
-        use tokio::io::AsyncWriteExt;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(rules.as_bytes()).await?;
         }
-        let out = child.wait_with_output().await?;
-        if !out.status.success() {
-            tracing::warn!(error = %String::from_utf8_lossy(&out.stderr).trim(), "setting up masquerade");
+        all.sort_by_key(|m| (m.host_port, m.protocol.clone()));
+        match run_nft(&hostport_rules(&all, self.cluster_cidr)).await {
+            Ok(true) => Ok(()),
+            Ok(false) if all.is_empty() => Ok(()),
+            Ok(false) => bail!("hostPort needs nft (apt-get install nftables)"),
+            Err(e) => Err(e.context("setting up hostPort rules")),
         }
-        Ok(())
     }
 
     /// The address already held by `uid`, or the lowest free one (claimed by creating
@@ -315,4 +423,29 @@ where
         .map_err(|_| anyhow!("the netns thread panicked"))?
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostport_rules_dnat_local_and_given_addresses() {
+        let cidr: Ipv4Net = "10.42.0.0/16".parse().unwrap();
+        assert!(!hostport_rules(&[], cidr).contains("chain"));
+        let m = |host_ip, port| HostPort {
+            protocol: "tcp".into(),
+            host_ip,
+            host_port: port,
+            pod_ip: Ipv4Addr::new(10, 42, 0, 5),
+            container_port: 80,
+        };
+        let r = hostport_rules(
+            &[m(None, 8080), m(Some(Ipv4Addr::new(192, 0, 2, 1)), 8081)],
+            cidr,
+        );
+        assert!(r.contains("fib daddr type local tcp dport 8080 dnat to 10.42.0.5:80"));
+        assert!(r.contains("ip daddr 192.0.2.1 tcp dport 8081 dnat to 10.42.0.5:80"));
+        assert!(r.contains("ip saddr 127.0.0.0/8 ip daddr 10.42.0.0/16 masquerade"));
+    }
 }

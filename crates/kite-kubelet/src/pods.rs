@@ -74,6 +74,27 @@ pub struct Kubelet {
     recorder: Recorder,
 }
 
+/// The pod's hostPort mappings (hostNetwork pods have none: they bind the node's ports).
+fn host_ports(pod: &Pod, pod_ip: std::net::Ipv4Addr) -> Vec<crate::network::HostPort> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let hp = u16::try_from(p.host_port?).ok().filter(|h| *h > 0)?;
+            Some(crate::network::HostPort {
+                protocol: p.protocol.as_deref().unwrap_or("TCP").to_lowercase(),
+                host_ip: p.host_ip.as_deref().and_then(|h| h.parse().ok()),
+                host_port: hp,
+                pod_ip,
+                container_port: u16::try_from(p.container_port).ok()?,
+            })
+        })
+        .collect()
+}
+
 /// An init container with restartPolicy Always: a sidecar that runs beside the app
 /// containers.
 fn is_sidecar(c: &Container) -> bool {
@@ -391,6 +412,7 @@ impl Kubelet {
         }
         if sb.exists() {
             if let Some(ip) = net.held_by(&uid) {
+                net.set_hostports(&uid, &host_ports(pod, ip)).await?;
                 return Ok(IpAddr::V4(ip));
             }
         }
@@ -404,6 +426,7 @@ impl Kubelet {
             return Err(e);
         }
         self.write_pod_files(pod, &dir, IpAddr::V4(ip))?;
+        net.set_hostports(&uid, &host_ports(pod, ip)).await?;
         Ok(IpAddr::V4(ip))
     }
 
@@ -1221,6 +1244,7 @@ impl Kubelet {
         Sandbox::new(&dir).destroy();
         let net = self.network.lock().unwrap().clone();
         if let Some(net) = net {
+            net.set_hostports(uid, &[]).await?;
             net.detach(uid).await;
             net.release(uid);
         }
