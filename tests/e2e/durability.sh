@@ -28,6 +28,9 @@ ca_before=$(grep certificate-authority-data "$KUBECONFIG")
 kill9_server
 start_server --compact-interval 1 --compact-retain 5 || { cat "$WORK/server.log"; exit 1; }
 check "objects, uids and resourceVersions survive kill -9" equals "$(snapshot)" "$before"
+# Controllers start on synced caches: a restart finds web's ReplicaSet, never makes another.
+sleep 1
+check "a restart leaves web with its one ReplicaSet" equals "$(kc get rs -n dur -l app=web -o name | wc -l)" "1"
 check "creationTimestamp survives" equals "$(kc get cm cm1 -n dur -o jsonpath='{.metadata.creationTimestamp}')" "$first_ts"
 rv=$(kc get cm cm20 -n dur -o jsonpath='{.metadata.resourceVersion}')
 kc create configmap after -n dur >/dev/null

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kite_runtime::events::NORMAL;
 use kite_runtime::informer::key_of;
 use kite_runtime::labels;
-use kite_runtime::queue::run_workers;
+use kite_runtime::queue::run_workers_after;
 use kite_runtime::{Action, Change, Informer, Key, WorkQueue};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::Api;
@@ -104,10 +104,16 @@ pub fn start(ctx: Arc<Ctx>) {
         }
     });
     let c4 = c.clone();
-    run_workers(COMPONENT, c.queue.clone(), 4, move |k| {
-        let c = c4.clone();
-        async move { c.reconcile(k).await }
-    });
+    run_workers_after(
+        c.ctx.informers.synced(),
+        COMPONENT,
+        c.queue.clone(),
+        4,
+        move |k| {
+            let c = c4.clone();
+            async move { c.reconcile(k).await }
+        },
+    );
 }
 
 fn replicas(rs: &ReplicaSet) -> i32 {
@@ -445,6 +451,33 @@ impl Controller {
                 })
             }
             Err(e) if util::is_status(&e, 409) => {
+                // The name is taken. If it is our own ReplicaSet for this very template
+                // (a cache that has not caught up, e.g. just after a restart), use it, as
+                // upstream does; only a different template is a hash collision.
+                if let Ok(existing) = self.api(&ns).get(&name).await {
+                    let same_owner = existing
+                        .metadata
+                        .owner_references
+                        .as_ref()
+                        .is_some_and(|o| {
+                            o.iter().any(|r| {
+                                Some(&r.uid) == d.metadata.uid.as_ref()
+                                    && r.controller == Some(true)
+                            })
+                        });
+                    let same_template = existing
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.template.as_ref())
+                        .is_some_and(|t| without_hash(t) == without_hash(&spec.template));
+                    if same_owner && same_template {
+                        rss.push(existing.clone());
+                        return Ok(Plan {
+                            new_rs: Some(existing),
+                            created: false,
+                        });
+                    }
+                }
                 // A different template hashed to the same name: count the collision so
                 // the next attempt picks another name.
                 let dapi: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), &ns);

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kite_runtime::informer::key_of;
 use kite_runtime::labels;
-use kite_runtime::queue::run_workers;
+use kite_runtime::queue::run_workers_after;
 use kite_runtime::{Action, Change, Informer, Key, WorkQueue};
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
@@ -98,10 +98,16 @@ pub fn start(ctx: Arc<Ctx>) {
         }
     });
     let c3 = c.clone();
-    run_workers("endpoint-controller", c.queue.clone(), 4, move |k| {
-        let c = c3.clone();
-        async move { c.reconcile(k).await }
-    });
+    run_workers_after(
+        c.ctx.informers.synced(),
+        "endpoint-controller",
+        c.queue.clone(),
+        4,
+        move |k| {
+            let c = c3.clone();
+            async move { c.reconcile(k).await }
+        },
+    );
 }
 
 /// One pod's endpoint for the service.

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kite_runtime::informer::{key_of, Kind};
-use kite_runtime::queue::run_workers;
+use kite_runtime::queue::run_workers_after;
 use kite_runtime::{Action, Change, Informer, Key, WorkQueue};
 use kube::api::{
     DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy,
@@ -205,7 +205,8 @@ pub fn start(ctx: Arc<Ctx>) {
         r(gc.clone());
     }
     let g = gc.clone();
-    run_workers(
+    run_workers_after(
+        gc.ctx.informers.synced(),
         "garbage-collector-controller",
         gc.queue.clone(),
         4,

@@ -6,7 +6,7 @@
 use crate::Ctx;
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Namespace;
-use kite_runtime::queue::run_workers;
+use kite_runtime::queue::run_workers_after;
 use kite_runtime::{Action, Change, WorkQueue};
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::{verbs, ApiCapabilities, ApiResource, Discovery, Scope};
@@ -39,10 +39,16 @@ pub fn start(ctx: Arc<Ctx>) {
             q2.add(n.metadata.name.clone().unwrap_or_default());
         }
     });
-    run_workers("namespace-controller", q, 2, move |name: String| {
-        let c = c.clone();
-        async move { c.reconcile(name).await }
-    });
+    run_workers_after(
+        c.ctx.informers.synced(),
+        "namespace-controller",
+        q,
+        2,
+        move |name: String| {
+            let c = c.clone();
+            async move { c.reconcile(name).await }
+        },
+    );
 }
 
 impl Controller {

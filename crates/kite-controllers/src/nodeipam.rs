@@ -6,7 +6,7 @@ use crate::Ctx;
 use anyhow::{bail, Result};
 use k8s_openapi::api::core::v1::Node;
 use kite_runtime::events::{NORMAL, WARNING};
-use kite_runtime::queue::run_workers;
+use kite_runtime::queue::run_workers_after;
 use kite_runtime::{Action, Change, WorkQueue};
 use kube::api::{Patch, PatchParams};
 use kube::Api;
@@ -29,64 +29,70 @@ pub fn start(ctx: Arc<Ctx>) {
     });
     // Ranges handed out, by node, whose node update the cache has not shown yet.
     let pending: Arc<Mutex<std::collections::HashMap<String, String>>> = Arc::default();
-    run_workers(COMPONENT, q, 1, move |name: String| {
-        let (ctx, nodes, pending) = (ctx.clone(), nodes.clone(), pending.clone());
-        async move {
-            let Some(node) = nodes.get("", &name) else {
-                return Ok(Action::AwaitChange);
-            };
-            if node
-                .spec
-                .as_ref()
-                .and_then(|s| s.pod_cidr.as_ref())
-                .is_some()
-            {
-                return Ok(Action::AwaitChange);
-            }
-            let mut used: HashSet<String> = nodes
-                .list()
-                .iter()
-                .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
-                .collect();
-            {
-                let mut p = pending.lock().unwrap();
-                p.retain(|_, c| !used.contains(c));
-                if p.contains_key(&name) {
-                    // Assigned already; the cache has not caught up with it yet.
+    run_workers_after(
+        ctx.informers.synced(),
+        COMPONENT,
+        q,
+        1,
+        move |name: String| {
+            let (ctx, nodes, pending) = (ctx.clone(), nodes.clone(), pending.clone());
+            async move {
+                let Some(node) = nodes.get("", &name) else {
+                    return Ok(Action::AwaitChange);
+                };
+                if node
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.pod_cidr.as_ref())
+                    .is_some()
+                {
                     return Ok(Action::AwaitChange);
                 }
-                used.extend(p.values().cloned());
-            }
-            let cidr = match next_free(ctx.opts.cluster_cidr, ctx.opts.node_cidr_mask, &used) {
-                Ok(c) => c,
-                Err(e) => {
-                    ctx.recorder(COMPONENT).event(
-                        &*node,
-                        WARNING,
-                        "CIDRNotAvailable",
-                        format!("Node {name} status is now: CIDRNotAvailable"),
-                    );
-                    return Err(e);
+                let mut used: HashSet<String> = nodes
+                    .list()
+                    .iter()
+                    .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
+                    .collect();
+                {
+                    let mut p = pending.lock().unwrap();
+                    p.retain(|_, c| !used.contains(c));
+                    if p.contains_key(&name) {
+                        // Assigned already; the cache has not caught up with it yet.
+                        return Ok(Action::AwaitChange);
+                    }
+                    used.extend(p.values().cloned());
                 }
-            };
-            let api: Api<Node> = Api::all(ctx.client.clone());
-            // Conditioned on the version seen without a podCIDR: a range is given once.
-            let patch = json!({
-                "metadata": {"resourceVersion": node.metadata.resource_version},
-                "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
-            });
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            pending.lock().unwrap().insert(name.clone(), cidr.clone());
-            ctx.recorder(COMPONENT).event(
-                &*node,
-                NORMAL,
-                "CIDRAssignmentSucceeded",
-                format!("Node {name} got CIDR {cidr}"),
-            );
-            Ok(Action::AwaitChange)
-        }
-    });
+                let cidr = match next_free(ctx.opts.cluster_cidr, ctx.opts.node_cidr_mask, &used) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        ctx.recorder(COMPONENT).event(
+                            &*node,
+                            WARNING,
+                            "CIDRNotAvailable",
+                            format!("Node {name} status is now: CIDRNotAvailable"),
+                        );
+                        return Err(e);
+                    }
+                };
+                let api: Api<Node> = Api::all(ctx.client.clone());
+                // Conditioned on the version seen without a podCIDR: a range is given once.
+                let patch = json!({
+                    "metadata": {"resourceVersion": node.metadata.resource_version},
+                    "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+                });
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                pending.lock().unwrap().insert(name.clone(), cidr.clone());
+                ctx.recorder(COMPONENT).event(
+                    &*node,
+                    NORMAL,
+                    "CIDRAssignmentSucceeded",
+                    format!("Node {name} got CIDR {cidr}"),
+                );
+                Ok(Action::AwaitChange)
+            }
+        },
+    );
 }
 
 /// The first `/mask` range of `cluster` not in `used`.

@@ -11,7 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kite_runtime::events::NORMAL;
-use kite_runtime::queue::run_workers;
+use kite_runtime::queue::run_workers_after;
 use kite_runtime::{Action, Change, Informer, WorkQueue};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::Api;
@@ -89,10 +89,16 @@ pub fn start(ctx: Arc<Ctx>) {
         }
     });
     let c4 = c.clone();
-    run_workers("node-lifecycle-controller", c.queue.clone(), 4, move |n| {
-        let c = c4.clone();
-        async move { c.reconcile(n).await }
-    });
+    run_workers_after(
+        c.ctx.informers.synced(),
+        "node-lifecycle-controller",
+        c.queue.clone(),
+        4,
+        move |n| {
+            let c = c4.clone();
+            async move { c.reconcile(n).await }
+        },
+    );
 }
 
 fn ready_condition(n: &Node) -> Option<(String, Option<jiff::Timestamp>)> {

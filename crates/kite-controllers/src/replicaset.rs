@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kite_runtime::events::{NORMAL, WARNING};
 use kite_runtime::informer::{key_of, Kind};
 use kite_runtime::labels;
-use kite_runtime::queue::run_workers;
+use kite_runtime::queue::run_workers_after;
 use kite_runtime::{Action, Change, Informer, Key, WorkQueue};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::Api;
@@ -125,10 +125,16 @@ pub fn start<K: Replicated>(ctx: Arc<Ctx>) {
     let c2 = c.clone();
     c.pods.add_handler(move |ch: &Change<Pod>| c2.on_pod(ch));
     let c3 = c.clone();
-    run_workers(K::COMPONENT, c.queue.clone(), 4, move |k| {
-        let c = c3.clone();
-        async move { c.reconcile(k).await }
-    });
+    run_workers_after(
+        c.ctx.informers.synced(),
+        K::COMPONENT,
+        c.queue.clone(),
+        4,
+        move |k| {
+            let c = c3.clone();
+            async move { c.reconcile(k).await }
+        },
+    );
 }
 
 impl<K: Replicated> ReplicaController<K> {

@@ -6,7 +6,7 @@ use crate::Ctx;
 use anyhow::Result;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kite_runtime::queue::run_workers;
+use kite_runtime::queue::run_workers_after;
 use kite_runtime::{Action, Change, WorkQueue};
 use kube::api::PostParams;
 use kube::Api;
@@ -39,66 +39,74 @@ pub fn start(ctx: Arc<Ctx>) {
             q3.add(c.object().metadata.namespace.clone().unwrap_or_default());
         }
     });
-    run_workers("serviceaccount-controller", q, 2, move |ns: String| {
-        let (ctx, namespaces, sas, cms) =
-            (ctx.clone(), namespaces.clone(), sas.clone(), cms.clone());
-        async move {
-            let Some(n) = namespaces.get("", &ns) else {
-                return Ok(Action::AwaitChange);
-            };
-            let terminating = n.metadata.deletion_timestamp.is_some()
-                || n.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
-            if terminating {
-                return Ok(Action::AwaitChange);
-            }
-            if sas.get(&ns, "default").is_none() {
-                let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
-                let sa = ServiceAccount {
+    run_workers_after(
+        ctx.informers.synced(),
+        "serviceaccount-controller",
+        q,
+        2,
+        move |ns: String| {
+            let (ctx, namespaces, sas, cms) =
+                (ctx.clone(), namespaces.clone(), sas.clone(), cms.clone());
+            async move {
+                let Some(n) = namespaces.get("", &ns) else {
+                    return Ok(Action::AwaitChange);
+                };
+                let terminating = n.metadata.deletion_timestamp.is_some()
+                    || n.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
+                if terminating {
+                    return Ok(Action::AwaitChange);
+                }
+                if sas.get(&ns, "default").is_none() {
+                    let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
+                    let sa = ServiceAccount {
+                        metadata: ObjectMeta {
+                            name: Some("default".into()),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    };
+                    ignore_exists(api.create(&PostParams::default(), &sa).await)?;
+                }
+                let want_data = [("ca.crt".to_string(), ctx.opts.root_ca_pem.clone())].into();
+                let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+                let desired = |rv: Option<String>| ConfigMap {
                     metadata: ObjectMeta {
-                        name: Some("default".into()),
+                        name: Some(ROOT_CA.into()),
+                        resource_version: rv,
+                        annotations: Some(
+                            [(
+                                "kubernetes.io/description".to_string(),
+                                DESCRIPTION.to_string(),
+                            )]
+                            .into(),
+                        ),
                         ..Default::default()
                     },
+                    data: Some(want_data),
                     ..Default::default()
                 };
-                ignore_exists(api.create(&PostParams::default(), &sa).await)?;
-            }
-            let want_data = [("ca.crt".to_string(), ctx.opts.root_ca_pem.clone())].into();
-            let cm_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-            let desired = |rv: Option<String>| ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(ROOT_CA.into()),
-                    resource_version: rv,
-                    annotations: Some(
-                        [(
-                            "kubernetes.io/description".to_string(),
-                            DESCRIPTION.to_string(),
-                        )]
-                        .into(),
-                    ),
-                    ..Default::default()
-                },
-                data: Some(want_data),
-                ..Default::default()
-            };
-            match cms.get(&ns, ROOT_CA) {
-                None => ignore_exists(cm_api.create(&PostParams::default(), &desired(None)).await)?,
-                Some(cm)
-                    if cm.data.as_ref().and_then(|d| d.get("ca.crt"))
-                        != Some(&ctx.opts.root_ca_pem) =>
-                {
-                    cm_api
-                        .replace(
-                            ROOT_CA,
-                            &PostParams::default(),
-                            &desired(cm.metadata.resource_version.clone()),
-                        )
-                        .await?;
+                match cms.get(&ns, ROOT_CA) {
+                    None => {
+                        ignore_exists(cm_api.create(&PostParams::default(), &desired(None)).await)?
+                    }
+                    Some(cm)
+                        if cm.data.as_ref().and_then(|d| d.get("ca.crt"))
+                            != Some(&ctx.opts.root_ca_pem) =>
+                    {
+                        cm_api
+                            .replace(
+                                ROOT_CA,
+                                &PostParams::default(),
+                                &desired(cm.metadata.resource_version.clone()),
+                            )
+                            .await?;
+                    }
+                    Some(_) => {}
                 }
-                Some(_) => {}
+                Ok(Action::AwaitChange)
             }
-            Ok(Action::AwaitChange)
-        }
-    });
+        },
+    );
 }
 
 fn ignore_exists<T>(r: kube::Result<T>) -> Result<()> {

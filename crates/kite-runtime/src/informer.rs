@@ -224,6 +224,8 @@ impl<K: Kind> Informer<K> {
 pub struct Informers {
     client: kube::Client,
     map: Arc<Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>,
+    /// The synced flags of every shared informer made so far.
+    synced: Arc<Mutex<Vec<tokio::sync::watch::Receiver<bool>>>>,
 }
 
 impl Informers {
@@ -231,6 +233,7 @@ impl Informers {
         Informers {
             client,
             map: Arc::default(),
+            synced: Arc::default(),
         }
     }
 
@@ -246,12 +249,26 @@ impl Informers {
         }
         let inf = Arc::new(Informer::<K>::new());
         m.insert(TypeId::of::<K>(), inf.clone());
+        self.synced.lock().unwrap().push(inf.synced.subscribe());
         let api = Api::<K>::all(self.client.clone());
         let stream = watcher(api, watcher::Config::default().page_size(2000))
             .default_backoff()
             .boxed();
         tokio::spawn(inf.clone().run(stream));
         inf
+    }
+
+    /// A future that is ready once every shared informer made so far has loaded its
+    /// first full list. Controllers start their workers after it, as upstream's
+    /// WaitForCacheSync: a reconcile on a half-loaded cache would see ReplicaSets or pods
+    /// missing and create them again.
+    pub fn synced(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let rxs = self.synced.lock().unwrap().clone();
+        async move {
+            for mut rx in rxs {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        }
     }
 
     /// A private informer of `K` with its own selectors (a kubelet's pods, by

@@ -140,10 +140,29 @@ where
     F: Fn(T) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = anyhow::Result<crate::Action>> + Send + 'static,
 {
+    run_workers_after(async {}, name, queue, workers, reconcile)
+}
+
+/// As [`run_workers`], but no key is taken before `ready` completes (the caches the
+/// reconciler reads have synced); keys queued meanwhile wait, deduplicated.
+pub fn run_workers_after<T, F, Fut>(
+    ready: impl std::future::Future<Output = ()> + Send + 'static,
+    name: &'static str,
+    queue: WorkQueue<T>,
+    workers: usize,
+    reconcile: F,
+) where
+    T: Hash + Eq + Clone + Send + Sync + std::fmt::Debug + 'static,
+    F: Fn(T) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<crate::Action>> + Send + 'static,
+{
+    let ready = futures::future::FutureExt::shared(Box::pin(ready));
     for _ in 0..workers {
         let q = queue.clone();
         let f = reconcile.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
+            ready.await;
             loop {
                 let key = q.next().await;
                 match f(key.clone()).await {
@@ -183,5 +202,43 @@ mod tests {
         assert!(q.is_empty());
         q.done(&"a");
         assert_eq!(q.next().await, "a");
+    }
+
+    #[tokio::test]
+    async fn workers_wait_for_ready() {
+        let q = WorkQueue::new();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let s2 = seen.clone();
+        run_workers_after(
+            async move {
+                let _ = rx.await;
+            },
+            "test",
+            q.clone(),
+            2,
+            move |k: &'static str| {
+                let s = s2.clone();
+                async move {
+                    s.lock().unwrap().push(k);
+                    Ok(crate::Action::AwaitChange)
+                }
+            },
+        );
+        q.add("a");
+        q.add("a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "a key was taken before ready"
+        );
+        tx.send(()).unwrap();
+        for _ in 0..100 {
+            if !seen.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*seen.lock().unwrap(), vec!["a"]);
     }
 }

@@ -111,8 +111,11 @@ pub async fn run(client: kube::Client, identity: &str) -> Result<()> {
             }
         });
     }
+    // As upstream's WaitForCacheSync: with half the bound pods loaded, a node would look
+    // emptier than it is.
     s.priority_classes.wait_synced().await;
     nodes.wait_synced().await;
+    s.pods.wait_synced().await;
     {
         let s2 = s.clone();
         s.pods.add_handler(move |c: &Change<Pod>| s2.on_pod(c));
