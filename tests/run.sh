@@ -21,6 +21,8 @@ command -v runc >/dev/null || need_pkgs+=(runc)
 command -v nft >/dev/null || need_pkgs+=(nftables)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
+# The CNI tier (tests/e2e/cni.sh): the reference plugins, bridge and host-local.
+[ -x /usr/lib/cni/bridge ] || need_pkgs+=(containernetworking-plugins)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${need_pkgs[*]}"
@@ -59,7 +61,7 @@ names=()
 for k in "${KUBECTLS[@]}"; do
   v=$(basename "$k")
   for t in tests/e2e/*.sh; do
-    [ "$(basename "$t")" = kubelet.sh ] && continue
+    case "$(basename "$t")" in kubelet.sh|cni.sh) continue ;; esac
     n="$(basename "$t" .sh)-$v"
     KUBECTL="$k" timeout 900 bash "$t" >"$logs/$n.log" 2>&1 &
     pids+=($!); names+=("$n")
@@ -73,6 +75,10 @@ node_tier() {
     echo "## kubelet tier with $(basename "$k")"
     KUBECTL="$k" timeout 600 bash tests/e2e/kubelet.sh || rc=1
   done
+  # CNI delegation makes a node too: after the kubelet tier, with one kubectl (what it
+  # tests is the node's, not kubectl's).
+  echo "## CNI tier with $(basename "${KUBECTLS[-1]}")"
+  KUBECTL="${KUBECTLS[-1]}" timeout 300 bash tests/e2e/cni.sh || rc=1
   return $rc
 }
 if [ "$(id -u)" = 0 ]; then
@@ -88,7 +94,10 @@ for i in "${!pids[@]}"; do
   else
     e2e_fail=1
     echo "   ${names[$i]}: FAILED"
-    grep -vE "^ok " "$logs/${names[$i]}.log" | sed 's/^/      /' | head -60
+    # Compact, so a CI report that keeps only part of the output still names every
+    # failure: the failed checks first, then the log's other lines, cut short.
+    grep -E "^FAIL |^timed out|failed:" "$logs/${names[$i]}.log" | cut -c1-200 | sed 's/^/      /' | head -20
+    grep -vE "^ok |^FAIL " "$logs/${names[$i]}.log" | cut -c1-200 | sed 's/^/      | /' | head -40
   fi
 done
 e2e_pass=$(cat "$logs"/*.log | grep -c "^ok " || true)

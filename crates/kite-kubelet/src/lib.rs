@@ -2,6 +2,7 @@
 //! the pods bound to it on containerd (see `pods`). It is an API client like every other
 //! component, so the same code runs inside `kite server` and, later, `kite agent`.
 
+pub mod cni;
 pub mod containerd;
 pub mod containers;
 pub mod images;
@@ -47,6 +48,10 @@ pub struct Options {
     pub containerd_socket: Option<PathBuf>,
     /// Mirrors and credentials for pulls (`--private-registry`).
     pub registries: registries::Registries,
+    /// CNI configurations (`--cni-conf-dir`); none there: the built-in network.
+    pub cni_conf_dir: PathBuf,
+    /// CNI plugins (`--cni-bin-dir`).
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 /// Starts containerd (unless given one), imports `<data-dir>/agent/images`, registers the

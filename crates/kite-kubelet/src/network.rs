@@ -5,6 +5,10 @@
 //! traffic leaving the cluster CIDR. hostPort mappings are DNAT rules in the nftables
 //! table `kite-hostports`, rebuilt whole from `<data-dir>/agent/hostports/<pod uid>` (so a
 //! restarted kite puts back what its pods had).
+//!
+//! With a CNI configuration in place (`crate::cni`), the plugins plumb pods instead of
+//! the bridge and IPAM here; hostPorts stay here unless the plugins take them
+//! (the `portMappings` capability).
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::TryStreamExt;
@@ -23,6 +27,10 @@ pub struct Network {
     hostports_dir: PathBuf,
     /// One rebuild of the hostport table at a time.
     hostports_lock: tokio::sync::Mutex<()>,
+    /// The user's CNI plugins, when they replace the built-in network.
+    cni: Option<crate::cni::Cni>,
+    /// Pods whose CNI attachment this process has checked (CHECK once, on adoption).
+    checked: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// One hostPort of a pod: traffic to the node's `host_port` (on `host_ip`, or any local
@@ -133,7 +141,82 @@ impl Network {
                 .join(pod_cidr.to_string().replace('/', "-")),
             hostports_dir: data_dir.join("agent").join("hostports"),
             hostports_lock: Default::default(),
+            cni: None,
+            checked: Default::default(),
         }
+    }
+
+    /// Pods get their network from these CNI plugins instead of the built-in bridge.
+    pub fn with_cni(mut self, cni: crate::cni::Cni) -> Self {
+        self.cni = Some(cni);
+        self
+    }
+
+    pub fn uses_cni(&self) -> bool {
+        self.cni.is_some()
+    }
+
+    /// The pod's address, if it has been plumbed.
+    pub fn pod_ip(&self, uid: &str) -> Option<Ipv4Addr> {
+        match &self.cni {
+            Some(c) => c.pod_ip(uid),
+            None => self.held_by(uid),
+        }
+    }
+
+    /// Whether the CNI plugins, not kite, map this pod's hostPorts.
+    pub fn plugin_maps_ports(&self, uid: &str) -> bool {
+        self.cni.as_ref().is_some_and(|c| c.maps_ports(uid))
+    }
+
+    /// Gives the pod's network namespace an address: the built-in veth and IPAM, or
+    /// CNI ADD. Nothing is left behind on failure.
+    pub async fn plumb(
+        &self,
+        pod: &crate::cni::PodRef<'_>,
+        netns: &Path,
+        ports: &[crate::cni::PortMapping],
+    ) -> Result<Ipv4Addr> {
+        if let Some(cni) = &self.cni {
+            let conf = cni
+                .config()?
+                .ok_or_else(|| anyhow!("network plugin not ready: cni config uninitialized"))?;
+            let ip = cni.add(&conf, pod, netns, ports).await?;
+            self.checked.lock().unwrap().insert(pod.uid.to_string());
+            return Ok(ip);
+        }
+        let ip = self.allocate(pod.uid)?;
+        if let Err(e) = self.attach(pod.uid, netns, ip).await {
+            self.release(pod.uid);
+            return Err(e);
+        }
+        Ok(ip)
+    }
+
+    /// A restarted kite adopting a sandbox: CHECK its CNI attachment once (the built-in
+    /// network has nothing to check). An error means the network is not as ADD made it.
+    pub async fn check(&self, uid: &str) -> Result<()> {
+        let Some(cni) = &self.cni else {
+            return Ok(());
+        };
+        if self.checked.lock().unwrap().contains(uid) {
+            return Ok(());
+        }
+        cni.check(uid).await?;
+        tracing::info!(pod_uid = uid, "adopted the pod's CNI network: CHECK passed");
+        self.checked.lock().unwrap().insert(uid.to_string());
+        Ok(())
+    }
+
+    /// Takes the pod's address back: the veth and IPAM entry, or CNI DEL.
+    pub async fn unplumb(&self, uid: &str) -> Result<()> {
+        self.checked.lock().unwrap().remove(uid);
+        if let Some(cni) = &self.cni {
+            return Ok(cni.del(uid).await?);
+        }
+        self.detach(uid).await;
+        self.release(uid);
+        Ok(())
     }
 
     pub fn gateway(&self) -> Ipv4Addr {
@@ -142,6 +225,10 @@ impl Network {
 
     /// The bridge, its address, forwarding, and masquerade: idempotent.
     pub async fn ensure_host(&self) -> Result<()> {
+        if self.cni.is_some() {
+            // The plugins own the pod network; kite keeps only its hostPort table.
+            return self.sync_hostports().await;
+        }
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling ip_forward")?;
         let gw = self.gateway();
         let prefix = self.pod_cidr.prefix_len();

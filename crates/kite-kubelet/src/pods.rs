@@ -75,6 +75,19 @@ pub struct Kubelet {
 }
 
 /// The pod's hostPort mappings (hostNetwork pods have none: they bind the node's ports).
+/// The runtimeConfig `portMappings` of CNI plugins with that capability.
+fn cni_ports(ports: &[crate::network::HostPort]) -> Vec<crate::cni::PortMapping> {
+    ports
+        .iter()
+        .map(|p| crate::cni::PortMapping {
+            host_port: p.host_port,
+            container_port: p.container_port,
+            protocol: p.protocol.clone(),
+            host_ip: p.host_ip.map(|i| i.to_string()),
+        })
+        .collect()
+}
+
 fn host_ports(pod: &Pod, pod_ip: std::net::Ipv4Addr) -> Vec<crate::network::HostPort> {
     let spec = pod.spec.clone().unwrap_or_default();
     spec.init_containers
@@ -202,7 +215,21 @@ impl Kubelet {
             else {
                 return;
             };
-            let net = Network::new(&k.opts.data_dir, cidr, k.opts.cluster_cidr);
+            let mut net = Network::new(&k.opts.data_dir, cidr, k.opts.cluster_cidr);
+            let cni =
+                crate::cni::Cni::new(&k.opts.cni_conf_dir, &k.opts.cni_bin_dirs, &k.opts.data_dir);
+            match cni.config() {
+                Ok(Some(conf)) => {
+                    tracing::info!(network = %conf.name, file = %conf.file.display(), "pods get their network from CNI plugins");
+                    net = net.with_cni(cni);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "the CNI config is unreadable");
+                    *k.network_error.lock().unwrap() = Some(e.to_string());
+                    return;
+                }
+            }
             match net.ensure_host().await {
                 Ok(()) => {
                     tracing::info!(pod_cidr = %cidr, "pod network ready");
@@ -410,24 +437,56 @@ impl Kubelet {
             self.write_pod_files(pod, &dir, self.opts.node_ip)?;
             return Ok(self.opts.node_ip);
         }
+        let name = pod.name_any();
+        let ns = pod.namespace().unwrap_or_default();
+        let who = crate::cni::PodRef {
+            uid: &uid,
+            namespace: &ns,
+            name: &name,
+        };
+        let ports = host_ports(pod, std::net::Ipv4Addr::UNSPECIFIED);
         if sb.exists() {
-            if let Some(ip) = net.held_by(&uid) {
-                net.set_hostports(&uid, &host_ports(pod, ip)).await?;
+            if let Some(ip) = net.pod_ip(&uid) {
+                if let Err(e) = net.check(&uid).await {
+                    // CHECK failed on an adopted sandbox: plumb it again, as a runtime
+                    // recreating the network would.
+                    tracing::warn!(pod = %format!("{ns}/{name}"), error = %format!("{e:#}"), "the pod network failed CNI CHECK; plumbing it again");
+                    net.unplumb(&uid).await?;
+                    let ip = net.plumb(&who, &sb.path("net"), &cni_ports(&ports)).await?;
+                    self.write_pod_files(pod, &dir, IpAddr::V4(ip))?;
+                    self.set_hostports(net, &uid, pod, ip).await?;
+                    return Ok(IpAddr::V4(ip));
+                }
+                self.set_hostports(net, &uid, pod, ip).await?;
                 return Ok(IpAddr::V4(ip));
             }
         }
         std::fs::create_dir_all(&dir)?;
-        let name = pod.name_any();
         sb.create(&name)?;
-        let ip = net.allocate(&uid)?;
-        if let Err(e) = net.attach(&uid, &sb.path("net"), ip).await {
-            sb.destroy();
-            net.release(&uid);
-            return Err(e);
-        }
+        let ip = match net.plumb(&who, &sb.path("net"), &cni_ports(&ports)).await {
+            Ok(ip) => ip,
+            Err(e) => {
+                sb.destroy();
+                return Err(e);
+            }
+        };
         self.write_pod_files(pod, &dir, IpAddr::V4(ip))?;
-        net.set_hostports(&uid, &host_ports(pod, ip)).await?;
+        self.set_hostports(net, &uid, pod, ip).await?;
         Ok(IpAddr::V4(ip))
+    }
+
+    /// kite's DNAT for the pod's hostPorts, unless its CNI plugins map them.
+    async fn set_hostports(
+        &self,
+        net: &Network,
+        uid: &str,
+        pod: &Pod,
+        ip: std::net::Ipv4Addr,
+    ) -> Result<()> {
+        if net.plugin_maps_ports(uid) {
+            return net.set_hostports(uid, &[]).await;
+        }
+        net.set_hostports(uid, &host_ports(pod, ip)).await
     }
 
     fn write_pod_files(&self, pod: &Pod, dir: &std::path::Path, ip: IpAddr) -> Result<()> {
@@ -1093,7 +1152,7 @@ impl Kubelet {
             .lock()
             .unwrap()
             .as_ref()
-            .and_then(|n| n.held_by(m.uid.as_deref().unwrap_or_default()))
+            .and_then(|n| n.pod_ip(m.uid.as_deref().unwrap_or_default()))
             .map(|i| i.to_string())
             .unwrap_or_default();
         Ok(match path {
@@ -1241,13 +1300,13 @@ impl Kubelet {
             self.waiting_on.lock().unwrap().remove(&c.id);
         }
         let dir = self.pod_dir(uid);
-        Sandbox::new(&dir).destroy();
+        // The network goes first, while the namespace is still there for CNI DEL.
         let net = self.network.lock().unwrap().clone();
         if let Some(net) = net {
             net.set_hostports(uid, &[]).await?;
-            net.detach(uid).await;
-            net.release(uid);
+            net.unplumb(uid).await?;
         }
+        Sandbox::new(&dir).destroy();
         crate::spec::remove_pod_cgroups(uid);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())

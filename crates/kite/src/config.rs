@@ -308,6 +308,18 @@ pub struct ServerArgs {
     /// [default: /etc/kite/registries.yaml, if present].
     #[arg(long, env = "KITE_PRIVATE_REGISTRY")]
     pub private_registry: Option<PathBuf>,
+    /// CNI network configurations: if this directory holds one, pods get their network
+    /// from those plugins instead of kite's built-in bridge.
+    #[arg(long, env = "KITE_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// Where the CNI plugins are (repeatable).
+    #[arg(
+        long,
+        env = "KITE_CNI_BIN_DIR",
+        value_delimiter = ',',
+        default_value = "/opt/cni/bin"
+    )]
+    pub cni_bin_dir: Vec<PathBuf>,
 }
 
 /// Settings checked and resolved from [`ServerArgs`].
@@ -341,6 +353,8 @@ pub struct ServerConfig {
     pub node_labels: std::collections::BTreeMap<String, String>,
     pub node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
     pub registries: kite_kubelet::registries::Registries,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 fn bad(key: &str, value: &str, why: &str) -> anyhow::Error {
@@ -478,7 +492,13 @@ impl ServerArgs {
         }
         let registries = kite_kubelet::registries::Registries::load(&registries_file)
             .map_err(|e| anyhow::anyhow!("invalid --private-registry file {e}"))?;
+        // A CNI config that cannot be read would fail every pod: refuse it now.
+        kite_kubelet::cni::Cni::new(&self.cni_conf_dir, &self.cni_bin_dir, &data_dir)
+            .config()
+            .map_err(|e| anyhow::anyhow!("invalid --cni-conf-dir: {e}"))?;
         Ok(ServerConfig {
+            cni_conf_dir: self.cni_conf_dir.clone(),
+            cni_bin_dirs: self.cni_bin_dir.clone(),
             registries,
             node_ip,
             node_external_ip,

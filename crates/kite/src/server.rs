@@ -193,6 +193,8 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             .collect(),
             containerd_socket: cfg.container_runtime_endpoint.clone(),
             registries: cfg.registries.clone(),
+            cni_conf_dir: cfg.cni_conf_dir.clone(),
+            cni_bin_dirs: cfg.cni_bin_dirs.clone(),
         };
         tokio::spawn(async move {
             if let Err(e) = kite_kubelet::run(client, opts).await {
