@@ -150,7 +150,7 @@ summary() {
     echo "--- server log (last 30 lines) ---"
     tail -30 "$WORK/server.log" 2>/dev/null
   fi
-  echo "$PASS passed, $FAIL failed"
+  echo "$PASS passed, $FAIL failed, in ${SECONDS}s"
   [ "$FAIL" -eq 0 ]
 }
 

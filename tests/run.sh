@@ -70,15 +70,15 @@ done
 # The node tier owns host-wide things (the kite0 bridge, the kite-nat table): one
 # kubectl after the other, in one job.
 node_tier() {
-  local k rc=0
+  local k r rc=0
   for k in "${KUBECTLS[@]}"; do
     echo "## kubelet tier with $(basename "$k")"
-    KUBECTL="$k" timeout 600 bash tests/e2e/kubelet.sh || rc=1
+    KUBECTL="$k" timeout 900 bash tests/e2e/kubelet.sh || { r=$?; rc=1; [ $r = 124 ] && echo "FAIL - the kubelet tier with $(basename "$k") was killed after 900 s"; }
   done
   # CNI delegation makes a node too: after the kubelet tier, with one kubectl (what it
   # tests is the node's, not kubectl's).
   echo "## CNI tier with $(basename "${KUBECTLS[-1]}")"
-  KUBECTL="${KUBECTLS[-1]}" timeout 300 bash tests/e2e/cni.sh || rc=1
+  KUBECTL="${KUBECTLS[-1]}" timeout 300 bash tests/e2e/cni.sh || { r=$?; rc=1; [ $r = 124 ] && echo "FAIL - the CNI tier was killed after 300 s"; }
   return $rc
 }
 if [ "$(id -u)" = 0 ]; then

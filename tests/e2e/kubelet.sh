@@ -53,6 +53,7 @@ ctr_() { ctr -a "$DATA/agent/run/containerd.sock" -n k8s.io "$@"; }
 ctr_ids() { local out; out=$(ctr_ containers ls -q "$@") || return 1; printf '%s' "$out"; }
 ctr_count() { local out; out=$(ctr_ids "$@") || { echo unanswered; return 1; }; grep -c . <<<"$out" || true; }
 node_ready() { [ "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
+running() { [ "$(kc get pod "$1" -o jsonpath='{.status.phase}')" = Running ]; }
 start=$SECONDS
 wait_for 10 "the node to be Ready" node_ready
 check "the node is Ready within 10 s of start" node_ready
@@ -373,7 +374,6 @@ spec:
   containers: [{name: c, image: "$2", command: [sleep, "3600"]}]
 YAML
 }
-running() { [ "$(kc get pod "$1" -o jsonpath='{.status.phase}')" = Running ]; }
 pull_failed() { case "$(waiting_reason "$1")" in ErrImagePull|ImagePullBackOff) return 0;; esac; return 1; }
 events_of() { kc get events --field-selector "involvedObject.name=$1" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}'; }
 image_pod pulled "127.0.0.1:$RP/tests/shell:1"
