@@ -105,7 +105,11 @@ pub fn start(ctx: Arc<Ctx>) {
     });
     let c4 = c.clone();
     run_workers_after(
-        c.ctx.informers.synced(),
+        futures::future::join3(
+            c.deployments.synced_future(),
+            c.replicasets.synced_future(),
+            c.pods.synced_future(),
+        ),
         COMPONENT,
         c.queue.clone(),
         4,

@@ -99,7 +99,14 @@ pub fn start(ctx: Arc<Ctx>) {
     });
     let c3 = c.clone();
     run_workers_after(
-        c.ctx.informers.synced(),
+        futures::future::join(
+            futures::future::join3(
+                c.services.synced_future(),
+                c.pods.synced_future(),
+                c.nodes.synced_future(),
+            ),
+            futures::future::join(c.endpoints.synced_future(), c.slices.synced_future()),
+        ),
         "endpoint-controller",
         c.queue.clone(),
         4,

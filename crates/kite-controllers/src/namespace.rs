@@ -40,7 +40,7 @@ pub fn start(ctx: Arc<Ctx>) {
         }
     });
     run_workers_after(
-        c.ctx.informers.synced(),
+        c.namespaces.synced_future(),
         "namespace-controller",
         q,
         2,

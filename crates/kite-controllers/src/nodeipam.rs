@@ -30,7 +30,7 @@ pub fn start(ctx: Arc<Ctx>) {
     // Ranges handed out, by node, whose node update the cache has not shown yet.
     let pending: Arc<Mutex<std::collections::HashMap<String, String>>> = Arc::default();
     run_workers_after(
-        ctx.informers.synced(),
+        nodes.synced_future(),
         COMPONENT,
         q,
         1,

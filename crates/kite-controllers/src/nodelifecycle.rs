@@ -90,7 +90,11 @@ pub fn start(ctx: Arc<Ctx>) {
     });
     let c4 = c.clone();
     run_workers_after(
-        c.ctx.informers.synced(),
+        futures::future::join3(
+            c.nodes.synced_future(),
+            c.leases.synced_future(),
+            c.pods.synced_future(),
+        ),
         "node-lifecycle-controller",
         c.queue.clone(),
         4,

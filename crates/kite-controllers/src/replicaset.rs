@@ -126,7 +126,7 @@ pub fn start<K: Replicated>(ctx: Arc<Ctx>) {
     c.pods.add_handler(move |ch: &Change<Pod>| c2.on_pod(ch));
     let c3 = c.clone();
     run_workers_after(
-        c.ctx.informers.synced(),
+        futures::future::join(c.owners.synced_future(), c.pods.synced_future()),
         K::COMPONENT,
         c.queue.clone(),
         4,

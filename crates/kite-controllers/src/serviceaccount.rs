@@ -40,7 +40,11 @@ pub fn start(ctx: Arc<Ctx>) {
         }
     });
     run_workers_after(
-        ctx.informers.synced(),
+        futures::future::join3(
+            namespaces.synced_future(),
+            sas.synced_future(),
+            cms.synced_future(),
+        ),
         "serviceaccount-controller",
         q,
         2,

@@ -130,6 +130,14 @@ impl<K: Kind> Informer<K> {
         let _ = rx.wait_for(|s| *s).await;
     }
 
+    /// A future, independent of `self`'s lifetime, ready once the first list is loaded.
+    pub fn synced_future(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.synced.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
     pub fn has_synced(&self) -> bool {
         *self.synced.borrow()
     }

@@ -145,8 +145,8 @@ where
 
 /// As [`run_workers`], but no key is taken before `ready` completes (the caches the
 /// reconciler reads have synced); keys queued meanwhile wait, deduplicated.
-pub fn run_workers_after<T, F, Fut>(
-    ready: impl std::future::Future<Output = ()> + Send + 'static,
+pub fn run_workers_after<T, F, Fut, R>(
+    ready: impl std::future::Future<Output = R> + Send + 'static,
     name: &'static str,
     queue: WorkQueue<T>,
     workers: usize,
@@ -155,6 +155,7 @@ pub fn run_workers_after<T, F, Fut>(
     T: Hash + Eq + Clone + Send + Sync + std::fmt::Debug + 'static,
     F: Fn(T) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = anyhow::Result<crate::Action>> + Send + 'static,
+    R: Clone + Send + Sync + 'static,
 {
     let ready = futures::future::FutureExt::shared(Box::pin(ready));
     for _ in 0..workers {
