@@ -117,6 +117,46 @@ check "no restarts counted" equals "$(kc get pods -l app=hello -o jsonpath='{.it
 check "the pods still serve after the restart" \
   contains "$(curl -s --max-time 5 "http://$(echo "$ids_after" >/dev/null; kc get pods -l app=hello -o jsonpath='{.items[0].status.podIP}')/")" "Server name:"
 
+# containerd killed: kite starts it again; the pods' containers keep running, and an exit
+# after the restart is still seen (a container that fails a few seconds later restarts).
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: failslater}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: kite.test/shell:1, command: [sh, -c, "sleep 12; exit 1"]}]
+YAML
+wait_for 20 "failslater to run" running failslater
+# The containerd this test's kite started: the one whose config is in this data dir.
+our_containerd() {
+  local p
+  for p in /proc/[0-9]*; do
+    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "^containerd .*$DATA/agent/etc/containerd/config.toml"; then
+      basename "$p"; return 0
+    fi
+  done
+  return 1
+}
+cd_pid=$(our_containerd)
+check "kite's own containerd runs" test -n "$cd_pid"
+[ -n "$cd_pid" ] && kill -9 "$cd_pid"
+new_containerd() { local p; p=$(our_containerd) && [ "$p" != "$cd_pid" ] && ctr_ version >/dev/null 2>&1; }
+wait_for 30 "kite to start containerd again" new_containerd
+check "kite starts its containerd again after kill -9" new_containerd
+sleep 2
+ids_cd=$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.status.containerStatuses[0].containerID}{"\n"}{end}' | sort)
+check "after a containerd restart the same container IDs run" equals "$ids_cd" "$ids_before"
+check "the containers survived the containerd restart (running in containerd)" \
+  equals "$(ctr_ tasks ls 2>/dev/null | grep -c RUNNING)" "3"
+check "no restarts counted after the containerd restart" equals "$(kc get pods -l app=hello -o jsonpath='{.items[*].status.containerStatuses[0].restartCount}')" "0 0"
+check "the pods still serve after the containerd restart" \
+  contains "$(curl -s --max-time 5 "http://$(kc get pods -l app=hello -o jsonpath='{.items[0].status.podIP}')/")" "Server name:"
+restarted_later() { [ "$(kc get pod failslater -o jsonpath='{.status.containerStatuses[0].restartCount}')" -ge 1 ]; }
+wait_for 40 "failslater to be restarted" restarted_later
+check "an exit after the containerd restart is seen and restarted" restarted_later
+kc delete pod failslater --grace-period=1 >/dev/null
+
 # kubectl delete: the containers leave containerd.
 kc delete deployment hello >/dev/null
 no_containers() { [ "$(ctr_count)" = 0 ]; }

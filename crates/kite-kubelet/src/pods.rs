@@ -70,7 +70,7 @@ pub struct Kubelet {
     /// Static pods from the manifests dir, by their (mirror's) key.
     statics: Mutex<HashMap<Key, Arc<Pod>>>,
     /// Containers with a background Wait on their task.
-    waiting_on: Mutex<HashSet<String>>,
+    waiting_on: Arc<Mutex<HashSet<String>>>,
     recorder: Recorder,
 }
 
@@ -159,7 +159,7 @@ impl Kubelet {
             network_error: Mutex::new(None),
             network_busy: Default::default(),
             state: Mutex::default(),
-            waiting_on: Mutex::default(),
+            waiting_on: Arc::default(),
             statics: Mutex::default(),
             images: Default::default(),
             pulls: Default::default(),
@@ -420,7 +420,14 @@ impl Kubelet {
             return;
         }
         let q = self.queue.clone();
-        containers::on_exit(&self.cd, id, move || q.add(key));
+        let waiting = self.waiting_on.clone();
+        let id2 = id.to_string();
+        // Wait also ends when containerd goes away (a restart): forget the watch so the
+        // next sync, once containerd answers again, watches the container anew.
+        containers::on_exit(&self.cd, id, move || {
+            waiting.lock().unwrap().remove(&id2);
+            q.add(key)
+        });
     }
 
     /// The pod's namespaces, address and files; returns its IP (the node's own for
