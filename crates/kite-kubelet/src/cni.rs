@@ -38,11 +38,13 @@ pub enum Error {
 }
 
 /// The user's plugins and where kite keeps what it asked of them.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Cni {
     conf_dir: PathBuf,
     bin_dirs: Vec<PathBuf>,
     state_dir: PathBuf,
+    /// The attachment files already read (every pod sync asks for its address).
+    cache: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Attachment>>>,
 }
 
 /// A network configuration list (a `.conf` is made a list of one).
@@ -89,6 +91,7 @@ impl Cni {
             conf_dir: conf_dir.to_path_buf(),
             bin_dirs: bin_dirs.to_vec(),
             state_dir: data_dir.join("agent").join("cni"),
+            cache: Default::default(),
         }
     }
 
@@ -120,9 +123,17 @@ impl Cni {
         self.state_dir.join(format!("{uid}.json"))
     }
 
-    fn attachment(&self, uid: &str) -> Option<Attachment> {
+    fn attachment(&self, uid: &str) -> Option<std::sync::Arc<Attachment>> {
+        if let Some(a) = self.cache.lock().unwrap().get(uid) {
+            return Some(a.clone());
+        }
         let text = std::fs::read_to_string(self.state_file(uid)).ok()?;
-        serde_json::from_str(&text).ok()
+        let a = std::sync::Arc::new(serde_json::from_str::<Attachment>(&text).ok()?);
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(uid.to_string(), a.clone());
+        Some(a)
     }
 
     /// The pod's address, from the result its ADD returned.
@@ -190,6 +201,10 @@ impl Cni {
         let tmp = self.state_dir.join(format!(".{}.tmp", pod.uid));
         std::fs::write(&tmp, serde_json::to_vec(&att).unwrap_or_default())?;
         std::fs::rename(&tmp, self.state_file(pod.uid))?;
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(pod.uid.to_string(), std::sync::Arc::new(att));
         Ok(ip)
     }
 
@@ -200,6 +215,7 @@ impl Cni {
             return Ok(());
         };
         self.del_with(&att, uid).await?;
+        self.cache.lock().unwrap().remove(uid);
         let _ = std::fs::remove_file(self.state_file(uid));
         Ok(())
     }

@@ -29,6 +29,9 @@ pub struct Network {
     hostports_lock: tokio::sync::Mutex<()>,
     /// The user's CNI plugins, when they replace the built-in network.
     cni: Option<crate::cni::Cni>,
+    /// The IPAM files as a map (pod uid → address), read from disk once: every pod
+    /// sync asks for its address, and the files stay the record of truth.
+    held: std::sync::Mutex<Option<std::collections::HashMap<String, Ipv4Addr>>>,
     /// Pods whose CNI attachment this process has checked (CHECK once, on adoption).
     checked: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -142,6 +145,7 @@ impl Network {
             hostports_dir: data_dir.join("agent").join("hostports"),
             hostports_lock: Default::default(),
             cni: None,
+            held: Default::default(),
             checked: Default::default(),
         }
     }
@@ -349,13 +353,19 @@ impl Network {
     /// `<ipam-dir>/<ip>` exclusively, so two pods never share one).
     pub fn allocate(&self, uid: &str) -> Result<Ipv4Addr> {
         std::fs::create_dir_all(&self.ipam_dir)?;
-        if let Some(ip) = self.held_by(uid) {
-            return Ok(ip);
+        let mut guard = self.held.lock().unwrap();
+        let held = guard.get_or_insert_with(|| self.read_held());
+        if let Some(ip) = held.get(uid) {
+            return Ok(*ip);
         }
+        let taken: std::collections::HashSet<Ipv4Addr> = held.values().copied().collect();
         let net = u32::from(self.pod_cidr.network());
         let size = 1u32 << (32 - self.pod_cidr.prefix_len());
         for off in 2..size.saturating_sub(1) {
             let ip = Ipv4Addr::from(net + off);
+            if taken.contains(&ip) {
+                continue;
+            }
             let p = self.ipam_dir.join(ip.to_string());
             match std::fs::OpenOptions::new()
                 .write(true)
@@ -365,6 +375,7 @@ impl Network {
                 Ok(mut f) => {
                     use std::io::Write;
                     f.write_all(uid.as_bytes())?;
+                    held.insert(uid.to_string(), ip);
                     return Ok(ip);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -375,22 +386,31 @@ impl Network {
     }
 
     pub fn held_by(&self, uid: &str) -> Option<Ipv4Addr> {
-        std::fs::read_dir(&self.ipam_dir)
-            .ok()?
-            .flatten()
-            .find_map(|e| {
-                let holder = std::fs::read_to_string(e.path()).ok()?;
-                (holder == uid).then(|| e.file_name().to_string_lossy().parse().ok())?
+        let mut guard = self.held.lock().unwrap();
+        guard
+            .get_or_insert_with(|| self.read_held())
+            .get(uid)
+            .copied()
+    }
+
+    /// Every `<ipam-dir>/<ip>` file: its holder and address.
+    fn read_held(&self) -> std::collections::HashMap<String, Ipv4Addr> {
+        let Ok(rd) = std::fs::read_dir(&self.ipam_dir) else {
+            return Default::default();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let ip = e.file_name().to_string_lossy().parse().ok()?;
+                Some((std::fs::read_to_string(e.path()).ok()?, ip))
             })
+            .collect()
     }
 
     pub fn release(&self, uid: &str) {
-        if let Ok(rd) = std::fs::read_dir(&self.ipam_dir) {
-            for e in rd.flatten() {
-                if std::fs::read_to_string(e.path()).is_ok_and(|h| h == uid) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
+        let mut guard = self.held.lock().unwrap();
+        let held = guard.get_or_insert_with(|| self.read_held());
+        if let Some(ip) = held.remove(uid) {
+            let _ = std::fs::remove_file(self.ipam_dir.join(ip.to_string()));
         }
     }
 
@@ -534,5 +554,24 @@ mod tests {
         assert!(r.contains("fib daddr type local tcp dport 8080 dnat to 10.42.0.5:80"));
         assert!(r.contains("ip daddr 192.0.2.1 tcp dport 8081 dnat to 10.42.0.5:80"));
         assert!(r.contains("ip saddr 127.0.0.0/8 ip daddr 10.42.0.0/16 masquerade"));
+    }
+
+    #[test]
+    fn ipam_claims_the_lowest_free_address_and_survives_a_restart() {
+        let d = std::env::temp_dir().join(format!("kite-ipam-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let cidr: Ipv4Net = "10.42.3.0/24".parse().unwrap();
+        let all: Ipv4Net = "10.42.0.0/16".parse().unwrap();
+        let n = Network::new(&d, cidr, all);
+        assert_eq!(n.allocate("a").unwrap(), Ipv4Addr::new(10, 42, 3, 2));
+        assert_eq!(n.allocate("b").unwrap(), Ipv4Addr::new(10, 42, 3, 3));
+        assert_eq!(n.allocate("a").unwrap(), Ipv4Addr::new(10, 42, 3, 2));
+        n.release("a");
+        assert_eq!(n.held_by("a"), None);
+        // A new process reads the files: b keeps its address, the freed one is reused.
+        let n2 = Network::new(&d, cidr, all);
+        assert_eq!(n2.held_by("b"), Some(Ipv4Addr::new(10, 42, 3, 3)));
+        assert_eq!(n2.allocate("c").unwrap(), Ipv4Addr::new(10, 42, 3, 2));
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

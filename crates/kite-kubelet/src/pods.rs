@@ -452,28 +452,34 @@ impl Kubelet {
             name: &name,
         };
         let ports = host_ports(pod, std::net::Ipv4Addr::UNSPECIFIED);
+        // Set when an adopted sandbox failed CNI CHECK: its namespaces stay (containers
+        // run in them) and only its network is plumbed again, below.
+        let mut replumb = false;
         if sb.exists() {
             if let Some(ip) = net.pod_ip(&uid) {
-                if let Err(e) = net.check(&uid).await {
-                    // CHECK failed on an adopted sandbox: plumb it again, as a runtime
-                    // recreating the network would.
-                    tracing::warn!(pod = %format!("{ns}/{name}"), error = %format!("{e:#}"), "the pod network failed CNI CHECK; plumbing it again");
-                    net.unplumb(&uid).await?;
-                    let ip = net.plumb(&who, &sb.path("net"), &cni_ports(&ports)).await?;
-                    self.write_pod_files(pod, &dir, IpAddr::V4(ip))?;
-                    self.set_hostports(net, &uid, pod, ip).await?;
-                    return Ok(IpAddr::V4(ip));
+                match net.check(&uid).await {
+                    Ok(()) => {
+                        self.set_hostports(net, &uid, pod, ip).await?;
+                        return Ok(IpAddr::V4(ip));
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %format!("{ns}/{name}"), error = %format!("{e:#}"), "the pod network failed CNI CHECK; plumbing it again");
+                        net.unplumb(&uid).await?;
+                        replumb = true;
+                    }
                 }
-                self.set_hostports(net, &uid, pod, ip).await?;
-                return Ok(IpAddr::V4(ip));
             }
         }
-        std::fs::create_dir_all(&dir)?;
-        sb.create(&name)?;
+        if !replumb {
+            std::fs::create_dir_all(&dir)?;
+            sb.create(&name)?;
+        }
         let ip = match net.plumb(&who, &sb.path("net"), &cni_ports(&ports)).await {
             Ok(ip) => ip,
             Err(e) => {
-                sb.destroy();
+                if !replumb {
+                    sb.destroy();
+                }
                 return Err(e);
             }
         };
