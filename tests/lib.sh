@@ -154,6 +154,31 @@ summary() {
   [ "$FAIL" -eq 0 ]
 }
 
+# Node tiers (kubelet.sh, cni.sh): the node, a pod, and the two-replica "hello" Deployment
+# of the HTTP test image.
+node_ready() { [ "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
+running() { [ "$(kc get pod "$1" -o jsonpath='{.status.phase}')" = Running ]; }
+both_ready() { [ "$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{" "}{end}')" = "True True " ]; }
+# apply_hello [POD-SPEC-LINE]: an extra line for the pod spec (e.g. a grace period).
+apply_hello() {
+  cat <<YAML | kc apply -f - >/dev/null
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: hello}}
+  template:
+    metadata: {labels: {app: hello}}
+    spec:
+      ${1:-}
+      containers:
+      - name: hello
+        image: kite.test/hello:1
+        ports: [{containerPort: 80}]
+YAML
+}
+
 # curl with the admin client certificate, for raw API checks.
 kcurl() {
   local dir="$WORK/certs"

@@ -37,28 +37,11 @@ write_conf 10-kitecni.conflist bridge
 trap 'cleanup; ip link delete kitecni0 2>/dev/null || true' EXIT
 
 start_server --cni-conf-dir "$CONF" --cni-bin-dir /usr/lib/cni || { cat "$WORK/server.log"; exit 1; }
-node_ready() { [ "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
 wait_for 15 "the node to be Ready" node_ready
 check "the node is Ready with a CNI network" node_ready
 check "the server says it uses the CNI plugins" grep -q "pods get their network from CNI plugins" "$WORK/server.log"
 
-cat <<YAML | kc apply -f - >/dev/null
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: hello}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: hello}}
-  template:
-    metadata: {labels: {app: hello}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: hello
-        image: kite.test/hello:1
-        ports: [{containerPort: 80}]
-YAML
-both_ready() { [ "$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{" "}{end}')" = "True True " ]; }
+apply_hello "terminationGracePeriodSeconds: 1"
 wait_for 40 "both hello pods Ready" both_ready
 check "both pods are Running and Ready" both_ready
 pods=$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.metadata.name}={.status.podIP}{"\n"}{end}')

@@ -52,8 +52,6 @@ ctr_() { ctr -a "$DATA/agent/run/containerd.sock" -n k8s.io "$@"; }
 # answer from a containerd that is restarting must not pass for "no containers").
 ctr_ids() { local out; out=$(ctr_ containers ls -q "$@") || return 1; printf '%s' "$out"; }
 ctr_count() { local out; out=$(ctr_ids "$@") || { echo unanswered; return 1; }; grep -c . <<<"$out" || true; }
-node_ready() { [ "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
-running() { [ "$(kc get pod "$1" -o jsonpath='{.status.phase}')" = Running ]; }
 start=$SECONDS
 wait_for 10 "the node to be Ready" node_ready
 check "the node is Ready within 10 s of start" node_ready
@@ -71,22 +69,7 @@ cidr=$(kc get node kite-e2e -o jsonpath='{.spec.podCIDR}')
 prefix=${cidr%.0/24}
 
 # The book flow: a Deployment of 2 replicas of the HTTP image.
-cat <<YAML | kc apply -f - >/dev/null
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: hello}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: hello}}
-  template:
-    metadata: {labels: {app: hello}}
-    spec:
-      containers:
-      - name: hello
-        image: kite.test/hello:1
-        ports: [{containerPort: 80}]
-YAML
-both_ready() { [ "$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{" "}{end}')" = "True True " ]; }
+apply_hello
 wait_for 30 "both hello pods Ready" both_ready
 check "both pods are Running and Ready" both_ready
 check "kubectl get pods shows 1/1 Running" \
