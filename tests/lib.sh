@@ -29,7 +29,24 @@ node_cleanup() {
   KITE_DATA_DIR="${DATA:-$WORK/data}" KITE_KILLALL_NODE_ONLY=1 \
     sh "$(dirname "${BASH_SOURCE[0]}")/../packaging/kite-killall.sh" >/dev/null 2>&1 || true
 }
-trap cleanup EXIT
+# A tier that stops before its summary (an `exit 1` in set-up, a shell error) says so in a
+# FAIL line, with the end of its server log, so the runner's report always names the cause.
+# AFTER_CLEANUP: a command a tier adds (run after the server has stopped).
+SUMMARY_DONE=0
+AFTER_CLEANUP=""
+on_exit() {
+  local rc=$?
+  if [ "$SUMMARY_DONE" != 1 ]; then
+    echo "FAIL - the tier stopped early (exit code $rc), before its summary"
+    if [ -s "$WORK/server.log" ]; then
+      echo "--- server log (last 15 lines) ---"
+      tail -15 "$WORK/server.log" | cut -c1-300
+    fi
+  fi
+  cleanup
+  [ -z "$AFTER_CLEANUP" ] || eval "$AFTER_CLEANUP"
+}
+trap on_exit EXIT
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
@@ -144,6 +161,7 @@ fails_with() {
 }
 
 summary() {
+  SUMMARY_DONE=1
   echo
   if [ "$FAIL" -gt 0 ]; then
     echo "failed: ${FAILED_NAMES[*]}"

@@ -34,7 +34,7 @@ JSON
 }
 write_conf 10-kitecni.conflist bridge
 # kite's own cleanup plus the bridge the plugin made (named kite*, so kite-killall takes it).
-trap 'cleanup; ip link delete kitecni0 2>/dev/null || true' EXIT
+AFTER_CLEANUP='ip link delete kitecni0 2>/dev/null || true'
 
 start_server --cni-conf-dir "$CONF" --cni-bin-dir /usr/lib/cni || { cat "$WORK/server.log"; exit 1; }
 wait_for 15 "the node to be Ready" node_ready

@@ -33,7 +33,7 @@ REG_PIDS+=($!)
 python3 "$REG" "$WORK/areg.port" private/shell:1="$WORK/oci/shell.tar" --user kite --password s3cret \
   >"$WORK/areg.log" 2>&1 &
 REG_PIDS+=($!)
-trap 'kill "${REG_PIDS[@]}" 2>/dev/null; cleanup' EXIT
+AFTER_CLEANUP='kill "${REG_PIDS[@]}" 2>/dev/null'
 wait_for 10 "the test registries to listen" test -s "$WORK/reg.port" -a -s "$WORK/areg.port"
 RP=$(cat "$WORK/reg.port"); AP=$(cat "$WORK/areg.port")
 # registry.invalid resolves nowhere: only its mirror (with a rewrite) can serve it.
