@@ -392,8 +392,14 @@ impl Gc {
                     blocking += 1;
                 }
                 if dmeta.deletion_timestamp.is_none() {
-                    self.delete(dm.as_ref(), dk, &dmeta, Some(PropagationPolicy::Foreground))
-                        .await?;
+                    self.delete(
+                        dm.as_ref(),
+                        dk,
+                        &dmeta,
+                        Some(PropagationPolicy::Foreground),
+                        None,
+                    )
+                    .await?;
                 }
             }
             if blocking == 0 {
@@ -402,20 +408,37 @@ impl Gc {
             }
             return Ok(Action::Requeue(Duration::from_secs(5)));
         }
-        let refs = m.owner_references.clone().unwrap_or_default();
-        if refs.is_empty() {
-            return Ok(Action::AwaitChange);
-        }
-        let (mut solid, mut waiting, mut dangling) = (Vec::new(), Vec::new(), Vec::new());
-        for r in &refs {
-            match self.owner(&key.0, r).await? {
-                None => dangling.push(r.uid.clone()),
-                Some(om) if om.deletion_timestamp.is_some() && has_finalizer(&om, FOREGROUND) => {
-                    waiting.push(r.uid.clone())
-                }
-                Some(_) => solid.push(r.uid.clone()),
+        let mut m = m;
+        let mut live = false;
+        let (refs, solid, waiting, dangling) = loop {
+            let refs = m.owner_references.clone().unwrap_or_default();
+            if refs.is_empty() {
+                return Ok(Action::AwaitChange);
             }
-        }
+            let (mut solid, mut waiting, mut dangling) = (Vec::new(), Vec::new(), Vec::new());
+            for r in &refs {
+                match self.owner(&key.0, r).await? {
+                    None => dangling.push(r.uid.clone()),
+                    Some(om)
+                        if om.deletion_timestamp.is_some() && has_finalizer(&om, FOREGROUND) =>
+                    {
+                        waiting.push(r.uid.clone())
+                    }
+                    Some(_) => solid.push(r.uid.clone()),
+                }
+            }
+            if live || (dangling.is_empty() && waiting.is_empty()) {
+                break (refs, solid, waiting, dangling);
+            }
+            // About to change or delete the object: judge it by its live state, not the
+            // cache (an owner deleted with `orphan` has just removed its reference, and the
+            // cache may not have seen that yet), as upstream's collector does.
+            match api.get_metadata_opt(&key.1).await? {
+                Some(lo) if lo.metadata.uid == m.uid => m = lo.metadata,
+                _ => return Ok(Action::AwaitChange),
+            }
+            live = true;
+        };
         if !solid.is_empty() {
             if dangling.is_empty() && waiting.is_empty() {
                 return Ok(Action::AwaitChange);
@@ -439,7 +462,10 @@ impl Gc {
         } else {
             Some(PropagationPolicy::Background)
         };
-        self.delete(mon.as_ref(), &key, &m, policy).await?;
+        // The live resourceVersion as a precondition: if the object changed since (an owner
+        // reference removed), the delete is refused and the change is judged again.
+        self.delete(mon.as_ref(), &key, &m, policy, m.resource_version.clone())
+            .await?;
         Ok(Action::AwaitChange)
     }
 
@@ -449,6 +475,7 @@ impl Gc {
         key: &'a Key,
         m: &'a ObjectMeta,
         policy: Option<PropagationPolicy>,
+        resource_version: Option<String>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let api = self.dyn_api(mon.resource(), mon.namespaced(), &key.0);
@@ -456,7 +483,7 @@ impl Gc {
                 propagation_policy: policy,
                 preconditions: Some(Preconditions {
                     uid: m.uid.clone(),
-                    resource_version: None,
+                    resource_version,
                 }),
                 ..Default::default()
             };
