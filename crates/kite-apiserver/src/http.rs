@@ -28,12 +28,11 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 type Query = HashMap<String, String>;
 
 fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
-    let mut r = (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(v).unwrap_or_default(),
-    )
-        .into_response();
+    json_bytes_response(code, serde_json::to_vec(v).unwrap_or_default(), warnings)
+}
+
+fn json_bytes_response(code: StatusCode, body: Vec<u8>, warnings: &[String]) -> Response {
+    let mut r = (code, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     for w in warnings {
         let text = format!("299 - {}", serde_json::to_string(w).unwrap_or_default());
         if let Ok(h) = text.parse() {
@@ -431,7 +430,7 @@ fn written(w: Written) -> Response {
     } else {
         StatusCode::OK
     };
-    json_response(code, &w.object, &w.warnings)
+    json_bytes_response(code, w.object.into_json(), &w.warnings)
 }
 
 /// A list as a Table (what `kubectl get` asks for).
@@ -609,7 +608,7 @@ async fn serve_resource(
                 .await?;
             Ok(json_response(
                 StatusCode::OK,
-                &scale_of(ri, &w.object),
+                &scale_of(ri, &w.object.into_value()?),
                 &w.warnings,
             ))
         }

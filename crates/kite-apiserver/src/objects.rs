@@ -55,10 +55,37 @@ pub enum Part {
 
 /// A written object and the warnings to send with it.
 pub struct Written {
-    pub object: Value,
+    pub object: WrittenObject,
     pub warnings: Vec<String>,
     /// True when the write created the object (201 rather than 200).
     pub created: bool,
+}
+
+/// What a write returns: the object as a value, or (after a create) the stored JSON with
+/// its resourceVersion, sent as it is without being parsed again.
+pub enum WrittenObject {
+    Value(Value),
+    Json(Vec<u8>),
+}
+
+impl WrittenObject {
+    pub fn into_value(self) -> ApiResult<Value> {
+        match self {
+            WrittenObject::Value(v) => Ok(v),
+            WrittenObject::Json(b) => {
+                serde_json::from_slice(&b).map_err(|e| ApiError::internal(e.to_string()))
+            }
+        }
+    }
+
+    pub fn into_json(self) -> Vec<u8> {
+        match self {
+            WrittenObject::Value(v) => {
+                serde_json::to_vec(&v).expect("JSON values always serialise")
+            }
+            WrittenObject::Json(b) => b,
+        }
+    }
 }
 
 /// Cluster settings the API needs.
@@ -576,7 +603,7 @@ impl Objects {
                 return Err(ApiError::already_exists(ri, &name));
             }
             return Ok(Written {
-                object: obj,
+                object: WrittenObject::Value(obj),
                 warnings,
                 created: true,
             });
@@ -594,7 +621,7 @@ impl Objects {
             "created"
         );
         Ok(Written {
-            object: decode(&kv)?,
+            object: WrittenObject::Json(raw_with_rv(&kv)?),
             warnings,
             created: true,
         })
@@ -850,7 +877,7 @@ impl Objects {
         if obj == old_cmp {
             // Nothing changed: no write, the resourceVersion stays.
             return Ok(Written {
-                object: old,
+                object: WrittenObject::Value(old),
                 warnings,
                 created: false,
             });
@@ -859,7 +886,7 @@ impl Objects {
         if opts.dry_run {
             meta_mut(&mut obj).insert("resourceVersion".into(), json!(old_rev.to_string()));
             return Ok(Written {
-                object: obj,
+                object: WrittenObject::Value(obj),
                 warnings,
                 created: false,
             });
@@ -871,7 +898,7 @@ impl Objects {
         {
             return match self.store.delete(&key, Some(old_rev)).await {
                 Ok(_) => Ok(Written {
-                    object: obj,
+                    object: WrittenObject::Value(obj),
                     warnings,
                     created: false,
                 }),
@@ -885,7 +912,7 @@ impl Objects {
                 meta_mut(&mut obj)
                     .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                 Ok(Written {
-                    object: obj,
+                    object: WrittenObject::Value(obj),
                     warnings,
                     created: false,
                 })

@@ -50,8 +50,10 @@ fn start_in(dir: tempfile::TempDir) -> (Server, Duration) {
     let t0 = Instant::now();
     let port = common::free_port();
     let kc = dir.path().join("kc.yaml");
+    let extra = std::env::var("KITE_BENCH_SERVER_ARGS").unwrap_or_default();
     let child = common::kite_server(&dir.path().join("data"), port, &kc)
         .arg("--disable-agent")
+        .args(extra.split_whitespace())
         .spawn()
         .expect("kite starts");
     let deadline = Instant::now() + Duration::from_secs(10);
