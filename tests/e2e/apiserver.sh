@@ -247,6 +247,22 @@ kc delete cm -n bulk -l group=x >/dev/null
 check "deletecollection by label" equals "$(kc get cm -n bulk -o name | grep -v kube-root-ca | tr '\n' ' ')" "configmap/b3 "
 check "auth can-i (SelfSubjectAccessReview)" equals "$(kc auth can-i create pods 2>&1)" "yes"
 check "auth whoami (SelfSubjectReview)" contains "$(kc auth whoami 2>&1)" "system:masters"
+# pods/binding (what a scheduler posts): nodeName, the binding's annotations and
+# PodScheduled=True in one write; uid is a precondition; a bound pod is not bound again.
+kc create ns binds >/dev/null
+kc run bindme -n binds --image=busybox >/dev/null
+uid=$(kc get pod bindme -n binds -o jsonpath='{.metadata.uid}')
+binding() { # uid node
+  echo "{\"apiVersion\":\"v1\",\"kind\":\"Binding\",\"metadata\":{\"name\":\"bindme\",\"uid\":\"$1\",\"annotations\":{\"bound-by\":\"e2e\"}},\"target\":{\"kind\":\"Node\",\"name\":\"$2\"}}" >"$WORK/binding.json"
+  kc create --raw /api/v1/namespaces/binds/pods/bindme/binding -f "$WORK/binding.json"
+}
+check "a binding with another pod's uid is refused (409 precondition)" fails_with "Precondition failed: UID in precondition" binding 00000000-0000-0000-0000-000000000000 node-a
+check "the refused binding changed nothing" equals "$(kc get pod bindme -n binds -o jsonpath='{.spec.nodeName}')" ""
+check "a binding succeeds" binding "$uid" node-a
+check "the binding set spec.nodeName" equals "$(kc get pod bindme -n binds -o jsonpath='{.spec.nodeName}')" "node-a"
+check "the binding's annotations are the pod's" equals "$(kc get pod bindme -n binds -o jsonpath='{.metadata.annotations.bound-by}')" "e2e"
+check "the binding set PodScheduled=True" equals "$(kc get pod bindme -n binds -o jsonpath='{.status.conditions[?(@.type=="PodScheduled")].status}')" "True"
+check "a bound pod is not bound again (409)" fails_with 'is already assigned to node "node-a"' binding "$uid" node-b
 metrics=$(kc get --raw /metrics)
 check "metrics count requests" contains "$metrics" 'apiserver_request_total{code="200",resource="configmaps",verb="LIST"}'
 check "metrics time store operations" contains "$metrics" 'etcd_request_duration_seconds_count{operation="create"}'

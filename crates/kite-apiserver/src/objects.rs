@@ -204,6 +204,36 @@ pub fn raw_with_rv(kv: &KeyValue) -> ApiResult<Vec<u8>> {
     }
 }
 
+/// Sets a pod condition's status, as upstream's UpdatePodCondition: a new condition, or a
+/// changed status, gets lastTransitionTime now; an unchanged one keeps its time.
+fn set_condition(pod: &mut Value, ty: &str, status: &str) {
+    if !pod["status"].is_object() {
+        pod["status"] = json!({});
+    }
+    if !pod["status"]["conditions"].is_array() {
+        pod["status"]["conditions"] = json!([]);
+    }
+    let conds = pod["status"]["conditions"]
+        .as_array_mut()
+        .expect("made an array above");
+    let now = json!(now_rfc3339());
+    match conds.iter_mut().find(|c| c["type"] == ty) {
+        Some(c) => {
+            if c["status"] != status {
+                c["lastTransitionTime"] = now;
+            }
+            c["status"] = json!(status);
+            if let Some(m) = c.as_object_mut() {
+                m.remove("reason");
+                m.remove("message");
+            }
+        }
+        None => conds.push(
+            json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": now}),
+        ),
+    }
+}
+
 /// The stored form of an object: its JSON without `metadata.resourceVersion`, which is the
 /// key's revision. Writers remove the field before calling; a copy is made only if they did not.
 fn encode(obj: &Value) -> Vec<u8> {
@@ -985,6 +1015,84 @@ impl Objects {
             }
         }
         Err(ApiError::stale(ri, name))
+    }
+
+    /// `pods/binding`, as upstream's BindingREST: in one compare-and-swap write, sets
+    /// `spec.nodeName`, merges the binding's labels and annotations into the pod's and sets
+    /// the `PodScheduled` condition to True. The binding's uid and resourceVersion, when
+    /// given, are preconditions; without a resourceVersion a concurrent write is retried.
+    pub async fn bind(
+        &self,
+        pods: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        node: &str,
+        binding_meta: &Value,
+    ) -> ApiResult<()> {
+        let want_uid = binding_meta["uid"].as_str().filter(|s| !s.is_empty());
+        let want_rv = binding_meta["resourceVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty());
+        for _ in 0..8 {
+            let (mut pod, rev) = self.get(pods, ns, name).await?;
+            if let Some(uid) = want_uid {
+                let have = meta(&pod)["uid"].as_str().unwrap_or_default();
+                if have != uid {
+                    return Err(ApiError::conflict(pods, name, &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
+                    )));
+                }
+            }
+            if let Some(rv) = want_rv {
+                if rv.parse::<Revision>().ok() != Some(rev) {
+                    return Err(ApiError::conflict(pods, name, &format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {rev}"
+                    )));
+                }
+            }
+            if meta(&pod)["deletionTimestamp"].is_string() {
+                return Err(ApiError::conflict(
+                    pods,
+                    name,
+                    &format!("pod {name} is being deleted, cannot be assigned to a host"),
+                ));
+            }
+            if let Some(on) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                return Err(ApiError::conflict(
+                    pods,
+                    name,
+                    &format!("pod {name} is already assigned to node \"{on}\""),
+                ));
+            }
+            pod["spec"]["nodeName"] = json!(node);
+            for field in ["labels", "annotations"] {
+                if let Some(add) = binding_meta[field].as_object() {
+                    let m = meta_mut(&mut pod);
+                    let into = m.entry(field).or_insert_with(|| json!({}));
+                    if !into.is_object() {
+                        *into = json!({});
+                    }
+                    let into = into.as_object_mut().expect("made an object above");
+                    for (k, v) in add {
+                        into.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            set_condition(&mut pod, "PodScheduled", "True");
+            meta_mut(&mut pod).remove("resourceVersion");
+            match self
+                .store
+                .update(&Self::key(pods, ns, name), encode(&pod), rev)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { .. }) if want_rv.is_none() => continue,
+                Err(StoreError::Conflict { .. }) => return Err(ApiError::stale(pods, name)),
+                Err(StoreError::NotFound(_)) => return Err(ApiError::not_found(pods, name)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::stale(pods, name))
     }
 
     pub async fn delete(

@@ -4,10 +4,8 @@
 
 use crate::auth::{Attributes, Decision, UserInfo};
 use crate::error::{ApiError, ApiResult};
-use crate::objects::{Part, WriteOpts};
 use crate::AppState;
 use http::StatusCode;
-use kite_api::patch::PatchType;
 use kite_api::registry::ResourceInfo;
 use serde_json::{json, Value};
 
@@ -127,7 +125,7 @@ pub async fn create(
     Ok(obj)
 }
 
-/// Binds a pod to a node (`pods/<name>/binding` or `bindings`): sets spec.nodeName once.
+/// Binds a pod to a node (`pods/<name>/binding`): sets spec.nodeName once, with PodScheduled.
 pub async fn bind(st: &AppState, ns: Option<&str>, pod: &str, binding: Value) -> ApiResult<Value> {
     let reg = st.objects.registry;
     let pods = reg.lookup("", "v1", "pods").expect("pods are registered");
@@ -139,30 +137,16 @@ pub async fn bind(st: &AppState, ns: Option<&str>, pod: &str, binding: Value) ->
             format!("Binding \"{pod}\" is invalid: target.name: Required value"),
         ));
     }
-    let (current, _) = st.objects.get(pods, ns, pod).await?;
-    if let Some(on) = current["spec"]["nodeName"]
+    if binding["metadata"]["name"]
         .as_str()
-        .filter(|n| !n.is_empty())
+        .is_some_and(|n| !n.is_empty() && n != pod)
     {
-        return Err(ApiError::conflict(
-            pods,
-            pod,
-            &format!("pod {pod} is already assigned to node \"{on}\""),
+        return Err(ApiError::bad_request(
+            "name in URL does not match name in Binding object",
         ));
     }
-    let rv = current["metadata"]["resourceVersion"].clone();
-    let patch = json!({"metadata": {"resourceVersion": rv}, "spec": {"nodeName": node}});
-    // The optimistic-concurrency precondition makes two racing binds end in one 409.
     st.objects
-        .patch(
-            pods,
-            ns,
-            pod,
-            &patch,
-            PatchType::Merge,
-            Part::Main,
-            &WriteOpts::default(),
-        )
+        .bind(pods, ns, pod, node, &binding["metadata"])
         .await?;
     Ok(
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
