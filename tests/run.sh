@@ -82,6 +82,10 @@ node_tier() {
   # tests is the node's, not kubectl's).
   echo "## CNI tier with $(basename "${KUBECTLS[-1]}")"
   KUBECTL="${KUBECTLS[-1]}" timeout 300 bash tests/e2e/cni.sh || { r=$?; rc=1; [ $r = 124 ] && echo "FAIL - the CNI tier was killed after 300 s"; }
+  # One last line for the report: each part's own summary.
+  awk '/^## / {h = substr($0, 4); sub(/ tier with /, " (", h); h = h ")"; next}
+       /^[0-9]+ passed, [0-9]+ failed/ {printf "%s%s %s", sep, h, $0; sep = "; "}
+       END {print ""}' "$logs/kubelet.log"
   return $rc
 }
 if [ "$(id -u)" = 0 ]; then
