@@ -204,6 +204,38 @@ pub fn raw_with_rv(kv: &KeyValue) -> ApiResult<Vec<u8>> {
     }
 }
 
+/// Upstream's storage preconditions (delete options, bindings): a uid and a resourceVersion
+/// the stored object must have, else 409.
+fn check_preconditions(
+    ri: &ResourceInfo,
+    name: &str,
+    obj: &Value,
+    rev: Revision,
+    uid: Option<&str>,
+    rv: Option<&str>,
+) -> ApiResult<()> {
+    if let Some(uid) = uid {
+        let have = meta(obj)["uid"].as_str().unwrap_or_default();
+        if have != uid {
+            return Err(ApiError::conflict(
+                ri,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
+                ),
+            ));
+        }
+    }
+    if let Some(rv) = rv {
+        if rv.parse::<Revision>().ok() != Some(rev) {
+            return Err(ApiError::conflict(ri, name, &format!(
+                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {rev}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Sets a pod condition's status, as upstream's UpdatePodCondition: a new condition, or a
 /// changed status, gets lastTransitionTime now; an unchanged one keeps its time.
 fn set_condition(pod: &mut Value, ty: &str, status: &str) {
@@ -1035,21 +1067,7 @@ impl Objects {
             .filter(|s| !s.is_empty());
         for _ in 0..8 {
             let (mut pod, rev) = self.get(pods, ns, name).await?;
-            if let Some(uid) = want_uid {
-                let have = meta(&pod)["uid"].as_str().unwrap_or_default();
-                if have != uid {
-                    return Err(ApiError::conflict(pods, name, &format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
-                    )));
-                }
-            }
-            if let Some(rv) = want_rv {
-                if rv.parse::<Revision>().ok() != Some(rev) {
-                    return Err(ApiError::conflict(pods, name, &format!(
-                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {rev}"
-                    )));
-                }
-            }
+            check_preconditions(pods, name, &pod, rev, want_uid, want_rv)?;
             if meta(&pod)["deletionTimestamp"].is_string() {
                 return Err(ApiError::conflict(
                     pods,
@@ -1104,21 +1122,14 @@ impl Objects {
     ) -> ApiResult<Value> {
         for _ in 0..8 {
             let (old, old_rev) = self.get(ri, ns, name).await?;
-            if let Some(uid) = &opts.precondition_uid {
-                let have = meta(&old)["uid"].as_str().unwrap_or_default();
-                if have != uid {
-                    return Err(ApiError::conflict(ri, name, &format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
-                    )));
-                }
-            }
-            if let Some(rv) = &opts.precondition_rv {
-                if rv.parse::<Revision>().ok() != Some(old_rev) {
-                    return Err(ApiError::conflict(ri, name, &format!(
-                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {old_rev}"
-                    )));
-                }
-            }
+            check_preconditions(
+                ri,
+                name,
+                &old,
+                old_rev,
+                opts.precondition_uid.as_deref(),
+                opts.precondition_rv.as_deref(),
+            )?;
             if ri.is("", "Namespace") && ["default", "kube-system", "kube-public"].contains(&name) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,

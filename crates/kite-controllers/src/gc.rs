@@ -85,6 +85,14 @@ struct Gc {
     resolved: tokio::sync::Mutex<HashMap<(String, String), Option<Resolved>>>,
 }
 
+/// An object's owners by state (their uids): present, in foreground deletion, gone.
+#[derive(Default)]
+struct Owners {
+    solid: Vec<String>,
+    waiting: Vec<String>,
+    dangling: Vec<String>,
+}
+
 fn has_finalizer(m: &ObjectMeta, f: &str) -> bool {
     m.finalizers.iter().flatten().any(|x| x == f)
 }
@@ -338,6 +346,21 @@ impl Gc {
         }
     }
 
+    /// Sorts an object's owner references by their owners' state.
+    async fn judge_owners(&self, ns: &str, m: &ObjectMeta) -> Result<Owners> {
+        let mut o = Owners::default();
+        for r in m.owner_references.iter().flatten() {
+            match self.owner(ns, r).await? {
+                None => o.dangling.push(r.uid.clone()),
+                Some(om) if om.deletion_timestamp.is_some() && has_finalizer(&om, FOREGROUND) => {
+                    o.waiting.push(r.uid.clone())
+                }
+                Some(_) => o.solid.push(r.uid.clone()),
+            }
+        }
+        Ok(o)
+    }
+
     async fn reconcile(&self, (idx, key): Item) -> Result<Action> {
         let mon = self.monitors[idx].clone();
         let Some(m) = mon.meta(&key) else {
@@ -408,28 +431,12 @@ impl Gc {
             }
             return Ok(Action::Requeue(Duration::from_secs(5)));
         }
+        if m.owner_references.as_ref().is_none_or(|r| r.is_empty()) {
+            return Ok(Action::AwaitChange);
+        }
         let mut m = m;
-        let mut live = false;
-        let (refs, solid, waiting, dangling) = loop {
-            let refs = m.owner_references.clone().unwrap_or_default();
-            if refs.is_empty() {
-                return Ok(Action::AwaitChange);
-            }
-            let (mut solid, mut waiting, mut dangling) = (Vec::new(), Vec::new(), Vec::new());
-            for r in &refs {
-                match self.owner(&key.0, r).await? {
-                    None => dangling.push(r.uid.clone()),
-                    Some(om)
-                        if om.deletion_timestamp.is_some() && has_finalizer(&om, FOREGROUND) =>
-                    {
-                        waiting.push(r.uid.clone())
-                    }
-                    Some(_) => solid.push(r.uid.clone()),
-                }
-            }
-            if live || (dangling.is_empty() && waiting.is_empty()) {
-                break (refs, solid, waiting, dangling);
-            }
+        let mut owners = self.judge_owners(&key.0, &m).await?;
+        if !owners.dangling.is_empty() || !owners.waiting.is_empty() {
             // About to change or delete the object: judge it by its live state, not the
             // cache (an owner deleted with `orphan` has just removed its reference, and the
             // cache may not have seen that yet), as upstream's collector does.
@@ -437,8 +444,17 @@ impl Gc {
                 Some(lo) if lo.metadata.uid == m.uid => m = lo.metadata,
                 _ => return Ok(Action::AwaitChange),
             }
-            live = true;
-        };
+            if m.owner_references.as_ref().is_none_or(|r| r.is_empty()) {
+                return Ok(Action::AwaitChange);
+            }
+            owners = self.judge_owners(&key.0, &m).await?;
+        }
+        let Owners {
+            solid,
+            waiting,
+            dangling,
+        } = owners;
+        let refs = m.owner_references.clone().unwrap_or_default();
         if !solid.is_empty() {
             if dangling.is_empty() && waiting.is_empty() {
                 return Ok(Action::AwaitChange);
