@@ -3,7 +3,8 @@
 //! log ([`crate::wal`]).
 //!
 //! Every write runs under one mutex, which assigns the next revision, applies the key record,
-//! the log record and the counter as one atomic sled batch, and queues the WAL record. The
+//! the log record and the counter to sled (in that order, as plain inserts: see
+//! [`apply_event`] for why not a batch), and queues the WAL record. The
 //! writer then waits for durability through a group commit: the first waiter writes and syncs
 //! the WAL for everyone who wrote before it began. Only then are events published to watchers,
 //! so a watcher never sees a write that a crash could lose. A maintenance thread flushes sled
@@ -103,7 +104,7 @@ impl SledStore {
                     break;
                 }
                 let event = decode_event(rev, &bytes)?;
-                db.apply_batch(batch_for(&event, &bytes))?;
+                apply_event(&db, &event, &bytes)?;
                 last = rev;
                 replayed += 1;
             }
@@ -237,7 +238,7 @@ impl SledStore {
             }
         };
         let encoded = encode_event(&event);
-        self.inner.db.apply_batch(batch_for(&event, &encoded))?;
+        apply_event(&self.inner.db, &event, &encoded)?;
         wal::encode_record(rev, &encoded, &mut st.wal_buf);
         st.last = rev;
         let event = Arc::new(event);
@@ -333,19 +334,27 @@ async fn replay(
     }
 }
 
-/// The sled batch for one write: key record, history record and revision counter.
-fn batch_for(event: &Event, encoded_event: &[u8]) -> sled::Batch {
-    let mut batch = sled::Batch::default();
+/// Applies one write to sled: the key record, then the history record, then the revision
+/// counter, as three plain inserts. They are deliberately not a sled batch: a batch makes sled
+/// write and `sync_file_range` its log buffer before and after, one disk round trip per write,
+/// which was most of the store's cost. Atomicity comes from the WAL instead: sled recovers a
+/// prefix of its inserts, the counter goes last, and opening the store replays every WAL record
+/// after the counter, each replay an idempotent put or remove.
+fn apply_event(db: &sled::Db, event: &Event, encoded_event: &[u8]) -> Result<()> {
     match event.kind {
-        EventKind::Put => batch.insert(
-            key_record(&event.kv.key),
-            encode_kv(event.kv.create_revision, event.revision, &event.kv.value),
-        ),
-        EventKind::Delete => batch.remove(key_record(&event.kv.key)),
+        EventKind::Put => {
+            db.insert(
+                key_record(&event.kv.key),
+                encode_kv(event.kv.create_revision, event.revision, &event.kv.value),
+            )?;
+        }
+        EventKind::Delete => {
+            db.remove(key_record(&event.kv.key))?;
+        }
     }
-    batch.insert(&log_record(event.revision)[..], encoded_event);
-    batch.insert(META_REV, &event.revision.to_be_bytes()[..]);
-    batch
+    db.insert(&log_record(event.revision)[..], encoded_event)?;
+    db.insert(META_REV, &event.revision.to_be_bytes()[..])?;
+    Ok(())
 }
 
 fn conflict(key: &str, current: Option<&KeyValue>) -> StoreError {
