@@ -135,10 +135,24 @@ impl DecodeError {
 fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(
     v: &Value,
 ) -> Result<Value, DecodeError> {
-    let typed: T = serde_path_to_error::deserialize(v).map_err(|e| DecodeError {
-        path: e.path().to_string(),
-        message: e.inner().to_string(),
-    })?;
+    // The plain decode is the common case; only a failure pays for tracking the field path,
+    // by decoding again, to name the field in the error.
+    let typed = match T::deserialize(v) {
+        Ok(t) => t,
+        Err(plain) => {
+            return Err(match serde_path_to_error::deserialize::<_, T>(v) {
+                Err(e) => DecodeError {
+                    path: e.path().to_string(),
+                    message: e.inner().to_string(),
+                },
+                // Decoding is deterministic, so this does not happen; keep the first error.
+                Ok(_) => DecodeError {
+                    path: String::new(),
+                    message: plain.to_string(),
+                },
+            });
+        }
+    };
     serde_json::to_value(typed).map_err(|e| DecodeError {
         path: String::new(),
         message: e.to_string(),
