@@ -391,6 +391,14 @@ impl ServerArgs {
                 .map_err(|_| bad(key, v, "not an IPv4 CIDR such as 10.43.0.0/16"))
         };
         let cluster_cidr = cidr("cluster-cidr", &self.cluster_cidr)?;
+        // Node IPAM hands each node a /24 from it.
+        if cluster_cidr.prefix_len() > 24 {
+            return Err(bad(
+                "cluster-cidr",
+                &self.cluster_cidr,
+                "too small for /24 node ranges; use a /24 or larger",
+            ));
+        }
         let service_cidr = cidr("service-cidr", &self.service_cidr)?;
         if service_cidr.prefix_len() > 28 {
             return Err(bad(
@@ -727,6 +735,11 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(e.to_string().contains("--cluster-dns"));
+        let e = args(&["--cluster-cidr", "10.42.0.0/25"])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("--cluster-cidr"));
+        assert!(args(&["--cluster-cidr", "10.42.0.0/24"]).resolve().is_ok());
     }
 
     #[test]
