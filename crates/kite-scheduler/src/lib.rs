@@ -20,6 +20,7 @@ use kube::Api;
 use queue::SchedulingQueue;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +36,9 @@ struct Scheduler {
     queue: SchedulingQueue,
     recorder: Recorder,
     binds: Arc<tokio::sync::Semaphore>,
-    next_start: Mutex<usize>,
+    /// The last node the previous search looked at: the next one starts after it, so
+    /// successive pods look at different nodes (upstream's nextStartNodeIndex).
+    last_checked: Mutex<String>,
 }
 
 fn is_ours(p: &Pod) -> bool {
@@ -91,7 +94,7 @@ pub async fn run(client: kube::Client, identity: &str) -> Result<()> {
         queue: SchedulingQueue::default(),
         recorder: Recorder::new(client.clone(), SCHEDULER_NAME, ""),
         binds: Arc::new(tokio::sync::Semaphore::new(BIND_CONCURRENCY)),
-        next_start: Mutex::new(0),
+        last_checked: Mutex::default(),
     });
     let nodes = informers.get::<Node>();
     {
@@ -106,7 +109,12 @@ pub async fn run(client: kube::Client, identity: &str) -> Result<()> {
                     _ => cache.upsert_node(c.object().clone()),
                 }
             }
-            if !matches!(c, Change::Deleted(_)) {
+            let relevant = match c {
+                Change::Added(_) => true,
+                Change::Updated { old, new } => plugins::node_scheduling_changed(old, new),
+                Change::Deleted(_) => false,
+            };
+            if relevant {
                 s2.queue.move_all_to_active();
             }
         });
@@ -248,24 +256,24 @@ impl Scheduler {
         ),
     > {
         let pf = plugins::PreFilter::new(p, cache);
-        let all: Vec<&cache::NodeInfo> = cache.nodes.values().collect();
-        let n = all.len();
+        let n = cache.nodes.len();
         // Upstream's percentageOfNodesToScore: stop after enough feasible nodes.
         let pct = (50 - n as i64 / 125).max(5) as usize;
         let want = (n * pct / 100).max(100).min(n);
-        let start = {
-            let mut s = self.next_start.lock().unwrap();
-            let v = if n == 0 { 0 } else { *s % n };
-            *s = s.wrapping_add(1);
-            v
-        };
+        let mut last = self.last_checked.lock().unwrap();
+        // Every node once, in name order, starting after the last one looked at.
+        let after = cache
+            .nodes
+            .range::<str, _>((Bound::Excluded(last.as_str()), Bound::Unbounded));
+        let upto = cache
+            .nodes
+            .range::<str, _>((Bound::Unbounded, Bound::Included(last.as_str())));
         let mut feasible = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut resolvable = Vec::new();
-        let mut checked = 0;
-        for i in 0..n {
-            let ni = all[(start + i) % n];
-            checked += 1;
+        let mut stop = None;
+        for (name, ni) in after.chain(upto) {
+            stop = Some(name);
             match pf.filter(ni) {
                 Ok(()) => {
                     feasible.push(ni);
@@ -283,7 +291,10 @@ impl Scheduler {
                 }
             }
         }
-        let _ = checked;
+        if let Some(name) = stop {
+            name.clone_into(&mut last);
+        }
+        drop(last);
         if feasible.is_empty() {
             let plan = preemption_plan(p, &resolvable);
             return Err((n, reasons, plan));

@@ -6,7 +6,9 @@
 //! upstream weighs them.
 
 use crate::cache::{Cache, NodeInfo, PodInfo};
-use k8s_openapi::api::core::v1::{PodAffinityTerm, Taint, Toleration, TopologySpreadConstraint};
+use k8s_openapi::api::core::v1::{
+    Node, PodAffinityTerm, Taint, Toleration, TopologySpreadConstraint,
+};
 use kite_runtime::labels::{self, Labels};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -80,8 +82,8 @@ pub struct PreFilter<'a> {
     /// Whether any pod in the cluster matches each affinity term (first-pod exception).
     affinity_any: bool,
     anti_affinity: Vec<(&'a PodAffinityTerm, HashSet<String>)>,
-    /// (topologyKey, value) pairs where an existing pod's anti-affinity rejects this pod.
-    existing_anti: HashSet<(String, String)>,
+    /// Per topologyKey, the values where an existing pod's anti-affinity rejects this pod.
+    existing_anti: HashMap<String, HashSet<String>>,
     spread: Vec<Spread<'a>>,
 }
 
@@ -151,7 +153,7 @@ impl<'a> PreFilter<'a> {
                 .iter()
                 .map(|t| (t, HashSet::new()))
                 .collect(),
-            existing_anti: HashSet::new(),
+            existing_anti: HashMap::new(),
             spread: Vec::new(),
         };
         // Only a pod with affinity terms of its own needs a scan of every placed pod.
@@ -176,7 +178,10 @@ impl<'a> PreFilter<'a> {
             for t in required_terms(other, true) {
                 if term_selects(t, &other.namespace, pod) {
                     if let Some(v) = ni.labels().get(&t.topology_key) {
-                        pf.existing_anti.insert((t.topology_key.clone(), v.clone()));
+                        pf.existing_anti
+                            .entry(t.topology_key.clone())
+                            .or_default()
+                            .insert(v.clone());
                     }
                 }
             }
@@ -283,9 +288,11 @@ impl<'a> PreFilter<'a> {
                 });
             }
         }
-        if nl
+        // Looked up by the few keys existing pods name, not by every label of the node.
+        if self
+            .existing_anti
             .iter()
-            .any(|(k, v)| self.existing_anti.contains(&(k.clone(), v.clone())))
+            .any(|(k, vals)| nl.get(k).is_some_and(|v| vals.contains(v)))
         {
             return Err(Rejection {
                 reasons: vec!["node(s) didn't satisfy existing pods anti-affinity rules".into()],
@@ -522,6 +529,35 @@ pub fn score(p: &PodInfo, nodes: &[&NodeInfo], cache: &Cache) -> Vec<i64> {
     total
 }
 
+/// Whether a node update can change which pods fit on it: its labels, taints,
+/// unschedulable flag, allocatable resources or the type/status of its conditions.
+/// Heartbeats (only `lastHeartbeatTime` moves) cannot, so, as upstream's queueing
+/// hints, they do not send parked pods back to the queue, where each retry would
+/// double their back-off for nothing.
+pub fn node_scheduling_changed(old: &Node, new: &Node) -> bool {
+    let conditions = |n: &Node| -> Vec<(String, String)> {
+        let mut c: Vec<_> = n
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| (c.type_.clone(), c.status.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        c.sort();
+        c
+    };
+    let (os, ns) = (old.spec.as_ref(), new.spec.as_ref());
+    old.metadata.labels != new.metadata.labels
+        || os.and_then(|s| s.taints.as_ref()) != ns.and_then(|s| s.taints.as_ref())
+        || os.and_then(|s| s.unschedulable) != ns.and_then(|s| s.unschedulable)
+        || old.status.as_ref().and_then(|s| s.allocatable.as_ref())
+            != new.status.as_ref().and_then(|s| s.allocatable.as_ref())
+        || conditions(old) != conditions(new)
+}
+
 /// Upstream's summary: "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had …."
 pub fn summary(total: usize, reasons: &BTreeMap<String, usize>) -> String {
     let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
@@ -563,6 +599,62 @@ mod tests {
             ..eq
         };
         assert!(!tolerates(&[other_effect], &taint));
+    }
+
+    #[test]
+    fn only_scheduling_changes_of_a_node_count() {
+        let n = |v: serde_json::Value| -> Node { serde_json::from_value(v).unwrap() };
+        let base = n(serde_json::json!({
+            "metadata": {"name": "a", "labels": {"x": "1"}},
+            "status": {"allocatable": {"cpu": "1"}, "conditions": [
+                {"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-01-01T00:00:00Z"}]}
+        }));
+        let heartbeat = n(serde_json::json!({
+            "metadata": {"name": "a", "labels": {"x": "1"}},
+            "status": {"allocatable": {"cpu": "1"}, "conditions": [
+                {"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-01-01T00:00:10Z"}]}
+        }));
+        assert!(!node_scheduling_changed(&base, &heartbeat));
+        let mut labelled = base.clone();
+        labelled
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("disk".into(), "ssd".into());
+        assert!(node_scheduling_changed(&base, &labelled));
+        let mut tainted = base.clone();
+        tainted.spec.get_or_insert_with(Default::default).taints = Some(vec![Taint {
+            key: "k".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }]);
+        assert!(node_scheduling_changed(&base, &tainted));
+        let mut cordoned = base.clone();
+        cordoned
+            .spec
+            .get_or_insert_with(Default::default)
+            .unschedulable = Some(true);
+        assert!(node_scheduling_changed(&base, &cordoned));
+        let mut not_ready = heartbeat.clone();
+        not_ready
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "Unknown".into();
+        assert!(node_scheduling_changed(&base, &not_ready));
+        let mut bigger = base.clone();
+        bigger.status.as_mut().unwrap().allocatable = Some(
+            [(
+                "cpu".to_string(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("2".into()),
+            )]
+            .into(),
+        );
+        assert!(node_scheduling_changed(&base, &bigger));
     }
 
     #[test]
