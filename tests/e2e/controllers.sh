@@ -209,7 +209,8 @@ check "an unschedulable pod stays Pending" equals "$(kc get pod picky -n apps -o
 check "FailedScheduling explains why" contains "$(kc get events -n apps --field-selector involvedObject.name=picky,reason=FailedScheduling -o jsonpath='{.items[0].message}')" "0/4 nodes are available: 1 node(s) had untolerated taint {pool: prio}, 3 node(s) didn't match Pod's node affinity/selector."
 check "the pod's PodScheduled condition is Unschedulable" equals "$(kc get pod picky -n apps -o jsonpath='{.status.conditions[?(@.type=="PodScheduled")].reason}')" "Unschedulable"
 kc label node kite-sim-1 disk=ssd >/dev/null
-wait_for 3 "picky to be scheduled" bash -c "[ \"\$($KUBECTL get pod picky -n apps -o jsonpath='{.spec.nodeName}')\" = kite-sim-1 ]"
+# Within the longest back-off (10 s, as upstream), well before the 30 s periodic retry.
+wait_for 12 "picky to be scheduled" bash -c "[ \"\$($KUBECTL get pod picky -n apps -o jsonpath='{.spec.nodeName}')\" = kite-sim-1 ]"
 check "labelling a node schedules the pending pod onto it" equals "$(kc get pod picky -n apps -o jsonpath='{.spec.nodeName}')" "kite-sim-1"
 
 kc taint node kite-sim-2 maint=yes:NoSchedule >/dev/null
@@ -283,5 +284,19 @@ check "a high-priority pod preempts a low-priority one when the node is full" eq
 check "the victim is gone" fails_with "not found" kc get pod lowpod -n apps
 check "kubectl get priorityclasses prints upstream's columns" contains "$(kc get pc high)" "VALUE   GLOBAL-DEFAULT"
 check "the preemption is recorded" contains "$(kc get events -n apps --field-selector reason=Preempted -o jsonpath='{.items[*].message}')" "Preempted by pod"
+# A globalDefault PriorityClass gives class-less pods its name, value and preemption policy.
+kc apply -f - >/dev/null <<'YAML'
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: fallback}
+value: 50
+globalDefault: true
+preemptionPolicy: Never
+YAML
+kc run classless -n apps --image=busybox --overrides='{"spec":{"nodeSelector":{"pool":"none"}}}' >/dev/null
+check "a class-less pod gets the globalDefault PriorityClass" equals \
+  "$(kc get pod classless -n apps -o jsonpath='{.spec.priorityClassName}/{.spec.priority}/{.spec.preemptionPolicy}')" "fallback/50/Never"
+kc delete pod classless -n apps --grace-period=0 --force >/dev/null 2>&1
+kc delete pc fallback >/dev/null
 
 summary
