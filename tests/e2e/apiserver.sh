@@ -245,6 +245,12 @@ for i in 1 2 3; do kc create configmap "b$i" -n bulk >/dev/null; done
 kc label cm b1 b2 -n bulk group=x >/dev/null
 kc delete cm -n bulk -l group=x >/dev/null
 check "deletecollection by label" equals "$(kc get cm -n bulk -o name | grep -v kube-root-ca | tr '\n' ' ')" "configmap/b3 "
+kc create configmap noop -n bulk --from-literal=k=v >/dev/null
+rv1=$(kc get cm noop -n bulk -o jsonpath='{.metadata.resourceVersion}')
+kc get cm noop -n bulk -o json | kc replace -f - >/dev/null
+check "an update that changes nothing keeps the resourceVersion" equals "$(kc get cm noop -n bulk -o jsonpath='{.metadata.resourceVersion}')" "$rv1"
+kc get cm noop -n bulk -o json | sed 's/"k": "v"/"k": "w"/' | kc replace -f - >/dev/null
+check "an update that changes data gets a new resourceVersion" test "$(kc get cm noop -n bulk -o jsonpath='{.metadata.resourceVersion}')" != "$rv1"
 check "auth can-i (SelfSubjectAccessReview)" equals "$(kc auth can-i create pods 2>&1)" "yes"
 check "auth whoami (SelfSubjectReview)" contains "$(kc auth whoami 2>&1)" "system:masters"
 # pods/binding (what a scheduler posts): nodeName, the binding's annotations and

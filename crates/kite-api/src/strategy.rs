@@ -727,15 +727,22 @@ pub fn bumps_generation(ri: &ResourceInfo, new: &Value, old: &Value) -> bool {
     if !tracks_generation(ri) {
         return false;
     }
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.as_object_mut() {
-            m.remove("metadata");
-            m.remove("status");
-        }
-        v
-    };
-    strip(new) != strip(old)
+    // Everything but metadata and status, compared in place (no copies: every update of a
+    // pod or a workload passes here).
+    match (new.as_object(), old.as_object()) {
+        (Some(n), Some(o)) => !same_except(n, o, &["metadata", "status"]),
+        _ => new != old,
+    }
+}
+
+/// Whether two JSON objects are equal once the keys in `skip` are left out of both, compared
+/// in place.
+pub fn same_except(a: &Map<String, Value>, b: &Map<String, Value>, skip: &[&str]) -> bool {
+    let kept = |m: &'_ Map<String, Value>| m.keys().filter(|k| !skip.contains(&k.as_str())).count();
+    kept(a) == kept(b)
+        && a.iter()
+            .filter(|(k, _)| !skip.contains(&k.as_str()))
+            .all(|(k, v)| b.get(k) == Some(v))
 }
 
 pub fn tracks_generation(ri: &ResourceInfo) -> bool {
@@ -746,6 +753,29 @@ pub fn tracks_generation(ri: &ResourceInfo) -> bool {
 mod tests {
     use super::*;
     use crate::registry::Registry;
+
+    #[test]
+    fn generation_follows_everything_but_metadata_and_status() {
+        let r = Registry::get();
+        let d = r.lookup("apps", "v1", "deployments").unwrap();
+        let old = json!({"metadata": {"name": "a", "generation": 1}, "spec": {"replicas": 1}, "status": {"replicas": 1}});
+        let meta_only =
+            json!({"metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"replicas": 1}});
+        assert!(!bumps_generation(d, &meta_only, &old));
+        let scaled =
+            json!({"metadata": {"name": "a"}, "spec": {"replicas": 2}, "status": {"replicas": 1}});
+        assert!(bumps_generation(d, &scaled, &old));
+        let extra = json!({"metadata": {"name": "a"}, "spec": {"replicas": 1}, "other": 1});
+        assert!(bumps_generation(d, &extra, &old));
+        let gone = json!({"metadata": {"name": "a"}});
+        assert!(bumps_generation(d, &gone, &old));
+        let cm = r.lookup("", "v1", "configmaps").unwrap();
+        assert!(!bumps_generation(
+            cm,
+            &json!({"data": {"k": "w"}}),
+            &json!({"data": {"k": "v"}})
+        ));
+    }
 
     #[test]
     fn deployment_defaults_and_validation() {

@@ -123,6 +123,21 @@ fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     obj["metadata"].as_object_mut().unwrap()
 }
 
+/// Whether `new` equals `old` apart from `metadata.resourceVersion` (which an object on
+/// its way to the store no longer carries), without copying either.
+fn same_but_resource_version(new: &Value, old: &Value) -> bool {
+    let (Some(n), Some(o)) = (new.as_object(), old.as_object()) else {
+        return new == old;
+    };
+    strategy::same_except(n, o, &["metadata"])
+        && match (n.get("metadata"), o.get("metadata")) {
+            (Some(Value::Object(nm)), Some(Value::Object(om))) => {
+                strategy::same_except(nm, om, &["resourceVersion"])
+            }
+            (nm, om) => nm == om,
+        }
+}
+
 pub fn name_of(obj: &Value) -> &str {
     meta(obj)["name"].as_str().unwrap_or_default()
 }
@@ -316,6 +331,24 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equality_ignores_only_the_resource_version() {
+        let old = json!({"metadata": {"name": "a", "resourceVersion": "7"}, "data": {"k": "v"}});
+        let same = json!({"metadata": {"name": "a"}, "data": {"k": "v"}});
+        assert!(same_but_resource_version(&same, &old));
+        let other = json!({"metadata": {"name": "a"}, "data": {"k": "w"}});
+        assert!(!same_but_resource_version(&other, &old));
+        let more = json!({"metadata": {"name": "a", "labels": {"x": "y"}}, "data": {"k": "v"}});
+        assert!(!same_but_resource_version(&more, &old));
+        let fewer = json!({"metadata": {"name": "a"}});
+        assert!(!same_but_resource_version(&fewer, &old));
+        let no_meta = json!({"metadata": {"resourceVersion": "7"}});
+        assert!(same_but_resource_version(
+            &json!({"metadata": {}}),
+            &no_meta
+        ));
+    }
 
     #[test]
     fn resource_version_is_spliced_into_the_top_level_metadata() {
@@ -873,8 +906,22 @@ impl Objects {
     ) -> ApiResult<Written> {
         if part == Part::Status {
             // A status write changes status only (and nothing else of the object).
-            let status = obj.get("status").cloned().unwrap_or(Value::Null);
-            obj = old.clone();
+            let status = obj
+                .get_mut("status")
+                .map(Value::take)
+                .unwrap_or(Value::Null);
+            // The stored object with the new status, in the stored key order; the old
+            // status is not copied only to be replaced.
+            let mut base = Map::new();
+            for (k, v) in old.as_object().into_iter().flatten() {
+                let v = if k == "status" {
+                    Value::Null
+                } else {
+                    v.clone()
+                };
+                base.insert(k.clone(), v);
+            }
+            obj = Value::Object(base);
             obj["status"] = status;
         } else if ri.status {
             match old.get("status") {
@@ -887,7 +934,7 @@ impl Objects {
             }
         }
         {
-            let om = meta(&old).clone();
+            let om = meta(&old);
             let m = meta_mut(&mut obj);
             for k in [
                 "uid",
@@ -934,9 +981,7 @@ impl Objects {
         } else {
             None
         };
-        let mut old_cmp = old.clone();
-        meta_mut(&mut old_cmp).remove("resourceVersion");
-        if obj == old_cmp {
+        if same_but_resource_version(&obj, &old) {
             // Nothing changed: no write, the resourceVersion stays.
             return Ok(Written {
                 object: WrittenObject::Value(old),
