@@ -59,26 +59,6 @@ fn containerd_pid(data: &Path) -> Option<u32> {
     })
 }
 
-/// CPU seconds a process has used (utime + stime).
-fn proc_cpu(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / clk_tck()
-}
-
-fn clk_tck() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64
-}
-
 /// CPU seconds the whole machine has been busy (all but idle and iowait).
 fn machine_cpu() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -94,7 +74,7 @@ fn machine_cpu() -> f64 {
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, x)| x)
         .sum();
-    busy / clk_tck()
+    busy / common::clk_tck()
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -210,9 +190,9 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let cpu0 = (
             machine_cpu(),
-            proc_cpu(kite_pid),
-            cd_pid.map(proc_cpu).unwrap_or(0.0),
-            proc_cpu(std::process::id()),
+            common::cpu_secs(kite_pid),
+            cd_pid.map(common::cpu_secs).unwrap_or(0.0),
+            common::cpu_secs(std::process::id()),
         );
         let t0 = Instant::now();
         let created: HashMap<String, Instant> = futures::stream::iter(0..n)
@@ -252,9 +232,9 @@ async fn main() {
         let wall = t0.elapsed().as_secs_f64();
         let (m, k, c, b) = (
             machine_cpu() - cpu0.0,
-            proc_cpu(kite_pid) - cpu0.1,
-            cd_pid.map(proc_cpu).unwrap_or(0.0) - cpu0.2,
-            proc_cpu(std::process::id()) - cpu0.3,
+            common::cpu_secs(kite_pid) - cpu0.1,
+            cd_pid.map(common::cpu_secs).unwrap_or(0.0) - cpu0.2,
+            common::cpu_secs(std::process::id()) - cpu0.3,
         );
         println!(
             "  CPU while {n} pods started ({wall:.2} s): {m:.2} s in all; kite {k:.2}, \

@@ -1,4 +1,4 @@
-//! Helpers the benches share: a free loopback port and a process's resident memory.
+//! Helpers the benches share: a free loopback port and a process's resident memory and CPU time.
 
 /// A TCP port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
@@ -17,6 +17,27 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU seconds process `pid` has used so far (utime + stime; 0 if it cannot be read).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / clk_tck()
+}
+
+/// The kernel's clock ticks per second, the unit of `/proc`'s CPU times.
+pub fn clk_tck() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64
 }
 
 /// `kite server` on 127.0.0.1:`port` with its data in `data` and its kubeconfig at `kc`,
