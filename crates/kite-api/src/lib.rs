@@ -1,8 +1,9 @@
 //! The API's model of resources, independent of HTTP and storage: the registry of served
-//! resources ([`registry`]), per-kind strategies for defaulting and validation
+//! resources ([`registry`]), typed decoding that notes unknown fields ([`decode`]), per-kind strategies for defaulting and validation
 //! ([`strategy`], [`validation`]), selectors ([`selector`]), patching ([`patch`]) and
 //! server-side printing ([`table`]).
 
+pub mod decode;
 pub mod patch;
 pub mod proto;
 pub mod registry;

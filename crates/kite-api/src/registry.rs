@@ -69,8 +69,11 @@ pub struct ResourceInfo {
     /// The OpenAPI definition name of the type, e.g. `io.k8s.api.core.v1.Pod`.
     pub definition: String,
     /// Decodes JSON into the typed object and back: checks types and required fields, and
-    /// drops fields the type does not have.
-    pub roundtrip: fn(&Value) -> Result<Value, DecodeError>,
+    /// drops fields the type does not have, noting their paths in the `Vec`.
+    pub roundtrip: fn(&Value, &mut Vec<String>) -> Result<Value, DecodeError>,
+    /// As `roundtrip`, but encodes the typed object straight to JSON text (what is stored),
+    /// skipping the intermediate value.
+    pub roundtrip_json: fn(&Value, &mut Vec<String>) -> Result<Vec<u8>, DecodeError>,
     /// The JSON schema of the type (for OpenAPI).
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
 }
@@ -132,31 +135,46 @@ impl DecodeError {
     }
 }
 
-fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(
+/// Decodes `v` as `T`, noting unknown fields. The plain decode is the common case; only a
+/// failure pays for tracking the field path, by decoding again, to name the field.
+fn decode_typed<T: serde::de::DeserializeOwned>(
     v: &Value,
-) -> Result<Value, DecodeError> {
-    // The plain decode is the common case; only a failure pays for tracking the field path,
-    // by decoding again, to name the field in the error.
-    let typed = match T::deserialize(v) {
-        Ok(t) => t,
-        Err(plain) => {
-            return Err(match serde_path_to_error::deserialize::<_, T>(v) {
-                Err(e) => DecodeError {
-                    path: e.path().to_string(),
-                    message: e.inner().to_string(),
-                },
-                // Decoding is deterministic, so this does not happen; keep the first error.
-                Ok(_) => DecodeError {
-                    path: String::new(),
-                    message: plain.to_string(),
-                },
-            });
+    unknown: &mut Vec<String>,
+) -> Result<T, DecodeError> {
+    crate::decode::decode_noting_unknown::<T>(v, unknown).map_err(|plain| {
+        match serde_path_to_error::deserialize::<_, T>(v) {
+            Err(e) => DecodeError {
+                path: e.path().to_string(),
+                message: e.inner().to_string(),
+            },
+            // Decoding is deterministic, so this does not happen; keep the first error.
+            Ok(_) => DecodeError {
+                path: String::new(),
+                message: plain.to_string(),
+            },
         }
-    };
-    serde_json::to_value(typed).map_err(|e| DecodeError {
+    })
+}
+
+fn encode_error(e: serde_json::Error) -> DecodeError {
+    DecodeError {
         path: String::new(),
         message: e.to_string(),
-    })
+    }
+}
+
+fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(
+    v: &Value,
+    unknown: &mut Vec<String>,
+) -> Result<Value, DecodeError> {
+    serde_json::to_value(decode_typed::<T>(v, unknown)?).map_err(encode_error)
+}
+
+fn roundtrip_json<T: serde::de::DeserializeOwned + serde::Serialize>(
+    v: &Value,
+    unknown: &mut Vec<String>,
+) -> Result<Vec<u8>, DecodeError> {
+    serde_json::to_vec(&decode_typed::<T>(v, unknown)?).map_err(encode_error)
 }
 
 struct Extra {
@@ -212,6 +230,7 @@ where
         scale: x.scale,
         definition: T::schema_name().into_owned(),
         roundtrip: roundtrip::<T>,
+        roundtrip_json: roundtrip_json::<T>,
         schema: |g| g.subschema_for::<T>(),
     }
 }

@@ -301,33 +301,6 @@ fn random_suffix() -> String {
 }
 
 /// Paths of fields in `input` that the typed `output` does not have.
-fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
-    match (input, output) {
-        (Value::Object(i), Value::Object(o)) => {
-            for (k, v) in i {
-                if v.is_null() {
-                    continue;
-                }
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                match o.get(k) {
-                    None => out.push(p),
-                    Some(ov) => unknown_fields(v, ov, &p, out),
-                }
-            }
-        }
-        (Value::Array(i), Value::Array(o)) => {
-            for (n, (iv, ov)) in i.iter().zip(o.iter()).enumerate() {
-                unknown_fields(iv, ov, &format!("{path}[{n}]"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -584,22 +557,24 @@ impl Objects {
         Ok(())
     }
 
-    /// Defaults, validates and decodes as the typed object; returns warnings.
+    /// Defaults, validates and decodes as the typed object; returns warnings. The typed
+    /// object replaces `obj`, or, with `as_json`, comes back as the JSON text to store
+    /// (no intermediate value; `obj` is then left defaulted but not normalised).
     fn admit(
         &self,
         ri: &ResourceInfo,
         obj: &mut Value,
         old: Option<&Value>,
         fv: FieldValidation,
-    ) -> ApiResult<Vec<String>> {
-        let input = obj.clone();
+        as_json: bool,
+    ) -> ApiResult<(Vec<String>, Option<Vec<u8>>)> {
         strategy::default(ri, obj);
         let name = name_of(obj).to_string();
         let errs = strategy::validate(ri, obj, old, &self.cfg.strategy);
         if !errs.is_empty() {
             return Err(ApiError::invalid(ri, &name, &errs));
         }
-        let typed = (ri.roundtrip)(obj).map_err(|e| {
+        let decode_error = |e: kite_api::registry::DecodeError| {
             if let Some(f) = e.missing_field() {
                 let field = if e.path.is_empty() || e.path == "." {
                     f.to_string()
@@ -613,10 +588,14 @@ impl Objects {
                     ri.kind, ri.version, ri.kind, e.path, e.message
                 ))
             }
-        })?;
+        };
         let mut unknown = Vec::new();
-        unknown_fields(&input, &typed, "", &mut unknown);
-        *obj = typed;
+        let json = if as_json {
+            Some((ri.roundtrip_json)(obj, &mut unknown).map_err(decode_error)?)
+        } else {
+            *obj = (ri.roundtrip)(obj, &mut unknown).map_err(decode_error)?;
+            None
+        };
         let mut warnings = Vec::new();
         match fv {
             FieldValidation::Strict if !unknown.is_empty() => {
@@ -637,7 +616,7 @@ impl Objects {
             }
             _ => {}
         }
-        Ok(warnings)
+        Ok((warnings, json))
     }
 
     pub async fn create(
@@ -682,11 +661,15 @@ impl Objects {
             strategy::admit_default_tolerations(&mut obj, &self.cfg.strategy);
             self.admit_priority(&mut obj).await?;
         }
-        let warnings = self.admit(ri, &mut obj, None, opts.field_validation)?;
+        // A Service is still changed after admission (its IPs and ports are allocated), so
+        // it stays a value; everything else is encoded once, straight from the typed object.
+        let is_service = ri.is("", "Service");
+        let (warnings, json) =
+            self.admit(ri, &mut obj, None, opts.field_validation, !is_service)?;
         let name = name_of(&obj).to_string();
         self.check_namespace(ri, ns, &name).await?;
         let key = Self::key(ri, ns, &name);
-        let _svc = if ri.is("", "Service") {
+        let _svc = if is_service {
             let g = self.service_lock.lock().await;
             self.allocate_service(ri, &mut obj, None).await?;
             Some(g)
@@ -698,12 +681,16 @@ impl Objects {
                 return Err(ApiError::already_exists(ri, &name));
             }
             return Ok(Written {
-                object: WrittenObject::Value(obj),
+                object: match json {
+                    Some(j) => WrittenObject::Json(j),
+                    None => WrittenObject::Value(obj),
+                },
                 warnings,
                 created: true,
             });
         }
-        let kv = match self.store.create(&key, encode(&obj)).await {
+        let bytes = json.unwrap_or_else(|| encode(&obj));
+        let kv = match self.store.create(&key, bytes).await {
             Ok(kv) => kv,
             Err(StoreError::AlreadyExists(_)) => return Err(ApiError::already_exists(ri, &name)),
             Err(e) => return Err(e.into()),
@@ -954,7 +941,7 @@ impl Objects {
             m.remove("managedFields");
             m.remove("selfLink");
         }
-        let warnings = self.admit(ri, &mut obj, Some(&old), opts.field_validation)?;
+        let (warnings, _) = self.admit(ri, &mut obj, Some(&old), opts.field_validation, false)?;
         if meta(&old)["deletionTimestamp"].is_string() {
             // Finalizers may only be removed from an object being deleted.
             let newf = finalizers(&obj);
