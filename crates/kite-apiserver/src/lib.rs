@@ -1,9 +1,11 @@
 //! The kite API server: HTTPS ([`serve`]), authentication and authorization ([`auth`]), one
 //! generic REST handler for every registered resource ([`http`], [`objects`]), watch
 //! ([`watch`]), discovery and OpenAPI ([`discovery`], [`openapi`]), computed resources
-//! ([`reviews`]), Service allocation ([`alloc`]), first-start objects ([`bootstrap`]) and
+//! ([`reviews`]), Service allocation ([`alloc`]), admission's in-memory view of namespaces
+//! and PriorityClasses ([`admission_cache`]), first-start objects ([`bootstrap`]) and
 //! metrics ([`metrics`]).
 
+pub mod admission_cache;
 pub mod alloc;
 pub mod auth;
 pub mod bootstrap;

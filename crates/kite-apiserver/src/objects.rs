@@ -4,6 +4,7 @@
 //! finalizers, deletionTimestamp, namespaces) and optimistic concurrency. It knows nothing of
 //! HTTP; `http.rs` parses requests into these calls.
 
+use crate::admission_cache::{self, AdmissionCache};
 use crate::alloc;
 use crate::error::{qualified, ApiError, ApiResult};
 use base64::Engine;
@@ -102,6 +103,8 @@ pub struct Objects {
     pub cfg: ApiConfig,
     /// Serialises Service writes so ClusterIP and nodePort allocation cannot race.
     service_lock: tokio::sync::Mutex<()>,
+    /// Namespaces and PriorityClasses as every create's admission needs them.
+    admission: Arc<AdmissionCache>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -371,12 +374,26 @@ pub struct DeleteOpts {
 }
 
 impl Objects {
+    /// Needs a Tokio runtime: the admission cache follows the store in the background.
     pub fn new(store: DynStore, cfg: ApiConfig) -> Arc<Self> {
+        let registry = Registry::get();
+        let prefix = |g: &str, p: &str| {
+            registry
+                .lookup(g, "v1", p)
+                .map(|ri| ri.storage_prefix())
+                .expect("namespaces and priorityclasses are registered")
+        };
+        let admission = AdmissionCache::start(
+            store.clone(),
+            prefix("", "namespaces"),
+            prefix("scheduling.k8s.io", "priorityclasses"),
+        );
         Arc::new(Objects {
             store,
-            registry: Registry::get(),
+            registry,
             cfg,
             service_lock: tokio::sync::Mutex::new(()),
+            admission,
         })
     }
 
@@ -417,11 +434,17 @@ impl Objects {
         }
         let ns = ns.ok_or_else(|| ApiError::bad_request("a namespace is required"))?;
         let nsri = self.registry.lookup("", "v1", "namespaces").unwrap();
-        let (nso, _) = self
-            .get(nsri, None, ns)
-            .await
-            .map_err(|_| ApiError::not_found(nsri, ns))?;
-        if nso["status"]["phase"] == "Terminating" || meta(&nso)["deletionTimestamp"].is_string() {
+        let terminating = match self.admission.namespace(ns) {
+            Some(t) => t,
+            None => {
+                let (nso, _) = self
+                    .get(nsri, None, ns)
+                    .await
+                    .map_err(|_| ApiError::not_found(nsri, ns))?;
+                admission_cache::namespace_terminating(&nso)
+            }
+        };
+        if terminating {
             return Err(ApiError {
                 details: Some(json!({"name": ns, "kind": "namespaces", "causes": [{
                     "reason": "NamespaceTerminating",
@@ -513,29 +536,36 @@ impl Objects {
         let (class, value, policy) = match class_name.as_deref() {
             Some("system-node-critical") => (class_name.clone(), 2_000_001_000, None),
             Some("system-cluster-critical") => (class_name.clone(), 2_000_000_000, None),
-            Some(n) => match self.get(pcri, None, n).await {
-                Ok((pc, _)) => (
-                    class_name.clone(),
-                    pc["value"].as_i64().unwrap_or(0),
-                    pc["preemptionPolicy"].as_str().map(String::from),
-                ),
-                Err(_) => {
-                    return Err(forbidden(format!(
-                        "no PriorityClass with name {n} was found"
-                    )))
-                }
-            },
-            None => {
-                let (all, _, _) = self.list(pcri, None, &ListOpts::default()).await?;
-                match all.iter().find(|pc| pc["globalDefault"] == json!(true)) {
-                    Some(pc) => (
-                        meta(pc)["name"].as_str().map(String::from),
+            Some(n) => match self.admission.class(n) {
+                Some(c) => (class_name.clone(), c.value, c.preemption_policy),
+                None => match self.get(pcri, None, n).await {
+                    Ok((pc, _)) => (
+                        class_name.clone(),
                         pc["value"].as_i64().unwrap_or(0),
                         pc["preemptionPolicy"].as_str().map(String::from),
                     ),
-                    None => (None, 0, None),
+                    Err(_) => {
+                        return Err(forbidden(format!(
+                            "no PriorityClass with name {n} was found"
+                        )))
+                    }
+                },
+            },
+            None => match self.admission.default_class() {
+                Some(Some((n, c))) => (Some(n), c.value, c.preemption_policy),
+                Some(None) => (None, 0, None),
+                None => {
+                    let (all, _, _) = self.list(pcri, None, &ListOpts::default()).await?;
+                    match all.iter().find(|pc| pc["globalDefault"] == json!(true)) {
+                        Some(pc) => (
+                            meta(pc)["name"].as_str().map(String::from),
+                            pc["value"].as_i64().unwrap_or(0),
+                            pc["preemptionPolicy"].as_str().map(String::from),
+                        ),
+                        None => (None, 0, None),
+                    }
                 }
-            }
+            },
         };
         let spec = pod
             .get_mut("spec")
