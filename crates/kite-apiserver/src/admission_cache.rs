@@ -7,7 +7,7 @@
 
 use kite_store::{DynStore, EventKind, Revision};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -20,21 +20,13 @@ pub struct Class {
     pub global_default: bool,
 }
 
-#[derive(Default)]
-pub struct AdmissionCache {
-    /// Namespace name → whether it is terminating.
-    namespaces: RwLock<HashMap<String, bool>>,
-    classes: RwLock<BTreeMap<String, Class>>,
-    /// Every PriorityClass in the store has been loaded (so "no default" is an answer).
-    classes_synced: AtomicBool,
-}
-
 /// Whether a namespace object is terminating: deleted, or in phase Terminating.
 pub fn namespace_terminating(ns: &Value) -> bool {
     ns["status"]["phase"] == "Terminating" || ns["metadata"]["deletionTimestamp"].is_string()
 }
 
-fn class_of(pc: &Value) -> Class {
+/// What admission needs of a PriorityClass object.
+pub fn class_of(pc: &Value) -> Class {
     Class {
         value: pc["value"].as_i64().unwrap_or(0),
         preemption_policy: pc["preemptionPolicy"].as_str().map(String::from),
@@ -42,137 +34,113 @@ fn class_of(pc: &Value) -> Class {
     }
 }
 
+/// One store prefix, by object name, reduced to what admission needs of each object.
+struct Followed<V> {
+    map: RwLock<BTreeMap<String, V>>,
+    /// Every object under the prefix has been loaded (so a missing name is an answer).
+    synced: AtomicBool,
+}
+
+impl<V: Send + Sync + 'static> Followed<V> {
+    /// Starts following `prefix` in the background.
+    fn start(store: DynStore, prefix: String, reduce: fn(&Value) -> V) -> Arc<Self> {
+        let f = Arc::new(Followed {
+            map: RwLock::default(),
+            synced: AtomicBool::new(false),
+        });
+        let f2 = f.clone();
+        tokio::spawn(async move { f2.follow(&store, &prefix, reduce).await });
+        f
+    }
+
+    /// Lists the prefix, then applies each watched change; after any error, lists again.
+    async fn follow(&self, store: &DynStore, prefix: &str, reduce: fn(&Value) -> V) {
+        let name_of = |key: &str| key.strip_prefix(prefix).map(String::from);
+        let decode = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).ok();
+        loop {
+            let rev: Result<Revision, String> = async {
+                let r = store
+                    .range(prefix, None, 0)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let items = r
+                    .items
+                    .iter()
+                    .filter_map(|kv| Some((name_of(&kv.key)?, reduce(&decode(&kv.value)?))))
+                    .collect();
+                *self.map.write().unwrap() = items;
+                self.synced.store(true, Ordering::Release);
+                Ok(r.revision)
+            }
+            .await;
+            match rev.and_then(|rev| store.watch(prefix, rev).map_err(|e| e.to_string())) {
+                Ok(mut w) => {
+                    while let Some(Ok(ev)) = w.rx.recv().await {
+                        let Some(n) = name_of(&ev.kv.key) else {
+                            continue;
+                        };
+                        let mut m = self.map.write().unwrap();
+                        match ev.kind {
+                            EventKind::Put => {
+                                if let Some(v) = decode(&ev.kv.value) {
+                                    m.insert(n, reduce(&v));
+                                }
+                            }
+                            EventKind::Delete => {
+                                m.remove(&n);
+                            }
+                        }
+                    }
+                    tracing::debug!(prefix, "admission cache watch ended; reloading");
+                }
+                Err(e) => {
+                    tracing::debug!(prefix, error = %e, "admission cache list or watch failed")
+                }
+            }
+            self.synced.store(false, Ordering::Release);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+pub struct AdmissionCache {
+    /// Namespace name → whether it is terminating.
+    namespaces: Arc<Followed<bool>>,
+    classes: Arc<Followed<Class>>,
+}
+
 impl AdmissionCache {
     /// Starts following `namespaces` and `priority_classes` (store prefixes) in the
     /// background; the cache fills within moments.
     pub fn start(store: DynStore, namespaces: String, priority_classes: String) -> Arc<Self> {
-        let cache = Arc::new(AdmissionCache::default());
-        let c = cache.clone();
-        let s = store.clone();
-        tokio::spawn(async move {
-            follow(
-                &s,
-                &namespaces,
-                |name, obj| {
-                    let mut m = c.namespaces.write().unwrap();
-                    match obj {
-                        Some(o) => m.insert(name.to_string(), namespace_terminating(o)),
-                        None => m.remove(name),
-                    };
-                },
-                |items| {
-                    *c.namespaces.write().unwrap() = items
-                        .iter()
-                        .map(|(n, o)| (n.clone(), namespace_terminating(o)))
-                        .collect();
-                },
-                || {},
-            )
-            .await
-        });
-        let c = cache.clone();
-        tokio::spawn(async move {
-            follow(
-                &store,
-                &priority_classes,
-                |name, obj| {
-                    let mut m = c.classes.write().unwrap();
-                    match obj {
-                        Some(o) => m.insert(name.to_string(), class_of(o)),
-                        None => m.remove(name),
-                    };
-                },
-                |items| {
-                    *c.classes.write().unwrap() = items
-                        .iter()
-                        .map(|(n, o)| (n.clone(), class_of(o)))
-                        .collect();
-                    c.classes_synced.store(true, Ordering::Release);
-                },
-                || c.classes_synced.store(false, Ordering::Release),
-            )
-            .await
-        });
-        cache
+        Arc::new(AdmissionCache {
+            namespaces: Followed::start(store.clone(), namespaces, namespace_terminating),
+            classes: Followed::start(store, priority_classes, class_of),
+        })
     }
 
     /// Whether the namespace is terminating; None if the cache does not know it.
     pub fn namespace(&self, name: &str) -> Option<bool> {
-        self.namespaces.read().unwrap().get(name).copied()
+        self.namespaces.map.read().unwrap().get(name).copied()
     }
 
     /// The named PriorityClass; None if the cache does not know it.
     pub fn class(&self, name: &str) -> Option<Class> {
-        self.classes.read().unwrap().get(name).cloned()
+        self.classes.map.read().unwrap().get(name).cloned()
     }
 
     /// The globalDefault PriorityClass (the first by name if several), or Some(None) when
     /// there is none; None while the cache is not loaded.
     pub fn default_class(&self) -> Option<Option<(String, Class)>> {
-        if !self.classes_synced.load(Ordering::Acquire) {
+        if !self.classes.synced.load(Ordering::Acquire) {
             return None;
         }
-        let m = self.classes.read().unwrap();
+        let m = self.classes.map.read().unwrap();
         Some(
             m.iter()
                 .find(|(_, c)| c.global_default)
                 .map(|(n, c)| (n.clone(), c.clone())),
         )
-    }
-}
-
-/// Lists `prefix`, hands the objects to `reset`, then applies each watched change with
-/// `apply` (None for a deletion); after any error it calls `lost` and starts again.
-async fn follow(
-    store: &DynStore,
-    prefix: &str,
-    apply: impl Fn(&str, Option<&Value>),
-    reset: impl Fn(&[(String, Value)]),
-    lost: impl Fn(),
-) {
-    let name_of = |key: &str| key.strip_prefix(prefix).map(String::from);
-    loop {
-        let listed: Result<(Vec<(String, Value)>, Revision), String> = async {
-            let r = store
-                .range(prefix, None, 0)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut items = Vec::new();
-            for kv in &r.items {
-                if let (Some(n), Ok(v)) = (name_of(&kv.key), serde_json::from_slice(&kv.value)) {
-                    items.push((n, v));
-                }
-            }
-            Ok((items, r.revision))
-        }
-        .await;
-        match listed {
-            Ok((items, rev)) => {
-                reset(&items);
-                match store.watch(prefix, rev) {
-                    Ok(mut w) => {
-                        while let Some(Ok(ev)) = w.rx.recv().await {
-                            let Some(n) = name_of(&ev.kv.key) else {
-                                continue;
-                            };
-                            match ev.kind {
-                                EventKind::Put => {
-                                    if let Ok(v) = serde_json::from_slice::<Value>(&ev.kv.value) {
-                                        apply(&n, Some(&v));
-                                    }
-                                }
-                                EventKind::Delete => apply(&n, None),
-                            }
-                        }
-                        tracing::debug!(prefix, "admission cache watch ended; reloading");
-                    }
-                    Err(e) => tracing::debug!(prefix, error = %e, "admission cache watch failed"),
-                }
-            }
-            Err(e) => tracing::debug!(prefix, error = %e, "admission cache list failed"),
-        }
-        lost();
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -303,7 +303,6 @@ fn random_suffix() -> String {
         .collect()
 }
 
-/// Paths of fields in `input` that the typed `output` does not have.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,11 +538,10 @@ impl Objects {
             Some(n) => match self.admission.class(n) {
                 Some(c) => (class_name.clone(), c.value, c.preemption_policy),
                 None => match self.get(pcri, None, n).await {
-                    Ok((pc, _)) => (
-                        class_name.clone(),
-                        pc["value"].as_i64().unwrap_or(0),
-                        pc["preemptionPolicy"].as_str().map(String::from),
-                    ),
+                    Ok((pc, _)) => {
+                        let c = admission_cache::class_of(&pc);
+                        (class_name.clone(), c.value, c.preemption_policy)
+                    }
                     Err(_) => {
                         return Err(forbidden(format!(
                             "no PriorityClass with name {n} was found"
@@ -556,12 +554,12 @@ impl Objects {
                 Some(None) => (None, 0, None),
                 None => {
                     let (all, _, _) = self.list(pcri, None, &ListOpts::default()).await?;
-                    match all.iter().find(|pc| pc["globalDefault"] == json!(true)) {
-                        Some(pc) => (
-                            meta(pc)["name"].as_str().map(String::from),
-                            pc["value"].as_i64().unwrap_or(0),
-                            pc["preemptionPolicy"].as_str().map(String::from),
-                        ),
+                    let default = all.iter().find_map(|pc| {
+                        let c = admission_cache::class_of(pc);
+                        c.global_default.then(|| (name_of(pc).to_string(), c))
+                    });
+                    match default {
+                        Some((n, c)) => (Some(n), c.value, c.preemption_policy),
                         None => (None, 0, None),
                     }
                 }
