@@ -184,22 +184,24 @@ impl Ranges {
 
     /// The lowest free range.
     pub fn next_free(&self) -> Result<String> {
-        // Taken indices in order: the first gap is the lowest free one.
-        let mut want: u64 = 0;
-        for &t in self.taken.keys() {
-            if u64::from(t) != want {
-                break;
-            }
-            want += 1;
-        }
-        if want >= self.count {
+        // Taken holds distinct indices below `count`, so as many as `count` means full, known
+        // without a walk (a full CIDR is retried for every node that still wants a range).
+        if self.taken.len() as u64 >= self.count {
             bail!(
                 "no /{} range left in cluster CIDR {}",
                 self.mask,
                 self.cluster
             );
         }
-        Ok(self.cidr(want as u32))
+        // Taken indices in order: the first gap is the lowest free one, and there is one.
+        let mut want: u32 = 0;
+        for &t in self.taken.keys() {
+            if t != want {
+                break;
+            }
+            want += 1;
+        }
+        Ok(self.cidr(want))
     }
 }
 
