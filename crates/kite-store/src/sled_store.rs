@@ -1,9 +1,10 @@
 //! The embedded backend: one sled tree holding key records (`k` + key), the history log
-//! (`l` + revision) and two counters (`m/rev`, `m/compacted`), made durable by a write-ahead
-//! log ([`crate::wal`]).
+//! (`l` + revision) and the compaction point (`m/compacted`), made durable by a write-ahead
+//! log ([`crate::wal`]). The store's revision is that of the last history record, or the
+//! compaction point when compaction removed them all.
 //!
-//! Every write runs under one mutex, which assigns the next revision, applies the key record,
-//! the log record and the counter to sled (in that order, as plain inserts: see
+//! Every write runs under one mutex, which assigns the next revision, applies the key record
+//! and then the log record to sled (in that order, as plain inserts: see
 //! [`apply_event`] for why not a batch), and queues the WAL record. The
 //! writer then waits for durability through a group commit: the first waiter writes and syncs
 //! the WAL for everyone who wrote before it began. Only then are events published to watchers,
@@ -22,7 +23,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
-const META_REV: &[u8] = b"m/rev";
+/// Where versions before 0.1 kept the last revision; still read, never written.
+const LEGACY_META_REV: &[u8] = b"m/rev";
 const META_COMPACTED: &[u8] = b"m/compacted";
 const BROADCAST_CAPACITY: usize = 4096;
 const WATCH_CHANNEL: usize = 1024;
@@ -87,7 +89,10 @@ impl SledStore {
                 None => 0,
             })
         };
-        let mut last = read_i64(META_REV)?;
+        let compacted = read_i64(META_COMPACTED)?;
+        let mut last = last_logged(&db)?
+            .max(compacted)
+            .max(read_i64(LEGACY_META_REV)?);
         // Replay what the WAL has beyond sled's persisted state, in order, without gaps.
         let mut replayed = 0;
         for path in [Wal::old_path(dir), Wal::log_path(dir)] {
@@ -120,7 +125,6 @@ impl SledStore {
         db.flush()?;
         wal.rotate()?;
         wal.drop_old()?;
-        let compacted = read_i64(META_COMPACTED)?;
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let store = SledStore {
             inner: Arc::new(Inner {
@@ -334,12 +338,29 @@ async fn replay(
     }
 }
 
-/// Applies one write to sled: the key record, then the history record, then the revision
-/// counter, as three plain inserts. They are deliberately not a sled batch: a batch makes sled
-/// write and `sync_file_range` its log buffer before and after, one disk round trip per write,
-/// which was most of the store's cost. Atomicity comes from the WAL instead: sled recovers a
-/// prefix of its inserts, the counter goes last, and opening the store replays every WAL record
-/// after the counter, each replay an idempotent put or remove.
+/// The revision of the last history record in sled, 0 if there is none.
+fn last_logged(db: &sled::Db) -> Result<Revision> {
+    match db
+        .range(log_record(0)..=log_record(Revision::MAX))
+        .next_back()
+    {
+        Some(item) => {
+            let (k, _) = item?;
+            let rev: [u8; 8] = k[1..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("history record key".into()))?;
+            Ok(u64::from_be_bytes(rev) as Revision)
+        }
+        None => Ok(0),
+    }
+}
+
+/// Applies one write to sled: the key record, then the history record, as two plain inserts.
+/// They are deliberately not a sled batch: a batch makes sled write and `sync_file_range` its
+/// log buffer before and after, one disk round trip per write, which was most of the store's
+/// cost. Atomicity comes from the WAL instead: sled recovers a prefix of its inserts, the
+/// history record goes last and names the store's revision ([`last_logged`]), and opening the
+/// store replays every WAL record after it, each replay an idempotent put or remove.
 fn apply_event(db: &sled::Db, event: &Event, encoded_event: &[u8]) -> Result<()> {
     match event.kind {
         EventKind::Put => {
@@ -353,7 +374,6 @@ fn apply_event(db: &sled::Db, event: &Event, encoded_event: &[u8]) -> Result<()>
         }
     }
     db.insert(&log_record(event.revision)[..], encoded_event)?;
-    db.insert(META_REV, &event.revision.to_be_bytes()[..])?;
     Ok(())
 }
 
@@ -651,6 +671,26 @@ mod tests {
         let kv = s.get("/k").await.unwrap().unwrap();
         assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"w"[..], 2));
         assert_eq!(s.create("/k2", vec![]).await.unwrap().mod_revision, 3);
+    }
+
+    #[tokio::test]
+    async fn revision_survives_reopen_after_all_history_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            for i in 0..4 {
+                s.create(&format!("/c/{i}"), vec![]).await.unwrap();
+            }
+            s.compact(4).await.unwrap();
+            let c = s.clone();
+            tokio::task::spawn_blocking(move || c.checkpoint())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!((s.current_revision(), s.compacted_revision()), (4, 4));
+        assert_eq!(s.create("/c/x", vec![]).await.unwrap().mod_revision, 5);
     }
 
     #[tokio::test]
