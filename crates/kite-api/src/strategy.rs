@@ -625,6 +625,27 @@ fn validate_update(ri: &ResourceInfo, obj: &Value, old: &Value, errs: &mut Vec<F
                 immutable(obj, old, "/type", "type", errs);
             }
         }
+        ("", "Node") => {
+            // As upstream: a node's pod ranges and provider ID may be set once, not changed.
+            let set_once = |ptr: &str| {
+                let was = old.pointer(ptr).unwrap_or(&Value::Null);
+                let set =
+                    !was.is_null() && was != "" && was.as_array().is_none_or(|a| !a.is_empty());
+                set && obj.pointer(ptr).unwrap_or(&Value::Null) != was
+            };
+            if set_once("/spec/podCIDRs") || set_once("/spec/podCIDR") {
+                errs.push(FieldError::forbidden(
+                    "spec.podCIDRs",
+                    "node updates may not change podCIDR except from \"\" to valid",
+                ));
+            }
+            if set_once("/spec/providerID") {
+                errs.push(FieldError::forbidden(
+                    "spec.providerID",
+                    "node updates may not change providerID except from \"\" to valid",
+                ));
+            }
+        }
         ("", "Pod") => {
             // Only image, activeDeadlineSeconds and additions to tolerations may change.
             let mut a = obj["spec"].clone();
@@ -816,5 +837,33 @@ mod tests {
         let errs = validate(p, &obj, None, &Settings::default());
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, vec!["metadata.name", "spec.containers[0].image"]);
+    }
+
+    #[test]
+    fn node_pod_ranges_are_set_once() {
+        let n = Registry::get().lookup("", "v1", "nodes").unwrap();
+        let node = |cidr: Value| json!({"metadata": {"name": "n1"}, "spec": cidr});
+        let fields = |new: &Value, old: &Value| -> Vec<String> {
+            validate(n, new, Some(old), &Settings::default())
+                .into_iter()
+                .map(|e| e.field)
+                .collect()
+        };
+        let empty = node(json!({}));
+        let a = node(json!({"podCIDR": "10.42.0.0/24", "podCIDRs": ["10.42.0.0/24"]}));
+        let b = node(json!({"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"]}));
+        assert!(
+            fields(&a, &empty).is_empty(),
+            "from unset to a range is allowed"
+        );
+        assert!(fields(&a, &a).is_empty());
+        assert_eq!(fields(&b, &a), vec!["spec.podCIDRs"]);
+        assert_eq!(fields(&empty, &a), vec!["spec.podCIDRs"]);
+        let p = |id: &str| node(json!({"providerID": id}));
+        assert!(fields(&p("kite://n1"), &p("")).is_empty());
+        assert_eq!(
+            fields(&p("kite://n2"), &p("kite://n1")),
+            vec!["spec.providerID"]
+        );
     }
 }
