@@ -15,6 +15,11 @@ fn version_line_names_the_served_kubernetes_version() {
     assert!(VERSION_LINE.contains(kite_api::KUBERNETES_VERSION));
 }
 
+/// mimalloc instead of glibc's malloc: about a third less CPU per request and per scheduled
+/// pod in the benchmarks (docs/benchmarks.md), for about 1 MiB more idle RSS.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = match config::parse() {
         Ok(c) => c,
