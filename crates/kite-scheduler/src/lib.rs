@@ -17,7 +17,7 @@ use kite_runtime::informer::key_of;
 use kite_runtime::{Change, Informer, Informers, Key};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::Api;
-use queue::SchedulingQueue;
+use queue::{ClusterEvent, Retry, SchedulingQueue};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -115,7 +115,7 @@ pub async fn run(client: kube::Client, identity: &str) -> Result<()> {
                 Change::Deleted(_) => false,
             };
             if relevant {
-                s2.queue.move_all_to_active();
+                s2.queue.move_to_active(ClusterEvent::Node);
             }
         });
     }
@@ -134,7 +134,7 @@ pub async fn run(client: kube::Client, identity: &str) -> Result<()> {
         let mut t = tokio::time::interval(Duration::from_secs(30));
         loop {
             t.tick().await;
-            q.move_all_to_active();
+            q.move_to_active(ClusterEvent::Periodic);
         }
     });
     tracing::info!("scheduler started");
@@ -158,6 +158,17 @@ impl Scheduler {
                 ));
                 self.cache.lock().unwrap().add_pod(node, info);
                 self.queue.remove(&key);
+                // Newly bound (whether this scheduler assumed it or not), or relabelled.
+                let arrived = match c {
+                    Change::Updated { old, new } => {
+                        bound_node(old).is_none() || old.metadata.labels != new.metadata.labels
+                    }
+                    _ => true,
+                };
+                if arrived {
+                    // Pods waiting for affinity to it, or for topology spread, may fit now.
+                    self.queue.move_to_active(ClusterEvent::PodAdded);
+                }
             }
             Some(_) => {
                 let was = {
@@ -168,7 +179,7 @@ impl Scheduler {
                 };
                 if was {
                     // Resources were freed: parked pods may fit now.
-                    self.queue.move_all_to_active();
+                    self.queue.move_to_active(ClusterEvent::PodRemoved);
                 }
             }
             None => {
@@ -210,7 +221,12 @@ impl Scheduler {
                     drop(permit);
                 });
             }
-            Err((total, reasons, preempt)) => {
+            Err(Unfit {
+                total,
+                reasons,
+                preempt,
+                retry,
+            }) => {
                 let mut msg = plugins::summary(total, &reasons);
                 match preempt {
                     Some((node, victims)) => {
@@ -236,25 +252,13 @@ impl Scheduler {
                 {
                     tracing::debug!(pod = %format!("{}/{}", key.0, key.1), error = %e, "recording unschedulable status failed");
                 }
-                self.queue.unschedulable(key, prio);
+                self.queue.unschedulable(key, prio, retry);
             }
         }
     }
 
-    /// Filters and scores; on failure, the rejection summary and a preemption plan.
-    #[allow(clippy::type_complexity)]
-    fn decide(
-        &self,
-        p: &PodInfo,
-        cache: &Cache,
-    ) -> Result<
-        String,
-        (
-            usize,
-            BTreeMap<String, usize>,
-            Option<(String, Vec<Arc<PodInfo>>)>,
-        ),
-    > {
+    /// Filters and scores: the chosen node, or why none fits.
+    fn decide(&self, p: &PodInfo, cache: &Cache) -> Result<String, Unfit> {
         let pf = plugins::PreFilter::new(p, cache);
         let n = cache.nodes.len();
         // Upstream's percentageOfNodesToScore: stop after enough feasible nodes.
@@ -271,6 +275,7 @@ impl Scheduler {
         let mut feasible = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut resolvable = Vec::new();
+        let mut retry = Retry::default();
         let mut stop = None;
         for (name, ni) in after.chain(upto) {
             stop = Some(name);
@@ -288,6 +293,8 @@ impl Scheduler {
                     if r.resolvable {
                         resolvable.push(ni);
                     }
+                    retry.on_pod_removed |= r.resolvable;
+                    retry.on_pod_added |= r.pod_added_helps;
                 }
             }
         }
@@ -296,8 +303,12 @@ impl Scheduler {
         }
         drop(last);
         if feasible.is_empty() {
-            let plan = preemption_plan(p, &resolvable);
-            return Err((n, reasons, plan));
+            return Err(Unfit {
+                total: n,
+                reasons,
+                preempt: preemption_plan(p, &resolvable),
+                retry,
+            });
         }
         let scores = plugins::score(p, &feasible, cache);
         let best = scores.iter().copied().max().unwrap_or(0);
@@ -334,8 +345,9 @@ impl Scheduler {
                 tracing::debug!(pod = %format!("{}/{}", key.0, key.1), error = %e, "binding failed");
                 self.cache.lock().unwrap().remove_pod(&info.uid);
                 if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
-                    self.queue.unschedulable(key, prio);
-                    self.queue.move_all_to_active();
+                    // Retried after its back-off, as are pods the assumed one kept out.
+                    self.queue.unschedulable(key, prio, Retry::ANY_CHANGE);
+                    self.queue.move_to_active(ClusterEvent::PodRemoved);
                 }
             }
         }
@@ -360,6 +372,18 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// Why no node fits a pod.
+struct Unfit {
+    /// Nodes considered.
+    total: usize,
+    /// Rejection reasons, with how many nodes gave each.
+    reasons: BTreeMap<String, usize>,
+    /// The node to preempt on and the victims there, if preemption helps.
+    preempt: Option<(String, Vec<Arc<PodInfo>>)>,
+    /// Which pod changes could make a node fit.
+    retry: Retry,
 }
 
 /// Upstream's DefaultPreemption, simplified: on each node where removing pods could help,

@@ -13,18 +13,31 @@ use kite_runtime::labels::{self, Labels};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Why a node was rejected; `resolvable` says whether removing pods could help
-/// (preemption only considers nodes where it could).
+/// (preemption only considers nodes where it could), `pod_added_helps` whether a pod
+/// arriving could (pod affinity, topology spread).
 #[derive(Debug, Clone)]
 pub struct Rejection {
     pub reasons: Vec<String>,
     pub resolvable: bool,
+    pub pod_added_helps: bool,
 }
 
 impl Rejection {
+    /// Only a change to the node can help.
     fn hard(r: impl Into<String>) -> Self {
         Rejection {
             reasons: vec![r.into()],
             resolvable: false,
+            pod_added_helps: false,
+        }
+    }
+
+    /// Removing pods from the node could help.
+    fn resolvable(reasons: Vec<String>) -> Self {
+        Rejection {
+            reasons,
+            resolvable: true,
+            pod_added_helps: false,
         }
     }
 }
@@ -261,10 +274,7 @@ impl<'a> PreFilter<'a> {
             }
         }
         if !fit.is_empty() {
-            return Err(Rejection {
-                reasons: fit,
-                resolvable: true,
-            });
+            return Err(Rejection::resolvable(fit));
         }
         // Inter-pod affinity. The first pod of a set may land anywhere its own labels
         // satisfy its terms (upstream's special case).
@@ -277,15 +287,17 @@ impl<'a> PreFilter<'a> {
                 && nl.contains_key(&t.topology_key)
                 && term_selects(t, &p.namespace, p);
             if !ok && !self_ok {
-                return Err(Rejection::hard("node(s) didn't match pod affinity rules"));
+                return Err(Rejection {
+                    pod_added_helps: true,
+                    ..Rejection::hard("node(s) didn't match pod affinity rules")
+                });
             }
         }
         for (t, vals) in &self.anti_affinity {
             if nl.get(&t.topology_key).is_some_and(|v| vals.contains(v)) {
-                return Err(Rejection {
-                    reasons: vec!["node(s) didn't match pod anti-affinity rules".into()],
-                    resolvable: true,
-                });
+                return Err(Rejection::resolvable(vec![
+                    "node(s) didn't match pod anti-affinity rules".into(),
+                ]));
             }
         }
         // Looked up by the few keys existing pods name, not by every label of the node.
@@ -294,10 +306,9 @@ impl<'a> PreFilter<'a> {
             .iter()
             .any(|(k, vals)| nl.get(k).is_some_and(|v| vals.contains(v)))
         {
-            return Err(Rejection {
-                reasons: vec!["node(s) didn't satisfy existing pods anti-affinity rules".into()],
-                resolvable: true,
-            });
+            return Err(Rejection::resolvable(vec![
+                "node(s) didn't satisfy existing pods anti-affinity rules".into(),
+            ]));
         }
         for s in &self.spread {
             let Some(v) = nl.get(&s.c.topology_key) else {
@@ -308,8 +319,10 @@ impl<'a> PreFilter<'a> {
             let count = s.counts.get(v).copied().unwrap_or(0) + i64::from(s.self_match);
             if count - s.min > i64::from(s.c.max_skew) {
                 return Err(Rejection {
-                    reasons: vec!["node(s) didn't match pod topology spread constraints".into()],
-                    resolvable: true,
+                    pod_added_helps: true,
+                    ..Rejection::resolvable(vec![
+                        "node(s) didn't match pod topology spread constraints".into(),
+                    ])
                 });
             }
         }

@@ -1,6 +1,9 @@
 //! The scheduling queue: pending pods by priority (then arrival), a back-off for pods that
 //! did not fit (1 s doubling to 10 s, as upstream), and a set of unschedulable pods that
-//! cluster changes move back to the active queue once their back-off has passed.
+//! cluster changes move back to the active queue once their back-off has passed. As
+//! upstream's queueing hints, a change to pods only moves the parked pods that it could help
+//! ([`Retry`]): a pod that no node's labels or taints admit is not retried, and its back-off
+//! not lengthened, each time some pod elsewhere comes or goes.
 
 use kite_runtime::Key;
 use std::cmp::Reverse;
@@ -12,13 +15,53 @@ use tokio::sync::Notify;
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// Which pod changes could let a parked pod fit. Node changes, and the periodic flush,
+/// move every parked pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retry {
+    /// A pod leaving a node (resources, host ports, anti-affinity, topology spread).
+    pub on_pod_removed: bool,
+    /// A pod arriving on a node or changing labels there (pod affinity, topology spread).
+    pub on_pod_added: bool,
+}
+
+impl Retry {
+    pub const ANY_CHANGE: Retry = Retry {
+        on_pod_removed: true,
+        on_pod_added: true,
+    };
+}
+
+/// A change in the cluster that may let parked pods fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterEvent {
+    /// A node was added, or changed in a way that matters to scheduling.
+    Node,
+    /// A pod left a node.
+    PodRemoved,
+    /// A pod was bound to a node, or its labels changed there.
+    PodAdded,
+    /// The periodic retry of everything parked.
+    Periodic,
+}
+
+impl ClusterEvent {
+    fn helps(self, r: Retry) -> bool {
+        match self {
+            ClusterEvent::Node | ClusterEvent::Periodic => true,
+            ClusterEvent::PodRemoved => r.on_pod_removed,
+            ClusterEvent::PodAdded => r.on_pod_added,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     seq: u64,
     active: BTreeSet<(Reverse<i32>, u64, Key)>,
     in_active: HashMap<Key, (i32, u64)>,
-    /// Unschedulable pods: when their back-off ends and their priority.
-    parked: HashMap<Key, (Instant, i32)>,
+    /// Unschedulable pods: when their back-off ends, their priority, and what may help.
+    parked: HashMap<Key, (Instant, i32, Retry)>,
     attempts: HashMap<Key, u32>,
 }
 
@@ -35,7 +78,7 @@ impl SchedulingQueue {
         if g.in_active.contains_key(&key) {
             return;
         }
-        if let Some((until, _)) = g.parked.get(&key) {
+        if let Some((until, _, _)) = g.parked.get(&key) {
             // A parked pod changed: retry, but not before its back-off ends.
             let wait = until.saturating_duration_since(Instant::now());
             if !wait.is_zero() {
@@ -60,7 +103,7 @@ impl SchedulingQueue {
             let due = {
                 let mut g = q.inner.lock().unwrap();
                 match g.parked.get(&key) {
-                    Some((until, _)) if *until <= Instant::now() => {
+                    Some((until, _, _)) if *until <= Instant::now() => {
                         g.parked.remove(&key);
                         true
                     }
@@ -83,22 +126,25 @@ impl SchedulingQueue {
         g.attempts.remove(key);
     }
 
-    /// Parks a pod that did not fit, with its next back-off.
-    pub fn unschedulable(&self, key: Key, priority: i32) {
+    /// Parks a pod that did not fit, with its next back-off and the changes that may help.
+    pub fn unschedulable(&self, key: Key, priority: i32, retry: Retry) {
         let mut g = self.inner.lock().unwrap();
         let n = g.attempts.entry(key.clone()).or_insert(0);
         *n += 1;
         let backoff = (INITIAL_BACKOFF * 2u32.saturating_pow((*n - 1).min(8))).min(MAX_BACKOFF);
-        g.parked.insert(key, (Instant::now() + backoff, priority));
+        g.parked
+            .insert(key, (Instant::now() + backoff, priority, retry));
     }
 
-    /// A cluster change may let parked pods fit: each goes back once its back-off ends.
-    pub fn move_all_to_active(&self) {
+    /// A cluster change may let parked pods fit: each that it could help goes back once its
+    /// back-off ends.
+    pub fn move_to_active(&self, event: ClusterEvent) {
         let parked: Vec<(Key, Instant, i32)> = {
             let g = self.inner.lock().unwrap();
             g.parked
                 .iter()
-                .map(|(k, (t, p))| (k.clone(), *t, *p))
+                .filter(|(_, (_, _, r))| event.helps(*r))
+                .map(|(k, (t, p, _))| (k.clone(), *t, *p))
                 .collect()
         };
         let now = Instant::now();
@@ -157,10 +203,29 @@ mod tests {
     #[tokio::test]
     async fn parked_pods_wait_for_backoff() {
         let q = SchedulingQueue::default();
-        q.unschedulable(k("a"), 0);
-        q.move_all_to_active();
+        q.unschedulable(k("a"), 0, Retry::ANY_CHANGE);
+        q.move_to_active(ClusterEvent::PodRemoved);
         assert_eq!(q.pending(), (0, 1));
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(q.pending(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn pod_changes_move_only_the_pods_they_could_help() {
+        let q = SchedulingQueue::default();
+        let resources = Retry {
+            on_pod_removed: true,
+            on_pod_added: false,
+        };
+        q.unschedulable(k("selector"), 0, Retry::default());
+        q.unschedulable(k("resources"), 0, resources);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        q.move_to_active(ClusterEvent::PodAdded);
+        assert_eq!(q.pending(), (0, 2));
+        q.move_to_active(ClusterEvent::PodRemoved);
+        assert_eq!(q.pop().await, k("resources"));
+        assert_eq!(q.pending(), (0, 1));
+        q.move_to_active(ClusterEvent::Node);
+        assert_eq!(q.pop().await, k("selector"));
     }
 }
