@@ -185,6 +185,9 @@ spec:
   - name: c
 YAML
 check "missing required field" fails_with "spec.containers[0].image: Required value" kc apply -f "$F/noimage.yaml"
+printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: badtype, namespace: gitops-kubernetes}\nspec:\n  containers: "x"\n' >"$F/badtype.yaml"
+# As upstream: a value of the wrong type fails decoding (400) before validation runs.
+check "a value of the wrong type: BadRequest naming the field" fails_with 'cannot be handled as a Pod: spec.containers: invalid type: string "x"' kc create --validate=false -f "$F/badtype.yaml"
 cat >"$F/unknown.yaml" <<'YAML'
 apiVersion: v1
 kind: ConfigMap

@@ -598,32 +598,40 @@ impl Objects {
     ) -> ApiResult<(Vec<String>, Option<Vec<u8>>)> {
         strategy::default(ri, obj);
         let name = name_of(obj).to_string();
-        let errs = strategy::validate(ri, obj, old, &self.cfg.strategy);
+        // As upstream: a value of the wrong type fails decoding (400) before validation; a
+        // missing required field is reported with the validation errors (422).
+        let mut unknown = Vec::new();
+        let decoded = if as_json {
+            (ri.roundtrip_json)(obj, &mut unknown).map(Some)
+        } else {
+            (ri.roundtrip)(obj, &mut unknown).map(|normalised| {
+                *obj = normalised;
+                None
+            })
+        };
+        let missing = match &decoded {
+            Err(e) => match e.missing_field() {
+                Some(f) if e.path.is_empty() || e.path == "." => Some(f.to_string()),
+                Some(f) => Some(format!("{}.{f}", e.path)),
+                None => {
+                    return Err(ApiError::bad_request(format!(
+                        "{} in version \"{}\" cannot be handled as a {}: {}: {}",
+                        ri.kind, ri.version, ri.kind, e.path, e.message
+                    )))
+                }
+            },
+            Ok(_) => None,
+        };
+        let mut errs = strategy::validate(ri, obj, old, &self.cfg.strategy);
+        if let Some(field) = missing {
+            if !errs.iter().any(|e| e.field == field) {
+                errs.push(FieldError::required(field));
+            }
+        }
         if !errs.is_empty() {
             return Err(ApiError::invalid(ri, &name, &errs));
         }
-        let decode_error = |e: kite_api::registry::DecodeError| {
-            if let Some(f) = e.missing_field() {
-                let field = if e.path.is_empty() || e.path == "." {
-                    f.to_string()
-                } else {
-                    format!("{}.{f}", e.path)
-                };
-                ApiError::invalid(ri, &name, &[FieldError::required(field)])
-            } else {
-                ApiError::bad_request(format!(
-                    "{} in version \"{}\" cannot be handled as a {}: {}: {}",
-                    ri.kind, ri.version, ri.kind, e.path, e.message
-                ))
-            }
-        };
-        let mut unknown = Vec::new();
-        let json = if as_json {
-            Some((ri.roundtrip_json)(obj, &mut unknown).map_err(decode_error)?)
-        } else {
-            *obj = (ri.roundtrip)(obj, &mut unknown).map_err(decode_error)?;
-            None
-        };
+        let json = decoded.unwrap_or_default();
         let mut warnings = Vec::new();
         match fv {
             FieldValidation::Strict if !unknown.is_empty() => {
