@@ -33,8 +33,15 @@ write_conf() { # file type-of-the-first-plugin
 JSON
 }
 write_conf 10-kitecni.conflist bridge
-# kite's own cleanup plus the bridge the plugin made (named kite*, so kite-killall takes it).
+# kite's own cleanup plus the bridge the plugin uses (named kite*, so kite-killall takes it).
 AFTER_CLEANUP='ip link delete kitecni0 2>/dev/null || true'
+# The bridge, made here with a MAC of its own, as an administrator pins one: a Linux bridge
+# without one takes the lowest MAC of its ports, so it moves as pods come, and the bridge
+# plugin's CHECK then fails for the pods plumbed before the move. The plugin uses an
+# existing bridge of that name.
+ip link delete kitecni0 2>/dev/null || true
+ip link add kitecni0 type bridge
+ip link set kitecni0 address 02:6b:69:74:65:01
 
 start_server --cni-conf-dir "$CONF" --cni-bin-dir /usr/lib/cni || { cat "$WORK/server.log"; exit 1; }
 wait_for 15 "the node to be Ready" node_ready
@@ -65,6 +72,18 @@ ips_after=$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.metadata.na
 check "after kill -9 and restart the pods keep their CNI addresses" equals "$ips_after" "$ips_before"
 check "the adopted pods passed CNI CHECK" \
   test "$(grep -c "CHECK passed" "$WORK/server.log")" -ge 2 -a "$(grep -c 'failed CNI CHECK' "$WORK/server.log")" -eq 0
+
+# A CHECK that fails (the bridge's MAC changed while kite was down) is reported, and the
+# pods keep their addresses: a running pod is not given a new one, as upstream.
+kill9_server
+ip link set kitecni0 address 02:6b:69:74:65:02
+start_server --cni-conf-dir "$CONF" --cni-bin-dir /usr/lib/cni || { cat "$WORK/server.log"; exit 1; }
+wait_for 15 "the node to be Ready again" node_ready
+wait_for 10 "both CHECKs to fail" bash -c "[ \$(grep -c 'failed CNI CHECK; keeping its address' '$WORK/server.log') -ge 2 ]"
+check "a failed CNI CHECK is reported for each adopted pod" \
+  test "$(grep -c 'failed CNI CHECK; keeping its address' "$WORK/server.log")" -ge 2
+ips_after=$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.metadata.name}={.status.podIP}{"\n"}{end}' | sort)
+check "after a failed CHECK the pods keep their addresses" equals "$ips_after" "$ips_before"
 
 # A configuration naming a plugin that is not there: the pod's sandbox fails, with the
 # plugin's name in the event, and the running pods are untouched.

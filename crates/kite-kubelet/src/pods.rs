@@ -452,34 +452,27 @@ impl Kubelet {
             name: &name,
         };
         let ports = host_ports(pod, std::net::Ipv4Addr::UNSPECIFIED);
-        // Set when an adopted sandbox failed CNI CHECK: its namespaces stay (containers
-        // run in them) and only its network is plumbed again, below.
-        let mut replumb = false;
-        if sb.exists() {
-            if let Some(ip) = net.pod_ip(&uid) {
-                match net.check(&uid).await {
-                    Ok(()) => {
-                        self.set_hostports(net, &uid, pod, ip).await?;
-                        return Ok(IpAddr::V4(ip));
-                    }
-                    Err(e) => {
-                        tracing::warn!(pod = %format!("{ns}/{name}"), error = %format!("{e:#}"), "the pod network failed CNI CHECK; plumbing it again");
-                        net.unplumb(&uid).await?;
-                        replumb = true;
-                    }
-                }
+        if let Some(ip) = net.pod_ip(&uid).filter(|_| sb.exists()) {
+            // A pod keeps its address for its lifetime, as upstream: a failed CHECK is
+            // reported, not repaired by plumbing a new address under running containers.
+            // (The bridge plugin's CHECK, for one, fails whenever the bridge's MAC moved
+            // because a port with a lower MAC joined.)
+            if let Err(e) = net.check(&uid).await {
+                tracing::warn!(
+                    pod = %format!("{ns}/{name}"),
+                    error = %format!("{e:#}"),
+                    "the pod network failed CNI CHECK; keeping its address"
+                );
             }
+            self.set_hostports(net, &uid, pod, ip).await?;
+            return Ok(IpAddr::V4(ip));
         }
-        if !replumb {
-            std::fs::create_dir_all(&dir)?;
-            sb.create(&name)?;
-        }
+        std::fs::create_dir_all(&dir)?;
+        sb.create(&name)?;
         let ip = match net.plumb(&who, &sb.path("net"), &cni_ports(&ports)).await {
             Ok(ip) => ip,
             Err(e) => {
-                if !replumb {
-                    sb.destroy();
-                }
+                sb.destroy();
                 return Err(e);
             }
         };
