@@ -199,10 +199,12 @@ impl Scheduler {
 
     async fn schedule_one(self: Arc<Self>, key: Key) {
         let Some(pod) = self.pods.get_key(&key) else {
+            self.queue.remove(&key);
             return;
         };
         if bound_node(&pod).is_some() || pod.metadata.deletion_timestamp.is_some() || !is_ours(&pod)
         {
+            self.queue.remove(&key);
             return;
         }
         let prio = priority_of(&pod, &self.priority_classes);

@@ -46,6 +46,17 @@ pub enum ClusterEvent {
 }
 
 impl ClusterEvent {
+    const ALL: [ClusterEvent; 4] = [
+        ClusterEvent::Node,
+        ClusterEvent::PodRemoved,
+        ClusterEvent::PodAdded,
+        ClusterEvent::Periodic,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
     fn helps(self, r: Retry) -> bool {
         match self {
             ClusterEvent::Node | ClusterEvent::Periodic => true,
@@ -63,6 +74,12 @@ struct Inner {
     /// Unschedulable pods: when their back-off ends, their priority, and what may help.
     parked: HashMap<Key, (Instant, i32, Retry)>,
     attempts: HashMap<Key, u32>,
+    /// How many changes of each kind ([`ClusterEvent::index`]) there have been.
+    changes: [u64; 4],
+    /// Pods popped and being tried, with `changes` when they were popped: a change that
+    /// came during a failed attempt retries the pod after its back-off, as upstream's
+    /// in-flight events do, instead of being missed.
+    in_flight: HashMap<Key, [u64; 4]>,
 }
 
 #[derive(Clone, Default)]
@@ -119,6 +136,7 @@ impl SchedulingQueue {
     /// Forgets a pod that was bound or deleted.
     pub fn remove(&self, key: &Key) {
         let mut g = self.inner.lock().unwrap();
+        g.in_flight.remove(key);
         if let Some((p, s)) = g.in_active.remove(key) {
             g.active.remove(&(Reverse(p), s, key.clone()));
         }
@@ -132,15 +150,25 @@ impl SchedulingQueue {
         let n = g.attempts.entry(key.clone()).or_insert(0);
         *n += 1;
         let backoff = (INITIAL_BACKOFF * 2u32.saturating_pow((*n - 1).min(8))).min(MAX_BACKOFF);
+        let missed = g.in_flight.remove(&key).is_some_and(|then| {
+            ClusterEvent::ALL
+                .iter()
+                .any(|e| g.changes[e.index()] > then[e.index()] && e.helps(retry))
+        });
         g.parked
-            .insert(key, (Instant::now() + backoff, priority, retry));
+            .insert(key.clone(), (Instant::now() + backoff, priority, retry));
+        drop(g);
+        if missed {
+            self.add_after(key, priority, backoff);
+        }
     }
 
     /// A cluster change may let parked pods fit: each that it could help goes back once its
     /// back-off ends.
     pub fn move_to_active(&self, event: ClusterEvent) {
         let parked: Vec<(Key, Instant, i32)> = {
-            let g = self.inner.lock().unwrap();
+            let mut g = self.inner.lock().unwrap();
+            g.changes[event.index()] += 1;
             g.parked
                 .iter()
                 .filter(|(_, (_, _, r))| event.helps(*r))
@@ -167,6 +195,8 @@ impl SchedulingQueue {
                 let mut g = self.inner.lock().unwrap();
                 if let Some(first) = g.active.pop_first() {
                     g.in_active.remove(&first.2);
+                    let now = g.changes;
+                    g.in_flight.insert(first.2.clone(), now);
                     return first.2;
                 }
             }
@@ -208,6 +238,26 @@ mod tests {
         assert_eq!(q.pending(), (0, 1));
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(q.pending(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_change_during_a_failed_attempt_is_not_missed() {
+        let q = SchedulingQueue::default();
+        q.add(k("a"), 0);
+        q.add(k("b"), 0);
+        let resources = Retry {
+            on_pod_removed: true,
+            on_pod_added: false,
+        };
+        let (a, b) = (q.pop().await, q.pop().await);
+        // While both are tried, a pod leaves a node; then both turn out not to fit.
+        q.move_to_active(ClusterEvent::PodRemoved);
+        q.unschedulable(a, 0, resources);
+        q.unschedulable(b, 0, Retry::default());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // "a" is retried after its back-off; "b", which a pod leaving cannot help, waits.
+        assert_eq!(q.pending(), (1, 1));
+        assert_eq!(q.pop().await, k("a"));
     }
 
     #[tokio::test]
