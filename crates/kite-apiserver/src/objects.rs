@@ -631,6 +631,8 @@ impl Objects {
         if !errs.is_empty() {
             return Err(ApiError::invalid(ri, &name, &errs));
         }
+        // A decoding error has returned by now: a type error at once, a missing field
+        // through `errs`.
         let json = decoded.unwrap_or_default();
         let mut warnings = Vec::new();
         match fv {
