@@ -117,6 +117,9 @@ pub struct Ranges {
     /// podCIDR on two nodes, and the range stays taken until both are gone).
     taken: BTreeMap<u32, u32>,
     by_node: HashMap<String, u32>,
+    /// The lowest free index: every range below it is taken, so allocating costs no walk
+    /// over the taken ranges (nodes mostly fill the cluster CIDR from its start).
+    low: u32,
 }
 
 impl Ranges {
@@ -130,6 +133,7 @@ impl Ranges {
             count: 1u64 << (mask - cluster.prefix_len()),
             taken: BTreeMap::new(),
             by_node: HashMap::new(),
+            low: 0,
         })
     }
 
@@ -162,6 +166,9 @@ impl Ranges {
         self.release(node);
         self.by_node.insert(node.to_string(), i);
         *self.taken.entry(i).or_default() += 1;
+        while self.taken.contains_key(&self.low) {
+            self.low += 1;
+        }
     }
 
     /// Frees the range `node` held, unless another node holds it too.
@@ -173,6 +180,7 @@ impl Ranges {
             *n -= 1;
             if *n == 0 {
                 self.taken.remove(&i);
+                self.low = self.low.min(i);
             }
         }
     }
@@ -193,15 +201,7 @@ impl Ranges {
                 self.cluster
             );
         }
-        // Taken indices in order: the first gap is the lowest free one, and there is one.
-        let mut want: u32 = 0;
-        for &t in self.taken.keys() {
-            if t != want {
-                break;
-            }
-            want += 1;
-        }
-        Ok(self.cidr(want))
+        Ok(self.cidr(self.low))
     }
 }
 
