@@ -49,14 +49,9 @@ fn main() {
     });
 }
 
-/// User plus system CPU seconds of this process so far, from `/proc/self/stat` (in USER_HZ,
-/// which Linux fixes at 100 for `/proc`).
+/// CPU seconds this process has used so far (the kernel's own per-process clock).
 fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line; `rest` starts at field 3.
-    (ticks(11) + ticks(12)) / 100.0
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+        .unwrap_or(0.0)
 }
