@@ -1,11 +1,11 @@
 //! What admission reads on every create, kept in memory: whether each namespace is
 //! terminating, and every PriorityClass's value and policy. It follows the store's own watch,
 //! as upstream's admission plugins read informer caches rather than storage. A name the
-//! cache does not know (just created, or the cache still loading) is read from the store by
-//! the caller, so a miss is never an error; like upstream's caches, a change reaches it a
-//! moment after its write is acknowledged.
+//! cache does not know (just created, or the cache still loading) is read from the store
+//! instead, so a miss is never a wrong answer; like upstream's caches, a change reaches the
+//! cache a moment after its write is acknowledged.
 
-use kite_store::{DynStore, EventKind, Revision};
+use kite_store::{DynStore, EventKind, Revision, StoreError};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,12 +21,12 @@ pub struct Class {
 }
 
 /// Whether a namespace object is terminating: deleted, or in phase Terminating.
-pub fn namespace_terminating(ns: &Value) -> bool {
+fn namespace_terminating(ns: &Value) -> bool {
     ns["status"]["phase"] == "Terminating" || ns["metadata"]["deletionTimestamp"].is_string()
 }
 
 /// What admission needs of a PriorityClass object.
-pub fn class_of(pc: &Value) -> Class {
+fn class_of(pc: &Value) -> Class {
     Class {
         value: pc["value"].as_i64().unwrap_or(0),
         preemption_policy: pc["preemptionPolicy"].as_str().map(String::from),
@@ -39,24 +39,68 @@ struct Followed<V> {
     map: RwLock<BTreeMap<String, V>>,
     /// Every object under the prefix has been loaded (so a missing name is an answer).
     synced: AtomicBool,
+    store: DynStore,
+    prefix: String,
+    reduce: fn(&Value) -> V,
 }
 
-impl<V: Send + Sync + 'static> Followed<V> {
+fn decode(bytes: &[u8]) -> Option<Value> {
+    serde_json::from_slice(bytes).ok()
+}
+
+impl<V: Clone + Send + Sync + 'static> Followed<V> {
     /// Starts following `prefix` in the background.
     fn start(store: DynStore, prefix: String, reduce: fn(&Value) -> V) -> Arc<Self> {
         let f = Arc::new(Followed {
             map: RwLock::default(),
             synced: AtomicBool::new(false),
+            store,
+            prefix,
+            reduce,
         });
         let f2 = f.clone();
-        tokio::spawn(async move { f2.follow(&store, &prefix, reduce).await });
+        tokio::spawn(async move { f2.follow().await });
         f
     }
 
+    /// The named object if the cache has it.
+    fn cached(&self, name: &str) -> Option<V> {
+        self.map.read().unwrap().get(name).cloned()
+    }
+
+    /// The named object: from the cache, or else from the store.
+    async fn get(&self, name: &str) -> Result<Option<V>, StoreError> {
+        if let Some(v) = self.cached(name) {
+            return Ok(Some(v));
+        }
+        let kv = self.store.get(&format!("{}{name}", self.prefix)).await?;
+        Ok(kv
+            .and_then(|kv| decode(&kv.value))
+            .map(|v| (self.reduce)(&v)))
+    }
+
+    /// The first object by name that `pick` accepts: from the cache once it is loaded, or
+    /// else from the store.
+    async fn find(&self, pick: impl Fn(&V) -> bool) -> Result<Option<(String, V)>, StoreError> {
+        if self.synced.load(Ordering::Acquire) {
+            let m = self.map.read().unwrap();
+            return Ok(m
+                .iter()
+                .find(|(_, v)| pick(v))
+                .map(|(n, v)| (n.clone(), v.clone())));
+        }
+        let r = self.store.range(&self.prefix, None, 0).await?;
+        Ok(r.items.iter().find_map(|kv| {
+            let v = (self.reduce)(&decode(&kv.value)?);
+            let name = kv.key.strip_prefix(&self.prefix)?;
+            pick(&v).then(|| (name.to_string(), v))
+        }))
+    }
+
     /// Lists the prefix, then applies each watched change; after any error, lists again.
-    async fn follow(&self, store: &DynStore, prefix: &str, reduce: fn(&Value) -> V) {
+    async fn follow(&self) {
+        let (store, prefix, reduce) = (&self.store, self.prefix.as_str(), self.reduce);
         let name_of = |key: &str| key.strip_prefix(prefix).map(String::from);
-        let decode = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).ok();
         loop {
             let rev: Result<Revision, String> = async {
                 let r = store
@@ -119,28 +163,19 @@ impl AdmissionCache {
         })
     }
 
-    /// Whether the namespace is terminating; None if the cache does not know it.
-    pub fn namespace(&self, name: &str) -> Option<bool> {
-        self.namespaces.map.read().unwrap().get(name).copied()
+    /// Whether the namespace is terminating; None if there is no such namespace.
+    pub async fn namespace(&self, name: &str) -> Result<Option<bool>, StoreError> {
+        self.namespaces.get(name).await
     }
 
-    /// The named PriorityClass; None if the cache does not know it.
-    pub fn class(&self, name: &str) -> Option<Class> {
-        self.classes.map.read().unwrap().get(name).cloned()
+    /// The named PriorityClass, if there is one.
+    pub async fn class(&self, name: &str) -> Result<Option<Class>, StoreError> {
+        self.classes.get(name).await
     }
 
-    /// The globalDefault PriorityClass (the first by name if several), or Some(None) when
-    /// there is none; None while the cache is not loaded.
-    pub fn default_class(&self) -> Option<Option<(String, Class)>> {
-        if !self.classes.synced.load(Ordering::Acquire) {
-            return None;
-        }
-        let m = self.classes.map.read().unwrap();
-        Some(
-            m.iter()
-                .find(|(_, c)| c.global_default)
-                .map(|(n, c)| (n.clone(), c.clone())),
-        )
+    /// The globalDefault PriorityClass (the first by name if several), if any.
+    pub async fn default_class(&self) -> Result<Option<(String, Class)>, StoreError> {
+        self.classes.find(|c| c.global_default).await
     }
 }
 
@@ -170,8 +205,9 @@ mod tests {
             .await
             .unwrap();
         let c = AdmissionCache::start(store.clone(), "/ns/".into(), "/pc/".into());
-        eventually(|| c.namespace("a") == Some(false)).await;
-        eventually(|| c.default_class() == Some(None)).await;
+        eventually(|| c.namespaces.cached("a") == Some(false)).await;
+        eventually(|| c.classes.synced.load(Ordering::Acquire)).await;
+        assert_eq!(c.default_class().await.unwrap(), None);
 
         let a = store.get("/ns/a").await.unwrap().unwrap();
         store
@@ -182,9 +218,10 @@ mod tests {
             )
             .await
             .unwrap();
-        eventually(|| c.namespace("a") == Some(true)).await;
+        eventually(|| c.namespaces.cached("a") == Some(true)).await;
         store.delete("/ns/a", None).await.unwrap();
-        eventually(|| c.namespace("a").is_none()).await;
+        eventually(|| c.namespaces.cached("a").is_none()).await;
+        assert_eq!(c.namespace("a").await.unwrap(), None);
 
         store
             .create(
@@ -193,13 +230,11 @@ mod tests {
             )
             .await
             .unwrap();
-        eventually(|| {
-            c.default_class()
-                .flatten()
-                .is_some_and(|(n, _)| n == "high")
-        })
-        .await;
-        assert_eq!(c.class("high").map(|c| c.value), Some(1000));
-        assert!(c.class("none").is_none());
+        // Read through to the store whether or not the cache has caught up.
+        assert_eq!(c.class("high").await.unwrap().map(|c| c.value), Some(1000));
+        eventually(|| c.classes.cached("high").is_some()).await;
+        let default = c.default_class().await.unwrap();
+        assert_eq!(default.map(|(n, _)| n).as_deref(), Some("high"));
+        assert!(c.class("none").await.unwrap().is_none());
     }
 }

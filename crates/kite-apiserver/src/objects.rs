@@ -4,7 +4,7 @@
 //! finalizers, deletionTimestamp, namespaces) and optimistic concurrency. It knows nothing of
 //! HTTP; `http.rs` parses requests into these calls.
 
-use crate::admission_cache::{self, AdmissionCache};
+use crate::admission_cache::AdmissionCache;
 use crate::alloc;
 use crate::error::{qualified, ApiError, ApiResult};
 use base64::Engine;
@@ -433,15 +433,9 @@ impl Objects {
         }
         let ns = ns.ok_or_else(|| ApiError::bad_request("a namespace is required"))?;
         let nsri = self.registry.lookup("", "v1", "namespaces").unwrap();
-        let terminating = match self.admission.namespace(ns) {
-            Some(t) => t,
-            None => {
-                let (nso, _) = self
-                    .get(nsri, None, ns)
-                    .await
-                    .map_err(|_| ApiError::not_found(nsri, ns))?;
-                admission_cache::namespace_terminating(&nso)
-            }
+        let terminating = match self.admission.namespace(ns).await {
+            Ok(Some(t)) => t,
+            _ => return Err(ApiError::not_found(nsri, ns)),
         };
         if terminating {
             return Err(ApiError {
@@ -516,10 +510,6 @@ impl Objects {
     /// Upstream's Priority admission plugin: a new pod's `priority` and
     /// `preemptionPolicy` come from its PriorityClass (or the global default class).
     async fn admit_priority(&self, pod: &mut Value) -> ApiResult<()> {
-        let pcri = self
-            .registry
-            .lookup("scheduling.k8s.io", "v1", "priorityclasses")
-            .expect("priorityclasses are registered");
         let pod_name = name_of(pod).to_string();
         let forbidden = |msg: String| {
             ApiError::new(
@@ -535,34 +525,17 @@ impl Objects {
         let (class, value, policy) = match class_name.as_deref() {
             Some("system-node-critical") => (class_name.clone(), 2_000_001_000, None),
             Some("system-cluster-critical") => (class_name.clone(), 2_000_000_000, None),
-            Some(n) => match self.admission.class(n) {
-                Some(c) => (class_name.clone(), c.value, c.preemption_policy),
-                None => match self.get(pcri, None, n).await {
-                    Ok((pc, _)) => {
-                        let c = admission_cache::class_of(&pc);
-                        (class_name.clone(), c.value, c.preemption_policy)
-                    }
-                    Err(_) => {
-                        return Err(forbidden(format!(
-                            "no PriorityClass with name {n} was found"
-                        )))
-                    }
-                },
-            },
-            None => match self.admission.default_class() {
-                Some(Some((n, c))) => (Some(n), c.value, c.preemption_policy),
-                Some(None) => (None, 0, None),
-                None => {
-                    let (all, _, _) = self.list(pcri, None, &ListOpts::default()).await?;
-                    let default = all.iter().find_map(|pc| {
-                        let c = admission_cache::class_of(pc);
-                        c.global_default.then(|| (name_of(pc).to_string(), c))
-                    });
-                    match default {
-                        Some((n, c)) => (Some(n), c.value, c.preemption_policy),
-                        None => (None, 0, None),
-                    }
+            Some(n) => match self.admission.class(n).await {
+                Ok(Some(c)) => (class_name.clone(), c.value, c.preemption_policy),
+                _ => {
+                    return Err(forbidden(format!(
+                        "no PriorityClass with name {n} was found"
+                    )))
                 }
+            },
+            None => match self.admission.default_class().await? {
+                Some((n, c)) => (Some(n), c.value, c.preemption_policy),
+                None => (None, 0, None),
             },
         };
         let spec = pod
