@@ -417,6 +417,9 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
         "annotations": {
             "io.kubernetes.pod.uid": i.pod.metadata.uid.clone().unwrap_or_default(),
             "io.kubernetes.container.name": c.name,
+            // One runc shim per pod, not per container (init containers, sidecars and
+            // app containers share it), as upstream's CRI groups by sandbox.
+            "io.containerd.runc.v2.group": i.pod.metadata.uid.clone().unwrap_or_default(),
         },
         "linux": {
             "cgroupsPath": format!("{}/{}", pod_cgroup(i.pod), i.container_id),
