@@ -399,6 +399,7 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
         namespaces.push(ns("network", Some(&i.sandbox.path("net"))));
         namespaces.push(ns("uts", Some(&i.sandbox.path("uts"))));
     }
+    let pod_uid = i.pod.metadata.uid.clone().unwrap_or_default();
     let spec = json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -415,11 +416,11 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
         "hostname": i.pod.metadata.name.clone().unwrap_or_default(),
         "mounts": mounts,
         "annotations": {
-            "io.kubernetes.pod.uid": i.pod.metadata.uid.clone().unwrap_or_default(),
+            "io.kubernetes.pod.uid": pod_uid,
             "io.kubernetes.container.name": c.name,
             // One runc shim per pod, not per container (init containers, sidecars and
             // app containers share it), as upstream's CRI groups by sandbox.
-            "io.containerd.runc.v2.group": i.pod.metadata.uid.clone().unwrap_or_default(),
+            "io.containerd.runc.v2.group": pod_uid,
         },
         "linux": {
             "cgroupsPath": format!("{}/{}", pod_cgroup(i.pod), i.container_id),
