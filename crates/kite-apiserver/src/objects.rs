@@ -345,6 +345,146 @@ mod tests {
             assert_eq!(spliced, want, "{c}");
         }
     }
+
+    /// A store whose reads under one prefix fail while `fail` names it.
+    struct FailingReads {
+        inner: DynStore,
+        fail: std::sync::Mutex<Option<String>>,
+    }
+
+    impl FailingReads {
+        fn check(&self, key: &str) -> kite_store::Result<()> {
+            match &*self.fail.lock().unwrap() {
+                Some(p) if key.starts_with(p.as_str()) => {
+                    Err(StoreError::Backend("the disk went away".into()))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    impl kite_store::Store for FailingReads {
+        fn current_revision(&self) -> Revision {
+            self.inner.current_revision()
+        }
+        fn compacted_revision(&self) -> Revision {
+            self.inner.compacted_revision()
+        }
+        fn get<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> futures::future::BoxFuture<'a, kite_store::Result<Option<KeyValue>>> {
+            match self.check(key) {
+                Ok(()) => self.inner.get(key),
+                Err(e) => Box::pin(async move { Err(e) }),
+            }
+        }
+        fn range<'a>(
+            &'a self,
+            prefix: &'a str,
+            start_after: Option<&'a str>,
+            limit: usize,
+        ) -> futures::future::BoxFuture<'a, kite_store::Result<kite_store::RangeResult>> {
+            match self.check(prefix) {
+                Ok(()) => self.inner.range(prefix, start_after, limit),
+                Err(e) => Box::pin(async move { Err(e) }),
+            }
+        }
+        fn create<'a>(
+            &'a self,
+            key: &'a str,
+            value: Vec<u8>,
+        ) -> futures::future::BoxFuture<'a, kite_store::Result<KeyValue>> {
+            self.inner.create(key, value)
+        }
+        fn update<'a>(
+            &'a self,
+            key: &'a str,
+            value: Vec<u8>,
+            expected: Revision,
+        ) -> futures::future::BoxFuture<'a, kite_store::Result<KeyValue>> {
+            self.inner.update(key, value, expected)
+        }
+        fn delete<'a>(
+            &'a self,
+            key: &'a str,
+            expected: Option<Revision>,
+        ) -> futures::future::BoxFuture<'a, kite_store::Result<KeyValue>> {
+            self.inner.delete(key, expected)
+        }
+        fn watch(&self, prefix: &str, after: Revision) -> kite_store::Result<kite_store::Watch> {
+            self.inner.watch(prefix, after)
+        }
+        fn compact(
+            &self,
+            revision: Revision,
+        ) -> futures::future::BoxFuture<'_, kite_store::Result<()>> {
+            self.inner.compact(revision)
+        }
+    }
+
+    /// A store that cannot answer admission's question is a 500 that creates nothing, not
+    /// a 404 for the namespace or a 403 for the PriorityClass.
+    #[tokio::test]
+    async fn admission_store_failures_are_internal_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled: DynStore = Arc::new(kite_store::SledStore::open(dir.path()).unwrap());
+        let store = Arc::new(FailingReads {
+            inner: sled,
+            fail: Default::default(),
+        });
+        let objects = Objects::new(
+            store.clone(),
+            ApiConfig {
+                service_cidr: "10.43.0.0/16".parse().unwrap(),
+                strategy: Settings::default(),
+            },
+        );
+        let reg = Registry::get();
+        let ns_ri = reg.lookup("", "v1", "namespaces").unwrap();
+        let pods = reg.lookup("", "v1", "pods").unwrap();
+        let opts = WriteOpts::default();
+        objects
+            .create(ns_ri, None, json!({"metadata": {"name": "app"}}), &opts)
+            .await
+            .unwrap();
+        let pod = |ns: &str, class: Option<&str>| {
+            let mut p = json!({"metadata": {"name": "p", "namespace": ns},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+            if let Some(c) = class {
+                p["spec"]["priorityClassName"] = json!(c);
+            }
+            p
+        };
+        let code = |r: ApiResult<Written>| r.err().map(|e| e.code);
+
+        // The store answers: a missing namespace is 404, a missing class 403.
+        let r = objects
+            .create(pods, Some("ghost"), pod("ghost", None), &opts)
+            .await;
+        assert_eq!(code(r), Some(StatusCode::NOT_FOUND));
+        let r = objects
+            .create(pods, Some("app"), pod("app", Some("nope")), &opts)
+            .await;
+        assert_eq!(code(r), Some(StatusCode::FORBIDDEN));
+
+        // It cannot: 500, and no pod.
+        *store.fail.lock().unwrap() = Some(ns_ri.storage_prefix());
+        let r = objects
+            .create(pods, Some("ghost"), pod("ghost", None), &opts)
+            .await;
+        assert_eq!(code(r), Some(StatusCode::INTERNAL_SERVER_ERROR));
+        let pcs = reg
+            .lookup("scheduling.k8s.io", "v1", "priorityclasses")
+            .unwrap();
+        *store.fail.lock().unwrap() = Some(pcs.storage_prefix());
+        let r = objects
+            .create(pods, Some("app"), pod("app", Some("nope")), &opts)
+            .await;
+        assert_eq!(code(r), Some(StatusCode::INTERNAL_SERVER_ERROR));
+        *store.fail.lock().unwrap() = None;
+        assert!(objects.get(pods, Some("app"), "p").await.is_err());
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -433,9 +573,10 @@ impl Objects {
         }
         let ns = ns.ok_or_else(|| ApiError::bad_request("a namespace is required"))?;
         let nsri = self.registry.lookup("", "v1", "namespaces").unwrap();
-        let terminating = match self.admission.namespace(ns).await {
-            Ok(Some(t)) => t,
-            _ => return Err(ApiError::not_found(nsri, ns)),
+        // A store that cannot answer is the server's fault (500), not a missing namespace.
+        let terminating = match self.admission.namespace(ns).await? {
+            Some(t) => t,
+            None => return Err(ApiError::not_found(nsri, ns)),
         };
         if terminating {
             return Err(ApiError {
@@ -525,9 +666,9 @@ impl Objects {
         let (class, value, policy) = match class_name.as_deref() {
             Some("system-node-critical") => (class_name.clone(), 2_000_001_000, None),
             Some("system-cluster-critical") => (class_name.clone(), 2_000_000_000, None),
-            Some(n) => match self.admission.class(n).await {
-                Ok(Some(c)) => (class_name.clone(), c.value, c.preemption_policy),
-                _ => {
+            Some(n) => match self.admission.class(n).await? {
+                Some(c) => (class_name.clone(), c.value, c.preemption_policy),
+                None => {
                     return Err(forbidden(format!(
                         "no PriorityClass with name {n} was found"
                     )))
