@@ -33,7 +33,8 @@ if [ "${KITE_KILLALL_NODE_ONLY:-0}" != 1 ] && [ -f /run/kite.pid ]; then
 fi
 # This data dir's containerd and its shims (found by their socket, nothing else).
 for p in /proc/[0-9]*; do
-  cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+  # (A process may end during the scan: its cmdline is then gone, quietly.)
+  cmd=$( { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null) || continue
   case "$cmd" in
     *containerd-shim*"-address $SOCK "*|*"containerd --config $DATA/agent/etc/containerd/config.toml"*)
       kill -9 "${p#/proc/}" 2>/dev/null || true ;;
