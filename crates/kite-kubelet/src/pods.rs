@@ -71,7 +71,18 @@ pub struct Kubelet {
     statics: Mutex<HashMap<Key, Arc<Pod>>>,
     /// Containers with a background Wait on their task.
     waiting_on: Arc<Mutex<HashSet<String>>>,
+    /// Container starts in flight at once (see [`start_gate_size`]).
+    start_gate: tokio::sync::Semaphore,
     recorder: Recorder,
+}
+
+/// How many container starts (containerd task create and start: the shim, `runc create`,
+/// `runc init`, `runc start`) the node runs at once: twice its cores. Each start is
+/// CPU-bound, so more at once only share the cores, and every pod of a burst is Ready
+/// late; first come, first started lets the early ones be Ready early. Pod workers still
+/// sync, pull, plumb and stop pods in parallel; only this step queues.
+fn start_gate_size() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The pod's hostPort mappings (hostNetwork pods have none: they bind the node's ports).
@@ -160,6 +171,7 @@ impl Kubelet {
             network_busy: Default::default(),
             state: Mutex::default(),
             waiting_on: Arc::default(),
+            start_gate: tokio::sync::Semaphore::new(start_gate_size()),
             statics: Mutex::default(),
             images: Default::default(),
             pulls: Default::default(),
@@ -809,6 +821,7 @@ impl Kubelet {
             .join("containers")
             .join(&c.name)
             .join(format!("{attempt}.log"));
+        let permit = self.start_gate.acquire().await;
         let r = containers::create_and_start(
             &self.cd,
             containers::New {
@@ -820,6 +833,7 @@ impl Kubelet {
             },
         )
         .await;
+        drop(permit);
         if let Err(e) = r {
             let msg = format!("{e:#}");
             containers::remove(&self.cd, &id).await.ok();
