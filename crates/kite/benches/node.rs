@@ -7,6 +7,13 @@
 //!   Ready; p50 and p99 per batch. The pods are deleted, and gone, between batches.
 //! - memory: RSS of kite and of its containerd with 0 pods and with the largest batch
 //!   running.
+//! - runtime floor: the same batches as containers made straight through kite's
+//!   containerd, with no kite in the path (no API, scheduler, kubelet, namespaces or
+//!   veths of kite's): each timed from the batch's start to its task's Start returning.
+//!   The containers copy the runtime spec kite made for a real pod, with fresh network,
+//!   IPC and UTS namespaces, one shim each (as kite runs one per pod), and go through
+//!   the kubelet's own containerd calls. No kubelet on containerd and runc can start a
+//!   batch faster than this, so it tells how much of a pod's start is kite's.
 //!
 //! Figures and the command are recorded in docs/benchmarks.md.
 
@@ -273,5 +280,128 @@ async fn main() {
         batches.iter().max().unwrap(),
         k_max - k0
     );
+    floor(&pods, &data, kite_pid, &batches).await;
     drop(server);
+}
+
+/// The runtime floor (see the module's doc): containerd and runc alone.
+async fn floor(pods: &Api<Pod>, data: &Path, kite_pid: u32, batches: &[usize]) {
+    use kite_kubelet::containerd::{Containerd, Paths};
+    use kite_kubelet::containers;
+    // A real pod, for the spec kite gives its container.
+    let tmpl: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "floor-template"},
+        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
+            "name": "c", "image": "kite.test/shell:1", "command": ["sleep", "3600"]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &tmpl).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pods.get("floor-template").await.is_ok_and(|p| ready(&p)) {
+        assert!(
+            Instant::now() < deadline,
+            "the template pod never became Ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cd = Containerd::connect(&Paths::new(data).socket, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let uid = pods
+        .get("floor-template")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let id = containers::list(&cd, &uid).await.unwrap()[0].id.clone();
+    let record = cd
+        .containers()
+        .get(cd.req(containerd_client::services::v1::GetContainerRequest { id }))
+        .await
+        .unwrap()
+        .into_inner()
+        .container
+        .unwrap();
+    let base: serde_json::Value = serde_json::from_slice(&record.spec.unwrap().value).unwrap();
+    let image = kite_kubelet::images::Cache::default()
+        .resolve(&cd, &record.image)
+        .await
+        .unwrap()
+        .expect("the template's image");
+    let logs = data.join("floor-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let cd_pid = containerd_pid(data);
+    // Every batch all at once, as the pods above; the largest also a few at a time, in
+    // order, which gives the lowest p50 a runtime of this cost per start could give.
+    let largest = batches.iter().copied().max().unwrap_or(0);
+    let runs = batches.iter().map(|&n| (n, n)).chain([(largest, 4)]);
+    for (run, (n, parallel)) in runs.enumerate() {
+        let specs: Vec<(String, Vec<u8>)> = (0..n)
+            .map(|i| {
+                let id = format!("floor-{run}-{i}");
+                let mut s = base.clone();
+                s["annotations"]["io.containerd.runc.v2.group"] = id.clone().into();
+                s["linux"]["cgroupsPath"] =
+                    format!("/kite/kubepods/besteffort/podfloor{run}_{i}/{id}").into();
+                for ns in s["linux"]["namespaces"].as_array_mut().unwrap() {
+                    ns.as_object_mut().unwrap().remove("path");
+                }
+                (id, serde_json::to_vec(&s).unwrap())
+            })
+            .collect();
+        let cpu0 = (
+            machine_cpu(),
+            common::cpu_secs(kite_pid),
+            cd_pid.map(common::cpu_secs).unwrap_or(0.0),
+        );
+        let t0 = Instant::now();
+        let mut lat: Vec<Duration> = futures::stream::iter(specs.iter().map(|(id, spec)| {
+            let (cd, image, log) = (cd.clone(), &image, logs.join(format!("{id}.log")));
+            async move {
+                containers::create_and_start(
+                    &cd,
+                    containers::New {
+                        id,
+                        image,
+                        spec: spec.clone(),
+                        labels: HashMap::new(),
+                        log: &log,
+                    },
+                )
+                .await
+                .unwrap();
+                t0.elapsed()
+            }
+        }))
+        .buffered(parallel)
+        .collect()
+        .await;
+        let wall = t0.elapsed().as_secs_f64();
+        let (m, k, c) = (
+            machine_cpu() - cpu0.0,
+            common::cpu_secs(kite_pid) - cpu0.1,
+            cd_pid.map(common::cpu_secs).unwrap_or(0.0) - cpu0.2,
+        );
+        lat.sort();
+        println!(
+            "runtime floor, {n} containers, {parallel} at a time: p50 {} ms, p99 {} ms, max {} ms; CPU ({wall:.2} s): \
+             {m:.2} s in all; containerd {c:.2}, kite (idle) {k:.2}, the rest {:.2}",
+            pct(&lat, 0.5).as_millis(),
+            pct(&lat, 0.99).as_millis(),
+            lat.last().unwrap().as_millis(),
+            m - k - c
+        );
+        futures::future::join_all(specs.iter().map(|(id, _)| {
+            let cd = cd.clone();
+            async move {
+                let _ = containers::stop(&cd, id, 9, Duration::ZERO).await;
+                let _ = containers::remove(&cd, id).await;
+            }
+        }))
+        .await;
+        for i in 0..n {
+            kite_kubelet::spec::remove_pod_cgroups(&format!("floor{run}_{i}"));
+        }
+    }
 }
