@@ -6,7 +6,7 @@
 //!   e.g. "1,10"), each timed from just before its POST to the watch event that shows it
 //!   Ready; p50 and p99 per batch. The pods are deleted, and gone, between batches.
 //! - memory: RSS of kite and of its containerd with 0 pods and with the largest batch
-//!   running.
+//!   running, and the runc shims' count and summed PSS.
 //! - runtime floor: the same batches as containers made straight through kite's
 //!   containerd, with no kite in the path (no API, scheduler, kubelet, namespaces or
 //!   veths of kite's): each timed from the batch's start to its task's Start returning.
@@ -64,6 +64,35 @@ fn containerd_pid(data: &Path) -> Option<u32> {
         let cmd = String::from_utf8_lossy(&cmd);
         (cmd.starts_with("containerd\0") && cmd.contains(want.to_str()?)).then_some(pid)
     })
+}
+
+/// The runc shims of this data dir's containerd (found by its socket, as kite-killall.sh
+/// finds them): how many, and their proportional set size summed (RSS would count the
+/// pages they share once per shim).
+fn shims_pss_kib(data: &Path) -> (usize, u64) {
+    let want = format!(
+        "-address {} ",
+        kite_kubelet::containerd::Paths::new(data).socket.display()
+    );
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return (0, 0);
+    };
+    let pss: Vec<u64> = rd
+        .flatten()
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if !cmd.contains("containerd-shim") || !cmd.contains(&want) {
+                return None;
+            }
+            let roll = std::fs::read_to_string(e.path().join("smaps_rollup")).ok()?;
+            roll.lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .collect();
+    (pss.len(), pss.iter().sum())
 }
 
 /// CPU seconds the whole machine has been busy (all but idle and iowait).
@@ -174,7 +203,11 @@ async fn main() {
         let c = cd_pid
             .map(|p| common::rss_kib(p) as f64 / 1024.0)
             .unwrap_or(0.0);
-        println!("RSS with {label}: kite {k:.1} MiB, containerd {c:.1} MiB");
+        let (n, pss) = shims_pss_kib(&data);
+        println!(
+            "RSS with {label}: kite {k:.1} MiB, containerd {c:.1} MiB; {n} shims, PSS {:.1} MiB in all",
+            pss as f64 / 1024.0
+        );
         (k, c)
     };
     let (k0, _) = mem("0 pods");
