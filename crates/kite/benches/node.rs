@@ -11,9 +11,9 @@
 //!   containerd, with no kite in the path (no API, scheduler, kubelet, namespaces or
 //!   veths of kite's): each timed from the batch's start to its task's Start returning.
 //!   The containers copy the runtime spec kite made for a real pod, with fresh network,
-//!   IPC and UTS namespaces, one shim each (as kite runs one per pod), and go through
-//!   the kubelet's own containerd calls. No kubelet on containerd and runc can start a
-//!   batch faster than this, so it tells how much of a pod's start is kite's.
+//!   IPC and UTS namespaces, share shims as kite's pods do (`spec::shim_group`), and go
+//!   through the kubelet's own containerd calls. No kubelet on containerd and runc can
+//!   start a batch faster than this, so it tells how much of a pod's start is kite's.
 //!
 //! Figures and the command are recorded in docs/benchmarks.md.
 
@@ -374,7 +374,8 @@ async fn floor(pods: &Api<Pod>, data: &Path, kite_pid: u32, batches: &[usize]) {
             .map(|i| {
                 let id = format!("floor-{run}-{i}");
                 let mut s = base.clone();
-                s["annotations"]["io.containerd.runc.v2.group"] = id.clone().into();
+                s["annotations"]["io.containerd.runc.v2.group"] =
+                    kite_kubelet::spec::shim_group(&id).into();
                 s["linux"]["cgroupsPath"] =
                     format!("/kite/kubepods/besteffort/podfloor{run}_{i}/{id}").into();
                 for ns in s["linux"]["namespaces"].as_array_mut().unwrap() {
