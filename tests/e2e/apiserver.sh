@@ -188,6 +188,10 @@ check "missing required field" fails_with "spec.containers[0].image: Required va
 printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: badtype, namespace: gitops-kubernetes}\nspec:\n  containers: "x"\n' >"$F/badtype.yaml"
 # As upstream: a value of the wrong type fails decoding (400) before validation runs.
 check "a value of the wrong type: BadRequest naming the field" fails_with 'cannot be handled as a Pod: spec.containers: invalid type: string "x"' kc create --validate=false -f "$F/badtype.yaml"
+printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: badqty, namespace: gitops-kubernetes}\nspec:\n  containers:\n  - {name: c, image: busybox, resources: {limits: {memory: lots}}}\n' >"$F/badqty.yaml"
+# As upstream: a quantity that does not parse fails decoding (400), and nothing is created.
+check "a malformed quantity: BadRequest naming the field" fails_with "cannot be handled as a Pod: spec.containers[0].resources.limits.memory: quantities must match the regular expression" kc create --validate=false -f "$F/badqty.yaml"
+check "the pod with the malformed quantity was not created" fails_with 'pods "badqty" not found' kc -n gitops-kubernetes get pod badqty
 cat >"$F/unknown.yaml" <<'YAML'
 apiVersion: v1
 kind: ConfigMap

@@ -53,6 +53,88 @@ pub fn decode_noting_unknown<T: de::DeserializeOwned>(
     out
 }
 
+/// Decodes `v` as `T` with the same checks as [`decode_noting_unknown`], and on failure
+/// names the field that failed.
+pub fn decode_with_path<T: de::DeserializeOwned>(
+    v: &Value,
+) -> Result<T, serde_path_to_error::Error<Error>> {
+    let cell = RefCell::new(Vec::new());
+    serde_path_to_error::deserialize(Tracked {
+        v,
+        path: Path::Root,
+        unknown: &cell,
+    })
+}
+
+/// Upstream's `ParseQuantity` errors, word for word.
+const QUANTITY_FORMAT: &str =
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
+const QUANTITY_SUFFIX: &str = "unable to parse quantity's suffix";
+const QUANTITY_NUMERIC: &str = "unable to parse numeric part of quantity";
+
+/// Whether `s` parses as a resource quantity, as upstream's `resource.ParseQuantity`
+/// decides (after trimming spaces, as its JSON decoding does): a signed decimal number,
+/// then a suffix that is binary (`Ki` … `Ei`), decimal (`n`, `u`, `m`, ``, `k` … `E`) or
+/// an exponent (`e3`, `E-2`).
+pub fn check_quantity(s: &str) -> Result<(), &'static str> {
+    let b = s.trim().as_bytes();
+    if b.is_empty() {
+        return Err(QUANTITY_FORMAT);
+    }
+    let mut i = usize::from(matches!(b[0], b'+' | b'-'));
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i - start
+    };
+    let mut number_digits = digits(&mut i);
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        number_digits += digits(&mut i);
+    }
+    let suffix_start = i;
+    while i < b.len() && b"eEinumkKMGTP".contains(&b[i]) {
+        i += 1;
+    }
+    if i < b.len() && matches!(b[i], b'+' | b'-') {
+        i += 1;
+    }
+    digits(&mut i);
+    if i < b.len() {
+        return Err(QUANTITY_FORMAT);
+    }
+    let suffix = &s.trim()[suffix_start..];
+    let known = matches!(
+        suffix,
+        "" | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
+            | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+    ) || (suffix.len() > 1
+        && suffix.starts_with(['e', 'E'])
+        && suffix[1..].parse::<i32>().is_ok());
+    if !known {
+        return Err(QUANTITY_SUFFIX);
+    }
+    if number_digits == 0 {
+        return Err(QUANTITY_NUMERIC);
+    }
+    Ok(())
+}
+
 struct Tracked<'a, 'de> {
     v: &'de Value,
     path: Path<'a>,
@@ -111,9 +193,20 @@ impl<'a, 'de> Deserializer<'de> for Tracked<'a, 'de> {
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
-        _name: &'static str,
+        name: &'static str,
         visitor: V,
     ) -> Result<V::Value, Error> {
+        // k8s-openapi's Quantity takes any string; upstream's decoding parses it.
+        if name == "Quantity" {
+            let text = match self.v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            };
+            if let Some(Err(e)) = text.map(|t| check_quantity(&t)) {
+                return Err(de::Error::custom(e));
+            }
+        }
         visitor.visit_newtype_struct(self)
     }
 
@@ -256,6 +349,63 @@ mod tests {
         // The typed object is what a plain decode gives.
         let plain: Pod = serde_json::from_value(v).unwrap();
         assert_eq!(p, plain);
+    }
+
+    #[test]
+    fn quantities_parse_as_upstream_parses_them() {
+        for ok in [
+            "0",
+            "1",
+            "100m",
+            "1.5Gi",
+            "+1",
+            "-1",
+            ".5",
+            "5.",
+            "1e3",
+            "1E-2",
+            "2e+3",
+            "10n",
+            "3u",
+            "128974848",
+            " 64Mi ",
+            "1k",
+            "1Ei",
+        ] {
+            assert_eq!(check_quantity(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("", QUANTITY_FORMAT),
+            ("lots", QUANTITY_FORMAT),
+            ("1.2.3", QUANTITY_FORMAT),
+            ("1 Gi", QUANTITY_FORMAT),
+            ("1Q", QUANTITY_FORMAT),
+            ("1mm", QUANTITY_SUFFIX),
+            ("1Ki2", QUANTITY_SUFFIX),
+            ("1e", QUANTITY_SUFFIX),
+            ("1K", QUANTITY_SUFFIX),
+            ("Mi", QUANTITY_NUMERIC),
+            (".", QUANTITY_NUMERIC),
+        ] {
+            assert_eq!(check_quantity(bad), Err(why), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_quantity_fails_the_decode_at_its_field() {
+        let v = json!({"spec": {"containers": [{"name": "c", "image": "i",
+            "resources": {"limits": {"cpu": 1.5, "memory": "lots"}}}]}});
+        let mut unknown = Vec::new();
+        assert!(decode_noting_unknown::<Pod>(&v, &mut unknown).is_err());
+        let e = decode_with_path::<Pod>(&v).unwrap_err();
+        assert_eq!(
+            e.path().to_string(),
+            "spec.containers[0].resources.limits.memory"
+        );
+        assert_eq!(e.inner().to_string(), QUANTITY_FORMAT);
+        let good = json!({"spec": {"containers": [{"name": "c", "image": "i",
+            "resources": {"limits": {"cpu": 1.5, "memory": "64Mi"}}}]}});
+        assert!(decode_noting_unknown::<Pod>(&good, &mut unknown).is_ok());
     }
 
     #[test]

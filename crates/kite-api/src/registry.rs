@@ -142,7 +142,7 @@ fn decode_typed<T: serde::de::DeserializeOwned>(
     unknown: &mut Vec<String>,
 ) -> Result<T, DecodeError> {
     crate::decode::decode_noting_unknown::<T>(v, unknown).map_err(|plain| {
-        match serde_path_to_error::deserialize::<_, T>(v) {
+        match crate::decode::decode_with_path::<T>(v) {
             Err(e) => DecodeError {
                 path: e.path().to_string(),
                 message: e.inner().to_string(),
