@@ -192,6 +192,8 @@ printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: badqty, namespace: gitops-ku
 # As upstream: a quantity that does not parse fails decoding (400), and nothing is created.
 check "a malformed quantity: BadRequest naming the field" fails_with "cannot be handled as a Pod: spec.containers[0].resources.limits.memory: quantities must match the regular expression" kc create --validate=false -f "$F/badqty.yaml"
 check "the pod with the malformed quantity was not created" fails_with 'pods "badqty" not found' kc -n gitops-kubernetes get pod badqty
+printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: badenv, namespace: gitops-kubernetes}\nspec:\n  containers:\n  - {name: c, image: busybox, env: [{name: KEY=1, value: v}]}\n' >"$F/badenv.yaml"
+check "an environment variable name with '=': Invalid value" fails_with "spec.containers[0].env[0].name: Invalid value: \"KEY=1\": a valid environment variable name must consist only of printable ASCII characters other than '='" kc apply -f "$F/badenv.yaml"
 cat >"$F/unknown.yaml" <<'YAML'
 apiVersion: v1
 kind: ConfigMap

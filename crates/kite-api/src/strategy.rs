@@ -283,6 +283,30 @@ fn validate_container(c: &Value, path: &str, names: &mut Vec<String>, errs: &mut
             ));
         }
     }
+    // Upstream's relaxed names (the default since 1.32): printable ASCII but '='.
+    const ENV_NAME: &str =
+        "a valid environment variable name must consist only of printable ASCII characters other than '='";
+    let env_name_ok = |n: &str| n.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'=');
+    for (i, e) in c["env"].as_array().into_iter().flatten().enumerate() {
+        match e["name"].as_str() {
+            None | Some("") => errs.push(FieldError::required(format!("{path}.env[{i}].name"))),
+            Some(n) if !env_name_ok(n) => errs.push(FieldError::invalid(
+                format!("{path}.env[{i}].name"),
+                &e["name"],
+                ENV_NAME,
+            )),
+            Some(_) => {}
+        }
+    }
+    for (i, e) in c["envFrom"].as_array().into_iter().flatten().enumerate() {
+        if e["prefix"].as_str().is_some_and(|p| !env_name_ok(p)) {
+            errs.push(FieldError::invalid(
+                format!("{path}.envFrom[{i}].prefix"),
+                &e["prefix"],
+                ENV_NAME,
+            ));
+        }
+    }
     if let Some(ports) = c["ports"].as_array() {
         for (i, p) in ports.iter().enumerate() {
             let cp = p["containerPort"].as_i64().unwrap_or(0);
@@ -818,6 +842,30 @@ mod tests {
         obj["spec"]["template"]["metadata"]["labels"]["app"] = json!("other");
         let errs = validate(d, &obj, None, &Settings::default());
         assert_eq!(errs[0].field, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn environment_variable_names() {
+        let r = Registry::get();
+        let p = r.lookup("", "v1", "pods").unwrap();
+        let obj = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c",
+            "image": "i",
+            "env": [{"name": "OK_1"}, {"name": "1.also-ok"}, {"name": "KEY=1"}, {"value": "v"},
+                    {"name": "tab\there"}],
+            "envFrom": [{"prefix": "P_", "configMapRef": {"name": "a"}},
+                        {"prefix": "P=", "configMapRef": {"name": "b"}}]}]}});
+        let errs = validate(p, &obj, None, &Settings::default());
+        let got: Vec<_> = errs.iter().map(|e| e.text()).collect();
+        let why = "a valid environment variable name must consist only of printable ASCII characters other than '='";
+        assert_eq!(
+            got,
+            vec![
+                format!("spec.containers[0].env[2].name: Invalid value: \"KEY=1\": {why}"),
+                "spec.containers[0].env[3].name: Required value".to_string(),
+                format!("spec.containers[0].env[4].name: Invalid value: \"tab\\there\": {why}"),
+                format!("spec.containers[0].envFrom[1].prefix: Invalid value: \"P=\": {why}"),
+            ]
+        );
     }
 
     #[test]
