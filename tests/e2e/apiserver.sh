@@ -194,6 +194,8 @@ check "a malformed quantity: BadRequest naming the field" fails_with "cannot be 
 check "the pod with the malformed quantity was not created" fails_with 'pods "badqty" not found' kc -n gitops-kubernetes get pod badqty
 printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: badenv, namespace: gitops-kubernetes}\nspec:\n  containers:\n  - {name: c, image: busybox, env: [{name: KEY=1, value: v}]}\n' >"$F/badenv.yaml"
 check "an environment variable name with '=': Invalid value" fails_with "spec.containers[0].env[0].name: Invalid value: \"KEY=1\": a valid environment variable name must consist only of printable ASCII characters other than '='" kc apply -f "$F/badenv.yaml"
+printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: badfrom, namespace: gitops-kubernetes}\nspec:\n  containers:\n  - {name: c, image: busybox, env: [{name: K, value: v, valueFrom: {configMapKeyRef: {name: a, key: k}}}]}\n' >"$F/badfrom.yaml"
+check "an env var with both value and valueFrom: Invalid value" fails_with 'spec.containers[0].env[0].valueFrom: Invalid value: "": may not be specified when `value` is not empty' kc apply -f "$F/badfrom.yaml"
 cat >"$F/unknown.yaml" <<'YAML'
 apiVersion: v1
 kind: ConfigMap

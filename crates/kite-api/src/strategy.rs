@@ -297,6 +297,32 @@ fn validate_container(c: &Value, path: &str, names: &mut Vec<String>, errs: &mut
             )),
             Some(_) => {}
         }
+        // A value comes from one place: `value`, or one source under `valueFrom`.
+        let sources = [
+            "fieldRef",
+            "resourceFieldRef",
+            "configMapKeyRef",
+            "secretKeyRef",
+            "fileKeyRef",
+        ]
+        .iter()
+        .filter(|k| e["valueFrom"][**k].is_object())
+        .count();
+        let has_value = e["value"].as_str().is_some_and(|v| !v.is_empty());
+        let why = if sources > 0 && has_value {
+            Some("may not be specified when `value` is not empty")
+        } else if sources > 1 {
+            Some("may not have more than one field specified at a time")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            errs.push(FieldError::invalid(
+                format!("{path}.env[{i}].valueFrom"),
+                &json!(""),
+                why,
+            ));
+        }
     }
     for (i, e) in c["envFrom"].as_array().into_iter().flatten().enumerate() {
         if e["prefix"].as_str().is_some_and(|p| !env_name_ok(p)) {
@@ -865,6 +891,26 @@ mod tests {
                 format!("spec.containers[0].env[4].name: Invalid value: \"tab\\there\": {why}"),
                 format!("spec.containers[0].envFrom[1].prefix: Invalid value: \"P=\": {why}"),
             ]
+        );
+        let from = |e: Value| {
+            let obj = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c",
+                "image": "i", "env": [e]}]}});
+            let errs = validate(p, &obj, None, &Settings::default());
+            errs.iter().map(|e| e.text()).collect::<Vec<_>>()
+        };
+        let cm = json!({"name": "a", "key": "k"});
+        assert!(from(json!({"name": "A", "valueFrom": {"configMapKeyRef": cm}})).is_empty());
+        assert!(
+            from(json!({"name": "A", "value": "", "valueFrom": {"configMapKeyRef": cm}}))
+                .is_empty()
+        );
+        assert_eq!(
+            from(json!({"name": "A", "value": "v", "valueFrom": {"configMapKeyRef": cm}})),
+            ["spec.containers[0].env[0].valueFrom: Invalid value: \"\": may not be specified when `value` is not empty"]
+        );
+        assert_eq!(
+            from(json!({"name": "A", "valueFrom": {"configMapKeyRef": cm, "secretKeyRef": cm}})),
+            ["spec.containers[0].env[0].valueFrom: Invalid value: \"\": may not have more than one field specified at a time"]
         );
     }
 
