@@ -56,14 +56,37 @@ impl Drop for Server {
     }
 }
 
+/// The `/proc/<pid>` directories of processes whose command line (arguments joined by
+/// spaces, with a trailing one) passes `pick`.
+fn processes(pick: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| pick(&String::from_utf8_lossy(&c).replace('\0', " ")))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
 fn containerd_pid(data: &Path) -> Option<u32> {
-    let want = data.join("agent/etc/containerd/config.toml");
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-        let cmd = String::from_utf8_lossy(&cmd);
-        (cmd.starts_with("containerd\0") && cmd.contains(want.to_str()?)).then_some(pid)
-    })
+    let want = format!(
+        "--config {} ",
+        data.join("agent/etc/containerd/config.toml").display()
+    );
+    processes(|cmd| cmd.starts_with("containerd ") && cmd.contains(&want))
+        .first()?
+        .file_name()?
+        .to_str()?
+        .parse()
+        .ok()
 }
 
 /// The runc shims of this data dir's containerd (found by its socket, as kite-killall.sh
@@ -74,18 +97,10 @@ fn shims_pss_kib(data: &Path) -> (usize, u64) {
         "-address {} ",
         kite_kubelet::containerd::Paths::new(data).socket.display()
     );
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return (0, 0);
-    };
-    let pss: Vec<u64> = rd
-        .flatten()
-        .filter_map(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if !cmd.contains("containerd-shim") || !cmd.contains(&want) {
-                return None;
-            }
-            let roll = std::fs::read_to_string(e.path().join("smaps_rollup")).ok()?;
+    let pss: Vec<u64> = processes(|cmd| cmd.contains("containerd-shim") && cmd.contains(&want))
+        .iter()
+        .filter_map(|p| {
+            let roll = std::fs::read_to_string(p.join("smaps_rollup")).ok()?;
             roll.lines()
                 .find(|l| l.starts_with("Pss:"))
                 .and_then(|l| l.split_whitespace().nth(1))
@@ -93,6 +108,16 @@ fn shims_pss_kib(data: &Path) -> (usize, u64) {
         })
         .collect();
     (pss.len(), pss.iter().sum())
+}
+
+/// A pod of the test shell image running `sleep`, as every pod of the bench is.
+fn sleep_pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
+            "name": "c", "image": "kite.test/shell:1", "command": ["sleep", "3600"]}]}
+    }))
+    .expect("a valid pod")
 }
 
 /// CPU seconds the whole machine has been busy (all but idle and iowait).
@@ -240,13 +265,7 @@ async fn main() {
                 let pods = pods.clone();
                 async move {
                     let name = format!("b{n}-{i}");
-                    let pod: Pod = serde_json::from_value(serde_json::json!({
-                        "metadata": {"name": name},
-                        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
-                            "name": "c", "image": "kite.test/shell:1",
-                            "command": ["sleep", "3600"]}]}
-                    }))
-                    .unwrap();
+                    let pod = sleep_pod(&name);
                     let t = Instant::now();
                     pods.create(&PostParams::default(), &pod).await.unwrap();
                     (name, t)
@@ -322,12 +341,7 @@ async fn floor(pods: &Api<Pod>, data: &Path, kite_pid: u32, batches: &[usize]) {
     use kite_kubelet::containerd::{Containerd, Paths};
     use kite_kubelet::containers;
     // A real pod, for the spec kite gives its container.
-    let tmpl: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "floor-template"},
-        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
-            "name": "c", "image": "kite.test/shell:1", "command": ["sleep", "3600"]}]}
-    }))
-    .unwrap();
+    let tmpl = sleep_pod("floor-template");
     pods.create(&PostParams::default(), &tmpl).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !pods.get("floor-template").await.is_ok_and(|p| ready(&p)) {
