@@ -77,7 +77,8 @@ const QUANTITY_NUMERIC: &str = "unable to parse numeric part of quantity";
 /// then a suffix that is binary (`Ki` … `Ei`), decimal (`n`, `u`, `m`, ``, `k` … `E`) or
 /// an exponent (`e3`, `E-2`).
 pub fn check_quantity(s: &str) -> Result<(), &'static str> {
-    let b = s.trim().as_bytes();
+    let s = s.trim();
+    let b = s.as_bytes();
     if b.is_empty() {
         return Err(QUANTITY_FORMAT);
     }
@@ -105,7 +106,7 @@ pub fn check_quantity(s: &str) -> Result<(), &'static str> {
     if i < b.len() {
         return Err(QUANTITY_FORMAT);
     }
-    let suffix = &s.trim()[suffix_start..];
+    let suffix = &s[suffix_start..];
     let known = matches!(
         suffix,
         "" | "Ki"
@@ -198,14 +199,12 @@ impl<'a, 'de> Deserializer<'de> for Tracked<'a, 'de> {
     ) -> Result<V::Value, Error> {
         // k8s-openapi's Quantity takes any string; upstream's decoding parses it.
         if name == "Quantity" {
-            let text = match self.v {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
+            let checked = match self.v {
+                Value::String(s) => check_quantity(s),
+                Value::Number(n) => check_quantity(&n.to_string()),
+                _ => Ok(()),
             };
-            if let Some(Err(e)) = text.map(|t| check_quantity(&t)) {
-                return Err(de::Error::custom(e));
-            }
+            checked.map_err(de::Error::custom)?;
         }
         visitor.visit_newtype_struct(self)
     }
