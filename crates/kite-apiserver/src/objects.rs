@@ -353,12 +353,17 @@ mod tests {
     }
 
     impl FailingReads {
-        fn check(&self, key: &str) -> kite_store::Result<()> {
+        /// `read`, or a backend error when `key` is under the failing prefix.
+        fn guard<'a, T: Send + 'a>(
+            &self,
+            key: &str,
+            read: futures::future::BoxFuture<'a, kite_store::Result<T>>,
+        ) -> futures::future::BoxFuture<'a, kite_store::Result<T>> {
             match &*self.fail.lock().unwrap() {
                 Some(p) if key.starts_with(p.as_str()) => {
-                    Err(StoreError::Backend("the disk went away".into()))
+                    Box::pin(async { Err(StoreError::Backend("the disk went away".into())) })
                 }
-                _ => Ok(()),
+                _ => read,
             }
         }
     }
@@ -374,10 +379,7 @@ mod tests {
             &'a self,
             key: &'a str,
         ) -> futures::future::BoxFuture<'a, kite_store::Result<Option<KeyValue>>> {
-            match self.check(key) {
-                Ok(()) => self.inner.get(key),
-                Err(e) => Box::pin(async move { Err(e) }),
-            }
+            self.guard(key, self.inner.get(key))
         }
         fn range<'a>(
             &'a self,
@@ -385,10 +387,7 @@ mod tests {
             start_after: Option<&'a str>,
             limit: usize,
         ) -> futures::future::BoxFuture<'a, kite_store::Result<kite_store::RangeResult>> {
-            match self.check(prefix) {
-                Ok(()) => self.inner.range(prefix, start_after, limit),
-                Err(e) => Box::pin(async move { Err(e) }),
-            }
+            self.guard(prefix, self.inner.range(prefix, start_after, limit))
         }
         fn create<'a>(
             &'a self,
