@@ -82,6 +82,9 @@ for pi in $pods; do
     contains "$(curl -s --max-time 5 "http://$ip/")" "Server name: $name"
 done
 check "the two pods have different IPs" test "$(echo "$pods" | cut -d= -f2 | sort -u | wc -l)" -eq 2
+image_id=$(kc get pods -l app=hello -o jsonpath='{.items[0].status.containerStatuses[0].imageID}')
+check "a container's imageID is its image's repository digest" contains "$image_id" "kite.test/hello@sha256:"
+check "the node lists the image by that digest" contains "$(kc get node kite-e2e -o jsonpath='{.status.images[*].names}')" "\"$image_id\""
 check "describe shows the kubelet's Created and Started events" \
   contains "$(kc describe pod -l app=hello)" "Started container hello"
 check "the containers are in containerd, labelled with their pod" \

@@ -20,6 +20,8 @@ pub const L_POD_NS: &str = "io.kubernetes.pod.namespace";
 pub const L_NAME: &str = "io.kubernetes.container.name";
 pub const L_ATTEMPT: &str = "io.kubernetes.container.attempt";
 pub const L_STOP_SIGNAL: &str = "kite.io/stop-signal";
+/// The image's repository digest when the container was made: its status's imageID.
+pub const L_IMAGE_ID: &str = "kite.io/image-id";
 
 /// One container of a pod, as containerd has it.
 #[derive(Debug, Clone)]
@@ -30,6 +32,10 @@ pub struct Info {
     pub created: Option<jiff::Timestamp>,
     /// The signal that asks it to stop (the image's StopSignal).
     pub stop_signal: u32,
+    /// The image it was made from, by its full name (`docker.io/library/busybox:latest`).
+    pub image: String,
+    /// The imageID its status shows (empty for a container made before kite kept it).
+    pub image_id: String,
     pub state: State,
 }
 
@@ -128,6 +134,8 @@ async fn info(cd: &Containerd, c: Container) -> Result<Info> {
             .get(L_STOP_SIGNAL)
             .and_then(|s| s.parse().ok())
             .unwrap_or(15),
+        image_id: c.labels.get(L_IMAGE_ID).cloned().unwrap_or_default(),
+        image: c.image,
         id: c.id,
         state,
     })

@@ -65,6 +65,23 @@ pub fn normalize(reference: &str) -> String {
     format!("{full}{tag_or_digest}")
 }
 
+/// The imageID a container status shows, as containerd's CRI reports it: the image's
+/// repository digest (`kite.test/hello@sha256:…`, the name without its tag, at the
+/// manifest or index the name points at).
+pub fn repo_digest(name: &str, target: &str) -> String {
+    let repo = match name.find('@') {
+        Some(i) => &name[..i],
+        None => {
+            let slash = name.rfind('/').map(|i| i + 1).unwrap_or(0);
+            match name[slash..].rfind(':') {
+                Some(i) => &name[..slash + i],
+                None => name,
+            }
+        }
+    };
+    format!("{repo}@{target}")
+}
+
 /// One image to store: its name(s) and top-level manifest (or index).
 pub(crate) struct Archived {
     pub names: Vec<String>,
@@ -740,6 +757,27 @@ pub async fn remove(cd: &Containerd, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repo_digest_drops_the_tag_only() {
+        let d = "sha256:0123";
+        assert_eq!(
+            repo_digest("kite.test/hello:1", d),
+            "kite.test/hello@sha256:0123"
+        );
+        assert_eq!(
+            repo_digest("localhost:5000/team/app:v2", d),
+            "localhost:5000/team/app@sha256:0123"
+        );
+        assert_eq!(
+            repo_digest("localhost:5000/app", d),
+            "localhost:5000/app@sha256:0123"
+        );
+        assert_eq!(
+            repo_digest("docker.io/library/busybox@sha256:9999", d),
+            "docker.io/library/busybox@sha256:0123"
+        );
+    }
 
     #[test]
     fn normalizes_like_upstream() {

@@ -260,17 +260,7 @@ fn node_images(list: Vec<images::Listed>) -> serde_json::Value {
     let mut by_target: BTreeMap<String, (Vec<String>, i64)> = BTreeMap::new();
     for i in list {
         let e = by_target.entry(i.digest.clone()).or_default();
-        let repo = match i.name.split_once('@') {
-            Some((r, _)) => r.to_string(),
-            None => {
-                let slash = i.name.rfind('/').map_or(0, |x| x + 1);
-                match i.name[slash..].rfind(':') {
-                    Some(c) => i.name[..slash + c].to_string(),
-                    None => i.name.clone(),
-                }
-            }
-        };
-        let by_digest = format!("{repo}@{}", i.digest);
+        let by_digest = images::repo_digest(&i.name, &i.digest);
         for n in [by_digest, i.name] {
             if !e.0.contains(&n) {
                 e.0.push(n);

@@ -813,6 +813,10 @@ impl Kubelet {
                 containers::L_STOP_SIGNAL,
                 crate::spec::stop_signal(&image.config).to_string(),
             ),
+            (
+                containers::L_IMAGE_ID,
+                crate::images::repo_digest(&image.name, &image.target),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -1465,8 +1469,10 @@ impl Kubelet {
             let restart_count = cur.map(|i| i.attempt).unwrap_or(0);
             let mut s = json!({
                 "name": c.name,
-                "image": image_of(c),
-                "imageID": "",
+                // As upstream: the full name of the image a container was made from, the
+                // spec's reference until then.
+                "image": cur.map(|i| i.image.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| image_of(c)),
+                "imageID": cur.map(|i| i.image_id.as_str()).unwrap_or_default(),
                 "ready": running && (!init || is_sidecar(c)),
                 "restartCount": restart_count,
                 "started": running,
