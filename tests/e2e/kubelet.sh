@@ -294,18 +294,25 @@ spec:
   securityContext: {runAsNonRoot: true}
   containers: [{name: c, image: kite.test/shell:1, command: [sleep, "3600"]}]
 YAML
-# reporter NAME 'SPEC LINES' 'SHELL': a run-once pod whose container writes what SHELL
-# prints to its termination message.
+# reporter NAME 'SPEC LINES' 'SHELL' [IMAGE]: a run-once pod whose container writes what
+# SHELL prints to its termination message.
 reporter() {
-  printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: %s}\nspec:\n  restartPolicy: Never\n%s\n  containers: [{name: c, image: kite.test/shell:1, command: [sh, -c, "%s > /dev/termination-log"]}]\n' \
-    "$1" "$2" "$3" | kc apply -f - >/dev/null
+  printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: %s}\nspec:\n  restartPolicy: Never\n%s\n  containers: [{name: c, image: %s, command: [sh, -c, "%s > /dev/termination-log"]}]\n' \
+    "$1" "$2" "${4:-kite.test/shell:1}" "$3" | kc apply -f - >/dev/null
 }
+# Who a container runs as (kite.test/app:1 has `USER app`, and app is also in group data).
+reporter id-named '' 'id' kite.test/app:1
+reporter id-merged '  securityContext: {runAsUser: 1000, runAsGroup: 3000, supplementalGroups: [4000]}' 'id' kite.test/app:1
+reporter id-strict '  securityContext: {runAsUser: 1000, runAsGroup: 3000, supplementalGroups: [4000], supplementalGroupsPolicy: Strict}' 'id' kite.test/app:1
+reporter id-uid '  securityContext: {runAsUser: 65534}' 'id'
 reporter dns-default '' 'cat /etc/resolv.conf'
 reporter dns-none '  dnsPolicy: None
   dnsConfig: {nameservers: [10.9.9.9], searches: [example.test], options: [{name: ndots, value: "2"}]}' 'cat /etc/resolv.conf'
 reporter host-net '  hostNetwork: true' 'ip -o link show kite0 >/dev/null && echo on-host'
 succeeded() { [ "$(kc get pod "$1" -o jsonpath='{.status.phase}')" = Succeeded ]; }
-for p in env-pod dns-default dns-none host-net; do wait_for 20 "$p to complete" succeeded "$p"; done
+for p in env-pod dns-default dns-none host-net id-named id-merged id-strict id-uid; do
+  wait_for 20 "$p to complete" succeeded "$p"
+done
 check "env from a ConfigMap, fieldRefs and \$(VAR) expansion reach the container" \
   equals "$(term_of env-pod message)" "blue env-pod web hello-blue env-pod"
 check "ClusterFirst DNS: cluster nameserver, namespace search path, ndots:5" \
@@ -314,6 +321,18 @@ check "dnsPolicy None takes dnsConfig" \
   equals "$(term_of dns-none message)" "$(printf 'search example.test\nnameserver 10.9.9.9\noptions ndots:2')"
 check "a hostNetwork pod runs in the host's network namespace" equals "$(term_of host-net message)" "on-host"
 check "a hostNetwork pod's IP is the node's" equals "$(kc get pod host-net -o jsonpath='{.status.podIP}')" "127.0.0.1"
+check "an image's named USER runs as that user, in its groups from the image's /etc/group" \
+  equals "$(term_of id-named message)" "uid=1000(app) gid=1000(app) groups=1000(app),50000(data)"
+check "runAsUser, runAsGroup and supplementalGroups merge with the image's groups, as upstream" \
+  equals "$(term_of id-merged message)" "uid=1000(app) gid=3000 groups=3000,4000,50000(data)"
+check "supplementalGroupsPolicy Strict leaves the image's groups out" \
+  equals "$(term_of id-strict message)" "uid=1000(app) gid=3000 groups=3000,4000"
+check "runAsUser alone takes its group from the image's /etc/passwd" \
+  equals "$(term_of id-uid message)" "uid=65534(nobody) gid=65534(nobody) groups=65534(nobody)"
+check "the container status reports that user" \
+  equals "$(kc get pod id-merged -o jsonpath='{.status.containerStatuses[0].user.linux}')" '{"gid":3000,"supplementalGroups":[3000,4000,50000],"uid":1000}'
+check "the node says it honours supplementalGroupsPolicy" \
+  equals "$(kc get node kite-e2e -o jsonpath='{.status.features.supplementalGroupsPolicy}')" "true"
 wait_for 10 "non-root to be refused" bash -c "[ \"\$($KUBECTL get pod non-root -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}')\" = CreateContainerConfigError ]"
 check "runAsNonRoot with a root image: CreateContainerConfigError" \
   contains "$(kc get pod non-root -o jsonpath='{.status.containerStatuses[0].state.waiting.message}')" "runAsNonRoot and image will run as root"

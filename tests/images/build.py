@@ -8,6 +8,8 @@ writes to OUT_DIR:
   shell.tar   kite.test/shell:1   busybox with its applets; default command `sh`
   hello.tar   kite.test/hello:1   an HTTP server on port 80 (PORT overrides) whose page names
                                   the pod (its hostname) and its IP, like nginxdemos/hello
+  app.tar     kite.test/app:1     the shell image run as a named user (`USER app`: uid 1000,
+                                  also in group `data`, 50000), as many real images are
 
 Archives are in OCI image layout (index.json + blobs/), or with --docker in `docker save`
 format (manifest.json + one directory per layer). Load them with
@@ -158,6 +160,15 @@ def main():
             "kite.test/hello:1",
             rootfs({"usr/bin/hello": HELLO}),
             {"Env": env + ["PORT=80"], "Cmd": ["/usr/bin/hello"], "ExposedPorts": {"80/tcp": {}}, "StopSignal": "SIGTERM"},
+        ),
+        "app": image(
+            "kite.test/app:1",
+            rootfs({
+                "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+                "app:x:1000:1000:app:/home/app:/bin/sh\n",
+                "etc/group": "root:x:0:\nnobody:x:65534:\napp:x:1000:\ndata:x:50000:app\n",
+            }),
+            {"Env": env, "Cmd": ["sh"], "User": "app"},
         ),
     }
     for file, (name, layer, config) in images.items():

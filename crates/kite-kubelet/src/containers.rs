@@ -22,6 +22,8 @@ pub const L_ATTEMPT: &str = "io.kubernetes.container.attempt";
 pub const L_STOP_SIGNAL: &str = "kite.io/stop-signal";
 /// The image's repository digest when the container was made: its status's imageID.
 pub const L_IMAGE_ID: &str = "kite.io/image-id";
+/// Who its process runs as ([`crate::users::Identity::label`]): its status's user.
+pub const L_USER: &str = "kite.io/user";
 
 /// One container of a pod, as containerd has it.
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub struct Info {
     pub image: String,
     /// The imageID its status shows (empty for a container made before kite kept it).
     pub image_id: String,
+    /// Its [`L_USER`] label (empty for a container made before kite kept it).
+    pub user: String,
     pub state: State,
 }
 
@@ -135,6 +139,7 @@ async fn info(cd: &Containerd, c: Container) -> Result<Info> {
             .and_then(|s| s.parse().ok())
             .unwrap_or(15),
         image_id: c.labels.get(L_IMAGE_ID).cloned().unwrap_or_default(),
+        user: c.labels.get(L_USER).cloned().unwrap_or_default(),
         image: c.image,
         id: c.id,
         state,

@@ -13,6 +13,7 @@ pub mod registries;
 pub mod sandbox;
 pub mod spec;
 pub mod static_pods;
+pub mod users;
 
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -251,6 +252,9 @@ fn node_status(
             "osImage": os_image(),
             "systemUUID": machine_id.trim(),
         },
+        // Containers' supplementary groups follow the pod's supplementalGroupsPolicy
+        // (`users::resolve`), Strict included.
+        "features": {"supplementalGroupsPolicy": true},
     })
 }
 

@@ -63,6 +63,8 @@ pub struct Kubelet {
     network_busy: std::sync::atomic::AtomicBool,
     state: Mutex<HashMap<Key, PodState>>,
     images: images::Cache,
+    /// Images' /etc/passwd and /etc/group, for who a container runs as.
+    accounts: crate::users::Cache,
     /// Pulls go one at a time, as upstream's serialized image pulls.
     pulls: tokio::sync::Mutex<()>,
     /// Failed pulls by (pod uid, image).
@@ -174,6 +176,7 @@ impl Kubelet {
             start_gate: tokio::sync::Semaphore::new(start_gate_size()),
             statics: Mutex::default(),
             images: Default::default(),
+            accounts: Default::default(),
             pulls: Default::default(),
             pull_backoff: Mutex::default(),
             recorder,
@@ -757,21 +760,47 @@ impl Kubelet {
             Err(delay) => return Ok(Some(delay)),
         };
         if let Err(msg) = crate::spec::check_non_root(pod, c, &image.config) {
-            if self.set_waiting(key, &c.name, "CreateContainerConfigError", &msg) {
-                self.recorder
-                    .event(pod, WARNING, "Failed", format!("Error: {msg}"));
-            }
-            return Ok(Some(Duration::from_secs(10)));
+            return Ok(Some(self.create_failed(
+                pod,
+                key,
+                c,
+                "CreateContainerConfigError",
+                &msg,
+            )));
         }
+        let accounts = self.accounts.get(&self.cd, &image.top_snapshot).await?;
+        let identity = match crate::users::resolve(
+            pod,
+            c,
+            image
+                .config
+                .config()
+                .as_ref()
+                .and_then(|x| x.user().as_deref()),
+            &accounts,
+        ) {
+            Ok(i) => i,
+            Err(msg) => {
+                return Ok(Some(self.create_failed(
+                    pod,
+                    key,
+                    c,
+                    "CreateContainerError",
+                    &msg,
+                )));
+            }
+        };
         let env = match self.resolve_env(pod, c, &image).await {
             Ok(e) => e,
             Err(e) => {
                 let msg = format!("{e:#}");
-                if self.set_waiting(key, &c.name, "CreateContainerConfigError", &msg) {
-                    self.recorder
-                        .event(pod, WARNING, "Failed", format!("Error: {msg}"));
-                }
-                return Ok(Some(Duration::from_secs(10)));
+                return Ok(Some(self.create_failed(
+                    pod,
+                    key,
+                    c,
+                    "CreateContainerConfigError",
+                    &msg,
+                )));
             }
         };
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -790,16 +819,19 @@ impl Kubelet {
             pod_dir: &dir,
             sandbox: &sandbox,
             container_id: &id,
+            identity: &identity,
         });
         let spec = match spec {
             Ok(s) => s,
             Err(e) => {
                 let msg = format!("{e:#}");
-                if self.set_waiting(key, &c.name, "CreateContainerError", &msg) {
-                    self.recorder
-                        .event(pod, WARNING, "Failed", format!("Error: {msg}"));
-                }
-                return Ok(Some(Duration::from_secs(10)));
+                return Ok(Some(self.create_failed(
+                    pod,
+                    key,
+                    c,
+                    "CreateContainerError",
+                    &msg,
+                )));
             }
         };
         let labels: HashMap<String, String> = [
@@ -817,6 +849,7 @@ impl Kubelet {
                 containers::L_IMAGE_ID,
                 crate::images::repo_digest(&image.name, &image.target),
             ),
+            (containers::L_USER, identity.label()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -1033,6 +1066,24 @@ impl Kubelet {
     }
 
     /// Records why a container waits; true if that is news.
+    /// A container that cannot be made from its spec (`reason`, upstream's
+    /// CreateContainerConfigError or CreateContainerError): it waits with the message,
+    /// one Failed event says why, and the pod is tried again in 10 s.
+    fn create_failed(
+        &self,
+        pod: &Pod,
+        key: &Key,
+        c: &Container,
+        reason: &str,
+        msg: &str,
+    ) -> Duration {
+        if self.set_waiting(key, &c.name, reason, msg) {
+            self.recorder
+                .event(pod, WARNING, "Failed", format!("Error: {msg}"));
+        }
+        Duration::from_secs(10)
+    }
+
     fn set_waiting(&self, key: &Key, name: &str, reason: &str, message: &str) -> bool {
         let w = Waiting {
             reason: reason.into(),
@@ -1481,6 +1532,9 @@ impl Kubelet {
             });
             if let Some(i) = cur {
                 s["containerID"] = json!(format!("containerd://{}", i.id));
+                if let Some(u) = crate::users::Identity::from_label(&i.user) {
+                    s["user"] = json!({"linux": {"uid": u.uid, "gid": u.gid, "supplementalGroups": u.groups}});
+                }
             }
             (s, running, exit, cur.is_some())
         };

@@ -268,6 +268,8 @@ pub struct Inputs<'a> {
     pub pod_dir: &'a Path,
     pub sandbox: &'a crate::sandbox::Sandbox,
     pub container_id: &'a str,
+    /// Who the process runs as ([`crate::users::resolve`]).
+    pub identity: &'a crate::users::Identity,
 }
 
 pub fn build(i: &Inputs) -> Result<Vec<u8>> {
@@ -276,25 +278,9 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
     let env_map: BTreeMap<String, String> = i.env.iter().cloned().collect();
     let cfg = i.image.config().clone().unwrap_or_default();
     let sc = c.security_context.clone().unwrap_or_default();
-    let psc = pod_spec.security_context.clone().unwrap_or_default();
     let privileged = sc.privileged.unwrap_or(false);
 
-    let (mut uid, mut gid) = (0i64, 0i64);
-    if let Some(u) = cfg.user().as_deref().filter(|u| !u.is_empty()) {
-        let mut parts = u.splitn(2, ':');
-        uid = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        gid = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    }
-    if let Some(u) = sc.run_as_user.or(psc.run_as_user) {
-        uid = u;
-    }
-    if let Some(g) = sc.run_as_group.or(psc.run_as_group) {
-        gid = g;
-    }
-    let mut extra_gids: Vec<i64> = psc.supplemental_groups.clone().unwrap_or_default();
-    if let Some(fs) = psc.fs_group {
-        extra_gids.push(fs);
-    }
+    let crate::users::Identity { uid, gid, groups } = i.identity;
 
     let mut caps: Vec<String> = if privileged {
         all_caps()
@@ -364,6 +350,11 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
         std::fs::create_dir_all(d)?;
     }
     std::fs::write(&term_file, b"")?;
+    // Writable by whichever user the container runs as, as upstream's kubelet makes it.
+    std::fs::set_permissions(
+        &term_file,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o666),
+    )?;
     mounts.push(json!({"destination": term_path, "type": "bind", "source": term_file, "options": ["rbind", "rprivate", "rw"]}));
 
     let res = c.resources.clone().unwrap_or_default();
@@ -404,7 +395,7 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": {"uid": uid, "gid": gid, "additionalGids": extra_gids},
+            "user": {"uid": uid, "gid": gid, "additionalGids": groups},
             "args": args,
             "env": env,
             "cwd": cwd,
