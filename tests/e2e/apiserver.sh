@@ -196,6 +196,11 @@ printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: badenv, namespace: gitops-ku
 check "an environment variable name with '=': Invalid value" fails_with "spec.containers[0].env[0].name: Invalid value: \"KEY=1\": a valid environment variable name must consist only of printable ASCII characters other than '='" kc apply -f "$F/badenv.yaml"
 printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: badfrom, namespace: gitops-kubernetes}\nspec:\n  containers:\n  - {name: c, image: busybox, env: [{name: K, value: v, valueFrom: {configMapKeyRef: {name: a, key: k}}}]}\n' >"$F/badfrom.yaml"
 check "an env var with both value and valueFrom: Invalid value" fails_with 'spec.containers[0].env[0].valueFrom: Invalid value: "": may not be specified when `value` is not empty' kc apply -f "$F/badfrom.yaml"
+printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: badreq, namespace: gitops-kubernetes}\nspec:\n  containers:\n  - {name: c, image: busybox, resources: {limits: {cpu: 1000m}, requests: {cpu: "2"}}}\n' >"$F/badreq.yaml"
+check "a request above its limit: Invalid value, in upstream's canonical form" fails_with 'spec.containers[0].resources.requests[cpu]: Invalid value: "2": must be less than or equal to cpu limit of 1' kc apply -f "$F/badreq.yaml"
+printf 'apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: badids, namespace: gitops-kubernetes}\nspec:\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec:\n      securityContext: {runAsUser: -5, supplementalGroupsPolicy: Bogus}\n      containers: [{name: c, image: busybox}]\n' >"$F/badids.yaml"
+check "a negative runAsUser: Invalid value" fails_with 'spec.template.spec.securityContext.runAsUser: Invalid value: -5: must be between 0 and 2147483647, inclusive' kc apply -f "$F/badids.yaml"
+check "an unknown supplementalGroupsPolicy: Unsupported value" fails_with 'spec.template.spec.securityContext.supplementalGroupsPolicy: Unsupported value: "Bogus": supported values: "Merge", "Strict"' kc apply -f "$F/badids.yaml"
 cat >"$F/unknown.yaml" <<'YAML'
 apiVersion: v1
 kind: ConfigMap

@@ -333,6 +333,11 @@ fn validate_container(c: &Value, path: &str, names: &mut Vec<String>, errs: &mut
             ));
         }
     }
+    validate_resources(&c["resources"], &format!("{path}.resources"), errs);
+    let sc = &c["securityContext"];
+    for f in ["runAsUser", "runAsGroup"] {
+        validate_id(&sc[f], &format!("{path}.securityContext.{f}"), errs);
+    }
     if let Some(ports) = c["ports"].as_array() {
         for (i, p) in ports.iter().enumerate() {
             let cp = p["containerPort"].as_i64().unwrap_or(0);
@@ -344,6 +349,60 @@ fn validate_container(c: &Value, path: &str, names: &mut Vec<String>, errs: &mut
                 ));
             }
         }
+    }
+}
+
+/// A quantity as its JSON holds it (a string, or a number).
+fn quantity_text(q: &Value) -> String {
+    q.as_str()
+        .map(String::from)
+        .unwrap_or_else(|| q.to_string())
+}
+
+/// A container's requests and limits, as upstream's ValidateResourceRequirements: none
+/// below zero, and no request above its limit.
+fn validate_resources(r: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    use crate::quantity::{canonical, parse_milli};
+    for which in ["limits", "requests"] {
+        for (name, q) in r[which].as_object().into_iter().flatten() {
+            let text = quantity_text(q);
+            if parse_milli(&text).is_some_and(|m| m < 0) {
+                errs.push(FieldError::invalid(
+                    format!("{path}.{which}[{name}]"),
+                    &json!(canonical(&text)),
+                    "must be greater than or equal to 0",
+                ));
+            }
+        }
+    }
+    for (name, req) in r["requests"].as_object().into_iter().flatten() {
+        let Some(lim) = r["limits"].get(name) else {
+            continue;
+        };
+        let (req, lim) = (quantity_text(req), quantity_text(lim));
+        if let (Some(rq), Some(lm)) = (parse_milli(&req), parse_milli(&lim)) {
+            if rq > lm {
+                errs.push(FieldError::invalid(
+                    format!("{path}.requests[{name}]"),
+                    &json!(canonical(&req)),
+                    &format!(
+                        "must be less than or equal to {name} limit of {}",
+                        canonical(&lim)
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// A uid or gid: upstream's IsValidUserID / IsValidGroupID range.
+fn validate_id(id: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    if id.as_i64().is_some_and(|n| !(0..=2147483647).contains(&n)) {
+        errs.push(FieldError::invalid(
+            path,
+            id,
+            "must be between 0 and 2147483647, inclusive",
+        ));
     }
 }
 
@@ -379,6 +438,32 @@ pub fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
                 format!("{path}.dnsPolicy"),
                 &spec["dnsPolicy"],
                 &ok,
+            ));
+        }
+    }
+    // Pod-level security settings come after the containers, in upstream's order.
+    let psc = &spec["securityContext"];
+    for f in ["runAsUser", "runAsGroup", "fsGroup"] {
+        validate_id(&psc[f], &format!("{path}.securityContext.{f}"), errs);
+    }
+    for (i, g) in psc["supplementalGroups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        validate_id(
+            g,
+            &format!("{path}.securityContext.supplementalGroups[{i}]"),
+            errs,
+        );
+    }
+    if let Some(p) = psc["supplementalGroupsPolicy"].as_str() {
+        if !["Merge", "Strict"].contains(&p) {
+            errs.push(FieldError::not_supported(
+                format!("{path}.securityContext.supplementalGroupsPolicy"),
+                &psc["supplementalGroupsPolicy"],
+                &["Merge", "Strict"],
             ));
         }
     }

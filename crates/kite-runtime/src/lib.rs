@@ -11,7 +11,8 @@ pub mod informer;
 pub mod labels;
 pub mod leader;
 pub mod node;
-pub mod quantity;
+/// Resource quantities live with the API types; re-exported for the components.
+pub use kite_api::quantity;
 pub mod queue;
 
 pub use informer::{Change, Informer, Informers, Key};

@@ -60,9 +60,79 @@ pub fn parse(s: &str) -> Option<i128> {
     parse_milli(s).map(|m| (m + 999).div_euclid(1000))
 }
 
+/// A quantity as upstream writes it back (its canonical form, which error messages
+/// show): `1000m` → `1`, `2000` → `2k`, `1024Mi` → `1Gi`, `0.5` → `500m`, `1e3` stays.
+/// Binary suffixes stay binary when the value is a whole number of at least 1Ki.
+/// What does not parse is given back as written.
+pub fn canonical(s: &str) -> String {
+    let Some(milli) = parse_milli(s) else {
+        return s.trim().to_string();
+    };
+    let suffix = s
+        .trim()
+        .trim_start_matches(|c: char| c.is_ascii_digit() || "+-.".contains(c));
+    if suffix.ends_with('i') && milli % 1000 == 0 && milli.abs() >= 1024 * 1000 {
+        let mut units = milli / 1000;
+        let mut k = 0;
+        while k < 6 && units % 1024 == 0 {
+            units /= 1024;
+            k += 1;
+        }
+        return format!("{units}{}", ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"][k]);
+    }
+    let (mut v, mut exp) = (milli, -3);
+    while v != 0 && v % 1000 == 0 && exp < 18 {
+        v /= 1000;
+        exp += 3;
+    }
+    if v == 0 {
+        return "0".into();
+    }
+    if suffix.starts_with(['e', 'E']) {
+        return if exp == 0 {
+            format!("{v}")
+        } else {
+            format!("{v}e{exp}")
+        };
+    }
+    let si = match exp {
+        -3 => "m",
+        0 => "",
+        3 => "k",
+        6 => "M",
+        9 => "G",
+        12 => "T",
+        15 => "P",
+        _ => "E",
+    };
+    format!("{v}{si}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_forms_match_upstream() {
+        for (given, want) in [
+            ("1000m", "1"),
+            ("2", "2"),
+            ("2000", "2k"),
+            ("0.5", "500m"),
+            ("1.5", "1500m"),
+            ("1024Mi", "1Gi"),
+            ("1536Mi", "1536Mi"),
+            ("1.5Ki", "1536"),
+            ("512Ki", "512Ki"),
+            ("128M", "128M"),
+            ("-1", "-1"),
+            ("1e3", "1e3"),
+            ("0", "0"),
+            ("lots", "lots"),
+        ] {
+            assert_eq!(canonical(given), want, "{given}");
+        }
+    }
 
     #[test]
     fn parses_common_forms() {
