@@ -201,6 +201,10 @@ check "a request above its limit: Invalid value, in upstream's canonical form" f
 printf 'apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: badids, namespace: gitops-kubernetes}\nspec:\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec:\n      securityContext: {runAsUser: -5, supplementalGroupsPolicy: Bogus}\n      containers: [{name: c, image: busybox}]\n' >"$F/badids.yaml"
 check "a negative runAsUser: Invalid value" fails_with 'spec.template.spec.securityContext.runAsUser: Invalid value: -5: must be between 0 and 2147483647, inclusive' kc apply -f "$F/badids.yaml"
 check "an unknown supplementalGroupsPolicy: Unsupported value" fails_with 'spec.template.spec.securityContext.supplementalGroupsPolicy: Unsupported value: "Bogus": supported values: "Merge", "Strict"' kc apply -f "$F/badids.yaml"
+printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: limited, namespace: gitops-kubernetes}\nspec:\n  containers:\n  - {name: c, image: busybox, resources: {limits: {cpu: 500m, memory: 64Mi}}}\n' | kc apply -f - >/dev/null
+check "limits stand in for missing requests, and the pod is Guaranteed" \
+  equals "$(kc get pod limited -n gitops-kubernetes -o jsonpath='{.spec.containers[0].resources.requests.cpu} {.spec.containers[0].resources.requests.memory} {.status.qosClass}')" "500m 64Mi Guaranteed"
+kc delete pod limited -n gitops-kubernetes --wait=false >/dev/null 2>&1
 cat >"$F/unknown.yaml" <<'YAML'
 apiVersion: v1
 kind: ConfigMap

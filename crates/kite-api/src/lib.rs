@@ -6,6 +6,7 @@
 pub mod decode;
 pub mod patch;
 pub mod proto;
+pub mod qos;
 pub mod quantity;
 pub mod registry;
 pub mod selector;

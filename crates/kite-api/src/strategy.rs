@@ -69,6 +69,34 @@ pub fn default_pod_spec(spec: &mut Value, restart_default: Option<&str>) {
     }
 }
 
+/// A container that limits a resource but does not request it requests its limit, as
+/// upstream's SetDefaults_Pod (for pods only: templates keep what was written).
+fn default_requests_from_limits(spec: &mut Value) {
+    for key in ["containers", "initContainers"] {
+        for c in spec[key].as_array_mut().into_iter().flatten() {
+            let Some(limits) = c["resources"]["limits"].as_object().cloned() else {
+                continue;
+            };
+            if !c["resources"]["requests"].is_object() {
+                c["resources"]["requests"] = json!({});
+            }
+            let requests = c["resources"]["requests"].as_object_mut().unwrap();
+            for (k, v) in limits {
+                requests.entry(k).or_insert(v);
+            }
+        }
+    }
+}
+
+/// The pod's QoS class from its (defaulted) spec.
+fn pod_qos(spec: &Value) -> &'static str {
+    let all = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().into_iter().flatten())
+        .map(crate::qos::Resources::of_json);
+    crate::qos::qos_class(all)
+}
+
 fn default_template(obj: &mut Value, ptr: &str, restart_default: Option<&str>) {
     if let Some(spec) = obj.pointer_mut(ptr) {
         default_pod_spec(spec, restart_default);
@@ -84,8 +112,11 @@ pub fn default(ri: &ResourceInfo, obj: &mut Value) {
             set_default(spec, "serviceAccountName", json!("default"));
             set_default(spec, "priority", json!(0));
             set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+            default_requests_from_limits(&mut obj["spec"]);
+            let qos = pod_qos(&obj["spec"]);
             let status = obj_mut(obj, "status");
             set_default(status, "phase", json!("Pending"));
+            set_default(status, "qosClass", json!(qos));
         }
         ("apps", "Deployment") => {
             let spec = obj_mut(obj, "spec");

@@ -28,44 +28,44 @@ const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// Upstream's QoS class of a pod, which names its cgroup parent.
+/// Upstream's QoS class of a pod, which names its cgroup parent: the one the API server
+/// wrote to its status, else (a static pod, or a pod made before the API server kept it)
+/// computed from its spec by the same rules.
 pub fn qos_class(pod: &Pod) -> &'static str {
+    const CLASSES: [&str; 3] = ["Guaranteed", "Burstable", "BestEffort"];
+    if let Some(q) = pod.status.as_ref().and_then(|s| s.qos_class.as_deref()) {
+        if let Some(c) = CLASSES.iter().find(|c| **c == q) {
+            return c;
+        }
+    }
     let Some(spec) = pod.spec.as_ref() else {
         return "BestEffort";
     };
-    let all: Vec<&Container> = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .collect();
-    let res = |c: &Container, which: &str, r: &str| -> Option<String> {
-        let rr = c.resources.as_ref()?;
-        let m = if which == "limits" {
-            rr.limits.as_ref()
-        } else {
-            rr.requests.as_ref()
+    let pairs =
+        |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+            m.into_iter()
+                .flatten()
+                .map(|(k, q)| (k.clone(), q.0.clone()))
+                .collect()
         };
-        m?.get(r).map(|q| q.0.clone())
-    };
-    let any = all.iter().any(|c| {
-        ["cpu", "memory"]
+    kite_api::qos::qos_class(
+        spec.containers
             .iter()
-            .any(|r| res(c, "requests", r).is_some() || res(c, "limits", r).is_some())
-    });
-    if !any {
-        return "BestEffort";
-    }
-    let guaranteed = all.iter().all(|c| {
-        ["cpu", "memory"].iter().all(|r| {
-            let l = res(c, "limits", r);
-            l.is_some() && res(c, "requests", r).is_none_or(|q| Some(q) == l)
-        })
-    });
-    if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+            .chain(spec.init_containers.iter().flatten())
+            .map(|c| {
+                let r = c.resources.as_ref();
+                // Limits stand in for missing requests, as the API server defaults them.
+                let limits: Vec<(String, String)> = pairs(r.and_then(|r| r.limits.as_ref()));
+                let mut requests: Vec<(String, String)> =
+                    pairs(r.and_then(|r| r.requests.as_ref()));
+                for (k, v) in &limits {
+                    if !requests.iter().any(|(n, _)| n == k) {
+                        requests.push((k.clone(), v.clone()));
+                    }
+                }
+                kite_api::qos::Resources { requests, limits }
+            }),
+    )
 }
 
 /// The cgroup parent of a pod's containers.
