@@ -493,7 +493,10 @@ check "a static pod file shows as a mirror pod in kube-system, Running" mirror_r
 check "the mirror pod carries kubernetes.io/config.mirror" \
   contains "$(kc get pod static-web-kite-e2e -n kube-system -o jsonpath='{.metadata.annotations}')" "kubernetes.io/config.mirror"
 sip=$(kc get pod static-web-kite-e2e -n kube-system -o jsonpath='{.status.podIP}')
-check "the static pod serves" contains "$(curl -s --max-time 5 "http://$sip/")" "Server name: static-web-kite-e2e"
+# Running is not listening (the pod has no readiness probe): give httpd a moment.
+static_serves() { contains "$(curl -s --max-time 5 "http://$sip/")" "Server name: static-web-kite-e2e"; }
+wait_for 10 "the static pod to serve" static_serves
+check "the static pod serves" static_serves
 rm "$DATA/agent/pod-manifests/web.yaml"
 wait_for 20 "the mirror to go with its manifest" bash -c "[ -z \"\$($KUBECTL get pods -n kube-system -o name | grep static-web)\" ]"
 check "removing the manifest removes the mirror pod" equals "$(kc get pods -n kube-system -o name | grep static-web || true)" ""
