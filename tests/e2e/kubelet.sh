@@ -337,6 +337,51 @@ wait_for 10 "non-root to be refused" bash -c "[ \"\$($KUBECTL get pod non-root -
 check "runAsNonRoot with a root image: CreateContainerConfigError" \
   contains "$(kc get pod non-root -o jsonpath='{.status.containerStatuses[0].state.waiting.message}')" "runAsNonRoot and image will run as root"
 
+# QoS: each pod's cgroup gets upstream's CPU quota and memory limit, the BestEffort tier
+# the least CPU shares, and each container an OOM score by its class. cgroup v1 or v2.
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: qos-guaranteed}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: kite.test/shell:1, command: [sleep, "3600"], resources: {limits: {cpu: 500m, memory: 64Mi}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: qos-besteffort}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: kite.test/shell:1, command: [sleep, "3600"]}]
+YAML
+for p in qos-guaranteed qos-besteffort; do wait_for 20 "$p to run" running "$p"; done
+# cg_get REL V1-CONTROLLER V1-FILE V2-FILE: a kite cgroup's setting (v2: its first field).
+cg_get() {
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    awk '{print $1}' "/sys/fs/cgroup/kite/kubepods/$1/$4"
+  else
+    cat "/sys/fs/cgroup/$2/kite/kubepods/$1/$3"
+  fi
+}
+guid=$(kc get pod qos-guaranteed -o jsonpath='{.metadata.uid}' | tr - _)
+check "a Guaranteed pod's cgroup has its CPU quota and memory limit" \
+  equals "$(cg_get "pod$guid" cpu cpu.cfs_quota_us cpu.max) $(cg_get "pod$guid" memory memory.limit_in_bytes memory.max)" "50000 67108864"
+check "the BestEffort tier gets the least CPU (2 shares, weight 1)" \
+  contains " 2 1 " " $(cg_get besteffort cpu cpu.shares cpu.weight) "
+# oom_score_adj_of POD: its container's process's score, from the host.
+oom_score_adj_of() {
+  local id pid
+  id=$(kc get pod "$1" -o jsonpath='{.status.containerStatuses[0].containerID}')
+  pid=$(ctr_ tasks ls 2>/dev/null | awk -v id="${id#containerd://}" '$1==id {print $2}')
+  cat "/proc/$pid/oom_score_adj"
+}
+# -997 needs CAP_SYS_RESOURCE; without it kite keeps its own score, as containerd's
+# restrict_oom_score_adj.
+if (( (16#$(awk '/^CapEff/{print $2}' /proc/self/status) >> 24) & 1 )); then want=-997; else want=$(cat /proc/self/oom_score_adj); fi
+check "a Guaranteed container's OOM score adjustment is upstream's ($want here)" equals "$(oom_score_adj_of qos-guaranteed)" "$want"
+check "a BestEffort container's is 1000" equals "$(oom_score_adj_of qos-besteffort)" "1000"
+kc delete pod qos-guaranteed qos-besteffort --wait=false >/dev/null
+
 # Images.
 cat <<YAML | kc apply -f - >/dev/null
 apiVersion: v1

@@ -2,6 +2,7 @@
 //! the pods bound to it on containerd (see `pods`). It is an API client like every other
 //! component, so the same code runs inside `kite server` and, later, `kite agent`.
 
+pub mod cgroups;
 pub mod cni;
 pub mod containerd;
 pub mod containers;

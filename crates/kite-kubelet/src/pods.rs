@@ -451,6 +451,10 @@ impl Kubelet {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let dir = self.pod_dir(&uid);
         let sb = Sandbox::new(&dir);
+        if !sb.exists() {
+            crate::cgroups::ensure_pod(pod).context("creating the pod's cgroup")?;
+            self.update_qos_cgroups();
+        }
         if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
             if !sb.exists() {
                 std::fs::create_dir_all(&dir)?;
@@ -1066,6 +1070,15 @@ impl Kubelet {
     }
 
     /// Records why a container waits; true if that is news.
+    /// Sets the QoS tiers' CPU shares from the node's pods (a failure is logged: the
+    /// pods still run, with less fair CPU sharing between tiers).
+    fn update_qos_cgroups(&self) {
+        let pods = self.pods.list();
+        if let Err(e) = crate::cgroups::update_qos(pods.iter().map(|p| p.as_ref())) {
+            tracing::warn!(error = %format!("{e:#}"), "setting the QoS cgroups");
+        }
+    }
+
     /// A container that cannot be made from its spec (`reason`, upstream's
     /// CreateContainerConfigError or CreateContainerError): it waits with the message,
     /// one Failed event says why, and the pod is tried again in 10 s.
@@ -1383,6 +1396,7 @@ impl Kubelet {
         }
         Sandbox::new(&dir).destroy();
         crate::spec::remove_pod_cgroups(uid);
+        self.update_qos_cgroups();
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }

@@ -365,10 +365,10 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
     let cpu_req = get(&res.requests, "cpu")
         .or(get(&res.limits, "cpu"))
         .and_then(|q| quantity_milli(&q));
-    let shares = cpu_req.map(|m| (m * 1024 / 1000).max(2)).unwrap_or(2);
+    let shares = crate::cgroups::shares(cpu_req.unwrap_or(0).into());
     resources["cpu"] = json!({"shares": shares});
     if let Some(m) = get(&res.limits, "cpu").and_then(|q| quantity_milli(&q)) {
-        resources["cpu"]["quota"] = json!((m * 100).max(1000));
+        resources["cpu"]["quota"] = json!(crate::cgroups::quota(m.into()));
         resources["cpu"]["period"] = json!(100000u64);
     }
     if let Some(b) = get(&res.limits, "memory").and_then(|q| quantity_bytes(&q)) {
@@ -401,7 +401,7 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "noNewPrivileges": !sc.allow_privilege_escalation.unwrap_or(true) && !privileged,
-            "oomScoreAdj": 1000,
+            "oomScoreAdj": crate::cgroups::oom_score_adj(i.pod, c),
         },
         "root": {"path": "rootfs", "readonly": sc.read_only_root_filesystem.unwrap_or(false)},
         "hostname": i.pod.metadata.name.clone().unwrap_or_default(),
