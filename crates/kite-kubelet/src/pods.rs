@@ -1069,7 +1069,6 @@ impl Kubelet {
         out
     }
 
-    /// Records why a container waits; true if that is news.
     /// Sets the QoS tiers' CPU shares from the node's pods (a failure is logged: the
     /// pods still run, with less fair CPU sharing between tiers).
     fn update_qos_cgroups(&self) {
@@ -1097,6 +1096,7 @@ impl Kubelet {
         Duration::from_secs(10)
     }
 
+    /// Records why a container waits; true if that is news.
     fn set_waiting(&self, key: &Key, name: &str, reason: &str, message: &str) -> bool {
         let w = Waiting {
             reason: reason.into(),
