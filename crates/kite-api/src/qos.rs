@@ -20,13 +20,7 @@ impl Resources {
             m.as_object()
                 .into_iter()
                 .flatten()
-                .map(|(k, v)| {
-                    let q = v
-                        .as_str()
-                        .map(String::from)
-                        .unwrap_or_else(|| v.to_string());
-                    (k.clone(), q)
-                })
+                .map(|(k, v)| (k.clone(), crate::quantity::text_of(v)))
                 .collect()
         };
         Resources {

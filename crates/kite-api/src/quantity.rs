@@ -55,6 +55,13 @@ pub fn parse_milli(s: &str) -> Option<i128> {
     Some(if neg { -v } else { v })
 }
 
+/// A quantity's text as JSON holds it: a string, or a number (`cpu: 1` in YAML).
+pub fn text_of(v: &serde_json::Value) -> String {
+    v.as_str()
+        .map(String::from)
+        .unwrap_or_else(|| v.to_string())
+}
+
 /// Parses a quantity in whole units (bytes, pods), rounding up.
 pub fn parse(s: &str) -> Option<i128> {
     parse_milli(s).map(|m| (m + 999).div_euclid(1000))

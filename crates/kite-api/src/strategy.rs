@@ -383,20 +383,13 @@ fn validate_container(c: &Value, path: &str, names: &mut Vec<String>, errs: &mut
     }
 }
 
-/// A quantity as its JSON holds it (a string, or a number).
-fn quantity_text(q: &Value) -> String {
-    q.as_str()
-        .map(String::from)
-        .unwrap_or_else(|| q.to_string())
-}
-
 /// A container's requests and limits, as upstream's ValidateResourceRequirements: none
 /// below zero, and no request above its limit.
 fn validate_resources(r: &Value, path: &str, errs: &mut Vec<FieldError>) {
     use crate::quantity::{canonical, parse_milli};
     for which in ["limits", "requests"] {
         for (name, q) in r[which].as_object().into_iter().flatten() {
-            let text = quantity_text(q);
+            let text = crate::quantity::text_of(q);
             if parse_milli(&text).is_some_and(|m| m < 0) {
                 errs.push(FieldError::invalid(
                     format!("{path}.{which}[{name}]"),
@@ -410,7 +403,7 @@ fn validate_resources(r: &Value, path: &str, errs: &mut Vec<FieldError>) {
         let Some(lim) = r["limits"].get(name) else {
             continue;
         };
-        let (req, lim) = (quantity_text(req), quantity_text(lim));
+        let (req, lim) = (crate::quantity::text_of(req), crate::quantity::text_of(lim));
         if let (Some(rq), Some(lm)) = (parse_milli(&req), parse_milli(&lim)) {
             if rq > lm {
                 errs.push(FieldError::invalid(
