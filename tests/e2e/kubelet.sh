@@ -159,6 +159,18 @@ check "kubectl delete removes the containers from containerd" no_containers
 wait_for 10 "the pods to go" bash -c "[ -z \"\$($KUBECTL get pods -l app=hello -o name)\" ]"
 check "the pod objects are gone once their containers stopped" equals "$(kc get pods -l app=hello -o name)" ""
 check "the pods' veths are gone" equals "$(ip -o link show | grep -c 'kitev' || true)" "0"
+# The host talked to those pods, so its neighbour cache still has their MACs: a new pod
+# must not get one of their addresses (as host-local, addresses go round the range), or
+# it is unreachable from the host until that entry goes stale.
+printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: next-web}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers: [{name: web, image: kite.test/hello:1}]\n' | kc apply -f - >/dev/null
+wait_for 20 "next-web to run" running next-web
+nip=$(kc get pod next-web -o jsonpath='{.status.podIP}')
+not_reused() { ! echo "$pods" | cut -d= -f2 | grep -qxF "$nip"; }
+check "a new pod does not reuse a deleted pod's address ($nip)" not_reused
+next_serves() { contains "$(curl -s --max-time 2 "http://$nip/")" "Server name: next-web"; }
+wait_for 10 "next-web to serve" next_serves
+check "and the host reaches it at once" next_serves
+kc delete pod next-web --wait=false >/dev/null
 
 # Restart policies.
 pod() { # name policy command...

@@ -25,6 +25,9 @@ pub const BRIDGE: &str = "kite0";
 /// The pod end of its veth, inside the pod's network namespace.
 const POD_IF: &str = "eth0";
 
+/// The IPAM file that remembers the last address given out (host-local's name for it).
+const LAST_RESERVED: &str = "last_reserved_ip.0";
+
 pub struct Network {
     pub pod_cidr: Ipv4Net,
     pub cluster_cidr: Ipv4Net,
@@ -354,8 +357,12 @@ impl Network {
         }
     }
 
-    /// The address already held by `uid`, or the lowest free one (claimed by creating
-    /// `<ipam-dir>/<ip>` exclusively, so two pods never share one).
+    /// The address already held by `uid`, or the next free one after the last given out,
+    /// round the range (claimed by creating `<ipam-dir>/<ip>` exclusively, so two pods
+    /// never share one). As host-local's IPAM, a freed address is not handed out again
+    /// until the range wraps: the host and other pods may still have the old pod's MAC
+    /// for it in their neighbour caches, and the new pod would be unreachable until that
+    /// entry went stale.
     pub fn allocate(&self, uid: &str) -> Result<Ipv4Addr> {
         std::fs::create_dir_all(&self.ipam_dir)?;
         let mut guard = self.held.lock().unwrap();
@@ -366,8 +373,17 @@ impl Network {
         let taken: std::collections::HashSet<Ipv4Addr> = held.values().copied().collect();
         let net = u32::from(self.pod_cidr.network());
         let size = 1u32 << (32 - self.pod_cidr.prefix_len());
-        for off in 2..size.saturating_sub(1) {
-            let ip = Ipv4Addr::from(net + off);
+        // Usable offsets: 2 ..= size - 2 (not the network, the gateway or broadcast).
+        let usable = size.saturating_sub(3);
+        let last_file = self.ipam_dir.join(LAST_RESERVED);
+        let last = std::fs::read_to_string(&last_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<Ipv4Addr>().ok())
+            .map(u32::from)
+            .filter(|l| (net + 2..net + 2 + usable).contains(l))
+            .map_or(0, |l| l - net - 2 + 1);
+        for i in 0..usable {
+            let ip = Ipv4Addr::from(net + 2 + (last + i) % usable);
             if taken.contains(&ip) {
                 continue;
             }
@@ -381,6 +397,8 @@ impl Network {
                     use std::io::Write;
                     f.write_all(uid.as_bytes())?;
                     held.insert(uid.to_string(), ip);
+                    // Where the next search starts; losing it only means starting over.
+                    let _ = std::fs::write(&last_file, ip.to_string());
                     return Ok(ip);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -550,7 +568,7 @@ mod tests {
     }
 
     #[test]
-    fn ipam_claims_the_lowest_free_address_and_survives_a_restart() {
+    fn ipam_hands_out_addresses_round_the_range_and_survives_a_restart() {
         let d = std::env::temp_dir().join(format!("kite-ipam-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         let cidr: Ipv4Net = "10.42.3.0/24".parse().unwrap();
@@ -561,10 +579,20 @@ mod tests {
         assert_eq!(n.allocate("a").unwrap(), Ipv4Addr::new(10, 42, 3, 2));
         n.release("a");
         assert_eq!(n.held_by("a"), None);
-        // A new process reads the files: b keeps its address, the freed one is reused.
+        // A new process reads the files: b keeps its address, and the freed one is not
+        // handed out again before the range wraps.
         let n2 = Network::new(&d, cidr, all);
         assert_eq!(n2.held_by("b"), Some(Ipv4Addr::new(10, 42, 3, 3)));
-        assert_eq!(n2.allocate("c").unwrap(), Ipv4Addr::new(10, 42, 3, 2));
+        assert_eq!(n2.allocate("c").unwrap(), Ipv4Addr::new(10, 42, 3, 4));
+        for i in 5..=254 {
+            assert_eq!(
+                n2.allocate(&format!("p{i}")).unwrap(),
+                Ipv4Addr::new(10, 42, 3, i)
+            );
+        }
+        // The range is used up to .254 (.255 is broadcast): next is the freed .2, then full.
+        assert_eq!(n2.allocate("wrap").unwrap(), Ipv4Addr::new(10, 42, 3, 2));
+        assert!(n2.allocate("full").is_err());
         let _ = std::fs::remove_dir_all(&d);
     }
 }
