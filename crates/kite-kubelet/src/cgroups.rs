@@ -59,18 +59,19 @@ fn amount(c: &Container, limits: bool, name: &str, milli: bool) -> Option<i128> 
 
 /// The pod's total of one resource as upstream's PodRequests / PodLimits count it: the
 /// app containers and sidecars together, or the largest other init container if that
-/// is more. None when some container does not set it (so the pod is not bounded).
+/// is more; and whether every container sets it (else the pod is not bounded by it).
 fn pod_total(pod: &Pod, limits: bool, name: &str, milli: bool) -> (i128, bool) {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let inits = spec.init_containers.unwrap_or_default();
+    let (containers, inits) = match pod.spec.as_ref() {
+        Some(s) => (
+            &s.containers[..],
+            s.init_containers.as_deref().unwrap_or_default(),
+        ),
+        None => (&[][..], &[][..]),
+    };
     let sidecar = |c: &Container| c.restart_policy.as_deref() == Some("Always");
     let mut all_set = true;
     let mut running = 0;
-    for c in spec
-        .containers
-        .iter()
-        .chain(inits.iter().filter(|c| sidecar(c)))
-    {
+    for c in containers.iter().chain(inits.iter().filter(|c| sidecar(c))) {
         match amount(c, limits, name, milli) {
             Some(v) => running += v,
             None => all_set = false,

@@ -130,9 +130,14 @@ pub fn resolve(
     image_user: Option<&str>,
     acc: &Accounts,
 ) -> Result<Identity, String> {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let psc = spec.security_context.unwrap_or_default();
-    let sc = c.security_context.clone().unwrap_or_default();
+    let default_psc = Default::default();
+    let psc = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .unwrap_or(&default_psc);
+    let default_sc = Default::default();
+    let sc = c.security_context.as_ref().unwrap_or(&default_sc);
     let run_as_group = sc.run_as_group.or(psc.run_as_group);
     let entry = |by: &dyn Fn(&Passwd) -> bool| acc.passwd.iter().find(|p| by(p));
     let (uid, gid, name) = match sc.run_as_user.or(psc.run_as_user) {
