@@ -40,11 +40,8 @@ impl Accounts {
     /// Parses the two files' text; lines that are not well-formed entries are skipped,
     /// as libc's getpwent does.
     pub fn parse(passwd: &str, group: &str) -> Accounts {
-        let passwd = passwd
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() >= 4 && !f[0].is_empty()).then_some(())?;
+        let passwd = fields(passwd, 4)
+            .filter_map(|f| {
                 Some(Passwd {
                     name: f[0].to_string(),
                     uid: f[2].parse().ok()?,
@@ -52,23 +49,17 @@ impl Accounts {
                 })
             })
             .collect();
-        let groups = group
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() >= 3 && !f[0].is_empty()).then_some(())?;
+        let groups = fields(group, 3)
+            .filter_map(|f| {
                 Some(Group {
                     name: f[0].to_string(),
                     gid: f[2].parse().ok()?,
-                    members: f
-                        .get(3)
-                        .map(|m| {
-                            m.split(',')
-                                .filter(|s| !s.is_empty())
-                                .map(String::from)
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    members: f.get(3).map_or(Vec::new(), |m| {
+                        m.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect()
+                    }),
                 })
             })
             .collect();
@@ -84,6 +75,14 @@ impl Accounts {
         };
         Accounts::parse(&text("etc/passwd"), &text("etc/group"))
     }
+}
+
+/// The `:`-separated fields of each line of a passwd or group file that has a name and
+/// at least `min` fields.
+fn fields(text: &str, min: usize) -> impl Iterator<Item = Vec<&str>> {
+    text.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .filter(move |f| f.len() >= min && !f[0].is_empty())
 }
 
 /// The identity a container's process gets: the spec's `user` and the status's
