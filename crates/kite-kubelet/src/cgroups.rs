@@ -229,6 +229,21 @@ pub fn ensure_pod(pod: &Pod) -> Result<()> {
     apply(&pod_cgroup(pod), &pod_limits(pod))
 }
 
+/// Removes the (empty) cgroup directories of a pod in every hierarchy, whatever its QoS
+/// class was: runc removes the containers' own, not their parent.
+pub fn remove_pod(uid: &str) {
+    let uid = uid.replace('-', "_");
+    let mut roots: Vec<PathBuf> = vec![ROOT.into()];
+    if let Ok(rd) = std::fs::read_dir(ROOT) {
+        roots.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for root in roots {
+        for sub in ["", "burstable/", "besteffort/"] {
+            let _ = std::fs::remove_dir(root.join(format!("kite/kubepods/{sub}pod{uid}")));
+        }
+    }
+}
+
 /// Sets the QoS tiers from the node's pods, as upstream's QoS manager: BestEffort gets
 /// the least CPU shares, Burstable the sum of its pods' CPU requests.
 pub fn update_qos<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Result<()> {

@@ -1395,7 +1395,7 @@ impl Kubelet {
             net.unplumb(uid).await?;
         }
         Sandbox::new(&dir).destroy();
-        crate::spec::remove_pod_cgroups(uid);
+        crate::cgroups::remove_pod(uid);
         self.update_qos_cgroups();
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())

@@ -141,21 +141,6 @@ pub fn stop_signal(image: &ImageConfiguration) -> u32 {
         .unwrap_or(15)
 }
 
-/// Removes the (empty) cgroup directories of a pod in every hierarchy, whatever its QoS
-/// class was: runc removes the containers' own, not their parent.
-pub fn remove_pod_cgroups(uid: &str) {
-    let uid = uid.replace('-', "_");
-    let mut roots: Vec<std::path::PathBuf> = vec!["/sys/fs/cgroup".into()];
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-        roots.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-    }
-    for root in roots {
-        for sub in ["", "burstable/", "besteffort/"] {
-            let _ = std::fs::remove_dir(root.join(format!("kite/kubepods/{sub}pod{uid}")));
-        }
-    }
-}
-
 /// Expands `$(VAR)` from `env`; `$$(VAR)` is a literal `$(VAR)`; unknown names stay as
 /// written, as upstream.
 pub fn expand(s: &str, env: &BTreeMap<String, String>) -> String {

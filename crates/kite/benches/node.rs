@@ -449,7 +449,7 @@ async fn floor(pods: &Api<Pod>, data: &Path, kite_pid: u32, batches: &[usize]) {
         }))
         .await;
         for i in 0..n {
-            kite_kubelet::spec::remove_pod_cgroups(&format!("floor{run}_{i}"));
+            kite_kubelet::cgroups::remove_pod(&format!("floor{run}_{i}"));
         }
     }
 }
