@@ -296,44 +296,50 @@ fn layers_of(mounts: &[containerd_client::types::Mount]) -> Vec<PathBuf> {
     out
 }
 
-/// Every image's accounts, by its top snapshot (an image's content never changes).
+/// Every image's accounts, by its top snapshot (an image's content never changes). The
+/// pods of a burst on a new image wait for one read rather than each making its own.
 #[derive(Default)]
-pub struct Cache(Mutex<HashMap<String, Arc<Accounts>>>);
+pub struct Cache(Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Accounts>>>>>);
 
 impl Cache {
     pub async fn get(&self, cd: &Containerd, top_snapshot: &str) -> Result<Arc<Accounts>> {
-        if let Some(a) = self.0.lock().unwrap().get(top_snapshot) {
-            return Ok(a.clone());
-        }
-        let key = format!("kite-view-{}", uuid::Uuid::new_v4().simple());
-        let mounts = cd
-            .snapshots()
-            .view(cd.req(ViewSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: key.clone(),
-                parent: top_snapshot.to_string(),
-                labels: Default::default(),
-            }))
-            .await
-            .context("viewing the image's root filesystem")?
-            .into_inner()
-            .mounts;
-        let layers = layers_of(&mounts);
-        let acc = tokio::task::spawn_blocking(move || Accounts::read(&layers)).await;
-        let _ = cd
-            .snapshots()
-            .remove(cd.req(RemoveSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key,
-            }))
-            .await;
-        let acc = Arc::new(acc.context("reading the image's /etc/passwd")?);
-        self.0
+        let cell = self
+            .0
             .lock()
             .unwrap()
-            .insert(top_snapshot.to_string(), acc.clone());
-        Ok(acc)
+            .entry(top_snapshot.to_string())
+            .or_default()
+            .clone();
+        let acc = cell.get_or_try_init(|| load(cd, top_snapshot)).await?;
+        Ok(acc.clone())
     }
+}
+
+/// Reads an image's accounts through a read-only view of its top snapshot.
+async fn load(cd: &Containerd, top_snapshot: &str) -> Result<Arc<Accounts>> {
+    let key = format!("kite-view-{}", uuid::Uuid::new_v4().simple());
+    let mounts = cd
+        .snapshots()
+        .view(cd.req(ViewSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: key.clone(),
+            parent: top_snapshot.to_string(),
+            labels: Default::default(),
+        }))
+        .await
+        .context("viewing the image's root filesystem")?
+        .into_inner()
+        .mounts;
+    let layers = layers_of(&mounts);
+    let acc = tokio::task::spawn_blocking(move || Accounts::read(&layers)).await;
+    let _ = cd
+        .snapshots()
+        .remove(cd.req(RemoveSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key,
+        }))
+        .await;
+    Ok(Arc::new(acc.context("reading the image's /etc/passwd")?))
 }
 
 #[cfg(test)]
