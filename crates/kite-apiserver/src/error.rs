@@ -92,16 +92,24 @@ impl ApiError {
         )
     }
     pub fn invalid(ri: &ResourceInfo, name: &str, errs: &[FieldError]) -> Self {
+        Self::invalid_kind(ri.group, ri.kind, name, errs)
+    }
+    /// A 422 for bad list or watch parameters (`ListOptions.meta.k8s.io "" is invalid: ...`).
+    pub fn invalid_options(errs: &[FieldError]) -> Self {
+        Self::invalid_kind("meta.k8s.io", "ListOptions", "", errs)
+    }
+    /// Upstream's `NewInvalid(GroupKind, name, errs)`.
+    pub fn invalid_kind(group: &str, kind: &str, name: &str, errs: &[FieldError]) -> Self {
         let list: Vec<String> = errs.iter().map(FieldError::text).collect();
         let joined = if list.len() == 1 {
             list[0].clone()
         } else {
             format!("[{}]", list.join(", "))
         };
-        let kind_group = if ri.group.is_empty() {
-            ri.kind.to_string()
+        let kind_group = if group.is_empty() {
+            kind.to_string()
         } else {
-            format!("{}.{}", ri.kind, ri.group)
+            format!("{kind}.{group}")
         };
         let causes: Vec<Value> = errs
             .iter()
@@ -111,9 +119,7 @@ impl ApiError {
             code: StatusCode::UNPROCESSABLE_ENTITY,
             reason: "Invalid",
             message: format!("{kind_group} \"{name}\" is invalid: {joined}"),
-            details: Some(
-                json!({"name": name, "group": ri.group, "kind": ri.kind, "causes": causes}),
-            ),
+            details: Some(json!({"name": name, "group": group, "kind": kind, "causes": causes})),
         }
     }
     pub fn method_not_supported(ri: &ResourceInfo, verb: &str) -> Self {
@@ -150,21 +156,90 @@ impl ApiError {
         )
     }
 
+    /// A 504 for a watch or list that asks for a revision the store has not reached
+    /// (upstream's `NewTooLargeResourceVersionError`).
+    pub fn too_large_resource_version(wanted: i64, current: i64) -> Self {
+        ApiError {
+            details: Some(json!({
+                "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1,
+            })),
+            ..Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Timeout",
+                format!("Timeout: Too large resource version: {wanted}, current: {current}"),
+            )
+        }
+    }
+
+    /// The `metav1.Status` body, with upstream's key order (Go's struct order) and its
+    /// `omitempty` rules: `details` only when it has something, and in it no empty key.
     pub fn status(&self) -> Value {
         let mut s = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
             "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code.as_u16(),
         });
-        if let Some(d) = &self.details {
-            s["details"] = d.clone();
+        if !self.message.is_empty() {
+            s["message"] = json!(self.message);
         }
+        if !self.reason.is_empty() {
+            s["reason"] = json!(self.reason);
+        }
+        if let Some(d) = self.details.as_ref().and_then(status_details) {
+            s["details"] = d;
+        }
+        s["code"] = json!(self.code.as_u16());
         s
     }
+
+    /// The Status body as upstream writes it: compact JSON and a closing newline.
+    pub fn status_bytes(&self) -> Vec<u8> {
+        let mut b = serde_json::to_vec(&self.status()).unwrap_or_default();
+        b.push(b'\n');
+        b
+    }
+}
+
+/// `StatusDetails` in Go's field order (name, group, kind, uid, causes, retryAfterSeconds),
+/// each left out when empty; `None` when nothing is left. Causes keep `reason, message,
+/// field`, likewise without empty ones.
+fn status_details(d: &Value) -> Option<Value> {
+    let mut out = serde_json::Map::new();
+    let present = |v: &Value| match v {
+        Value::Null => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Number(n) => n.as_i64() != Some(0),
+        _ => true,
+    };
+    for key in ["name", "group", "kind", "uid"] {
+        if present(&d[key]) {
+            out.insert(key.into(), d[key].clone());
+        }
+    }
+    if present(&d["causes"]) {
+        let causes = d["causes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let mut m = serde_json::Map::new();
+                for key in ["reason", "message", "field"] {
+                    if present(&c[key]) {
+                        m.insert(key.into(), c[key].clone());
+                    }
+                }
+                Value::Object(m)
+            })
+            .collect();
+        out.insert("causes".into(), Value::Array(causes));
+    }
+    if present(&d["retryAfterSeconds"]) {
+        out.insert("retryAfterSeconds".into(), d["retryAfterSeconds"].clone());
+    }
+    (!out.is_empty()).then_some(Value::Object(out))
 }
 
 impl std::fmt::Display for ApiError {
@@ -175,7 +250,7 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&self.status()).unwrap_or_default();
+        let body = self.status_bytes();
         (
             self.code,
             [(http::header::CONTENT_TYPE, "application/json")],
