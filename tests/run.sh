@@ -38,6 +38,15 @@ KUBECTLS=()
 for k in /usr/bin/kubectl /usr/lib/google-cloud-sdk/bin/kubectl.1.33; do
   [ -x "$k" ] && KUBECTLS+=("$k")
 done
+# kubectl v1.36 (what users install today; its informers use watch-list), where the
+# conformance kit in ../shared/conformance/ has built one: the API tiers run with it too.
+K136=${KITE_CONFORMANCE_DIR:-/var/tmp/kite-conformance}/bin/kubectl
+API_KUBECTLS=("${KUBECTLS[@]}")
+if [ -x "$K136" ]; then
+  API_KUBECTLS+=("$K136")
+else
+  echo "   (no kubectl v1.36 at $K136: the API tiers run with ${KUBECTLS[*]})"
+fi
 [ ${#KUBECTLS[@]} -gt 0 ] || { echo "no kubectl found at /usr/bin/kubectl or /usr/lib/google-cloud-sdk/bin/kubectl.1.33" >&2; exit 1; }
 
 echo "== cargo fmt --check"
@@ -61,8 +70,9 @@ logs="$ROOT/target/e2e-logs"
 rm -rf "$logs"; mkdir -p "$logs"
 pids=()
 names=()
-for k in "${KUBECTLS[@]}"; do
+for k in "${API_KUBECTLS[@]}"; do
   v=$(basename "$k")
+  [ "$k" = "$K136" ] && v=kubectl.1.36
   for t in tests/e2e/*.sh; do
     case "$(basename "$t")" in kubelet.sh|cni.sh) continue ;; esac
     n="$(basename "$t" .sh)-$v"

@@ -509,6 +509,7 @@ async fn serve_resource(
     let name = t.name.as_deref();
     match (verb, name, t.sub.as_deref()) {
         ("list", None, None) => {
+            watch::validate_list(&q)?;
             let opts = list_opts(ri, &q)?;
             if wants_table(req.headers()) {
                 let (items, rv, cont) = objs.list(ri, ns, &opts).await?;

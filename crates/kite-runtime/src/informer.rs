@@ -1,5 +1,8 @@
 //! Shared informers: for each kind, one watch of the API server and one in-memory cache,
-//! shared by every component in the process that asks for that kind. Handlers registered
+//! shared by every component in the process that asks for that kind. Each starts with a
+//! watch-list (`sendInitialEvents=true`), as client-go's informers do since 1.35: the
+//! initial objects stream on the watch itself, and the cache counts as synced at the bookmark
+//! that ends them. Handlers registered
 //! on an informer see each change once, in order, with the old and new object; they must
 //! be cheap (typically: put a key on a work queue).
 
@@ -259,7 +262,7 @@ impl Informers {
         m.insert(TypeId::of::<K>(), inf.clone());
         self.synced.lock().unwrap().push(inf.synced.subscribe());
         let api = Api::<K>::all(self.client.clone());
-        let stream = watcher(api, watcher::Config::default().page_size(2000))
+        let stream = watcher(api, watcher::Config::default().streaming_lists())
             .default_backoff()
             .boxed();
         tokio::spawn(inf.clone().run(stream));
@@ -284,7 +287,9 @@ impl Informers {
     pub fn get_selected<K: Kind>(&self, config: watcher::Config) -> Arc<Informer<K>> {
         let inf = Arc::new(Informer::<K>::new());
         let api = Api::<K>::all(self.client.clone());
-        let stream = watcher(api, config).default_backoff().boxed();
+        let stream = watcher(api, config.streaming_lists())
+            .default_backoff()
+            .boxed();
         tokio::spawn(inf.clone().run(stream));
         inf
     }

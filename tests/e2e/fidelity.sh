@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# End-to-end: API fidelity (issue 15): watch-list as client-go 1.35+ informers use it, upstream's
+# ListOptions errors, Status bodies byte for byte, and the keys Go's encoding always writes.
+# Expected bodies are upstream kube-apiserver v1.36's answers to the same requests (taken with
+# ../shared/conformance/upstream.sh and quoted here).
+source "$(dirname "$0")/../lib.sh"
+echo "# kubectl: $KUBECTL ($("$KUBECTL" version --client 2>/dev/null | head -1))"
+
+# A short history, so a watch from an old revision meets compaction (410 Gone).
+start_server --compact-interval 1 --compact-retain 5 || { cat "$WORK/server.log"; exit 1; }
+PY="python3 $(dirname "$0")/watchlist.py $KUBECONFIG"
+WL='watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true'
+
+kc create namespace wl >/dev/null
+kc create configmap one -n wl --from-literal=k=1 >/dev/null
+kc create configmap two -n wl --from-literal=k=2 >/dev/null
+kc create configmap three -n wl --from-literal=k=3 >/dev/null
+kc label configmap one two -n wl a=1 >/dev/null
+kc label configmap three -n wl a=2 >/dev/null
+list_rv=$(kc get --raw /api/v1/namespaces/wl/configmaps | python3 -c 'import json,sys; print(json.load(sys.stdin)["metadata"]["resourceVersion"])')
+
+# --- Watch-list ------------------------------------------------------------------------------
+# (labelSelector=a: the three, not the namespace's kube-root-ca.crt)
+for rv in unset "" 0 "$list_rv"; do
+  q="$WL&labelSelector=a"; [ "$rv" = unset ] || q="$q&resourceVersion=$rv"
+  out=$($PY watch "/api/v1/namespaces/wl/configmaps?$q&timeoutSeconds=2" --max-seconds 5)
+  check "watch-list (resourceVersion=${rv}) sends the three objects as ADDED, then the bookmark" \
+    equals "$(awk '{print $1, $2}' <<<"$out" | head -4 | sort | tr '\n' ' ')" "ADDED one ADDED three ADDED two BOOKMARK - "
+  check "watch-list (resourceVersion=${rv}): the bookmark carries k8s.io/initial-events-end and the snapshot's revision" \
+    equals "$(sed -n 4p <<<"$out" | awk -v rv="$list_rv" '{print $1, ($3 >= rv), $4}')" "BOOKMARK 1 true"
+done
+out=$($PY watch "/api/v1/namespaces/wl/configmaps?$WL&labelSelector=a%3D1&timeoutSeconds=2" --max-seconds 5)
+check "watch-list applies the label selector to the initial events" \
+  equals "$(head -3 <<<"$out" | awk '{print $1, $2}' | tr '\n' ' ')" "ADDED one ADDED two BOOKMARK - "
+out=$($PY watch "/api/v1/namespaces/wl/configmaps?$WL&fieldSelector=metadata.name%3Dthree&timeoutSeconds=2" --max-seconds 5)
+check "watch-list applies the field selector to the initial events" \
+  equals "$(head -2 <<<"$out" | awk '{print $1, $2}' | tr '\n' ' ')" "ADDED three BOOKMARK - "
+out=$($PY watch "/api/v1/namespaces/wl/configmaps?$WL&labelSelector=a%3D1&timeoutSeconds=10" --create-after-bookmark wl/four --max-seconds 12)
+check "after the bookmark, live events follow (a new object is ADDED)" \
+  equals "$(awk '{print $1, $2}' <<<"$out" | tr '\n' ' ')" "ADDED one ADDED two BOOKMARK - ADDED four "
+out=$($PY watch "/api/v1/namespaces/wl/configmaps?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=2" --max-seconds 5)
+check "without allowWatchBookmarks the initial events come with no bookmark" \
+  equals "$(awk '{print $1}' <<<"$out" | sort -u | tr '\n' ' ')" "ADDED "
+out=$($PY watch "/api/v1/namespaces/wl/configmaps?watch=true&sendInitialEvents=false&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=3" --max-seconds 6)
+check "sendInitialEvents=false starts from now, and a bookmark comes 2 s before the timeout" \
+  equals "$(awk '{print $1, $4}' <<<"$out" | tr '\n' ' ')" "BOOKMARK - "
+out=$(kcurl "https://127.0.0.1:$PORT/api/v1/namespaces/wl/configmaps?$WL&resourceVersion=99999999&timeoutSeconds=2" | sed -E 's/current: [0-9]+/current: N/')
+check "watch-list from a revision the store has not reached ends with upstream's Timeout event" \
+  equals "$out" '{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Timeout: Too large resource version: 99999999, current: N","reason":"Timeout","details":{"causes":[{"reason":"ResourceVersionTooLarge","message":"Too large resource version"}],"retryAfterSeconds":1},"code":504}}'
+out=$($PY watch "/api/v1/namespaces/wl/configmaps?watch=true&allowWatchBookmarks=true&timeoutSeconds=2" --max-seconds 5)
+check "a plain watch from now (an informer of client-go < 1.35) also ends its initial events with the bookmark" \
+  equals "$(awk '{print $1, $4}' <<<"$out" | tail -1)" "BOOKMARK true"
+
+# Upstream's 422s for parameters that do not go together (ValidateListOptions), byte for byte.
+inv() { printf '{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"ListOptions.meta.k8s.io \\"\\" is invalid: %s","reason":"Invalid","details":{"group":"meta.k8s.io","kind":"ListOptions","causes":[%s]},"code":422}\n' "$1" "$2"; }
+check "sendInitialEvents without resourceVersionMatch is a 422" \
+  equals "$($PY raw GET "/api/v1/namespaces/wl/configmaps?watch=true&sendInitialEvents=true")" \
+  "422
+$(inv 'resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan' '{"reason":"FieldValueForbidden","message":"Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan","field":"resourceVersionMatch"}')
+<EOF>"
+check "resourceVersionMatch=Exact on a watch is a 422 with both causes" \
+  equals "$($PY raw GET "/api/v1/namespaces/wl/configmaps?watch=true&resourceVersionMatch=Exact&resourceVersion=1")" \
+  "422
+$(inv '[resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided, resourceVersionMatch: Unsupported value: \"Exact\": supported values: \"NotOlderThan\"]' '{"reason":"FieldValueForbidden","message":"Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided","field":"resourceVersionMatch"},{"reason":"FieldValueNotSupported","message":"Unsupported value: \"Exact\": supported values: \"NotOlderThan\"","field":"resourceVersionMatch"}')
+<EOF>"
+check "sendInitialEvents on a list is a 422" \
+  equals "$($PY raw GET "/api/v1/namespaces/wl/configmaps?sendInitialEvents=true")" \
+  "422
+$(inv 'sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list' '{"reason":"FieldValueForbidden","message":"Forbidden: sendInitialEvents is forbidden for list","field":"sendInitialEvents"}')
+<EOF>"
+check "resourceVersionMatch on a list without resourceVersion is a 422" \
+  contains "$($PY raw GET "/api/v1/namespaces/wl/configmaps?resourceVersionMatch=NotOlderThan")" \
+  'resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided'
+check "nothing was created by the refused requests" equals "$(kc get cm -n wl -o name | grep -vc kube-root-ca)" "4"
+
+# --- Modern clients: kubectl wait / get -w / rollout status ----------------------------------
+# later SECONDS CMD...: runs CMD in the background after a pause (waited for by `settle`).
+LATER=()
+later() { ( sleep "$1"; shift; "$@" >/dev/null 2>&1 ) & LATER+=($!); }
+settle() { wait "${LATER[@]}" 2>/dev/null; LATER=(); }
+later 1 kc patch configmap one -n wl -p '{"data":{"k":"ready"}}'
+check "kubectl wait for a jsonpath value returns once it is set" \
+  contains "$(timeout 20 "$KUBECTL" wait --for=jsonpath='{.data.k}'=ready configmap/one -n wl --timeout=15s 2>&1)" "condition met"
+settle
+later 1 kc create configmap five -n wl
+out=$(timeout 4 "$KUBECTL" get configmaps -n wl -w 2>&1)
+settle
+check "kubectl get -w lists, then shows a new object" contains "$out" "five"
+later 1 kc create configmap six -n wl
+check "kubectl wait --for=create on an object made later" \
+  contains "$(timeout 20 "$KUBECTL" wait --for=create configmap/six -n wl --timeout=15s 2>&1)" "condition met"
+settle
+start_sim --nodes 1
+kc create deployment web -n wl --image=kite.test/hello:1 --replicas=2 >/dev/null
+check "kubectl rollout status follows a Deployment to done" \
+  contains "$(timeout 60 "$KUBECTL" rollout status deployment/web -n wl --timeout=50s 2>&1)" 'successfully rolled out'
+
+# --- Status bodies, byte for byte ------------------------------------------------------------
+st() { printf '{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"%s","reason":"%s","details":{%s},"code":%s}\n' "$@"; }
+check "NotFound is upstream's body" \
+  equals "$($PY raw GET /api/v1/namespaces/wl/configmaps/nope)" \
+  "404
+$(st 'configmaps \"nope\" not found' NotFound '"name":"nope","kind":"configmaps"' 404)
+<EOF>"
+check "NotFound in a named group carries the group" \
+  equals "$($PY raw GET /apis/apps/v1/namespaces/wl/deployments/nope)" \
+  "404
+$(st 'deployments.apps \"nope\" not found' NotFound '"name":"nope","group":"apps","kind":"deployments"' 404)
+<EOF>"
+cm='{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"one"}}'
+check "AlreadyExists is upstream's body" \
+  equals "$($PY raw POST /api/v1/namespaces/wl/configmaps "$cm")" \
+  "409
+$(st 'configmaps \"one\" already exists' AlreadyExists '"name":"one","kind":"configmaps"' 409)
+<EOF>"
+check "Conflict is upstream's body" \
+  equals "$($PY raw PUT /api/v1/namespaces/wl/configmaps/one '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"one","resourceVersion":"1"}}')" \
+  "409
+$(st 'Operation cannot be fulfilled on configmaps \"one\": the object has been modified; please apply your changes to the latest version and try again' Conflict '"name":"one","kind":"configmaps"' 409)
+<EOF>"
+invalid_body=$(cat <<'JSON'
+{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')","reason":"Invalid","details":{"name":"Bad_Name","kind":"ConfigMap","causes":[{"reason":"FieldValueInvalid","message":"Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')","field":"metadata.name"}]},"code":422}
+JSON
+)
+check "Invalid (with causes) is upstream's body" \
+  equals "$($PY raw POST /api/v1/namespaces/wl/configmaps '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"Bad_Name"}}')" \
+  "422
+$invalid_body
+<EOF>"
+for i in $(seq 1 12); do kc annotate configmap two -n wl --overwrite n="$i" >/dev/null; done
+sleep 2
+out=$($PY watch "/api/v1/namespaces/wl/configmaps?watch=true&resourceVersion=2&timeoutSeconds=2" --max-seconds 5)
+gone=$(kcurl "https://127.0.0.1:$PORT/api/v1/namespaces/wl/configmaps?watch=true&resourceVersion=2&timeoutSeconds=2" | sed -E 's/[0-9]+ \([0-9]+\)/N (M)/')
+check "a watch from a compacted revision ends with upstream's 410 Expired event" \
+  equals "$gone" '{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version: N (M)","reason":"Expired","code":410}}'
+check "the 410 event is an ERROR for watchlist.py too" contains "$out" "ERROR Expired"
+
+summary
