@@ -123,6 +123,7 @@ fn decode_body(h: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
         return kite_api::proto::decode(body, |av, kind| {
             reg.by_kind(av, kind)
                 .and_then(|ri| kite_api::proto::message_for_definition(&ri.definition))
+                .or_else(|| kite_api::proto::message_for_kind(av, kind))
         })
         .map_err(|e| ApiError::bad_request(format!("error decoding protobuf body: {e}")));
     }
