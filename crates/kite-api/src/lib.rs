@@ -4,6 +4,7 @@
 //! server-side printing ([`table`]).
 
 pub mod decode;
+pub mod go_encoding;
 pub mod patch;
 pub mod proto;
 pub mod qos;

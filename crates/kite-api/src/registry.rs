@@ -3,6 +3,7 @@
 //! carry (short names, categories, verbs, subresources). Everything the API server does is
 //! driven by looking a request up here; there is no handler per kind.
 
+use crate::go_encoding;
 use k8s_openapi::api as a;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apireg;
@@ -163,18 +164,21 @@ fn encode_error(e: serde_json::Error) -> DecodeError {
     }
 }
 
-fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(
+/// The typed object as JSON, with the keys Go's encoding always writes ([`go_encoding`]).
+fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema>(
     v: &Value,
     unknown: &mut Vec<String>,
 ) -> Result<Value, DecodeError> {
-    serde_json::to_value(decode_typed::<T>(v, unknown)?).map_err(encode_error)
+    let mut out = serde_json::to_value(decode_typed::<T>(v, unknown)?).map_err(encode_error)?;
+    go_encoding::fill(&T::schema_name(), &mut out);
+    Ok(out)
 }
 
-fn roundtrip_json<T: serde::de::DeserializeOwned + serde::Serialize>(
+fn roundtrip_json<T: serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema>(
     v: &Value,
     unknown: &mut Vec<String>,
 ) -> Result<Vec<u8>, DecodeError> {
-    serde_json::to_vec(&decode_typed::<T>(v, unknown)?).map_err(encode_error)
+    serde_json::to_vec(&roundtrip::<T>(v, unknown)?).map_err(encode_error)
 }
 
 struct Extra {

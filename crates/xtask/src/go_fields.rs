@@ -7,7 +7,8 @@
 //! null}`. A non-pointer scalar without `omitempty` is written as its zero value. The output
 //! maps each OpenAPI definition name to rules `[json name, rule, definition or zero value]`:
 //! `o` a struct always written (as `{}` at least) and filled in turn; `t` a `metav1.Time` or
-//! `MicroTime`, written `null` when unset; `z` a scalar written as its zero; `i` an inline
+//! `MicroTime`, written `null` when unset; `z` a scalar written as its zero; `n` a slice or map
+//! without `omitempty`, written `null` when unset; `i` an inline
 //! struct, filled into the same object; `p`, `r`, `m` a pointer, slice or map of structs,
 //! filled where present.
 
@@ -277,7 +278,14 @@ pub fn generate(src: &Path) -> Result<()> {
                     ("", Kind::Struct(d)) if f.inline => json!([f.json, "i", d]),
                     ("", Kind::Struct(d)) => json!([f.json, "o", d]),
                     (_, Kind::Struct(d)) if TIMES.contains(&d.as_str()) => continue,
-                    (s, Kind::Struct(d)) => json!([f.json, s, d]),
+                    (s, Kind::Struct(d)) => {
+                        // A nil slice or map without omitempty is written as null.
+                        if s != "p" && !f.omitempty {
+                            rules.push(json!([f.json, "n"]));
+                        }
+                        json!([f.json, s, d])
+                    }
+                    ("r" | "m", _) if !f.omitempty && !f.inline => json!([f.json, "n"]),
                     ("", Kind::Scalar(b)) if !f.omitempty && !f.inline => {
                         let zero = match b.as_str() {
                             "string" => json!(""),
