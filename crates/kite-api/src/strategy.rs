@@ -61,11 +61,33 @@ pub fn default_pod_spec(spec: &mut Value, restart_default: Option<&str>) {
     set_default(m, "terminationGracePeriodSeconds", json!(30));
     set_default(m, "securityContext", json!({}));
     set_default(m, "schedulerName", json!("default-scheduler"));
-    set_default(m, "enableServiceLinks", json!(true));
+    deprecated_service_account(m);
     for key in ["containers", "initContainers"] {
         if let Some(cs) = m.get_mut(key).and_then(Value::as_array_mut) {
             cs.iter_mut().for_each(default_container);
         }
+    }
+}
+
+/// The deprecated `serviceAccount` mirrors `serviceAccountName`, as upstream's v1 conversion
+/// writes it for every PodSpec (and reads it when only it is set).
+fn deprecated_service_account(spec: &mut Map<String, Value>) {
+    let named = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+    };
+    match (
+        named(spec.get("serviceAccountName")),
+        named(spec.get("serviceAccount")),
+    ) {
+        (Some(n), _) => {
+            spec.insert("serviceAccount".into(), json!(n));
+        }
+        (None, Some(old)) => {
+            spec.insert("serviceAccountName".into(), json!(old));
+        }
+        (None, None) => {}
     }
 }
 
@@ -109,7 +131,14 @@ pub fn default(ri: &ResourceInfo, obj: &mut Value) {
         ("", "Pod") => {
             default_pod_spec(&mut obj["spec"], Some("Always"));
             let spec = obj_mut(obj, "spec");
-            set_default(spec, "serviceAccountName", json!("default"));
+            // SetDefaults_Pod, not _PodSpec: templates do not get it.
+            set_default(spec, "enableServiceLinks", json!(true));
+            // The ServiceAccount admission's default (default_pod_spec has already taken
+            // the deprecated field's name, if only that was given).
+            if spec.get("serviceAccountName").is_none_or(|v| v == "") {
+                spec.insert("serviceAccountName".into(), json!("default"));
+            }
+            deprecated_service_account(spec);
             set_default(spec, "priority", json!(0));
             set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
             default_requests_from_limits(&mut obj["spec"]);
@@ -136,9 +165,60 @@ pub fn default(ri: &ResourceInfo, obj: &mut Value) {
             }
             default_template(obj, "/spec/template/spec", Some("Always"));
         }
-        ("apps", "ReplicaSet") | ("", "ReplicationController") => {
+        ("apps", "ReplicaSet") => {
             set_default(obj_mut(obj, "spec"), "replicas", json!(1));
             default_template(obj, "/spec/template/spec", Some("Always"));
+        }
+        ("", "ReplicationController") => {
+            // SetDefaults_ReplicationController: the template's labels stand in for a missing
+            // selector and for the controller's own labels.
+            let labels = obj["spec"]["template"]["metadata"]["labels"].clone();
+            if labels.is_object() {
+                let empty =
+                    |v: Option<&Value>| v.and_then(Value::as_object).is_none_or(|m| m.is_empty());
+                if empty(obj["spec"].get("selector")) {
+                    obj_mut(obj, "spec").insert("selector".into(), labels.clone());
+                }
+                if empty(obj["metadata"].get("labels")) {
+                    obj_mut(obj, "metadata").insert("labels".into(), labels);
+                }
+            }
+            set_default(obj_mut(obj, "spec"), "replicas", json!(1));
+            default_template(obj, "/spec/template/spec", Some("Always"));
+        }
+        ("networking.k8s.io", "NetworkPolicy") => {
+            let spec = obj_mut(obj, "spec");
+            if spec
+                .get("policyTypes")
+                .and_then(Value::as_array)
+                .is_none_or(|a| a.is_empty())
+            {
+                let egress = spec
+                    .get("egress")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty());
+                let types = if egress {
+                    json!(["Ingress", "Egress"])
+                } else {
+                    json!(["Ingress"])
+                };
+                spec.insert("policyTypes".into(), types);
+            }
+        }
+        ("autoscaling", "HorizontalPodAutoscaler") if ri.version == "v2" => {
+            let spec = obj_mut(obj, "spec");
+            set_default(spec, "minReplicas", json!(1));
+            if spec
+                .get("metrics")
+                .and_then(Value::as_array)
+                .is_none_or(|a| a.is_empty())
+            {
+                spec.insert(
+                    "metrics".into(),
+                    json!([{"type": "Resource", "resource": {"name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 80}}}]),
+                );
+            }
         }
         ("apps", "StatefulSet") => {
             let spec = obj_mut(obj, "spec");
@@ -158,6 +238,13 @@ pub fn default(ri: &ResourceInfo, obj: &mut Value) {
             default_template(obj, "/spec/template/spec", Some("Always"));
         }
         ("apps", "DaemonSet") => {
+            // The strategy's templateGeneration starts at 1; v1 shows it as an annotation.
+            let meta = obj_mut(obj, "metadata");
+            let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+            if let Some(a) = annotations.as_object_mut() {
+                a.entry("deprecated.daemonset.template.generation")
+                    .or_insert_with(|| json!("1"));
+            }
             let spec = obj_mut(obj, "spec");
             set_default(spec, "revisionHistoryLimit", json!(10));
             set_default(
@@ -169,7 +256,21 @@ pub fn default(ri: &ResourceInfo, obj: &mut Value) {
         }
         ("batch", "Job") => {
             default_job_spec(obj_mut(obj, "spec"));
+            if obj["spec"]["manualSelector"] != true {
+                generate_job_selector(obj);
+            }
             default_template(obj, "/spec/template/spec", None);
+            // SetDefaults_Job: a Job without labels takes its template's.
+            let labels = obj["spec"]["template"]["metadata"]["labels"].clone();
+            let meta = obj_mut(obj, "metadata");
+            if labels.as_object().is_some_and(|l| !l.is_empty())
+                && meta
+                    .get("labels")
+                    .and_then(Value::as_object)
+                    .is_none_or(|l| l.is_empty())
+            {
+                meta.insert("labels".into(), labels);
+            }
         }
         ("batch", "CronJob") => {
             let spec = obj_mut(obj, "spec");
@@ -177,11 +278,8 @@ pub fn default(ri: &ResourceInfo, obj: &mut Value) {
             set_default(spec, "suspend", json!(false));
             set_default(spec, "successfulJobsHistoryLimit", json!(3));
             set_default(spec, "failedJobsHistoryLimit", json!(1));
-            if let Some(js) = obj.pointer_mut("/spec/jobTemplate/spec") {
-                if let Some(m) = js.as_object_mut() {
-                    default_job_spec(m);
-                }
-            }
+            // The job template gets no Job defaults (SetDefaults_Job is for Jobs), only its
+            // pod template's.
             default_template(obj, "/spec/jobTemplate/spec/template/spec", None);
         }
         ("", "Service") => default_service(obj),
@@ -225,14 +323,58 @@ fn default_job_spec(spec: &mut Map<String, Value>) {
         spec.insert("completions".into(), json!(1));
     }
     set_default(spec, "parallelism", json!(1));
-    set_default(spec, "backoffLimit", json!(6));
+    let per_index = spec
+        .get("backoffLimitPerIndex")
+        .is_some_and(|v| !v.is_null());
+    set_default(
+        spec,
+        "backoffLimit",
+        json!(if per_index { i32::MAX } else { 6 }),
+    );
     set_default(spec, "completionMode", json!("NonIndexed"));
     set_default(spec, "suspend", json!(false));
-    set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
-    set_default(spec, "manualSelector", Value::Null);
-    if spec.get("manualSelector").is_some_and(Value::is_null) {
-        spec.remove("manualSelector");
+    let on_failure = spec.get("podFailurePolicy").is_some_and(|v| !v.is_null());
+    set_default(
+        spec,
+        "podReplacementPolicy",
+        json!(if on_failure {
+            "Failed"
+        } else {
+            "TerminatingOrFailed"
+        }),
+    );
+    set_default(spec, "manualSelector", json!(false));
+}
+
+/// Upstream's `generateSelector` (the Job strategy's PrepareForCreate): the template gets the
+/// job-name and controller-uid labels, and the selector matches the controller uid.
+fn generate_job_selector(obj: &mut Value) {
+    let (Some(name), Some(uid)) = (
+        obj["metadata"]["name"].as_str().map(String::from),
+        obj["metadata"]["uid"].as_str().map(String::from),
+    ) else {
+        return;
+    };
+    let spec = &mut obj["spec"];
+    let labels = obj_mut(
+        obj_mut_value(obj_mut_value(spec, "template"), "metadata"),
+        "labels",
+    );
+    for key in ["job-name", "batch.kubernetes.io/job-name"] {
+        labels.entry(key).or_insert_with(|| json!(name));
     }
+    for key in ["controller-uid", "batch.kubernetes.io/controller-uid"] {
+        labels.entry(key).or_insert_with(|| json!(uid));
+    }
+    obj_mut(obj_mut_value(spec, "selector"), "matchLabels")
+        .entry("batch.kubernetes.io/controller-uid")
+        .or_insert_with(|| json!(uid));
+}
+
+/// `v[key]`, made an object if it is not one.
+fn obj_mut_value<'a>(v: &'a mut Value, key: &str) -> &'a mut Value {
+    obj_mut(v, key);
+    &mut v[key]
 }
 
 fn default_service(obj: &mut Value) {
@@ -925,8 +1067,52 @@ pub fn same_except(a: &Map<String, Value>, b: &Map<String, Value>, skip: &[&str]
             .all(|(k, v)| b.get(k) == Some(v))
 }
 
+/// The kinds whose strategy keeps `metadata.generation` upstream (those whose
+/// `PrepareForCreate` sets it to 1): a Service, Node or Namespace has none.
+const GENERATION_KINDS: &[(&str, &str)] = &[
+    ("", "Pod"),
+    ("", "PodTemplate"),
+    ("", "ReplicationController"),
+    ("apps", "Deployment"),
+    ("apps", "ReplicaSet"),
+    ("apps", "StatefulSet"),
+    ("apps", "DaemonSet"),
+    ("batch", "Job"),
+    ("batch", "CronJob"),
+    ("discovery.k8s.io", "EndpointSlice"),
+    ("networking.k8s.io", "Ingress"),
+    ("networking.k8s.io", "IngressClass"),
+    ("networking.k8s.io", "NetworkPolicy"),
+    ("policy", "PodDisruptionBudget"),
+    ("scheduling.k8s.io", "PriorityClass"),
+    ("flowcontrol.apiserver.k8s.io", "FlowSchema"),
+    ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration"),
+    ("admissionregistration.k8s.io", "MutatingAdmissionPolicy"),
+    (
+        "admissionregistration.k8s.io",
+        "MutatingAdmissionPolicyBinding",
+    ),
+    (
+        "admissionregistration.k8s.io",
+        "MutatingWebhookConfiguration",
+    ),
+    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"),
+    (
+        "admissionregistration.k8s.io",
+        "ValidatingAdmissionPolicyBinding",
+    ),
+    (
+        "admissionregistration.k8s.io",
+        "ValidatingWebhookConfiguration",
+    ),
+    ("resource.k8s.io", "DeviceClass"),
+    ("resource.k8s.io", "DeviceTaintRule"),
+    ("resource.k8s.io", "ResourceSlice"),
+    ("apiextensions.k8s.io", "CustomResourceDefinition"),
+];
+
 pub fn tracks_generation(ri: &ResourceInfo) -> bool {
-    ri.status || ri.kind == "Pod"
+    GENERATION_KINDS.contains(&(ri.group, ri.kind))
 }
 
 #[cfg(test)]
@@ -1068,5 +1254,40 @@ mod tests {
             fields(&p("kite://n2"), &p("kite://n1")),
             vec!["spec.providerID"]
         );
+    }
+
+    #[test]
+    fn defaults_match_upstream_for_jobs_and_templates() {
+        let r = Registry::get();
+        let job = r.lookup("batch", "v1", "jobs").unwrap();
+        let mut j = json!({"metadata": {"name": "j", "uid": "u-1"},
+            "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        default(job, &mut j);
+        assert_eq!(j["spec"]["manualSelector"], false);
+        assert_eq!(
+            j["spec"]["selector"],
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "u-1"}})
+        );
+        let labels = &j["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["job-name"], "j");
+        assert_eq!(labels["batch.kubernetes.io/controller-uid"], "u-1");
+        assert_eq!(&j["metadata"]["labels"], labels);
+        // Templates get no enableServiceLinks (SetDefaults_Pod only); pods do.
+        assert!(j["spec"]["template"]["spec"]
+            .get("enableServiceLinks")
+            .is_none());
+        let pod = r.lookup("", "v1", "pods").unwrap();
+        let mut p = json!({"spec": {"serviceAccount": "old", "containers": []}});
+        default(pod, &mut p);
+        assert_eq!(p["spec"]["enableServiceLinks"], true);
+        assert_eq!(p["spec"]["serviceAccountName"], "old");
+        let mut p = json!({"spec": {"containers": []}});
+        default(pod, &mut p);
+        assert_eq!(p["spec"]["serviceAccount"], "default");
+        // Generation: workloads keep one, a Service does not.
+        assert!(tracks_generation(
+            r.lookup("apps", "v1", "deployments").unwrap()
+        ));
+        assert!(!tracks_generation(r.lookup("", "v1", "services").unwrap()));
     }
 }
