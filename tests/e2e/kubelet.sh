@@ -321,8 +321,11 @@ reporter dns-default '' 'cat /etc/resolv.conf'
 reporter dns-none '  dnsPolicy: None
   dnsConfig: {nameservers: [10.9.9.9], searches: [example.test], options: [{name: ndots, value: "2"}]}' 'cat /etc/resolv.conf'
 reporter host-net '  hostNetwork: true' 'ip -o link show kite0 >/dev/null && echo on-host'
+# An image with no Env: sh is found through the runtime's default PATH.
+reporter no-env '' 'echo $PATH' kite.test/noenv:1
+kc run no-env-run --image=kite.test/noenv:1 --restart=Never --command -- sh -c 'echo ok' >/dev/null
 succeeded() { [ "$(kc get pod "$1" -o jsonpath='{.status.phase}')" = Succeeded ]; }
-for p in env-pod dns-default dns-none host-net id-named id-merged id-strict id-uid; do
+for p in env-pod dns-default dns-none host-net id-named id-merged id-strict id-uid no-env no-env-run; do
   wait_for 20 "$p to complete" succeeded "$p"
 done
 check "env from a ConfigMap, fieldRefs and \$(VAR) expansion reach the container" \
@@ -331,6 +334,10 @@ check "ClusterFirst DNS: cluster nameserver, namespace search path, ndots:5" \
   equals "$(term_of dns-default message)" "$(printf 'search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.43.0.10\noptions ndots:5')"
 check "dnsPolicy None takes dnsConfig" \
   equals "$(term_of dns-none message)" "$(printf 'search example.test\nnameserver 10.9.9.9\noptions ndots:2')"
+check "an image without Env runs with containerd's default PATH" \
+  equals "$(term_of no-env message)" "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+check "kubectl run --command -- sh -c on an image without Env exits 0" \
+  equals "$(kc get pod no-env-run -o jsonpath='{.status.containerStatuses[0].state.terminated.exitCode}')" "0"
 check "a hostNetwork pod runs in the host's network namespace" equals "$(term_of host-net message)" "on-host"
 check "a hostNetwork pod's IP is the node's" equals "$(kc get pod host-net -o jsonpath='{.status.podIP}')" "127.0.0.1"
 check "an image's named USER runs as that user, in its groups from the image's /etc/group" \

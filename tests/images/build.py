@@ -170,6 +170,8 @@ def main():
             }),
             {"Env": env, "Cmd": ["sh"], "User": "app"},
         ),
+        # No Env at all, as an image built FROM scratch: the runtime's default PATH applies.
+        "noenv": image("kite.test/noenv:1", rootfs({}), {"Cmd": ["sh"]}),
     }
     for file, (name, layer, config) in images.items():
         write(os.path.join(out, file + ".tar"), name, layer, config)

@@ -1113,8 +1113,8 @@ impl Kubelet {
         }
     }
 
-    /// The container's environment: image env, then `envFrom`, then `env` (with
-    /// `$(VAR)` expansion against what came before), as upstream.
+    /// The container's environment: containerd's default `PATH`, then the image env, then
+    /// `envFrom`, then `env` (with `$(VAR)` expansion against what came before), as upstream.
     async fn resolve_env(
         &self,
         pod: &Pod,
@@ -1122,7 +1122,10 @@ impl Kubelet {
         image: &Resolved,
     ) -> Result<Vec<(String, String)>> {
         let ns = pod.namespace().unwrap_or_default();
-        let mut out: Vec<(String, String)> = Vec::new();
+        // containerd's default spec (and Docker) give a process this PATH; an image's own
+        // `Env` replaces it, and an image without one (built `FROM scratch`) keeps it.
+        let mut out: Vec<(String, String)> =
+            vec![("PATH".into(), crate::spec::DEFAULT_PATH.into())];
         let set = |out: &mut Vec<(String, String)>, k: String, v: String| {
             if let Some(e) = out.iter_mut().find(|(n, _)| *n == k) {
                 e.1 = v;

@@ -141,6 +141,9 @@ pub fn stop_signal(image: &ImageConfiguration) -> u32 {
         .unwrap_or(15)
 }
 
+/// The `PATH` of a process whose image sets none: containerd's `oci.DefaultUnixEnv`.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Expands `$(VAR)` from `env`; `$$(VAR)` is a literal `$(VAR)`; unknown names stay as
 /// written, as upstream.
 pub fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
