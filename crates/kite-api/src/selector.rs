@@ -18,7 +18,7 @@ enum Req {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LabelSelector(Vec<Req>);
 
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 #[error("unable to parse requirement: {0}")]
 pub struct SelectorError(pub String);
 
@@ -125,13 +125,14 @@ impl LabelSelector {
                             .collect()
                     })
                     .unwrap_or_default();
-                reqs.push(match e["operator"].as_str().unwrap_or_default() {
-                    "In" => Req::In(key, vals),
-                    "NotIn" => Req::NotIn(key, vals),
-                    "Exists" => Req::Exists(key),
-                    "DoesNotExist" => Req::NotExists(key),
-                    op => return Err(SelectorError(format!("{op:?} is not a valid operator"))),
-                });
+                reqs.push(
+                    match operator(e["operator"].as_str().unwrap_or_default())? {
+                        Op::In => Req::In(key, vals),
+                        Op::NotIn => Req::NotIn(key, vals),
+                        Op::Exists => Req::Exists(key),
+                        _ => Req::NotExists(key),
+                    },
+                );
             }
         }
         Ok(LabelSelector(reqs))
@@ -142,17 +143,14 @@ impl LabelSelector {
     }
 
     pub fn matches(&self, labels: &BTreeMap<&str, &str>) -> bool {
+        let get = |k: &str| labels.get(k).copied();
         self.0.iter().all(|r| match r {
-            Req::Eq(k, v) => labels.get(k.as_str()) == Some(&v.as_str()),
-            Req::Ne(k, v) => labels.get(k.as_str()) != Some(&v.as_str()),
-            Req::In(k, vs) => labels
-                .get(k.as_str())
-                .is_some_and(|l| vs.iter().any(|v| v == l)),
-            Req::NotIn(k, vs) => labels
-                .get(k.as_str())
-                .is_none_or(|l| vs.iter().all(|v| v != l)),
-            Req::Exists(k) => labels.contains_key(k.as_str()),
-            Req::NotExists(k) => !labels.contains_key(k.as_str()),
+            Req::Eq(k, v) => holds(Op::Eq, get(k), std::slice::from_ref(v)),
+            Req::Ne(k, v) => holds(Op::Ne, get(k), std::slice::from_ref(v)),
+            Req::In(k, vs) => holds(Op::In, get(k), vs),
+            Req::NotIn(k, vs) => holds(Op::NotIn, get(k), vs),
+            Req::Exists(k) => holds::<&str>(Op::Exists, get(k), &[]),
+            Req::NotExists(k) => holds::<&str>(Op::NotExists, get(k), &[]),
         })
     }
 
@@ -162,6 +160,60 @@ impl LabelSelector {
         }
         self.matches(&labels_of(obj))
     }
+}
+
+/// A requirement's operator.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Op {
+    Eq,
+    Ne,
+    In,
+    NotIn,
+    Exists,
+    NotExists,
+}
+
+/// A `matchExpressions` operator; anything else is an error, as upstream's
+/// `LabelSelectorAsSelector`.
+fn operator(op: &str) -> Result<Op, SelectorError> {
+    match op {
+        "In" => Ok(Op::In),
+        "NotIn" => Ok(Op::NotIn),
+        "Exists" => Ok(Op::Exists),
+        "DoesNotExist" => Ok(Op::NotExists),
+        op => Err(SelectorError(format!(
+            "{op:?} is not a valid label selector operator"
+        ))),
+    }
+}
+
+/// Whether one requirement holds for a label's value (`None`: the label is absent). The one
+/// place a selector's meaning is decided, for parsed and typed selectors alike.
+fn holds<S: AsRef<str>>(op: Op, have: Option<&str>, values: &[S]) -> bool {
+    let listed = |h: &str| values.iter().any(|v| v.as_ref() == h);
+    match op {
+        Op::Eq | Op::In => have.is_some_and(listed),
+        Op::Ne | Op::NotIn => have.is_none_or(|h| !listed(h)),
+        Op::Exists => have.is_some(),
+        Op::NotExists => have.is_none(),
+    }
+}
+
+/// Matches a typed `metav1.LabelSelector` against labels looked up by `get`, with no copy.
+/// An unknown operator is an error (callers that only match treat it as "selects nothing").
+pub fn matches_typed<'a>(
+    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    get: impl Fn(&str) -> Option<&'a str>,
+) -> Result<bool, SelectorError> {
+    let mut ok = true;
+    for (k, v) in sel.match_labels.iter().flatten() {
+        ok &= holds(Op::Eq, get(k), std::slice::from_ref(v));
+    }
+    for e in sel.match_expressions.iter().flatten() {
+        let op = operator(&e.operator)?;
+        ok &= holds(op, get(&e.key), e.values.as_deref().unwrap_or_default());
+    }
+    Ok(ok)
 }
 
 pub fn labels_of(obj: &Value) -> BTreeMap<&str, &str> {
@@ -259,5 +311,46 @@ mod tests {
             "Pending".into()
         }));
         assert!(FieldSelector::parse("spec.bogus=x", &ok).is_err());
+    }
+
+    #[test]
+    fn typed_and_parsed_selectors_agree() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+            LabelSelector as Typed, LabelSelectorRequirement,
+        };
+        let labels: BTreeMap<&str, &str> = [("app", "web"), ("tier", "fe")].into();
+        let get = |k: &str| labels.get(k).copied();
+        let expr = |op: &str, vals: &[&str]| Typed {
+            match_labels: Some([("app".to_string(), "web".to_string())].into()),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: op.into(),
+                values: Some(vals.iter().map(|v| v.to_string()).collect()),
+            }]),
+        };
+        for (op, vals, text, want) in [
+            ("In", vec!["fe", "be"], "app=web,tier in (fe,be)", true),
+            ("NotIn", vec!["fe"], "app=web,tier notin (fe)", false),
+            ("Exists", vec![], "app=web,tier", true),
+            ("DoesNotExist", vec![], "app=web,!tier", false),
+        ] {
+            assert_eq!(matches_typed(&expr(op, &vals), get), Ok(want), "{op}");
+            assert_eq!(
+                LabelSelector::parse(text).unwrap().matches(&labels),
+                want,
+                "{text}"
+            );
+            let obj = serde_json::to_value(expr(op, &vals)).unwrap();
+            assert_eq!(
+                LabelSelector::from_object(&obj).unwrap().matches(&labels),
+                want
+            );
+        }
+        // An unknown operator is an error in both forms, never a silent verdict.
+        let err = SelectorError("\"Near\" is not a valid label selector operator".into());
+        assert_eq!(matches_typed(&expr("Near", &[]), get), Err(err.clone()));
+        let obj = serde_json::to_value(expr("Near", &[])).unwrap();
+        assert_eq!(LabelSelector::from_object(&obj), Err(err));
+        assert!(LabelSelector::parse("tier ~ fe").is_err());
     }
 }

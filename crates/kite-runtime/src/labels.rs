@@ -8,28 +8,11 @@ use std::collections::BTreeMap;
 pub type Labels = BTreeMap<String, String>;
 
 /// Whether `sel` selects `labels`. An empty selector selects everything; `None` nothing
-/// (upstream's convention for a missing selector in affinity terms is the caller's).
+/// (upstream's convention for a missing selector in affinity terms is the caller's). A
+/// selector with an unknown operator selects nothing, as upstream's controllers treat a
+/// selector that does not convert. The meaning is kite-api's, shared with the API server.
 pub fn matches(sel: &LabelSelector, labels: &Labels) -> bool {
-    if let Some(ml) = &sel.match_labels {
-        if ml.iter().any(|(k, v)| labels.get(k) != Some(v)) {
-            return false;
-        }
-    }
-    for e in sel.match_expressions.iter().flatten() {
-        let have = labels.get(&e.key);
-        let values = e.values.as_deref().unwrap_or_default();
-        let ok = match e.operator.as_str() {
-            "In" => have.is_some_and(|h| values.contains(h)),
-            "NotIn" => have.is_none_or(|h| !values.contains(h)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
+    kite_api::selector::matches_typed(sel, |k| labels.get(k).map(String::as_str)).unwrap_or(false)
 }
 
 /// Whether the selector is empty (selects everything).
