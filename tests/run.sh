@@ -39,7 +39,7 @@ for k in /usr/bin/kubectl /usr/lib/google-cloud-sdk/bin/kubectl.1.33; do
   [ -x "$k" ] && KUBECTLS+=("$k")
 done
 # kubectl v1.36 (what users install today; its informers use watch-list), where the
-# conformance kit in ../shared/conformance/ has built one: the API tiers run with it too.
+# conformance kit in ../shared/conformance/ has built one: every tier runs with it too.
 K136=${KITE_CONFORMANCE_DIR:-/var/tmp/kite-conformance}/bin/kubectl
 API_KUBECTLS=("${KUBECTLS[@]}")
 if [ -x "$K136" ]; then
@@ -84,7 +84,7 @@ done
 # kubectl after the other, in one job.
 node_tier() {
   local k r rc=0
-  for k in "${KUBECTLS[@]}"; do
+  for k in "${API_KUBECTLS[@]}"; do
     echo "## kubelet tier with $(basename "$k")"
     KUBECTL="$k" timeout 900 bash tests/e2e/kubelet.sh || { r=$?; rc=1; [ $r = 124 ] && echo "FAIL - the kubelet tier with $(basename "$k") was killed after 900 s"; }
   done

@@ -32,8 +32,12 @@ check "rollout status returns for a new deployment" kc rollout status deploy/web
 check "3 pods Running" equals "$(kc get pods -n apps -l app=web --no-headers | grep -c Running)" "3"
 check "the pods are spread over 3 nodes" equals "$(kc get pods -n apps -l app=web -o wide --no-headers | awk '{print $7}' | sort -u | wc -l | tr -d ' ')" "3"
 check "pods get IPs from their node's podCIDR" contains "$(kc get pods -n apps -l app=web -o jsonpath='{.items[0].status.podIP}')" "10.42."
-check "describe pod shows the Scheduled event" contains "$(kc describe pod -n apps -l app=web | grep Scheduled)" "Successfully assigned apps/web-"
-check "describe replicaset shows SuccessfulCreate" contains "$(kc describe rs -n apps -l app=web)" "SuccessfulCreate"
+# Events are recorded in the background: a fast client can ask before the scheduler's Event
+# is written. kubectl 1.36 shows events for several objects only with --show-events=true.
+scheduled_event() { kc describe pod -n apps -l app=web --show-events=true | grep -q "Successfully assigned apps/web-"; }
+wait_for 10 "the Scheduled event" scheduled_event
+check "describe pod shows the Scheduled event" contains "$(kc describe pod -n apps -l app=web --show-events=true | grep Scheduled)" "Successfully assigned apps/web-"
+check "describe replicaset shows SuccessfulCreate" contains "$(kc describe rs -n apps -l app=web --show-events=true)" "SuccessfulCreate"
 kc scale deploy/web -n apps --replicas=10 >/dev/null
 check "scale to 10 rolls out" kc rollout status deploy/web -n apps --timeout=60s
 check "10 pods Ready" equals "$(kc get deploy web -n apps -o jsonpath='{.status.readyReplicas}')" "10"

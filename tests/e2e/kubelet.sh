@@ -86,7 +86,7 @@ image_id=$(kc get pods -l app=hello -o jsonpath='{.items[0].status.containerStat
 check "a container's imageID is its image's repository digest" contains "$image_id" "kite.test/hello@sha256:"
 check "the node lists the image by that digest" contains "$(kc get node kite-e2e -o jsonpath='{.status.images[*].names}')" "\"$image_id\""
 check "describe shows the kubelet's Created and Started events" \
-  contains "$(kc describe pod -l app=hello)" "Started container hello"
+  contains "$(kc describe pod -l app=hello --show-events=true)" "Started container hello"
 check "the containers are in containerd, labelled with their pod" \
   equals "$(ctr_count "labels.\"io.kubernetes.pod.namespace\"==default")" 2
 
