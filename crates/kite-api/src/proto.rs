@@ -386,7 +386,13 @@ fn message(msg: &str, buf: &[u8], depth: usize) -> Result<Value, ProtoError> {
                     return Err(ProtoError::Malformed);
                 };
                 let v = message(m, b, depth + 1)?;
-                if f.repeated {
+                if f.name.is_empty() {
+                    // Inlined in JSON (`IngressRule.ingressRuleValue`): its keys are the
+                    // parent's.
+                    if let Value::Object(inner) = v {
+                        out.extend(inner);
+                    }
+                } else if f.repeated {
                     let list = out
                         .entry(f.name.clone())
                         .or_insert_with(|| Value::Array(Vec::new()));
@@ -521,6 +527,25 @@ mod tests {
         assert_eq!(
             decode(b"k8s\0\x0a\xff", |_, _| None),
             Err(ProtoError::Malformed)
+        );
+    }
+
+    /// Fields Go's JSON inlines (`Volume.volumeSource`) are proto messages of their own: their
+    /// keys land in the parent, as client-go's protobuf bodies mean them.
+    #[test]
+    fn inlined_messages_merge_into_their_parent() {
+        // Volume{name: "v", volumeSource: {emptyDir: {medium: "Memory"}}} (tags from
+        // upstream's generated.proto: VolumeSource.emptyDir = 2, EmptyDir.medium = 1).
+        let mut empty_dir = Vec::new();
+        field_bytes(1, b"Memory", &mut empty_dir);
+        let mut source = Vec::new();
+        field_bytes(2, &empty_dir, &mut source);
+        let mut volume = Vec::new();
+        field_bytes(1, b"v", &mut volume);
+        field_bytes(2, &source, &mut volume);
+        assert_eq!(
+            message("api.core.v1.Volume", &volume, 0).unwrap(),
+            json!({"name": "v", "emptyDir": {"medium": "Memory"}})
         );
     }
 
@@ -672,6 +697,12 @@ mod tests {
                 (Ty::Scalar(ty), _) => encode_scalar(*tag, ty, &v, &mut out),
                 (_, Some(b)) => field_bytes(*tag, &b, &mut out),
                 _ => unreachable!(),
+            }
+            if f.name.is_empty() {
+                if let Value::Object(inner) = v {
+                    obj.extend(inner);
+                }
+                continue;
             }
             let v = if f.repeated { json!([v]) } else { v };
             obj.insert(f.name.clone(), v);

@@ -45,6 +45,8 @@ const TIMES: &[&str] = &[
 
 struct GoField {
     json: String,
+    /// The field's name in upstream's protobuf message (its `protobuf:"...,name=X"` tag).
+    proto: Option<String>,
     omitempty: bool,
     /// Go 1.24's `omitzero`: a zero struct is left out too.
     omitzero: bool,
@@ -146,10 +148,28 @@ fn parse_package(dir: &Path, import_path: &str) -> Result<Option<Package>> {
                     [_, ty] => ty.to_string(),
                     _ => continue,
                 };
+                // An embedded struct whose protobuf tag names no field is the proto field
+                // named after its type (`EphemeralContainerCommon` → ephemeralContainerCommon).
+                let embedded_proto = (words.len() == 1 && tag.contains("protobuf:\"")).then(|| {
+                    let t = ty.trim_start_matches('*');
+                    let t = t.rsplit('.').next().unwrap_or(t);
+                    let mut c = t.chars();
+                    c.next()
+                        .map(|f| f.to_lowercase().chain(c).collect::<String>())
+                        .unwrap_or_default()
+                });
                 if json_name == "-" {
                     continue;
                 }
+                let proto = tag
+                    .split("protobuf:\"")
+                    .nth(1)
+                    .and_then(|t| t.split('"').next())
+                    .and_then(|t| t.split(',').find_map(|kv| kv.strip_prefix("name=")))
+                    .map(String::from)
+                    .or(embedded_proto);
                 pkg.structs.entry(name).or_default().push(GoField {
+                    proto,
                     inline: rest.contains(&"inline") || json_name.is_empty(),
                     omitempty: rest.contains(&"omitempty") || rest.contains(&"omitzero"),
                     omitzero: rest.contains(&"omitzero"),
@@ -206,7 +226,7 @@ const BUILTIN_ZERO: &[(&str, i64)] = &[
     ("float64", 0),
 ];
 
-pub fn generate(src: &Path) -> Result<()> {
+fn packages(src: &Path) -> Result<HashMap<String, Package>> {
     let mut dirs = Vec::new();
     for r in ROOTS {
         walk(src, &src.join(r), &mut dirs)?;
@@ -217,6 +237,33 @@ pub fn generate(src: &Path) -> Result<()> {
             pkgs.insert(p.prefix.clone(), p);
         }
     }
+    Ok(pkgs)
+}
+
+/// The protobuf fields that JSON inlines into their parent (`IngressRule.ingressRuleValue`,
+/// `Volume.volumeSource`, `Probe.handler`): `(proto message, proto field name)`, the message
+/// named as in `fields.json` (`api.networking.v1.IngressRule`).
+pub fn inline_proto_fields(src: &Path) -> Result<std::collections::HashSet<(String, String)>> {
+    let mut out = std::collections::HashSet::new();
+    for pkg in packages(src)?.values() {
+        let msg_pkg = pkg
+            .prefix
+            .trim_start_matches("io.k8s.")
+            .replacen("apiextensions-apiserver.", "apiextensions_apiserver.", 1)
+            .replacen("kube-aggregator.", "kube_aggregator.", 1);
+        for (name, fields) in &pkg.structs {
+            for f in fields.iter().filter(|f| f.inline) {
+                if let Some(p) = &f.proto {
+                    out.insert((format!("{msg_pkg}.{name}"), p.clone()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn generate(src: &Path) -> Result<()> {
+    let pkgs = packages(src)?;
     // What a (possibly qualified) Go type is, seen from `pkg`: a definition name for
     // structs, or a scalar base type.
     enum Kind {

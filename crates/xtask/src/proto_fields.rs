@@ -4,7 +4,9 @@
 //! message of the Kubernetes version kite serves is there, nested and empty ones included.
 //!
 //! Each message maps to its fields `[tag, json name, "R" (repeated) or "O", type]`, the type
-//! being a scalar name, `m:<message>` or `map:<key>,<value>`. Message names are the proto
+//! being a scalar name, `m:<message>` or `map:<key>,<value>`. A message field that JSON
+//! inlines into its parent (Go's `json:",inline"`, read from upstream's types) has the empty
+//! JSON name. Message names are the proto
 //! package without `k8s.io.` plus the message (`api.core.v1.Pod`). JSON names come from
 //! k8s-openapi's schemas where the type has one, else the proto field name (upstream names
 //! proto fields after the JSON ones).
@@ -57,6 +59,7 @@ fn normalize(name: &str) -> String {
 }
 
 pub fn generate(src: &Path, defs: &BTreeMap<String, Value>) -> Result<()> {
+    let inline = crate::go_fields::inline_proto_fields(src)?;
     let mut files = Vec::new();
     for r in ROOTS {
         protos(&src.join(r), &mut files)?;
@@ -117,6 +120,12 @@ pub fn generate(src: &Path, defs: &BTreeMap<String, Value>) -> Result<()> {
                             .cloned()
                     })
                     .unwrap_or_else(|| lower_first(fname));
+                // A field JSON inlines has the empty name: its keys go into the parent.
+                let json_name = if inline.contains(&(msg.clone(), fname.to_string())) {
+                    String::new()
+                } else {
+                    json_name
+                };
                 messages
                     .get_mut(msg)
                     .expect("current message")
