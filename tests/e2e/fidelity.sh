@@ -71,6 +71,12 @@ $(inv 'sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list' '{
 check "resourceVersionMatch on a list without resourceVersion is a 422" \
   contains "$($PY raw GET "/api/v1/namespaces/wl/configmaps?resourceVersionMatch=NotOlderThan")" \
   'resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided'
+meta_of() { kc get --raw "$1" | python3 -c 'import json,sys; m=json.load(sys.stdin)["metadata"]; print(m.get("remainingItemCount", "-"), "continue" in m)'; }
+total=$(kc get cm -n wl -o name | wc -l)
+check "a limited list says how many objects follow (remainingItemCount)" \
+  equals "$(meta_of "/api/v1/namespaces/wl/configmaps?limit=1")" "$((total - 1)) True"
+check "with a selector, the count is left out, as upstream" \
+  equals "$(meta_of "/api/v1/namespaces/wl/configmaps?limit=1&labelSelector=a")" "- True"
 check "nothing was created by the refused requests" equals "$(kc get cm -n wl -o name | grep -vc kube-root-ca)" "4"
 
 # --- Modern clients: kubectl wait / get -w / rollout status ----------------------------------

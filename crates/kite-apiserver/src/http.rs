@@ -5,7 +5,7 @@
 
 use crate::auth::{forbidden_message, Attributes, Decision, UserInfo};
 use crate::error::{ApiError, ApiResult};
-use crate::objects::{DeleteOpts, FieldValidation, ListOpts, Part, WriteOpts, Written};
+use crate::objects::{Continue, DeleteOpts, FieldValidation, ListOpts, Part, WriteOpts, Written};
 use crate::{discovery, openapi, reviews, watch, AppState};
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -434,18 +434,27 @@ fn written(w: Written) -> Response {
     json_bytes_response(code, w.object.into_json(), &w.warnings)
 }
 
+/// A list's ListMeta: resourceVersion, and where it continues with how much follows.
+fn list_meta(rv: i64, cont: Option<Continue>) -> Value {
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if let Some(c) = cont {
+        meta["continue"] = json!(c.token);
+        if let Some(n) = c.remaining {
+            meta["remainingItemCount"] = json!(n);
+        }
+    }
+    meta
+}
+
 /// A list as a Table (what `kubectl get` asks for).
 fn table_list_response(
     ri: &ResourceInfo,
     items: Vec<Value>,
     rv: i64,
-    cont: Option<String>,
+    cont: Option<Continue>,
     q: &Query,
 ) -> Response {
-    let mut meta = json!({"resourceVersion": rv.to_string()});
-    if let Some(c) = cont {
-        meta["continue"] = json!(c);
-    }
+    let meta = list_meta(rv, cont);
     let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));
     json_response(
         StatusCode::OK,
@@ -459,12 +468,9 @@ fn raw_list_response(
     ri: &ResourceInfo,
     items: &[Vec<u8>],
     rv: i64,
-    cont: Option<String>,
+    cont: Option<Continue>,
 ) -> Response {
-    let mut meta = json!({"resourceVersion": rv.to_string()});
-    if let Some(c) = cont {
-        meta["continue"] = json!(c);
-    }
+    let meta = list_meta(rv, cont);
     let head = json!({"kind": ri.list_kind, "apiVersion": ri.api_version(), "metadata": meta});
     let mut out = serde_json::to_vec(&head).unwrap_or_default();
     out.pop(); // the closing brace

@@ -493,6 +493,14 @@ struct ContinueToken {
 }
 
 /// Parsed list options.
+/// Where a limited list stops: the token for the next page and, when no selector filtered
+/// the list, how many objects follow (`metadata.remainingItemCount`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Continue {
+    pub token: String,
+    pub remaining: Option<u64>,
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct ListOpts {
     pub labels: LabelSelector,
@@ -893,7 +901,7 @@ impl Objects {
         ri: &ResourceInfo,
         ns: Option<&str>,
         opts: &ListOpts,
-    ) -> ApiResult<(Vec<Value>, Revision, Option<String>)> {
+    ) -> ApiResult<(Vec<Value>, Revision, Option<Continue>)> {
         self.scan(ri, ns, opts, |kv, parsed| match parsed {
             Some(v) => Ok(v),
             None => decode(kv),
@@ -907,7 +915,7 @@ impl Objects {
         ri: &ResourceInfo,
         ns: Option<&str>,
         opts: &ListOpts,
-    ) -> ApiResult<(Vec<Vec<u8>>, Revision, Option<String>)> {
+    ) -> ApiResult<(Vec<Vec<u8>>, Revision, Option<Continue>)> {
         self.scan(ri, ns, opts, |kv, _| raw_with_rv(kv)).await
     }
 
@@ -919,7 +927,7 @@ impl Objects {
         ns: Option<&str>,
         opts: &ListOpts,
         make: impl Fn(&KeyValue, Option<Value>) -> ApiResult<T>,
-    ) -> ApiResult<(Vec<T>, Revision, Option<String>)> {
+    ) -> ApiResult<(Vec<T>, Revision, Option<Continue>)> {
         let prefix = Self::collection_prefix(ri, ns);
         let (mut start, mut token_rv) = (None, None);
         if let Some(tok) = &opts.continue_token {
@@ -945,6 +953,7 @@ impl Objects {
         let mut items = Vec::new();
         let mut revision = None;
         let mut next = None;
+        let mut remaining = None;
         loop {
             let want = if opts.limit == 0 {
                 0
@@ -980,6 +989,10 @@ impl Objects {
                 let more = page.more || !consumed_all;
                 if more {
                     next = last_key;
+                    // Unfiltered, the page ended where the list did: the rest is the store's
+                    // count. A selector would need every remaining object read: upstream
+                    // leaves the count out then, and so does kite.
+                    remaining = (!filtering && consumed_all).then_some(page.remaining);
                 }
                 break;
             }
@@ -989,9 +1002,10 @@ impl Objects {
             start = last_key;
         }
         let rev = token_rv.unwrap_or(revision.unwrap_or(0));
-        let cont = next.map(|start| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(serde_json::to_vec(&ContinueToken { rv: rev, start }).unwrap())
+        let cont = next.map(|start| Continue {
+            token: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(serde_json::to_vec(&ContinueToken { rv: rev, start }).unwrap()),
+            remaining,
         });
         Ok((items, rev, cont))
     }

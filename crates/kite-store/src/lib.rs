@@ -68,6 +68,9 @@ pub struct RangeResult {
     pub more: bool,
     /// The store's revision when the page was read.
     pub revision: Revision,
+    /// How many keys under the prefix follow the page (0 unless `more`): etcd's count less
+    /// the page, what upstream reports as a list's `remainingItemCount`.
+    pub remaining: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -413,7 +413,7 @@ impl Store for SledStore {
                 None => std::ops::Bound::Included(pfx.clone()),
             };
             let mut items = Vec::new();
-            let mut more = false;
+            let mut remaining = 0u64;
             for item in self
                 .inner
                 .db
@@ -424,8 +424,9 @@ impl Store for SledStore {
                     break;
                 }
                 if limit > 0 && items.len() == limit {
-                    more = true;
-                    break;
+                    // Past the page: only counted, as etcd's range count.
+                    remaining += 1;
+                    continue;
                 }
                 let key = std::str::from_utf8(&k[1..])
                     .map_err(|_| StoreError::Corrupt("non-utf8 key".into()))?;
@@ -433,8 +434,9 @@ impl Store for SledStore {
             }
             Ok(RangeResult {
                 items,
-                more,
+                more: remaining > 0,
                 revision,
+                remaining,
             })
         }
         .boxed()
@@ -618,6 +620,7 @@ mod tests {
         let p1 = s.range("/p/", None, 2).await.unwrap();
         assert_eq!(p1.items.len(), 2);
         assert!(p1.more);
+        assert_eq!(p1.remaining, 1);
         let p2 = s.range("/p/", Some("/p/b"), 2).await.unwrap();
         assert_eq!(p2.items.len(), 1);
         assert_eq!(p2.items[0].key, "/p/c");
