@@ -1,7 +1,8 @@
 //! API server benchmarks against the real `kite` binary (built by cargo in release), started in
 //! a temporary data dir and driven over HTTPS/2 with the admin client certificate.
 //!
-//! `cargo bench -p kite --bench api` runs everything; `-- creates|list|watch|rss` picks one.
+//! `cargo bench -p kite --bench api` runs everything; `-- creates|list|watch|watchlist|rss`
+//! picks one.
 //! Sizes can be scaled down with KITE_BENCH_SCALE=0.1 for a quick look.
 //! Figures and the command are recorded in docs/benchmarks.md.
 
@@ -354,6 +355,127 @@ async fn bench_watch(srv: &Server) {
     );
 }
 
+/// Samples the server's RSS every 2 ms until dropped; `peak_kib` is the highest seen.
+struct RssSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(common::rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak.max(common::rss_kib(pid))
+        });
+        RssSampler {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn peak_kib(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+/// A plain list of the namespace's pods, as a pre-1.35 informer starts; its time to the last
+/// byte.
+async fn list_once(send: &mut SendRequest<Full<Bytes>>, ns: &str) -> f64 {
+    let t = Instant::now();
+    let (code, body) = request(send, "GET", &format!("/api/v1/namespaces/{ns}/pods"), None).await;
+    assert_eq!(code, 200);
+    std::hint::black_box(body);
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// A watch-list of the namespace's pods, read to the bookmark that ends its initial events;
+/// the time to it. Checks that all `n` pods came first.
+async fn watchlist_once(send: &mut SendRequest<Full<Bytes>>, ns: &str, n: usize) -> f64 {
+    let t = Instant::now();
+    let req = hyper::Request::builder()
+        .uri(format!("https://localhost/api/v1/namespaces/{ns}/pods?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=60"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send.ready().await.unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let (mut lines, mut tail) = (0usize, Vec::new());
+    while let Some(frame) = body.frame().await {
+        let Ok(d) = frame.unwrap().into_data() else {
+            continue;
+        };
+        // One event a line: the pods' ADDED lines, then the bookmark's.
+        lines += d.iter().filter(|b| **b == b'\n').count();
+        // The bookmark may straddle two frames: keep a short tail of the last one.
+        tail.extend_from_slice(&d);
+        if tail.windows(25).any(|w| w == b"k8s.io/initial-events-end") {
+            break;
+        }
+        let keep = tail.len().saturating_sub(64);
+        tail.drain(..keep);
+    }
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(lines, n + 1, "every pod arrives before the bookmark");
+    ms
+}
+
+/// Watch-list against a plain list of the same pods. Times: alternating on one server, p50
+/// of 5 each. Memory: each on a fresh server holding the same pods (an allocator keeps
+/// what a first request freed, so a second one on the same server would look free), the
+/// server's RSS peak during the request above its level just before.
+fn bench_watchlist(rt: &tokio::runtime::Runtime) {
+    let n = (10000.0 * scale()) as usize;
+    let srv = start();
+    let (mut list_ms, mut wl_ms) = rt.block_on(async {
+        create_pods(&srv, "wl", n, 64).await;
+        let mut send = srv.conn().await;
+        let (mut list_ms, mut wl_ms) = (vec![], vec![]);
+        for _ in 0..5 {
+            list_ms.push(list_once(&mut send, "wl").await);
+            wl_ms.push(watchlist_once(&mut send, "wl", n).await);
+        }
+        (list_ms, wl_ms)
+    });
+    drop(srv);
+    list_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    wl_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "watch-list of {n} pods: to the bookmark p50 {:.1} ms (max {:.1}); plain list p50 {:.1} ms (max {:.1}); ratio {:.2}",
+        pct(&wl_ms, 0.5), wl_ms[wl_ms.len() - 1], pct(&list_ms, 0.5), list_ms[list_ms.len() - 1],
+        pct(&wl_ms, 0.5) / pct(&list_ms, 0.5)
+    );
+    let mut peaks = Vec::new();
+    for watch_list in [false, true] {
+        let srv = start();
+        let peak = rt.block_on(async {
+            create_pods(&srv, "wl", n, 64).await;
+            let mut send = srv.conn().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let base = srv.rss_kib();
+            let sampler = RssSampler::start(srv.child.id());
+            if watch_list {
+                watchlist_once(&mut send, "wl", n).await;
+            } else {
+                list_once(&mut send, "wl").await;
+            }
+            sampler.peak_kib().saturating_sub(base)
+        });
+        peaks.push(peak);
+    }
+    println!(
+        "server RSS peak above its level before the request (fresh server each): watch-list {} MiB, list {} MiB",
+        peaks[1] / 1024,
+        peaks[0] / 1024
+    );
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let which: Vec<String> = std::env::args()
@@ -391,5 +513,8 @@ fn main() {
     if want("watch") {
         let srv = start();
         rt.block_on(bench_watch(&srv));
+    }
+    if want("watchlist") {
+        bench_watchlist(&rt);
     }
 }
