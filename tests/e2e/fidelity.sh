@@ -141,6 +141,23 @@ check "a watch from a compacted revision ends with upstream's 410 Expired event"
   equals "$gone" '{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version: N (M)","reason":"Expired","code":410}}'
 check "the 410 event is an ERROR for watchlist.py too" contains "$out" "ERROR Expired"
 
+# RuntimeClass admission, as upstream's plugin.
+check "a pod naming a RuntimeClass that does not exist is refused with upstream's body" \
+  equals "$($PY raw POST /api/v1/namespaces/wl/pods '{"apiVersion":"v1","kind":"Pod","metadata":{"name":"rc1"},"spec":{"runtimeClassName":"nope","containers":[{"name":"c","image":"busybox"}]}}')" \
+  "403
+$(st 'pods \"rc1\" is forbidden: pod rejected: RuntimeClass \"nope\" not found' Forbidden '"name":"rc1","kind":"pods"' 403)
+<EOF>"
+cat <<'YAML' | kc apply -f - >/dev/null
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: fast}
+handler: runc
+overhead: {podFixed: {cpu: 100m}}
+scheduling: {nodeSelector: {pool: fast}, tolerations: [{key: fast, operator: Exists}]}
+YAML
+check "a RuntimeClass's overhead and scheduling join the pod's" \
+  equals "$(kc run rc2 -n wl --image=busybox --overrides='{"spec":{"runtimeClassName":"fast"}}' -o jsonpath='{.spec.overhead.cpu} {.spec.nodeSelector.pool} {.spec.tolerations[?(@.key=="fast")].operator}')" "100m fast Exists"
+
 # --- Go's encoding: the keys upstream always writes ---------------------------------------
 # Minimal bodies of 14 kinds, created here and on upstream kube-apiserver v1.36
 # (fixtures/upstream-minimal.json, `minimal_objects.py KC NS capture` against upstream.sh):

@@ -119,6 +119,18 @@ fn meta(obj: &Value) -> &Value {
     &obj["metadata"]
 }
 
+/// An admission plugin's refusal of a pod (upstream's `admission.NewForbidden`).
+fn pod_forbidden(name: &str, msg: &str) -> ApiError {
+    ApiError {
+        details: Some(json!({"name": name, "kind": "pods"})),
+        ..ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("pods \"{name}\" is forbidden: {msg}"),
+        )
+    }
+}
+
 fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
@@ -657,15 +669,78 @@ impl Objects {
 
     /// Upstream's Priority admission plugin: a new pod's `priority` and
     /// `preemptionPolicy` come from its PriorityClass (or the global default class).
+    /// Upstream's RuntimeClass admission, for a new pod: its RuntimeClass must exist; the
+    /// class's overhead becomes the pod's, and its scheduling constraints join the pod's
+    /// node selector and tolerations.
+    async fn admit_runtime_class(&self, pod: &mut Value) -> ApiResult<()> {
+        let Some(class_name) = pod["spec"]["runtimeClassName"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+        else {
+            return Ok(());
+        };
+        let pod_name = name_of(pod).to_string();
+        let forbidden = |msg: String| pod_forbidden(&pod_name, &format!("pod rejected: {msg}"));
+        let ri = self
+            .registry
+            .lookup("node.k8s.io", "v1", "runtimeclasses")
+            .expect("runtimeclasses are registered");
+        let class = match self.get(ri, None, &class_name).await {
+            Ok((c, _)) => c,
+            Err(e) if e.code == StatusCode::NOT_FOUND => {
+                return Err(forbidden(format!(
+                    "RuntimeClass \"{class_name}\" not found"
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        if !pod["spec"].is_object() {
+            return Err(ApiError::bad_request("a pod needs a spec"));
+        }
+        let spec = pod["spec"].as_object_mut().expect("checked above");
+        if let Some(fixed) = class["overhead"]["podFixed"].as_object() {
+            match spec.get("overhead") {
+                Some(o) if !o.is_null() && o.as_object() != Some(fixed) => {
+                    return Err(forbidden(
+                        "Pod's Overhead doesn't match RuntimeClass's defined Overhead".into(),
+                    ))
+                }
+                _ => {
+                    spec.insert("overhead".into(), json!(fixed));
+                }
+            }
+        }
+        let scheduling = &class["scheduling"];
+        if let Some(sel) = scheduling["nodeSelector"].as_object() {
+            let ns = spec.entry("nodeSelector").or_insert_with(|| json!({}));
+            for (k, v) in sel {
+                match ns.get(k) {
+                    Some(have) if have != v => {
+                        return Err(forbidden(format!("conflict: runtimeClass.scheduling.nodeSelector[{k}] = {v}; pod.spec.nodeSelector[{k}] = {have}")))
+                    }
+                    _ => {
+                        ns[k] = v.clone();
+                    }
+                }
+            }
+        }
+        if let Some(tols) = scheduling["tolerations"].as_array() {
+            let list = spec.entry("tolerations").or_insert_with(|| json!([]));
+            if let Some(list) = list.as_array_mut() {
+                for t in tols {
+                    if !list.contains(t) {
+                        list.push(t.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn admit_priority(&self, pod: &mut Value) -> ApiResult<()> {
         let pod_name = name_of(pod).to_string();
-        let forbidden = |msg: String| {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                format!("pods \"{pod_name}\" is forbidden: {msg}"),
-            )
-        };
+        let forbidden = |msg: String| pod_forbidden(&pod_name, &msg);
         let class_name = pod["spec"]["priorityClassName"]
             .as_str()
             .filter(|s| !s.is_empty())
@@ -819,6 +894,7 @@ impl Objects {
         if ri.is("", "Pod") {
             strategy::admit_default_tolerations(&mut obj, &self.cfg.strategy);
             self.admit_priority(&mut obj).await?;
+            self.admit_runtime_class(&mut obj).await?;
         }
         // A Service is still changed after admission (its IPs and ports are allocated), so
         // it stays a value; everything else is encoded once, straight from the typed object.
