@@ -70,9 +70,10 @@ logs="$ROOT/target/e2e-logs"
 rm -rf "$logs"; mkdir -p "$logs"
 pids=()
 names=()
+# A kubectl's name in tier names and summaries (the kit's is plain `kubectl` too).
+kubectl_name() { if [ "$1" = "$K136" ]; then echo kubectl.1.36; else basename "$1"; fi; }
 for k in "${API_KUBECTLS[@]}"; do
-  v=$(basename "$k")
-  [ "$k" = "$K136" ] && v=kubectl.1.36
+  v=$(kubectl_name "$k")
   for t in tests/e2e/*.sh; do
     case "$(basename "$t")" in kubelet.sh|cni.sh) continue ;; esac
     n="$(basename "$t" .sh)-$v"
@@ -85,7 +86,7 @@ done
 node_tier() {
   local k r rc=0
   for k in "${API_KUBECTLS[@]}"; do
-    echo "## kubelet tier with $(basename "$k")"
+    echo "## kubelet tier with $(kubectl_name "$k")"
     KUBECTL="$k" timeout 900 bash tests/e2e/kubelet.sh || { r=$?; rc=1; [ $r = 124 ] && echo "FAIL - the kubelet tier with $(basename "$k") was killed after 900 s"; }
   done
   # CNI delegation makes a node too: after the kubelet tier, with one kubectl (what it
