@@ -246,11 +246,7 @@ fn packages(src: &Path) -> Result<HashMap<String, Package>> {
 pub fn inline_proto_fields(src: &Path) -> Result<std::collections::HashSet<(String, String)>> {
     let mut out = std::collections::HashSet::new();
     for pkg in packages(src)?.values() {
-        let msg_pkg = pkg
-            .prefix
-            .trim_start_matches("io.k8s.")
-            .replacen("apiextensions-apiserver.", "apiextensions_apiserver.", 1)
-            .replacen("kube-aggregator.", "kube_aggregator.", 1);
+        let msg_pkg = crate::message_of(&pkg.prefix);
         for (name, fields) in &pkg.structs {
             for f in fields.iter().filter(|f| f.inline) {
                 if let Some(p) = &f.proto {

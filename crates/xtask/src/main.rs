@@ -27,6 +27,25 @@ fn main() -> Result<()> {
     }
 }
 
+/// The proto message name for an OpenAPI definition name (or prefix):
+/// `io.k8s.apiextensions-apiserver.pkg…` → `apiextensions_apiserver.pkg…`.
+fn message_of(definition: &str) -> String {
+    definition
+        .trim_start_matches("io.k8s.")
+        .replacen("apiextensions-apiserver.", "apiextensions_apiserver.", 1)
+        .replacen("kube-aggregator.", "kube_aggregator.", 1)
+}
+
+/// The OpenAPI definition name for a proto message name: the inverse of [`message_of`].
+fn definition_of(message: &str) -> String {
+    format!(
+        "io.k8s.{}",
+        message
+            .replacen("apiextensions_apiserver.", "apiextensions-apiserver.", 1)
+            .replacen("kube_aggregator.", "kube-aggregator.", 1)
+    )
+}
+
 /// The OpenAPI definitions of every served kind (for JSON field names).
 fn definitions() -> BTreeMap<String, Value> {
     let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();

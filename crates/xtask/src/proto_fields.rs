@@ -105,11 +105,7 @@ pub fn generate(src: &Path, defs: &BTreeMap<String, Value>) -> Result<()> {
                     let label = if *label == "repeated" { "R" } else { "O" };
                     (label, type_of(&pkg, ty), *fname)
                 };
-                let def = format!(
-                    "io.k8s.{}",
-                    msg.replacen("apiextensions_apiserver.", "apiextensions-apiserver.", 1)
-                        .replacen("kube_aggregator.", "kube-aggregator.", 1)
-                );
+                let def = crate::definition_of(msg);
                 let json_name = defs
                     .get(&def)
                     .and_then(|d| d["properties"].as_object())
