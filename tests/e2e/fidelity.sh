@@ -158,6 +158,22 @@ YAML
 check "a RuntimeClass's overhead and scheduling join the pod's" \
   equals "$(kc run rc2 -n wl --image=busybox --overrides='{"spec":{"runtimeClassName":"fast"}}' -o jsonpath='{.spec.overhead.cpu} {.spec.nodeSelector.pool} {.spec.tolerations[?(@.key=="fast")].operator}')" "100m fast Exists"
 
+# --- Writes to /status: what of the metadata they may change (upstream's status strategies) ---
+# Upstream v1.36 answers the same merge patch (labels x=1, annotations y=2, spec.replicas=7)
+# with 1/2/- for an Ingress and a Pod, -/2/1 for a Deployment (labels reset, spec untouched).
+cat <<'YAML' | kc apply -f - >/dev/null
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: i, namespace: wl}
+spec: {defaultBackend: {service: {name: s, port: {number: 80}}}}
+YAML
+kc create deployment d -n wl --image=busybox >/dev/null
+SP='{"metadata":{"labels":{"x":"1"},"annotations":{"y":"2"}},"spec":{"replicas":7}}'
+sp() { kc patch "$1" -n wl --subresource=status --type=merge -p "$SP" -o jsonpath='{.metadata.labels.x}/{.metadata.annotations.y}/{.spec.replicas}' 2>/dev/null; }
+check "a status patch to an Ingress keeps its new labels and annotations, and no spec" equals "$(sp ingress/i)" "1/2/"
+check "a status patch to a Deployment keeps annotations, not labels, nor spec" equals "$(sp deployment/d)" "/2/1"
+check "a status patch to a Pod keeps labels and annotations" equals "$(sp pod/rc2)" "1/2/"
+
 # --- Go's encoding: the keys upstream always writes ---------------------------------------
 # Minimal bodies of 14 kinds, created here and on upstream kube-apiserver v1.36
 # (fixtures/upstream-minimal.json, `minimal_objects.py KC NS capture` against upstream.sh):

@@ -1115,6 +1115,48 @@ pub fn tracks_generation(ri: &ResourceInfo) -> bool {
     GENERATION_KINDS.contains(&(ri.group, ri.kind))
 }
 
+/// What of the metadata a write to `/status` may change, per kind, as upstream's status
+/// strategies' `PrepareForUpdate`: most keep the request's metadata (a status patch may also
+/// set a label or an annotation); some put back the stored values of a few keys, or all of
+/// the metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMeta {
+    /// The request's metadata, with these keys as stored.
+    Reset(&'static [&'static str]),
+    /// All of the metadata as stored (FlowSchema, PriorityLevelConfiguration).
+    Stored,
+}
+
+/// The keys `ResetObjectMetaForStatus` puts back (besides those no write changes).
+const RESET_FOR_STATUS: &[&str] = &["labels", "annotations", "finalizers", "ownerReferences"];
+
+/// The kinds whose status strategy calls `ResetObjectMetaForStatus` upstream.
+const STATUS_RESETS_META: &[(&str, &str)] = &[
+    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"),
+    ("internal.apiserver.k8s.io", "StorageVersion"),
+    ("certificates.k8s.io", "PodCertificateRequest"),
+    ("networking.k8s.io", "ServiceCIDR"),
+    ("resource.k8s.io", "DeviceTaintRule"),
+    ("resource.k8s.io", "ResourceClaim"),
+    ("resource.k8s.io", "ResourcePoolStatusRequest"),
+    ("scheduling.k8s.io", "PodGroup"),
+    ("storage.k8s.io", "VolumeAttachment"),
+    ("storagemigration.k8s.io", "StorageVersionMigration"),
+];
+
+pub fn status_meta(ri: &ResourceInfo) -> StatusMeta {
+    match (ri.group, ri.kind) {
+        // "old kubelets corrupt them in a way that breaks garbage collection"
+        ("", "Pod") => StatusMeta::Reset(&["ownerReferences"]),
+        ("apps", "Deployment") => StatusMeta::Reset(&["labels"]),
+        ("flowcontrol.apiserver.k8s.io", "FlowSchema" | "PriorityLevelConfiguration") => {
+            StatusMeta::Stored
+        }
+        k if STATUS_RESETS_META.contains(&k) => StatusMeta::Reset(RESET_FOR_STATUS),
+        _ => StatusMeta::Reset(&[]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use http::StatusCode;
 use kite_api::patch::{self, PatchType};
 use kite_api::registry::{Registry, ResourceInfo};
 use kite_api::selector::{FieldSelector, LabelSelector};
-use kite_api::strategy::{self, Settings};
+use kite_api::strategy::{self, Settings, StatusMeta};
 use kite_api::validation::FieldError;
 use kite_store::{DynStore, KeyValue, Revision, StoreError};
 use serde_json::{json, Map, Value};
@@ -1133,23 +1133,44 @@ impl Objects {
         opts: &WriteOpts,
     ) -> ApiResult<Written> {
         if part == Part::Status {
-            // A status write changes status only (and nothing else of the object).
+            // A status write changes the status and, as upstream's status strategies allow,
+            // the metadata (what of it per kind: `strategy::status_meta`); never the spec.
             let status = obj
                 .get_mut("status")
                 .map(Value::take)
                 .unwrap_or(Value::Null);
-            // The stored object with the new status, in the stored key order; the old
-            // status is not copied only to be replaced.
+            let mut new_meta = obj.get_mut("metadata").map(Value::take);
+            let om = meta(&old);
+            match strategy::status_meta(ri) {
+                StatusMeta::Stored => new_meta = None,
+                StatusMeta::Reset(keys) => {
+                    if let Some(m) = new_meta.as_mut().and_then(Value::as_object_mut) {
+                        for k in keys {
+                            match om.get(*k) {
+                                Some(v) => m.insert((*k).into(), v.clone()),
+                                None => m.remove(*k),
+                            };
+                        }
+                    }
+                }
+            }
+            // The stored object with the new status (and metadata), in the stored key
+            // order; the old status is not copied only to be replaced.
             let mut base = Map::new();
             for (k, v) in old.as_object().into_iter().flatten() {
-                let v = if k == "status" {
-                    Value::Null
-                } else {
-                    v.clone()
+                let v = match k.as_str() {
+                    "status" => Value::Null,
+                    "metadata" if new_meta.is_some() => Value::Null,
+                    _ => v.clone(),
                 };
                 base.insert(k.clone(), v);
             }
             obj = Value::Object(base);
+            if let Some(m) = new_meta.filter(Value::is_object) {
+                obj["metadata"] = m;
+            } else if obj["metadata"].is_null() {
+                obj["metadata"] = old["metadata"].clone();
+            }
             obj["status"] = status;
         } else if ri.status {
             match old.get("status") {
