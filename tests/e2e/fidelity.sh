@@ -174,6 +174,17 @@ check "a status patch to an Ingress keeps its new labels and annotations, and no
 check "a status patch to a Deployment keeps annotations, not labels, nor spec" equals "$(sp deployment/d)" "/2/1"
 check "a status patch to a Pod keeps labels and annotations" equals "$(sp pod/rc2)" "1/2/"
 
+# Sysctl names, as upstream v1.36 validates them (its answer to fixtures/sysctls-pod.json).
+RX='^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[\./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$'
+check "invalid, duplicate and host-namespace sysctls are refused as upstream" \
+  equals "$(kc create -n wl -f "$(dirname "$0")/fixtures/sysctls-pod.json" 2>&1)" \
+  "The Pod \"s\" is invalid: 
+* spec.securityContext.sysctls[0].name: Invalid value: \"foo-\": must have at most 253 characters and match regex $RX
+* spec.securityContext.sysctls[3].name: Invalid value: \"bar..\": must have at most 253 characters and match regex $RX
+* spec.securityContext.sysctls[4].name: Duplicate value: \"kernel.shmmax\"
+* spec.securityContext.sysctls[5].name: Invalid value: \"net.core.somaxconn\": may not be specified when 'hostNetwork' is true
+* spec.securityContext.sysctls[6].name: Required value"
+
 # --- Go's encoding: the keys upstream always writes ---------------------------------------
 # Minimal bodies of 14 kinds, created here and on upstream kube-apiserver v1.36
 # (fixtures/upstream-minimal.json, `minimal_objects.py KC NS capture` against upstream.sh):

@@ -633,6 +633,97 @@ pub fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
             ));
         }
     }
+    validate_sysctls(spec, &format!("{path}.securityContext.sysctls"), errs);
+}
+
+/// Upstream's `SysctlContainSlashFmt`, as Go prints the compiled regexp in its message.
+const SYSCTL_REGEX: &str =
+    r"^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[\./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$";
+
+/// Upstream's `IsValidSysctlName`: at most 253 characters, segments of `[a-z0-9]` with
+/// inner `-` and `_`, separated by `.` or `/`.
+fn valid_sysctl_name(name: &str) -> bool {
+    let segment = |s: &str| {
+        let b = s.as_bytes();
+        let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        !b.is_empty()
+            && edge(&b[0])
+            && edge(&b[b.len() - 1])
+            && b.iter().all(|c| edge(c) || *c == b'-' || *c == b'_')
+    };
+    name.len() <= 253 && name.split(['.', '/']).all(segment)
+}
+
+/// The namespace a sysctl belongs to (upstream's `sysctl.GetNamespace`): "Net", "IPC" or "".
+fn sysctl_namespace(name: &str) -> &'static str {
+    // `net/ipv4/conf/eno2.100/rp_filter` is `net.ipv4.conf.eno2/100.rp_filter`.
+    let normal: String = match name.find(['.', '/']) {
+        Some(i) if name.as_bytes()[i] == b'/' => name
+            .chars()
+            .map(|c| match c {
+                '.' => '/',
+                '/' => '.',
+                c => c,
+            })
+            .collect(),
+        _ => name.to_string(),
+    };
+    let name = normal.split('*').next().unwrap_or_default();
+    const IPC: &[&str] = &[
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+        "kernel.shm",
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.msg",
+    ];
+    if IPC.contains(&name) || name.starts_with("fs.mqueue.") {
+        "IPC"
+    } else if name.starts_with("net.") {
+        "Net"
+    } else {
+        ""
+    }
+}
+
+/// Upstream's `validateSysctls`: valid, unique names, and no namespaced sysctl of a
+/// namespace the pod shares with the host.
+fn validate_sysctls(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    let mut seen = Vec::new();
+    let sysctls = spec["securityContext"]["sysctls"].as_array();
+    for (i, s) in sysctls.into_iter().flatten().enumerate() {
+        let name = s["name"].as_str().unwrap_or_default();
+        let field = format!("{path}[{i}].name");
+        if name.is_empty() {
+            errs.push(FieldError::required(&field));
+        } else if !valid_sysctl_name(name) {
+            errs.push(FieldError::invalid(
+                &field,
+                &s["name"],
+                &format!("must have at most 253 characters and match regex {SYSCTL_REGEX}"),
+            ));
+        } else if seen.contains(&name) {
+            errs.push(FieldError::duplicate(&field, &s["name"]));
+        }
+        match sysctl_namespace(name) {
+            "Net" if spec["hostNetwork"] == true => errs.push(FieldError::invalid(
+                &field,
+                &s["name"],
+                "may not be specified when 'hostNetwork' is true",
+            )),
+            "IPC" if spec["hostIPC"] == true => errs.push(FieldError::invalid(
+                &field,
+                &s["name"],
+                "may not be specified when 'hostIPC' is true",
+            )),
+            _ => {}
+        }
+        seen.push(name);
+    }
 }
 
 fn validate_workload(obj: &Value, errs: &mut Vec<FieldError>, restart_only_always: bool) {
@@ -1161,6 +1252,40 @@ pub fn status_meta(ri: &ResourceInfo) -> StatusMeta {
 mod tests {
     use super::*;
     use crate::registry::Registry;
+
+    #[test]
+    fn sysctl_names_and_namespaces_as_upstream() {
+        for ok in [
+            "kernel.shmmax",
+            "safe-and-unsafe",
+            "net.ipv4.conf.eno2/100.rp_filter",
+            "a_b",
+        ] {
+            assert!(valid_sysctl_name(ok), "{ok}");
+        }
+        for bad in ["foo-", "bar..", "-a", "A.b", ".a", "a/", ""] {
+            assert!(!valid_sysctl_name(bad), "{bad}");
+        }
+        assert!(!valid_sysctl_name(&"a".repeat(254)));
+        assert_eq!(sysctl_namespace("net.core.somaxconn"), "Net");
+        assert_eq!(sysctl_namespace("net/ipv4/ip_forward"), "Net");
+        assert_eq!(sysctl_namespace("kernel.shmmax"), "IPC");
+        assert_eq!(sysctl_namespace("fs.mqueue.msg_max"), "IPC");
+        assert_eq!(sysctl_namespace("kernel.msg*"), "IPC");
+        assert_eq!(sysctl_namespace("kernel.pid_max"), "");
+        let spec = json!({"hostNetwork": true, "securityContext": {"sysctls": [
+            {"name": "foo-", "value": "1"}, {"name": "kernel.shmmax", "value": "1"},
+            {"name": "kernel.shmmax", "value": "2"}, {"name": "net.core.somaxconn", "value": "1"}]}});
+        let mut errs = Vec::new();
+        validate_sysctls(&spec, "spec.securityContext.sysctls", &mut errs);
+        let texts: Vec<String> = errs.iter().map(FieldError::text).collect();
+        assert_eq!(texts.len(), 3, "{texts:?}");
+        assert!(
+            texts[0].starts_with("spec.securityContext.sysctls[0].name: Invalid value: \"foo-\"")
+        );
+        assert!(texts[1].contains("sysctls[2].name: Duplicate value"));
+        assert!(texts[2].contains("may not be specified when 'hostNetwork' is true"));
+    }
 
     #[test]
     fn generation_follows_everything_but_metadata_and_status() {
