@@ -199,6 +199,25 @@ check "deleting a namespace with content completes" kc delete ns doomed --timeou
 check "the namespace is gone" fails_with "not found" kc get ns doomed
 check "nothing is left of its content" equals "$(kc get deploy,rs,pods,svc,cm,secret,endpoints,endpointslices -n doomed -o name 2>&1)" ""
 
+# Pods go first: the rest of a namespace waits until its pods are gone (upstream's
+# OrderedNamespaceDeletion, on by default since v1.33).
+kc create ns ordered >/dev/null
+kc apply -n ordered -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: held, finalizers: [e2e.example.com/hold]}
+spec: {containers: [{name: c, image: busybox}]}
+YAML
+kc create configmap c -n ordered --from-literal=a=b >/dev/null
+kc delete ns ordered --wait=false >/dev/null
+wait_for 20 "the namespace's deletion conditions" bash -c "$KUBECTL get ns ordered -o jsonpath='{.status.conditions[*].type}' | grep -q NamespaceDeletionContentFailure"
+sleep 2
+check "while a pod remains, the namespace's other objects are kept" equals "$(kc get cm c -n ordered -o name)" "configmap/c"
+check "the remaining pod is being deleted" contains "$(kc get pod held -n ordered -o jsonpath='{.metadata.deletionTimestamp}')" "T"
+check "the namespace says which pods remain" contains "$(kc get ns ordered -o jsonpath='{.status.conditions[?(@.type=="NamespaceContentRemaining")].message}')" "pods has 1 resource instances"
+kc patch pod held -n ordered --type json -p '[{"op":"remove","path":"/metadata/finalizers"}]' >/dev/null
+check "once the pod is gone, the rest goes and so does the namespace" kc wait --for=delete ns/ordered --timeout=30s
+
 # --- scheduling constraints ------------------------------------------------------------------
 kc apply -n apps -f - >/dev/null <<'YAML'
 apiVersion: v1

@@ -51,7 +51,57 @@ pub fn start(ctx: Arc<Ctx>) {
     );
 }
 
+/// What a sweep of a namespace left behind.
+#[derive(Default)]
+struct Leftovers {
+    /// Objects left, per `plural[.group]`.
+    remaining: BTreeMap<String, usize>,
+    /// Objects left, per finalizer they carry.
+    finalizers: BTreeMap<String, usize>,
+    /// Resources that could not be deleted or listed, with why.
+    failures: Vec<String>,
+}
+
 impl Controller {
+    /// Deletes every object of one resource in namespace `ns` and notes what is left.
+    async fn sweep(&self, ns: &str, ar: &ApiResource, caps: &ApiCapabilities, out: &mut Leftovers) {
+        let api: Api<DynamicObject> = Api::namespaced_with(self.ctx.client.clone(), ns, ar);
+        let collection = caps.supports_operation(verbs::DELETE_COLLECTION);
+        if collection {
+            if let Err(e) = api
+                .delete_collection(&DeleteParams::background(), &ListParams::default())
+                .await
+            {
+                out.failures.push(format!("{}: {e}", ar.plural));
+                return;
+            }
+        }
+        let left = match api.list(&ListParams::default()).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                out.failures.push(format!("{}: {e}", ar.plural));
+                return;
+            }
+        };
+        for o in &left {
+            if o.metadata.deletion_timestamp.is_none() && !collection {
+                let n = o.metadata.name.clone().unwrap_or_default();
+                let _ = api.delete(&n, &DeleteParams::background()).await;
+            }
+            for f in o.metadata.finalizers.iter().flatten() {
+                *out.finalizers.entry(f.clone()).or_default() += 1;
+            }
+        }
+        if !left.is_empty() {
+            let res = if ar.group.is_empty() {
+                ar.plural.clone()
+            } else {
+                format!("{}.{}", ar.plural, ar.group)
+            };
+            *out.remaining.entry(res).or_default() += left.len();
+        }
+    }
+
     /// Namespaced resources that can be listed and deleted, refreshed every 30 s.
     async fn resources(&self) -> Result<Arc<Resources>> {
         let mut g = self.discovered.lock().await;
@@ -93,47 +143,24 @@ impl Controller {
             return Ok(Action::AwaitChange);
         }
         let resources = self.resources().await?;
-        let mut remaining: BTreeMap<String, usize> = BTreeMap::new();
-        let mut finalizers: BTreeMap<String, usize> = BTreeMap::new();
-        let mut failures = Vec::new();
-        for (ar, caps) in resources.iter() {
-            let api: Api<DynamicObject> = Api::namespaced_with(self.ctx.client.clone(), &name, ar);
-            if caps.supports_operation(verbs::DELETE_COLLECTION) {
-                if let Err(e) = api
-                    .delete_collection(&DeleteParams::background(), &ListParams::default())
-                    .await
-                {
-                    failures.push(format!("{}: {e}", ar.plural));
-                    continue;
-                }
-            }
-            let left = match api.list(&ListParams::default()).await {
-                Ok(l) => l.items,
-                Err(e) => {
-                    failures.push(format!("{}: {e}", ar.plural));
-                    continue;
-                }
-            };
-            for o in &left {
-                if o.metadata.deletion_timestamp.is_none()
-                    && !caps.supports_operation(verbs::DELETE_COLLECTION)
-                {
-                    let n = o.metadata.name.clone().unwrap_or_default();
-                    let _ = api.delete(&n, &DeleteParams::background()).await;
-                }
-                for f in o.metadata.finalizers.iter().flatten() {
-                    *finalizers.entry(f.clone()).or_default() += 1;
-                }
-            }
-            if !left.is_empty() {
-                let res = if ar.group.is_empty() {
-                    ar.plural.clone()
-                } else {
-                    format!("{}.{}", ar.plural, ar.group)
-                };
-                *remaining.entry(res).or_default() += left.len();
+        let mut left = Leftovers::default();
+        // Pods go first, and the rest waits until they are gone (upstream's
+        // OrderedNamespaceDeletion): a pod's volumes and its ServiceAccount's Secret must
+        // outlive it.
+        let is_pods = |ar: &ApiResource| ar.group.is_empty() && ar.plural == "pods";
+        for (ar, caps) in resources.iter().filter(|(ar, _)| is_pods(ar)) {
+            self.sweep(&name, ar, caps, &mut left).await;
+        }
+        if left.remaining.is_empty() && left.failures.is_empty() {
+            for (ar, caps) in resources.iter().filter(|(ar, _)| !is_pods(ar)) {
+                self.sweep(&name, ar, caps, &mut left).await;
             }
         }
+        let Leftovers {
+            remaining,
+            finalizers,
+            failures,
+        } = left;
         let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
         let cond = |t: &str, s: bool, reason: &str, msg: String| json!({"type": t, "status": if s { "True" } else { "False" }, "reason": reason, "message": msg, "lastTransitionTime": now});
         let content = if remaining.is_empty() {
