@@ -6,7 +6,7 @@
       `TYPE NAME RV ANNOTATION` (ANNOTATION: the initial-events-end annotation or -).
       With --create-after-bookmark, creates ConfigMap NS/NAME once the first bookmark came,
       and stops when its ADDED event arrives.
-  watchlist.py KUBECONFIG raw METHOD PATH [BODY]
+  watchlist.py KUBECONFIG raw METHOD PATH [BODY] [--accept MEDIA]
       Prints the status code on one line, then the body exactly as received, then <EOF>.
 """
 import base64
@@ -70,10 +70,12 @@ def watch(kc, path, create_after, max_seconds):
             break
 
 
-def raw(kc, method, path, body):
+def raw(kc, method, path, body, accept=None):
     conn = connect(kc, 20)
     headers = {"Content-Type": "application/json", "User-Agent": "kite-e2e"} if body else \
         {"User-Agent": "kite-e2e"}
+    if accept:
+        headers["Accept"] = accept
     conn.request(method, path, body, headers)
     resp = conn.getresponse()
     print(resp.status)
@@ -93,7 +95,12 @@ def main():
         except (TimeoutError, OSError):
             pass
     elif cmd == "raw":
-        raw(kc, a[2], a[3], a[4] if len(a) > 4 else None)
+        accept = None
+        if "--accept" in a:
+            i = a.index("--accept")
+            accept = a[i + 1]
+            del a[i:i + 2]
+        raw(kc, a[2], a[3], a[4] if len(a) > 4 else None, accept)
     else:
         sys.exit(__doc__)
 

@@ -250,7 +250,15 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = self.status_bytes();
+        let body = if self.code == StatusCode::NOT_ACCEPTABLE {
+            // Upstream writes a failed negotiation's Status with its fallback encoder,
+            // which indents (two spaces, as Go's json.Indent).
+            let mut b = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
+            b.push(b'\n');
+            b
+        } else {
+            self.status_bytes()
+        };
         (
             self.code,
             [(http::header::CONTENT_TYPE, "application/json")],

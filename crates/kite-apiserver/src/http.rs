@@ -195,6 +195,49 @@ fn wants_table(h: &HeaderMap) -> bool {
         })
 }
 
+/// The media types a client may ask for of an endpoint that serves only plain objects.
+const PLAIN_MEDIA_TYPES: &[&str] = &[
+    "application/json",
+    "application/yaml",
+    "application/vnd.kubernetes.protobuf",
+];
+
+/// Content negotiation for endpoints that serve only their own plain type (discovery, the
+/// review kinds): upstream answers 406 when no range of the Accept header can be met, e.g.
+/// `as=Table` alone, which needs objects with metadata. `as` values in `also` are met (an
+/// endpoint's own transformations, such as aggregated discovery).
+fn accept_plain(h: &HeaderMap, also: &[&str]) -> ApiResult<()> {
+    let Some(accept) = h.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    if accept.trim().is_empty() {
+        return Ok(());
+    }
+    let met = accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let as_ = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim() == "as")
+            .map(|(_, v)| v.trim());
+        let media_ok = matches!(media.as_str(), "*/*" | "application/*")
+            || PLAIN_MEDIA_TYPES.contains(&media.as_str());
+        media_ok && as_.is_none_or(|a| also.contains(&a))
+    });
+    if met {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "NotAcceptable",
+            format!(
+                "only the following media types are accepted: {}",
+                PLAIN_MEDIA_TYPES.join(", ")
+            ),
+        ))
+    }
+}
+
 fn verb_for(method: &Method, t: &Target, q: &Query) -> &'static str {
     let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
     match (method, t.name.is_some()) {
@@ -290,6 +333,7 @@ async fn route(
     };
     if rest.is_empty() {
         let r = authorize_path(st, &user, &path, "get").and_then(|_| {
+            accept_plain(req.headers(), &[])?;
             discovery::api_resource_list(st.objects.registry, group, version)
                 .map(|d| json_response(StatusCode::OK, &d, &[]))
                 .ok_or_else(ApiError::path_not_found)
@@ -367,6 +411,9 @@ fn non_resource(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let reg = st.objects.registry;
+    if matches!(segs, ["api"] | ["apis"] | ["apis", _]) {
+        accept_plain(req.headers(), &["APIGroupDiscoveryList"])?;
+    }
     match segs {
         ["api"] if discovery::wants_aggregated(accept) => Ok(aggregated(reg, true)),
         ["api"] => Ok(json_response(
@@ -505,6 +552,7 @@ async fn serve_resource(
         if verb != "create" || t.name.is_some() {
             return Err(ApiError::method_not_supported(ri, verb));
         }
+        accept_plain(req.headers(), &["PartialObjectMetadata"])?;
         let (h, body) = read_body(req).await?;
         let obj = decode_body(&h, &body)?;
         let out = reviews::create(st, user, ri, ns, obj).await?;
