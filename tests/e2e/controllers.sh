@@ -188,6 +188,27 @@ kc patch pod "$fgpod" -n apps --type json -p '[{"op":"remove","path":"/metadata/
 wait_for 20 "foreground owner to go" bash -c "! $KUBECTL get deploy fg -n apps >/dev/null 2>&1"
 check "the owner goes once its dependents are gone" fails_with "not found" kc get deploy fg -n apps
 
+# A dependent with another, solid owner outlives a foreground-deleted owner; it only loses
+# its reference to it (upstream: "should not delete dependents that have both valid owner and
+# owner that's waiting for dependents to be deleted").
+uid_of() { kc get cm "$1" -n apps -o jsonpath='{.metadata.uid}'; }
+ref() { printf '{"apiVersion":"v1","kind":"ConfigMap","name":"%s","uid":"%s","blockOwnerDeletion":true}' "$1" "$(uid_of "$1")"; }
+for c in o1 o2 dep solo; do kc create configmap "$c" -n apps >/dev/null; done
+kc patch cm dep -n apps --type merge -p "{\"metadata\":{\"ownerReferences\":[$(ref o1),$(ref o2)]}}" >/dev/null
+kc patch cm solo -n apps --type merge -p "{\"metadata\":{\"ownerReferences\":[$(ref o1)]}}" >/dev/null
+check "an owner deleted in the foreground goes" kc delete cm o1 -n apps --cascade=foreground --timeout=30s
+check "its dependent with no other owner went with it" fails_with "not found" kc get cm solo -n apps
+check "its dependent with another owner stays, owned by that one only" \
+  equals "$(kc get cm dep -n apps -o jsonpath='{.metadata.deletionTimestamp}/{.metadata.ownerReferences[*].name}')" "/o2"
+# A circle of owners (a owns b owns c owns a) does not block a foreground deletion.
+for c in ca cb cc; do kc create configmap "$c" -n apps >/dev/null; done
+kc patch cm ca -n apps --type merge -p "{\"metadata\":{\"ownerReferences\":[$(ref cc)]}}" >/dev/null
+kc patch cm cb -n apps --type merge -p "{\"metadata\":{\"ownerReferences\":[$(ref ca)]}}" >/dev/null
+kc patch cm cc -n apps --type merge -p "{\"metadata\":{\"ownerReferences\":[$(ref cb)]}}" >/dev/null
+kc delete cm ca -n apps --cascade=foreground --wait=false >/dev/null
+wait_for 30 "the circle to be collected" bash -c "[ -z \"\$($KUBECTL get cm ca cb cc -n apps -o name --ignore-not-found)\" ]"
+check "a circle of owners is collected after a foreground deletion" equals "$(kc get cm ca cb cc -n apps -o name --ignore-not-found)" ""
+
 # --- namespace deletion ------------------------------------------------------------------------
 kc create ns doomed >/dev/null
 kc create deployment d -n doomed --image=busybox --replicas=2 >/dev/null

@@ -414,15 +414,10 @@ impl Gc {
                 if blocks {
                     blocking += 1;
                 }
+                // Each dependent judges its own owners (upstream's attemptToDelete): one with
+                // another, solid owner only drops its reference to this one.
                 if dmeta.deletion_timestamp.is_none() {
-                    self.delete(
-                        dm.as_ref(),
-                        dk,
-                        &dmeta,
-                        Some(PropagationPolicy::Foreground),
-                        None,
-                    )
-                    .await?;
+                    self.queue.add((*di, dk.clone()));
                 }
             }
             if blocking == 0 {
@@ -469,7 +464,16 @@ impl Gc {
         if m.deletion_timestamp.is_some() {
             return Ok(Action::AwaitChange);
         }
-        let policy = if !waiting.is_empty() {
+        let policy = if !waiting.is_empty() && !dependents.is_empty() {
+            // An owner waits for this object, which has dependents of its own: it is deleted
+            // in the foreground too. If one of those dependents is itself waiting for its
+            // dependents, the references may form a circle (a owns b owns c owns a): this
+            // object stops blocking its owners first, so that they can go, as upstream does.
+            if self.dependent_deleting_dependents(&dependents) {
+                if let Some(fresh) = self.unblock_owners(&api, &key.1, &m).await? {
+                    m = fresh;
+                }
+            }
             Some(PropagationPolicy::Foreground)
         } else if has_finalizer(&m, ORPHAN) {
             Some(PropagationPolicy::Orphan)
@@ -483,6 +487,47 @@ impl Gc {
         self.delete(mon.as_ref(), &key, &m, policy, m.resource_version.clone())
             .await?;
         Ok(Action::AwaitChange)
+    }
+
+    /// Whether one of `dependents` is in foreground deletion itself.
+    fn dependent_deleting_dependents(&self, dependents: &[Item]) -> bool {
+        dependents.iter().any(|(di, dk)| {
+            self.monitors[*di]
+                .meta(dk)
+                .is_some_and(|d| d.deletion_timestamp.is_some() && has_finalizer(&d, FOREGROUND))
+        })
+    }
+
+    /// Sets `blockOwnerDeletion: false` on every owner reference of the object; its new
+    /// metadata when something changed.
+    async fn unblock_owners(
+        &self,
+        api: &Api<DynamicObject>,
+        name: &str,
+        m: &ObjectMeta,
+    ) -> Result<Option<ObjectMeta>> {
+        let mut refs = m.owner_references.clone().unwrap_or_default();
+        let mut changed = false;
+        for r in refs
+            .iter_mut()
+            .filter(|r| r.block_owner_deletion == Some(true))
+        {
+            r.block_owner_deletion = Some(false);
+            changed = true;
+        }
+        if !changed {
+            return Ok(None);
+        }
+        tracing::debug!(
+            name,
+            "unblocking owner references to break a possible circle"
+        );
+        let patch =
+            json!({"metadata": {"ownerReferences": refs, "resourceVersion": m.resource_version}});
+        let o = api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(Some(o.metadata))
     }
 
     fn delete<'a>(
