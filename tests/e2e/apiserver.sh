@@ -117,6 +117,25 @@ check "configmap DATA column" grep -qE "^c2 +2 " <<<"$(kc get cm $NS)"
 check "-A lists across namespaces with a NAMESPACE column" grep -qE "^gitops-kubernetes +c1 " <<<"$(kc get cm -A)"
 check "get a missing object: NotFound" fails_with 'configmaps "nope" not found' kc get cm nope $NS
 check "pagination with --chunk-size" equals "$(kc get cm $NS --chunk-size=1 -o name | wc -l)" "$(kc get cm $NS -o name | wc -l)"
+# A list's later pages are read at the first page's revision: one consistent list, whatever
+# changed in between (upstream reads etcd at the continue token's revision).
+kc create ns pages >/dev/null
+for i in 1 2 3 4 5; do kc create configmap "p$i" -n pages >/dev/null; done
+page() { kc get --raw "/api/v1/namespaces/pages/configmaps?limit=3$1" | python3 -c '
+import json, sys
+l = json.load(sys.stdin)
+print(l["metadata"]["resourceVersion"], l["metadata"].get("continue", "-"),
+      " ".join(i["metadata"]["name"] + ("+x" if "x" in i["metadata"].get("labels", {}) else "") for i in l["items"]))'; }
+read -r rv1 tok1 names1 <<<"$(page "")"
+kc delete configmap p4 -n pages >/dev/null
+kc create configmap p6 -n pages >/dev/null
+kc label configmap p3 -n pages x=1 >/dev/null
+read -r rv2 tok2 names2 <<<"$(page "&continue=$tok1")"
+check "the first page" equals "$names1" "kube-root-ca.crt p1 p2"
+check "the next page shows the objects as they were at the first page's revision" equals "$names2" "p3 p4 p5"
+check "the next page has the first page's resourceVersion, and the list ends there" equals "$rv2 $tok2" "$rv1 -"
+check "a new list sees the changes" equals "$(kc get cm -n pages -l x -o name) $(kc get cm -n pages -o name | tr '\n' ' ')" \
+  "configmap/p3 configmap/kube-root-ca.crt configmap/p1 configmap/p2 configmap/p3 configmap/p5 configmap/p6 "
 
 # --- watch ----------------------------------------------------------------------------------
 kc create ns watch >/dev/null

@@ -11,8 +11,11 @@ use serde_json::{json, Value};
 pub struct ApiError {
     pub code: StatusCode,
     pub reason: &'static str,
-    pub message: String,
+    pub message: Box<str>,
     pub details: Option<Value>,
+    /// `metadata.continue` of the Status: where a list may go on (inconsistently) after its
+    /// continue token expired.
+    pub list_continue: Option<Box<String>>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -35,8 +38,9 @@ impl ApiError {
         ApiError {
             code,
             reason,
-            message: message.into(),
+            message: Into::<String>::into(message).into(),
             details: None,
+            list_continue: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -118,8 +122,9 @@ impl ApiError {
         ApiError {
             code: StatusCode::UNPROCESSABLE_ENTITY,
             reason: "Invalid",
-            message: format!("{kind_group} \"{name}\" is invalid: {joined}"),
+            message: format!("{kind_group} \"{name}\" is invalid: {joined}").into(),
             details: Some(json!({"name": name, "group": group, "kind": kind, "causes": causes})),
+            list_continue: None,
         }
     }
     pub fn method_not_supported(ri: &ResourceInfo, verb: &str) -> Self {
@@ -181,6 +186,9 @@ impl ApiError {
             "metadata": {},
             "status": "Failure",
         });
+        if let Some(c) = &self.list_continue {
+            s["metadata"] = json!({"continue": c});
+        }
         if !self.message.is_empty() {
             s["message"] = json!(self.message);
         }

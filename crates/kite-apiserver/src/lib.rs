@@ -137,14 +137,20 @@ pub async fn start(
     })
 }
 
-/// Compacts history older than `keep` revisions every `every`, as K3s does (kine keeps 1000).
+/// Compacts the store's history every `every`: what is older than one interval (upstream
+/// kube-apiserver compacts to the revision it saw at its previous compaction, so a list's
+/// continue token expires within two intervals) and what lies beyond the last `keep`
+/// revisions (K3s's kine keeps 1000).
 pub fn spawn_compactor(store: kite_store::DynStore, keep: i64, every: std::time::Duration) {
     tokio::spawn(async move {
         let mut t = tokio::time::interval(every);
         t.tick().await;
+        let mut seen = store.current_revision();
         loop {
             t.tick().await;
-            let target = store.current_revision() - keep;
+            let now = store.current_revision();
+            let target = (now - keep).max(seen);
+            seen = now;
             if target > store.compacted_revision() {
                 if let Err(e) = store.compact(target).await {
                     tracing::warn!(error = %e, "compaction failed");

@@ -50,6 +50,15 @@ impl Store for MeteredStore {
     ) -> BoxFuture<'a, Result<RangeResult>> {
         self.timed("list", self.inner.range(prefix, start_after, limit))
     }
+    fn range_at<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+        limit: usize,
+        at: Revision,
+    ) -> BoxFuture<'a, Result<RangeResult>> {
+        self.timed("list", self.inner.range_at(prefix, start_after, limit, at))
+    }
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<KeyValue>> {
         self.timed("create", self.inner.create(key, value))
     }

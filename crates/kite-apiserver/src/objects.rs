@@ -401,6 +401,15 @@ mod tests {
         ) -> futures::future::BoxFuture<'a, kite_store::Result<kite_store::RangeResult>> {
             self.guard(prefix, self.inner.range(prefix, start_after, limit))
         }
+        fn range_at<'a>(
+            &'a self,
+            prefix: &'a str,
+            start_after: Option<&'a str>,
+            limit: usize,
+            at: Revision,
+        ) -> futures::future::BoxFuture<'a, kite_store::Result<kite_store::RangeResult>> {
+            self.guard(prefix, self.inner.range_at(prefix, start_after, limit, at))
+        }
         fn create<'a>(
             &'a self,
             key: &'a str,
@@ -495,6 +504,32 @@ mod tests {
         assert_eq!(code(r), Some(StatusCode::INTERNAL_SERVER_ERROR));
         *store.fail.lock().unwrap() = None;
         assert!(objects.get(pods, Some("app"), "p").await.is_err());
+    }
+}
+
+/// Upstream's 410 for a continue token whose revision is compacted, with a token that goes
+/// on from the same key at the latest revision (an inconsistent list, which the message
+/// says).
+fn expired_continue(start: Option<&str>) -> ApiError {
+    let token = start.map(|start| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&ContinueToken {
+                rv: -1,
+                start: start.to_string(),
+            })
+            .unwrap_or_default(),
+        )
+    });
+    ApiError {
+        list_continue: token.map(Box::new),
+        ..ApiError::gone(
+            "The provided continue parameter is too old to display a consistent list result. \
+             You can start a new list without the continue parameter, or use the continue token \
+             in this response to retrieve the remainder of the results. Continuing with the \
+             provided token results in an inconsistent list - objects that were created, \
+             modified, or deleted between the time the first chunk was returned and now may \
+             show up in the list.",
+        )
     }
 }
 
@@ -1019,11 +1054,10 @@ impl Objects {
             if !t.start.starts_with(&prefix) {
                 return Err(bad());
             }
-            if t.rv < self.store.compacted_revision() {
-                return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results."));
-            }
             start = Some(t.start);
-            token_rv = Some(t.rv);
+            // A token's revision is the first page's: the next pages are read at it, as one
+            // consistent list; -1 (given out when that revision is compacted) reads the latest.
+            token_rv = Some(t.rv).filter(|rv| *rv > 0);
         }
         let filtering = !opts.labels.is_empty() || !opts.fields.is_empty();
         let mut items = Vec::new();
@@ -1038,7 +1072,17 @@ impl Objects {
             } else {
                 opts.limit - items.len()
             };
-            let page = self.store.range(&prefix, start.as_deref(), want).await?;
+            let page = match token_rv {
+                Some(at) => self
+                    .store
+                    .range_at(&prefix, start.as_deref(), want, at)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::Compacted { .. } => expired_continue(start.as_deref()),
+                        e => e.into(),
+                    })?,
+                None => self.store.range(&prefix, start.as_deref(), want).await?,
+            };
             revision.get_or_insert(page.revision);
             let mut last_key = None;
             for kv in &page.items {

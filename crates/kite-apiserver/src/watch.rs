@@ -511,12 +511,12 @@ mod tests {
         let e = Start::from_query(&q(&[("sendInitialEvents", "true")])).unwrap_err();
         assert_eq!(e.code, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(
-            e.message,
+            &*e.message,
             "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"
         );
         let e = Start::from_query(&q(&[("resourceVersionMatch", "Exact")])).unwrap_err();
         assert_eq!(
-            e.message,
+            &*e.message,
             "ListOptions.meta.k8s.io \"\" is invalid: [resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided, resourceVersionMatch: Unsupported value: \"Exact\": supported values: \"NotOlderThan\"]"
         );
         assert_eq!(
@@ -537,7 +537,7 @@ mod tests {
         .is_ok());
         let e = validate_list(&q(&[("sendInitialEvents", "true")])).unwrap_err();
         assert_eq!(
-            e.message,
+            &*e.message,
             "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list"
         );
         let e = validate_list(&q(&[("resourceVersionMatch", "NotOlderThan")])).unwrap_err();

@@ -130,6 +130,16 @@ pub trait Store: Send + Sync + 'static {
         start_after: Option<&'a str>,
         limit: usize,
     ) -> BoxFuture<'a, Result<RangeResult>>;
+    /// As `range`, but the keys and values as they were at revision `at` (etcd's range with
+    /// a revision): `Compacted` if history before `at` is gone, `FutureRevision` if `at` is
+    /// newer than the store. The result's `revision` is `at`.
+    fn range_at<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+        limit: usize,
+        at: Revision,
+    ) -> BoxFuture<'a, Result<RangeResult>>;
     /// Creates `key`; fails with AlreadyExists if it is there.
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<KeyValue>>;
     /// Replaces `key` if its mod_revision is `expected`.

@@ -442,6 +442,99 @@ impl Store for SledStore {
         .boxed()
     }
 
+    fn range_at<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+        limit: usize,
+        at: Revision,
+    ) -> BoxFuture<'a, Result<RangeResult>> {
+        async move {
+            let compacted = self.compacted_revision();
+            if at < compacted {
+                return Err(StoreError::Compacted {
+                    requested: at,
+                    compacted,
+                });
+            }
+            let current = self.lock().last;
+            if at > current {
+                return Err(StoreError::FutureRevision {
+                    requested: at,
+                    current,
+                });
+            }
+            // The current keys, then the history since `at`: a key written since has its
+            // value at `at` in the `prev` of its first later event (none if it was created
+            // after). The revision is read after the scan, under the write lock, so the log
+            // read up to it covers every write the scan may have seen.
+            let pfx = key_record(prefix);
+            let start = match start_after {
+                Some(s) => std::ops::Bound::Excluded(key_record(s)),
+                None => std::ops::Bound::Included(pfx.clone()),
+            };
+            let scan: Vec<(sled::IVec, sled::IVec)> = self
+                .inner
+                .db
+                .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+                .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&pfx)))
+                .collect::<std::result::Result<_, _>>()?;
+            let upto = self.lock().last;
+            let mut then: std::collections::BTreeMap<String, Option<KeyValue>> = Default::default();
+            for ev in self.read_log(at, upto)? {
+                let key = &ev.kv.key;
+                if key.starts_with(prefix) && start_after.is_none_or(|s| key.as_str() > s) {
+                    then.entry(key.clone()).or_insert(ev.prev);
+                }
+            }
+            if self.compacted_revision() > at {
+                // Compacted while the log was read: what was read may be incomplete.
+                return Err(StoreError::Compacted {
+                    requested: at,
+                    compacted: self.compacted_revision(),
+                });
+            }
+            // Merges the two sorted sequences; past the page, keys are only counted.
+            let mut items = Vec::new();
+            let mut remaining = 0u64;
+            let full = |items: &Vec<KeyValue>| limit > 0 && items.len() == limit;
+            let mut old = then.values().flatten().cloned().peekable();
+            for (k, v) in &scan {
+                let key = std::str::from_utf8(&k[1..])
+                    .map_err(|_| StoreError::Corrupt("non-utf8 key".into()))?;
+                while let Some(o) = old.next_if(|o| o.key.as_str() < key) {
+                    if full(&items) {
+                        remaining += 1;
+                    } else {
+                        items.push(o);
+                    }
+                }
+                if then.contains_key(key) {
+                    continue;
+                }
+                if full(&items) {
+                    remaining += 1;
+                } else {
+                    items.push(decode_kv(key, v)?);
+                }
+            }
+            for o in old {
+                if full(&items) {
+                    remaining += 1;
+                } else {
+                    items.push(o);
+                }
+            }
+            Ok(RangeResult {
+                items,
+                more: remaining > 0,
+                revision: at,
+                remaining,
+            })
+        }
+        .boxed()
+    }
+
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<KeyValue>> {
         self.write(key, Some(value), |cur| match cur {
             Some(_) => Err(StoreError::AlreadyExists(key.to_string())),
@@ -625,6 +718,49 @@ mod tests {
         assert_eq!(p2.items.len(), 1);
         assert_eq!(p2.items[0].key, "/p/c");
         assert!(!p2.more);
+    }
+
+    #[tokio::test]
+    async fn range_at_reads_the_past_page_by_page() {
+        let (_d, s) = open();
+        for k in ["/p/a", "/p/b", "/p/c", "/p/e", "/q/a"] {
+            s.create(k, b"1".to_vec()).await.unwrap();
+        }
+        let at = s.current_revision();
+        let b = s.get("/p/b").await.unwrap().unwrap();
+        s.update("/p/b", b"2".to_vec(), b.mod_revision)
+            .await
+            .unwrap();
+        s.delete("/p/c", None).await.unwrap();
+        s.create("/p/d", b"1".to_vec()).await.unwrap();
+        s.create("/p/0", b"1".to_vec()).await.unwrap();
+        let keys = |r: &RangeResult| r.items.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>();
+        let all = s.range_at("/p/", None, 0, at).await.unwrap();
+        assert_eq!(keys(&all), ["/p/a", "/p/b", "/p/c", "/p/e"]);
+        assert_eq!(all.items[1].value, b"1");
+        assert_eq!(all.revision, at);
+        let p1 = s.range_at("/p/", None, 2, at).await.unwrap();
+        assert_eq!(
+            (keys(&p1), p1.more, p1.remaining),
+            (vec!["/p/a".to_string(), "/p/b".into()], true, 2)
+        );
+        let p2 = s.range_at("/p/", Some("/p/b"), 2, at).await.unwrap();
+        assert_eq!(
+            (keys(&p2), p2.more),
+            (vec!["/p/c".to_string(), "/p/e".into()], false)
+        );
+        // Today's state, for comparison.
+        let now = s.range("/p/", None, 0).await.unwrap();
+        assert_eq!(keys(&now), ["/p/0", "/p/a", "/p/b", "/p/d", "/p/e"]);
+        assert!(matches!(
+            s.range_at("/p/", None, 0, s.current_revision() + 1).await,
+            Err(StoreError::FutureRevision { .. })
+        ));
+        s.compact(at + 1).await.unwrap();
+        assert!(matches!(
+            s.range_at("/p/", None, 0, at).await,
+            Err(StoreError::Compacted { .. })
+        ));
     }
 
     #[tokio::test]

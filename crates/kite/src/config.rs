@@ -260,10 +260,11 @@ pub struct ServerArgs {
     /// Verbose logging.
     #[arg(long, env = "KITE_DEBUG")]
     pub debug: bool,
-    /// Seconds between compactions of the datastore's history.
+    /// Seconds between compactions of the datastore's history; each drops the history
+    /// older than one interval, as upstream's kube-apiserver does.
     #[arg(long, env = "KITE_COMPACT_INTERVAL", default_value_t = 300)]
     pub compact_interval: u64,
-    /// Revisions of history kept by compaction (watches may resume this far back).
+    /// At most this many revisions of history are kept (watches may resume this far back).
     #[arg(long, env = "KITE_COMPACT_RETAIN", default_value_t = 1000)]
     pub compact_retain: i64,
     /// How long a node may miss heartbeats before it is marked unhealthy.
