@@ -86,21 +86,25 @@ check "rollout restart made a new revision" equals "$(kc get deploy web -n apps 
 check "the Available condition is True" equals "$(kc get deploy web -n apps -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" "True"
 check "the Progressing reason is NewReplicaSetAvailable" equals "$(kc get deploy web -n apps -o jsonpath='{.status.conditions[?(@.type=="Progressing")].reason}')" "NewReplicaSetAvailable"
 
-# Proportional scaling: scaling in the middle of a stuck rollout grows both ReplicaSets.
+# Proportional scaling: scaling in the middle of a stuck rollout grows both ReplicaSets, by
+# upstream's arithmetic (the conformance test "deployment should support proportional
+# scaling": 10 replicas, maxSurge 3, maxUnavailable 2, stalled at 8 old + 5 new; at 30 the
+# old one gets round(8*33/13) = 20 and the new one the remaining 13).
 kc create deployment prop -n apps --image=busybox --replicas=10 >/dev/null
-kc patch deploy prop -n apps --type merge -p '{"spec":{"strategy":{"rollingUpdate":{"maxSurge":3,"maxUnavailable":0}}}}' >/dev/null
+kc patch deploy prop -n apps --type merge -p '{"spec":{"strategy":{"rollingUpdate":{"maxSurge":3,"maxUnavailable":2}}}}' >/dev/null
 kc rollout status deploy/prop -n apps --timeout=60s >/dev/null
 # The new template fits no node, so its pods stay Pending and the rollout stalls.
 kc patch deploy prop -n apps --type merge -p '{"spec":{"template":{"spec":{"nodeSelector":{"no":"such-node"}}}}}' >/dev/null
 rs_sizes() { kc get rs -n apps -l app=prop -o jsonpath='{range .items[*]}{.spec.replicas}{"\n"}{end}' | sort -n | tr '\n' ' '; }
-rs_total_is() { [ "$(rs_sizes | awk '{for (i = 1; i <= NF; i++) s += $i} END {print s + 0}')" = "$1" ]; }
-wait_for 20 "the stalled rollout" rs_total_is 13
-kc scale deploy/prop -n apps --replicas=20 >/dev/null
-wait_for 20 "proportional scale-up" rs_total_is 23
-sizes=$(rs_sizes)
-check "scaling mid-rollout keeps replicas + maxSurge in all ($sizes)" rs_total_is 23
-check "scaling mid-rollout grows the old ReplicaSet ($sizes)" test "$(awk '{print $NF}' <<<"$sizes")" -gt 10
-check "scaling mid-rollout grows the new ReplicaSet ($sizes)" test "$(awk '{print $1}' <<<"$sizes")" -gt 3
+rs_are() { [ "$(rs_sizes)" = "$1" ]; }
+wait_for 20 "the stalled rollout" rs_are "5 8 "
+check "a stalled rollout keeps replicas - maxUnavailable old and surges the new" equals "$(rs_sizes)" "5 8 "
+kc scale deploy/prop -n apps --replicas=30 >/dev/null
+wait_for 20 "proportional scale-up" rs_are "13 20 "
+check "scaling mid-rollout shares replicas + maxSurge as upstream does" equals "$(rs_sizes)" "13 20 "
+kc scale deploy/prop -n apps --replicas=5 >/dev/null
+wait_for 20 "proportional scale-down" bash -c "[ \"\$($KUBECTL get rs -n apps -l app=prop -o jsonpath='{range .items[*]}{.spec.replicas}{\"\\n\"}{end}' | awk '{s += \$1} END {print s}')\" = 8 ]"
+check "scaling down mid-rollout shrinks both to replicas + maxSurge ($(rs_sizes))" equals "$(rs_sizes)" "3 5 "
 kc delete deploy prop -n apps >/dev/null
 
 # A rollout that cannot progress reports ProgressDeadlineExceeded.

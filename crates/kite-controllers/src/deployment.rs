@@ -718,31 +718,62 @@ impl Controller {
             }
             return Ok(());
         }
-        let allowed = want + surge;
+        // Upstream's proportional scaling (deployment/sync.go `scale`, util `GetProportion`):
+        // each ReplicaSet grows or shrinks by its share of the change, measured against the
+        // Deployment size it was last scaled for (its max-replicas annotation), within what
+        // is left to hand out; the largest takes the rounding leftover.
+        let allowed = if want > 0 { want + surge } else { 0 };
         let current: i32 = active.iter().map(|i| replicas(&rss[*i])).sum();
         let to_add = allowed - current;
         let mut order = active.clone();
-        // Larger (then newer) ReplicaSets first.
-        order.sort_by_key(|i| {
-            (
-                std::cmp::Reverse(replicas(&rss[*i])),
-                std::cmp::Reverse(util::created(&rss[*i].metadata)),
-            )
+        // Larger first; among equals newer first when growing, older first when shrinking.
+        order.sort_by(|a, b| {
+            let (ra, rb) = (&rss[*a], &rss[*b]);
+            replicas(rb).cmp(&replicas(ra)).then_with(|| {
+                let by_age = util::created(&ra.metadata).cmp(&util::created(&rb.metadata));
+                if to_add > 0 {
+                    by_age.reverse()
+                } else {
+                    by_age
+                }
+            })
         });
+        let status_replicas = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
         let mut targets: Vec<(usize, i32)> = Vec::new();
-        let mut given = 0;
+        let mut added = 0;
         for &i in &order {
             let r = replicas(&rss[i]);
-            let share = if current > 0 {
-                (i64::from(r) * i64::from(to_add) / i64::from(current)) as i32
-            } else {
+            let share = if to_add == 0 || r == 0 || to_add == added {
                 0
+            } else {
+                let fraction = if want == 0 {
+                    -r
+                } else {
+                    let annotated = rss[i]
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(MAX_REPLICAS))
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .unwrap_or(status_replicas);
+                    if annotated > 0 {
+                        let size = f64::from(r) * f64::from(want + surge) / f64::from(annotated);
+                        size.round() as i32 - r
+                    } else {
+                        0
+                    }
+                };
+                if to_add > 0 {
+                    fraction.min(to_add - added)
+                } else {
+                    fraction.max(to_add - added)
+                }
             };
             targets.push((i, r + share));
-            given += share;
+            added += share;
         }
         if let Some(first) = targets.first_mut() {
-            first.1 += to_add - given;
+            first.1 += to_add - added;
         }
         for (i, t) in targets {
             let mut rs = rss[i].clone();
