@@ -233,6 +233,16 @@ done
 check "aggregated discovery is still served" \
   contains "$($PY raw GET /apis --accept 'application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList')" '"kind":"APIGroupDiscoveryList"'
 
+# Strategic merge patch puts a list's new items before the server's own, as upstream does
+# (kube-apiserver v1.36 answers "n a b", then "n a b m"; the ReplicaSet conformance test
+# reads containers[0] after such a patch).
+kc create deployment smp -n wl --image=busybox >/dev/null
+kc patch deployment smp -n wl --type json -p '[{"op":"replace","path":"/spec/template/spec/containers","value":[{"name":"a","image":"x"},{"name":"b","image":"x"}]}]' >/dev/null
+check "a container added by a strategic merge patch comes first" \
+  equals "$(kc patch deployment smp -n wl --type strategic -p '{"spec":{"template":{"spec":{"containers":[{"name":"n","image":"y"}]}}}}' -o jsonpath='{.spec.template.spec.containers[*].name}')" "n a b"
+check "patched and new items interleave by the server's order" \
+  equals "$(kc patch deployment smp -n wl --type strategic -p '{"spec":{"template":{"spec":{"containers":[{"name":"b","image":"y"},{"name":"m","image":"y"}]}}}}' -o jsonpath='{.spec.template.spec.containers[*].name}')" "n a b m"
+
 # --- Go's encoding: the keys upstream always writes ---------------------------------------
 # Minimal bodies of 14 kinds, created here and on upstream kube-apiserver v1.36
 # (fixtures/upstream-minimal.json, `minimal_objects.py KC NS capture` against upstream.sh):

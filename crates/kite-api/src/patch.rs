@@ -261,6 +261,10 @@ fn merge_list(
             .collect();
         return Ok(());
     }
+    let server_order: Vec<Value> = target
+        .iter()
+        .filter_map(|t| item_key(t, strategy).cloned())
+        .collect();
     for pi in patch {
         let key = match item_key(pi, strategy) {
             Some(k) => k.clone(),
@@ -295,7 +299,50 @@ fn merge_list(
             }
         }
     }
+    normalize_order(target, patch, &server_order, strategy);
     Ok(())
+}
+
+/// Upstream's `normalizeElementOrder`: the items the patch names, in the patch's order, and
+/// the server's other items, in the server's order, interleaved where the server's order
+/// says so; a new item comes before a server-only one (so a container added by a patch is
+/// the first).
+fn normalize_order(
+    list: &mut Vec<Value>,
+    patch: &[Value],
+    server_order: &[Value],
+    strategy: ListStrategy,
+) {
+    let key_pos = |keys: &[Value], v: &Value| {
+        let k = item_key(v, strategy)?;
+        keys.iter().position(|x| x == k)
+    };
+    let patch_keys: Vec<Value> = patch
+        .iter()
+        .filter(|p| p.get(DIRECTIVE).is_none())
+        .filter_map(|p| item_key(p, strategy).cloned())
+        .collect();
+    let (mut named, server_only): (Vec<Value>, Vec<Value>) = list
+        .drain(..)
+        .partition(|v| key_pos(&patch_keys, v).is_some());
+    named.sort_by_key(|v| key_pos(&patch_keys, v));
+    let (mut left, mut right) = (
+        server_only.into_iter().peekable(),
+        named.into_iter().peekable(),
+    );
+    loop {
+        let take_left = match (left.peek(), right.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(l), Some(r)) => matches!(
+                (key_pos(server_order, l), key_pos(server_order, r)),
+                (Some(a), Some(b)) if a < b
+            ),
+        };
+        let next = if take_left { left.next() } else { right.next() };
+        list.extend(next);
+    }
 }
 
 /// Orders `list` as `order` names its items; items not named keep their relative order after
@@ -368,6 +415,39 @@ mod tests {
     }
 
     #[test]
+    fn list_order_as_upstream() {
+        let doc = json!({"spec": {"containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "1"}]}});
+        let names = |v: &Value| {
+            v["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        // A new item goes first; changed ones keep the server's order (kube-apiserver v1.36
+        // answers "n a b" and, for [b, m] on "n a b", "n a b m").
+        let out = smp(
+            doc.clone(),
+            json!({"spec": {"containers": [{"name": "n", "image": "2"}]}}),
+            "Pod",
+        );
+        assert_eq!(names(&out), ["n", "a", "b"]);
+        let out = smp(
+            doc.clone(),
+            json!({"spec": {"containers": [{"name": "b", "image": "2"}]}}),
+            "Pod",
+        );
+        assert_eq!(names(&out), ["a", "b"]);
+        let out = smp(
+            doc,
+            json!({"spec": {"containers": [{"name": "b", "image": "2"}, {"name": "n", "image": "2"}]}}),
+            "Pod",
+        );
+        assert_eq!(names(&out), ["a", "b", "n"]);
+    }
+
+    #[test]
     fn directives() {
         let doc = json!({"metadata": {"finalizers": ["a", "b"]},
             "spec": {"containers": [{"name": "a"}, {"name": "b"}, {"name": "c"}],
@@ -384,7 +464,8 @@ mod tests {
             }),
             "Deployment",
         );
-        assert_eq!(out["metadata"]["finalizers"], json!(["b", "z"]));
+        // As kube-apiserver v1.36 answers: the patch's new item before the server's.
+        assert_eq!(out["metadata"]["finalizers"], json!(["z", "b"]));
         assert_eq!(
             out["spec"]["containers"],
             json!([{"name": "c"}, {"name": "a"}])
