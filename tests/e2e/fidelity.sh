@@ -243,6 +243,14 @@ check "a container added by a strategic merge patch comes first" \
 check "patched and new items interleave by the server's order" \
   equals "$(kc patch deployment smp -n wl --type strategic -p '{"spec":{"template":{"spec":{"containers":[{"name":"b","image":"y"},{"name":"m","image":"y"}]}}}}' -o jsonpath='{.spec.template.spec.containers[*].name}')" "n a b m"
 
+# A PriorityClass's value and preemptionPolicy are immutable (kube-apiserver v1.36's answer).
+kc create priorityclass pc1 --value=100 >/dev/null
+check "a PriorityClass's value and preemptionPolicy cannot change" \
+  equals "$(kc patch priorityclass pc1 --type merge -p '{"value":1000,"preemptionPolicy":"Never"}' 2>&1)" 'The PriorityClass "pc1" is invalid: 
+* value: Forbidden: may not be changed in an update.
+* preemptionPolicy: Invalid value: "Never": field is immutable'
+check "its description can" equals "$(kc patch priorityclass pc1 --type merge -p '{"description":"x"}' -o jsonpath='{.description}')" "x"
+
 # --- Go's encoding: the keys upstream always writes ---------------------------------------
 # Minimal bodies of 14 kinds, created here and on upstream kube-apiserver v1.36
 # (fixtures/upstream-minimal.json, `minimal_objects.py KC NS capture` against upstream.sh):

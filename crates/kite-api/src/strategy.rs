@@ -982,6 +982,15 @@ fn validate_update(ri: &ResourceInfo, obj: &Value, old: &Value, errs: &mut Vec<F
             immutable(obj, old, "/spec/selector", "spec.selector", errs);
             immutable(obj, old, "/spec/completions", "spec.completions", errs);
         }
+        ("scheduling.k8s.io", "PriorityClass") => {
+            if obj["value"] != old["value"] {
+                errs.push(FieldError::forbidden(
+                    "value",
+                    "may not be changed in an update.",
+                ));
+            }
+            immutable(obj, old, "/preemptionPolicy", "preemptionPolicy", errs);
+        }
         ("", "Service") => {
             let old_ip = old.pointer("/spec/clusterIP");
             let new_ip = obj.pointer("/spec/clusterIP");
