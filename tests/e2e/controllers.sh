@@ -312,6 +312,11 @@ value: 100
 ---
 apiVersion: scheduling.k8s.io/v1
 kind: PriorityClass
+metadata: {name: mid}
+value: 1000
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
 metadata: {name: high}
 value: 10000
 YAML
@@ -319,7 +324,7 @@ prio_pod() {
   cat <<YAML
 apiVersion: v1
 kind: Pod
-metadata: {name: $1}
+metadata: {name: $1, finalizers: [$3]}
 spec:
   priorityClassName: $2
   nodeSelector: {pool: prio}
@@ -327,15 +332,31 @@ spec:
   containers:
   - name: c
     image: busybox
-    resources: {requests: {cpu: 700m}}
+    resources: {requests: {cpu: 400m}}
 YAML
 }
-prio_pod lowpod low | kc apply -n apps -f - >/dev/null
-wait_for 20 "lowpod Running" bash -c "[ \"\$($KUBECTL get pod lowpod -n apps -o jsonpath='{.status.phase}')\" = Running ]"
-prio_pod highpod high | kc apply -n apps -f - >/dev/null
+# prio-0 has 1 CPU: low and mid take 800m, high needs 400m. As upstream's conformance test
+# "validates basic preemption works": only low goes (mid is given back, as the higher of
+# the two), and while low is still terminating (held by a finalizer here) high waits for it
+# instead of preempting mid too.
+prio_pod lowpod low e2e.kite.io/hold | kc apply -n apps -f - >/dev/null
+prio_pod midpod mid "" | kc apply -n apps -f - >/dev/null
+running() { [ "$($KUBECTL get pod "$1" -n apps -o jsonpath='{.status.phase}')" = Running ]; }
+wait_for 20 "lowpod and midpod Running" bash -c "$(declare -f running); KUBECTL=$KUBECTL running lowpod && KUBECTL=$KUBECTL running midpod"
+prio_pod highpod high "" | kc apply -n apps -f - >/dev/null
+wait_for 20 "lowpod preempted" bash -c "[ -n \"\$($KUBECTL get pod lowpod -n apps -o jsonpath='{.metadata.deletionTimestamp}')\" ]"
+check "the victim learns why (DisruptionTarget, PreemptionByScheduler)" \
+  equals "$(kc get pod lowpod -n apps -o jsonpath='{.status.conditions[?(@.type=="DisruptionTarget")].reason}')" "PreemptionByScheduler"
+wait_for 20 "highpod to wait for its victim" bash -c "$KUBECTL get events -n apps --field-selector involvedObject.name=highpod,reason=FailedScheduling -o jsonpath='{.items[*].message}' | grep -q 'not eligible due to a terminating pod on the nominated node'"
+check "while its victim terminates, the preemptor waits rather than preempting more" \
+  contains "$(kc get events -n apps --field-selector involvedObject.name=highpod,reason=FailedScheduling -o jsonpath='{.items[*].message}')" "preemption: not eligible due to a terminating pod on the nominated node."
+check "the higher of the lower-priority pods was spared" equals "$(kc get pod midpod -n apps -o jsonpath='{.metadata.deletionTimestamp}')" ""
+check "the preemptor is nominated to the node" equals "$(kc get pod highpod -n apps -o jsonpath='{.status.nominatedNodeName}')" "prio-0"
+kc patch pod lowpod -n apps --type json -p '[{"op":"remove","path":"/metadata/finalizers"}]' >/dev/null
 wait_for 30 "highpod scheduled" bash -c "[ \"\$($KUBECTL get pod highpod -n apps -o jsonpath='{.spec.nodeName}')\" = prio-0 ]"
 check "a high-priority pod preempts a low-priority one when the node is full" equals "$(kc get pod highpod -n apps -o jsonpath='{.spec.nodeName}')" "prio-0"
 check "the victim is gone" fails_with "not found" kc get pod lowpod -n apps
+check "the spared pod still runs" equals "$(kc get pod midpod -n apps -o jsonpath='{.metadata.deletionTimestamp}/{.spec.nodeName}')" "/prio-0"
 check "kubectl get priorityclasses prints upstream's columns" contains "$(kc get pc high)" "VALUE   GLOBAL-DEFAULT"
 check "the preemption is recorded" contains "$(kc get events -n apps --field-selector reason=Preempted -o jsonpath='{.items[*].message}')" "Preempted by pod"
 # A globalDefault PriorityClass gives class-less pods its name, value and preemption policy.

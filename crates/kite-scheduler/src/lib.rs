@@ -19,7 +19,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::Api;
 use queue::{ClusterEvent, Retry, SchedulingQueue};
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +39,9 @@ struct Scheduler {
     /// The last node the previous search looked at: the next one starts after it, so
     /// successive pods look at different nodes (upstream's nextStartNodeIndex).
     last_checked: Mutex<String>,
+    /// Pods that preempted others, by uid, and the node they wait for (upstream's
+    /// nominatedNodeName, known here before the status patch comes back).
+    nominated: Mutex<HashMap<String, String>>,
 }
 
 fn is_ours(p: &Pod) -> bool {
@@ -95,6 +98,7 @@ pub async fn run(client: kube::Client, identity: &str) -> Result<()> {
         recorder: Recorder::new(client.clone(), SCHEDULER_NAME, ""),
         binds: Arc::new(tokio::sync::Semaphore::new(BIND_CONCURRENCY)),
         last_checked: Mutex::default(),
+        nominated: Mutex::default(),
     });
     let nodes = informers.get::<Node>();
     {
@@ -231,13 +235,17 @@ impl Scheduler {
             }) => {
                 let mut msg = plugins::summary(total, &reasons);
                 match preempt {
-                    Some((node, victims)) => {
+                    Preemption::Plan(node, victims) => {
                         self.preempt(&info, &node, victims).await;
                     }
-                    None => {
+                    Preemption::NotHelpful => {
                         msg.push_str(&format!(
                             " preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling."
                         ));
+                    }
+                    Preemption::NotEligible(why) => {
+                        msg.push_str(" preemption: ");
+                        msg.push_str(why);
                     }
                 }
                 self.recorder
@@ -305,10 +313,27 @@ impl Scheduler {
         }
         drop(last);
         if feasible.is_empty() {
+            let nominated = self
+                .nominated
+                .lock()
+                .unwrap()
+                .get(&p.uid)
+                .cloned()
+                .or_else(|| {
+                    p.pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.nominated_node_name.clone())
+                });
+            let preempt = match eligible_to_preempt(p, nominated.as_deref(), cache) {
+                Ok(()) => preemption_plan(p, &resolvable)
+                    .map_or(Preemption::NotHelpful, |(n, v)| Preemption::Plan(n, v)),
+                Err(why) => Preemption::NotEligible(why),
+            };
             return Err(Unfit {
                 total: n,
                 reasons,
-                preempt: preemption_plan(p, &resolvable),
+                preempt,
                 retry,
             });
         }
@@ -336,6 +361,7 @@ impl Scheduler {
             .await
         {
             Ok(_) => {
+                self.nominated.lock().unwrap().remove(&info.uid);
                 self.recorder.event(
                     &*info.pod,
                     NORMAL,
@@ -356,6 +382,10 @@ impl Scheduler {
     }
 
     async fn preempt(&self, p: &PodInfo, node: &str, victims: Vec<Arc<PodInfo>>) {
+        self.nominated
+            .lock()
+            .unwrap()
+            .insert(p.uid.clone(), node.to_string());
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &p.namespace);
         let patch = json!({"status": {"nominatedNodeName": node}});
         let _ = api
@@ -363,6 +393,24 @@ impl Scheduler {
             .await;
         for v in victims {
             let vapi: Api<Pod> = Api::namespaced(self.client.clone(), &v.namespace);
+            // As upstream: the victim learns why before it goes (DisruptionTarget), which also
+            // marks it as terminating by preemption.
+            let condition = json!({"status": {"conditions": [{
+                "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                "message": format!("{SCHEDULER_NAME}: preempting to accommodate a higher priority pod"),
+                "lastProbeTime": null,
+                "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+            }]}});
+            if let Err(e) = vapi
+                .patch_status(
+                    &v.name,
+                    &PatchParams::default(),
+                    &Patch::Strategic(&condition),
+                )
+                .await
+            {
+                tracing::debug!(victim = %v.name, error = %e, "marking a preemption victim failed");
+            }
             self.recorder.event(
                 &*v.pod,
                 NORMAL,
@@ -382,10 +430,50 @@ struct Unfit {
     total: usize,
     /// Rejection reasons, with how many nodes gave each.
     reasons: BTreeMap<String, usize>,
-    /// The node to preempt on and the victims there, if preemption helps.
-    preempt: Option<(String, Vec<Arc<PodInfo>>)>,
+    /// Whether and where preemption helps.
+    preempt: Preemption,
     /// Which pod changes could make a node fit.
     retry: Retry,
+}
+
+/// What preemption can do for a pod no node fits.
+enum Preemption {
+    /// Delete these victims on this node.
+    Plan(String, Vec<Arc<PodInfo>>),
+    /// No node would fit even without its lower-priority pods.
+    NotHelpful,
+    /// The pod may not preempt now (upstream's `PodEligibleToPreemptOthers`).
+    NotEligible(&'static str),
+}
+
+/// Upstream's `PodEligibleToPreemptOthers`: not with preemptionPolicy Never, and not again
+/// while lower-priority pods on its nominated node are still terminating (its earlier
+/// victims): it waits for them rather than preempting more.
+fn eligible_to_preempt(
+    p: &PodInfo,
+    nominated: Option<&str>,
+    cache: &Cache,
+) -> Result<(), &'static str> {
+    let never = p
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.preemption_policy.as_deref())
+        == Some("Never");
+    if never {
+        return Err("not eligible due to preemptionPolicy=Never.");
+    }
+    let terminating_lower = nominated
+        .and_then(|n| cache.nodes.get(n))
+        .is_some_and(|ni| {
+            ni.pods
+                .values()
+                .any(|o| o.priority < p.priority && o.pod.metadata.deletion_timestamp.is_some())
+        });
+    if terminating_lower {
+        return Err("not eligible due to a terminating pod on the nominated node.");
+    }
+    Ok(())
 }
 
 /// Upstream's DefaultPreemption, simplified: on each node where removing pods could help,
