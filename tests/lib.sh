@@ -59,6 +59,9 @@ start_server() {
   [ "${WITH_AGENT:-0}" = 1 ] && agent=""
   PORT=${PORT:-$(free_port)}
   DATA=${DATA:-"$WORK/data"}
+  # A node's container logs stay in the test's directory; its kubelet takes a free port.
+  export KITE_POD_LOGS_DIR=${KITE_POD_LOGS_DIR:-"$WORK/log/pods"}
+  export KITE_KUBELET_PORT=${KITE_KUBELET_PORT:-$(free_port)}
   export KUBECONFIG="$WORK/kubeconfig.yaml"
   "$KITE_BIN" server --data-dir "$DATA" --https-listen-port "$PORT" --bind-address 127.0.0.1 \
     --advertise-address 127.0.0.1 --write-kubeconfig "$KUBECONFIG" \

@@ -46,6 +46,8 @@ mirrors:
 YAML
 export KITE_PRIVATE_REGISTRY="$WORK/registries.yaml"
 
+# Small logs rotate (start_server keeps them in $WORK/log/pods).
+export KITE_CONTAINER_LOG_MAX_SIZE=64Ki KITE_CONTAINER_LOG_MAX_FILES=2
 start_server --node-label kite.test/tier=e2e --node-external-ip 192.0.2.10 || { cat "$WORK/server.log"; exit 1; }
 ctr_() { ctr -a "$DATA/agent/run/containerd.sock" -n k8s.io "$@"; }
 # ctr_ids [FILTER]: the container IDs, or failure if containerd does not answer (an empty
@@ -90,6 +92,85 @@ check "describe shows the kubelet's Created and Started events" \
 check "the containers are in containerd, labelled with their pod" \
   equals "$(ctr_count "labels.\"io.kubernetes.pod.namespace\"==default")" 2
 
+# --- Logs (issue 16): CRI-format files written by the shim's logger, read by the kubelet
+# server, proxied by the API server as pods/log; kubectl's flags as upstream serves them.
+cat <<'YAML' | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: talker, labels: {app: talker}}
+spec:
+  containers:
+  - name: c
+    image: kite.test/shell:1
+    command: [sh, -c, 'echo one; echo two; sleep 1; echo three >&2; i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done']
+  - name: side
+    image: kite.test/shell:1
+    command: [sh, -c, 'echo side; exec sleep 3600']
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: spammer}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: kite.test/shell:1
+    command: [sh, -c, 'i=0; while [ $i -lt 4000 ]; do i=$((i+1)); echo "line $i of the spammer, padded to some length"; done']
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: again}
+spec:
+  containers:
+  - name: c
+    image: kite.test/shell:1
+    command: [sh, -c, 'echo "started $(cat /proc/sys/kernel/random/uuid)"; sleep 1; exit 1']
+YAML
+wait_for 30 "talker Running" bash -c "[ \"\$($KUBECTL get pod talker -o jsonpath='{.status.phase}')\" = Running ]"
+wait_for 10 "talker's first lines" bash -c "$KUBECTL logs talker -c c 2>/dev/null | grep -q three"
+check "kubectl logs prints a container's output, in order" \
+  equals "$(kc logs talker -c c | head -2 | tr '\n' ' ')" "one two "
+check "and its stderr too" grep -qx three <<<"$(kc logs talker -c c)"
+check "the API wants a container for a pod of two (upstream's message; kubectl picks the first)" \
+  fails_with "a container name must be specified for pod talker, choose one of: [c side]" kc get --raw /api/v1/namespaces/default/pods/talker/log
+check "an unknown container is refused" fails_with "container nope is not valid for pod talker" kc logs talker -c nope
+check "an unknown pod is NotFound" fails_with 'pods "nope" not found' kc logs nope
+check "--tail" equals "$(kc logs talker -c side --tail=1)" "side"
+check "--limit-bytes" equals "$(kc logs talker -c c --limit-bytes=8)" "one
+two"
+ts=$(kc logs talker -c c --timestamps | head -1)
+check "--timestamps prefixes the RFC 3339 time ($ts)" grep -qE '^20[0-9-]+T[0-9:.]+Z one$' <<<"$ts"
+sleep 2
+check "--since leaves out older lines" test -z "$(kc logs talker -c c --since=1s | grep -x one)"
+check "--since-time in the future prints nothing" equals "$(kc logs talker -c c --since-time=2099-01-01T00:00:00Z)" ""
+check "--all-containers --prefix" contains "$(kc logs talker --all-containers --prefix)" "[pod/talker/side] side"
+check "-l selects the pods" contains "$(kc logs -l app=talker -c side)" "side"
+before=$(kc logs talker -c c | grep -c tick)
+followed=$(timeout 4 "$KUBECTL" logs -f talker -c c | grep -c tick)
+check "-f follows the log as it grows ($before, then $followed)" test "$followed" -gt "$before"
+check "-p without an earlier instance: upstream's message" \
+  fails_with 'previous terminated container "c" in pod "talker" not found' kc logs talker -c c -p
+uid=$(kc get pod talker -o jsonpath='{.metadata.uid}')
+f="$WORK/log/pods/default_talker_$uid/c/0.log"
+check "the log is on disk in the CRI format (/var/log/pods/<ns>_<pod>_<uid>/<container>/0.log)" \
+  grep -qE '^20[0-9-]+T[0-9:.]+Z stdout F one$' "$f"
+check "stderr is recorded as stderr" grep -qE '^[^ ]+ stderr F three$' "$f"
+cid=$(kc get pod talker -o jsonpath='{.status.containerStatuses[?(@.name=="c")].containerID}')
+check "/var/log/containers links to it" test "$(readlink -f "$WORK/log/containers/talker_default_c-${cid#containerd://}.log")" = "$(readlink -f "$f")"
+wait_for 60 "spammer to finish" bash -c "[ \"\$($KUBECTL get pod spammer -o jsonpath='{.status.phase}')\" = Succeeded ]"
+suid=$(kc get pod spammer -o jsonpath='{.metadata.uid}')
+sdir="$WORK/log/pods/default_spammer_$suid/c"
+check "a log past --container-log-max-size is rotated, keeping --container-log-max-files" \
+  equals "$(ls "$sdir" | sed -E 's/[0-9]{8}-[0-9]{6}(\.[0-9]+)?/STAMP/' | tr '\n' ' ')" "0.log 0.log.STAMP "
+check "the current file stays under the size" test "$(stat -c %s "$sdir/0.log")" -le 65536
+check "kubectl logs reads the current file to the last line" \
+  equals "$(kc logs spammer | tail -1)" "line 4000 of the spammer, padded to some length"
+wait_for 40 "again to restart" bash -c "[ \"\$($KUBECTL get pod again -o jsonpath='{.status.containerStatuses[0].restartCount}')\" -ge 1 ]"
+wait_for 10 "again's new instance to log" bash -c "$KUBECTL logs again 2>/dev/null | grep -q started"
+prev=$(kc logs again -p); cur=$(kc logs again)
+check "-p shows the previous instance's log ($prev / $cur)" test -n "$prev" -a "$prev" != "$cur"
+check "both instances logged" equals "${prev%% *} ${cur%% *}" "started started"
+
 # kill -9 kite with pods running: the same containers run after the restart.
 ids_before=$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.status.containerStatuses[0].containerID}{"\n"}{end}' | sort)
 kill9_server
@@ -98,7 +179,11 @@ wait_for 10 "the node to be Ready again" node_ready
 sleep 2
 ids_after=$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.status.containerStatuses[0].containerID}{"\n"}{end}' | sort)
 check "after kill -9 and restart the same container IDs run" equals "$ids_after" "$ids_before"
-check "no duplicate containers after the restart" equals "$(ctr_count)" 2
+check "no duplicate containers after the restart" equals "$(ctr_count "labels.\"io.kubernetes.pod.name\"~=hello")" 2
+check "logs written before the restart are still served" equals "$(kc logs talker -c c | head -1)" "one"
+n1=$(kc logs talker -c c | grep -c tick); sleep 2; n2=$(kc logs talker -c c | grep -c tick)
+check "the logger outlived kite: output is still recorded ($n1, then $n2)" test "$n2" -gt "$n1"
+kc delete pod talker spammer again --wait=false >/dev/null
 check "no restarts counted" equals "$(kc get pods -l app=hello -o jsonpath='{.items[*].status.containerStatuses[0].restartCount}')" "0 0"
 check "the pods still serve after the restart" \
   contains "$(curl -s --max-time 5 "http://$(echo "$ids_after" >/dev/null; kc get pods -l app=hello -o jsonpath='{.items[0].status.podIP}')/")" "Server name:"

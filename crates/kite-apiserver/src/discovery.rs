@@ -49,6 +49,11 @@ fn subresources(ri: &ResourceInfo) -> Vec<Sub> {
             verbs: &["create"],
             kind: ("", "v1", "Binding"),
         });
+        out.push(Sub {
+            name: "log",
+            verbs: &["get"],
+            kind: ("", "v1", "Pod"),
+        });
     }
     if ri.is("", "Namespace") {
         out.push(Sub {

@@ -600,6 +600,9 @@ async fn serve_resource(
             let (o, _) = objs.get(ri, ns, n).await?;
             Ok(json_response(StatusCode::OK, &scale_of(ri, &o), &[]))
         }
+        ("get", Some(n), Some("log")) if ri.is("", "Pod") => {
+            crate::proxy::pod_log(st, ns.unwrap_or_default(), n, &q).await
+        }
         ("create", None, None) => {
             let opts = write_opts(&q)?;
             let (h, body) = read_body(req).await?;

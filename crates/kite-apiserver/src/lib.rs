@@ -16,6 +16,7 @@ pub mod metered;
 pub mod metrics;
 pub mod objects;
 pub mod openapi;
+pub mod proxy;
 pub mod reviews;
 pub mod serve;
 pub mod watch;
@@ -34,6 +35,8 @@ pub struct AppState {
     /// `host:port` clients should use (for `/api`'s serverAddressByClientCIDRs).
     pub server_address: String,
     pub version: Value,
+    /// How to reach kubelets (`pods/log`); `None` when the server has none.
+    pub kubelet_client: Option<proxy::KubeletClient>,
 }
 
 /// The `/version` document.
@@ -65,6 +68,9 @@ pub struct ServerOptions {
     pub advertise: String,
     pub tls: Arc<rustls::ServerConfig>,
     pub authorizer: Arc<dyn Authorizer>,
+    /// The client TLS config for kubelets (a client certificate, and the CA of their
+    /// serving certificates).
+    pub kubelet_client: Option<proxy::KubeletClient>,
 }
 
 /// A running API server.
@@ -126,6 +132,7 @@ pub async fn start(
         metrics,
         server_address: format!("{}:{}", opts.advertise, addr.port()),
         version: version_info(),
+        kubelet_client: opts.kubelet_client,
     });
     let app = http::router(state.clone());
     let task = tokio::spawn(serve::serve(listener, opts.tls, app.clone()));

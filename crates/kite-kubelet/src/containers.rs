@@ -151,7 +151,9 @@ pub struct New<'a> {
     pub image: &'a crate::images::Resolved,
     pub spec: Vec<u8>,
     pub labels: HashMap<String, String>,
-    pub log: &'a Path,
+    /// Where the task's stdout and stderr go (FIFOs kite reads, see `logs`); empty: nowhere.
+    pub stdout: &'a Path,
+    pub stderr: &'a Path,
 }
 
 /// Creates the container (root filesystem snapshot + container record under one lease)
@@ -203,20 +205,12 @@ pub async fn create_and_start(cd: &Containerd, n: New<'_>) -> Result<()> {
             }
         })
         .await?;
-    if let Some(d) = n.log.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(n.log)?;
-    let log = n.log.to_string_lossy().to_string();
     cd.tasks()
         .create(cd.req(CreateTaskRequest {
             container_id: id.clone(),
             rootfs: mounts,
-            stdout: log.clone(),
-            stderr: log,
+            stdout: n.stdout.to_string_lossy().into_owned(),
+            stderr: n.stderr.to_string_lossy().into_owned(),
             ..Default::default()
         }))
         .await
@@ -247,20 +241,23 @@ pub fn on_exit(cd: &Containerd, id: &str, done: impl FnOnce() + Send + 'static) 
     });
 }
 
+/// Whether the container's task is running (or created, paused, pausing).
+pub async fn is_running(cd: &Containerd, id: &str) -> bool {
+    matches!(
+        cd.tasks()
+            .get(cd.req(GetRequest {
+                container_id: id.to_string(),
+                exec_id: String::new()
+            }))
+            .await
+            .map(|r| r.into_inner().process.unwrap_or_default().status),
+        Ok(1 | 2 | 4 | 5)
+    )
+}
+
 /// SIGTERM (or `signal`), up to `grace` for the process to exit, then SIGKILL.
 pub async fn stop(cd: &Containerd, id: &str, signal: u32, grace: Duration) -> Result<()> {
-    let running = |cd: Containerd, id: String| async move {
-        matches!(
-            cd.tasks()
-                .get(cd.req(GetRequest {
-                    container_id: id,
-                    exec_id: String::new()
-                }))
-                .await
-                .map(|r| r.into_inner().process.unwrap_or_default().status),
-            Ok(1 | 2 | 4 | 5)
-        )
-    };
+    let running = |cd: Containerd, id: String| async move { is_running(&cd, &id).await };
     if !running(cd.clone(), id.to_string()).await {
         return Ok(());
     }

@@ -7,11 +7,13 @@ pub mod cni;
 pub mod containerd;
 pub mod containers;
 pub mod images;
+pub mod logs;
 pub mod network;
 mod pods;
 pub mod pull;
 pub mod registries;
 pub mod sandbox;
+pub mod server;
 pub mod spec;
 pub mod static_pods;
 pub mod users;
@@ -54,6 +56,27 @@ pub struct Options {
     pub cni_conf_dir: PathBuf,
     /// CNI plugins (`--cni-bin-dir`).
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// Where container logs go (`/var/log/pods`); their links go to the `containers`
+    /// directory beside it (`/var/log/containers`).
+    pub pod_logs_dir: PathBuf,
+    /// Container log rotation (`--container-log-max-size`, `--container-log-max-files`).
+    pub log_rotation: logs::Rotation,
+    /// The port of the kubelet's HTTPS server (`--kubelet-port`), in the node's
+    /// `daemonEndpoints`.
+    pub port: u16,
+    /// The kubelet server's certificates; `None` serves nothing (a simulated node).
+    pub tls: Option<server::Tls>,
+}
+
+impl Options {
+    /// The directory of links to container logs, as log shippers expect
+    /// (`/var/log/containers` beside `/var/log/pods`).
+    pub fn container_links_dir(&self) -> PathBuf {
+        self.pod_logs_dir.parent().map_or_else(
+            || PathBuf::from("/var/log/containers"),
+            |p| p.join("containers"),
+        )
+    }
 }
 
 /// Starts containerd (unless given one), imports `<data-dir>/agent/images`, registers the
@@ -87,6 +110,17 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
         });
     }
     kubelet.start().await;
+    if let Some(tls) = opts.tls.clone() {
+        let addr = std::net::SocketAddr::new(
+            if opts.node_ip.is_ipv6() {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            },
+            opts.port,
+        );
+        server::spawn(addr, tls, kubelet.clone()).await?;
+    }
     heartbeat(client, opts, kubelet).await
 }
 
@@ -240,7 +274,7 @@ fn node_status(
         "allocatable": cap,
         "conditions": kite_runtime::node::conditions(jiff::Timestamp::now(), not_ready),
         "addresses": addresses(opts),
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": opts.port}},
         "nodeInfo": {
             "architecture": arch,
             "bootID": boot_id.trim(),

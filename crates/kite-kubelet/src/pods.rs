@@ -8,6 +8,7 @@
 use crate::containerd::Containerd;
 use crate::containers::{self, Info, State};
 use crate::images::{self, Resolved};
+use crate::logs;
 use crate::network::Network;
 use crate::sandbox::Sandbox;
 use crate::static_pods;
@@ -279,6 +280,7 @@ impl Kubelet {
         }
         self.pods.wait_synced().await;
         self.nodes.wait_synced().await;
+        self.reattach_logs().await;
         self.node_changed();
         // Containers of pods that no longer exist (deleted while kite was down), now and
         // every 10 s after, so a failed clean-up is tried again.
@@ -343,6 +345,199 @@ impl Kubelet {
 
     fn pod_dir(&self, uid: &str) -> PathBuf {
         self.opts.data_dir.join("agent").join("pods").join(uid)
+    }
+
+    /// The log file of a pod's container for `kubectl logs` (`previous`: the instance
+    /// before the current one) and the container's id, or upstream's kubelet's error
+    /// (`validateContainerLogStatus`), judged from the pod's reported status.
+    pub(crate) async fn container_log(
+        &self,
+        ns: &str,
+        name: &str,
+        container: &str,
+        previous: bool,
+    ) -> Result<(PathBuf, String), crate::server::LogError> {
+        use crate::server::LogError;
+        let pod = self
+            .pods
+            .get_key(&(ns.to_string(), name.to_string()))
+            .ok_or_else(|| LogError::NotFound(format!("pod {ns}/{name} not found")))?;
+        let status = pod.status.clone().unwrap_or_default();
+        let cs = [
+            status.container_statuses.as_deref(),
+            status.init_container_statuses.as_deref(),
+            status.ephemeral_container_statuses.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|c| c.name == container)
+        .ok_or_else(|| {
+            LogError::Bad(format!(
+                "container {container:?} in pod {name:?} is not available"
+            ))
+        })?;
+        let last = cs
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.container_id.clone())
+            .filter(|id| !id.is_empty());
+        let state = cs.state.clone().unwrap_or_default();
+        let terminated_msg = || format!("container {container:?} in pod {name:?} is terminated");
+        let id = if previous {
+            last.ok_or_else(|| {
+                LogError::Bad(format!(
+                    "previous terminated container {container:?} in pod {name:?} not found"
+                ))
+            })?
+        } else if state.running.is_some() {
+            cs.container_id.clone().unwrap_or_default()
+        } else if let Some(t) = &state.terminated {
+            match t.container_id.clone().filter(|id| !id.is_empty()) {
+                Some(id) => id,
+                None => last.ok_or_else(|| LogError::Bad(terminated_msg()))?,
+            }
+        } else if cs
+            .last_state
+            .as_ref()
+            .is_some_and(|s| s.terminated.is_some())
+        {
+            last.ok_or_else(|| LogError::Bad(terminated_msg()))?
+        } else if let Some(w) = &state.waiting {
+            let why = match w.reason.as_deref().unwrap_or_default() {
+                "ErrImagePull" => "image can't be pulled".to_string(),
+                "ImagePullBackOff" => "trying and failing to pull image".to_string(),
+                r => r.to_string(),
+            };
+            return Err(LogError::Bad(format!(
+                "container {container:?} in pod {name:?} is waiting to start: {why}"
+            )));
+        } else {
+            return Err(LogError::Bad(format!(
+                "container {container:?} in pod {name:?} is waiting to start - no logs yet"
+            )));
+        };
+        let id = id.trim_start_matches("containerd://").to_string();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let infos = containers::list(&self.cd, &uid)
+            .await
+            .map_err(|e| LogError::Internal(format!("{e:#}")))?;
+        let info = infos.iter().find(|i| i.id == id).ok_or_else(|| {
+            LogError::Bad(format!(
+                "container {container:?} in pod {name:?} is not available"
+            ))
+        })?;
+        Ok((self.log_path(&pod, container, info.attempt), id))
+    }
+
+    /// Whether a container's task runs (a followed log goes on while it does).
+    pub(crate) async fn container_running(&self, id: &str) -> bool {
+        containers::is_running(&self.cd, id).await
+    }
+
+    /// Where containers' stdout and stderr FIFOs are (see `logs::Fifos`).
+    fn io_dir(&self) -> PathBuf {
+        self.opts.data_dir.join("agent").join("run").join("io")
+    }
+
+    /// After a restart: copies the output of the containers that still run again, and
+    /// removes the FIFOs of those that are gone.
+    async fn reattach_logs(&self) {
+        let dir = self.io_dir();
+        let mut ids: HashSet<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_suffix("-stdout").map(String::from)
+            })
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        for pod in self.pods.list() {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let Ok(infos) = containers::list(&self.cd, &uid).await else {
+                continue;
+            };
+            for i in infos {
+                if !ids.remove(&i.id) {
+                    continue;
+                }
+                let log = self.log_path(&pod, &i.name, i.attempt);
+                match logs::Fifos::reattach(&dir, &i.id, &log, self.opts.log_rotation) {
+                    Ok(_) => tracing::debug!(container = %i.id, "copying its output again"),
+                    Err(e) => {
+                        tracing::warn!(container = %i.id, error = %e, "reopening a container's output")
+                    }
+                }
+            }
+        }
+        for id in ids {
+            logs::Fifos::remove(&dir, &id);
+        }
+    }
+
+    /// A pod's log directory, `<pod-logs-dir>/<namespace>_<name>_<uid>`, as upstream.
+    fn pod_log_dir(&self, pod: &Pod) -> PathBuf {
+        self.opts.pod_logs_dir.join(format!(
+            "{}_{}_{}",
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod.name_any(),
+            pod.metadata.uid.as_deref().unwrap_or_default()
+        ))
+    }
+
+    /// The log of one instance of a container: `<pod log dir>/<container>/<attempt>.log`.
+    pub(crate) fn log_path(&self, pod: &Pod, container: &str, attempt: u32) -> PathBuf {
+        self.pod_log_dir(pod)
+            .join(container)
+            .join(format!("{attempt}.log"))
+    }
+
+    /// `/var/log/containers/<pod>_<namespace>_<container>-<id>.log`, the link log shippers
+    /// read.
+    fn link_log(&self, pod: &Pod, container: &str, id: &str, log: &std::path::Path) {
+        let dir = self.opts.container_links_dir();
+        let link = dir.join(format!(
+            "{}_{}_{container}-{id}.log",
+            pod.name_any(),
+            pod.metadata.namespace.as_deref().unwrap_or_default()
+        ));
+        let r = std::fs::create_dir_all(&dir).and_then(|_| std::os::unix::fs::symlink(log, &link));
+        if let Err(e) = r {
+            tracing::debug!(link = %link.display(), error = %e, "linking a container log");
+        }
+    }
+
+    /// Removes the logs of pod `uid` and the links to them.
+    fn remove_logs(&self, uid: &str) {
+        let suffix = format!("_{uid}");
+        let dirs: Vec<PathBuf> = std::fs::read_dir(&self.opts.pod_logs_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(&suffix))
+            .map(|e| e.path())
+            .collect();
+        if dirs.is_empty() {
+            return;
+        }
+        for e in std::fs::read_dir(self.opts.container_links_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let to = std::fs::read_link(e.path()).unwrap_or_default();
+            if dirs.iter().any(|d| to.starts_with(d)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 
     #[tracing::instrument(skip(self), fields(pod = %format!("{}/{}", key.0, key.1)))]
@@ -858,10 +1053,21 @@ impl Kubelet {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let log = dir
-            .join("containers")
-            .join(&c.name)
-            .join(format!("{attempt}.log"));
+        let log = self.log_path(pod, &c.name, attempt);
+        let mut fifos = match logs::Fifos::create(&self.io_dir(), &id, &log, self.opts.log_rotation)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                let msg = format!("setting up the container's log {}: {e}", log.display());
+                return Ok(Some(self.create_failed(
+                    pod,
+                    key,
+                    c,
+                    "CreateContainerError",
+                    &msg,
+                )));
+            }
+        };
         let permit = self.start_gate.acquire().await;
         let r = containers::create_and_start(
             &self.cd,
@@ -870,10 +1076,16 @@ impl Kubelet {
                 image: &image,
                 spec,
                 labels,
-                log: &log,
+                stdout: &fifos.stdout,
+                stderr: &fifos.stderr,
             },
         )
         .await;
+        // The shim has its ends of the FIFOs now (or, if the create failed, never will).
+        fifos.started();
+        if r.is_ok() {
+            self.link_log(pod, &c.name, &id, &log);
+        }
         drop(permit);
         if let Err(e) = r {
             let msg = format!("{e:#}");
@@ -1401,6 +1613,7 @@ impl Kubelet {
         crate::cgroups::remove_pod(uid);
         self.update_qos_cgroups();
         let _ = std::fs::remove_dir_all(&dir);
+        self.remove_logs(uid);
         Ok(())
     }
 
@@ -1419,14 +1632,18 @@ impl Kubelet {
             return msg;
         }
         if code != 0 && c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError") {
-            let log = dir
-                .join("containers")
-                .join(&c.name)
-                .join(format!("{}.log", i.attempt));
-            let tail = read_tail(log, 2048)?;
-            let lines: Vec<&str> = tail.lines().collect();
-            let start = lines.len().saturating_sub(80);
-            return Some(lines[start..].join("\n")).filter(|m| !m.is_empty());
+            // Upstream: the last 80 lines of the log, at most 2 KiB.
+            let log = self.log_path(pod, &c.name, i.attempt);
+            let opts = crate::logs::ReadOptions {
+                tail_lines: Some(80),
+                ..Default::default()
+            };
+            let text = crate::logs::Reader::open(&log, opts)
+                .and_then(|mut r| r.next_chunk())
+                .ok()?;
+            let start = text.len().saturating_sub(2048);
+            let tail = String::from_utf8_lossy(&text[start..]);
+            return Some(tail.trim_end_matches('\n').to_string()).filter(|m| !m.is_empty());
         }
         None
     }

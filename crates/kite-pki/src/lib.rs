@@ -5,6 +5,8 @@
 //! Everything lives as PEM files in one directory (`<data-dir>/server/tls`) and is reused on
 //! restart; the serving certificate is issued again when the wanted SANs change.
 
+pub mod tls;
+
 use base64::Engine;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -169,6 +171,31 @@ impl Pki {
             client_ca,
             serving,
         })
+    }
+
+    /// A serving certificate for `sans` from the server CA, kept as `serving-<file>` and
+    /// issued again when the names change (a kubelet's, for its node's names and addresses).
+    pub fn serving_cert(&self, file: &str, cn: &str, sans: &[String]) -> Result<CertKey> {
+        let name = format!("serving-{file}");
+        let wanted: BTreeSet<&str> = sans.iter().map(String::as_str).collect();
+        let wanted_text = wanted.iter().copied().collect::<Vec<_>>().join("\n");
+        let sans_path = self.dir.join(format!("{name}.sans"));
+        if let Some(c) = CertKey::load(&self.dir, &name)? {
+            if fs::read_to_string(&sans_path).unwrap_or_default() == wanted_text {
+                return Ok(c);
+            }
+        }
+        let issuer = self.server_ca.issuer(&self.dir.join("server-ca.crt"))?;
+        let c = issue(
+            &issuer,
+            cn,
+            &[],
+            &wanted.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        c.save(&self.dir, &name)?;
+        write_file_atomic(&sans_path, wanted_text.as_bytes(), 0o644)?;
+        Ok(c)
     }
 
     /// A client certificate for `cn` in groups `orgs`, kept as `client-<file>` in the PKI

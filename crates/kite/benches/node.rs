@@ -414,7 +414,8 @@ async fn floor(pods: &Api<Pod>, data: &Path, kite_pid: u32, batches: &[usize]) {
                         image,
                         spec: spec.clone(),
                         labels: HashMap::new(),
-                        log: &log,
+                        stdout: &log,
+                        stderr: &log,
                     },
                 )
                 .await

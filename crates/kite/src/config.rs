@@ -321,6 +321,19 @@ pub struct ServerArgs {
         default_value = "/opt/cni/bin"
     )]
     pub cni_bin_dir: Vec<PathBuf>,
+    /// The port of the node's kubelet server (logs, exec, port-forward go through it).
+    #[arg(long, env = "KITE_KUBELET_PORT", default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// Where container logs are written, one directory per pod; links to them go to the
+    /// `containers` directory beside it.
+    #[arg(long, env = "KITE_POD_LOGS_DIR", default_value = "/var/log/pods")]
+    pub pod_logs_dir: PathBuf,
+    /// A container's log is rotated when it reaches this size (a quantity: 10Mi, 500Ki).
+    #[arg(long, env = "KITE_CONTAINER_LOG_MAX_SIZE", default_value = "10Mi")]
+    pub container_log_max_size: String,
+    /// Log files kept per container, the current one included (at least 2).
+    #[arg(long, env = "KITE_CONTAINER_LOG_MAX_FILES", default_value_t = 5)]
+    pub container_log_max_files: usize,
 }
 
 /// Settings checked and resolved from [`ServerArgs`].
@@ -356,6 +369,9 @@ pub struct ServerConfig {
     pub registries: kite_kubelet::registries::Registries,
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dirs: Vec<PathBuf>,
+    pub pod_logs_dir: PathBuf,
+    pub log_rotation: kite_kubelet::logs::Rotation,
+    pub kubelet_port: u16,
 }
 
 fn bad(key: &str, value: &str, why: &str) -> anyhow::Error {
@@ -505,7 +521,36 @@ impl ServerArgs {
         kite_kubelet::cni::Cni::new(&self.cni_conf_dir, &self.cni_bin_dir, &data_dir)
             .config()
             .map_err(|e| anyhow::anyhow!("invalid --cni-conf-dir: {e}"))?;
+        let max_size = kite_api::quantity::parse(&self.container_log_max_size)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                bad(
+                    "container-log-max-size",
+                    &self.container_log_max_size,
+                    "not a positive quantity (e.g. 10Mi)",
+                )
+            })?;
+        if self.container_log_max_files < 2 {
+            return Err(bad(
+                "container-log-max-files",
+                &self.container_log_max_files.to_string(),
+                "must be at least 2",
+            ));
+        }
+        if !self.pod_logs_dir.is_absolute() {
+            return Err(bad(
+                "pod-logs-dir",
+                &self.pod_logs_dir.display().to_string(),
+                "must be an absolute path",
+            ));
+        }
         Ok(ServerConfig {
+            kubelet_port: self.kubelet_port,
+            pod_logs_dir: self.pod_logs_dir.clone(),
+            log_rotation: kite_kubelet::logs::Rotation {
+                max_size: u64::try_from(max_size).unwrap_or(u64::MAX),
+                max_files: self.container_log_max_files,
+            },
             cni_conf_dir: self.cni_conf_dir.clone(),
             cni_bin_dirs: self.cni_bin_dir.clone(),
             registries,

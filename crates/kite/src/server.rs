@@ -94,6 +94,14 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             0o600,
         )?;
     }
+    // The API server reaches kubelets with its own client certificate (kubeadm's name)
+    // and checks their serving certificates against the server CA.
+    let kubelet_client = pki.client_cert(
+        "kube-apiserver-kubelet",
+        kite_kubelet::server::APISERVER_CLIENT,
+        &["system:masters"],
+    )?;
+    let kubelet_client = kite_pki::tls::client_config(&pki.server_ca.cert_pem, &kubelet_client)?;
     let tls = kite_apiserver::serve::tls_config(
         &pki.serving.cert_pem,
         &pki.serving.key_pem,
@@ -118,6 +126,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             advertise: cfg.advertise.clone(),
             tls,
             authorizer: Arc::new(MastersAndComponents),
+            kubelet_client: Some(kubelet_client),
         },
     )
     .await?;
@@ -173,6 +182,15 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         });
     }
     if !cfg.disable_agent {
+        // The kubelet's serving certificate, for the node's names and addresses.
+        let mut names = vec![
+            cfg.node_name.clone(),
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            cfg.node_ip.to_string(),
+        ];
+        names.extend(cfg.node_external_ip.map(|ip| ip.to_string()));
+        let kubelet_serving = pki.serving_cert("kubelet", &cfg.node_name, &names)?;
         let client = local_client(&format!("system:node:{}", cfg.node_name));
         let opts = kite_kubelet::Options {
             node_name: cfg.node_name.clone(),
@@ -195,6 +213,14 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             registries: cfg.registries.clone(),
             cni_conf_dir: cfg.cni_conf_dir.clone(),
             cni_bin_dirs: cfg.cni_bin_dirs.clone(),
+            pod_logs_dir: cfg.pod_logs_dir.clone(),
+            log_rotation: cfg.log_rotation,
+            port: cfg.kubelet_port,
+            tls: Some(kite_kubelet::server::Tls {
+                cert_pem: kubelet_serving.cert_pem.clone(),
+                key_pem: kubelet_serving.key_pem.clone(),
+                client_ca_pem: pki.client_ca.cert_pem.clone(),
+            }),
         };
         tokio::spawn(async move {
             if let Err(e) = kite_kubelet::run(client, opts).await {

@@ -1,0 +1,310 @@
+//! Subresources served by a pod's node: the API server checks the request as upstream's
+//! pod strategy does (`LogLocation`: the pod, its container, its node) and streams the
+//! kubelet's answer back. Today `pods/log`.
+
+use crate::error::{ApiError, ApiResult};
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use kite_api::validation::FieldError;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the API server reaches kubelets: its client certificate, and the CA their serving
+/// certificates come from.
+pub type KubeletClient = Arc<rustls::ClientConfig>;
+
+/// The names of a pod's containers, init and ephemeral ones included, in upstream's order
+/// (`VisitContainers`).
+fn container_names(pod: &Value) -> Vec<String> {
+    ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| pod["spec"][k].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// Upstream's `validateContainer`: the container named, or the only one.
+fn pick_container(pod: &Value, asked: Option<&str>) -> ApiResult<String> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    match asked.filter(|c| !c.is_empty()) {
+        Some(c) if container_names(pod).iter().any(|n| n == c) => Ok(c.to_string()),
+        Some(c) => Err(ApiError::bad_request(format!(
+            "container {c} is not valid for pod {name}"
+        ))),
+        None => {
+            let main = pod["spec"]["containers"].as_array().map_or(0, Vec::len);
+            match main {
+                1 => Ok(pod["spec"]["containers"][0]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()),
+                0 => Err(ApiError::bad_request(format!(
+                    "a container name must be specified for pod {name}"
+                ))),
+                _ => Err(ApiError::bad_request(format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    container_names(pod).join(" ")
+                ))),
+            }
+        }
+    }
+}
+
+/// Upstream's `ValidatePodLogOptions` (without stream selection, which is alpha).
+fn validate_log_options(name: &str, q: &HashMap<String, String>) -> ApiResult<()> {
+    let num = |k: &str| -> ApiResult<Option<i64>> {
+        q.get(k)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "{k}: Invalid value: \"{v}\": strconv.ParseInt: parsing {v:?}: invalid syntax"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let mut errs = Vec::new();
+    if let Some(n) = num("tailLines")?.filter(|n| *n < 0) {
+        errs.push(FieldError::invalid(
+            "tailLines",
+            &n.into(),
+            "must be greater than or equal to 0",
+        ));
+    }
+    if let Some(n) = num("limitBytes")?.filter(|n| *n < 1) {
+        errs.push(FieldError::invalid(
+            "limitBytes",
+            &n.into(),
+            "must be greater than 0",
+        ));
+    }
+    let since_time = q.get("sinceTime").filter(|v| !v.is_empty());
+    match (num("sinceSeconds")?, since_time) {
+        (Some(_), Some(_)) => errs.push(FieldError::forbidden(
+            "",
+            "at most one of `sinceTime` or `sinceSeconds` may be specified",
+        )),
+        (Some(n), None) if n < 1 => errs.push(FieldError::invalid(
+            "sinceSeconds",
+            &n.into(),
+            "must be greater than 0",
+        )),
+        _ => {}
+    }
+    if let Some(t) = since_time {
+        if t.parse::<jiff::Timestamp>().is_err() {
+            return Err(ApiError::bad_request(format!(
+                "sinceTime: Invalid value: {t:?}: not an RFC 3339 time"
+            )));
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_kind("", "PodLogOptions", name, &errs))
+    }
+}
+
+/// Where a node's kubelet answers: its InternalIP (else ExternalIP, else Hostname) and the
+/// port in its `daemonEndpoints`.
+fn kubelet_address(node: &Value) -> Option<(String, u16)> {
+    let addrs = node["status"]["addresses"].as_array()?;
+    let of = |t: &str| {
+        addrs
+            .iter()
+            .find(|a| a["type"] == t)
+            .and_then(|a| a["address"].as_str())
+    };
+    let host = of("InternalIP")
+        .or_else(|| of("ExternalIP"))
+        .or_else(|| of("Hostname"))?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .unwrap_or(10250);
+    Some((host.to_string(), port))
+}
+
+/// `GET pods/{name}/log`.
+pub async fn pod_log(
+    st: &crate::AppState,
+    ns: &str,
+    name: &str,
+    q: &HashMap<String, String>,
+) -> ApiResult<Response> {
+    let reg = st.objects.registry;
+    let pods = reg.lookup("", "v1", "pods").expect("pods are served");
+    let nodes = reg.lookup("", "v1", "nodes").expect("nodes are served");
+    let (pod, _) = st.objects.get(pods, Some(ns), name).await?;
+    let container = pick_container(&pod, q.get("container").map(String::as_str))?;
+    validate_log_options(name, q)?;
+    let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+        // Not scheduled yet: no log, as upstream (an empty answer).
+        return Ok((
+            StatusCode::OK,
+            [(http::header::CONTENT_TYPE, "text/plain")],
+            "",
+        )
+            .into_response());
+    };
+    let (node, _) = st.objects.get(nodes, None, node_name).await?;
+    let (host, port) = kubelet_address(&node).ok_or_else(|| {
+        ApiError::internal(format!(
+            "node {node_name:?} has no address to reach its kubelet"
+        ))
+    })?;
+    let mut query: Vec<(String, String)> = [
+        "follow",
+        "previous",
+        "sinceSeconds",
+        "sinceTime",
+        "timestamps",
+        "tailLines",
+        "limitBytes",
+    ]
+    .iter()
+    .filter_map(|k| q.get(*k).map(|v| (k.to_string(), v.clone())))
+    .collect();
+    query.sort();
+    let path = format!(
+        "/containerLogs/{ns}/{name}/{container}?{}",
+        serde_urlencoded::to_string(&query).unwrap_or_default()
+    );
+    let client = st.kubelet_client.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "this API server has no client for kubelets",
+        )
+    })?;
+    let resp = kubelet_get(client, &host, port, &path).await.map_err(|e| {
+        ApiError::internal(format!(
+            "error trying to reach the kubelet of node {node_name:?}: {e}"
+        ))
+    })?;
+    let code = resp.status();
+    if code.is_success() {
+        let (_, body) = resp.into_parts();
+        return Ok((
+            StatusCode::OK,
+            [(http::header::CONTENT_TYPE, "text/plain")],
+            Body::new(body),
+        )
+            .into_response());
+    }
+    // Upstream's GenericHttpResponseChecker.
+    let text = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    Err(match code {
+        StatusCode::BAD_REQUEST => ApiError::bad_request(text),
+        StatusCode::INTERNAL_SERVER_ERROR => {
+            ApiError::internal(format!("Internal error occurred: {text}"))
+        }
+        StatusCode::NOT_FOUND => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find the requested resource ( pods/log {name})"),
+        ),
+        c => ApiError::internal(format!(
+            "an error on the server ({text:?}) has prevented the request from succeeding ( pods/log {name}) (code {})",
+            c.as_u16()
+        )),
+    })
+}
+
+/// One GET over a new TLS connection to a kubelet; the response body streams as it comes.
+async fn kubelet_get(
+    tls: KubeletClient,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    .map_err(|_| format!("dial tcp {host}:{port}: timed out"))?
+    .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host}: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = http::Request::get(path)
+        .header(http::header::HOST, format!("{host}:{port}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    send.send_request(req).await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn containers_are_picked_as_upstream() {
+        let one = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}});
+        assert_eq!(pick_container(&one, None).unwrap(), "a");
+        assert_eq!(
+            pick_container(&one, Some("x"))
+                .unwrap_err()
+                .message
+                .as_ref(),
+            "container x is not valid for pod p"
+        );
+        let two = json!({"metadata": {"name": "p"}, "spec": {
+            "initContainers": [{"name": "i"}], "containers": [{"name": "a"}, {"name": "b"}]}});
+        assert_eq!(
+            pick_container(&two, None).unwrap_err().message.as_ref(),
+            "a container name must be specified for pod p, choose one of: [i a b]"
+        );
+        assert_eq!(pick_container(&two, Some("i")).unwrap(), "i");
+    }
+
+    #[test]
+    fn log_options_are_validated_as_upstream() {
+        let q = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        assert!(validate_log_options("p", &q(&[("tailLines", "3")])).is_ok());
+        let e =
+            validate_log_options("p", &q(&[("tailLines", "-1"), ("limitBytes", "0")])).unwrap_err();
+        assert_eq!(e.code, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            e.message.contains("tailLines: Invalid value: -1"),
+            "{}",
+            e.message
+        );
+        let e = validate_log_options(
+            "p",
+            &q(&[("sinceSeconds", "5"), ("sinceTime", "2026-01-01T00:00:00Z")]),
+        )
+        .unwrap_err();
+        assert!(e
+            .message
+            .contains("at most one of `sinceTime` or `sinceSeconds`"));
+    }
+}

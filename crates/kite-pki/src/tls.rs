@@ -1,0 +1,129 @@
+//! HTTPS serving shared by the API server and the kubelet: a rustls config with optional
+//! client certificates (verified against the client CA), HTTP/1.1 and HTTP/2 by ALPN, and
+//! what a connection's client certificate identifies attached to each of its requests.
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("bad PEM in {0}")]
+    Pem(&'static str),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+}
+
+/// The server TLS config from PEM serving cert/key and the client CA. Clients without a
+/// certificate are let in (unauthenticated); one that does not verify is refused.
+pub fn server_config(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = certs(cert_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|_| TlsError::Pem("serving key"))?;
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots(client_ca_pem)?))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A client TLS config that trusts `ca_pem` and presents `client` (HTTP/1.1).
+pub fn client_config(
+    ca_pem: &str,
+    client: &crate::CertKey,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let key = PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes())
+        .map_err(|_| TlsError::Pem("client key"))?;
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(certs(&client.cert_pem)?, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca_pem)? {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    }
+    Ok(roots)
+}
+
+fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| TlsError::Pem("certificate"))
+}
+
+/// Accepts connections until the process ends, each served on its own task. `identify`
+/// turns the client's verified certificate chain into the request extension every request
+/// of the connection carries (none without a certificate).
+pub async fn serve<T, F>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: axum::Router,
+    identify: F,
+) where
+    T: Clone + Send + Sync + 'static,
+    F: Fn(&[CertificateDer<'_>]) -> Option<T> + Clone + Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let identify = identify.clone();
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let who = stream.get_ref().1.peer_certificates().and_then(&identify);
+            let svc = app.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                if let Some(u) = &who {
+                    req.extensions_mut().insert(u.clone());
+                }
+                req
+            });
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // kube-apiserver's --http2-max-streams-per-connection default.
+            builder.http2().max_concurrent_streams(1000);
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
