@@ -184,6 +184,61 @@ check "logs written before the restart are still served" equals "$(kc logs talke
 n1=$(kc logs talker -c c | grep -c tick); sleep 2; n2=$(kc logs talker -c c | grep -c tick)
 check "the logger outlived kite: output is still recorded ($n1, then $n2)" test "$n2" -gt "$n1"
 kc delete pod talker spammer again --wait=false >/dev/null
+
+# --- Probes (issue 16): httpGet, tcpSocket and exec; readiness gates Ready, liveness and
+# startup failures restart the container, as upstream's prober.
+cat <<'YAML' | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: probed-ok}
+spec:
+  containers:
+  - name: web
+    image: kite.test/hello:1
+    ports: [{name: http, containerPort: 80}]
+    startupProbe: {tcpSocket: {port: 80}, periodSeconds: 1}
+    readinessProbe: {httpGet: {path: /, port: http}, periodSeconds: 1}
+    livenessProbe: {exec: {command: [sh, -c, "true"]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: never-ready}
+spec:
+  containers:
+  - name: web
+    image: kite.test/hello:1
+    readinessProbe: {httpGet: {path: /, port: 81}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: goes-bad}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: kite.test/shell:1
+    command: [sh, -c, "touch /tmp/healthy; sleep 3; rm -f /tmp/healthy; sleep 600"]
+    livenessProbe: {exec: {command: [cat, /tmp/healthy]}, initialDelaySeconds: 1, periodSeconds: 1, failureThreshold: 2}
+YAML
+ready_of() { kc get pod "$1" -o jsonpath='{.status.containerStatuses[0].ready}/{.status.conditions[?(@.type=="Ready")].status}'; }
+wait_for 30 "probed-ok Ready" bash -c "[ \"\$($KUBECTL get pod probed-ok -o jsonpath='{.status.containerStatuses[0].ready}')\" = true ]"
+check "a pod whose startup, readiness and liveness probes pass is Ready" equals "$(ready_of probed-ok)" "true/True"
+check "and started" equals "$(kc get pod probed-ok -o jsonpath='{.status.containerStatuses[0].started}')" "true"
+wait_for 20 "never-ready to run" bash -c "[ \"\$($KUBECTL get pod never-ready -o jsonpath='{.status.phase}')\" = Running ]"
+sleep 3
+check "a failing readiness probe keeps a running pod not Ready" equals "$(ready_of never-ready)" "false/False"
+check "the failures are Unhealthy events" \
+  contains "$(kc get events --field-selector involvedObject.name=never-ready,reason=Unhealthy -o jsonpath='{.items[*].message}')" "Readiness probe failed: Get \"http://"
+wait_for 40 "goes-bad to be restarted" bash -c "[ \"\$($KUBECTL get pod goes-bad -o jsonpath='{.status.containerStatuses[0].restartCount}')\" -ge 1 ]"
+check "a failing liveness probe restarts the container" test "$(kc get pod goes-bad -o jsonpath='{.status.containerStatuses[0].restartCount}')" -ge 1
+check "with upstream's Killing event" \
+  contains "$(kc get events --field-selector involvedObject.name=goes-bad,reason=Killing -o jsonpath='{.items[*].message}')" "Container c failed liveness probe, will be restarted"
+kc patch pod probed-ok --subresource=status --type=strategic \
+  -p '{"status":{"conditions":[{"type":"DisruptionTarget","status":"True","reason":"PreemptionByScheduler"}]}}' >/dev/null
+sleep 2
+check "the kubelet keeps conditions it does not own (DisruptionTarget)" \
+  equals "$(kc get pod probed-ok -o jsonpath='{.status.conditions[?(@.type=="DisruptionTarget")].reason}')" "PreemptionByScheduler"
+kc delete pod probed-ok never-ready goes-bad --wait=false >/dev/null
 check "no restarts counted" equals "$(kc get pods -l app=hello -o jsonpath='{.items[*].status.containerStatuses[0].restartCount}')" "0 0"
 check "the pods still serve after the restart" \
   contains "$(curl -s --max-time 5 "http://$(echo "$ids_after" >/dev/null; kc get pods -l app=hello -o jsonpath='{.items[0].status.podIP}')/")" "Server name:"

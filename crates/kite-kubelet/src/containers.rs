@@ -8,7 +8,8 @@ use containerd_client::services::v1::{
     container::Runtime,
     snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest},
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+    DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetRequest,
+    KillRequest, ListContainersRequest, StartRequest, WaitRequest,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -239,6 +240,84 @@ pub fn on_exit(cd: &Containerd, id: &str, done: impl FnOnce() + Send + 'static) 
             .await;
         done();
     });
+}
+
+/// Runs `cmd` in a running container (its namespaces, cgroup, user, env and working
+/// directory: the container's own process spec with other arguments), with no stdio, and
+/// returns its exit code; `None` when it did not end within `timeout` (it is killed).
+pub async fn exec_status(
+    cd: &Containerd,
+    id: &str,
+    cmd: &[String],
+    timeout: Duration,
+) -> Result<Option<u32>> {
+    let c = cd
+        .containers()
+        .get(cd.req(GetContainerRequest { id: id.to_string() }))
+        .await
+        .context("reading the container")?
+        .into_inner()
+        .container
+        .context("no container")?;
+    let spec: serde_json::Value = serde_json::from_slice(&c.spec.context("no spec")?.value)
+        .context("reading the container's runtime spec")?;
+    let mut process = spec["process"].clone();
+    process["args"] = serde_json::json!(cmd);
+    process["terminal"] = serde_json::json!(false);
+    let exec_id = format!("kite-{}", uuid::Uuid::new_v4().simple());
+    cd.tasks()
+        .exec(cd.req(ExecProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.clone(),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value: serde_json::to_vec(&process)?,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .context("creating the exec process")?;
+    let run = async {
+        cd.tasks()
+            .start(cd.req(StartRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.clone(),
+            }))
+            .await
+            .context("starting the exec process")?;
+        let r = cd
+            .tasks()
+            .wait(cd.req_unbounded(WaitRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.clone(),
+            }))
+            .await
+            .context("waiting for the exec process")?;
+        anyhow::Ok(r.into_inner().exit_status)
+    };
+    let out = match tokio::time::timeout(timeout, run).await {
+        Ok(r) => Some(r?),
+        Err(_) => {
+            let _ = cd
+                .tasks()
+                .kill(cd.req(KillRequest {
+                    container_id: id.to_string(),
+                    exec_id: exec_id.clone(),
+                    signal: 9,
+                    all: false,
+                }))
+                .await;
+            None
+        }
+    };
+    let _ = cd
+        .tasks()
+        .delete_process(cd.req(DeleteProcessRequest {
+            container_id: id.to_string(),
+            exec_id,
+        }))
+        .await;
+    Ok(out)
 }
 
 /// Whether the container's task is running (or created, paused, pausing).

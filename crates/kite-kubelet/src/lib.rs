@@ -10,6 +10,7 @@ pub mod images;
 pub mod logs;
 pub mod network;
 mod pods;
+pub mod probes;
 pub mod pull;
 pub mod registries;
 pub mod sandbox;

@@ -10,6 +10,7 @@ use crate::containers::{self, Info, State};
 use crate::images::{self, Resolved};
 use crate::logs;
 use crate::network::Network;
+use crate::probes;
 use crate::sandbox::Sandbox;
 use crate::static_pods;
 use crate::Options;
@@ -77,6 +78,8 @@ pub struct Kubelet {
     /// Container starts in flight at once (see [`start_gate_size`]).
     start_gate: tokio::sync::Semaphore,
     recorder: Recorder,
+    /// Probe results by container (see `probes`).
+    probe_results: Arc<probes::Results>,
 }
 
 /// How many container starts (containerd task create and start: the shim, `runc create`,
@@ -181,6 +184,7 @@ impl Kubelet {
             pulls: Default::default(),
             pull_backoff: Mutex::default(),
             recorder,
+            probe_results: Arc::default(),
         })
     }
 
@@ -618,11 +622,145 @@ impl Kubelet {
                 self.watch_exit(&c.id, key.clone());
             }
         }
+        self.ensure_probes(&pod, &key, &running, ip);
         self.report(&pod, &key, &running, ip).await?;
         Ok(match requeue {
             Some(d) => Action::Requeue(d),
             None => Action::AwaitChange,
         })
+    }
+
+    /// Starts the probes of each running container instance that has probes and none
+    /// started yet (see `probes`).
+    fn ensure_probes(self: &Arc<Self>, pod: &Arc<Pod>, key: &Key, have: &[Info], ip: IpAddr) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let probed = spec.containers.iter().chain(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .filter(|c| is_sidecar(c)),
+        );
+        for c in probed {
+            let Some(i) = have
+                .iter()
+                .filter(|i| i.name == c.name)
+                .max_by_key(|i| i.attempt)
+                .filter(|i| matches!(i.state, State::Running { .. }))
+            else {
+                continue;
+            };
+            if self.probe_results.has(&i.id) {
+                continue;
+            }
+            for kind in [
+                probes::Kind::Startup,
+                probes::Kind::Liveness,
+                probes::Kind::Readiness,
+            ] {
+                if kind.of(c).is_none() {
+                    continue;
+                }
+                self.probe_results
+                    .set(&i.id, kind, probes::Verdict::Unknown);
+                let k = self.clone();
+                let (pod, key, c, id) = (pod.clone(), key.clone(), c.clone(), i.id.clone());
+                let signal = i.stop_signal;
+                tokio::spawn(async move {
+                    k.run_probe(&pod, &key, &c, &id, signal, kind, ip).await;
+                    // A startup probe ends when it succeeds; the results go with the
+                    // container.
+                    if !containers::is_running(&k.cd, &id).await {
+                        k.probe_results.forget(&id);
+                    }
+                });
+            }
+        }
+    }
+
+    /// One probe of one container instance, until the container stops (or this probe
+    /// stops it).
+    #[allow(clippy::too_many_arguments)]
+    async fn run_probe(
+        &self,
+        pod: &Pod,
+        key: &Key,
+        c: &Container,
+        id: &str,
+        stop_signal: u32,
+        kind: probes::Kind,
+        ip: IpAddr,
+    ) {
+        use probes::{Kind, Verdict};
+        let Some(p) = kind.of(c).cloned() else { return };
+        let timing = probes::Timing::of(&p, kind);
+        let mut threshold = probes::Threshold::new(timing);
+        tokio::time::sleep(timing.initial_delay).await;
+        loop {
+            if !containers::is_running(&self.cd, id).await {
+                return;
+            }
+            let waits_for_startup = kind != Kind::Startup
+                && c.startup_probe.is_some()
+                && self.probe_results.get(id, Kind::Startup) != Some(Verdict::Success);
+            if !waits_for_startup {
+                let outcome = match &p.exec {
+                    Some(e) => {
+                        let cmd = e.command.clone().unwrap_or_default();
+                        match containers::exec_status(&self.cd, id, &cmd, timing.timeout).await {
+                            Ok(Some(0)) => Ok(()),
+                            Ok(Some(code)) => Err(format!("command {cmd:?} exited with {code}")),
+                            Ok(None) => Err(format!(
+                                "command {cmd:?} timed out after {}s",
+                                timing.timeout.as_secs()
+                            )),
+                            Err(e) => Err(format!("{e:#}")),
+                        }
+                    }
+                    None => probes::probe_network(&p, c, ip, timing.timeout).await,
+                };
+                if let Err(msg) = &outcome {
+                    self.recorder.event(
+                        pod,
+                        WARNING,
+                        "Unhealthy",
+                        format!("{} probe failed: {msg}", kind.name()),
+                    );
+                }
+                if let Some(v) = threshold.observe(outcome.is_ok()) {
+                    if self.probe_results.set(id, kind, v) {
+                        self.queue.add(key.clone());
+                    }
+                    if v == Verdict::Failure && kind != Kind::Readiness {
+                        self.recorder.event(
+                            pod,
+                            NORMAL,
+                            "Killing",
+                            format!(
+                                "Container {} failed {} probe, will be restarted",
+                                c.name,
+                                kind.name().to_lowercase()
+                            ),
+                        );
+                        let grace = p
+                            .termination_grace_period_seconds
+                            .or_else(|| pod.spec.as_ref()?.termination_grace_period_seconds)
+                            .unwrap_or(30)
+                            .max(0) as u64;
+                        let stop =
+                            containers::stop(&self.cd, id, stop_signal, Duration::from_secs(grace));
+                        if let Err(e) = stop.await {
+                            tracing::warn!(container = %id, error = %format!("{e:#}"), "stopping an unhealthy container");
+                        }
+                        return;
+                    }
+                    if v == Verdict::Success && kind == Kind::Startup {
+                        // Started: the startup probe's work is done.
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(timing.period).await;
+        }
     }
 
     fn watch_exit(&self, id: &str, key: Key) {
@@ -1752,15 +1890,24 @@ impl Kubelet {
                 },
             };
             let restart_count = cur.map(|i| i.attempt).unwrap_or(0);
+            // Probes (see `probes`): started once the startup probe succeeded, ready once
+            // the readiness probe did.
+            let verdict = |kind: probes::Kind| {
+                kind.of(c).is_none()
+                    || cur.and_then(|i| self.probe_results.get(&i.id, kind))
+                        == Some(probes::Verdict::Success)
+            };
+            let started = verdict(probes::Kind::Startup);
+            let readiness_ok = verdict(probes::Kind::Readiness);
             let mut s = json!({
                 "name": c.name,
                 // As upstream: the full name of the image a container was made from, the
                 // spec's reference until then.
                 "image": cur.map(|i| i.image.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| image_of(c)),
                 "imageID": cur.map(|i| i.image_id.as_str()).unwrap_or_default(),
-                "ready": running && (!init || is_sidecar(c)),
+                "ready": running && (!init || is_sidecar(c)) && started && readiness_ok,
                 "restartCount": restart_count,
-                "started": running,
+                "started": running && started,
                 "state": state,
                 "lastState": last_state,
             });
@@ -1875,6 +2022,21 @@ impl Kubelet {
             Some(ps) => conditions.push(serde_json::to_value(ps)?),
             // A static pod was never scheduled: it is on its node by definition.
             None => conditions.push(cond("PodScheduled", true, None)),
+        }
+        // Conditions the kubelet does not own (DisruptionTarget from the scheduler or an
+        // eviction, readiness gates' from their controllers) are kept, as upstream's.
+        const OWNED: &[&str] = &[
+            "PodReadyToStartContainers",
+            "Initialized",
+            "Ready",
+            "ContainersReady",
+            "PodScheduled",
+        ];
+        for c in old_conds
+            .iter()
+            .filter(|c| !OWNED.contains(&c.type_.as_str()))
+        {
+            conditions.push(serde_json::to_value(c)?);
         }
         let mut status = json!({
             "phase": phase,

@@ -148,7 +148,7 @@ impl PodInfo {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NodeInfo {
     pub node: Arc<Node>,
     pub allocatable: Resources,
@@ -180,6 +180,17 @@ impl NodeInfo {
     pub fn labels(&self) -> &BTreeMap<String, String> {
         static EMPTY: BTreeMap<String, String> = BTreeMap::new();
         self.node.metadata.labels.as_ref().unwrap_or(&EMPTY)
+    }
+
+    /// The node as a pod of lower priority sees it: with the pods nominated to it (which
+    /// wait for preempted pods to go) counted as if they ran there, as upstream's
+    /// `addNominatedPods`.
+    pub fn with_nominated(&self, nominated: &[Arc<PodInfo>]) -> NodeInfo {
+        let mut n = self.clone();
+        for p in nominated {
+            n.add_pod(p.clone());
+        }
+        n
     }
 
     fn add_pod(&mut self, p: Arc<PodInfo>) {

@@ -41,7 +41,7 @@ struct Scheduler {
     last_checked: Mutex<String>,
     /// Pods that preempted others, by uid, and the node they wait for (upstream's
     /// nominatedNodeName, known here before the status patch comes back).
-    nominated: Mutex<HashMap<String, String>>,
+    nominated: Mutex<HashMap<String, (String, Arc<PodInfo>)>>,
 }
 
 fn is_ours(p: &Pod) -> bool {
@@ -191,6 +191,8 @@ impl Scheduler {
                     self.queue.remove(&key);
                     // An assumed pod deleted before its binding was seen.
                     self.cache.lock().unwrap().remove_pod(&uid);
+                    // It no longer waits for the room its preemption made.
+                    self.nominated.lock().unwrap().remove(&uid);
                     return;
                 }
                 if self.cache.lock().unwrap().node_of(&uid).is_some() {
@@ -282,6 +284,29 @@ impl Scheduler {
         let upto = cache
             .nodes
             .range::<str, _>((Bound::Unbounded, Bound::Included(last.as_str())));
+        // Nodes with pods nominated to them of at least this pod's priority are judged as
+        // if those pods ran there (upstream's addNominatedPods): the room a preemption made
+        // is kept for the pod that made it.
+        let views: HashMap<String, cache::NodeInfo> = {
+            let mut by_node: HashMap<String, Vec<Arc<PodInfo>>> = HashMap::new();
+            for (node, q) in self.nominated.lock().unwrap().values() {
+                if q.uid != p.uid && q.priority >= p.priority {
+                    by_node.entry(node.clone()).or_default().push(q.clone());
+                }
+            }
+            by_node
+                .into_iter()
+                .filter_map(|(node, qs)| {
+                    let ni = cache.nodes.get(&node)?;
+                    // Nominated pods already bound there are counted already.
+                    let qs: Vec<Arc<PodInfo>> = qs
+                        .into_iter()
+                        .filter(|q| !ni.pods.contains_key(&q.uid))
+                        .collect();
+                    Some((node, ni.with_nominated(&qs)))
+                })
+                .collect()
+        };
         let mut feasible = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut resolvable = Vec::new();
@@ -289,6 +314,7 @@ impl Scheduler {
         let mut stop = None;
         for (name, ni) in after.chain(upto) {
             stop = Some(name);
+            let ni = views.get(name).unwrap_or(ni);
             match pf.filter(ni) {
                 Ok(()) => {
                     feasible.push(ni);
@@ -318,7 +344,7 @@ impl Scheduler {
                 .lock()
                 .unwrap()
                 .get(&p.uid)
-                .cloned()
+                .map(|(n, _)| n.clone())
                 .or_else(|| {
                     p.pod
                         .status
@@ -381,11 +407,11 @@ impl Scheduler {
         }
     }
 
-    async fn preempt(&self, p: &PodInfo, node: &str, victims: Vec<Arc<PodInfo>>) {
+    async fn preempt(&self, p: &Arc<PodInfo>, node: &str, victims: Vec<Arc<PodInfo>>) {
         self.nominated
             .lock()
             .unwrap()
-            .insert(p.uid.clone(), node.to_string());
+            .insert(p.uid.clone(), (node.to_string(), p.clone()));
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &p.namespace);
         let patch = json!({"status": {"nominatedNodeName": node}});
         let _ = api
