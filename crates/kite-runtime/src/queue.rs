@@ -1,6 +1,8 @@
 //! A work queue with client-go's guarantees: a key queued many times is processed once,
 //! a key is never processed by two workers at once (a change arriving meanwhile queues
-//! it again after), and retries come back after a per-key exponential back-off.
+//! it again after), and retries come back after a per-key exponential back-off. Workers
+//! survive a panicking reconcile (the key is retried, as after an error), and a key that
+//! keeps failing is reported at warning level, at most once a minute.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -13,6 +15,8 @@ struct Inner<T> {
     dirty: HashSet<T>,
     processing: HashSet<T>,
     failures: HashMap<T, u32>,
+    /// When a key's repeated failures were last reported at warning level.
+    warned: HashMap<T, std::time::Instant>,
 }
 
 /// A cloneable handle to one queue.
@@ -44,6 +48,7 @@ impl<T: Hash + Eq + Clone + Send + 'static> WorkQueue<T> {
                 dirty: HashSet::new(),
                 processing: HashSet::new(),
                 failures: HashMap::new(),
+                warned: HashMap::new(),
             })),
             notify: Arc::new(Notify::new()),
         }
@@ -76,8 +81,9 @@ impl<T: Hash + Eq + Clone + Send + 'static> WorkQueue<T> {
         });
     }
 
-    /// Queues `key` after its next back-off step (5 ms doubling to 30 s).
-    pub fn add_rate_limited(&self, key: T) {
+    /// Queues `key` after its next back-off step (5 ms doubling to 30 s); returns how many
+    /// times in a row it has failed.
+    pub fn add_rate_limited(&self, key: T) -> u32 {
         let n = {
             let mut g = self.inner.lock().unwrap();
             let n = g.failures.entry(key.clone()).or_insert(0);
@@ -86,11 +92,31 @@ impl<T: Hash + Eq + Clone + Send + 'static> WorkQueue<T> {
         };
         let ms = 5u64.saturating_mul(1 << (n - 1).min(13)).min(30_000);
         self.add_after(key, Duration::from_millis(ms));
+        n
+    }
+
+    /// Whether a failure of `key` should be reported at warning level now: after
+    /// [`WARN_AFTER`] failures in a row, at most once a minute per key.
+    fn should_warn(&self, key: &T, failures: u32) -> bool {
+        if failures < WARN_AFTER {
+            return false;
+        }
+        let mut g = self.inner.lock().unwrap();
+        let now = std::time::Instant::now();
+        match g.warned.get(key) {
+            Some(t) if now.duration_since(*t) < Duration::from_secs(60) => false,
+            _ => {
+                g.warned.insert(key.clone(), now);
+                true
+            }
+        }
     }
 
     /// Clears the back-off of `key` after a success.
     pub fn forget(&self, key: &T) {
-        self.inner.lock().unwrap().failures.remove(key);
+        let mut g = self.inner.lock().unwrap();
+        g.failures.remove(key);
+        g.warned.remove(key);
     }
 
     /// Waits for the next key; the caller must call [`WorkQueue::done`] with it.
@@ -132,6 +158,9 @@ impl<T: Hash + Eq + Clone + Send + 'static> WorkQueue<T> {
     }
 }
 
+/// Failures in a row after which a key's failures are logged as warnings.
+pub const WARN_AFTER: u32 = 5;
+
 /// Runs `workers` tasks that take keys from `queue` and call `reconcile`; an error is
 /// logged and the key retried with back-off (the controller's error policy).
 pub fn run_workers<T, F, Fut>(name: &'static str, queue: WorkQueue<T>, workers: usize, reconcile: F)
@@ -166,7 +195,21 @@ pub fn run_workers_after<T, F, Fut, R>(
             ready.await;
             loop {
                 let key = q.next().await;
-                match f(key.clone()).await {
+                // A panic is a failure of this key, not of the worker.
+                let run = std::panic::AssertUnwindSafe(f(key.clone()));
+                let outcome = match futures::FutureExt::catch_unwind(run).await {
+                    Ok(r) => r,
+                    Err(p) => {
+                        let what = p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic".into());
+                        tracing::error!(controller = name, ?key, panic = %what, "reconcile panicked; retrying");
+                        Err(anyhow::anyhow!("panicked: {what}"))
+                    }
+                };
+                match outcome {
                     Ok(action) => {
                         q.forget(&key);
                         if let crate::Action::Requeue(d) = action {
@@ -174,8 +217,13 @@ pub fn run_workers_after<T, F, Fut, R>(
                         }
                     }
                     Err(e) => {
-                        tracing::debug!(controller = name, ?key, error = %format!("{e:#}"), "reconcile failed; retrying");
-                        q.add_rate_limited(key.clone());
+                        let n = q.add_rate_limited(key.clone());
+                        let e = format!("{e:#}");
+                        if q.should_warn(&key, n) {
+                            tracing::warn!(controller = name, ?key, failures = n, error = %e, "reconcile keeps failing; retrying");
+                        } else {
+                            tracing::debug!(controller = name, ?key, error = %e, "reconcile failed; retrying");
+                        }
                     }
                 }
                 q.done(&key);
@@ -203,6 +251,63 @@ mod tests {
         assert!(q.is_empty());
         q.done(&"a");
         assert_eq!(q.next().await, "a");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_reconcile_is_retried_and_the_worker_survives() {
+        let q = WorkQueue::new();
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let c2 = calls.clone();
+        // One worker: if the panic killed it, nothing after would run.
+        run_workers("test", q.clone(), 1, move |k: &'static str| {
+            let c = c2.clone();
+            async move {
+                let n = {
+                    let mut g = c.lock().unwrap();
+                    g.push(k);
+                    g.iter().filter(|x| **x == k).count()
+                };
+                if k == "bad" && n < 3 {
+                    panic!("boom {n}");
+                }
+                Ok(crate::Action::AwaitChange)
+            }
+        });
+        q.add("bad");
+        for _ in 0..200 {
+            if calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|k| **k == "bad")
+                .count()
+                >= 3
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        q.add("good");
+        for _ in 0..200 {
+            if calls.lock().unwrap().contains(&"good") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let seen = calls.lock().unwrap().clone();
+        assert_eq!(seen.iter().filter(|k| **k == "bad").count(), 3, "{seen:?}");
+        assert!(seen.contains(&"good"), "the worker survived: {seen:?}");
+    }
+
+    #[test]
+    fn repeated_failures_warn_at_most_once_a_minute() {
+        let q: WorkQueue<&str> = WorkQueue::new();
+        assert!(!q.should_warn(&"k", WARN_AFTER - 1));
+        assert!(q.should_warn(&"k", WARN_AFTER));
+        assert!(!q.should_warn(&"k", WARN_AFTER + 1));
+        assert!(q.should_warn(&"other", WARN_AFTER));
+        q.forget(&"k");
+        assert!(q.should_warn(&"k", WARN_AFTER));
     }
 
     #[tokio::test]
