@@ -251,6 +251,11 @@ check "a PriorityClass's value and preemptionPolicy cannot change" \
 * preemptionPolicy: Invalid value: "Never": field is immutable'
 check "its description can" equals "$(kc patch priorityclass pc1 --type merge -p '{"description":"x"}' -o jsonpath='{.description}')" "x"
 
+# Object names are RFC 1123 subdomains: up to 253 characters, with no limit of 63 on a part
+# (the conformance suite names pods "termination-message-container<uuid>", 65 characters).
+long=termination-message-container$(printf 'a%.0s' $(seq 40))
+check "a name of one long part is a valid subdomain" equals "$(kc create configmap "$long" -n wl -o name)" "configmap/$long"
+
 # --- Go's encoding: the keys upstream always writes ---------------------------------------
 # Minimal bodies of 14 kinds, created here and on upstream kube-apiserver v1.36
 # (fixtures/upstream-minimal.json, `minimal_objects.py KC NS capture` against upstream.sh):
