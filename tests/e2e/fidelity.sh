@@ -256,6 +256,17 @@ check "its description can" equals "$(kc patch priorityclass pc1 --type merge -p
 long=termination-message-container$(printf 'a%.0s' $(seq 40))
 check "a name of one long part is a valid subdomain" equals "$(kc create configmap "$long" -n wl -o name)" "configmap/$long"
 
+# A pod in graceful deletion stays, whatever is written to it, until its kubelet deletes it
+# with grace 0 (upstream's shouldDeleteDuringUpdate); only the write that removes the last
+# finalizer of an object whose grace is over deletes it.
+kc run graceful -n wl --image=busybox --overrides='{"spec":{"nodeName":"nowhere"}}' >/dev/null
+kc delete pod graceful -n wl --wait=false >/dev/null
+kc patch pod graceful -n wl --subresource=status --type=merge -p '{"status":{"message":"stopping"}}' >/dev/null
+check "a status write to a pod in graceful deletion keeps it" \
+  equals "$(kc get pod graceful -n wl -o jsonpath='{.status.message}')/$(kc get pod graceful -n wl -o jsonpath='{.metadata.deletionGracePeriodSeconds}')" "stopping/30"
+kc delete pod graceful -n wl --grace-period=0 --force >/dev/null 2>&1
+check "its deletion with grace 0 removes it" fails_with "not found" kc get pod graceful -n wl
+
 # --- Go's encoding: the keys upstream always writes ---------------------------------------
 # Minimal bodies of 14 kinds, created here and on upstream kube-apiserver v1.36
 # (fixtures/upstream-minimal.json, `minimal_objects.py KC NS capture` against upstream.sh):

@@ -1291,11 +1291,23 @@ impl Objects {
                 created: false,
             });
         }
-        // An object being deleted goes once its last finalizer is removed.
-        if meta(&obj)["deletionTimestamp"].is_string()
-            && finalizers(&obj).is_empty()
-            && !self.namespace_finalizers_pending(ri, &obj)
-        {
+        // An object being deleted goes when this write removed its last finalizer and its
+        // grace period is over (upstream's shouldDeleteDuringUpdate): a pod in graceful
+        // deletion stays, whatever is written to it, until its kubelet deletes it.
+        // A namespace goes once neither kind of finalizer is left (namespaces/finalize).
+        let deleting = meta(&obj)["deletionTimestamp"].is_string();
+        let goes = if ri.is("", "Namespace") {
+            deleting && finalizers(&obj).is_empty() && !self.namespace_finalizers_pending(ri, &obj)
+        } else {
+            deleting
+                && finalizers(&obj).is_empty()
+                && !finalizers(&old).is_empty()
+                && meta(&obj)["deletionGracePeriodSeconds"]
+                    .as_i64()
+                    .unwrap_or(0)
+                    == 0
+        };
+        if goes {
             return match self.store.delete(&key, Some(old_rev)).await {
                 Ok(_) => Ok(Written {
                     object: WrittenObject::Value(obj),
