@@ -231,6 +231,8 @@ check "the failures are Unhealthy events" \
   contains "$(kc get events --field-selector involvedObject.name=never-ready,reason=Unhealthy -o jsonpath='{.items[*].message}')" "Readiness probe failed: Get \"http://"
 wait_for 40 "goes-bad to be restarted" bash -c "[ \"\$($KUBECTL get pod goes-bad -o jsonpath='{.status.containerStatuses[0].restartCount}')\" -ge 1 ]"
 check "a failing liveness probe restarts the container" test "$(kc get pod goes-bad -o jsonpath='{.status.containerStatuses[0].restartCount}')" -ge 1
+check "the Unhealthy event carries the command's output, as upstream" \
+  contains "$(kc get events --field-selector involvedObject.name=goes-bad,reason=Unhealthy -o jsonpath='{.items[*].message}')" "Liveness probe failed: cat: can't open '/tmp/healthy'"
 check "with upstream's Killing event" \
   contains "$(kc get events --field-selector involvedObject.name=goes-bad,reason=Killing -o jsonpath='{.items[*].message}')" "Container c failed liveness probe, will be restarted"
 kc patch pod probed-ok --subresource=status --type=strategic \
@@ -239,6 +241,66 @@ sleep 2
 check "the kubelet keeps conditions it does not own (DisruptionTarget)" \
   equals "$(kc get pod probed-ok -o jsonpath='{.status.conditions[?(@.type=="DisruptionTarget")].reason}')" "PreemptionByScheduler"
 kc delete pod probed-ok never-ready goes-bad --wait=false >/dev/null
+
+# While a pod shuts down, its readiness probe still counts (upstream's conformance "should
+# mark readiness on pods to false while pod is in progress of terminating").
+cat <<'YAML' | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: winding-down}
+spec:
+  terminationGracePeriodSeconds: 20
+  containers:
+  - name: c
+    image: kite.test/shell:1
+    command: [sh, -c, "trap 'rm -f /tmp/ready; sleep 10; exit 0' TERM; touch /tmp/ready; while true; do sleep 1; done"]
+    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1, failureThreshold: 1}
+YAML
+wait_for 30 "winding-down Ready" bash -c "[ \"\$($KUBECTL get pod winding-down -o jsonpath='{.status.containerStatuses[0].ready}')\" = true ]"
+kc delete pod winding-down --wait=false >/dev/null
+wait_for 8 "winding-down not Ready while it terminates" bash -c "[ \"\$($KUBECTL get pod winding-down -o jsonpath='{.status.containerStatuses[0].ready}')\" = false ]"
+check "a terminating pod whose readiness probe fails is not Ready" \
+  equals "$(kc get pod winding-down -o jsonpath='{.status.containerStatuses[0].ready}')" "false"
+check "(it is still terminating)" test -n "$(kc get pod winding-down -o jsonpath='{.metadata.deletionTimestamp}')"
+
+# Lifecycle hooks: postStart runs in the container (a failing one kills it, with upstream's
+# events), preStop runs before the stop signal.
+cat <<'YAML' | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: hooked}
+spec:
+  terminationGracePeriodSeconds: 10
+  containers:
+  - name: c
+    image: kite.test/shell:1
+    command: [sh, -c, "trap 'echo got TERM; sleep 3; exit 0' TERM; sleep 2; cat /tmp/started; while true; do sleep 1; done"]
+    lifecycle:
+      postStart: {exec: {command: [sh, -c, "echo poststart ran > /tmp/started"]}}
+      preStop: {exec: {command: [sh, -c, "echo prestop ran > /proc/1/fd/1; sleep 1"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bad-start}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: kite.test/shell:1
+    command: [sleep, "600"]
+    lifecycle:
+      postStart: {exec: {command: ["false"]}}
+YAML
+wait_for 30 "hooked's postStart output" bash -c "$KUBECTL logs hooked 2>/dev/null | grep -q 'poststart ran'"
+check "a postStart hook runs in the container" contains "$(kc logs hooked)" "poststart ran"
+kc delete pod hooked --wait=false >/dev/null
+wait_for 20 "hooked to get TERM" bash -c "$KUBECTL logs hooked 2>/dev/null | grep -q 'got TERM'"
+check "preStop runs before the stop signal" \
+  equals "$(kc logs hooked 2>/dev/null | grep -E 'prestop ran|got TERM' | tr '\n' ' ')" "prestop ran got TERM "
+wait_for 30 "bad-start to be restarted" bash -c "[ \"\$($KUBECTL get pod bad-start -o jsonpath='{.status.containerStatuses[0].restartCount}')\" -ge 1 ]"
+check "a failing postStart hook kills the container (FailedPostStartHook)" \
+  contains "$(kc get events --field-selector involvedObject.name=bad-start -o jsonpath='{.items[*].reason}')" "FailedPostStartHook"
+kc delete pod bad-start --wait=false >/dev/null
 check "no restarts counted" equals "$(kc get pods -l app=hello -o jsonpath='{.items[*].status.containerStatuses[0].restartCount}')" "0 0"
 check "the pods still serve after the restart" \
   contains "$(curl -s --max-time 5 "http://$(echo "$ids_after" >/dev/null; kc get pods -l app=hello -o jsonpath='{.items[0].status.podIP}')/")" "Server name:"

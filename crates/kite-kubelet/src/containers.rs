@@ -242,15 +242,24 @@ pub fn on_exit(cd: &Containerd, id: &str, done: impl FnOnce() + Send + 'static) 
     });
 }
 
+/// What an exec'd command did: its exit code (`None`: it did not end in time and was
+/// killed) and its output (stdout and stderr, at most 10 KiB, as upstream's prober keeps).
+#[derive(Debug)]
+pub struct Exec {
+    pub code: Option<u32>,
+    pub output: String,
+}
+
 /// Runs `cmd` in a running container (its namespaces, cgroup, user, env and working
-/// directory: the container's own process spec with other arguments), with no stdio, and
-/// returns its exit code; `None` when it did not end within `timeout` (it is killed).
+/// directory: the container's own process spec with other arguments), its output captured
+/// through FIFOs in `io_dir`.
 pub async fn exec_status(
     cd: &Containerd,
+    io_dir: &Path,
     id: &str,
     cmd: &[String],
     timeout: Duration,
-) -> Result<Option<u32>> {
+) -> Result<Exec> {
     let c = cd
         .containers()
         .get(cd.req(GetContainerRequest { id: id.to_string() }))
@@ -265,26 +274,46 @@ pub async fn exec_status(
     process["args"] = serde_json::json!(cmd);
     process["terminal"] = serde_json::json!(false);
     let exec_id = format!("kite-{}", uuid::Uuid::new_v4().simple());
-    cd.tasks()
+    let mut io = crate::logs::Capture::new(io_dir, &exec_id, 10 * 1024)
+        .context("making the exec process's output FIFOs")?;
+    let created = cd
+        .tasks()
         .exec(cd.req(ExecProcessRequest {
             container_id: id.to_string(),
             exec_id: exec_id.clone(),
+            stdout: io.stdout.to_string_lossy().into_owned(),
+            stderr: io.stderr.to_string_lossy().into_owned(),
             spec: Some(prost_types::Any {
                 type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
                 value: serde_json::to_vec(&process)?,
             }),
             ..Default::default()
         }))
-        .await
-        .context("creating the exec process")?;
-    let run = async {
-        cd.tasks()
-            .start(cd.req(StartRequest {
+        .await;
+    if created.is_err() {
+        io.started();
+    }
+    created.context("creating the exec process")?;
+    // The shim opens the process's FIFOs when it starts it.
+    let started = cd
+        .tasks()
+        .start(cd.req(StartRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.clone(),
+        }))
+        .await;
+    io.started();
+    if let Err(e) = started {
+        let _ = cd
+            .tasks()
+            .delete_process(cd.req(DeleteProcessRequest {
                 container_id: id.to_string(),
-                exec_id: exec_id.clone(),
+                exec_id,
             }))
-            .await
-            .context("starting the exec process")?;
+            .await;
+        return Err(anyhow::Error::from(e).context("starting the exec process"));
+    }
+    let run = async {
         let r = cd
             .tasks()
             .wait(cd.req_unbounded(WaitRequest {
@@ -317,7 +346,11 @@ pub async fn exec_status(
             exec_id,
         }))
         .await;
-    Ok(out)
+    let output = io.output(Duration::from_secs(2)).await;
+    Ok(Exec {
+        code: out,
+        output: String::from_utf8_lossy(&output).into_owned(),
+    })
 }
 
 /// Whether the container's task is running (or created, paused, pausing).

@@ -291,6 +291,85 @@ impl Fifos {
     }
 }
 
+/// The output of a short-lived process (an exec probe or hook), stdout and stderr
+/// together and cut at a limit, through FIFOs as a container's log.
+pub struct Capture {
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    keeper: Vec<File>,
+    task: tokio::task::JoinHandle<Vec<u8>>,
+}
+
+impl Capture {
+    pub fn new(dir: &Path, id: &str, limit: usize) -> std::io::Result<Capture> {
+        std::fs::create_dir_all(dir)?;
+        let (stdout, stderr) = Fifos::paths(dir, id);
+        for p in [&stdout, &stderr] {
+            let _ = std::fs::remove_file(p);
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(std::io::Error::from)?;
+        }
+        let open = |p: &Path| tokio::net::unix::pipe::OpenOptions::new().open_receiver(p);
+        let (out, err) = (open(&stdout)?, open(&stderr)?);
+        let mut keeper = Vec::new();
+        for p in [&stdout, &stderr] {
+            keeper.push(
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(nix::libc::O_NONBLOCK)
+                    .open(p)?,
+            );
+        }
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let read = move |mut r: tokio::net::unix::pipe::Receiver, buf: Arc<Mutex<Vec<u8>>>| async move {
+            use tokio::io::AsyncReadExt;
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = r.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                let mut b = buf.lock().unwrap_or_else(|p| p.into_inner());
+                let room = limit.saturating_sub(b.len());
+                b.extend_from_slice(&chunk[..n.min(room)]);
+            }
+        };
+        let (b1, b2) = (buf.clone(), buf.clone());
+        let (p1, p2) = (stdout.clone(), stderr.clone());
+        let task = tokio::spawn(async move {
+            tokio::join!(read(out, b1), read(err, b2));
+            let _ = std::fs::remove_file(p1);
+            let _ = std::fs::remove_file(p2);
+            let out = std::mem::take(&mut *buf.lock().unwrap_or_else(|p| p.into_inner()));
+            out
+        });
+        Ok(Capture {
+            stdout,
+            stderr,
+            keeper,
+            task,
+        })
+    }
+
+    /// The process has its ends of the FIFOs (or never will).
+    pub fn started(&mut self) {
+        self.keeper.clear();
+    }
+
+    /// What the process wrote, once it has closed its output (at most `wait` later).
+    pub async fn output(mut self, wait: std::time::Duration) -> Vec<u8> {
+        self.started();
+        match tokio::time::timeout(wait, &mut self.task).await {
+            Ok(Ok(out)) => out,
+            _ => {
+                self.task.abort();
+                let _ = std::fs::remove_file(&self.stdout);
+                let _ = std::fs::remove_file(&self.stderr);
+                Vec::new()
+            }
+        }
+    }
+}
+
 /// One record read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record<'a> {

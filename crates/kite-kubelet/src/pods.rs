@@ -50,6 +50,8 @@ struct PullBackoff {
 struct PodState {
     uid: String,
     waiting: HashMap<String, Waiting>,
+    /// The pod's address, once its sandbox has one (for httpGet hooks).
+    ip: Option<IpAddr>,
 }
 
 pub struct Kubelet {
@@ -603,7 +605,15 @@ impl Kubelet {
             return Ok(Action::AwaitChange);
         };
         let ip = match self.ensure_sandbox(&pod, &net).await {
-            Ok(ip) => ip,
+            Ok(ip) => {
+                self.state
+                    .lock()
+                    .unwrap()
+                    .entry(key.clone())
+                    .or_default()
+                    .ip = Some(ip);
+                ip
+            }
             Err(e) => {
                 self.recorder.event(
                     &*pod,
@@ -702,15 +712,35 @@ impl Kubelet {
             let waits_for_startup = kind != Kind::Startup
                 && c.startup_probe.is_some()
                 && self.probe_results.get(id, Kind::Startup) != Some(Verdict::Success);
-            if !waits_for_startup {
+            if waits_for_startup {
+                // Probed as soon as the startup probe succeeds, not a period later (as
+                // upstream's manager triggers the worker).
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            {
                 let outcome = match &p.exec {
                     Some(e) => {
                         let cmd = e.command.clone().unwrap_or_default();
-                        match containers::exec_status(&self.cd, id, &cmd, timing.timeout).await {
-                            Ok(Some(0)) => Ok(()),
-                            Ok(Some(code)) => Err(format!("command {cmd:?} exited with {code}")),
-                            Ok(None) => Err(format!(
-                                "command {cmd:?} timed out after {}s",
+                        let io = self.io_dir();
+                        let r = containers::exec_status(&self.cd, &io, id, &cmd, timing.timeout);
+                        match r.await {
+                            // As upstream: the failure's message is the command's output.
+                            Ok(x) if x.code == Some(0) => Ok(()),
+                            Ok(x) if x.code.is_some() => {
+                                let out = x.output.trim_end();
+                                Err(if out.is_empty() {
+                                    format!(
+                                        "command {cmd:?} exited with {}",
+                                        x.code.unwrap_or_default()
+                                    )
+                                } else {
+                                    out.to_string()
+                                })
+                            }
+                            Ok(_) => Err(format!(
+                                "command timed out: {:?} timed out after {}s",
+                                cmd.join(" "),
                                 timing.timeout.as_secs()
                             )),
                             Err(e) => Err(format!("{e:#}")),
@@ -1246,8 +1276,113 @@ impl Kubelet {
             "Started",
             format!("Started container {}", c.name),
         );
+        if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            // As upstream: the hook runs before the container counts as started; if it
+            // fails, the container is killed (and restarted per the policy).
+            if let Err(e) = self.run_hook(pod, key, &id, h).await {
+                tracing::info!(container = %c.name, error = %e, "postStart hook failed");
+                self.recorder
+                    .event(pod, WARNING, "FailedPostStartHook", "PostStartHook failed");
+                self.recorder
+                    .event(pod, NORMAL, "Killing", "FailedPostStartHook");
+                let grace = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+                    .unwrap_or(30)
+                    .max(0) as u64;
+                let signal = crate::spec::stop_signal(&image.config);
+                containers::stop(&self.cd, &id, signal, Duration::from_secs(grace)).await?;
+            }
+        }
         self.watch_exit(&id, key.clone());
         Ok(None)
+    }
+
+    /// Runs a lifecycle hook (postStart, preStop) of container `id`: exec in it, an HTTP
+    /// GET to the pod, or a sleep.
+    async fn run_hook(
+        &self,
+        pod: &Pod,
+        key: &Key,
+        id: &str,
+        h: &k8s_openapi::api::core::v1::LifecycleHandler,
+    ) -> std::result::Result<(), String> {
+        if let Some(e) = &h.exec {
+            let cmd = e.command.clone().unwrap_or_default();
+            // Hooks have no timeout of their own upstream (preStop is bounded by the grace
+            // period by its caller); a day is a bound that never matters.
+            let io = self.io_dir();
+            let r = containers::exec_status(&self.cd, &io, id, &cmd, Duration::from_secs(86400));
+            return match r.await {
+                Ok(x) if x.code == Some(0) => Ok(()),
+                Ok(x) => Err(format!(
+                    "command {cmd:?} exited with {:?}: {}",
+                    x.code,
+                    x.output.trim_end()
+                )),
+                Err(e) => Err(format!("{e:#}")),
+            };
+        }
+        if let Some(g) = &h.http_get {
+            let ip = self
+                .state
+                .lock()
+                .unwrap()
+                .get(key)
+                .and_then(|s| s.ip)
+                .or_else(|| pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok())
+                .ok_or_else(|| "the pod has no IP yet".to_string())?;
+            let probe = k8s_openapi::api::core::v1::Probe {
+                http_get: Some(g.clone()),
+                ..Default::default()
+            };
+            let c = k8s_openapi::api::core::v1::Container::default();
+            return probes::probe_network(&probe, &c, ip, Duration::from_secs(10)).await;
+        }
+        if let Some(s) = &h.sleep {
+            tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64)).await;
+            return Ok(());
+        }
+        Err("the hook has no handler kite supports".into())
+    }
+
+    /// Runs the preStop hooks of the pod's running containers, at most `grace` long in
+    /// all; returns the grace left for the stop signal (at least 2 s, as upstream).
+    async fn run_pre_stop(&self, pod: &Pod, have: &[Info], grace: Duration) -> Duration {
+        let key = key_of(pod);
+        let spec = pod.spec.clone().unwrap_or_default();
+        let all: Vec<&Container> = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .collect();
+        let hooks = have
+            .iter()
+            .filter(|i| matches!(i.state, State::Running { .. }))
+            .filter_map(|i| {
+                let c = all.iter().find(|c| c.name == i.name)?;
+                let h = c.lifecycle.as_ref()?.pre_stop.as_ref()?;
+                Some((i.id.clone(), h.clone()))
+            })
+            .collect::<Vec<_>>();
+        if hooks.is_empty() {
+            return grace;
+        }
+        let started = std::time::Instant::now();
+        let key = &key;
+        let runs = hooks.iter().map(|(id, h)| async move {
+            if let Err(e) = self.run_hook(pod, key, id, h).await {
+                tracing::info!(container = %id, error = %e, "preStop hook failed");
+                // As upstream: the message may hold secrets, so the event does not.
+                self.recorder
+                    .event(pod, WARNING, "FailedPreStopHook", "PreStopHook failed");
+            }
+        });
+        let _ = tokio::time::timeout(grace, futures::future::join_all(runs)).await;
+        grace
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(2))
     }
 
     /// The image, present locally; `None` (with the container waiting and an event)
@@ -1637,7 +1772,8 @@ impl Kubelet {
                 .and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30)
             .max(0) as u64;
-        for c in containers::list(&self.cd, &uid).await? {
+        let have = containers::list(&self.cd, &uid).await?;
+        for c in &have {
             if matches!(c.state, State::Running { .. }) {
                 self.recorder.event(
                     pod,
@@ -1647,7 +1783,40 @@ impl Kubelet {
                 );
             }
         }
-        self.teardown(&uid, Duration::from_secs(grace)).await?;
+        let grace = self
+            .run_pre_stop(pod, &have, Duration::from_secs(grace))
+            .await;
+        // While the containers stop, the pod's status keeps following them and their
+        // probes (a readiness probe failing during shutdown makes the pod not Ready, as
+        // upstream); then everything is removed.
+        let key = key_of(pod);
+        let ip = self.state.lock().unwrap().get(&key).and_then(|s| s.ip);
+        let stops = futures::future::join_all(
+            have.iter()
+                .filter(|c| matches!(c.state, State::Running { .. }))
+                .map(|c| containers::stop(&self.cd, &c.id, c.stop_signal, grace)),
+        );
+        tokio::pin!(stops);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                results = &mut stops => {
+                    for r in results {
+                        r?;
+                    }
+                    break;
+                }
+                _ = tick.tick() => {
+                    if let (Some(ip), Ok(now)) = (ip, containers::list(&self.cd, &uid).await) {
+                        if let Err(e) = self.report(pod, &key, &now, ip).await {
+                            tracing::debug!(error = %format!("{e:#}"), "reporting a terminating pod");
+                        }
+                    }
+                }
+            }
+        }
+        self.teardown(&uid, Duration::ZERO).await?;
         self.delete_api_pod(pod).await?;
         Ok(Action::AwaitChange)
     }

@@ -191,7 +191,7 @@ pub async fn probe_network(
             _ => format!("{host}:{port}"),
         };
         let url = format!("{scheme}://{host_port}{path}");
-        return match tokio::time::timeout(timeout, http_get(&host, port, &host_port, &path, &scheme, h)).await {
+        return match tokio::time::timeout(timeout, http_follow(&host, port, &host_port, &path, &scheme, h)).await {
             Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
             Ok(Ok(code)) => Err(format!("HTTP probe failed with statuscode: {code}")),
             Ok(Err(e)) => Err(format!("Get {url:?}: {e}")),
@@ -200,14 +200,24 @@ pub async fn probe_network(
             )),
         };
     }
-    if p.grpc.is_some() {
-        return Err("gRPC probes are not supported by kite yet".into());
+    if let Some(g) = &p.grpc {
+        let port = u16::try_from(g.port).map_err(|_| format!("invalid port {}", g.port))?;
+        return match tokio::time::timeout(timeout, grpc_check(pod_ip, port, g.service.as_deref()))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "timeout: health rpc did not complete within {}s",
+                timeout.as_secs()
+            )),
+        };
     }
     Err("the probe has no handler".into())
 }
 
-/// A GET as upstream's prober sends it (its User-Agent, the probe's headers); the status.
-async fn http_get(
+/// Upstream's prober follows redirects to the same host (at most 10); a redirect elsewhere
+/// counts as a success, as it does upstream (with a warning there).
+async fn http_follow(
     host: &str,
     port: u16,
     host_port: &str,
@@ -215,6 +225,120 @@ async fn http_get(
     scheme: &str,
     h: &k8s_openapi::api::core::v1::HTTPGetAction,
 ) -> Result<u16, String> {
+    let mut path = path.to_string();
+    for _ in 0..10 {
+        let (code, location) = http_get(host, port, host_port, &path, scheme, h).await?;
+        let Some(loc) = location.filter(|_| (300..400).contains(&code)) else {
+            return Ok(code);
+        };
+        let local = format!("{scheme}://{host_port}");
+        path = if let Some(rest) = loc.strip_prefix(&local) {
+            if rest.is_empty() {
+                "/".into()
+            } else {
+                rest.to_string()
+            }
+        } else if loc.starts_with('/') {
+            loc
+        } else {
+            return Ok(code);
+        };
+    }
+    Err("stopped after 10 redirects".into())
+}
+
+/// A gRPC health check (`grpc.health.v1.Health/Check`, plain HTTP/2), as upstream's prober.
+async fn grpc_check(ip: IpAddr, port: u16, service: Option<&str>) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    let addr = SocketAddr::new(ip, port);
+    let fail = |e: String| format!("timeout: failed to connect service \"{addr}\" within 1s: {e}");
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    // HealthCheckRequest { service = 1 }, in gRPC's length-prefixed framing.
+    let mut msg = Vec::new();
+    if let Some(s) = service.filter(|s| !s.is_empty()) {
+        msg.push(0x0a);
+        let mut n = s.len();
+        while n >= 0x80 {
+            msg.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        msg.push(n as u8);
+        msg.extend_from_slice(s.as_bytes());
+    }
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    body.extend_from_slice(&msg);
+    let req = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", "kube-probe/1.36")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let headers = resp.headers().clone();
+    let collected = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("rpc error: {e}"))?;
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let status = trailers
+        .get("grpc-status")
+        .or_else(|| headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0")
+        .to_string();
+    if status != "0" {
+        let desc = trailers
+            .get("grpc-message")
+            .or_else(|| headers.get("grpc-message"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        return Err(format!("rpc error: code = {status} desc = {desc}"));
+    }
+    let data = collected.to_bytes();
+    // HealthCheckResponse { status = 1 }: SERVING is 1.
+    let serving = data
+        .get(5..)
+        .map(|m| m.windows(2).any(|w| w == [0x08, 0x01]))
+        == Some(true);
+    if serving {
+        Ok(())
+    } else {
+        let code = data.get(5..).and_then(|m| m.get(1)).copied().unwrap_or(0);
+        let name = match code {
+            2 => "NOT_SERVING",
+            3 => "SERVICE_UNKNOWN",
+            _ => "UNKNOWN",
+        };
+        Err(format!("service unhealthy (responded with \"{name}\")"))
+    }
+}
+
+/// A GET as upstream's prober sends it (its User-Agent, the probe's headers); the status
+/// and the Location header.
+async fn http_get(
+    host: &str,
+    port: u16,
+    host_port: &str,
+    path: &str,
+    scheme: &str,
+    h: &k8s_openapi::api::core::v1::HTTPGetAction,
+) -> Result<(u16, Option<String>), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect((host, port))
         .await
@@ -250,20 +374,26 @@ async fn http_get(
             .map_err(|e| e.to_string())?;
         read_head(&mut s, &mut head).await?;
     }
-    let line = String::from_utf8_lossy(&head);
-    let code = line
+    let text = String::from_utf8_lossy(&head);
+    let code = text
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse::<u16>().ok())
         .ok_or_else(|| "malformed HTTP response".to_string())?;
-    return Ok(code);
+    let location = text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("location")
+            .then(|| v.trim().to_string())
+    });
+    return Ok((code, location));
 
     async fn read_head(
         s: &mut (impl tokio::io::AsyncRead + Unpin),
         out: &mut Vec<u8>,
     ) -> Result<(), String> {
         let mut buf = [0u8; 512];
-        while !out.windows(2).any(|w| w == b"\r\n") && out.len() < 8192 {
+        while !out.windows(4).any(|w| w == b"\r\n\r\n") && out.len() < 16384 {
             let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
             if n == 0 {
                 break;
@@ -337,6 +467,66 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn grpc_health_probes() {
+        use http_body_util::StreamBody;
+        use hyper::body::Frame;
+        // A health server: SERVING for "", NOT_SERVING for "sick", UNIMPLEMENTED for "gone".
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        |req: http::Request<hyper::body::Incoming>| async move {
+                            use http_body_util::BodyExt;
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let asked = String::from_utf8_lossy(body.get(7..).unwrap_or_default())
+                                .to_string();
+                            let (status, msg): (&str, Vec<u8>) = match asked.as_str() {
+                                "sick" => ("0", vec![0x08, 0x02]),
+                                "gone" => ("12", vec![]),
+                                _ => ("0", vec![0x08, 0x01]),
+                            };
+                            let mut data = vec![0u8];
+                            data.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+                            data.extend_from_slice(&msg);
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", status.parse().unwrap());
+                            let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+                                Ok(Frame::data(bytes::Bytes::from(data))),
+                                Ok(Frame::trailers(trailers)),
+                            ];
+                            let body = StreamBody::new(futures::stream::iter(frames));
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(body)
+                                    .unwrap(),
+                            )
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+                });
+            }
+        });
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(grpc_check(ip, port, None).await, Ok(()));
+        assert_eq!(
+            grpc_check(ip, port, Some("sick")).await,
+            Err("service unhealthy (responded with \"NOT_SERVING\")".into())
+        );
+        assert_eq!(
+            grpc_check(ip, port, Some("gone")).await,
+            Err("rpc error: code = 12 desc = ".into())
+        );
+    }
+
+    #[tokio::test]
     async fn tcp_and_http_probes() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
@@ -347,13 +537,17 @@ mod tests {
                 let mut b = [0u8; 1024];
                 let n = s.read(&mut b).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&b[..n]).to_string();
-                let code = if req.starts_with("GET /bad") {
-                    503
+                let (code, extra) = if req.starts_with("GET /bad") {
+                    (503, "")
+                } else if req.starts_with("GET /moved") {
+                    (302, "Location: /bad\r\n")
                 } else {
-                    200
+                    (200, "")
                 };
                 let _ = s
-                    .write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .write_all(
+                        format!("HTTP/1.1 {code} X\r\n{extra}Content-Length: 0\r\n\r\n").as_bytes(),
+                    )
                     .await;
             }
         });
@@ -378,6 +572,11 @@ mod tests {
         assert_eq!(probe_network(&http("/ok"), &c, ip, t).await, Ok(()));
         assert_eq!(
             probe_network(&http("/bad"), &c, ip, t).await,
+            Err("HTTP probe failed with statuscode: 503".into())
+        );
+        // A local redirect is followed.
+        assert_eq!(
+            probe_network(&http("/moved"), &c, ip, t).await,
             Err("HTTP probe failed with statuscode: 503".into())
         );
         let tcp = |p: i32| Probe {
