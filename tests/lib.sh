@@ -3,7 +3,7 @@
 # Every wait is bounded. Source this file; set KUBECTL to the kubectl binary to test with.
 
 set -u
-KITE_BIN=${KITE_BIN:-"$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/debug/kite"}
+KITE_BIN=${KITE_BIN:-"${CARGO_TARGET_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target}/debug/kite"}
 KUBECTL=${KUBECTL:-/usr/bin/kubectl}
 PASS=0
 FAIL=0

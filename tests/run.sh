@@ -49,24 +49,28 @@ else
 fi
 [ ${#KUBECTLS[@]} -gt 0 ] || { echo "no kubectl found at /usr/bin/kubectl or /usr/lib/google-cloud-sdk/bin/kubectl.1.33" >&2; exit 1; }
 
+# Build output goes where cargo puts it (CARGO_TARGET_DIR, else target/ in the checkout).
+TARGET=${CARGO_TARGET_DIR:-"$ROOT/target"}
+mkdir -p "$TARGET"
+export KITE_BIN=${KITE_BIN:-"$TARGET/debug/kite"}
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== unit tests"
 # One line when they pass (a CI report may keep only the first part of the output).
-cargo test --quiet >"$ROOT/target/unit-tests.log" 2>&1 || true
-if grep -qE "FAILED|panicked|error\[" "$ROOT/target/unit-tests.log" || ! grep -q "^test result" "$ROOT/target/unit-tests.log"; then
-  grep -E "FAILED|panicked|error" "$ROOT/target/unit-tests.log" | cut -c1-200 | head -30
-  echo "unit tests failed (the whole log: target/unit-tests.log)"; exit 1
+cargo test --quiet >"$TARGET/unit-tests.log" 2>&1 || true
+if grep -qE "FAILED|panicked|error\[" "$TARGET/unit-tests.log" || ! grep -q "^test result" "$TARGET/unit-tests.log"; then
+  grep -E "FAILED|panicked|error" "$TARGET/unit-tests.log" | cut -c1-200 | head -30
+  echo "unit tests failed (the whole log: $TARGET/unit-tests.log)"; exit 1
 fi
-unit_pass=$(grep -oE "ok\. [0-9]+ passed" "$ROOT/target/unit-tests.log" | awk '{s+=$2} END {print s+0}')
+unit_pass=$(grep -oE "ok\. [0-9]+ passed" "$TARGET/unit-tests.log" | awk '{s+=$2} END {print s+0}')
 echo "   $unit_pass passed"
 echo "== building kite"
 cargo build --quiet -p kite
 
 echo "== end-to-end tiers (in parallel; each has its own server, port and data dir)"
-logs="$ROOT/target/e2e-logs"
+logs="$TARGET/e2e-logs"
 rm -rf "$logs"; mkdir -p "$logs"
 pids=()
 names=()
@@ -119,7 +123,7 @@ for i in "${!pids[@]}"; do
   fi
 done
 for n in "${failed_tiers[@]}"; do
-  echo "   $n: FAILED (its log: target/e2e-logs/$n.log)"
+  echo "   $n: FAILED (its log: $logs/$n.log)"
   { grep -E "^FAIL |^timed out|failed:|unbound variable|line [0-9]+:" "$logs/$n.log" || true; } | cut -c1-200 | sed 's/^/      /' | head -20 || true
   { grep -vE "^ok |^FAIL " "$logs/$n.log" || true; } | cut -c1-200 | sed 's/^/      | /' | tail -30 || true
 done
