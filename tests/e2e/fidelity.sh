@@ -267,6 +267,12 @@ check "a status write to a pod in graceful deletion keeps it" \
 kc delete pod graceful -n wl --grace-period=0 --force >/dev/null 2>&1
 check "its deletion with grace 0 removes it" fails_with "not found" kc get pod graceful -n wl
 
+# Probe and httpGet defaults, as kube-apiserver v1.36 stores them for fixtures/probe-defaults-pod.yaml.
+kc apply -n wl -f "$(dirname "$0")/fixtures/probe-defaults-pod.yaml" >/dev/null
+check "probes and httpGet handlers get upstream's defaults" \
+  equals "$(kc get pod pd -n wl -o jsonpath='{.spec.containers[0].livenessProbe} {.spec.containers[0].readinessProbe} {.spec.containers[0].lifecycle}')" \
+  '{"failureThreshold":3,"httpGet":{"path":"/","port":80,"scheme":"HTTP"},"periodSeconds":10,"successThreshold":1,"timeoutSeconds":1} {"exec":{"command":["true"]},"failureThreshold":3,"periodSeconds":5,"successThreshold":1,"timeoutSeconds":1} {"preStop":{"httpGet":{"path":"/","port":80,"scheme":"HTTP"}}}'
+
 # --- Go's encoding: the keys upstream always writes ---------------------------------------
 # Minimal bodies of 14 kinds, created here and on upstream kube-apiserver v1.36
 # (fixtures/upstream-minimal.json, `minimal_objects.py KC NS capture` against upstream.sh):

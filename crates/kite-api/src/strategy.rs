@@ -46,6 +46,43 @@ fn default_container(c: &mut Value) {
             set_default(p, "protocol", json!("TCP"));
         }
     }
+    // SetDefaults_Probe and SetDefaults_HTTPGetAction.
+    for key in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(p) = m.get_mut(key).and_then(Value::as_object_mut) {
+            for (f, d) in [
+                ("timeoutSeconds", 1),
+                ("periodSeconds", 10),
+                ("successThreshold", 1),
+                ("failureThreshold", 3),
+            ] {
+                if p.get(f).and_then(Value::as_i64).unwrap_or(0) == 0 {
+                    p.insert(f.into(), json!(d));
+                }
+            }
+            default_http_get(p);
+        }
+    }
+    if let Some(l) = m.get_mut("lifecycle").and_then(Value::as_object_mut) {
+        for key in ["postStart", "preStop"] {
+            if let Some(h) = l.get_mut(key).and_then(Value::as_object_mut) {
+                default_http_get(h);
+            }
+        }
+    }
+}
+
+/// An httpGet handler's path and scheme, as upstream's SetDefaults_HTTPGetAction.
+fn default_http_get(handler: &mut Map<String, Value>) {
+    if let Some(g) = handler.get_mut("httpGet").and_then(Value::as_object_mut) {
+        if g.get("path")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .is_empty()
+        {
+            g.insert("path".into(), json!("/"));
+        }
+        set_default(g, "scheme", json!("HTTP"));
+    }
 }
 
 /// Defaults a PodSpec as upstream's SetDefaults_PodSpec and friends do.
