@@ -545,6 +545,19 @@ check "kubectl run --command -- sh -c on an image without Env exits 0" \
 check "kubectl run with an image without Env: kubectl logs prints ok (issue 15's acceptance)" \
   equals "$(kc logs no-env-run)" "ok"
 check "a hostNetwork pod runs in the host's network namespace" equals "$(term_of host-net message)" "on-host"
+# A pod name longer than a hostname may be (the conformance suite's are 65 characters): the
+# hostname is cut to 63, as upstream.
+longpod=termination-message-container$(printf 'b%.0s' $(seq 36))
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: $longpod}
+spec:
+  restartPolicy: Never
+  containers: [{name: c, image: kite.test/shell:1, command: [sh, -c, "hostname > /dev/termination-log"]}]
+YAML
+wait_for 30 "the long-named pod to complete" succeeded "$longpod"
+check "a pod with a 65-character name runs, its hostname cut to 63" equals "$(term_of "$longpod" message)" "${longpod:0:63}"
 check "a hostNetwork pod's IP is the node's" equals "$(kc get pod host-net -o jsonpath='{.status.podIP}')" "127.0.0.1"
 check "an image's named USER runs as that user, in its groups from the image's /etc/group" \
   equals "$(term_of id-named message)" "uid=1000(app) gid=1000(app) groups=1000(app),50000(data)"

@@ -850,7 +850,7 @@ impl Kubelet {
             return Ok(IpAddr::V4(ip));
         }
         std::fs::create_dir_all(&dir)?;
-        sb.create(&name)?;
+        sb.create(&pod_hostname(pod))?;
         let ip = match net.plumb(&who, &sb.path("net"), &cni_ports(&ports)).await {
             Ok(ip) => ip,
             Err(e) => {
@@ -878,13 +878,12 @@ impl Kubelet {
     }
 
     fn write_pod_files(&self, pod: &Pod, dir: &std::path::Path, ip: IpAddr) -> Result<()> {
-        let name = pod.name_any();
         let ns = pod.namespace().unwrap_or_default();
         let spec = pod.spec.clone().unwrap_or_default();
         let hostname = if spec.host_network == Some(true) {
             crate::host_name()
         } else {
-            spec.hostname.clone().unwrap_or_else(|| name.clone())
+            pod_hostname(pod)
         };
         let mut hosts = String::from("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n");
         hosts.push_str(&format!("{ip}\t{hostname}\n"));
@@ -1631,12 +1630,7 @@ impl Kubelet {
                 set(&mut out, k.into(), v.into());
             }
         }
-        let hostname = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.hostname.clone())
-            .unwrap_or_else(|| pod.name_any());
-        set(&mut out, "HOSTNAME".into(), hostname);
+        set(&mut out, "HOSTNAME".into(), pod_hostname(pod));
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
         for src in c.env_from.iter().flatten() {
@@ -2244,6 +2238,22 @@ impl Kubelet {
     }
 }
 
+/// A pod's hostname, as upstream's GeneratePodHostNameAndDomain: `spec.hostname` or the
+/// pod's name, cut to 63 characters (the kernel's limit is 64) without a trailing `-` or
+/// `.`.
+pub(crate) fn pod_hostname(pod: &Pod) -> String {
+    let name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| pod.name_any());
+    if name.len() <= 63 {
+        return name;
+    }
+    name[..63].trim_end_matches(['-', '.']).to_string()
+}
+
 /// Runs its closure when dropped.
 struct Defer<F: FnMut()>(F);
 impl<F: FnMut()> Drop for Defer<F> {
@@ -2279,4 +2289,23 @@ fn resource_field(c: &Container, resource: &str, divisor: Option<&str>) -> Strin
         .filter(|d| *d > 0)
         .unwrap_or(1000);
     ((milli + div - 1) / div).to_string()
+}
+
+#[cfg(test)]
+mod hostname_tests {
+    #[test]
+    fn long_names_are_cut_as_upstream() {
+        let pod = |n: &str| k8s_openapi::api::core::v1::Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some(n.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let long = format!("termination-message-container{}", "a".repeat(36));
+        assert_eq!(super::pod_hostname(&pod(&long)).len(), 63);
+        let dashed = format!("{}-{}", "a".repeat(62), "b".repeat(5));
+        assert_eq!(super::pod_hostname(&pod(&dashed)), "a".repeat(62));
+        assert_eq!(super::pod_hostname(&pod("web")), "web");
+    }
 }

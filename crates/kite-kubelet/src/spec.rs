@@ -392,7 +392,7 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
             "oomScoreAdj": crate::cgroups::oom_score_adj(i.pod, c),
         },
         "root": {"path": "rootfs", "readonly": sc.read_only_root_filesystem.unwrap_or(false)},
-        "hostname": i.pod.metadata.name.clone().unwrap_or_default(),
+        "hostname": crate::pods::pod_hostname(i.pod),
         "mounts": mounts,
         "annotations": {
             "io.kubernetes.pod.uid": pod_uid,
