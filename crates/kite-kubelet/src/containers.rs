@@ -281,8 +281,8 @@ pub async fn exec_status(
         .exec(cd.req(ExecProcessRequest {
             container_id: id.to_string(),
             exec_id: exec_id.clone(),
-            stdout: io.stdout.to_string_lossy().into_owned(),
-            stderr: io.stderr.to_string_lossy().into_owned(),
+            stdout: io.fifos.stdout.to_string_lossy().into_owned(),
+            stderr: io.fifos.stderr.to_string_lossy().into_owned(),
             spec: Some(prost_types::Any {
                 type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
                 value: serde_json::to_vec(&process)?,

@@ -204,8 +204,13 @@ impl Fifos {
         )
     }
 
-    /// Makes the FIFOs of a new container and starts copying them into `log`.
-    pub fn create(dir: &Path, id: &str, log: &Path, rot: Rotation) -> std::io::Result<Fifos> {
+    /// Makes the FIFOs of a new process and opens kite's read ends, holding write ends
+    /// until [`Fifos::started`] so that no reader sees an end of file before the process
+    /// has opened its own.
+    fn make(
+        dir: &Path,
+        id: &str,
+    ) -> std::io::Result<(Fifos, [tokio::net::unix::pipe::Receiver; 2])> {
         std::fs::create_dir_all(dir)?;
         let (stdout, stderr) = Self::paths(dir, id);
         for p in [&stdout, &stderr] {
@@ -227,6 +232,12 @@ impl Fifos {
                     .open(p)?,
             );
         }
+        Ok((f, readers))
+    }
+
+    /// Makes the FIFOs of a new container and starts copying them into `log`.
+    pub fn create(dir: &Path, id: &str, log: &Path, rot: Rotation) -> std::io::Result<Fifos> {
+        let (f, readers) = Self::make(dir, id)?;
         f.copy(readers, log, rot)?;
         Ok(f)
     }
@@ -294,32 +305,14 @@ impl Fifos {
 /// The output of a short-lived process (an exec probe or hook), stdout and stderr
 /// together and cut at a limit, through FIFOs as a container's log.
 pub struct Capture {
-    pub stdout: PathBuf,
-    pub stderr: PathBuf,
-    keeper: Vec<File>,
+    pub fifos: Fifos,
     task: tokio::task::JoinHandle<Vec<u8>>,
 }
 
 impl Capture {
     pub fn new(dir: &Path, id: &str, limit: usize) -> std::io::Result<Capture> {
-        std::fs::create_dir_all(dir)?;
-        let (stdout, stderr) = Fifos::paths(dir, id);
-        for p in [&stdout, &stderr] {
-            let _ = std::fs::remove_file(p);
-            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                .map_err(std::io::Error::from)?;
-        }
-        let open = |p: &Path| tokio::net::unix::pipe::OpenOptions::new().open_receiver(p);
-        let (out, err) = (open(&stdout)?, open(&stderr)?);
-        let mut keeper = Vec::new();
-        for p in [&stdout, &stderr] {
-            keeper.push(
-                OpenOptions::new()
-                    .write(true)
-                    .custom_flags(nix::libc::O_NONBLOCK)
-                    .open(p)?,
-            );
-        }
+        let (fifos, [out, err]) = Fifos::make(dir, id)?;
+        let (stdout, stderr) = (fifos.stdout.clone(), fifos.stderr.clone());
         let buf = Arc::new(Mutex::new(Vec::new()));
         let read = move |mut r: tokio::net::unix::pipe::Receiver, buf: Arc<Mutex<Vec<u8>>>| async move {
             use tokio::io::AsyncReadExt;
@@ -334,25 +327,19 @@ impl Capture {
             }
         };
         let (b1, b2) = (buf.clone(), buf.clone());
-        let (p1, p2) = (stdout.clone(), stderr.clone());
         let task = tokio::spawn(async move {
             tokio::join!(read(out, b1), read(err, b2));
-            let _ = std::fs::remove_file(p1);
-            let _ = std::fs::remove_file(p2);
+            let _ = std::fs::remove_file(stdout);
+            let _ = std::fs::remove_file(stderr);
             let out = std::mem::take(&mut *buf.lock().unwrap_or_else(|p| p.into_inner()));
             out
         });
-        Ok(Capture {
-            stdout,
-            stderr,
-            keeper,
-            task,
-        })
+        Ok(Capture { fifos, task })
     }
 
     /// The process has its ends of the FIFOs (or never will).
     pub fn started(&mut self) {
-        self.keeper.clear();
+        self.fifos.started();
     }
 
     /// What the process wrote, once it has closed its output (at most `wait` later).
@@ -362,8 +349,8 @@ impl Capture {
             Ok(Ok(out)) => out,
             _ => {
                 self.task.abort();
-                let _ = std::fs::remove_file(&self.stdout);
-                let _ = std::fs::remove_file(&self.stderr);
+                let _ = std::fs::remove_file(&self.fifos.stdout);
+                let _ = std::fs::remove_file(&self.fifos.stderr);
                 Vec::new()
             }
         }
