@@ -49,10 +49,12 @@ fn subresources(ri: &ResourceInfo) -> Vec<Sub> {
             verbs: &["create"],
             kind: ("", "v1", "Binding"),
         });
+    }
+    for c in crate::connect::of(ri) {
         out.push(Sub {
-            name: "log",
-            verbs: &["get"],
-            kind: ("", "v1", "Pod"),
+            name: c.sub,
+            verbs: c.verbs,
+            kind: ("", "v1", c.response_kind),
         });
     }
     if ri.is("", "Namespace") {

@@ -6,7 +6,7 @@
 use crate::auth::{forbidden_message, Attributes, Decision, UserInfo};
 use crate::error::{ApiError, ApiResult};
 use crate::objects::{Continue, DeleteOpts, FieldValidation, ListOpts, Part, WriteOpts, Written};
-use crate::{discovery, openapi, reviews, watch, AppState};
+use crate::{connect, discovery, openapi, reviews, watch, AppState};
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -49,6 +49,8 @@ struct Target {
     namespace: Option<String>,
     name: Option<String>,
     sub: Option<String>,
+    /// What follows a `proxy` subresource (`pods/NAME/proxy/<rest>`).
+    rest: Option<String>,
 }
 
 fn parse_target(st: &AppState, group: &str, version: &str, segs: &[&str]) -> ApiResult<Target> {
@@ -58,7 +60,8 @@ fn parse_target(st: &AppState, group: &str, version: &str, segs: &[&str]) -> Api
     // namespaces/<ns>/<plural>[/<name>[/<sub>]] when <plural> is a namespaced resource.
     if segs.len() >= 3 && segs[0] == "namespaces" {
         if let Some(ri) = lookup(segs[2]).filter(|r| r.namespaced) {
-            if segs.len() > 5 {
+            let proxy = segs.get(4) == Some(&"proxy");
+            if segs.len() > 5 && !proxy {
                 return Err(ApiError::path_not_found());
             }
             return Ok(Target {
@@ -66,6 +69,7 @@ fn parse_target(st: &AppState, group: &str, version: &str, segs: &[&str]) -> Api
                 namespace: s(1),
                 name: s(3),
                 sub: s(4),
+                rest: proxy.then(|| segs[5..].join("/")),
             });
         }
     }
@@ -73,7 +77,8 @@ fn parse_target(st: &AppState, group: &str, version: &str, segs: &[&str]) -> Api
         .first()
         .and_then(|p| lookup(p))
         .ok_or_else(ApiError::path_not_found)?;
-    if segs.len() > 3 || (ri.namespaced && segs.len() > 1) {
+    let proxy = segs.get(2) == Some(&"proxy") && !ri.namespaced;
+    if (segs.len() > 3 && !proxy) || (ri.namespaced && segs.len() > 1) {
         return Err(ApiError::path_not_found());
     }
     Ok(Target {
@@ -81,6 +86,7 @@ fn parse_target(st: &AppState, group: &str, version: &str, segs: &[&str]) -> Api
         namespace: None,
         name: s(1),
         sub: s(2),
+        rest: proxy.then(|| segs[3..].join("/")),
     })
 }
 
@@ -558,6 +564,10 @@ async fn serve_resource(
         let out = reviews::create(st, user, ri, ns, obj).await?;
         return Ok(json_response(StatusCode::CREATED, &out, &[]));
     }
+    if let (Some(c), Some(n)) = (connect::find(ri, t.sub.as_deref()), t.name.as_deref()) {
+        let rest = t.rest.clone().unwrap_or_default();
+        return connect::serve(st, c, ns.unwrap_or_default(), n, &rest, req).await;
+    }
     if !ri.verbs.names().contains(&verb) {
         return Err(ApiError::method_not_supported(ri, verb));
     }
@@ -599,9 +609,6 @@ async fn serve_resource(
         ("get", Some(n), Some("scale")) if ri.scale => {
             let (o, _) = objs.get(ri, ns, n).await?;
             Ok(json_response(StatusCode::OK, &scale_of(ri, &o), &[]))
-        }
-        ("get", Some(n), Some("log")) if ri.is("", "Pod") => {
-            crate::proxy::pod_log(st, ns.unwrap_or_default(), n, &q).await
         }
         ("create", None, None) => {
             let opts = write_opts(&q)?;

@@ -9,6 +9,7 @@ pub mod admission_cache;
 pub mod alloc;
 pub mod auth;
 pub mod bootstrap;
+pub mod connect;
 pub mod discovery;
 pub mod error;
 pub mod http;

@@ -1,9 +1,11 @@
-//! Subresources served by a pod's node: the API server checks the request as upstream's
-//! pod strategy does (`LogLocation`: the pod, its container, its node) and streams the
-//! kubelet's answer back. Today `pods/log`.
+//! Reaching kubelets and pods: `pods/log` (checked as upstream's `LogLocation`: the pod,
+//! its container, its node; the kubelet's answer streamed back) and [`relay`], which
+//! forwards any request (protocol upgrades included) to a kubelet or a pod and its answer
+//! back.
 
 use crate::error::{ApiError, ApiResult};
 use axum::body::Body;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -28,7 +30,7 @@ fn container_names(pod: &Value) -> Vec<String> {
 }
 
 /// Upstream's `validateContainer`: the container named, or the only one.
-fn pick_container(pod: &Value, asked: Option<&str>) -> ApiResult<String> {
+pub(crate) fn pick_container(pod: &Value, asked: Option<&str>) -> ApiResult<String> {
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     match asked.filter(|c| !c.is_empty()) {
         Some(c) if container_names(pod).iter().any(|n| n == c) => Ok(c.to_string()),
@@ -220,6 +222,225 @@ pub async fn pod_log(
             c.as_u16()
         )),
     })
+}
+
+/// Where a relayed request goes.
+pub struct Backend {
+    pub host: String,
+    pub port: u16,
+    /// TLS to use, if any.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// What it is, for error messages ("node n1", "pod web").
+    pub what: String,
+}
+
+/// The kubelet of a node.
+pub async fn kubelet_of(st: &crate::AppState, node_name: &str) -> ApiResult<Backend> {
+    let nodes = st
+        .objects
+        .registry
+        .lookup("", "v1", "nodes")
+        .expect("nodes are served");
+    let (node, _) = st.objects.get(nodes, None, node_name).await?;
+    let (host, port) = kubelet_address(&node).ok_or_else(|| {
+        ApiError::internal(format!(
+            "node {node_name:?} has no address to reach its kubelet"
+        ))
+    })?;
+    let tls = st.kubelet_client.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "this API server has no client for kubelets",
+        )
+    })?;
+    Ok(Backend {
+        host,
+        port,
+        tls: Some(tls),
+        what: format!("node {node_name:?}"),
+    })
+}
+
+/// A TLS client that takes any certificate (`https:` pod proxies, as upstream's
+/// `InsecureSkipVerify` transport for them).
+pub fn insecure_client() -> Arc<rustls::ClientConfig> {
+    #[derive(Debug)]
+    struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let mut cfg = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// Headers that belong to one connection, not the request (RFC 9110 7.6.1), and the
+/// client's credentials, which are not the backend's business.
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "authorization",
+    "host",
+];
+
+/// Forwards `req` to `path` on the backend and its answer back. An upgrade (WebSocket,
+/// SPDY) is forwarded with its headers; once the backend switches protocols, bytes are
+/// copied both ways until either side closes.
+pub async fn relay(backend: Backend, path: &str, mut req: Request) -> ApiResult<Response> {
+    let upgrade = req.headers().get(http::header::UPGRADE).cloned();
+    let mut out = http::Request::builder()
+        .method(req.method().clone())
+        .uri(path)
+        .header(
+            http::header::HOST,
+            format!("{}:{}", backend.host, backend.port),
+        );
+    for (k, v) in req.headers() {
+        if !NOT_FORWARDED.contains(&k.as_str()) {
+            out = out.header(k, v);
+        }
+    }
+    if let Some(u) = &upgrade {
+        out = out
+            .header(http::header::CONNECTION, "Upgrade")
+            .header(http::header::UPGRADE, u);
+    }
+    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let body = if upgrade.is_some() {
+        Body::empty()
+    } else {
+        req.into_body()
+    };
+    let out = out
+        .body(body)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let unreachable = |e: String| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("error trying to reach {}: {e}", backend.what),
+        )
+    };
+    let mut send = connect(&backend).await.map_err(unreachable)?;
+    let mut resp = send
+        .send_request(out)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_side) = client_side else {
+            return Err(ApiError::internal(format!(
+                "{} switched protocols unasked",
+                backend.what
+            )));
+        };
+        let backend_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (Ok(a), Ok(b)) = tokio::join!(client_side, backend_side) else {
+                return;
+            };
+            let mut a = hyper_util::rt::TokioIo::new(a);
+            let mut b = hyper_util::rt::TokioIo::new(b);
+            let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+        });
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+    let (mut parts, body) = resp.into_parts();
+    for h in ["connection", "keep-alive", "transfer-encoding", "upgrade"] {
+        parts.headers.remove(h);
+    }
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Body>;
+
+/// A new HTTP/1.1 connection (with TLS when the backend has it).
+async fn connect(b: &Backend) -> Result<Sender, String> {
+    let (host, port) = (&b.host, b.port);
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| format!("dial tcp {host}:{port}: i/o timeout"))?
+    .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    async fn finish<IO>(io: IO) -> Result<Sender, String>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(send)
+    }
+    match &b.tls {
+        None => finish(tcp).await,
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| format!("{host}: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
+            finish(stream).await
+        }
+    }
 }
 
 /// One GET over a new TLS connection to a kubelet; the response body streams as it comes.

@@ -155,6 +155,10 @@ pub struct New<'a> {
     /// Where the task's stdout and stderr go (FIFOs kite reads, see `logs`); empty: nowhere.
     pub stdout: &'a Path,
     pub stderr: &'a Path,
+    /// The stdin FIFO of a container with `stdin: true`.
+    pub stdin: Option<&'a Path>,
+    /// A pseudo-terminal (`tty: true`): one output stream, on `stdout`.
+    pub terminal: bool,
 }
 
 /// Creates the container (root filesystem snapshot + container record under one lease)
@@ -207,13 +211,24 @@ pub async fn create_and_start(cd: &Containerd, n: New<'_>) -> Result<()> {
         })
         .await?;
     cd.tasks()
-        .create(cd.req(CreateTaskRequest {
-            container_id: id.clone(),
-            rootfs: mounts,
-            stdout: n.stdout.to_string_lossy().into_owned(),
-            stderr: n.stderr.to_string_lossy().into_owned(),
-            ..Default::default()
-        }))
+        .create(
+            cd.req(CreateTaskRequest {
+                container_id: id.clone(),
+                rootfs: mounts,
+                stdin: n
+                    .stdin
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                stdout: n.stdout.to_string_lossy().into_owned(),
+                stderr: if n.terminal {
+                    String::new()
+                } else {
+                    n.stderr.to_string_lossy().into_owned()
+                },
+                terminal: n.terminal,
+                ..Default::default()
+            }),
+        )
         .await
         .context("creating the task")?;
     cd.tasks()

@@ -6,6 +6,7 @@ pub mod cgroups;
 pub mod cni;
 pub mod containerd;
 pub mod containers;
+mod exec;
 pub mod images;
 pub mod logs;
 pub mod network;

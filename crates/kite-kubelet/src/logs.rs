@@ -167,24 +167,107 @@ impl Splitter {
     }
 }
 
+/// What a running container writes, for `kubectl attach`: each chunk of output as it is
+/// copied into the log, with its stream (`stdout`, `stderr`), for whoever listens. A tap
+/// ends (its receivers see the channel close) when the container's output does.
+pub type Chunk = (&'static str, bytes::Bytes);
+
+static TAPS: std::sync::LazyLock<Mutex<std::collections::HashMap<String, Tap>>> =
+    std::sync::LazyLock::new(Default::default);
+
+struct Tap {
+    tx: tokio::sync::broadcast::Sender<Chunk>,
+    /// How many copiers (stdout, stderr) still feed it.
+    feeders: usize,
+}
+
+/// The write ends kite holds of containers' stdin FIFOs (`stdin: true` without
+/// `stdinOnce`), so that their stdin stays open between attach sessions; dropped when the
+/// container's output ends.
+static STDIN_KEEPERS: std::sync::LazyLock<
+    Mutex<std::collections::HashMap<String, tokio::net::unix::pipe::Sender>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The path of a container's stdin FIFO.
+pub fn stdin_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}-stdin"))
+}
+
+/// Makes the stdin FIFO of a new container; unless `once`, kite keeps a write end open
+/// for the container's life (stdin ends only when it does). Read-write opens do not wait
+/// for the shim.
+pub fn make_stdin(dir: &Path, id: &str, once: bool) -> std::io::Result<PathBuf> {
+    let p = stdin_path(dir, id);
+    let _ = std::fs::remove_file(&p);
+    nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(std::io::Error::from)?;
+    if !once {
+        let keeper = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_sender(&p)?;
+        STDIN_KEEPERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), keeper);
+    }
+    Ok(p)
+}
+
+/// Listens to a running container's output; `None` when kite copies none for it.
+pub fn tap(id: &str) -> Option<tokio::sync::broadcast::Receiver<Chunk>> {
+    let taps = TAPS.lock().unwrap_or_else(|p| p.into_inner());
+    taps.get(id).map(|t| t.tx.subscribe())
+}
+
+fn tap_feeder(id: &str) -> tokio::sync::broadcast::Sender<Chunk> {
+    let mut taps = TAPS.lock().unwrap_or_else(|p| p.into_inner());
+    let t = taps.entry(id.to_string()).or_insert_with(|| Tap {
+        tx: tokio::sync::broadcast::channel(256).0,
+        feeders: 0,
+    });
+    t.feeders += 1;
+    t.tx.clone()
+}
+
+fn tap_done(id: &str) {
+    let mut taps = TAPS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(t) = taps.get_mut(id) {
+        t.feeders -= 1;
+        if t.feeders == 0 {
+            taps.remove(id);
+        }
+    }
+}
+
 /// Copies one FIFO into the log until its writers are gone.
 async fn copy_fifo(
     from: tokio::net::unix::pipe::Receiver,
     stream: &'static str,
     to: Arc<Mutex<CriFile>>,
+    id: String,
 ) -> std::io::Result<()> {
     use tokio::io::AsyncReadExt;
+    let tap = tap_feeder(&id);
     let mut from = from;
     let mut buf = vec![0u8; 32 * 1024];
     let mut split = Splitter::default();
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            break;
+    let r = async {
+        loop {
+            let n = from.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            if tap.receiver_count() > 0 {
+                let _ = tap.send((stream, bytes::Bytes::copy_from_slice(&buf[..n])));
+            }
+            split.feed(&buf[..n], stream, &to)?;
         }
-        split.feed(&buf[..n], stream, &to)?;
+        split.finish(stream, &to)
     }
-    split.finish(stream, &to)
+    .await;
+    drop(tap);
+    tap_done(&id);
+    r
 }
 
 /// A container's stdout and stderr FIFOs, under `<dir>/<container id>-{stdout,stderr}`.
@@ -207,7 +290,7 @@ impl Fifos {
     /// Makes the FIFOs of a new process and opens kite's read ends, holding write ends
     /// until [`Fifos::started`] so that no reader sees an end of file before the process
     /// has opened its own.
-    fn make(
+    pub(crate) fn make(
         dir: &Path,
         id: &str,
     ) -> std::io::Result<(Fifos, [tokio::net::unix::pipe::Receiver; 2])> {
@@ -238,7 +321,7 @@ impl Fifos {
     /// Makes the FIFOs of a new container and starts copying them into `log`.
     pub fn create(dir: &Path, id: &str, log: &Path, rot: Rotation) -> std::io::Result<Fifos> {
         let (f, readers) = Self::make(dir, id)?;
-        f.copy(readers, log, rot)?;
+        f.copy(id, readers, log, rot)?;
         Ok(f)
     }
 
@@ -261,7 +344,7 @@ impl Fifos {
             keeper: Vec::new(),
         };
         let readers = f.open_readers()?;
-        f.copy(readers, log, rot)?;
+        f.copy(id, readers, log, rot)?;
         Ok(true)
     }
 
@@ -270,6 +353,7 @@ impl Fifos {
         let (stdout, stderr) = Self::paths(dir, id);
         let _ = std::fs::remove_file(stdout);
         let _ = std::fs::remove_file(stderr);
+        let _ = std::fs::remove_file(stdin_path(dir, id));
     }
 
     fn open_readers(&self) -> std::io::Result<[tokio::net::unix::pipe::Receiver; 2]> {
@@ -279,6 +363,7 @@ impl Fifos {
 
     fn copy(
         &self,
+        id: &str,
         [out, err]: [tokio::net::unix::pipe::Receiver; 2],
         log: &Path,
         rot: Rotation,
@@ -286,10 +371,13 @@ impl Fifos {
         let file = Arc::new(Mutex::new(CriFile::open(log, rot)?));
         let (stdout, stderr) = (self.stdout.clone(), self.stderr.clone());
         let log = log.to_path_buf();
+        let id = id.to_string();
+        let id2 = id.clone();
+        let stdin = self.stdout.with_file_name(format!("{id}-stdin"));
         tokio::spawn(async move {
             let (a, b) = tokio::join!(
-                copy_fifo(out, "stdout", file.clone()),
-                copy_fifo(err, "stderr", file)
+                copy_fifo(out, "stdout", file.clone(), id.clone()),
+                copy_fifo(err, "stderr", file, id)
             );
             if let Err(e) = a.and(b) {
                 tracing::warn!(log = %log.display(), error = %e, "copying a container's output");
@@ -297,6 +385,11 @@ impl Fifos {
             // The writers are gone: the container has exited.
             let _ = std::fs::remove_file(stdout);
             let _ = std::fs::remove_file(stderr);
+            let _ = std::fs::remove_file(stdin);
+            STDIN_KEEPERS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id2);
         });
         Ok(())
     }

@@ -437,13 +437,96 @@ impl Kubelet {
         Ok((self.log_path(&pod, container, info.attempt), id))
     }
 
+    /// The containerd id of a pod's running container, for exec and attach; upstream's
+    /// kubelet's errors otherwise.
+    pub(crate) fn running_container(
+        &self,
+        ns: &str,
+        name: &str,
+        container: &str,
+    ) -> Result<String, crate::server::LogError> {
+        use crate::server::LogError;
+        let pod = self
+            .pods
+            .get_key(&(ns.to_string(), name.to_string()))
+            .ok_or_else(|| LogError::NotFound("pod does not exist".into()))?;
+        let status = pod.status.clone().unwrap_or_default();
+        let id = [
+            status.container_statuses.as_deref(),
+            status.init_container_statuses.as_deref(),
+            status.ephemeral_container_statuses.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|c| c.name == container && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        .and_then(|c| c.container_id.clone())
+        .map(|id| id.trim_start_matches("containerd://").to_string())
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| LogError::NotFound(format!("container not found ({container:?})")));
+        id
+    }
+
+    /// What a container's spec says of its terminal and stdin: `(tty, stdinOnce)`; attach
+    /// follows them.
+    pub(crate) fn container_stdio(&self, ns: &str, name: &str, container: &str) -> (bool, bool) {
+        let Some(spec) = self
+            .pods
+            .get_key(&(ns.to_string(), name.to_string()))
+            .and_then(|p| p.spec.clone())
+        else {
+            return (false, false);
+        };
+        let of = |tty: Option<bool>, once: Option<bool>| (tty == Some(true), once == Some(true));
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| c.name == container)
+            .map(|c| of(c.tty, c.stdin_once))
+            .or_else(|| {
+                spec.ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .find(|c| c.name == container)
+                    .map(|c| of(c.tty, c.stdin_once))
+            })
+            .unwrap_or_default()
+    }
+
+    /// Where to dial a pod's ports from: its network namespace, or the node's for a
+    /// hostNetwork pod.
+    pub(crate) fn pod_network(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<crate::server::Target, crate::server::LogError> {
+        use crate::server::LogError;
+        let pod = self
+            .pods
+            .get_key(&(ns.to_string(), name.to_string()))
+            .ok_or_else(|| LogError::NotFound("pod does not exist".into()))?;
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let host = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+        let netns = Sandbox::new(&self.pod_dir(&uid)).path("net");
+        if !host && !netns.exists() {
+            return Err(LogError::NotFound(format!(
+                "pod {ns}/{name} has no network namespace on this node yet"
+            )));
+        }
+        Ok(crate::server::Target {
+            pod: name.to_string(),
+            uid,
+            netns: (!host).then_some(netns),
+        })
+    }
+
     /// Whether a container's task runs (a followed log goes on while it does).
     pub(crate) async fn container_running(&self, id: &str) -> bool {
         containers::is_running(&self.cd, id).await
     }
 
     /// Where containers' stdout and stderr FIFOs are (see `logs::Fifos`).
-    fn io_dir(&self) -> PathBuf {
+    pub(crate) fn io_dir(&self) -> PathBuf {
         self.opts.data_dir.join("agent").join("run").join("io")
     }
 
@@ -1235,6 +1318,22 @@ impl Kubelet {
                 )));
             }
         };
+        let stdin = match c.stdin {
+            Some(true) => match logs::make_stdin(&self.io_dir(), &id, c.stdin_once == Some(true)) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    let msg = format!("setting up the container's stdin: {e}");
+                    return Ok(Some(self.create_failed(
+                        pod,
+                        key,
+                        c,
+                        "CreateContainerError",
+                        &msg,
+                    )));
+                }
+            },
+            _ => None,
+        };
         let permit = self.start_gate.acquire().await;
         let r = containers::create_and_start(
             &self.cd,
@@ -1245,6 +1344,8 @@ impl Kubelet {
                 labels,
                 stdout: &fifos.stdout,
                 stderr: &fifos.stderr,
+                stdin: stdin.as_deref(),
+                terminal: c.tty == Some(true),
             },
         )
         .await;

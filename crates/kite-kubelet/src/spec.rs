@@ -379,10 +379,16 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
         namespaces.push(ns("uts", Some(&i.sandbox.path("uts"))));
     }
     let pod_uid = i.pod.metadata.uid.clone().unwrap_or_default();
+    let tty = c.tty == Some(true);
+    let mut env = env;
+    if tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        // As containerd's CRI (`WithTTY`): a terminal gets a terminal type.
+        env.push("TERM=xterm".to_string());
+    }
     let spec = json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": tty,
             "user": {"uid": uid, "gid": gid, "additionalGids": groups},
             "args": args,
             "env": env,

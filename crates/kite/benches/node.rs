@@ -416,6 +416,8 @@ async fn floor(pods: &Api<Pod>, data: &Path, kite_pid: u32, batches: &[usize]) {
                         labels: HashMap::new(),
                         stdout: &log,
                         stderr: &log,
+                        stdin: None,
+                        terminal: false,
                     },
                 )
                 .await

@@ -1,111 +1,15 @@
-//! The kubelet's HTTPS server (`--kubelet-port`, 10250): what the API server proxies to a
-//! node, container logs today (`/containerLogs/{namespace}/{pod}/{container}`, upstream's
-//! path and query). Clients authenticate with a certificate from the cluster's client CA;
-//! only the API server's kubelet client and cluster admins (`system:masters`) get in: no
-//! certificate is a 401, anyone else a 403.
+//! `/containerLogs/{namespace}/{pod}/{container}`: a container's log file, read as
+//! `kubectl logs` asks (tail, since, timestamps, limit) and followed while it runs.
 
+use super::LogError;
 use crate::logs::{ReadOptions, Reader};
 use crate::pods::Kubelet;
-use anyhow::{Context, Result};
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
-use axum::middleware::Next;
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The user the API server's client certificate for kubelets names.
-pub const APISERVER_CLIENT: &str = "kube-apiserver-kubelet-client";
-
-/// The kubelet server's certificates (PEM).
-#[derive(Clone)]
-pub struct Tls {
-    pub cert_pem: String,
-    pub key_pem: String,
-    /// Client certificates are verified against this CA.
-    pub client_ca_pem: String,
-}
-
-impl std::fmt::Debug for Tls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Tls { .. }")
-    }
-}
-
-/// Why a log cannot be served, as upstream's kubelet says it.
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Bad(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl IntoResponse for LogError {
-    fn into_response(self) -> Response {
-        let code = match self {
-            LogError::NotFound(_) => StatusCode::NOT_FOUND,
-            LogError::Bad(_) => StatusCode::BAD_REQUEST,
-            LogError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (code, self.to_string()).into_response()
-    }
-}
-
-/// Who a connection's client certificate names.
-#[derive(Clone)]
-struct Caller {
-    user: String,
-    groups: Vec<String>,
-}
-
-/// Binds `addr` and serves on a background task.
-pub async fn spawn(addr: SocketAddr, tls: Tls, kubelet: Arc<Kubelet>) -> Result<()> {
-    let cfg = kite_pki::tls::server_config(&tls.cert_pem, &tls.key_pem, &tls.client_ca_pem)
-        .context("the kubelet's TLS configuration")?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the kubelet port {addr} (--kubelet-port)"))?;
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
-        .layer(axum::middleware::from_fn(authorize))
-        .with_state(kubelet);
-    tracing::info!(%addr, "kubelet server listening");
-    tokio::spawn(kite_pki::tls::serve(listener, cfg, app, |chain| {
-        let id = kite_pki::identity_from_der(chain.first()?)?;
-        Some(Caller {
-            user: id.user,
-            groups: id.groups,
-        })
-    }));
-    Ok(())
-}
-
-async fn authorize(req: Request, next: Next) -> Response {
-    let caller = req.extensions().get::<Caller>().cloned();
-    match caller {
-        None => (StatusCode::UNAUTHORIZED, "Unauthorized").into_response(),
-        Some(c) if c.user == APISERVER_CLIENT || c.groups.iter().any(|g| g == "system:masters") => {
-            next.run(req).await
-        }
-        Some(c) => (
-            StatusCode::FORBIDDEN,
-            format!(
-                "Forbidden (user={}, verb=get, resource=nodes, subresource(s)=[proxy])",
-                c.user
-            ),
-        )
-            .into_response(),
-    }
-}
 
 /// `kubectl logs`' options from the query, as upstream's kubelet reads them.
 fn read_options(q: &HashMap<String, String>) -> Result<(ReadOptions, bool), LogError> {
@@ -141,7 +45,7 @@ fn read_options(q: &HashMap<String, String>) -> Result<(ReadOptions, bool), LogE
     ))
 }
 
-async fn container_logs(
+pub(super) async fn container_logs(
     State(k): State<Arc<Kubelet>>,
     Path((ns, pod, container)): Path<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,

@@ -1,0 +1,180 @@
+//! `/exec/{namespace}/{pod}/{container}?command=…&input=1&output=1&error=1&tty=1`: runs a
+//! command in a running container and connects its standard streams to the client's
+//! session, then reports how it ended on the error channel, as upstream's kubelet does.
+
+use super::remote::{self, Options, Remote, Writer};
+use super::upgrade::{self, Upgrade};
+use crate::exec::{self as runtime, Spec};
+use crate::pods::Kubelet;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub(super) async fn exec(
+    State(k): State<Arc<Kubelet>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    req: Request,
+) -> Response {
+    let q = upgrade::query_pairs(&req);
+    let opts = match Options::from_query(&q) {
+        Ok(o) => o,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let cmd: Vec<String> = q
+        .iter()
+        .filter(|(n, _)| n == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if cmd.is_empty() {
+        return (StatusCode::BAD_REQUEST, "command is required").into_response();
+    }
+    let id = match k.running_container(&ns, &pod, &container) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let session = move |remote: Remote| async move {
+        let span =
+            tracing::debug_span!("exec", namespace = %ns, pod = %pod, container = %container);
+        let _ = tracing::Instrument::instrument(run(k, remote, id, cmd, opts), span).await;
+    };
+    match upgrade::classify(req, remote::SPDY_PROTOCOLS).await {
+        Err(resp) => resp,
+        Ok(Upgrade::Spdy { protocol, on }) => {
+            let p = protocol.clone();
+            tokio::spawn(async move {
+                let Ok(io) = on.await else { return };
+                if let Some(r) = remote::spdy(io, &p, opts).await {
+                    session(r).await
+                }
+            });
+            upgrade::switching_to_spdy(&protocol)
+        }
+        Ok(Upgrade::WebSocket { ws, proto }) => {
+            ws.protocols([proto.name()])
+                .on_upgrade(move |socket| async move {
+                    let r = remote::websocket(socket, proto, opts);
+                    remote::ready(&r).await;
+                    session(r).await
+                })
+        }
+        Ok(Upgrade::Tunnel { .. }) => (
+            StatusCode::BAD_REQUEST,
+            "SPDY tunnelling is for port forwarding",
+        )
+            .into_response(),
+    }
+}
+
+/// Copies a FIFO to the client until the process closes its end.
+async fn pump_out(mut from: tokio::net::unix::pipe::Receiver, to: Writer) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if to.write(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn run(k: Arc<Kubelet>, mut remote: Remote, id: String, cmd: Vec<String>, opts: Options) {
+    let started = runtime::start(
+        k.runtime(),
+        &k.io_dir(),
+        Spec {
+            container: &id,
+            cmd: &cmd,
+            stdin: opts.stdin,
+            tty: opts.tty,
+        },
+    )
+    .await;
+    let mut p = match started {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(error = %format!("{e:#}"), "exec failed to start");
+            let msg = format!("error executing command in container: {e:#}");
+            remote.finish(&kite_stream::status::internal(&msg)).await;
+            return;
+        }
+    };
+    let mut outputs = Vec::new();
+    for (from, to) in [
+        (p.stdout.take(), remote.stdout.clone()),
+        (p.stderr.take(), remote.stderr.clone()),
+    ] {
+        if let (Some(f), Some(t)) = (from, to) {
+            outputs.push(tokio::spawn(pump_out(f, t)));
+        }
+    }
+    let mut side = Vec::new();
+    match (p.stdin.take(), remote.stdin.take()) {
+        (Some(mut fifo), Some(mut rx)) => {
+            let ctl = p.ctl.clone();
+            side.push(tokio::spawn(async move {
+                while let Some(b) = rx.recv().await {
+                    if fifo.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
+                drop(fifo);
+                ctl.close_stdin().await;
+            }));
+        }
+        // The protocol has no stdin for it (SPDY v1): it ends at once.
+        (Some(fifo), None) => {
+            drop(fifo);
+            p.ctl.close_stdin().await;
+        }
+        _ => {}
+    }
+    if let Some(rx) = remote.resize.take() {
+        let ctl = p.ctl.clone();
+        let mut sizes = remote::resize_events(rx);
+        side.push(tokio::spawn(async move {
+            while let Some((w, h)) = sizes.recv().await {
+                ctl.resize(w, h).await;
+            }
+        }));
+    }
+    let waiter = p.ctl.waiter();
+    tokio::pin!(waiter);
+    let mut gone = remote.gone.clone();
+    let code = tokio::select! {
+        c = &mut waiter => c,
+        _ = async { let _ = gone.wait_for(|g| *g).await; } => {
+            // The client went away: so does the process, as upstream's runtime does.
+            p.ctl.kill().await;
+            waiter.await
+        }
+    };
+    // What the process wrote before it exited still goes out (bounded: a child that
+    // inherited its output may keep it open).
+    for t in outputs {
+        let abort = t.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+    for t in side {
+        t.abort();
+    }
+    p.ctl.delete().await;
+    let status = match code {
+        Ok(0) => kite_stream::status::success(),
+        Ok(c) => kite_stream::status::exit_code(&cmd, c.into()),
+        Err(e) => {
+            kite_stream::status::internal(&format!("error executing command in container: {e:#}"))
+        }
+    };
+    remote.finish(&status).await;
+}

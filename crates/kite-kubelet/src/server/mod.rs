@@ -1,0 +1,119 @@
+//! The kubelet's HTTPS server (`--kubelet-port`, 10250): what the API server proxies to a
+//! node, on upstream's paths and queries: container logs, exec and port forwarding (the
+//! streaming protocols themselves are `kite_stream`'s). Clients authenticate with a certificate from the cluster's client CA;
+//! only the API server's kubelet client and cluster admins (`system:masters`) get in: no
+//! certificate is a 401, anyone else a 403.
+
+mod attach;
+mod exec;
+mod logs;
+mod portforward;
+mod remote;
+mod upgrade;
+
+pub use portforward::Target;
+
+use crate::pods::Kubelet;
+use anyhow::{Context, Result};
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The user the API server's client certificate for kubelets names.
+pub const APISERVER_CLIENT: &str = "kube-apiserver-kubelet-client";
+
+/// The kubelet server's certificates (PEM).
+#[derive(Clone)]
+pub struct Tls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// Client certificates are verified against this CA.
+    pub client_ca_pem: String,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls { .. }")
+    }
+}
+
+/// Why a log cannot be served, as upstream's kubelet says it.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Bad(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntoResponse for LogError {
+    fn into_response(self) -> Response {
+        let code = match self {
+            LogError::NotFound(_) => StatusCode::NOT_FOUND,
+            LogError::Bad(_) => StatusCode::BAD_REQUEST,
+            LogError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (code, self.to_string()).into_response()
+    }
+}
+
+/// Who a connection's client certificate names.
+#[derive(Clone)]
+struct Caller {
+    user: String,
+    groups: Vec<String>,
+}
+
+/// Binds `addr` and serves on a background task.
+pub async fn spawn(addr: SocketAddr, tls: Tls, kubelet: Arc<Kubelet>) -> Result<()> {
+    let cfg = kite_pki::tls::server_config(&tls.cert_pem, &tls.key_pem, &tls.client_ca_pem)
+        .context("the kubelet's TLS configuration")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the kubelet port {addr} (--kubelet-port)"))?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/containerLogs/{ns}/{pod}/{container}",
+            get(logs::container_logs),
+        )
+        .route("/exec/{ns}/{pod}/{container}", any(exec::exec))
+        .route("/attach/{ns}/{pod}/{container}", any(attach::attach))
+        .route("/portForward/{ns}/{pod}", any(portforward::port_forward))
+        .layer(axum::middleware::from_fn(authorize))
+        .with_state(kubelet);
+    tracing::info!(%addr, "kubelet server listening");
+    tokio::spawn(kite_pki::tls::serve(listener, cfg, app, |chain| {
+        let id = kite_pki::identity_from_der(chain.first()?)?;
+        Some(Caller {
+            user: id.user,
+            groups: id.groups,
+        })
+    }));
+    Ok(())
+}
+
+async fn authorize(req: Request, next: Next) -> Response {
+    let caller = req.extensions().get::<Caller>().cloned();
+    match caller {
+        None => (StatusCode::UNAUTHORIZED, "Unauthorized").into_response(),
+        Some(c) if c.user == APISERVER_CLIENT || c.groups.iter().any(|g| g == "system:masters") => {
+            next.run(req).await
+        }
+        Some(c) => (
+            StatusCode::FORBIDDEN,
+            format!(
+                "Forbidden (user={}, verb=get, resource=nodes, subresource(s)=[proxy])",
+                c.user
+            ),
+        )
+            .into_response(),
+    }
+}

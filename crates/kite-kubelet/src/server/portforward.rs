@@ -1,0 +1,420 @@
+//! `/portForward/{namespace}/{pod}`: connections to ports inside a pod, dialled from the
+//! pod's own network namespace (so ports bound to its 127.0.0.1 are reachable), as
+//! upstream's runtime does. SPDY (one data and one error stream per connection, paired by
+//! `requestID`), the same tunnelled through WebSocket messages (kubectl ≥ 1.31), and the
+//! plain WebSocket protocol with `?ports=` (one connection per port, channels 2n and 2n+1).
+
+use super::upgrade::{self, Upgrade};
+use crate::pods::Kubelet;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use kite_stream::spdy::{self, Headers, Stream};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PROTOCOLS: &[&str] = &["portforward.k8s.io"];
+
+/// Where to dial: the pod's network namespace (none for a hostNetwork pod).
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub pod: String,
+    pub uid: String,
+    pub netns: Option<PathBuf>,
+}
+
+pub(super) async fn port_forward(
+    State(k): State<Arc<Kubelet>>,
+    Path((ns, pod)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let target = match k.pod_network(&ns, &pod) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let q = upgrade::query_pairs(&req);
+    match upgrade::classify(req, PROTOCOLS).await {
+        Err(resp) => resp,
+        Ok(Upgrade::Spdy { protocol, on }) => {
+            tokio::spawn(async move {
+                if let Ok(io) = on.await {
+                    serve_spdy(hyper_util::rt::TokioIo::new(io), target).await
+                }
+            });
+            upgrade::switching_to_spdy(&protocol)
+        }
+        Ok(Upgrade::Tunnel { ws, protocol }) => ws
+            .protocols([protocol])
+            .on_upgrade(|socket| async move { serve_spdy(tunnel(socket), target).await }),
+        Ok(Upgrade::WebSocket { ws, proto }) => {
+            let ports = match ports_of(&q) {
+                Ok(p) => p,
+                Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+            };
+            ws.protocols([proto.name()])
+                .on_upgrade(move |socket| async move {
+                    serve_channels(socket, proto, ports, target).await
+                })
+        }
+    }
+}
+
+/// Upstream's `NewV4Options`: `ports` repeated or comma-separated, each 1–65535.
+fn ports_of(q: &[(String, String)]) -> Result<Vec<u16>, String> {
+    let given: Vec<&String> = q
+        .iter()
+        .filter(|(n, _)| n == "port")
+        .map(|(_, v)| v)
+        .collect();
+    if given.is_empty() {
+        return Err("query parameter \"port\" is required".into());
+    }
+    let mut out = Vec::new();
+    for s in given {
+        if s.is_empty() {
+            return Err("query parameter \"port\" cannot be empty".into());
+        }
+        for p in s.split(',') {
+            let n: u16 = p
+                .parse()
+                .map_err(|_| format!("unable to parse {s:?} as a port"))?;
+            if n < 1 {
+                return Err(format!("port {s:?} must be > 0"));
+            }
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+/// SPDY in binary WebSocket messages, as a byte stream.
+fn tunnel(socket: axum::extract::ws::WebSocket) -> tokio::io::DuplexStream {
+    use axum::extract::ws::Message as Ws;
+    use futures::{SinkExt, StreamExt};
+    let (ours, theirs) = tokio::io::duplex(256 * 1024);
+    let (mut rd, mut wr) = tokio::io::split(theirs);
+    let (mut sink, mut source) = socket.split();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = source.next().await {
+            match m {
+                Ws::Binary(b) if wr.write_all(&b).await.is_err() => break,
+                Ws::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink
+                        .send(Ws::Binary(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = sink
+            .send(Ws::Close(Some(axum::extract::ws::CloseFrame {
+                code: 1000,
+                reason: "".into(),
+            })))
+            .await;
+    });
+    ours
+}
+
+/// Upstream's `httpStreamReceived`: a port and a stream type are required.
+fn accept(h: &Headers) -> Result<(), String> {
+    let port = h.get("port").ok_or("\"port\" header is required")?;
+    let n: u16 = port
+        .parse()
+        .map_err(|_| format!("unable to parse {port:?} as a port"))?;
+    if n < 1 {
+        return Err(format!("port {port:?} must be > 0"));
+    }
+    match h.get("streamtype") {
+        Some("data" | "error") => Ok(()),
+        Some(t) => Err(format!("invalid stream type {t:?}")),
+        None => Err("\"streamType\" header is required".into()),
+    }
+}
+
+#[derive(Default)]
+struct Pair {
+    data: Option<Stream>,
+    error: Option<Stream>,
+}
+
+async fn serve_spdy<IO>(io: IO, target: Target)
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let mut session = spdy::serve(io, Box::new(accept));
+    let mut pairs: HashMap<String, Pair> = HashMap::new();
+    while let Some(s) = session.streams.recv().await {
+        let kind = s.headers.get("streamtype").unwrap_or_default().to_string();
+        // Clients before requestID: the error stream's id, or the data stream's less 2.
+        let rid = s
+            .headers
+            .get("requestid")
+            .map(String::from)
+            .unwrap_or_else(|| {
+                match kind.as_str() {
+                    "data" => s.id.saturating_sub(2),
+                    _ => s.id,
+                }
+                .to_string()
+            });
+        let pair = pairs.entry(rid.clone()).or_default();
+        let slot = if kind == "data" {
+            &mut pair.data
+        } else {
+            &mut pair.error
+        };
+        if slot.is_some() {
+            let msg = format!(
+                "error processing stream for request {rid}: {kind} stream already assigned"
+            );
+            if let Some(e) = &pair.error {
+                let _ = e.tx.write(msg.as_bytes()).await;
+            }
+            s.tx.reset().await;
+            continue;
+        }
+        *slot = Some(s);
+        if pair.data.is_some() && pair.error.is_some() {
+            let p = pairs.remove(&rid).unwrap_or_default();
+            if let (Some(data), Some(error)) = (p.data, p.error) {
+                tokio::spawn(forward(data, error, target.clone()));
+            }
+        }
+    }
+}
+
+/// One forwarded connection.
+async fn forward(data: Stream, error: Stream, target: Target) {
+    let port: u16 = data
+        .headers
+        .get("port")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_default();
+    let tcp = match dial(&target, port).await {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = error.tx.write(e.as_bytes()).await;
+            error.tx.close().await;
+            data.tx.reset().await;
+            return;
+        }
+    };
+    let Stream { rx, tx, .. } = data;
+    let (r, w) = tcp.into_split();
+    // Into the pod until the client half-closes (or resets) the data stream.
+    let up = tokio::spawn(copy_in(rx, w));
+    // Out of it until the pod's side closes; then the client hears the end on both streams.
+    copy_out(r, |b| {
+        let tx = tx.clone();
+        async move { tx.write(&b).await }
+    })
+    .await;
+    tx.close().await;
+    error.tx.close().await;
+    let _ = up.await;
+}
+
+async fn copy_in(
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+) {
+    while let Some(b) = rx.recv().await {
+        if w.write_all(&b).await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn copy_out<F, Fut>(mut r: tokio::net::tcp::OwnedReadHalf, send: F)
+where
+    F: Fn(Bytes) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>>,
+{
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Connects to `port` on the pod's loopback (IPv4, then IPv6), from inside its network
+/// namespace; the error reads as upstream's.
+pub async fn dial(t: &Target, port: u16) -> Result<TcpStream, String> {
+    let netns = t.netns.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A thread of its own: entering a namespace changes the thread, which then ends.
+    std::thread::spawn(move || {
+        let _ = tx.send(connect_in(netns.as_deref(), port));
+    });
+    let r = rx
+        .await
+        .unwrap_or_else(|_| Err("the dialling thread failed".into()));
+    r.and_then(|s| TcpStream::from_std(s).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            format!(
+                "error forwarding port {port} to pod {}, uid {}: failed to connect to localhost:{port} inside the pod's network namespace, {e}",
+                t.pod, t.uid
+            )
+        })
+}
+
+fn connect_in(netns: Option<&std::path::Path>, port: u16) -> Result<std::net::TcpStream, String> {
+    if let Some(ns) = netns {
+        let f = std::fs::File::open(ns).map_err(|e| format!("opening {}: {e}", ns.display()))?;
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("entering {}: {e}", ns.display()))?;
+    }
+    let timeout = std::time::Duration::from_secs(10);
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let e4 = match std::net::TcpStream::connect_timeout(&v4, timeout) {
+        Ok(s) => return finish(s),
+        Err(e) => e,
+    };
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    match std::net::TcpStream::connect_timeout(&v6, timeout) {
+        Ok(s) => finish(s),
+        Err(e6) => Err(format!(
+            "IPv4: dial tcp4 {v4}: connect: {} IPv6: dial tcp6 {v6}: connect: {}",
+            plain(&e4),
+            plain(&e6)
+        )),
+    }
+}
+
+fn finish(s: std::net::TcpStream) -> Result<std::net::TcpStream, String> {
+    s.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// An error as Go prints it ("connection refused"), without Rust's "(os error 111)".
+fn plain(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_ascii_lowercase(),
+        None => s,
+    }
+}
+
+/// The plain WebSocket protocol: for each port, channel 2n carries data both ways and
+/// 2n+1 errors; each starts with its port, little-endian.
+async fn serve_channels(
+    socket: axum::extract::ws::WebSocket,
+    proto: kite_stream::channel::Protocol,
+    ports: Vec<u16>,
+    target: Target,
+) {
+    use axum::extract::ws::Message as Ws;
+    use futures::{SinkExt, StreamExt};
+    use kite_stream::channel::{self, Incoming};
+    let (mut sink, mut source) = socket.split();
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<channel::Message>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            let m = match m {
+                channel::Message::Binary(b) => Ws::Binary(b.into()),
+                channel::Message::Text(t) => Ws::Text(t.into()),
+            };
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink
+            .send(Ws::Close(Some(axum::extract::ws::CloseFrame {
+                code: 1000,
+                reason: "".into(),
+            })))
+            .await;
+    });
+    let send = |ch: u8, data: &[u8]| {
+        let out = out_tx.clone();
+        let m = channel::encode(proto, ch, data);
+        async move {
+            out.send(m)
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+        }
+    };
+    let mut inputs = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
+        let _ = send(data_ch, &port.to_le_bytes()).await;
+        let _ = send(err_ch, &port.to_le_bytes()).await;
+        let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        inputs.push(in_tx);
+        let (target, port) = (target.clone(), *port);
+        let out = out_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let enc = move |ch: u8, d: &[u8]| channel::encode(proto, ch, d);
+            match dial(&target, port).await {
+                Err(e) => {
+                    let _ = out.send(enc(err_ch, e.as_bytes())).await;
+                }
+                Ok(tcp) => {
+                    let (r, w) = tcp.into_split();
+                    let up = tokio::spawn(copy_in(in_rx, w));
+                    copy_out(r, |b| {
+                        let out = out.clone();
+                        async move {
+                            out.send(enc(data_ch, &b))
+                                .await
+                                .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+                        }
+                    })
+                    .await;
+                    up.abort();
+                }
+            }
+        }));
+    }
+    drop(out_tx);
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(m)) = source.next().await {
+            let data = match m {
+                Ws::Binary(b) => b.to_vec(),
+                Ws::Text(t) => t.as_bytes().to_vec(),
+                Ws::Close(_) => break,
+                _ => continue,
+            };
+            if let Ok(Incoming::Data(ch, d)) = channel::decode(proto, &data) {
+                if ch % 2 == 0 {
+                    if let Some(tx) = inputs.get((ch / 2) as usize) {
+                        let _ = tx.send(Bytes::from(d)).await;
+                    }
+                }
+            }
+        }
+    });
+    for t in tasks {
+        let _ = t.await;
+    }
+    reader.abort();
+    let _ = writer.await;
+}
