@@ -21,6 +21,8 @@ command -v runc >/dev/null || need_pkgs+=(runc)
 command -v nft >/dev/null || need_pkgs+=(nftables)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
+# The streams tier (tests/e2e/streams.sh) types into a terminal in tmux.
+command -v tmux >/dev/null || need_pkgs+=(tmux)
 # The CNI tier (tests/e2e/cni.sh): the reference plugins, bridge and host-local.
 [ -x /usr/lib/cni/bridge ] || need_pkgs+=(containernetworking-plugins)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -79,7 +81,7 @@ kubectl_name() { if [ "$1" = "$K136" ]; then echo kubectl.1.36; else basename "$
 for k in "${API_KUBECTLS[@]}"; do
   v=$(kubectl_name "$k")
   for t in tests/e2e/*.sh; do
-    case "$(basename "$t")" in kubelet.sh|cni.sh) continue ;; esac
+    case "$(basename "$t")" in kubelet.sh|streams.sh|cni.sh) continue ;; esac
     n="$(basename "$t" .sh)-$v"
     KUBECTL="$k" timeout 900 bash "$t" >"$logs/$n.log" 2>&1 &
     pids+=($!); names+=("$n")
@@ -92,6 +94,8 @@ node_tier() {
   for k in "${API_KUBECTLS[@]}"; do
     echo "## kubelet tier with $(kubectl_name "$k")"
     KUBECTL="$k" timeout 900 bash tests/e2e/kubelet.sh || { r=$?; rc=1; [ $r = 124 ] && echo "FAIL - the kubelet tier with $(basename "$k") was killed after 900 s"; }
+    echo "## streams tier with $(kubectl_name "$k")"
+    KUBECTL="$k" timeout 600 bash tests/e2e/streams.sh || { r=$?; rc=1; [ $r = 124 ] && echo "FAIL - the streams tier with $(basename "$k") was killed after 600 s"; }
   done
   # CNI delegation makes a node too: after the kubelet tier, with one kubectl (what it
   # tests is the node's, not kubectl's).

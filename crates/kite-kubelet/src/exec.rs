@@ -130,7 +130,7 @@ pub async fn start(cd: &Containerd, io_dir: &Path, spec: Spec<'_>) -> Result<Pro
     if let Err(e) = created {
         fifos.started();
         proc.ctl.remove_fifos();
-        return Err(anyhow::Error::from(e).context("creating the exec process"));
+        return Err(anyhow::anyhow!("failed to create exec: {}", e.message()));
     }
     let started = cd
         .tasks()
@@ -144,7 +144,8 @@ pub async fn start(cd: &Containerd, io_dir: &Path, spec: Spec<'_>) -> Result<Pro
     fifos.started();
     if let Err(e) = started {
         proc.ctl.delete().await;
-        return Err(anyhow::Error::from(e).context("starting the exec process"));
+        // The runtime's own words (runc's "executable file not found…"), as upstream's.
+        return Err(anyhow::anyhow!("failed to start exec: {}", e.message()));
     }
     Ok(proc)
 }

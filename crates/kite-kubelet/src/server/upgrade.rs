@@ -96,7 +96,9 @@ pub(super) async fn classify(
                 let mut resp = (
                     StatusCode::FORBIDDEN,
                     format!(
-                        "unable to upgrade: unable to negotiate protocol: client supports {client:?}, server supports {spdy:?}"
+                        "unable to upgrade: unable to negotiate protocol: client supports [{}], server supports [{}]",
+                        client.join(" "),
+                        spdy.join(" ")
                     ),
                 )
                     .into_response();
