@@ -4,10 +4,14 @@
 use serde::Serialize;
 
 /// An authenticated user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct UserInfo {
     pub username: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub uid: String,
     pub groups: Vec<String>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl UserInfo {
@@ -16,6 +20,7 @@ impl UserInfo {
         UserInfo {
             username: "system:apiserver".into(),
             groups: vec!["system:masters".into(), "system:authenticated".into()],
+            ..Default::default()
         }
     }
 }
@@ -67,12 +72,49 @@ impl Authorizer for MastersAndComponents {
             user.username.as_str(),
             "system:kube-controller-manager" | "system:kube-scheduler"
         ) || user.groups.iter().any(|g| g == "system:nodes");
-        if component {
+        if component || basic_user(user, attrs) {
             Decision::Allow
         } else {
             MastersOnly.authorize(user, attrs)
         }
     }
+}
+
+/// What upstream's bootstrap roles let every authenticated user do (`system:basic-user`,
+/// `system:discovery`, `system:public-info-viewer`, and `system:service-account-issuer-
+/// discovery` for service accounts): ask who they are and what they may do, and read
+/// discovery, version, health and the token issuer's keys.
+fn basic_user(user: &UserInfo, a: &Attributes) -> bool {
+    if !user.groups.iter().any(|g| g == "system:authenticated") {
+        return false;
+    }
+    if let Some(p) = &a.path {
+        let p = p.trim_end_matches('/');
+        return a.verb == "get"
+            && (matches!(
+                p,
+                "/api"
+                    | "/apis"
+                    | "/version"
+                    | "/healthz"
+                    | "/livez"
+                    | "/readyz"
+                    | "/openapi/v2"
+                    | "/openapi/v3"
+                    | "/.well-known/openid-configuration"
+                    | "/openid/v1/jwks"
+            ) || p.starts_with("/api/")
+                || p.starts_with("/apis/")
+                || p.starts_with("/openapi/v3/"));
+    }
+    a.verb == "create"
+        && matches!(
+            (a.api_group.as_str(), a.resource.as_str()),
+            (
+                "authorization.k8s.io",
+                "selfsubjectaccessreviews" | "selfsubjectrulesreviews"
+            ) | ("authentication.k8s.io", "selfsubjectreviews")
+        )
 }
 
 /// Upstream's Forbidden message for a denied resource request.
@@ -120,10 +162,12 @@ mod tests {
         let admin = UserInfo {
             username: "system:admin".into(),
             groups: vec!["system:masters".into()],
+            ..Default::default()
         };
         let node = UserInfo {
             username: "system:node:a".into(),
             groups: vec!["system:nodes".into()],
+            ..Default::default()
         };
         let a = Attributes {
             verb: "list".into(),

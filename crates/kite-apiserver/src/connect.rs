@@ -1,7 +1,8 @@
 //! Connect subresources, one table row per resource and subresource as upstream's REST
 //! storage registers them (`pods/log`, `pods/exec`…): what discovery lists, which methods
 //! they take, and where the request goes: the pod's kubelet (logs, exec, attach, port
-//! forwarding), a node's kubelet (`nodes/proxy`) or the pod itself (`pods/proxy`).
+//! forwarding), a node's kubelet (`nodes/proxy`), the pod itself (`pods/proxy`), or the
+//! token issuer (`serviceaccounts/token`).
 //! Streaming requests are relayed byte for byte once both sides have switched protocols;
 //! the protocols themselves are spoken by the kubelet.
 
@@ -24,6 +25,7 @@ pub enum Handler {
     PodPortForward,
     PodProxy,
     NodeProxy,
+    TokenRequest,
 }
 
 /// One connect subresource.
@@ -34,8 +36,8 @@ pub struct Connect {
     pub sub: &'static str,
     /// The verbs discovery lists.
     pub verbs: &'static [&'static str],
-    /// The options kind discovery names as its response kind.
-    pub response_kind: &'static str,
+    /// What discovery names as its response kind: (group, version, kind).
+    pub response: (&'static str, &'static str, &'static str),
     pub handler: Handler,
 }
 
@@ -48,7 +50,7 @@ pub const TABLE: &[Connect] = &[
         kind: "Pod",
         sub: "log",
         verbs: &["get"],
-        response_kind: "Pod",
+        response: ("", "v1", "Pod"),
         handler: Handler::PodLog,
     },
     Connect {
@@ -56,7 +58,7 @@ pub const TABLE: &[Connect] = &[
         kind: "Pod",
         sub: "exec",
         verbs: STREAM,
-        response_kind: "PodExecOptions",
+        response: ("", "v1", "PodExecOptions"),
         handler: Handler::PodExec,
     },
     Connect {
@@ -64,7 +66,7 @@ pub const TABLE: &[Connect] = &[
         kind: "Pod",
         sub: "attach",
         verbs: STREAM,
-        response_kind: "PodAttachOptions",
+        response: ("", "v1", "PodAttachOptions"),
         handler: Handler::PodAttach,
     },
     Connect {
@@ -72,7 +74,7 @@ pub const TABLE: &[Connect] = &[
         kind: "Pod",
         sub: "portforward",
         verbs: STREAM,
-        response_kind: "PodPortForwardOptions",
+        response: ("", "v1", "PodPortForwardOptions"),
         handler: Handler::PodPortForward,
     },
     Connect {
@@ -80,15 +82,23 @@ pub const TABLE: &[Connect] = &[
         kind: "Pod",
         sub: "proxy",
         verbs: PROXY,
-        response_kind: "PodProxyOptions",
+        response: ("", "v1", "PodProxyOptions"),
         handler: Handler::PodProxy,
+    },
+    Connect {
+        group: "",
+        kind: "ServiceAccount",
+        sub: "token",
+        verbs: &["create"],
+        response: ("authentication.k8s.io", "v1", "TokenRequest"),
+        handler: Handler::TokenRequest,
     },
     Connect {
         group: "",
         kind: "Node",
         sub: "proxy",
         verbs: PROXY,
-        response_kind: "NodeProxyOptions",
+        response: ("", "v1", "NodeProxyOptions"),
         handler: Handler::NodeProxy,
     },
 ];
@@ -148,6 +158,7 @@ pub async fn serve(
                 "the server does not allow this method on the requested resource ({}/{} {name})",
                 match c.kind {
                     "Pod" => "pods",
+                    "ServiceAccount" => "serviceaccounts",
                     _ => "nodes",
                 },
                 c.sub
@@ -164,6 +175,12 @@ pub async fn serve(
         Handler::PodPortForward => port_forward(st, ns, name, &q, req).await,
         Handler::NodeProxy => node_proxy(st, name, rest, req).await,
         Handler::PodProxy => pod_proxy(st, ns, name, rest, req).await,
+        Handler::TokenRequest => {
+            let (h, body) = crate::http::read_body(req).await?;
+            let obj = crate::http::decode_body(&h, &body)?;
+            let out = crate::tokens::request(st, ns, name, obj).await?;
+            Ok(crate::http::json_response(StatusCode::CREATED, &out, &[]))
+        }
     }
 }
 

@@ -54,7 +54,7 @@ fn subresources(ri: &ResourceInfo) -> Vec<Sub> {
         out.push(Sub {
             name: c.sub,
             verbs: c.verbs,
-            kind: ("", "v1", c.response_kind),
+            kind: c.response,
         });
     }
     if ri.is("", "Namespace") {

@@ -27,7 +27,7 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 type Query = HashMap<String, String>;
 
-fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
+pub(crate) fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
     json_bytes_response(code, serde_json::to_vec(v).unwrap_or_default(), warnings)
 }
 
@@ -90,7 +90,7 @@ fn parse_target(st: &AppState, group: &str, version: &str, segs: &[&str]) -> Api
     })
 }
 
-async fn read_body(req: Request) -> ApiResult<(HeaderMap, Bytes)> {
+pub(crate) async fn read_body(req: Request) -> ApiResult<(HeaderMap, Bytes)> {
     let (parts, body) = req.into_parts();
     if let Some(len) = parts
         .headers
@@ -119,7 +119,7 @@ fn content_type(h: &HeaderMap) -> String {
 }
 
 /// Decodes a JSON or YAML body.
-fn decode_body(h: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+pub(crate) fn decode_body(h: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     if body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
     }
@@ -264,7 +264,22 @@ pub async fn handle(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let user = req.extensions().get::<UserInfo>().cloned();
+    let mut user = req.extensions().get::<UserInfo>().cloned();
+    if user.is_none() {
+        // A bearer token, when the connection has no client certificate.
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string());
+        if let Some(t) = bearer {
+            match crate::tokens::authenticate(&st, &t, &[]).await {
+                Ok(u) => user = Some(u),
+                Err(e) => tracing::debug!(error = %e, "bearer token refused"),
+            }
+        }
+    }
     let (resp, verb, resource) = route(&st, user, req).await;
     let resp = match resp {
         Ok(r) => r,
@@ -436,6 +451,20 @@ fn non_resource(
         ["apis", g] => discovery::api_group(reg, g)
             .map(|d| json_response(StatusCode::OK, &d, &[]))
             .ok_or_else(ApiError::path_not_found),
+        [".well-known", "openid-configuration"] | ["openid", "v1", "jwks"] => {
+            let t = st.tokens.as_ref().ok_or_else(ApiError::path_not_found)?;
+            let (doc, ct) = if segs[0] == "openid" {
+                (t.jwks(), "application/jwk-set+json")
+            } else {
+                (t.openid_configuration(), "application/json")
+            };
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, ct)],
+                serde_json::to_vec(&doc).unwrap_or_default(),
+            )
+                .into_response())
+        }
         ["metrics"] => Ok((
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

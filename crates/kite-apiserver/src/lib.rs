@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod proxy;
 pub mod reviews;
 pub mod serve;
+pub mod tokens;
 pub mod watch;
 
 use auth::Authorizer;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub version: Value,
     /// How to reach kubelets (`pods/log`); `None` when the server has none.
     pub kubelet_client: Option<proxy::KubeletClient>,
+    /// ServiceAccount tokens: issued, authenticated, published; `None`: none.
+    pub tokens: Option<Arc<tokens::Tokens>>,
 }
 
 /// The `/version` document.
@@ -72,6 +75,8 @@ pub struct ServerOptions {
     /// The client TLS config for kubelets (a client certificate, and the CA of their
     /// serving certificates).
     pub kubelet_client: Option<proxy::KubeletClient>,
+    /// The key ServiceAccount tokens are signed with (PKCS#8 DER, ECDSA P-256).
+    pub service_account_key: Option<Vec<u8>>,
 }
 
 /// A running API server.
@@ -134,6 +139,12 @@ pub async fn start(
         server_address: format!("{}:{}", opts.advertise, addr.port()),
         version: version_info(),
         kubelet_client: opts.kubelet_client,
+        tokens: match opts.service_account_key {
+            Some(k) => Some(Arc::new(
+                tokens::Tokens::new(&k).map_err(anyhow::Error::msg)?,
+            )),
+            None => None,
+        },
     });
     let app = http::router(state.clone());
     let task = tokio::spawn(serve::serve(listener, opts.tls, app.clone()));

@@ -773,6 +773,136 @@ impl Objects {
         Ok(())
     }
 
+    /// Upstream's ServiceAccount admission, for a new pod: its account (`default` unless
+    /// named) must exist; unless the pod or the account opts out of automounting, a
+    /// projected `kube-api-access-<random>` volume (a bound token, the cluster CA, the
+    /// namespace) is added and mounted read-only in every container at
+    /// `/var/run/secrets/kubernetes.io/serviceaccount`; the account's image pull secrets
+    /// become the pod's when it has none. Mirror pods are left alone.
+    async fn admit_service_account(&self, ns: &str, pod: &mut Value) -> ApiResult<()> {
+        const MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+        if pod["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string() {
+            return Ok(());
+        }
+        // Namespace lifecycle comes first: a missing namespace is its 404, not a 403 here.
+        if !pod["spec"].is_object() || self.admission.namespace(ns).await?.is_none() {
+            return Ok(());
+        }
+        let pod_name = name_of(pod).to_string();
+        let sa_name = pod["spec"]["serviceAccountName"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+            .to_string();
+        pod["spec"]["serviceAccountName"] = json!(sa_name);
+        let ri = self
+            .registry
+            .lookup("", "v1", "serviceaccounts")
+            .expect("serviceaccounts are registered");
+        let sa = match self.get(ri, Some(ns), &sa_name).await {
+            Ok((sa, _)) => sa,
+            Err(e) if e.code == StatusCode::NOT_FOUND => {
+                return Err(pod_forbidden(
+                    &pod_name,
+                    &format!("error looking up service account {ns}/{sa_name}: serviceaccount \"{sa_name}\" not found"),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        let spec = pod["spec"].as_object_mut().expect("checked above");
+        if spec
+            .get("imagePullSecrets")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        {
+            if let Some(s) = sa["imagePullSecrets"].as_array().filter(|a| !a.is_empty()) {
+                spec.insert("imagePullSecrets".into(), json!(s));
+            }
+        }
+        let automount = spec
+            .get("automountServiceAccountToken")
+            .and_then(Value::as_bool)
+            .or_else(|| sa["automountServiceAccountToken"].as_bool())
+            .unwrap_or(true);
+        if !automount {
+            return Ok(());
+        }
+        let lists = ["initContainers", "containers"];
+        let mounted = |c: &Value| {
+            c["volumeMounts"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["mountPath"] == MOUNT))
+        };
+        let all_mounted = lists.iter().all(|l| {
+            spec.get(*l)
+                .and_then(Value::as_array)
+                .is_none_or(|cs| cs.iter().all(mounted))
+        });
+        if all_mounted {
+            return Ok(());
+        }
+        let taken: Vec<String> = spec
+            .get("volumes")
+            .and_then(Value::as_array)
+            .map(|v| {
+                v.iter()
+                    .filter_map(|v| v["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let name = loop {
+            use rand::Rng;
+            // utilrand.String's alphabet: no vowels, no confusable digits.
+            const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+            let mut r = rand::rng();
+            let suffix: String = (0..5)
+                .map(|_| ALPHABET[r.random_range(0..ALPHABET.len())] as char)
+                .collect();
+            let n = format!("kube-api-access-{suffix}");
+            if !taken.contains(&n) {
+                break n;
+            }
+        };
+        let volume = json!({
+            "name": name,
+            "projected": {
+                "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+                ],
+                "defaultMode": 420,
+            },
+        });
+        let vols = spec.entry("volumes").or_insert_with(|| json!([]));
+        if !vols.is_array() {
+            *vols = json!([]);
+        }
+        vols.as_array_mut().expect("made an array").push(volume);
+        for l in lists {
+            let Some(cs) = spec.get_mut(l).and_then(Value::as_array_mut) else {
+                continue;
+            };
+            for c in cs {
+                if mounted(c) || !c.is_object() {
+                    continue;
+                }
+                let m = c
+                    .as_object_mut()
+                    .expect("checked")
+                    .entry("volumeMounts")
+                    .or_insert_with(|| json!([]));
+                if !m.is_array() {
+                    *m = json!([]);
+                }
+                m.as_array_mut()
+                    .expect("made an array")
+                    .push(json!({"name": name, "readOnly": true, "mountPath": MOUNT}));
+            }
+        }
+        Ok(())
+    }
+
     async fn admit_priority(&self, pod: &mut Value) -> ApiResult<()> {
         let pod_name = name_of(pod).to_string();
         let forbidden = |msg: String| pod_forbidden(&pod_name, &msg);
@@ -930,6 +1060,8 @@ impl Objects {
             strategy::admit_default_tolerations(&mut obj, &self.cfg.strategy);
             self.admit_priority(&mut obj).await?;
             self.admit_runtime_class(&mut obj).await?;
+            self.admit_service_account(ns.unwrap_or_default(), &mut obj)
+                .await?;
         }
         // A Service is still changed after admission (its IPs and ports are allocated), so
         // it stays a value; everything else is encoded once, straight from the typed object.

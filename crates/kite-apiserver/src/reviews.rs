@@ -71,6 +71,7 @@ pub async fn create(
                             .collect()
                     })
                     .unwrap_or_default(),
+                ..Default::default()
             };
             if subject.username.is_empty() && subject.groups.is_empty() {
                 return Err(ApiError::new(
@@ -105,13 +106,32 @@ pub async fn create(
                 }
             }
         }
-        ("authentication.k8s.io", "SelfSubjectReview") => {
-            json!({"userInfo": {"username": user.username, "groups": user.groups}})
+        ("authentication.k8s.io", "SelfSubjectReview") => json!({"userInfo": user}),
+        ("authentication.k8s.io", "TokenReview") => {
+            let token = spec["token"].as_str().unwrap_or_default();
+            let auds: Vec<String> = spec["audiences"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            match crate::tokens::authenticate(st, token, &auds).await {
+                Ok(u) => {
+                    let auds = if auds.is_empty() {
+                        st.tokens
+                            .as_ref()
+                            .map(|t| t.audiences.clone())
+                            .unwrap_or_default()
+                    } else {
+                        auds
+                    };
+                    json!({"authenticated": true, "user": u, "audiences": auds})
+                }
+                Err(e) => json!({"user": {}, "error": format!("[invalid bearer token, {e}]")}),
+            }
         }
-        ("authentication.k8s.io", "TokenReview") => json!({
-            "authenticated": false,
-            "error": "kite does not issue bearer tokens yet: no token authenticator is configured",
-        }),
         ("", "Binding") => {
             let name = obj["metadata"]["name"]
                 .as_str()

@@ -15,6 +15,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: a
         Some(UserInfo {
             username: id.user,
             groups,
+            ..Default::default()
         })
     })
     .await

@@ -173,6 +173,24 @@ impl Pki {
         })
     }
 
+    /// The key that signs ServiceAccount tokens (ECDSA P-256, PKCS#8 DER), kept as
+    /// `service-account.key` and made on first use. Its loss invalidates every token.
+    pub fn service_account_key(&self) -> Result<Vec<u8>> {
+        let path = self.dir.join("service-account.key");
+        let pem = match fs::read_to_string(&path) {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = KeyPair::generate()?;
+                let pem = key.serialize_pem();
+                write_file_atomic(&path, pem.as_bytes(), 0o600)?;
+                pem
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let key = KeyPair::from_pem(&pem).map_err(|_| PkiError::BadPem(path.clone()))?;
+        Ok(key.serialize_der())
+    }
+
     /// A serving certificate for `sans` from the server CA, kept as `serving-<file>` and
     /// issued again when the names change (a kubelet's, for its node's names and addresses).
     pub fn serving_cert(&self, file: &str, cn: &str, sans: &[String]) -> Result<CertKey> {

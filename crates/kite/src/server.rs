@@ -127,6 +127,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             tls,
             authorizer: Arc::new(MastersAndComponents),
             kubelet_client: Some(kubelet_client),
+            service_account_key: Some(pki.service_account_key()?),
         },
     )
     .await?;
@@ -154,6 +155,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         let svc = running.local_service::<kube::client::Body>(UserInfo {
             username: user.to_string(),
             groups,
+            ..Default::default()
         });
         kube::Client::new(svc, "default")
     };
