@@ -19,6 +19,7 @@ pub mod server;
 pub mod spec;
 pub mod static_pods;
 pub mod users;
+pub mod volumes;
 
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;

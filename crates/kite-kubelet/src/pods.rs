@@ -82,6 +82,10 @@ pub struct Kubelet {
     recorder: Recorder,
     /// Probe results by container (see `probes`).
     probe_results: Arc<probes::Results>,
+    /// ServiceAccount tokens of projected volumes.
+    tokens: crate::volumes::Tokens,
+    /// Each pod's volumes once set up, by pod uid.
+    volumes: Mutex<HashMap<String, crate::volumes::Ready>>,
 }
 
 /// How many container starts (containerd task create and start: the shim, `runc create`,
@@ -187,6 +191,8 @@ impl Kubelet {
             pull_backoff: Mutex::default(),
             recorder,
             probe_results: Arc::default(),
+            tokens: Default::default(),
+            volumes: Mutex::default(),
         })
     }
 
@@ -301,6 +307,15 @@ impl Kubelet {
                 tick.tick().await;
                 if n > 0 {
                     k.refresh_statics();
+                }
+                // Volumes that follow API objects (a changed ConfigMap, a token due) are
+                // synced again every minute, as upstream's kubelet resyncs pods.
+                if n > 0 && n.is_multiple_of(30) {
+                    for p in k.pods.list() {
+                        if crate::volumes::follows_api(&p) {
+                            k.queue.add(key_of(&*p));
+                        }
+                    }
                 }
                 if n.is_multiple_of(5) {
                     let round = tokio::time::timeout(Duration::from_secs(60), k.remove_orphans());
@@ -707,6 +722,25 @@ impl Kubelet {
                 return Err(e);
             }
         };
+        let ctx = crate::volumes::sources::Ctx {
+            client: &self.client,
+            pod: &pod,
+            tokens: &self.tokens,
+            node_ip: self.opts.node_ip.to_string(),
+        };
+        match crate::volumes::setup(&ctx, &self.pod_dir(&uid)).await {
+            Ok(ready) => {
+                self.volumes.lock().unwrap().insert(uid.clone(), ready);
+            }
+            Err(e) => {
+                // As upstream: the pod waits in ContainerCreating and says why.
+                self.recorder
+                    .event(&*pod, WARNING, "FailedMount", e.to_string());
+                let running = containers::list(&self.cd, &uid).await?;
+                self.report(&pod, &key, &running, ip).await?;
+                return Ok(Action::Requeue(Duration::from_secs(4)));
+            }
+        }
         let running = containers::list(&self.cd, &uid).await?;
         let requeue = self.drive(&pod, &key, &running).await?;
         let running = containers::list(&self.cd, &uid).await?;
@@ -1260,7 +1294,28 @@ impl Kubelet {
             uuid::Uuid::new_v4().simple()
         );
         let sandbox = Sandbox::new(&dir);
+        let ready = self
+            .volumes
+            .lock()
+            .unwrap()
+            .get(&uid)
+            .cloned()
+            .unwrap_or_default();
+        let env_map: BTreeMap<String, String> = env.iter().cloned().collect();
+        let volume_mounts = match ready.mounts(c, &env_map) {
+            Ok(m) => m,
+            Err(msg) => {
+                return Ok(Some(self.create_failed(
+                    pod,
+                    key,
+                    c,
+                    "CreateContainerConfigError",
+                    &msg,
+                )));
+            }
+        };
         let spec = crate::spec::build(&crate::spec::Inputs {
+            volume_mounts,
             pod,
             container: c,
             image: &image.config,
@@ -2012,6 +2067,9 @@ impl Kubelet {
             net.unplumb(uid).await?;
         }
         Sandbox::new(&dir).destroy();
+        crate::volumes::teardown(&dir);
+        self.tokens.forget(uid);
+        self.volumes.lock().unwrap().remove(uid);
         crate::cgroups::remove_pod(uid);
         self.update_qos_cgroups();
         let _ = std::fs::remove_dir_all(&dir);
@@ -2364,7 +2422,7 @@ impl<F: FnMut()> Drop for Defer<F> {
 }
 
 /// `resourceFieldRef`: a container's request or limit in units of `divisor`.
-fn resource_field(c: &Container, resource: &str, divisor: Option<&str>) -> String {
+pub(crate) fn resource_field(c: &Container, resource: &str, divisor: Option<&str>) -> String {
     let (which, name) = resource.split_once('.').unwrap_or(("limits", resource));
     let res = c.resources.clone().unwrap_or_default();
     let m = if which == "requests" {

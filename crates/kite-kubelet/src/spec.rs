@@ -258,6 +258,8 @@ pub struct Inputs<'a> {
     pub container_id: &'a str,
     /// Who the process runs as ([`crate::users::resolve`]).
     pub identity: &'a crate::users::Identity,
+    /// The container's volume mounts ([`crate::volumes::Ready::mounts`]).
+    pub volume_mounts: Vec<serde_json::Value>,
 }
 
 pub fn build(i: &Inputs) -> Result<Vec<u8>> {
@@ -326,6 +328,10 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
     ];
     for f in ["hosts", "hostname", "resolv.conf"] {
+        // A volume mounted there wins, as upstream.
+        if crate::volumes::Ready::mounts_at(c, &format!("/etc/{f}")) {
+            continue;
+        }
         mounts.push(json!({"destination": format!("/etc/{f}"), "type": "bind",
             "source": i.pod_dir.join(f), "options": ["rbind", "rprivate", "rw"]}));
     }
@@ -344,6 +350,7 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
         <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o666),
     )?;
     mounts.push(json!({"destination": term_path, "type": "bind", "source": term_file, "options": ["rbind", "rprivate", "rw"]}));
+    mounts.extend(i.volume_mounts.iter().cloned());
 
     let res = c.resources.clone().unwrap_or_default();
     let get =

@@ -1,0 +1,376 @@
+//! What the API-backed volumes hold: the files of a configMap, secret, downwardAPI or
+//! projected volume (and the ServiceAccount token of a projected one), with upstream's
+//! key selection, modes, `optional`, and error messages.
+
+use super::atomic::{validate, File, Payload};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, ServiceAccount,
+};
+use kube::api::{Api, PostParams};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+/// Why a volume cannot be set up, in upstream's words.
+pub type Error = String;
+
+/// What sources need of the pod and node.
+pub struct Ctx<'a> {
+    pub client: &'a kube::Client,
+    pub pod: &'a Pod,
+    pub tokens: &'a Tokens,
+    pub node_ip: String,
+}
+
+impl Ctx<'_> {
+    fn ns(&self) -> String {
+        self.pod.metadata.namespace.clone().unwrap_or_default()
+    }
+}
+
+fn mode_of(item: Option<i32>, default: Option<i32>) -> u32 {
+    item.or(default).unwrap_or(0o644) as u32 & 0o7777
+}
+
+/// Selected keys (`items`) or all of them, into `out`.
+fn select(
+    out: &mut Payload,
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&Vec<KeyToPath>>,
+    default_mode: Option<i32>,
+    missing_key: impl Fn(&str) -> String,
+    optional: bool,
+) -> Result<(), Error> {
+    match items.filter(|i| !i.is_empty()) {
+        None => {
+            for (k, v) in data {
+                validate(&k)?;
+                out.insert(
+                    k,
+                    File {
+                        data: v,
+                        mode: mode_of(None, default_mode),
+                    },
+                );
+            }
+        }
+        Some(items) => {
+            for it in items {
+                match data.get(&it.key) {
+                    Some(v) => {
+                        validate(&it.path)?;
+                        out.insert(
+                            it.path.clone(),
+                            File {
+                                data: v.clone(),
+                                mode: mode_of(it.mode, default_mode),
+                            },
+                        );
+                    }
+                    None if optional => {}
+                    None => return Err(missing_key(&it.key)),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kube_err(e: kube::Error) -> Error {
+    format!("{e}")
+}
+
+/// A configMap's files; `None` when it is missing and optional (an empty volume).
+pub async fn config_map(
+    ctx: &Ctx<'_>,
+    name: &str,
+    items: Option<&Vec<KeyToPath>>,
+    default_mode: Option<i32>,
+    optional: bool,
+    out: &mut Payload,
+) -> Result<(), Error> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.ns());
+    let Some(cm) = api.get_opt(name).await.map_err(kube_err)? else {
+        return if optional {
+            Ok(())
+        } else {
+            Err(format!("configmap \"{name}\" not found"))
+        };
+    };
+    let mut data: BTreeMap<String, Vec<u8>> = cm
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    for (k, v) in cm.binary_data.unwrap_or_default() {
+        data.insert(k, v.0);
+    }
+    select(
+        out,
+        data,
+        items,
+        default_mode,
+        |k| format!("configmap references non-existent config key: {k}"),
+        optional,
+    )
+}
+
+/// A secret's files.
+pub async fn secret(
+    ctx: &Ctx<'_>,
+    name: &str,
+    items: Option<&Vec<KeyToPath>>,
+    default_mode: Option<i32>,
+    optional: bool,
+    out: &mut Payload,
+) -> Result<(), Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.ns());
+    let Some(s) = api.get_opt(name).await.map_err(kube_err)? else {
+        return if optional {
+            Ok(())
+        } else {
+            Err(format!("secret \"{name}\" not found"))
+        };
+    };
+    let mut data: BTreeMap<String, Vec<u8>> = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    for (k, v) in s.string_data.unwrap_or_default() {
+        data.insert(k, v.into_bytes());
+    }
+    select(
+        out,
+        data,
+        items,
+        default_mode,
+        |k| format!("references non-existent secret key: {k}"),
+        optional,
+    )
+}
+
+/// Upstream's `fieldpath.FormatMap`: sorted `key="value"` lines.
+fn format_map(m: &Option<BTreeMap<String, String>>) -> String {
+    m.iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", serde_json::Value::String(v.clone())))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A downwardAPI volume's files.
+pub fn downward(
+    ctx: &Ctx<'_>,
+    items: &[DownwardAPIVolumeFile],
+    default_mode: Option<i32>,
+    out: &mut Payload,
+) -> Result<(), Error> {
+    let pod = ctx.pod;
+    let m = &pod.metadata;
+    for it in items {
+        validate(&it.path)?;
+        let value = if let Some(f) = &it.field_ref {
+            let p = f.field_path.as_str();
+            let bracket = |prefix: &str, map: &Option<BTreeMap<String, String>>| {
+                p.strip_prefix(prefix)
+                    .and_then(|k| k.strip_prefix("['"))
+                    .and_then(|k| k.strip_suffix("']"))
+                    .map(|k| {
+                        map.as_ref()
+                            .and_then(|m| m.get(k))
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+            };
+            match p {
+                "metadata.name" => m.name.clone().unwrap_or_default(),
+                "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
+                "metadata.uid" => m.uid.clone().unwrap_or_default(),
+                "metadata.labels" => format_map(&m.labels),
+                "metadata.annotations" => format_map(&m.annotations),
+                "spec.nodeName" => pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+                "spec.serviceAccountName" => pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_default(),
+                "status.hostIP" => ctx.node_ip.clone(),
+                "status.podIP" => pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.clone())
+                    .unwrap_or_default(),
+                _ => match bracket("metadata.labels", &m.labels)
+                    .or_else(|| bracket("metadata.annotations", &m.annotations))
+                {
+                    Some(v) => v,
+                    None => return Err(format!("unsupported fieldPath: {p}")),
+                },
+            }
+        } else if let Some(r) = &it.resource_field_ref {
+            let cname = r.container_name.clone().unwrap_or_default();
+            let spec = pod.spec.clone().unwrap_or_default();
+            let c = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .find(|c| c.name == cname)
+                .ok_or_else(|| format!("container {cname:?} not found in the pod"))?;
+            crate::pods::resource_field(c, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()))
+        } else {
+            continue;
+        };
+        out.insert(
+            it.path.clone(),
+            File {
+                data: value.into_bytes(),
+                mode: mode_of(it.mode, default_mode),
+            },
+        );
+    }
+    Ok(())
+}
+
+/// ServiceAccount tokens the kubelet holds for pods' projected volumes, refreshed at 80% of
+/// their life (or after a day), as upstream's token manager.
+#[derive(Default)]
+pub struct Tokens {
+    cache: Mutex<HashMap<TokenKey, (String, std::time::Instant)>>,
+}
+
+type TokenKey = (String, String, i64);
+
+impl Tokens {
+    /// A token for the pod's account, bound to the pod.
+    pub async fn get(
+        &self,
+        ctx: &Ctx<'_>,
+        audience: &str,
+        expiration: i64,
+    ) -> Result<String, Error> {
+        let uid = ctx.pod.metadata.uid.clone().unwrap_or_default();
+        let key = (uid.clone(), audience.to_string(), expiration);
+        let now = std::time::Instant::now();
+        if let Some((t, refresh)) = self.cache.lock().unwrap().get(&key) {
+            if now < *refresh {
+                return Ok(t.clone());
+            }
+        }
+        let sa = ctx
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let req = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: (!audience.is_empty()).then(|| vec![audience.to_string()]),
+                expiration_seconds: Some(expiration),
+                bound_object_ref: Some(BoundObjectReference {
+                    kind: Some("Pod".into()),
+                    api_version: Some("v1".into()),
+                    name: ctx.pod.metadata.name.clone(),
+                    uid: Some(uid),
+                }),
+            }),
+            ..Default::default()
+        };
+        let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ctx.ns());
+        let out: TokenRequest = api
+            .create_subresource("token", &sa, &PostParams::default(), &req)
+            .await
+            .map_err(|e| format!("failed to fetch token: {e}"))?;
+        let status = out.status.ok_or("failed to fetch token: no status")?;
+        let token = status
+            .token
+            .clone()
+            .ok_or("failed to fetch token: no token")?;
+        let life = status
+            .expiration_timestamp
+            .map(|t| t.0)
+            .unwrap_or_else(|| jiff::Timestamp::now() + jiff::SignedDuration::from_secs(expiration))
+            .duration_since(jiff::Timestamp::now())
+            .as_secs()
+            .clamp(60, 24 * 3600) as u64;
+        let refresh = now + std::time::Duration::from_secs(life * 8 / 10);
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(key, (token.clone(), refresh));
+        Ok(token)
+    }
+
+    /// Forgets a pod's tokens (it is gone).
+    pub fn forget(&self, uid: &str) {
+        self.cache.lock().unwrap().retain(|k, _| k.0 != uid);
+    }
+}
+
+/// A projected volume's files: each source's in order (later paths win).
+pub async fn projected(
+    ctx: &Ctx<'_>,
+    p: &k8s_openapi::api::core::v1::ProjectedVolumeSource,
+    out: &mut Payload,
+) -> Result<(), Error> {
+    let mode = p.default_mode;
+    for s in p.sources.iter().flatten() {
+        if let Some(c) = &s.config_map {
+            config_map(
+                ctx,
+                &c.name,
+                c.items.as_ref(),
+                mode,
+                c.optional == Some(true),
+                out,
+            )
+            .await?;
+        }
+        if let Some(c) = &s.secret {
+            secret(
+                ctx,
+                &c.name,
+                c.items.as_ref(),
+                mode,
+                c.optional == Some(true),
+                out,
+            )
+            .await?;
+        }
+        if let Some(d) = &s.downward_api {
+            downward(ctx, d.items.as_deref().unwrap_or_default(), mode, out)?;
+        }
+        if let Some(t) = &s.service_account_token {
+            validate(&t.path)?;
+            let token = ctx
+                .tokens
+                .get(
+                    ctx,
+                    t.audience.as_deref().unwrap_or_default(),
+                    t.expiration_seconds.unwrap_or(3600),
+                )
+                .await?;
+            out.insert(
+                t.path.clone(),
+                File {
+                    data: token.into_bytes(),
+                    mode: mode_of(None, mode),
+                },
+            );
+        }
+        if s.cluster_trust_bundle.is_some() || s.pod_certificate.is_some() {
+            return Err(
+                "clusterTrustBundle and podCertificate projections are not supported by kite yet"
+                    .into(),
+            );
+        }
+    }
+    Ok(())
+}
