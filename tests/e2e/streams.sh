@@ -164,6 +164,42 @@ pf "$WORK/pf4.log" "$KUBECTL" port-forward service/hello "$P4:8080"
 check "port-forward service/NAME reaches a pod behind it" contains "$(curl -sS --max-time 10 "http://127.0.0.1:$P4/")" "Hello from kite"
 check "the node still serves new port-forwards" contains "$(curl -sS --max-time 10 "http://127.0.0.1:$P1/")" "Hello from kite"
 
+# --- node stats through nodes/proxy --------------------------------------------------
+cat <<'YAML' | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: burn}
+spec:
+  containers:
+  - name: burn
+    image: kite.test/shell:1
+    command: [sh, -c, 'trap "exit 0" TERM; while :; do :; done']
+    resources: {limits: {cpu: 500m}}
+YAML
+wait_for 60 "burn to run" running burn
+# stat FIELD: the burn pod's (or, with node., the node's) figure from the summary.
+stat() {
+  kc get --raw /api/v1/nodes/kite-e2e/proxy/stats/summary | python3 -c '
+import json, sys
+d = json.load(sys.stdin); f = sys.argv[1]
+if f.startswith("node."):
+    o = d["node"]; f = f[5:]
+else:
+    o = [p for p in d["pods"] if p["podRef"]["name"] == "burn"][0]
+for k in f.split("."):
+    o = o[int(k)] if isinstance(o, list) else o[k]
+print(o)' "$1"
+}
+check "stats/summary names the node" equals "$(stat node.nodeName)" "kite-e2e"
+check "with its memory in use" test "$(stat node.memory.workingSetBytes)" -gt 0
+a=$(stat cpu.usageCoreNanoSeconds); sleep 3; b=$(stat cpu.usageCoreNanoSeconds)
+check "a pod burning CPU: its CPU time rises (>0.5 s in 3 s)" test $((b - a)) -gt 500000000
+burning() { [ "$(stat cpu.usageNanoCores 2>/dev/null || echo 0)" -gt 200000000 ]; }
+check "and its rate shows in usageNanoCores (>0.2 cores)" wait_for 30 "a CPU rate" burning
+check "its container's too" test "$(stat containers.0.cpu.usageCoreNanoSeconds)" -gt 0
+check "and its memory" test "$(stat memory.workingSetBytes)" -gt 0
+kc delete pod burn --now >/dev/null 2>&1
+
 # --- a kite restart with sessions open ---------------------------------------------
 "$KUBECTL" exec box -- sleep 300 >"$WORK/exec-long.log" 2>&1 &
 exec_pid=$!; BG+=($exec_pid)

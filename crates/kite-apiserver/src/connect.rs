@@ -24,6 +24,7 @@ pub enum Handler {
     PodAttach,
     PodPortForward,
     PodProxy,
+    ServiceProxy,
     NodeProxy,
     TokenRequest,
 }
@@ -84,6 +85,14 @@ pub const TABLE: &[Connect] = &[
         verbs: PROXY,
         response: ("", "v1", "PodProxyOptions"),
         handler: Handler::PodProxy,
+    },
+    Connect {
+        group: "",
+        kind: "Service",
+        sub: "proxy",
+        verbs: PROXY,
+        response: ("", "v1", "ServiceProxyOptions"),
+        handler: Handler::ServiceProxy,
     },
     Connect {
         group: "",
@@ -159,6 +168,7 @@ pub async fn serve(
                 match c.kind {
                     "Pod" => "pods",
                     "ServiceAccount" => "serviceaccounts",
+                    "Service" => "services",
                     _ => "nodes",
                 },
                 c.sub
@@ -175,6 +185,7 @@ pub async fn serve(
         Handler::PodPortForward => port_forward(st, ns, name, &q, req).await,
         Handler::NodeProxy => node_proxy(st, name, rest, req).await,
         Handler::PodProxy => pod_proxy(st, ns, name, rest, req).await,
+        Handler::ServiceProxy => service_proxy(st, ns, name, rest, req).await,
         Handler::TokenRequest => {
             let (h, body) = crate::http::read_body(req).await?;
             let obj = crate::http::decode_body(&h, &body)?;
@@ -361,6 +372,102 @@ async fn pod_proxy(
         port,
         tls: (scheme == "https").then(proxy::insecure_client),
         what: format!("pod {name}"),
+    };
+    let path = proxied_path(rest, &req);
+    proxy::relay(backend, &path, req).await
+}
+
+/// `services/[scheme:]NAME[:port]/proxy/…`: one ready endpoint of the service, for the
+/// port named or numbered (or its only port), as upstream's service `ResourceLocation`.
+async fn service_proxy(
+    st: &Arc<AppState>,
+    ns: &str,
+    id: &str,
+    rest: &str,
+    req: Request,
+) -> ApiResult<Response> {
+    let (scheme, name, port) = split_scheme_name_port(id)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid service request {id:?}")))?;
+    let reg = st.objects.registry;
+    let services = reg
+        .lookup("", "v1", "services")
+        .expect("services are served");
+    let (svc, _) = st.objects.get(services, Some(ns), name).await?;
+    let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    let svc_port = if port.is_empty() {
+        if ports.len() == 1 {
+            ports[0].clone()
+        } else {
+            Value::Null
+        }
+    } else {
+        ports
+            .iter()
+            .find(|p| {
+                p["name"] == port
+                    || p["port"].as_i64().map(|n| n.to_string()).as_deref() == Some(port)
+            })
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    format!("no endpoints available for service \"{id}\""),
+                )
+            })?
+    };
+    let port_name = svc_port["name"].as_str().unwrap_or_default().to_string();
+    let slices = reg
+        .lookup("discovery.k8s.io", "v1", "endpointslices")
+        .expect("endpointslices are served");
+    let opts = crate::objects::ListOpts {
+        labels: kite_api::selector::LabelSelector::parse(&format!(
+            "kubernetes.io/service-name={name}"
+        ))
+        .map_err(|e| ApiError::bad_request(e.0))?,
+        ..Default::default()
+    };
+    let (items, _, _) = st.objects.list(slices, Some(ns), &opts).await?;
+    let mut candidates = Vec::new();
+    for s in &items {
+        let Some(p) = s["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"].as_str().unwrap_or_default() == port_name)
+            .and_then(|p| p["port"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for e in s["endpoints"].as_array().into_iter().flatten() {
+            if e["conditions"]["ready"] == Value::Bool(false) {
+                continue;
+            }
+            if let Some(a) = e["addresses"][0].as_str() {
+                candidates.push((a.to_string(), p));
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("no endpoints available for service \"{name}\""),
+        ));
+    }
+    let (host, port) = {
+        use rand::seq::IndexedRandom;
+        candidates
+            .choose(&mut rand::rng())
+            .cloned()
+            .expect("not empty")
+    };
+    let backend = Backend {
+        host,
+        port,
+        tls: (scheme == "https").then(proxy::insecure_client),
+        what: format!("service {name}"),
     };
     let path = proxied_path(rest, &req);
     proxy::relay(backend, &path, req).await

@@ -357,6 +357,16 @@ fn definitions(resources: &[&ResourceInfo], settings: SchemaSettings) -> Map<Str
     }
     let mut defs = generator.take_definitions(true);
     annotate(&mut defs, resources);
+    // k8s-openapi's objects always carry `metadata`, so their schemas require it; upstream's
+    // never do (a TokenReview or SubjectAccessReview is posted without one).
+    for d in defs.values_mut() {
+        if let Some(req) = d.get_mut("required").and_then(Value::as_array_mut) {
+            req.retain(|r| r != "metadata");
+            if req.is_empty() {
+                d.as_object_mut().map(|o| o.remove("required"));
+            }
+        }
+    }
     defs
 }
 

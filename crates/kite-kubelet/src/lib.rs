@@ -18,6 +18,7 @@ pub mod sandbox;
 pub mod server;
 pub mod spec;
 pub mod static_pods;
+pub mod stats;
 pub mod users;
 pub mod volumes;
 
@@ -111,6 +112,33 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
                 k.node_changed();
             }
         });
+    }
+    // A changed ConfigMap or Secret reaches the volumes of the pods that use it at once
+    // (metadata-only watches: the kubelet reads the object itself when it rewrites).
+    {
+        use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+        let k = kubelet.clone();
+        informers.get_metadata::<ConfigMap>().add_handler(
+            move |c: &Change<kube::core::PartialObjectMeta<ConfigMap>>| {
+                let m = &c.object().metadata;
+                k.source_changed(
+                    volumes::Source::ConfigMap,
+                    m.namespace.as_deref().unwrap_or_default(),
+                    m.name.as_deref().unwrap_or_default(),
+                );
+            },
+        );
+        let k = kubelet.clone();
+        informers.get_metadata::<Secret>().add_handler(
+            move |c: &Change<kube::core::PartialObjectMeta<Secret>>| {
+                let m = &c.object().metadata;
+                k.source_changed(
+                    volumes::Source::Secret,
+                    m.namespace.as_deref().unwrap_or_default(),
+                    m.name.as_deref().unwrap_or_default(),
+                );
+            },
+        );
     }
     kubelet.start().await;
     if let Some(tls) = opts.tls.clone() {

@@ -84,6 +84,8 @@ pub struct Kubelet {
     probe_results: Arc<probes::Results>,
     /// ServiceAccount tokens of projected volumes.
     tokens: crate::volumes::Tokens,
+    /// CPU samples of the node's and pods' cgroups, for `/stats/summary`.
+    pub(crate) sampler: crate::stats::Sampler,
     /// Each pod's volumes once set up, by pod uid.
     volumes: Mutex<HashMap<String, crate::volumes::Ready>>,
 }
@@ -192,6 +194,7 @@ impl Kubelet {
             recorder,
             probe_results: Arc::default(),
             tokens: Default::default(),
+            sampler: Default::default(),
             volumes: Mutex::default(),
         })
     }
@@ -326,6 +329,14 @@ impl Kubelet {
                     }
                 }
                 n += 1;
+            }
+        });
+        let k = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::stats::INTERVAL);
+            loop {
+                tick.tick().await;
+                k.sample_stats().await;
             }
         });
         let k = self.clone();
@@ -506,6 +517,116 @@ impl Kubelet {
                     .map(|c| of(c.tty, c.stdin_once))
             })
             .unwrap_or_default()
+    }
+
+    /// The cgroups `/stats/summary` reports on: the node (`/`), each pod's and each of its
+    /// running containers'.
+    async fn stat_targets(
+        &self,
+    ) -> Vec<(
+        Arc<Pod>,
+        String,
+        Vec<(String, String, Option<jiff::Timestamp>)>,
+    )> {
+        let mut out = Vec::new();
+        for p in self.pods.list() {
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            let Ok(infos) = containers::list(&self.cd, &uid).await else {
+                continue;
+            };
+            let running: Vec<_> = infos
+                .iter()
+                .filter_map(|i| match i.state {
+                    State::Running { .. } => Some((i.name.clone(), i.id.clone(), i.created)),
+                    _ => None,
+                })
+                .collect();
+            if running.is_empty() {
+                continue;
+            }
+            out.push((p.clone(), crate::spec::pod_cgroup(&p), running));
+        }
+        out
+    }
+
+    /// Samples every reported cgroup's CPU (see `stats::Sampler`).
+    pub(crate) async fn sample_stats(&self) {
+        let mut rels = vec!["/".to_string()];
+        for (_, rel, cs) in self.stat_targets().await {
+            rels.extend(cs.iter().map(|(_, id, _)| format!("{rel}/{id}")));
+            rels.push(rel);
+        }
+        self.sampler.sample(&rels);
+    }
+
+    /// `/stats/summary`, upstream's `statsapi.Summary`.
+    pub(crate) async fn summary(&self) -> serde_json::Value {
+        use crate::stats;
+        use serde_json::json;
+        let ts =
+            |t: Option<jiff::Timestamp>| t.map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        let data = &self.opts.data_dir;
+        let mut pods = Vec::new();
+        for (p, rel, cs) in self.stat_targets().await {
+            let containers: Vec<_> = cs
+                .iter()
+                .map(|(name, id, started)| {
+                    let crel = format!("{rel}/{id}");
+                    json!({
+                        "name": name,
+                        "startTime": ts(*started),
+                        "cpu": self.sampler.cpu(&crel),
+                        "memory": stats::memory_json(&crel),
+                        "rootfs": stats::fs(data),
+                        "logs": stats::fs(&self.opts.pod_logs_dir),
+                    })
+                })
+                .collect();
+            pods.push(json!({
+                "podRef": {
+                    "name": p.metadata.name,
+                    "namespace": p.metadata.namespace,
+                    "uid": p.metadata.uid,
+                },
+                "startTime": p.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| ts(Some(t.0))),
+                "containers": containers,
+                "cpu": self.sampler.cpu(&rel),
+                "memory": stats::memory_json(&rel),
+                "volume": [],
+                "ephemeral-storage": stats::fs(data),
+                "process_stats": {"process_count": stats::process_count(&rel)},
+            }));
+        }
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        });
+        json!({
+            "node": {
+                "nodeName": self.opts.node_name,
+                "startTime": ts(boot.and_then(|b| jiff::Timestamp::from_second(b).ok())),
+                "cpu": self.sampler.cpu("/"),
+                "memory": stats::memory_json("/"),
+                "fs": stats::fs(data),
+                "runtime": {"imageFs": stats::fs(&data.join("agent").join("containerd"))},
+                "rlimit": {
+                    "time": ts(Some(jiff::Timestamp::now())),
+                    "maxpid": std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|v| v.trim().parse::<u64>().ok()),
+                    "curproc": std::fs::read_dir("/proc").map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit())).count()).unwrap_or(0),
+                },
+            },
+            "pods": pods,
+        })
+    }
+
+    /// A ConfigMap or Secret changed: the pods whose volumes are made from it sync again.
+    pub fn source_changed(&self, kind: crate::volumes::Source, ns: &str, name: &str) {
+        for p in self.pods.list_ns(ns) {
+            if crate::volumes::references(&p, kind, name) {
+                self.queue.add(key_of(&*p));
+            }
+        }
     }
 
     /// Where to dial a pod's ports from: its network namespace, or the node's for a
@@ -2432,16 +2553,18 @@ pub(crate) fn resource_field(c: &Container, resource: &str, divisor: Option<&str
     };
     let q = m.and_then(|m| m.get(name).map(|q| q.0.clone()));
     let milli = q.and_then(|q| kite_runtime::quantity::parse_milli(&q));
+    // Unset limits fall back to the node's allocatable, as upstream: cores or bytes.
+    let milli = milli.or_else(|| match name {
+        "cpu" => std::thread::available_parallelism()
+            .ok()
+            .map(|n| n.get() as i128 * 1000),
+        "memory" => crate::stats::memory("/")
+            .and_then(|m| m.limit)
+            .map(|b| b as i128 * 1000),
+        _ => None,
+    });
     let Some(milli) = milli else {
-        // Unset limits fall back to the node's allocatable, as upstream: cores or bytes.
-        return if name == "cpu" {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .to_string()
-        } else {
-            "0".into()
-        };
+        return "0".into();
     };
     let div = divisor
         .and_then(kite_runtime::quantity::parse_milli)

@@ -87,6 +87,14 @@ pub async fn spawn(addr: SocketAddr, tls: Tls, kubelet: Arc<Kubelet>) -> Result<
         .route("/exec/{ns}/{pod}/{container}", any(exec::exec))
         .route("/attach/{ns}/{pod}/{container}", any(attach::attach))
         .route("/portForward/{ns}/{pod}", any(portforward::port_forward))
+        .route(
+            "/stats/summary",
+            get(
+                |axum::extract::State(k): axum::extract::State<Arc<Kubelet>>| async move {
+                    axum::Json(k.summary().await)
+                },
+            ),
+        )
         .layer(axum::middleware::from_fn(authorize))
         .with_state(kubelet);
     tracing::info!(%addr, "kubelet server listening");

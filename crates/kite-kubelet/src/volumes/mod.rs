@@ -157,6 +157,38 @@ pub async fn setup(ctx: &sources::Ctx<'_>, pod_dir: &Path) -> Result<Ready, Setu
     Ok(ready)
 }
 
+/// The API objects volumes are made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    ConfigMap,
+    Secret,
+}
+
+/// Whether one of the pod's volumes is made from this ConfigMap or Secret.
+pub fn references(pod: &Pod, kind: Source, name: &str) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .any(|v| match kind {
+            Source::ConfigMap => {
+                v.config_map.as_ref().is_some_and(|c| c.name == name)
+                    || v.projected
+                        .iter()
+                        .flat_map(|p| p.sources.iter().flatten())
+                        .any(|s| s.config_map.as_ref().is_some_and(|c| c.name == name))
+            }
+            Source::Secret => {
+                v.secret
+                    .as_ref()
+                    .is_some_and(|s| s.secret_name.as_deref() == Some(name))
+                    || v.projected
+                        .iter()
+                        .flat_map(|p| p.sources.iter().flatten())
+                        .any(|s| s.secret.as_ref().is_some_and(|c| c.name == name))
+            }
+        })
+}
+
 /// Whether the pod has volumes whose content follows API objects (rewritten on resync).
 pub fn follows_api(pod: &Pod) -> bool {
     pod.spec
