@@ -18,43 +18,17 @@
 //! Figures and the command are recorded in docs/benchmarks.md.
 
 mod common;
+mod nodes;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
-
-struct Server {
-    child: Child,
-    data: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Containers first (while containerd answers), then kite, then what is left.
-        let killall = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../packaging/kite-killall.sh"
-        );
-        let run_killall = |data: &Path| {
-            let _ = Command::new("sh")
-                .arg(killall)
-                .env("KITE_DATA_DIR", data)
-                .env("KITE_KILLALL_NODE_ONLY", "1")
-                .stdout(Stdio::null())
-                .status();
-        };
-        run_killall(&self.data);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        run_killall(&self.data);
-    }
-}
 
 /// The `/proc/<pid>` directories of processes whose command line (arguments joined by
 /// spaces, with a trailing one) passes `pick`.
@@ -165,61 +139,8 @@ async fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let images = data.join("agent/images");
-    std::fs::create_dir_all(&images).unwrap();
-    let build = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/images/build.py");
-    assert!(Command::new("python3")
-        .arg(build)
-        .arg(&images)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success());
-    let port = common::free_port();
-    let kc = dir.path().join("kc.yaml");
-    let child = common::kite_server(&data, port, &kc)
-        .spawn()
-        .expect("kite server starts");
-    let server = Server {
-        child,
-        data: data.clone(),
-    };
-    let started = Instant::now();
-    while !kc.exists() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "kite did not start"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let client = kite_runtime::client::from_kubeconfig(&kc).await.unwrap();
-    let nodes: Api<Node> = Api::all(client.clone());
-    loop {
-        let ok = nodes
-            .get_opt("bench")
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|n| {
-                n.status
-                    .and_then(|s| s.conditions)
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            });
-        if ok {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the node never became Ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    println!(
-        "node Ready {:.2} s after start",
-        started.elapsed().as_secs_f64()
-    );
+    let server = nodes::Server::start(&[]).await;
+    let (data, client) = (server.data.clone(), server.client.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let kite_pid = server.child.id();
     let cd_pid = containerd_pid(&data);

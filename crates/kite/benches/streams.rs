@@ -1,0 +1,309 @@
+//! Looking into pods (issue 16), against the real `kite` binary and the real kubectl
+//! (`$KUBECTL`, /usr/bin/kubectl by default), as root:
+//!
+//! `cargo bench -p kite --bench streams` (as root; needs containerd, runc, busybox-static).
+//! - exec: `kubectl exec POD -- true`, 40 times one after the other: p50 and p99 of the
+//!   whole command. Floor: `kubectl get --raw /healthz` the same way (kubectl's own start,
+//!   its TLS handshake and one request), so the ratio tells what exec adds.
+//! - port-forward: 100 MB downloaded from the pod's HTTP server through one
+//!   `kubectl port-forward` connection, against the same download from the pod's IP
+//!   straight from the node (the floor), best of 3 each; the ratio.
+//! - logs: `kubectl logs` of a container that wrote 100 MB, against reading its log files
+//!   with `cat` (the floor).
+//! - probes: kite's CPU over 30 s with 100 pods each probed every second by an exec
+//!   liveness probe and an HTTP readiness probe, against the same pods without probes.
+//!
+//! Figures and the command are recorded in docs/benchmarks.md.
+
+#[allow(dead_code)]
+mod common;
+mod nodes;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::Api;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn kubectl() -> String {
+    std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into())
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs kubectl `n` times: the sorted wall times.
+fn timed(kc: &std::path::Path, args: &[&str], n: usize) -> Vec<Duration> {
+    let mut out: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let ok = Command::new(kubectl())
+                .env("KUBECONFIG", kc)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kubectl {args:?} failed");
+            t.elapsed()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn pod(v: serde_json::Value) -> Pod {
+    serde_json::from_value(v).unwrap()
+}
+
+async fn wait_ready(pods: &Api<Pod>, names: &[String], limit: Duration) {
+    let t = Instant::now();
+    loop {
+        let list = pods.list(&ListParams::default()).await.unwrap();
+        let ready = list
+            .items
+            .iter()
+            .filter(|p| names.contains(p.metadata.name.as_ref().unwrap()))
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        if ready == names.len() {
+            return;
+        }
+        assert!(t.elapsed() < limit, "{ready} of {} pods Ready", names.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Downloads `path` over HTTP/1.0 from `addr`: bytes and seconds.
+fn download(addr: &str, path: &str) -> (u64, f64) {
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k as u64,
+        }
+    }
+    (n, t.elapsed().as_secs_f64())
+}
+
+const MB100: u64 = 100 * 1024 * 1024;
+
+#[tokio::main]
+async fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("the streams benchmark runs pods and needs root");
+        return;
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let logs = tempfile::tempdir().unwrap();
+    let kubelet_port = common::free_port().to_string();
+    let server = nodes::Server::start(&[
+        "--pod-logs-dir",
+        logs.path().to_str().unwrap(),
+        "--kubelet-port",
+        &kubelet_port,
+    ])
+    .await;
+    let kc = server.kc.clone();
+    let pods: Api<Pod> = Api::namespaced(server.client.clone(), "default");
+    let pp = PostParams::default();
+    pods.create(
+        &pp,
+        &pod(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "web", "image": "kite.test/shell:1", "command": ["sh", "-c",
+                format!("mkdir -p /www && head -c {MB100} /dev/zero > /www/big && touch /www/ready && exec httpd -f -p 80 -h /www")],
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": 80}, "periodSeconds": 1}}]}
+        })),
+    )
+    .await
+    .unwrap();
+    pods.create(
+        &pp,
+        &pod(serde_json::json!({
+            "metadata": {"name": "talk"},
+            "spec": {"containers": [{"name": "talk", "image": "kite.test/shell:1", "command": ["sh", "-c",
+                format!("yes 0123456789012345678901234567890123456789012345678901234567890123456789012345678 | head -c {MB100}; exec sleep 3600")]}]}
+        })),
+    )
+    .await
+    .unwrap();
+    wait_ready(
+        &pods,
+        &["web".into(), "talk".into()],
+        Duration::from_secs(120),
+    )
+    .await;
+
+    // exec, and its floor.
+    let floor = timed(&kc, &["get", "--raw", "/healthz"], 40);
+    let exec = timed(&kc, &["exec", "web", "--", "true"], 40);
+    println!(
+        "exec -- true: p50 {:.0} ms, p99 {:.0} ms; kubectl get --raw /healthz (floor): p50 {:.0} ms, p99 {:.0} ms; exec/floor p50 {:.2}",
+        ms(pct(&exec, 0.5)),
+        ms(pct(&exec, 0.99)),
+        ms(pct(&floor, 0.5)),
+        ms(pct(&floor, 0.99)),
+        pct(&exec, 0.5).as_secs_f64() / pct(&floor, 0.5).as_secs_f64()
+    );
+
+    // port-forward against the pod's IP.
+    let ip = pods
+        .get("web")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.pod_ip)
+        .unwrap();
+    let best = |addr: &str| {
+        (0..3)
+            .map(|_| {
+                let (n, s) = download(addr, "/big");
+                assert!(n >= MB100, "short download from {addr}: {n} bytes");
+                n as f64 / s / 1e6
+            })
+            .fold(0.0f64, f64::max)
+    };
+    let direct = best(&format!("{ip}:80"));
+    let local = common::free_port();
+    let mut pf = Command::new(kubectl())
+        .env("KUBECONFIG", &kc)
+        .args(["port-forward", "pod/web", &format!("{local}:80")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(pf.stdout.take().unwrap());
+        use std::io::BufRead;
+        out.read_line(&mut line).unwrap();
+        assert!(line.contains("Forwarding"), "port-forward said {line:?}");
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    }
+    let forwarded = best(&format!("127.0.0.1:{local}"));
+    let _ = pf.kill();
+    let _ = pf.wait();
+    println!(
+        "port-forward: {forwarded:.0} MB/s through one connection; the pod's IP directly (floor): {direct:.0} MB/s; ratio {:.2}",
+        forwarded / direct
+    );
+
+    // logs of 100 MB, against cat of the files.
+    let uid = pods.get("talk").await.unwrap().metadata.uid.unwrap();
+    let t = Instant::now();
+    let out = Command::new(kubectl())
+        .env("KUBECONFIG", &kc)
+        .args(["logs", "talk"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let k_secs = t.elapsed().as_secs_f64();
+    let files: Vec<std::path::PathBuf> = glob_logs(logs.path(), &uid);
+    let t = Instant::now();
+    let mut bytes = 0u64;
+    for f in &files {
+        bytes += std::fs::read(f).map(|b| b.len() as u64).unwrap_or(0);
+    }
+    let c_secs = t.elapsed().as_secs_f64();
+    println!(
+        "kubectl logs of {:.0} MB: {k_secs:.2} s ({:.0} MB/s); reading its CRI files ({:.0} MB) (floor): {c_secs:.2} s",
+        out.stdout.len() as f64 / 1e6,
+        out.stdout.len() as f64 / 1e6 / k_secs,
+        bytes as f64 / 1e6
+    );
+    for n in ["web", "talk"] {
+        let _ = pods
+            .delete(n, &DeleteParams::default().grace_period(0))
+            .await;
+    }
+
+    // Probes: 100 pods, without and then with probes.
+    let kite_pid = server.child.id();
+    let n: usize = std::env::var("KITE_BENCH_PROBE_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    for probed in [false, true] {
+        let names: Vec<String> = (0..n).map(|i| format!("p{probed}-{i}")).collect();
+        for name in &names {
+            let mut c = serde_json::json!({"name": "c", "image": "kite.test/shell:1",
+                "command": ["sh", "-c", "mkdir -p /w && touch /w/ok && exec httpd -f -p 8080 -h /w"]});
+            if probed {
+                c["livenessProbe"] =
+                    serde_json::json!({"exec": {"command": ["true"]}, "periodSeconds": 1});
+                c["readinessProbe"] = serde_json::json!({"httpGet": {"path": "/ok", "port": 8080}, "periodSeconds": 1});
+            }
+            pods.create(
+                &pp,
+                &pod(serde_json::json!({"metadata": {"name": name}, "spec": {"containers": [c]}})),
+            )
+            .await
+            .unwrap();
+        }
+        wait_ready(&pods, &names, Duration::from_secs(600)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let c0 = common::cpu_secs(kite_pid);
+        let t = Instant::now();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let pct_core = (common::cpu_secs(kite_pid) - c0) / t.elapsed().as_secs_f64() * 100.0;
+        println!(
+            "kite's CPU with {n} pods {}: {pct_core:.1}% of one core",
+            if probed {
+                "each probed every second (exec liveness + HTTP readiness)"
+            } else {
+                "without probes"
+            }
+        );
+        for name in &names {
+            let _ = pods
+                .delete(name, &DeleteParams::default().grace_period(0))
+                .await;
+        }
+        let t = Instant::now();
+        while !pods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+        {
+            assert!(t.elapsed() < Duration::from_secs(300), "pods not gone");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    drop(server);
+}
+
+/// The CRI log files of a pod under `root` (the server's `--pod-logs-dir`).
+fn glob_logs(root: &std::path::Path, uid: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        if d.file_name().to_string_lossy().ends_with(uid) {
+            for c in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                for f in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+                    out.push(f.path());
+                }
+            }
+        }
+    }
+    out
+}
