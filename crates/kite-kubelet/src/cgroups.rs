@@ -1,14 +1,98 @@
 //! The kubelet's own cgroups, as upstream's QoS and pod cgroup managers keep them: the
 //! BestEffort and Burstable tiers under `kite/kubepods`, and each pod's cgroup with the
 //! pod's CPU shares, CPU quota and memory limit. runc makes the containers' cgroups
-//! under the pod's. Also each container's OOM score adjustment by QoS class.
-//! cgroup v1 (the cpu and memory hierarchies) and v2 (the unified hierarchy).
+//! under the pod's. Also a pod's QoS class and cgroup path, each container's OOM score
+//! adjustment by QoS class, and whether the OOM killer struck. cgroup v1 (the cpu and
+//! memory hierarchies) and v2 (the unified hierarchy). `spec.rs` builds on this, not the
+//! other way round.
 
-use crate::spec::{pod_cgroup, qos_class};
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Container, Pod};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+
+/// Upstream's QoS class of a pod, which names its cgroup parent: the one the API server
+/// wrote to its status, else (a static pod, or a pod made before the API server kept it)
+/// computed from its spec by the same rules.
+pub fn qos_class(pod: &Pod) -> &'static str {
+    const CLASSES: [&str; 3] = ["Guaranteed", "Burstable", "BestEffort"];
+    if let Some(q) = pod.status.as_ref().and_then(|s| s.qos_class.as_deref()) {
+        if let Some(c) = CLASSES.iter().find(|c| **c == q) {
+            return c;
+        }
+    }
+    let Some(spec) = pod.spec.as_ref() else {
+        return "BestEffort";
+    };
+    let pairs =
+        |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+            m.into_iter()
+                .flatten()
+                .map(|(k, q)| (k.clone(), q.0.clone()))
+                .collect()
+        };
+    kite_api::qos::qos_class(
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .map(|c| {
+                let r = c.resources.as_ref();
+                // Limits stand in for missing requests, as the API server defaults them.
+                let limits: Vec<(String, String)> = pairs(r.and_then(|r| r.limits.as_ref()));
+                let mut requests: Vec<(String, String)> =
+                    pairs(r.and_then(|r| r.requests.as_ref()));
+                for (k, v) in &limits {
+                    if !requests.iter().any(|(n, _)| n == k) {
+                        requests.push((k.clone(), v.clone()));
+                    }
+                }
+                kite_api::qos::Resources { requests, limits }
+            }),
+    )
+}
+
+/// The cgroup parent of a pod's containers.
+pub fn pod_cgroup(pod: &Pod) -> String {
+    let uid = pod
+        .metadata
+        .uid
+        .clone()
+        .unwrap_or_default()
+        .replace('-', "_");
+    match qos_class(pod) {
+        "Guaranteed" => format!("/kite/kubepods/pod{uid}"),
+        q => format!("/kite/kubepods/{}/pod{uid}", q.to_lowercase()),
+    }
+}
+
+/// Whether the kernel's OOM killer killed a process of the container (its cgroup
+/// survives the exit until the container is removed). cgroup v1 and v2.
+pub fn oom_killed(pod: &Pod, container_id: &str) -> bool {
+    let rel = format!("{}/{container_id}", pod_cgroup(pod));
+    let count = |path: String, key: &str| {
+        std::fs::read_to_string(path).ok().and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix(key)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+        })
+    };
+    [
+        count(
+            format!("/sys/fs/cgroup/memory{rel}/memory.oom_control"),
+            "oom_kill ",
+        ),
+        count(format!("/sys/fs/cgroup{rel}/memory.events"), "oom_kill "),
+        count(
+            format!("/sys/fs/cgroup/unified{rel}/memory.events"),
+            "oom_kill ",
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|n| n > 0)
+}
 
 const ROOT: &str = "/sys/fs/cgroup";
 /// Upstream's MinShares and MaxShares, and the CFS period it uses.

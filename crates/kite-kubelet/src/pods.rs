@@ -544,7 +544,7 @@ impl Kubelet {
             if running.is_empty() {
                 continue;
             }
-            out.push((p.clone(), crate::spec::pod_cgroup(&p), running));
+            out.push((p.clone(), crate::cgroups::pod_cgroup(&p), running));
         }
         out
     }
@@ -2273,7 +2273,7 @@ impl Kubelet {
             };
             let term = |i: &Info| match &i.state {
                 State::Exited { code, at } => {
-                    let reason = if *code != 0 && crate::spec::oom_killed(pod, &i.id) {
+                    let reason = if *code != 0 && crate::cgroups::oom_killed(pod, &i.id) {
                         "OOMKilled"
                     } else if *code == 0 {
                         "Completed"
@@ -2490,7 +2490,7 @@ impl Kubelet {
             "podIPs": [{"ip": ip.to_string()}],
             "startTime": old.start_time.clone().unwrap_or(Time(t)),
             "containerStatuses": statuses,
-            "qosClass": crate::spec::qos_class(pod),
+            "qosClass": crate::cgroups::qos_class(pod),
         });
         if !init_statuses.is_empty() {
             status["initContainerStatuses"] = json!(init_statuses);

@@ -28,94 +28,12 @@ const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// Upstream's QoS class of a pod, which names its cgroup parent: the one the API server
-/// wrote to its status, else (a static pod, or a pod made before the API server kept it)
-/// computed from its spec by the same rules.
-pub fn qos_class(pod: &Pod) -> &'static str {
-    const CLASSES: [&str; 3] = ["Guaranteed", "Burstable", "BestEffort"];
-    if let Some(q) = pod.status.as_ref().and_then(|s| s.qos_class.as_deref()) {
-        if let Some(c) = CLASSES.iter().find(|c| **c == q) {
-            return c;
-        }
-    }
-    let Some(spec) = pod.spec.as_ref() else {
-        return "BestEffort";
-    };
-    let pairs =
-        |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
-            m.into_iter()
-                .flatten()
-                .map(|(k, q)| (k.clone(), q.0.clone()))
-                .collect()
-        };
-    kite_api::qos::qos_class(
-        spec.containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .map(|c| {
-                let r = c.resources.as_ref();
-                // Limits stand in for missing requests, as the API server defaults them.
-                let limits: Vec<(String, String)> = pairs(r.and_then(|r| r.limits.as_ref()));
-                let mut requests: Vec<(String, String)> =
-                    pairs(r.and_then(|r| r.requests.as_ref()));
-                for (k, v) in &limits {
-                    if !requests.iter().any(|(n, _)| n == k) {
-                        requests.push((k.clone(), v.clone()));
-                    }
-                }
-                kite_api::qos::Resources { requests, limits }
-            }),
-    )
-}
-
-/// The cgroup parent of a pod's containers.
-pub fn pod_cgroup(pod: &Pod) -> String {
-    let uid = pod
-        .metadata
-        .uid
-        .clone()
-        .unwrap_or_default()
-        .replace('-', "_");
-    match qos_class(pod) {
-        "Guaranteed" => format!("/kite/kubepods/pod{uid}"),
-        q => format!("/kite/kubepods/{}/pod{uid}", q.to_lowercase()),
-    }
-}
-
 /// The file a container's `terminationMessagePath` is bound to, one per container instance.
 pub fn termination_log(pod_dir: &Path, name: &str, container_id: &str) -> std::path::PathBuf {
     pod_dir
         .join("containers")
         .join(name)
         .join(format!("{container_id}.termination-log"))
-}
-
-/// Whether the kernel's OOM killer killed a process of the container (its cgroup
-/// survives the exit until the container is removed). cgroup v1 and v2.
-pub fn oom_killed(pod: &Pod, container_id: &str) -> bool {
-    let rel = format!("{}/{container_id}", pod_cgroup(pod));
-    let count = |path: String, key: &str| {
-        std::fs::read_to_string(path).ok().and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix(key)
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            })
-        })
-    };
-    [
-        count(
-            format!("/sys/fs/cgroup/memory{rel}/memory.oom_control"),
-            "oom_kill ",
-        ),
-        count(format!("/sys/fs/cgroup{rel}/memory.events"), "oom_kill "),
-        count(
-            format!("/sys/fs/cgroup/unified{rel}/memory.events"),
-            "oom_kill ",
-        ),
-    ]
-    .into_iter()
-    .flatten()
-    .any(|n| n > 0)
 }
 
 /// The signal number of an image's `StopSignal` (`SIGQUIT`, `QUIT`, `3`); SIGTERM if unset
@@ -413,7 +331,7 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
             "io.containerd.runc.v2.group": shim_group(&pod_uid),
         },
         "linux": {
-            "cgroupsPath": format!("{}/{}", pod_cgroup(i.pod), i.container_id),
+            "cgroupsPath": format!("{}/{}", crate::cgroups::pod_cgroup(i.pod), i.container_id),
             "namespaces": namespaces,
             "resources": resources,
             "maskedPaths": if privileged { json!([]) } else { json!(oci_spec::runtime::get_default_maskedpaths()) },
