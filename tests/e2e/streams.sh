@@ -164,6 +164,19 @@ pf "$WORK/pf4.log" "$KUBECTL" port-forward service/hello "$P4:8080"
 check "port-forward service/NAME reaches a pod behind it" contains "$(curl -sS --max-time 10 "http://127.0.0.1:$P4/")" "Hello from kite"
 check "the node still serves new port-forwards" contains "$(curl -sS --max-time 10 "http://127.0.0.1:$P1/")" "Hello from kite"
 
+# --- kubectl debug: an ephemeral container ------------------------------------------
+kc debug box --image=kite.test/shell:1 --target=main --container=dbg -- sh -c 'ps; sleep 3600' >/dev/null 2>&1
+dbg_running() { [ -n "$(kc get pod box -o jsonpath='{.status.ephemeralContainerStatuses[?(@.name=="dbg")].state.running.startedAt}')" ]; }
+check "kubectl debug adds an ephemeral container that runs" wait_for 60 "the ephemeral container" dbg_running
+check "it shares its target's processes (--target)" contains "$(kc logs box -c dbg)" "sleep 3600"
+check "kubectl exec into it works" equals "$(kc exec box -c dbg -- echo in-debug)" "in-debug"
+check "the pod's own containers keep running" equals "$(kc get pod box -o jsonpath='{.status.containerStatuses[?(@.name=="main")].restartCount}')" "0"
+out=$( (sleep 2; echo 'echo typed-into-debug'; sleep 2) | timeout 20 "$KUBECTL" debug -i box --image=kite.test/shell:1 --container=dbg2 -- sh 2>/dev/null)
+check "kubectl debug -i attaches to the new container" contains "$out" "typed-into-debug"
+check "the API refuses to remove an ephemeral container (upstream's message)" \
+  fails_with 'existing ephemeral containers "dbg" may not be removed' \
+  kc replace --raw /api/v1/namespaces/default/pods/box/ephemeralcontainers -f <(kc get pod box -o json | python3 -c 'import json,sys; p=json.load(sys.stdin); p["spec"]["ephemeralContainers"]=[]; print(json.dumps(p))')
+
 # --- node stats through nodes/proxy --------------------------------------------------
 cat <<'YAML' | kc apply -f - >/dev/null
 apiVersion: v1

@@ -99,7 +99,7 @@ pub fn default_pod_spec(spec: &mut Value, restart_default: Option<&str>) {
     set_default(m, "securityContext", json!({}));
     set_default(m, "schedulerName", json!("default-scheduler"));
     deprecated_service_account(m);
-    for key in ["containers", "initContainers"] {
+    for key in ["containers", "initContainers", "ephemeralContainers"] {
         if let Some(cs) = m.get_mut(key).and_then(Value::as_array_mut) {
             cs.iter_mut().for_each(default_container);
         }
@@ -1100,6 +1100,8 @@ fn validate_update(ri: &ResourceInfo, obj: &Value, old: &Value, errs: &mut Vec<F
                     m.remove("activeDeadlineSeconds");
                     m.remove("tolerations");
                     m.remove("nodeName");
+                    // Checked by `validate_ephemeral_update`, through their subresource.
+                    m.remove("ephemeralContainers");
                 }
             }
             if a != b {
@@ -1111,6 +1113,90 @@ fn validate_update(ri: &ResourceInfo, obj: &Value, old: &Value, errs: &mut Vec<F
         }
         _ => {}
     }
+}
+
+/// Upstream's `ValidatePodEphemeralContainersUpdate`: `list` is the wanted
+/// `spec.ephemeralContainers` of `old`. Existing ones may be neither removed nor changed;
+/// new ones need a unique name and an image, may not have ports, probes, lifecycle hooks
+/// or resources, and may target only a container of the pod.
+pub fn validate_ephemeral_update(list: &Value, old: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let path = "spec.ephemeralContainers";
+    let new: Vec<Value> = list.as_array().cloned().unwrap_or_default();
+    let was: Vec<Value> = old["spec"]["ephemeralContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for w in &was {
+        let name = w["name"].as_str().unwrap_or_default();
+        match new.iter().position(|n| n["name"] == name) {
+            None => errs.push(FieldError::forbidden(
+                path,
+                &format!("existing ephemeral containers \"{name}\" may not be removed"),
+            )),
+            Some(i) if new[i] != *w => errs.push(FieldError::forbidden(
+                format!("{path}[{i}]"),
+                &format!("existing ephemeral containers \"{name}\" may not be changed"),
+            )),
+            _ => {}
+        }
+    }
+    let spec = &old["spec"];
+    let regular: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|k| spec[k].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let mut seen: Vec<&str> = regular.clone();
+    for (i, c) in new.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        let name = c["name"].as_str().unwrap_or_default();
+        if name.is_empty() {
+            errs.push(FieldError::required(format!("{at}.name")));
+        } else if seen.contains(&name) {
+            errs.push(FieldError::duplicate(format!("{at}.name"), &json!(name)));
+        } else {
+            seen.push(name);
+        }
+        if was.iter().any(|w| w["name"] == name) {
+            continue;
+        }
+        if c["image"].as_str().is_none_or(str::is_empty) {
+            errs.push(FieldError::required(format!("{at}.image")));
+        }
+        for f in [
+            "ports",
+            "livenessProbe",
+            "readinessProbe",
+            "startupProbe",
+            "lifecycle",
+            "resizePolicy",
+        ] {
+            let v = &c[f];
+            if !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()) {
+                errs.push(FieldError::forbidden(
+                    format!("{at}.{f}"),
+                    "cannot be set for an Ephemeral Container",
+                ));
+            }
+        }
+        if c["resources"].as_object().is_some_and(|r| !r.is_empty()) {
+            errs.push(FieldError::forbidden(
+                format!("{at}.resources"),
+                "cannot be set for an Ephemeral Container",
+            ));
+        }
+        if let Some(t) = c["targetContainerName"].as_str().filter(|t| !t.is_empty()) {
+            if !regular.contains(&t) {
+                errs.push(FieldError {
+                    reason: "FieldValueNotFound",
+                    field: format!("{at}.targetContainerName"),
+                    message: format!("Not found: \"{t}\""),
+                });
+            }
+        }
+    }
+    errs
 }
 
 /// Field selector support beyond metadata.name and metadata.namespace, as upstream.

@@ -179,6 +179,14 @@ pub async fn serve(
     match c.handler {
         Handler::PodLog => {
             let map = q.iter().cloned().collect();
+            let websocket = req
+                .headers()
+                .get(http::header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+            if websocket {
+                return log_websocket(proxy::pod_log(st, ns, name, &map).await?, req).await;
+            }
             proxy::pod_log(st, ns, name, &map).await
         }
         Handler::PodExec | Handler::PodAttach => stream(st, c, ns, name, &q, req).await,
@@ -193,6 +201,68 @@ pub async fn serve(
             Ok(crate::http::json_response(StatusCode::CREATED, &out, &[]))
         }
     }
+}
+
+/// A log streamed over a WebSocket, as upstream's `wsstream.Reader`: each chunk one
+/// message, raw for `binary.k8s.io` (or no protocol), base64 text for
+/// `base64.binary.k8s.io`; the connection closes when the log ends.
+async fn log_websocket(log: Response, req: Request) -> ApiResult<Response> {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    use axum::extract::FromRequestParts;
+    use base64::Engine;
+    use futures::{SinkExt, StreamExt};
+    let requested: Vec<String> = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let base64 = match requested.first().map(String::as_str) {
+        None | Some("binary.k8s.io") => false,
+        Some("base64.binary.k8s.io") => true,
+        Some(_) => requested.iter().all(|p| p != "binary.k8s.io"),
+    };
+    let proto = if base64 {
+        "base64.binary.k8s.io"
+    } else {
+        "binary.k8s.io"
+    };
+    let (mut parts, _) = req.into_parts();
+    let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let ws = if requested.is_empty() {
+        ws
+    } else {
+        ws.protocols([proto])
+    };
+    let mut body = log.into_body().into_data_stream();
+    Ok(ws.on_upgrade(move |socket| async move {
+        let (mut tx, _rx) = socket.split();
+        while let Some(Ok(chunk)) = body.next().await {
+            let m = if base64 {
+                Message::Text(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(&chunk)
+                        .into(),
+                )
+            } else {
+                Message::Binary(chunk)
+            };
+            if tx.send(m).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx
+            .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                code: 1000,
+                reason: "".into(),
+            })))
+            .await;
+    }))
 }
 
 /// The pod and the kubelet of its node; upstream's errors when there is none.

@@ -49,6 +49,11 @@ fn subresources(ri: &ResourceInfo) -> Vec<Sub> {
             verbs: &["create"],
             kind: ("", "v1", "Binding"),
         });
+        out.push(Sub {
+            name: "ephemeralcontainers",
+            verbs: RW,
+            kind: ("", "v1", "Pod"),
+        });
     }
     for c in crate::connect::of(ri) {
         out.push(Sub {

@@ -622,7 +622,9 @@ async fn serve_resource(
                 .then(|| IncludeObject::parse(q.get("includeObject").map(String::as_str)));
             watch::serve(st.clone(), ri, ns, opts, &q, table).await
         }
-        ("get", Some(n), None | Some("status")) => {
+        ("get", Some(n), None | Some("status")) | ("get", Some(n), Some("ephemeralcontainers"))
+            if t.sub.as_deref() != Some("ephemeralcontainers") || ri.is("", "Pod") =>
+        {
             let (o, _) = objs.get(ri, ns, n).await?;
             if wants_table(req.headers()) {
                 let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));
@@ -651,7 +653,9 @@ async fn serve_resource(
             let out = reviews::bind(st, ns, n, obj).await?;
             Ok(json_response(StatusCode::CREATED, &out, &[]))
         }
-        ("update", Some(n), sub @ (None | Some("status"))) => {
+        ("update", Some(n), sub @ (None | Some("status") | Some("ephemeralcontainers")))
+            if sub != Some("ephemeralcontainers") || ri.is("", "Pod") =>
+        {
             let part = part_of(sub);
             let opts = write_opts(&q)?;
             let (h, body) = read_body(req).await?;
@@ -707,7 +711,9 @@ async fn serve_resource(
                 &w.warnings,
             ))
         }
-        ("patch", Some(n), sub @ (None | Some("status"))) => {
+        ("patch", Some(n), sub @ (None | Some("status") | Some("ephemeralcontainers")))
+            if sub != Some("ephemeralcontainers") || ri.is("", "Pod") =>
+        {
             let part = part_of(sub);
             let opts = write_opts(&q)?;
             let (h, body) = read_body(req).await?;
@@ -761,6 +767,7 @@ async fn serve_resource(
 fn part_of(sub: Option<&str>) -> Part {
     match sub {
         Some("status") => Part::Status,
+        Some("ephemeralcontainers") => Part::EphemeralContainers,
         _ => Part::Main,
     }
 }

@@ -52,6 +52,8 @@ pub struct WriteOpts {
 pub enum Part {
     Main,
     Status,
+    /// A pod's `ephemeralcontainers`: only `spec.ephemeralContainers` changes.
+    EphemeralContainers,
 }
 
 /// A written object and the warnings to send with it.
@@ -1308,7 +1310,23 @@ impl Objects {
         part: Part,
         opts: &WriteOpts,
     ) -> ApiResult<Written> {
-        if part == Part::Status {
+        if part == Part::EphemeralContainers {
+            // Upstream's podEphemeralContainersStrategy: the stored pod with the new list.
+            let list = obj["spec"]["ephemeralContainers"].clone();
+            let errs = strategy::validate_ephemeral_update(&list, &old);
+            if !errs.is_empty() {
+                return Err(ApiError::invalid(ri, name, &errs));
+            }
+            let mut next = old.clone();
+            if list.is_null() {
+                next["spec"]
+                    .as_object_mut()
+                    .map(|s| s.remove("ephemeralContainers"));
+            } else {
+                next["spec"]["ephemeralContainers"] = list;
+            }
+            obj = next;
+        } else if part == Part::Status {
             // A status write changes the status and, as upstream's status strategies allow,
             // the metadata (what of it per kind: `strategy::status_meta`); never the spec.
             let status = obj
@@ -1349,6 +1367,17 @@ impl Objects {
             }
             obj["status"] = status;
         } else if ri.status {
+            if ri.is("", "Pod") {
+                // Ephemeral containers change only through their subresource.
+                match old["spec"].get("ephemeralContainers") {
+                    Some(e) => obj["spec"]["ephemeralContainers"] = e.clone(),
+                    None => {
+                        obj["spec"]
+                            .as_object_mut()
+                            .map(|s| s.remove("ephemeralContainers"));
+                    }
+                }
+            }
             match old.get("status") {
                 Some(s) => obj["status"] = s.clone(),
                 None => {
@@ -1683,6 +1712,12 @@ impl Objects {
                             .to_string()),
                     );
                     m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                    // A pod's graceful deletion is a change its kubelet acts on: its
+                    // generation moves, as upstream's pod strategy makes it.
+                    if ri.is("", "Pod") {
+                        let g = m.get("generation").and_then(Value::as_i64).unwrap_or(0);
+                        m.insert("generation".into(), json!(g + 1));
+                    }
                 }
                 m.remove("resourceVersion");
             }

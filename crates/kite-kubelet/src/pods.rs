@@ -1123,8 +1123,25 @@ impl Kubelet {
         } else {
             pod_hostname(pod)
         };
-        let mut hosts = String::from("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n");
-        hosts.push_str(&format!("{ip}\t{hostname}\n"));
+        // A hostNetwork pod sees the node's own hosts file (and its host aliases), not one
+        // the kubelet manages, as upstream's `nodeHostsFileContent`.
+        let mut hosts = if spec.host_network == Some(true) {
+            let mut h = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+            if !h.is_empty() && !h.ends_with('\n') {
+                h.push('\n');
+            }
+            if spec.host_aliases.as_ref().is_some_and(|a| !a.is_empty()) {
+                h.push_str("\n# Entries added by HostAliases.\n");
+            }
+            h
+        } else {
+            let mut h = String::from("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n");
+            h.push_str(&format!("{ip}\t{hostname}\n"));
+            if spec.host_aliases.as_ref().is_some_and(|a| !a.is_empty()) {
+                h.push_str("\n# Entries added by HostAliases.\n");
+            }
+            h
+        };
         for ha in spec.host_aliases.iter().flatten() {
             hosts.push_str(&format!(
                 "{}\t{}\n",
@@ -1264,6 +1281,17 @@ impl Kubelet {
                 }
             }
         }
+        // Ephemeral containers (`kubectl debug`) start once and are never restarted.
+        for e in spec.ephemeral_containers.iter().flatten() {
+            if latest(&e.name).is_some() {
+                continue;
+            }
+            if let Some(c) = ephemeral_as_container(e) {
+                if let Some(d) = self.start_or_backoff(pod, key, &c, have, false).await? {
+                    next = Some(next.map_or(d, |n| n.min(d)));
+                }
+            }
+        }
         // The app containers are done for good (restartPolicy Never or OnFailure): the
         // sidecars stop too, last started first, so the pod can complete.
         if app_containers_done(&spec, &policy, have) {
@@ -1302,6 +1330,7 @@ impl Kubelet {
         have: &[Info],
         init: bool,
     ) -> Result<Option<Duration>> {
+        let spec_of_pod = pod.spec.clone().unwrap_or_default();
         let prev: Vec<&Info> = have.iter().filter(|i| i.name == c.name).collect();
         let last = prev.iter().max_by_key(|i| i.attempt).copied();
         if let Some(Info {
@@ -1435,8 +1464,27 @@ impl Kubelet {
                 )));
             }
         };
+        // An ephemeral container with a target shares its target's processes.
+        let pid_ns = spec_of_pod
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .find(|e| e.name == c.name)
+            .and_then(|e| e.target_container_name.as_deref())
+            .and_then(|t| {
+                have.iter()
+                    .filter(|i| i.name == t)
+                    .max_by_key(|i| i.attempt)
+                    .and_then(|i| match i.state {
+                        State::Running { pid } => {
+                            Some(PathBuf::from(format!("/proc/{pid}/ns/pid")))
+                        }
+                        _ => None,
+                    })
+            });
         let spec = crate::spec::build(&crate::spec::Inputs {
             volume_mounts,
+            pid_ns,
             pod,
             container: c,
             image: &image.config,
@@ -2348,7 +2396,9 @@ impl Kubelet {
                 // spec's reference until then.
                 "image": cur.map(|i| i.image.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| image_of(c)),
                 "imageID": cur.map(|i| i.image_id.as_str()).unwrap_or_default(),
-                "ready": running && (!init || is_sidecar(c)) && started && readiness_ok,
+                // A completed init container is ready, as upstream reports it.
+                "ready": (running && (!init || is_sidecar(c)) && started && readiness_ok)
+                    || (init && !is_sidecar(c) && exit == Some(0)),
                 "restartCount": restart_count,
                 "started": running && started,
                 "state": state,
@@ -2366,19 +2416,29 @@ impl Kubelet {
         let mut initialized = true;
         let mut init_failed = false;
         let mut sidecars_ready = true;
+        // Upstream's condition messages name the containers holding the pod back.
+        let mut incomplete: Vec<String> = Vec::new();
+        let mut unready: Vec<String> = Vec::new();
         for c in spec.init_containers.iter().flatten() {
             let (s, _, exit, _) = status_of(c, true);
             if is_sidecar(c) {
                 // Initialized once it has started (and stays so after).
                 if !inits_done {
                     initialized = false;
+                    if s["started"] != json!(true) {
+                        incomplete.push(c.name.clone());
+                    }
                 }
-                sidecars_ready &= s["ready"] == json!(true);
+                if s["ready"] != json!(true) {
+                    sidecars_ready = false;
+                    unready.push(c.name.clone());
+                }
                 init_statuses.push(s);
                 continue;
             }
             if exit != Some(0) && !app_started {
                 initialized = false;
+                incomplete.push(c.name.clone());
                 if exit.is_some() && policy == "Never" {
                     init_failed = true;
                 }
@@ -2400,6 +2460,9 @@ impl Kubelet {
                         n_failed += 1;
                     }
                 }
+            }
+            if s["ready"] != json!(true) {
+                unready.push(c.name.clone());
             }
             statuses.push(s);
         }
@@ -2432,8 +2495,28 @@ impl Kubelet {
                 .and_then(|c| c.last_transition_time.clone())
                 .unwrap_or(Time(t));
             let mut v = json!({"type": typ, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+            if let Some(g) = pod.metadata.generation {
+                v["observedGeneration"] = json!(g);
+            }
             if let Some(r) = reason.filter(|_| !ok) {
                 v["reason"] = json!(r);
+                let names = |l: &[String]| format!("[{}]", l.join(" "));
+                let msg = match (typ, r) {
+                    ("Initialized", _) if !incomplete.is_empty() => Some(format!(
+                        "containers with incomplete status: {}",
+                        names(&incomplete)
+                    )),
+                    ("Ready" | "ContainersReady", "ContainersNotReady") if !unready.is_empty() => {
+                        Some(format!(
+                            "containers with unready status: {}",
+                            names(&unready)
+                        ))
+                    }
+                    _ => None,
+                };
+                if let Some(m) = msg {
+                    v["message"] = json!(m);
+                }
             }
             v
         };
@@ -2492,8 +2575,22 @@ impl Kubelet {
             "containerStatuses": statuses,
             "qosClass": crate::cgroups::qos_class(pod),
         });
+        // Which spec this status answers (PodObservedGenerationTracking).
+        if let Some(g) = pod.metadata.generation {
+            status["observedGeneration"] = json!(g);
+        }
         if !init_statuses.is_empty() {
             status["initContainerStatuses"] = json!(init_statuses);
+        }
+        let ephemeral: Vec<Value> = spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .filter_map(ephemeral_as_container)
+            .map(|c| status_of(&c, false).0)
+            .collect();
+        if !ephemeral.is_empty() {
+            status["ephemeralContainerStatuses"] = json!(ephemeral);
         }
         // Compare with what the API has, through the same typed round trip.
         let fresh: k8s_openapi::api::core::v1::PodStatus =
@@ -2540,6 +2637,13 @@ impl<F: FnMut()> Drop for Defer<F> {
     fn drop(&mut self) {
         (self.0)()
     }
+}
+
+/// An ephemeral container as the container it runs (the same fields, less the target).
+fn ephemeral_as_container(e: &k8s_openapi::api::core::v1::EphemeralContainer) -> Option<Container> {
+    let mut v = serde_json::to_value(e).ok()?;
+    v.as_object_mut()?.remove("targetContainerName");
+    serde_json::from_value(v).ok()
 }
 
 /// `resourceFieldRef`: a container's request or limit in units of `divisor`.

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use oci_spec::image::ImageConfiguration;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -178,6 +178,8 @@ pub struct Inputs<'a> {
     pub identity: &'a crate::users::Identity,
     /// The container's volume mounts ([`crate::volumes::Ready::mounts`]).
     pub volume_mounts: Vec<serde_json::Value>,
+    /// The PID namespace to join (an ephemeral container's target's), else a new one.
+    pub pid_ns: Option<std::path::PathBuf>,
 }
 
 pub fn build(i: &Inputs) -> Result<Vec<u8>> {
@@ -295,7 +297,7 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
     };
     let host_network = pod_spec.host_network.unwrap_or(false);
     let mut namespaces = vec![
-        ns("pid", None),
+        ns("pid", i.pid_ns.as_deref()),
         ns("mount", None),
         ns("ipc", Some(&i.sandbox.path("ipc"))),
     ];
@@ -341,6 +343,19 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
     let mut spec = spec;
     if host_network {
         spec.as_object_mut().expect("object").remove("hostname");
+    }
+    // The pod's sysctls (the API server admits only namespaced ones), set by runc in the
+    // container's namespaces, which are the pod's.
+    let sysctls: serde_json::Map<String, Value> = pod_spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.sysctls.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| (s.name, Value::String(s.value)))
+        .collect();
+    if !sysctls.is_empty() {
+        spec["linux"]["sysctl"] = Value::Object(sysctls);
     }
     let typed: oci_spec::runtime::Spec = serde_json::from_value(spec.clone())
         .context("the runtime spec kite built does not parse as OCI (a kite bug)")?;
