@@ -1115,6 +1115,24 @@ fn validate_update(ri: &ResourceInfo, obj: &Value, old: &Value, errs: &mut Vec<F
     }
 }
 
+/// `v` without null, empty-object and empty-array members, recursively.
+fn without_empty(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), without_empty(v)))
+                .filter(|(_, v)| {
+                    !(v.is_null()
+                        || v.as_object().is_some_and(|o| o.is_empty())
+                        || v.as_array().is_some_and(|a| a.is_empty()))
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(without_empty).collect()),
+        other => other.clone(),
+    }
+}
+
 /// Upstream's `ValidatePodEphemeralContainersUpdate`: `list` is the wanted
 /// `spec.ephemeralContainers` of `old`. Existing ones may be neither removed nor changed;
 /// new ones need a unique name and an image, may not have ports, probes, lifecycle hooks
@@ -1134,10 +1152,13 @@ pub fn validate_ephemeral_update(list: &Value, old: &Value) -> Vec<FieldError> {
                 path,
                 &format!("existing ephemeral containers \"{name}\" may not be removed"),
             )),
-            Some(i) if new[i] != *w => errs.push(FieldError::forbidden(
-                format!("{path}[{i}]"),
-                &format!("existing ephemeral containers \"{name}\" may not be changed"),
-            )),
+            // Compared as values: a client's typed round trip adds or drops empty fields.
+            Some(i) if without_empty(&new[i]) != without_empty(w) => {
+                errs.push(FieldError::forbidden(
+                    format!("{path}[{i}]"),
+                    &format!("existing ephemeral containers \"{name}\" may not be changed"),
+                ))
+            }
             _ => {}
         }
     }

@@ -52,6 +52,8 @@ struct PodState {
     waiting: HashMap<String, Waiting>,
     /// The pod's address, once its sandbox has one (for httpGet hooks).
     ip: Option<IpAddr>,
+    /// Its activeDeadlineSeconds ran out: its containers were stopped and it failed.
+    deadline_exceeded: bool,
 }
 
 pub struct Kubelet {
@@ -862,8 +864,57 @@ impl Kubelet {
                 return Ok(Action::Requeue(Duration::from_secs(4)));
             }
         }
+        // activeDeadlineSeconds, from the pod's start, as upstream's activeDeadlineHandler:
+        // past it, the containers stop and the pod fails with DeadlineExceeded.
+        let mut deadline_in = None;
+        if let (Some(secs), Some(start)) = (
+            pod.spec.as_ref().and_then(|s| s.active_deadline_seconds),
+            pod.status.as_ref().and_then(|s| s.start_time.as_ref()),
+        ) {
+            let end = start.0 + jiff::SignedDuration::from_secs(secs.max(0));
+            let left = end.duration_since(now());
+            if left.is_positive() {
+                deadline_in =
+                    Some(Duration::from_secs_f64(left.as_secs_f64()) + Duration::from_millis(100));
+            } else {
+                let first = {
+                    let mut st = self.state.lock().unwrap();
+                    let s = st.entry(key.clone()).or_default();
+                    !std::mem::replace(&mut s.deadline_exceeded, true)
+                };
+                if first {
+                    self.recorder.event(
+                        &*pod,
+                        WARNING,
+                        "DeadlineExceeded",
+                        "Pod was active on the node longer than the specified deadline".to_string(),
+                    );
+                }
+                let have = containers::list(&self.cd, &uid).await?;
+                let grace = Duration::from_secs(
+                    pod.spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                        .unwrap_or(30)
+                        .max(0) as u64,
+                );
+                for c in have
+                    .iter()
+                    .filter(|c| matches!(c.state, State::Running { .. }))
+                {
+                    containers::stop(&self.cd, &c.id, c.stop_signal, grace).await?;
+                }
+                let have = containers::list(&self.cd, &uid).await?;
+                self.report(&pod, &key, &have, ip).await?;
+                return Ok(Action::AwaitChange);
+            }
+        }
         let running = containers::list(&self.cd, &uid).await?;
         let requeue = self.drive(&pod, &key, &running).await?;
+        let requeue = match (requeue, deadline_in) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let running = containers::list(&self.cd, &uid).await?;
         for c in &running {
             if matches!(c.state, State::Running { .. }) {
@@ -2485,6 +2536,13 @@ impl Kubelet {
         } else {
             "Pending"
         };
+        let deadline_exceeded = self
+            .state
+            .lock()
+            .unwrap()
+            .get(key)
+            .is_some_and(|s| s.deadline_exceeded);
+        let phase = if deadline_exceeded { "Failed" } else { phase };
         let t = now();
         let old_conds = old.conditions.clone().unwrap_or_default();
         let cond = |typ: &str, ok: bool, reason: Option<&str>| {
@@ -2575,6 +2633,11 @@ impl Kubelet {
             "containerStatuses": statuses,
             "qosClass": crate::cgroups::qos_class(pod),
         });
+        if deadline_exceeded {
+            status["reason"] = json!("DeadlineExceeded");
+            status["message"] =
+                json!("Pod was active on the node longer than the specified deadline");
+        }
         // Which spec this status answers (PodObservedGenerationTracking).
         if let Some(g) = pod.metadata.generation {
             status["observedGeneration"] = json!(g);

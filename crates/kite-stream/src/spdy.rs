@@ -28,8 +28,8 @@ pub const REFUSED_STREAM: u32 = 3;
 pub const CANCEL: u32 = 5;
 /// The largest frame accepted: the protocol allows 2^24-1 bytes; clients send 32 KiB.
 const MAX_FRAME: usize = (1 << 24) - 1;
-/// How much data one DATA frame carries when kite writes.
-const WRITE_CHUNK: usize = 32 * 1024;
+/// How much data one DATA frame carries when kite writes (spdystream reads any size).
+const WRITE_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpdyError {

@@ -326,7 +326,13 @@ async fn floor(pods: &Api<Pod>, data: &Path, kite_pid: u32, batches: &[usize]) {
         );
         let t0 = Instant::now();
         let mut lat: Vec<Duration> = futures::stream::iter(specs.iter().map(|(id, spec)| {
-            let (cd, image, log) = (cd.clone(), &image, logs.join(format!("{id}.log")));
+            // The shim writes the output to a file itself (`file://`): the floor has no
+            // log copier, as kite's FIFOs would need.
+            let log = PathBuf::from(format!(
+                "file://{}",
+                logs.join(format!("{id}.log")).display()
+            ));
+            let (cd, image) = (cd.clone(), &image);
             async move {
                 containers::create_and_start(
                     &cd,

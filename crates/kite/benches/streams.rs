@@ -117,6 +117,9 @@ async fn main() {
     let server = nodes::Server::start(&[
         "--pod-logs-dir",
         logs.path().to_str().unwrap(),
+        // One file holds the whole 100 MB, so `kubectl logs` reads all of it.
+        "--container-log-max-size",
+        "200Mi",
         "--kubelet-port",
         &kubelet_port,
     ])

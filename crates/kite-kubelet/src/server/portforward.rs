@@ -109,7 +109,7 @@ fn tunnel(socket: axum::extract::ws::WebSocket) -> tokio::io::DuplexStream {
         let _ = wr.shutdown().await;
     });
     tokio::spawn(async move {
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut buf = vec![0u8; 128 * 1024];
         loop {
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
@@ -250,7 +250,7 @@ where
     F: Fn(Bytes) -> Fut,
     Fut: std::future::Future<Output = std::io::Result<()>>,
 {
-    let mut buf = vec![0u8; 32 * 1024];
+    let mut buf = vec![0u8; 128 * 1024];
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => return,
