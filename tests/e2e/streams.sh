@@ -177,6 +177,20 @@ check "the API refuses to remove an ephemeral container (upstream's message)" \
   fails_with 'existing ephemeral containers "dbg" may not be removed' \
   kc replace --raw /api/v1/namespaces/default/pods/box/ephemeralcontainers -f <(kc get pod box -o json | python3 -c 'import json,sys; p=json.load(sys.stdin); p["spec"]["ephemeralContainers"]=[]; print(json.dumps(p))')
 
+# --- activeDeadlineSeconds ------------------------------------------------------------
+cat <<'YAML' | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: deadline}
+spec:
+  activeDeadlineSeconds: 3
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: kite.test/shell:1, command: [sh, -c, 'trap "exit 0" TERM; sleep 3600 & wait']}]
+YAML
+deadline_failed() { [ "$(kc get pod deadline -o jsonpath='{.status.phase}/{.status.reason}')" = Failed/DeadlineExceeded ]; }
+check "a pod past its activeDeadlineSeconds fails with DeadlineExceeded" wait_for 40 "the deadline" deadline_failed
+check "with upstream's message" equals "$(kc get pod deadline -o jsonpath='{.status.message}')" "Pod was active on the node longer than the specified deadline"
+
 # --- node stats through nodes/proxy --------------------------------------------------
 cat <<'YAML' | kc apply -f - >/dev/null
 apiVersion: v1
