@@ -1115,7 +1115,8 @@ fn validate_update(ri: &ResourceInfo, obj: &Value, old: &Value, errs: &mut Vec<F
     }
 }
 
-/// `v` without null, empty-object and empty-array members, recursively.
+/// `v` without members that hold a zero value (null, `{}`, `[]`, `false`, `0`, `""`),
+/// recursively: what Go's types make of an absent field and back.
 fn without_empty(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
@@ -1124,7 +1125,10 @@ fn without_empty(v: &Value) -> Value {
                 .filter(|(_, v)| {
                     !(v.is_null()
                         || v.as_object().is_some_and(|o| o.is_empty())
-                        || v.as_array().is_some_and(|a| a.is_empty()))
+                        || v.as_array().is_some_and(|a| a.is_empty())
+                        || *v == Value::Bool(false)
+                        || v.as_i64() == Some(0)
+                        || v.as_str() == Some(""))
                 })
                 .collect(),
         ),
@@ -1609,5 +1613,57 @@ mod tests {
             r.lookup("apps", "v1", "deployments").unwrap()
         ));
         assert!(!tracks_generation(r.lookup("", "v1", "services").unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod ephemeral_tests {
+    use super::*;
+
+    #[test]
+    fn ephemeral_updates_are_validated_as_upstream() {
+        let old = json!({"spec": {
+            "containers": [{"name": "app", "image": "busybox"}],
+            "ephemeralContainers": [{"name": "dbg", "image": "busybox", "resources": {}, "tty": false}]
+        }});
+        // The same container back through a typed round trip, plus a new one: fine.
+        let ok = json!([
+            {"name": "dbg", "image": "busybox", "stdin": false},
+            {"name": "dbg2", "image": "busybox", "targetContainerName": "app"}
+        ]);
+        assert!(validate_ephemeral_update(&ok, &old).is_empty());
+        // Removed, changed, duplicated, forbidden fields, unknown target.
+        let msgs = |l: Value| {
+            validate_ephemeral_update(&l, &old)
+                .into_iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            msgs(json!([])),
+            ["spec.ephemeralContainers: Forbidden: existing ephemeral containers \"dbg\" may not be removed"]
+        );
+        assert_eq!(
+            msgs(json!([{"name": "dbg", "image": "other"}])),
+            ["spec.ephemeralContainers[0]: Forbidden: existing ephemeral containers \"dbg\" may not be changed"]
+        );
+        let bad = msgs(json!([
+            {"name": "dbg", "image": "busybox"},
+            {"name": "app", "image": "x", "ports": [{"containerPort": 80}], "targetContainerName": "nope"}
+        ]));
+        assert!(
+            bad.iter().any(|m| m.contains("name: Duplicate value")),
+            "{bad:?}"
+        );
+        assert!(
+            bad.iter()
+                .any(|m| m.contains("ports: Forbidden: cannot be set for an Ephemeral Container")),
+            "{bad:?}"
+        );
+        assert!(
+            bad.iter()
+                .any(|m| m.contains("targetContainerName: Not found")),
+            "{bad:?}"
+        );
     }
 }
