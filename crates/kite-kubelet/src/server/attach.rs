@@ -6,7 +6,7 @@
 //! the container's stdin ends with the first session.
 
 use super::remote::{self, Options, Remote};
-use super::upgrade::{self, Upgrade};
+use super::upgrade;
 use crate::exec::Control;
 use crate::pods::Kubelet;
 use axum::extract::{Path, Request, State};
@@ -39,32 +39,7 @@ pub(super) async fn attach(
             tracing::debug_span!("attach", namespace = %ns, pod = %pod, container = %container);
         tracing::Instrument::instrument(run(k, r, id, stdin_once), span).await
     };
-    match upgrade::classify(req, remote::SPDY_PROTOCOLS).await {
-        Err(resp) => resp,
-        Ok(Upgrade::Spdy { protocol, on }) => {
-            let p = protocol.clone();
-            tokio::spawn(async move {
-                let Ok(io) = on.await else { return };
-                if let Some(r) = remote::spdy(io, &p, opts).await {
-                    session(r).await
-                }
-            });
-            upgrade::switching_to_spdy(&protocol)
-        }
-        Ok(Upgrade::WebSocket { ws, proto }) => {
-            ws.protocols([proto.name()])
-                .on_upgrade(move |socket| async move {
-                    let r = remote::websocket(socket, proto, opts);
-                    remote::ready(&r).await;
-                    session(r).await
-                })
-        }
-        Ok(Upgrade::Tunnel { .. }) => (
-            StatusCode::BAD_REQUEST,
-            "SPDY tunnelling is for port forwarding",
-        )
-            .into_response(),
-    }
+    remote::accept(req, opts, session).await
 }
 
 async fn run(k: Arc<Kubelet>, mut remote: Remote, id: String, stdin_once: bool) {

@@ -3,7 +3,7 @@
 //! session, then reports how it ended on the error channel, as upstream's kubelet does.
 
 use super::remote::{self, Options, Remote, Writer};
-use super::upgrade::{self, Upgrade};
+use super::upgrade;
 use crate::exec::{self as runtime, Spec};
 use crate::pods::Kubelet;
 use axum::extract::{Path, Request, State};
@@ -40,32 +40,7 @@ pub(super) async fn exec(
             tracing::debug_span!("exec", namespace = %ns, pod = %pod, container = %container);
         let _ = tracing::Instrument::instrument(run(k, remote, id, cmd, opts), span).await;
     };
-    match upgrade::classify(req, remote::SPDY_PROTOCOLS).await {
-        Err(resp) => resp,
-        Ok(Upgrade::Spdy { protocol, on }) => {
-            let p = protocol.clone();
-            tokio::spawn(async move {
-                let Ok(io) = on.await else { return };
-                if let Some(r) = remote::spdy(io, &p, opts).await {
-                    session(r).await
-                }
-            });
-            upgrade::switching_to_spdy(&protocol)
-        }
-        Ok(Upgrade::WebSocket { ws, proto }) => {
-            ws.protocols([proto.name()])
-                .on_upgrade(move |socket| async move {
-                    let r = remote::websocket(socket, proto, opts);
-                    remote::ready(&r).await;
-                    session(r).await
-                })
-        }
-        Ok(Upgrade::Tunnel { .. }) => (
-            StatusCode::BAD_REQUEST,
-            "SPDY tunnelling is for port forwarding",
-        )
-            .into_response(),
-    }
+    remote::accept(req, opts, session).await
 }
 
 /// Copies a FIFO to the client until the process closes its end.

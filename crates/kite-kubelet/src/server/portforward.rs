@@ -331,27 +331,10 @@ async fn serve_channels(
     target: Target,
 ) {
     use axum::extract::ws::Message as Ws;
-    use futures::{SinkExt, StreamExt};
+    use futures::StreamExt;
     use kite_stream::channel::{self, Incoming};
-    let (mut sink, mut source) = socket.split();
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<channel::Message>(64);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = out_rx.recv().await {
-            let m = match m {
-                channel::Message::Binary(b) => Ws::Binary(b.into()),
-                channel::Message::Text(t) => Ws::Text(t.into()),
-            };
-            if sink.send(m).await.is_err() {
-                return;
-            }
-        }
-        let _ = sink
-            .send(Ws::Close(Some(axum::extract::ws::CloseFrame {
-                code: 1000,
-                reason: "".into(),
-            })))
-            .await;
-    });
+    let (sink, mut source) = socket.split();
+    let (out_tx, writer) = super::remote::ws_writer(sink);
     let send = |ch: u8, data: &[u8]| {
         let out = out_tx.clone();
         let m = channel::encode(proto, ch, data);

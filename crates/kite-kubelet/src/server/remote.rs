@@ -180,13 +180,15 @@ pub async fn spdy(io: hyper::upgrade::Upgraded, protocol: &str, opts: Options) -
     })
 }
 
-/// Runs the channel protocol on an upgraded WebSocket.
-pub fn websocket(ws: axum::extract::ws::WebSocket, proto: Protocol, opts: Options) -> Remote {
+/// A task that sends channel messages on a WebSocket, in order, and closes it normally
+/// (1000) once every sender is gone; the task ends early if the client does.
+pub fn ws_writer(
+    mut sink: futures::stream::SplitSink<axum::extract::ws::WebSocket, axum::extract::ws::Message>,
+) -> (mpsc::Sender<channel::Message>, tokio::task::JoinHandle<()>) {
     use axum::extract::ws::Message as Ws;
-    use futures::{SinkExt, StreamExt};
-    let (mut sink, mut source) = ws.split();
+    use futures::SinkExt;
     let (out_tx, mut out_rx) = mpsc::channel::<channel::Message>(64);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some(m) = out_rx.recv().await {
             let m = match m {
                 channel::Message::Binary(b) => Ws::Binary(b.into()),
@@ -204,6 +206,56 @@ pub fn websocket(ws: axum::extract::ws::WebSocket, proto: Protocol, opts: Option
             .await;
         let _ = sink.close().await;
     });
+    (out_tx, task)
+}
+
+/// Answers an exec or attach upgrade request: switches to the protocol it asks for and
+/// runs `session` on the established [`Remote`].
+pub async fn accept<F, Fut>(
+    req: axum::extract::Request,
+    opts: Options,
+    session: F,
+) -> axum::response::Response
+where
+    F: FnOnce(Remote) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use super::upgrade::{self, Upgrade};
+    use axum::response::IntoResponse;
+    match upgrade::classify(req, SPDY_PROTOCOLS).await {
+        Err(resp) => resp,
+        Ok(Upgrade::Spdy { protocol, on }) => {
+            let p = protocol.clone();
+            tokio::spawn(async move {
+                let Ok(io) = on.await else { return };
+                if let Some(r) = spdy(io, &p, opts).await {
+                    session(r).await
+                }
+            });
+            upgrade::switching_to_spdy(&protocol)
+        }
+        Ok(Upgrade::WebSocket { ws, proto }) => {
+            ws.protocols([proto.name()])
+                .on_upgrade(move |socket| async move {
+                    let r = websocket(socket, proto, opts);
+                    ready(&r).await;
+                    session(r).await
+                })
+        }
+        Ok(Upgrade::Tunnel { .. }) => (
+            axum::http::StatusCode::BAD_REQUEST,
+            "SPDY tunnelling is for port forwarding",
+        )
+            .into_response(),
+    }
+}
+
+/// Runs the channel protocol on an upgraded WebSocket.
+pub fn websocket(ws: axum::extract::ws::WebSocket, proto: Protocol, opts: Options) -> Remote {
+    use axum::extract::ws::Message as Ws;
+    use futures::StreamExt;
+    let (sink, mut source) = ws.split();
+    let (out_tx, _) = ws_writer(sink);
     let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(64);
     let (resize_tx, resize_rx) = mpsc::channel::<Bytes>(8);
     let (gone_tx, gone) = watch::channel(false);
