@@ -175,6 +175,22 @@ summary() {
   [ "$FAIL" -eq 0 ]
 }
 
+# node_tier NAME: what every node tier (kubelet, streams, volumes) starts with: root, no
+# other kite node on the host (it would own kite0), a node of its own (WITH_AGENT, DATA),
+# and the offline test images in DATA's images dir.
+node_tier() {
+  echo "# kubectl: $KUBECTL"
+  [ "$(id -u)" = 0 ] || { echo "the $1 tier needs root"; exit 1; }
+  if ip link show kite0 >/dev/null 2>&1; then
+    echo "a kite node already runs on this host (kite0 exists): stop it (kite-killall.sh) first"
+    exit 1
+  fi
+  WITH_AGENT=1
+  DATA="$WORK/data"
+  mkdir -p "$DATA/agent/images"
+  python3 "$(dirname "${BASH_SOURCE[0]}")/images/build.py" "$DATA/agent/images" >/dev/null
+}
+
 # Node tiers (kubelet.sh, cni.sh): the node, a pod, and the two-replica "hello" Deployment
 # of the HTTP test image.
 node_ready() { [ "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }

@@ -6,17 +6,9 @@
 # Not run in parallel with itself (the bridge is per host): run.sh runs it once per
 # kubectl, one after the other.
 source "$(dirname "$0")/../lib.sh"
-echo "# kubectl: $KUBECTL"
-[ "$(id -u)" = 0 ] || { echo "the kubelet tier needs root"; exit 1; }
-if ip link show kite0 >/dev/null 2>&1; then
-  echo "a kite node already runs on this host (kite0 exists): stop it (kite-killall.sh) first"
-  exit 1
-fi
-WITH_AGENT=1
-DATA="$WORK/data"
-mkdir -p "$DATA/agent/images" "$WORK/img"
 # hello in OCI layout, dropped in the images dir; shell as a `docker save` archive, too.
-python3 "$(dirname "$0")/../images/build.py" "$DATA/agent/images" >/dev/null
+node_tier kubelet
+mkdir -p "$WORK/img"
 python3 "$(dirname "$0")/../images/build.py" "$WORK/img" --docker >/dev/null
 rm "$DATA/agent/images/shell.tar"
 cp "$WORK/img/shell.tar" "$DATA/agent/images/shell-docker.tar"

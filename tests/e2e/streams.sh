@@ -5,16 +5,7 @@
 # their errors, and sessions across a kite restart. A node tier: it owns the kite0
 # bridge while it runs, so run.sh runs it after the kubelet tier, never beside it.
 source "$(dirname "$0")/../lib.sh"
-echo "# kubectl: $KUBECTL"
-[ "$(id -u)" = 0 ] || { echo "the streams tier needs root"; exit 1; }
-if ip link show kite0 >/dev/null 2>&1; then
-  echo "a kite node already runs on this host (kite0 exists): stop it (kite-killall.sh) first"
-  exit 1
-fi
-WITH_AGENT=1
-DATA="$WORK/data"
-mkdir -p "$DATA/agent/images"
-python3 "$(dirname "$0")/../images/build.py" "$DATA/agent/images" >/dev/null
+node_tier streams
 # Background kubectls (port-forwards, sessions) and the tmux session go with the tier.
 BG=()
 TMUX_SESSION="kite-e2e-$$"

@@ -6,16 +6,8 @@
 # mounts across a kite restart and pod deletion. A node tier: it owns the kite0 bridge
 # while it runs, so run.sh runs it after the kubelet tier, never beside it.
 source "$(dirname "$0")/../lib.sh"
-echo "# kubectl: $KUBECTL"
-[ "$(id -u)" = 0 ] || { echo "the volumes tier needs root"; exit 1; }
-if ip link show kite0 >/dev/null 2>&1; then
-  echo "a kite node already runs on this host (kite0 exists): stop it (kite-killall.sh) first"
-  exit 1
-fi
-WITH_AGENT=1
-DATA="$WORK/data"
-mkdir -p "$DATA/agent/images" "$WORK/host/existing"
-python3 "$(dirname "$0")/../images/build.py" "$DATA/agent/images" >/dev/null
+node_tier volumes
+mkdir -p "$WORK/host/existing"
 start_server || { cat "$WORK/server.log"; exit 1; }
 wait_for 20 "the node to be Ready" node_ready
 wait_for 20 "the default ServiceAccount" kc get serviceaccount default

@@ -76,6 +76,15 @@ fn select(
     Ok(())
 }
 
+/// A missing source: an empty volume when optional, upstream's error otherwise.
+fn absent(kind: &str, name: &str, optional: bool) -> Result<(), Error> {
+    if optional {
+        Ok(())
+    } else {
+        Err(format!("{kind} \"{name}\" not found"))
+    }
+}
+
 fn kube_err(e: kube::Error) -> Error {
     format!("{e}")
 }
@@ -91,11 +100,7 @@ pub async fn config_map(
 ) -> Result<(), Error> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.ns());
     let Some(cm) = api.get_opt(name).await.map_err(kube_err)? else {
-        return if optional {
-            Ok(())
-        } else {
-            Err(format!("configmap \"{name}\" not found"))
-        };
+        return absent("configmap", name, optional);
     };
     let mut data: BTreeMap<String, Vec<u8>> = cm
         .data
@@ -127,11 +132,7 @@ pub async fn secret(
 ) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.ns());
     let Some(s) = api.get_opt(name).await.map_err(kube_err)? else {
-        return if optional {
-            Ok(())
-        } else {
-            Err(format!("secret \"{name}\" not found"))
-        };
+        return absent("secret", name, optional);
     };
     let mut data: BTreeMap<String, Vec<u8>> = s
         .data
