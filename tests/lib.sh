@@ -175,7 +175,7 @@ summary() {
   [ "$FAIL" -eq 0 ]
 }
 
-# node_tier NAME: what every node tier (kubelet, streams, volumes) starts with: root, no
+# node_tier NAME: what every node tier (kubelet, streams, volumes, resize) starts with: root, no
 # other kite node on the host (it would own kite0), a node of its own (WITH_AGENT, DATA),
 # and the offline test images in DATA's images dir.
 node_tier() {

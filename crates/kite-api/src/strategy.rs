@@ -148,7 +148,7 @@ fn default_requests_from_limits(spec: &mut Value) {
 }
 
 /// The pod's QoS class from its (defaulted) spec.
-fn pod_qos(spec: &Value) -> &'static str {
+pub(crate) fn pod_qos(spec: &Value) -> &'static str {
     let all = ["containers", "initContainers"]
         .iter()
         .flat_map(|k| spec[*k].as_array().into_iter().flatten())
@@ -1117,7 +1117,7 @@ fn validate_update(ri: &ResourceInfo, obj: &Value, old: &Value, errs: &mut Vec<F
 
 /// `v` without members that hold a zero value (null, `{}`, `[]`, `false`, `0`, `""`),
 /// recursively: what Go's types make of an absent field and back.
-fn without_empty(v: &Value) -> Value {
+pub(crate) fn without_empty(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
             m.iter()

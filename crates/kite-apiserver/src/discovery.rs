@@ -54,6 +54,11 @@ fn subresources(ri: &ResourceInfo) -> Vec<Sub> {
             verbs: RW,
             kind: ("", "v1", "Pod"),
         });
+        out.push(Sub {
+            name: "resize",
+            verbs: RW,
+            kind: ("", "v1", "Pod"),
+        });
     }
     for c in crate::connect::of(ri) {
         out.push(Sub {

@@ -622,9 +622,7 @@ async fn serve_resource(
                 .then(|| IncludeObject::parse(q.get("includeObject").map(String::as_str)));
             watch::serve(st.clone(), ri, ns, opts, &q, table).await
         }
-        ("get", Some(n), None | Some("status")) | ("get", Some(n), Some("ephemeralcontainers"))
-            if t.sub.as_deref() != Some("ephemeralcontainers") || ri.is("", "Pod") =>
-        {
+        ("get", Some(n), sub) if part_of(ri, sub).is_some() => {
             let (o, _) = objs.get(ri, ns, n).await?;
             if wants_table(req.headers()) {
                 let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));
@@ -653,10 +651,8 @@ async fn serve_resource(
             let out = reviews::bind(st, ns, n, obj).await?;
             Ok(json_response(StatusCode::CREATED, &out, &[]))
         }
-        ("update", Some(n), sub @ (None | Some("status") | Some("ephemeralcontainers")))
-            if sub != Some("ephemeralcontainers") || ri.is("", "Pod") =>
-        {
-            let part = part_of(sub);
+        ("update", Some(n), sub) if part_of(ri, sub).is_some() => {
+            let part = part_of(ri, sub).unwrap_or(Part::Main);
             let opts = write_opts(&q)?;
             let (h, body) = read_body(req).await?;
             let obj = decode_body(&h, &body)?;
@@ -711,10 +707,8 @@ async fn serve_resource(
                 &w.warnings,
             ))
         }
-        ("patch", Some(n), sub @ (None | Some("status") | Some("ephemeralcontainers")))
-            if sub != Some("ephemeralcontainers") || ri.is("", "Pod") =>
-        {
-            let part = part_of(sub);
+        ("patch", Some(n), sub) if part_of(ri, sub).is_some() => {
+            let part = part_of(ri, sub).unwrap_or(Part::Main);
             let opts = write_opts(&q)?;
             let (h, body) = read_body(req).await?;
             let ct = content_type(&h);
@@ -763,12 +757,15 @@ async fn serve_resource(
     }
 }
 
-/// Which part of the object a write to the main resource or `/status` addresses.
-fn part_of(sub: Option<&str>) -> Part {
+/// Which part of the object a read or write of the resource or of the subresource `sub`
+/// addresses; None for a subresource that is not an object's part (or not this kind's).
+fn part_of(ri: &ResourceInfo, sub: Option<&str>) -> Option<Part> {
     match sub {
-        Some("status") => Part::Status,
-        Some("ephemeralcontainers") => Part::EphemeralContainers,
-        _ => Part::Main,
+        None => Some(Part::Main),
+        Some("status") => Some(Part::Status),
+        Some("ephemeralcontainers") if ri.is("", "Pod") => Some(Part::EphemeralContainers),
+        Some("resize") if ri.is("", "Pod") => Some(Part::Resize),
+        _ => None,
     }
 }
 

@@ -54,6 +54,8 @@ pub enum Part {
     Status,
     /// A pod's `ephemeralcontainers`: only `spec.ephemeralContainers` changes.
     EphemeralContainers,
+    /// A pod's `resize`: only its containers' CPU and memory (`kite_api::resize`).
+    Resize,
 }
 
 /// A written object and the warnings to send with it.
@@ -1310,7 +1312,17 @@ impl Objects {
         part: Part,
         opts: &WriteOpts,
     ) -> ApiResult<Written> {
-        if part == Part::EphemeralContainers {
+        if part == Part::Resize {
+            // Upstream's podResizeStrategy: the stored pod with the new resources, checked
+            // as a resize, then as a pod (not as an ordinary update, which refuses them).
+            let mut next = kite_api::resize::merge(&obj, &old);
+            strategy::default(ri, &mut next);
+            let errs = kite_api::resize::validate(&next, &old);
+            if !errs.is_empty() {
+                return Err(ApiError::invalid(ri, name, &errs));
+            }
+            obj = next;
+        } else if part == Part::EphemeralContainers {
             // Upstream's podEphemeralContainersStrategy: the stored pod with the new list.
             let list = obj["spec"]["ephemeralContainers"].clone();
             let errs = strategy::validate_ephemeral_update(&list, &old);
@@ -1408,7 +1420,10 @@ impl Objects {
             m.remove("managedFields");
             m.remove("selfLink");
         }
-        let (warnings, _) = self.admit(ri, &mut obj, Some(&old), opts.field_validation, false)?;
+        // A resize was checked against the stored pod above; here it is checked as a pod.
+        let checked_against = (part != Part::Resize).then_some(&old);
+        let (warnings, _) =
+            self.admit(ri, &mut obj, checked_against, opts.field_validation, false)?;
         if meta(&old)["deletionTimestamp"].is_string() {
             // Finalizers may only be removed from an object being deleted.
             let newf = finalizers(&obj);

@@ -313,6 +313,33 @@ pub fn ensure_pod(pod: &Pod) -> Result<()> {
     apply(&pod_cgroup(pod), &pod_limits(pod))
 }
 
+/// Gives the pod's cgroup `l` (an in-place resize: see `resize`).
+pub fn apply_pod(pod: &Pod, l: &Limits) -> Result<()> {
+    apply(&pod_cgroup(pod), l)
+}
+
+impl Limits {
+    /// The larger of each setting (no quota or limit being the largest): what a pod's
+    /// cgroup holds while its containers move from `self` to `other`.
+    pub fn widest(&self, other: &Limits) -> Limits {
+        let max = |a: Option<i64>, b: Option<i64>| Some(a?.max(b?));
+        Limits {
+            shares: self.shares.max(other.shares),
+            quota_us: max(self.quota_us, other.quota_us),
+            memory: max(self.memory, other.memory),
+        }
+    }
+}
+
+/// The pod's CPU (millicores) and memory (bytes) requests, as upstream's PodRequests
+/// counts them (a missing request is its limit): what it takes of its node.
+pub fn pod_requests(pod: &Pod) -> (i128, i128) {
+    (
+        pod_total(pod, false, "cpu", true).0,
+        pod_total(pod, false, "memory", false).0,
+    )
+}
+
 /// Removes the (empty) cgroup directories of a pod in every hierarchy, whatever its QoS
 /// class was: runc removes the containers' own, not their parent.
 pub fn remove_pod(uid: &str) {

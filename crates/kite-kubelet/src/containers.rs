@@ -41,6 +41,9 @@ pub struct Info {
     pub image_id: String,
     /// Its [`L_USER`] label (empty for a container made before kite kept it).
     pub user: String,
+    /// What it was made or last resized with (see `resize`); None for a container made
+    /// before kite kept it.
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
     pub state: State,
 }
 
@@ -141,6 +144,7 @@ async fn info(cd: &Containerd, c: Container) -> Result<Info> {
             .unwrap_or(15),
         image_id: c.labels.get(L_IMAGE_ID).cloned().unwrap_or_default(),
         user: c.labels.get(L_USER).cloned().unwrap_or_default(),
+        resources: crate::resize::applied(&c.labels),
         image: c.image,
         id: c.id,
         state,
@@ -275,6 +279,13 @@ pub async fn exec_status(
     cmd: &[String],
     timeout: Duration,
 ) -> Result<Exec> {
+    let process = process_spec(cd, id).await?;
+    exec_status_as(cd, io_dir, id, &process, cmd, timeout).await
+}
+
+/// The process part of a container's runtime spec: what an exec in it starts from. It
+/// does not change while the container exists, so a prober reads it once.
+pub async fn process_spec(cd: &Containerd, id: &str) -> Result<serde_json::Value> {
     let c = cd
         .containers()
         .get(cd.req(GetContainerRequest { id: id.to_string() }))
@@ -283,9 +294,21 @@ pub async fn exec_status(
         .into_inner()
         .container
         .context("no container")?;
-    let spec: serde_json::Value = serde_json::from_slice(&c.spec.context("no spec")?.value)
+    let mut spec: serde_json::Value = serde_json::from_slice(&c.spec.context("no spec")?.value)
         .context("reading the container's runtime spec")?;
-    let mut process = spec["process"].clone();
+    Ok(spec["process"].take())
+}
+
+/// [`exec_status`] with the container's [`process_spec`] already read.
+pub async fn exec_status_as(
+    cd: &Containerd,
+    io_dir: &Path,
+    id: &str,
+    process: &serde_json::Value,
+    cmd: &[String],
+    timeout: Duration,
+) -> Result<Exec> {
+    let mut process = process.clone();
     process["args"] = serde_json::json!(cmd);
     process["terminal"] = serde_json::json!(false);
     let exec_id = format!("kite-{}", uuid::Uuid::new_v4().simple());

@@ -14,6 +14,7 @@ mod pods;
 pub mod probes;
 pub mod pull;
 pub mod registries;
+pub mod resize;
 pub mod sandbox;
 pub mod server;
 pub mod spec;

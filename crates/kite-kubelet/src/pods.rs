@@ -54,6 +54,8 @@ struct PodState {
     ip: Option<IpAddr>,
     /// Its activeDeadlineSeconds ran out: its containers were stopped and it failed.
     deadline_exceeded: bool,
+    /// Why an in-place resize waits or failed: the condition's type, reason and message.
+    resize: Option<(&'static str, &'static str, String)>,
 }
 
 pub struct Kubelet {
@@ -90,6 +92,9 @@ pub struct Kubelet {
     pub(crate) sampler: crate::stats::Sampler,
     /// Each pod's volumes once set up, by pod uid.
     volumes: Mutex<HashMap<String, crate::volumes::Ready>>,
+    /// Containers stopped to be restarted with resized resources: started again at once,
+    /// without a crash's back-off.
+    resize_restarts: Mutex<HashSet<String>>,
 }
 
 /// How many container starts (containerd task create and start: the shim, `runc create`,
@@ -198,6 +203,7 @@ impl Kubelet {
             tokens: Default::default(),
             sampler: Default::default(),
             volumes: Mutex::default(),
+            resize_restarts: Mutex::default(),
         })
     }
 
@@ -910,7 +916,18 @@ impl Kubelet {
             }
         }
         let running = containers::list(&self.cd, &uid).await?;
+        let (resized, resize_in) = self.resize(&pod, &key, &running).await;
+        let running = if resized {
+            // A container may have been stopped for a restart.
+            containers::list(&self.cd, &uid).await?
+        } else {
+            running
+        };
         let requeue = self.drive(&pod, &key, &running).await?;
+        let requeue = match (requeue, resize_in) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let requeue = match (requeue, deadline_in) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -994,9 +1011,22 @@ impl Kubelet {
         let timing = probes::Timing::of(&p, kind);
         let mut threshold = probes::Threshold::new(timing);
         tokio::time::sleep(timing.initial_delay).await;
+        // Whether the container still runs is asked of containerd when a probe fails (and
+        // every 10 s besides, for a port another container of the pod answers): not
+        // before every probe, which would double an HTTP probe's cost.
+        const RECHECK: Duration = Duration::from_secs(10);
+        let mut checked = tokio::time::Instant::now();
+        if !containers::is_running(&self.cd, id).await {
+            return;
+        }
+        // An exec probe's process spec, read once per container instance.
+        let mut process: Option<Value> = None;
         loop {
-            if !containers::is_running(&self.cd, id).await {
-                return;
+            if checked.elapsed() >= RECHECK {
+                if !containers::is_running(&self.cd, id).await {
+                    return;
+                }
+                checked = tokio::time::Instant::now();
             }
             let waits_for_startup = kind != Kind::Startup
                 && c.startup_probe.is_some()
@@ -1012,8 +1042,24 @@ impl Kubelet {
                     Some(e) => {
                         let cmd = e.command.clone().unwrap_or_default();
                         let io = self.io_dir();
-                        let r = containers::exec_status(&self.cd, &io, id, &cmd, timing.timeout);
-                        match r.await {
+                        if process.is_none() {
+                            process = containers::process_spec(&self.cd, id).await.ok();
+                        }
+                        let r = match &process {
+                            Some(p) => {
+                                containers::exec_status_as(
+                                    &self.cd,
+                                    &io,
+                                    id,
+                                    p,
+                                    &cmd,
+                                    timing.timeout,
+                                )
+                                .await
+                            }
+                            None => Err(anyhow::anyhow!("the container is gone")),
+                        };
+                        match r {
                             // As upstream: the failure's message is the command's output.
                             Ok(x) if x.code == Some(0) => Ok(()),
                             Ok(x) if x.code.is_some() => {
@@ -1037,6 +1083,10 @@ impl Kubelet {
                     }
                     None => probes::probe_network(&p, c, ip, timing.timeout).await,
                 };
+                if outcome.is_err() && !containers::is_running(&self.cd, id).await {
+                    // It stopped: not the probe's failure to report.
+                    return;
+                }
                 if let Err(msg) = &outcome {
                     self.recorder.event(
                         pod,
@@ -1079,6 +1129,161 @@ impl Kubelet {
                 }
             }
             tokio::time::sleep(timing.period).await;
+        }
+    }
+
+    /// In-place resize (see `resize`): gives each running container the CPU and memory
+    /// its spec asks now, in place or by a restart as its `resizePolicy` says, when the
+    /// node holds the pod's new requests; else the pod's PodResizePending condition says
+    /// why. The pod's cgroup is widened before its containers move and narrowed after.
+    /// Returns whether it acted, and when to look again (a deferred or failed resize).
+    async fn resize(&self, pod: &Pod, key: &Key, have: &[Info]) -> (bool, Option<Duration>) {
+        use crate::resize::{self, Step};
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut plan = Vec::new();
+        let mut applied_pod = pod.clone();
+        let all = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten());
+        for c in all {
+            let Some(i) = have
+                .iter()
+                .filter(|i| i.name == c.name)
+                .max_by_key(|i| i.attempt)
+                .filter(|i| matches!(i.state, State::Running { .. }))
+            else {
+                continue;
+            };
+            let Some(applied) = &i.resources else {
+                continue;
+            };
+            if let Some(s) = applied_pod.spec.as_mut() {
+                let list = s
+                    .containers
+                    .iter_mut()
+                    .chain(s.init_containers.iter_mut().flatten());
+                for a in list.filter(|a| a.name == c.name) {
+                    a.resources = Some(applied.clone());
+                }
+            }
+            match resize::step(c, applied) {
+                Step::Keep => {}
+                step => plan.push((c, i, step)),
+            }
+        }
+        if plan.is_empty() {
+            self.set_resize(key, None);
+            return (false, None);
+        }
+        let node = self.node();
+        let allocatable = |name: &str, milli: bool| {
+            let q = node
+                .as_ref()?
+                .status
+                .as_ref()?
+                .allocatable
+                .as_ref()?
+                .get(name)?
+                .0
+                .clone();
+            if milli {
+                kite_runtime::quantity::parse_milli(&q)
+            } else {
+                kite_runtime::quantity::parse(&q)
+            }
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let mut used = (0, 0);
+        for p in self.pods.list() {
+            let s = p.spec.as_ref();
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            if p.metadata.uid.as_deref() == Some(uid.as_str())
+                || s.and_then(|s| s.node_name.as_deref()) != Some(self.opts.node_name.as_str())
+                || matches!(phase, Some("Succeeded" | "Failed"))
+            {
+                continue;
+            }
+            let (cpu, mem) = crate::cgroups::pod_requests(&p);
+            used = (used.0 + cpu, used.1 + mem);
+        }
+        let cap = (
+            allocatable("cpu", true).unwrap_or(i128::MAX / 4),
+            allocatable("memory", false).unwrap_or(i128::MAX / 4),
+        );
+        if let Some((reason, msg)) = resize::fits(crate::cgroups::pod_requests(pod), used, cap) {
+            let prefix = format!("Pod resize {reason}");
+            let event = resize::message(&prefix, pod, &msg);
+            if self.set_resize(key, Some(("PodResizePending", reason, msg))) {
+                let why = if reason == "Infeasible" {
+                    "ResizeInfeasible"
+                } else {
+                    "ResizeDeferred"
+                };
+                self.recorder.event(pod, WARNING, why, event);
+            }
+            return (false, Some(Duration::from_secs(15)));
+        }
+        self.recorder.event(
+            pod,
+            NORMAL,
+            "ResizeStarted",
+            resize::message("Pod resize started", pod, ""),
+        );
+        let before = crate::cgroups::pod_limits(&applied_pod);
+        let after = crate::cgroups::pod_limits(pod);
+        let grace =
+            Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
+        let outcome: Result<()> = async {
+            crate::cgroups::apply_pod(pod, &before.widest(&after))?;
+            for (c, i, step) in &plan {
+                match step {
+                    Step::Restart => {
+                        self.resize_restarts.lock().unwrap().insert(i.id.clone());
+                        containers::stop(&self.cd, &i.id, i.stop_signal, grace).await?;
+                    }
+                    _ => resize::update(&self.cd, &i.id, c)
+                        .await
+                        .with_context(|| format!("resizing container {}", c.name))?,
+                }
+            }
+            crate::cgroups::apply_pod(pod, &after)
+        }
+        .await;
+        if let Err(e) = outcome {
+            let msg = format!("{e:#}");
+            tracing::warn!(namespace = %key.0, pod = %key.1, error = %msg, "in-place resize");
+            let event = resize::message("Pod resize error", pod, &msg);
+            if self.set_resize(key, Some(("PodResizeInProgress", "Error", msg))) {
+                self.recorder.event(pod, WARNING, "ResizeError", event);
+            }
+            return (true, Some(Duration::from_secs(5)));
+        }
+        self.update_qos_cgroups();
+        self.set_resize(key, None);
+        self.recorder.event(
+            pod,
+            NORMAL,
+            "ResizeCompleted",
+            resize::message("Pod resize completed", pod, ""),
+        );
+        (true, None)
+    }
+
+    /// Records why the pod's resize waits (or that it does not); whether that changed.
+    fn set_resize(&self, key: &Key, to: Option<(&'static str, &'static str, String)>) -> bool {
+        let mut st = self.state.lock().unwrap();
+        match st.get_mut(key) {
+            Some(s) if s.resize == to => false,
+            Some(s) => {
+                s.resize = to;
+                true
+            }
+            None if to.is_none() => false,
+            None => {
+                st.entry(key.clone()).or_default().resize = to;
+                true
+            }
         }
     }
 
@@ -1384,12 +1589,13 @@ impl Kubelet {
         let spec_of_pod = pod.spec.clone().unwrap_or_default();
         let prev: Vec<&Info> = have.iter().filter(|i| i.name == c.name).collect();
         let last = prev.iter().max_by_key(|i| i.attempt).copied();
+        let resized = last.is_some_and(|l| self.resize_restarts.lock().unwrap().remove(&l.id));
         if let Some(Info {
             state: State::Exited { at, .. },
             attempt,
             created,
             ..
-        }) = last
+        }) = last.filter(|_| !resized)
         {
             // Upstream: 10 s doubling to 5 min, reset after 10 min of running.
             let ran = match (created, at) {
@@ -1574,6 +1780,7 @@ impl Kubelet {
                 crate::images::repo_digest(&image.name, &image.target),
             ),
             (containers::L_USER, identity.label()),
+            (crate::resize::L_RESOURCES, crate::resize::label(c)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -2455,6 +2662,16 @@ impl Kubelet {
                 "state": state,
                 "lastState": last_state,
             });
+            // As upstream: what a running instance was given (a resize may be pending),
+            // else what the spec asks.
+            let given = cur
+                .filter(|_| running)
+                .and_then(|i| i.resources.clone())
+                .unwrap_or_else(|| c.resources.clone().unwrap_or_default());
+            if let Some(r) = given.requests.as_ref() {
+                s["allocatedResources"] = json!(r);
+            }
+            s["resources"] = json!(given);
             if let Some(i) = cur {
                 s["containerID"] = json!(format!("containerd://{}", i.id));
                 if let Some(u) = crate::users::Identity::from_label(&i.user) {
@@ -2602,6 +2819,18 @@ impl Kubelet {
                 }),
             ),
         ];
+        let resize = self
+            .state
+            .lock()
+            .unwrap()
+            .get(key)
+            .and_then(|s| s.resize.clone());
+        if let Some((typ, reason, message)) = resize {
+            let mut c = cond(typ, true, None);
+            c["reason"] = json!(reason);
+            c["message"] = json!(message);
+            conditions.push(c);
+        }
         match old_conds.iter().find(|c| c.type_ == "PodScheduled") {
             Some(ps) => conditions.push(serde_json::to_value(ps)?),
             // A static pod was never scheduled: it is on its node by definition.
@@ -2615,6 +2844,8 @@ impl Kubelet {
             "Ready",
             "ContainersReady",
             "PodScheduled",
+            "PodResizePending",
+            "PodResizeInProgress",
         ];
         for c in old_conds
             .iter()

@@ -112,6 +112,33 @@ pub fn args(
     }
 }
 
+/// The CPU and memory parts of a container's OCI `linux.resources`, from its requests
+/// and limits as upstream's kubelet computes them: what it is made with, and what an
+/// in-place resize gives it (`resize`).
+pub fn linux_resources(res: &k8s_openapi::api::core::v1::ResourceRequirements) -> Value {
+    let get =
+        |m: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+         k: &str| { m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone()) };
+    let cpu_req = get(&res.requests, "cpu")
+        .or(get(&res.limits, "cpu"))
+        .and_then(|q| quantity_milli(&q));
+    let shares = crate::cgroups::shares(cpu_req.unwrap_or(0).into());
+    let mut resources = json!({"cpu": {"shares": shares}});
+    match get(&res.limits, "cpu").and_then(|q| quantity_milli(&q)) {
+        Some(m) => {
+            resources["cpu"]["quota"] = json!(crate::cgroups::quota(m.into()));
+            resources["cpu"]["period"] = json!(100000u64);
+        }
+        // No quota: -1 lifts one an earlier resize set (runc leaves an absent field).
+        None => resources["cpu"]["quota"] = json!(-1),
+    }
+    if let Some(b) = get(&res.limits, "memory").and_then(|q| quantity_bytes(&q)) {
+        // No swap beyond the limit, as upstream's kubelet without swap support.
+        resources["memory"] = json!({"limit": b, "swap": b});
+    }
+    resources
+}
+
 fn quantity_milli(q: &str) -> Option<i64> {
     kite_runtime::quantity::parse_milli(q).map(|v| v as i64)
 }
@@ -272,24 +299,8 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
     mounts.push(json!({"destination": term_path, "type": "bind", "source": term_file, "options": ["rbind", "rprivate", "rw"]}));
     mounts.extend(i.volume_mounts.iter().cloned());
 
-    let res = c.resources.clone().unwrap_or_default();
-    let get =
-        |m: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
-         k: &str| { m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone()) };
-    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
-    let cpu_req = get(&res.requests, "cpu")
-        .or(get(&res.limits, "cpu"))
-        .and_then(|q| quantity_milli(&q));
-    let shares = crate::cgroups::shares(cpu_req.unwrap_or(0).into());
-    resources["cpu"] = json!({"shares": shares});
-    if let Some(m) = get(&res.limits, "cpu").and_then(|q| quantity_milli(&q)) {
-        resources["cpu"]["quota"] = json!(crate::cgroups::quota(m.into()));
-        resources["cpu"]["period"] = json!(100000u64);
-    }
-    if let Some(b) = get(&res.limits, "memory").and_then(|q| quantity_bytes(&q)) {
-        // No swap beyond the limit, as upstream's kubelet without swap support.
-        resources["memory"] = json!({"limit": b, "swap": b});
-    }
+    let mut resources = linux_resources(&c.resources.clone().unwrap_or_default());
+    resources["devices"] = json!([{"allow": false, "access": "rwm"}]);
 
     let ns = |t: &str, path: Option<&Path>| match path {
         Some(p) => json!({"type": t, "path": p}),

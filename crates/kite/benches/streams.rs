@@ -125,6 +125,7 @@ async fn main() {
     ])
     .await;
     let kc = server.kc.clone();
+    let kite_pid = server.child.id();
     let pods: Api<Pod> = Api::namespaced(server.client.clone(), "default");
     let pp = PostParams::default();
     pods.create(
@@ -201,13 +202,21 @@ async fn main() {
         assert!(line.contains("Forwarding"), "port-forward said {line:?}");
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     }
+    let (k0, c0) = (common::cpu_secs(kite_pid), common::cpu_secs(pf.id()));
+    let perf = perf_record(kite_pid, "port-forward");
     let forwarded = best(&format!("127.0.0.1:{local}"));
+    drop(perf);
+    let (kite_cpu, kubectl_cpu) = (
+        common::cpu_secs(kite_pid) - k0,
+        common::cpu_secs(pf.id()) - c0,
+    );
     let _ = pf.kill();
     let _ = pf.wait();
     println!(
         "port-forward: {forwarded:.0} MB/s through one connection; the pod's IP directly (floor): {direct:.0} MB/s; ratio {:.2}",
         forwarded / direct
     );
+    println!("port-forward CPU for 3 × 100 MB: kite {kite_cpu:.2} s, kubectl {kubectl_cpu:.2} s");
 
     // logs of 100 MB, against cat of the files.
     let uid = pods.get("talk").await.unwrap().metadata.uid.unwrap();
@@ -240,7 +249,6 @@ async fn main() {
     }
 
     // Probes: 100 pods, without and then with probes.
-    let kite_pid = server.child.id();
     let n: usize = std::env::var("KITE_BENCH_PROBE_PODS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -266,7 +274,9 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let c0 = common::cpu_secs(kite_pid);
         let t = Instant::now();
+        let perf = probed.then(|| perf_record(kite_pid, "probes"));
         tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(perf);
         let pct_core = (common::cpu_secs(kite_pid) - c0) / t.elapsed().as_secs_f64() * 100.0;
         println!(
             "kite's CPU with {n} pods {}: {pct_core:.1}% of one core",
@@ -294,6 +304,33 @@ async fn main() {
         }
     }
     drop(server);
+}
+
+/// With `KITE_BENCH_PERF=DIR`, `perf record -g` of `pid` into `DIR/NAME.data` until the
+/// returned guard drops (for finding where a figure's CPU goes; off by default).
+fn perf_record(pid: u32, name: &str) -> Option<PerfGuard> {
+    let dir = std::env::var("KITE_BENCH_PERF").ok()?;
+    let child = Command::new("perf")
+        .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+        .arg(std::path::Path::new(&dir).join(format!("{name}.data")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    Some(PerfGuard(child))
+}
+
+struct PerfGuard(std::process::Child);
+
+impl Drop for PerfGuard {
+    fn drop(&mut self) {
+        // perf writes its file on SIGINT.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.0.wait();
+    }
 }
 
 /// The CRI log files of a pod under `root` (the server's `--pod-logs-dir`).

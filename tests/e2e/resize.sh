@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# End-to-end: in-place pod resize (issue 16) with the real kubectl, as root: the `resize`
+# subresource (patch and replace), the containers' cgroups changed live or by a restart as
+# their resizePolicy says, the status's resources and allocatedResources, a resize the
+# node cannot hold (PodResizePending, Infeasible), and upstream's refusals. A node tier:
+# it owns the kite0 bridge while it runs.
+source "$(dirname "$0")/../lib.sh"
+node_tier resize
+start_server || { cat "$WORK/server.log"; exit 1; }
+wait_for 20 "the node to be Ready" node_ready
+
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: rs}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: live
+    image: kite.test/shell:1
+    command: [sh, -c, 'trap "exit 0" TERM; sleep 3600 & wait']
+    resources: {requests: {cpu: 20m, memory: 35Mi}, limits: {cpu: 30m, memory: 45Mi}}
+  - name: restarts
+    image: kite.test/shell:1
+    command: [sh, -c, 'trap "exit 0" TERM; sleep 3600 & wait']
+    resizePolicy: [{resourceName: memory, restartPolicy: RestartContainer}]
+    resources: {requests: {cpu: 20m, memory: 35Mi}, limits: {cpu: 30m, memory: 45Mi}}
+YAML
+wait_for 60 "rs to run" running rs
+# A container's own cgroup, as it sees it (cgroup v2 or v1).
+cg() {
+  kc exec rs -c "$1" -- sh -c "if [ -f /sys/fs/cgroup/$2 ]; then cat /sys/fs/cgroup/$2; else cat /sys/fs/cgroup/$3; fi"
+}
+mem_limit() { cg "$1" memory.max memory/memory.limit_in_bytes; }
+cpu_quota() { cg "$1" cpu.max cpu/cpu.cfs_quota_us | cut -d' ' -f1; }
+status_of() { kc get pod rs -o jsonpath="{.status.containerStatuses[?(@.name==\"$1\")]$2}"; }
+
+check "the status shows each container's resources" equals "$(status_of live .resources.limits.memory)" "45Mi"
+check "and its allocatedResources" equals "$(status_of live .allocatedResources.cpu)" "20m"
+check "the cgroup has the memory limit" equals "$(mem_limit live)" "$((45 * 1024 * 1024))"
+check "and the CPU quota" equals "$(cpu_quota live)" "3000"
+
+# --- a resize in place, and one by restart -----------------------------------------
+kc patch pod rs --subresource resize -p '{"spec":{"containers":[
+  {"name":"live","resources":{"requests":{"cpu":"25m","memory":"40Mi"},"limits":{"cpu":"35m","memory":"50Mi"}}},
+  {"name":"restarts","resources":{"requests":{"cpu":"20m","memory":"40Mi"},"limits":{"cpu":"30m","memory":"50Mi"}}}]}}' >/dev/null
+check "the spec takes the new resources" equals "$(kc get pod rs -o jsonpath='{.spec.containers[0].resources.limits.memory}')" "50Mi"
+check "and the generation moves" equals "$(kc get pod rs -o jsonpath='{.metadata.generation}')" "2"
+resized() {
+  [ "$(kc get pod rs -o jsonpath='{.status.observedGeneration}')" = 2 ] &&
+    [ "$(status_of live .resources.limits.memory)" = 50Mi ] &&
+    [ "$(status_of restarts .resources.limits.memory)" = 50Mi ] &&
+    [ "$(kc get pod rs -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+check "the kubelet actuates it" wait_for 60 "the resize" resized
+check "the live container's memory limit changed in place" equals "$(mem_limit live)" "$((50 * 1024 * 1024))"
+check "and its CPU quota" equals "$(cpu_quota live)" "3500"
+check "without a restart" equals "$(status_of live .restartCount)" "0"
+check "the RestartContainer one was restarted" equals "$(status_of restarts .restartCount)" "1"
+check "with its new limit" equals "$(mem_limit restarts)" "$((50 * 1024 * 1024))"
+check "allocatedResources follow" equals "$(status_of live .allocatedResources.memory)" "40Mi"
+check "no resize condition is left" not_contains "$(kc get pod rs -o jsonpath='{.status.conditions[*].type}')" "PodResize"
+events=$(kc get events --field-selector involvedObject.name=rs -o jsonpath='{range .items[*]}{.reason}{" "}{end}')
+check "upstream's events" contains "$events" "ResizeCompleted"
+
+# --- the resize subresource reads and replaces ---------------------------------------
+check "GET pods/resize returns the pod" equals "$(kc get --raw /api/v1/namespaces/default/pods/rs/resize | python3 -c 'import json,sys; print(json.load(sys.stdin)["kind"])')" "Pod"
+kc get pod rs -o json | python3 -c '
+import json, sys
+p = json.load(sys.stdin)
+p["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "28m"
+p["spec"]["containers"][0]["image"] = "kite.test/other:1"   # not a resize: dropped
+json.dump(p, sys.stdout)' >"$WORK/rs.json"
+kc replace --subresource resize -f "$WORK/rs.json" >/dev/null
+check "PUT pods/resize changes the resources" equals "$(kc get pod rs -o jsonpath='{.spec.containers[0].resources.requests.cpu}')" "28m"
+check "and nothing else" equals "$(kc get pod rs -o jsonpath='{.spec.containers[0].image}')" "kite.test/shell:1"
+actuated() { [ "$(status_of live .allocatedResources.cpu)" = 28m ]; }
+check "and is actuated" wait_for 60 "the CPU request" actuated
+
+# --- refusals ----------------------------------------------------------------------------
+check "removing a limit is refused" fails_with "resource limits cannot be removed" \
+  kc patch pod rs --subresource resize --type json -p '[{"op":"remove","path":"/spec/containers/0/resources/limits/cpu"}]'
+check "changing the QoS class (to Guaranteed) is refused" fails_with "Pod QOS Class may not change as a result of resizing" \
+  kc patch pod rs --subresource resize -p '{"spec":{"containers":[
+    {"name":"live","resources":{"requests":{"cpu":"35m","memory":"50Mi"}}},
+    {"name":"restarts","resources":{"requests":{"cpu":"30m","memory":"50Mi"}}}]}}'
+check "other resources are not mutable" fails_with "only cpu and memory resources are mutable" \
+  kc patch pod rs --subresource resize --type json -p '[{"op":"add","path":"/spec/containers/0/resources/requests/ephemeral-storage","value":"1Gi"}]'
+check "requests above limits are refused" fails_with "must be less than or equal to cpu limit" \
+  kc patch pod rs --subresource resize --type json -p '[{"op":"replace","path":"/spec/containers/0/resources/requests/cpu","value":"90m"}]'
+check "a plain update still may not change resources" fails_with "pod updates may not change fields" \
+  kc patch pod rs --type json -p '[{"op":"replace","path":"/spec/containers/0/resources/requests/cpu","value":"21m"}]'
+check "and the refusals changed nothing" equals "$(kc get pod rs -o jsonpath='{.metadata.generation}')" "3"
+
+# --- more than the node has: Infeasible ----------------------------------------------
+kc patch pod rs --subresource resize --type json -p '[{"op":"replace","path":"/spec/containers/0/resources/requests/cpu","value":"900"},{"op":"replace","path":"/spec/containers/0/resources/limits/cpu","value":"900"}]' >/dev/null
+pending() { [ "$(kc get pod rs -o jsonpath='{.status.conditions[?(@.type=="PodResizePending")].reason}')" = Infeasible ]; }
+check "a resize beyond the node's capacity is Infeasible" wait_for 30 "PodResizePending" pending
+check "with upstream's message" contains "$(kc get pod rs -o jsonpath='{.status.conditions[?(@.type=="PodResizePending")].message}')" "Node didn't have enough capacity: cpu, requested: "
+check "the container keeps what it had" equals "$(status_of live .allocatedResources.cpu)" "28m"
+check "and its cgroup" equals "$(cpu_quota live)" "3500"
+kc patch pod rs --subresource resize --type json -p '[{"op":"replace","path":"/spec/containers/0/resources/requests/cpu","value":"25m"},{"op":"replace","path":"/spec/containers/0/resources/limits/cpu","value":"35m"}]' >/dev/null
+cleared() { ! contains "$(kc get pod rs -o jsonpath='{.status.conditions[*].type}')" PodResizePending; }
+check "a feasible resize clears the condition" wait_for 30 "the condition to go" cleared
+
+summary
