@@ -62,6 +62,9 @@ start_server() {
   # A node's container logs stay in the test's directory; its kubelet takes a free port.
   export KITE_POD_LOGS_DIR=${KITE_POD_LOGS_DIR:-"$WORK/log/pods"}
   export KITE_KUBELET_PORT=${KITE_KUBELET_PORT:-$(free_port)}
+  # Upstream's default eviction thresholds would evict every pod of a host whose disk is
+  # over 85% full: tests other than the eviction tier's keep only a last-ditch one.
+  export KITE_EVICTION_HARD=${KITE_EVICTION_HARD:-"nodefs.available<1%,imagefs.available<1%"}
   export KUBECONFIG="$WORK/kubeconfig.yaml"
   "$KITE_BIN" server --data-dir "$DATA" --https-listen-port "$PORT" --bind-address 127.0.0.1 \
     --advertise-address 127.0.0.1 --write-kubeconfig "$KUBECONFIG" \
@@ -175,7 +178,7 @@ summary() {
   [ "$FAIL" -eq 0 ]
 }
 
-# node_tier NAME: what every node tier (kubelet, streams, volumes, resize) starts with: root, no
+# node_tier NAME: what every node tier (kubelet, streams, volumes, resources) starts with: root, no
 # other kite node on the host (it would own kite0), a node of its own (WITH_AGENT, DATA),
 # and the offline test images in DATA's images dir.
 node_tier() {

@@ -216,6 +216,14 @@ burning() { [ "$(stat cpu.usageNanoCores 2>/dev/null || echo 0)" -gt 200000000 ]
 check "and its rate shows in usageNanoCores (>0.2 cores)" wait_for 30 "a CPU rate" burning
 check "its container's too" test "$(stat containers.0.cpu.usageCoreNanoSeconds)" -gt 0
 check "and its memory" test "$(stat memory.workingSetBytes)" -gt 0
+# metric VALUE-OF-NAME-AND-LABELS PATH: one sample's value from a Prometheus endpoint.
+metric() { kc get --raw "/api/v1/nodes/kite-e2e/proxy/$2" | awk -v m="$1" 'index($0, m " ") == 1 {print $2; exit}'; }
+cpu_metric='container_cpu_usage_seconds_total{container="burn",namespace="default",pod="burn"}'
+a=$(metric "$cpu_metric" metrics/resource); sleep 2; b=$(metric "$cpu_metric" metrics/resource)
+check "/metrics/resource: the container's CPU seconds rise" python3 -c "import sys; sys.exit(not float('$b') - float('${a:-0}') > 0.3)"
+check "with its working set" test "$(metric 'pod_memory_working_set_bytes{namespace="default",pod="burn"}' metrics/resource | cut -d. -f1)" -gt 0
+check "/metrics/cadvisor: cAdvisor's names" test "$(metric 'container_memory_usage_bytes{container="burn",namespace="default",pod="burn"}' metrics/cadvisor | cut -d. -f1)" -gt 0
+check "/metrics: the kubelet's own" equals "$(metric 'kubelet_node_name{node="kite-e2e"}' metrics)" "1"
 kc delete pod burn --now >/dev/null 2>&1
 
 # --- a kite restart with sessions open ---------------------------------------------

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end: volumes and ServiceAccount tokens (issue 16) with the real kubectl, as root:
 # a ConfigMap as env and as the page an HTTP server serves (edited live), a Secret on tmpfs,
-# a shared emptyDir, downwardAPI, hostPath types, subPath, the kube-api-access token
+# a shared emptyDir, downwardAPI, hostPath types, subPath, image volumes, the kube-api-access token
 # (verified against /openid/v1/jwks) and `kubectl create token`, upstream's errors, and
 # mounts across a kite restart and pod deletion. A node tier: it owns the kite0 bridge
 # while it runs, so run.sh runs it after the kubelet tier, never beside it.
@@ -165,6 +165,27 @@ check "TokenRequest: upstream's minimum duration" \
 check "TokenRequest: a missing account is NotFound" fails_with 'serviceaccounts "nope" not found' kc create token nope
 rev=$(printf '{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"%s"}}' "$(cat "$WORK/pod.jwt")" | kc create -f - -o jsonpath='{.status.authenticated} {.status.user.username}')
 check "TokenReview authenticates it" equals "$rev" "true system:serviceaccount:default:default"
+
+# --- image volumes -----------------------------------------------------------------
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: imgvol}
+spec:
+  containers:
+  - name: c
+    image: kite.test/shell:1
+    command: [sh, -c, 'trap "exit 0" TERM; sleep 3600 & wait']
+    volumeMounts: [{name: img, mountPath: /img}]
+  volumes: [{name: img, image: {reference: kite.test/hello:1}}]
+YAML
+check "an image volume's pull policy defaults as an image's" equals "$(kc get pod imgvol -o jsonpath='{.spec.volumes[0].image.pullPolicy}')" "IfNotPresent"
+wait_for 60 "imgvol to run" running imgvol
+check "an image volume holds the image's files" equals "$(kc exec imgvol -- ls /img/usr/bin)" "hello"
+check "read-only" fails_with "Read-only file system" kc exec imgvol -- touch /img/x
+imguid=$(kc get pod imgvol -o jsonpath='{.metadata.uid}')
+kc delete pod imgvol --wait=true --timeout=60s >/dev/null
+check "deleting the pod unmounts it" equals "$(grep -c " $DATA/agent/pods/$imguid/" /proc/self/mountinfo || true)" "0"
 
 # --- bad input ---------------------------------------------------------------------
 check "a pod whose ServiceAccount does not exist is refused (upstream's message)" \

@@ -98,6 +98,19 @@ pub fn default_pod_spec(spec: &mut Value, restart_default: Option<&str>) {
     set_default(m, "terminationGracePeriodSeconds", json!(30));
     set_default(m, "securityContext", json!({}));
     set_default(m, "schedulerName", json!("default-scheduler"));
+    // An image volume's pull policy, as a container image's.
+    if let Some(vols) = m.get_mut("volumes").and_then(Value::as_array_mut) {
+        for v in vols.iter_mut() {
+            if let Some(img) = v.get_mut("image").and_then(Value::as_object_mut) {
+                let reference = img
+                    .get("reference")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                set_default(img, "pullPolicy", json!(default_pull_policy(&reference)));
+            }
+        }
+    }
     deprecated_service_account(m);
     for key in ["containers", "initContainers", "ephemeralContainers"] {
         if let Some(cs) = m.get_mut(key).and_then(Value::as_array_mut) {

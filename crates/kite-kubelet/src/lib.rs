@@ -6,7 +6,9 @@ pub mod cgroups;
 pub mod cni;
 pub mod containerd;
 pub mod containers;
+pub mod eviction;
 mod exec;
+pub mod image_volumes;
 pub mod images;
 pub mod logs;
 pub mod network;
@@ -66,6 +68,8 @@ pub struct Options {
     pub pod_logs_dir: PathBuf,
     /// Container log rotation (`--container-log-max-size`, `--container-log-max-files`).
     pub log_rotation: logs::Rotation,
+    /// Node-pressure eviction's thresholds (`--eviction-hard`).
+    pub eviction: eviction::Settings,
     /// The port of the kubelet's HTTPS server (`--kubelet-port`), in the node's
     /// `daemonEndpoints`.
     pub port: u16,
@@ -291,6 +295,7 @@ fn node_status(
     opts: &Options,
     runtime_version: &str,
     not_ready: Option<(&str, &str)>,
+    pressure: kite_runtime::node::Pressure,
 ) -> serde_json::Value {
     let cap = host_capacity(&opts.data_dir);
     let uname = nix::sys::utsname::uname().ok();
@@ -304,7 +309,7 @@ fn node_status(
     json!({
         "capacity": cap,
         "allocatable": cap,
-        "conditions": kite_runtime::node::conditions(jiff::Timestamp::now(), not_ready),
+        "conditions": kite_runtime::node::conditions(jiff::Timestamp::now(), not_ready, pressure),
         "addresses": addresses(opts),
         "daemonEndpoints": {"kubeletEndpoint": {"Port": opts.port}},
         "nodeInfo": {
@@ -382,6 +387,7 @@ async fn register(client: &kube::Client, opts: &Options, runtime_version: &str) 
             "KubeletNotReady",
             "container runtime network not ready: the pod network is being set up",
         )),
+        Default::default(),
     );
     let node: Node = serde_json::from_value(json!({
         "metadata": {"name": opts.node_name, "labels": labels,
@@ -420,6 +426,7 @@ async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubel
     let nodes: Api<Node> = Api::all(client.clone());
     let mut last_status = std::time::Instant::now() - Duration::from_secs(3600);
     let mut last_ready: Option<bool> = None;
+    let mut last_pressure: Option<kite_runtime::node::Pressure> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n = 0u64;
     let mut images_now = json!([]);
@@ -440,6 +447,12 @@ async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubel
         }
         let not_ready = kubelet.not_ready_reason();
         let ready = not_ready.is_none();
+        let held = kubelet.pressure();
+        let pressure = kite_runtime::node::Pressure {
+            memory: held.contains(&eviction::Pressure::Memory),
+            disk: held.contains(&eviction::Pressure::Disk),
+            pid: held.contains(&eviction::Pressure::Pid),
+        };
         let shown_ready = kubelet.node().is_some_and(|n| {
             n.status
                 .as_ref()
@@ -448,13 +461,14 @@ async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubel
                 .is_some_and(|c| c.status == if ready { "True" } else { "False" })
         });
         if last_ready != Some(ready)
+            || last_pressure != Some(pressure)
             || !shown_ready
             || images_now != images_posted
             || last_status.elapsed() > Duration::from_secs(60)
         {
             let version = kubelet.runtime_version().await;
             let reason = not_ready.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));
-            let mut status = node_status(&opts, &version, reason);
+            let mut status = node_status(&opts, &version, reason, pressure);
             status["images"] = images_now.clone();
             // A condition that did not change keeps its lastTransitionTime.
             if let (Some(node), Some(conds)) = (kubelet.node(), status["conditions"].as_array_mut())
@@ -486,6 +500,7 @@ async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubel
                 Ok(_) => {
                     images_posted = images_now.clone();
                     last_ready = Some(ready);
+                    last_pressure = Some(pressure);
                     last_status = std::time::Instant::now();
                 }
                 Err(e) => tracing::debug!(error = %e, "posting node status failed"),

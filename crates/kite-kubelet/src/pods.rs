@@ -29,6 +29,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod evict;
+
 const COMPONENT: &str = "kubelet";
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -37,6 +39,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 struct Waiting {
     reason: String,
     message: String,
+}
+
+/// Why the kubelet failed a pod: its status's reason and message, and the grace period
+/// its containers get (None: the pod's own).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+    pub grace: Option<Duration>,
 }
 
 /// When a failed pull may be tried again.
@@ -52,8 +63,9 @@ struct PodState {
     waiting: HashMap<String, Waiting>,
     /// The pod's address, once its sandbox has one (for httpGet hooks).
     ip: Option<IpAddr>,
-    /// Its activeDeadlineSeconds ran out: its containers were stopped and it failed.
-    deadline_exceeded: bool,
+    /// The kubelet failed it (its activeDeadlineSeconds ran out, or it was evicted): its
+    /// containers are stopped and its status says why.
+    failed: Option<Failure>,
     /// Why an in-place resize waits or failed: the condition's type, reason and message.
     resize: Option<(&'static str, &'static str, String)>,
 }
@@ -95,6 +107,9 @@ pub struct Kubelet {
     /// Containers stopped to be restarted with resized resources: started again at once,
     /// without a crash's back-off.
     resize_restarts: Mutex<HashSet<String>>,
+    /// The node's pressure conditions (see `evict`), and their history.
+    pressure: Mutex<Vec<crate::eviction::Pressure>>,
+    pressure_conditions: Mutex<crate::eviction::Conditions>,
 }
 
 /// How many container starts (containerd task create and start: the shim, `runc create`,
@@ -204,6 +219,8 @@ impl Kubelet {
             sampler: Default::default(),
             volumes: Mutex::default(),
             resize_restarts: Mutex::default(),
+            pressure: Mutex::default(),
+            pressure_conditions: Mutex::default(),
         })
     }
 
@@ -345,6 +362,14 @@ impl Kubelet {
             loop {
                 tick.tick().await;
                 k.sample_stats().await;
+            }
+        });
+        let k = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(evict::INTERVAL);
+            loop {
+                tick.tick().await;
+                k.eviction_round().await;
             }
         });
         let k = self.clone();
@@ -851,11 +876,20 @@ impl Kubelet {
                 return Err(e);
             }
         };
+        let images = match self.image_volumes(&pod, &key, &uid).await? {
+            Ok(m) => m,
+            Err(wait) => {
+                let running = containers::list(&self.cd, &uid).await?;
+                self.report(&pod, &key, &running, ip).await?;
+                return Ok(Action::Requeue(wait));
+            }
+        };
         let ctx = crate::volumes::sources::Ctx {
             client: &self.client,
             pod: &pod,
             tokens: &self.tokens,
             node_ip: self.opts.node_ip.to_string(),
+            images: &images,
         };
         match crate::volumes::setup(&ctx, &self.pod_dir(&uid)).await {
             Ok(ready) => {
@@ -883,37 +917,44 @@ impl Kubelet {
                 deadline_in =
                     Some(Duration::from_secs_f64(left.as_secs_f64()) + Duration::from_millis(100));
             } else {
-                let first = {
-                    let mut st = self.state.lock().unwrap();
-                    let s = st.entry(key.clone()).or_default();
-                    !std::mem::replace(&mut s.deadline_exceeded, true)
-                };
-                if first {
-                    self.recorder.event(
-                        &*pod,
-                        WARNING,
-                        "DeadlineExceeded",
-                        "Pod was active on the node longer than the specified deadline".to_string(),
-                    );
-                }
-                let have = containers::list(&self.cd, &uid).await?;
-                let grace = Duration::from_secs(
+                self.fail(
+                    &pod,
+                    &key,
+                    Failure {
+                        reason: "DeadlineExceeded",
+                        message: "Pod was active on the node longer than the specified deadline"
+                            .into(),
+                        grace: None,
+                    },
+                );
+            }
+        }
+        let failed = self
+            .state
+            .lock()
+            .unwrap()
+            .get(&key)
+            .and_then(|s| s.failed.clone());
+        if let Some(f) = failed {
+            let have = containers::list(&self.cd, &uid).await?;
+            let grace = f.grace.unwrap_or_else(|| {
+                Duration::from_secs(
                     pod.spec
                         .as_ref()
                         .and_then(|s| s.termination_grace_period_seconds)
                         .unwrap_or(30)
                         .max(0) as u64,
-                );
-                for c in have
-                    .iter()
-                    .filter(|c| matches!(c.state, State::Running { .. }))
-                {
-                    containers::stop(&self.cd, &c.id, c.stop_signal, grace).await?;
-                }
-                let have = containers::list(&self.cd, &uid).await?;
-                self.report(&pod, &key, &have, ip).await?;
-                return Ok(Action::AwaitChange);
+                )
+            });
+            for c in have
+                .iter()
+                .filter(|c| matches!(c.state, State::Running { .. }))
+            {
+                containers::stop(&self.cd, &c.id, c.stop_signal, grace).await?;
             }
+            let have = containers::list(&self.cd, &uid).await?;
+            self.report(&pod, &key, &have, ip).await?;
+            return Ok(Action::AwaitChange);
         }
         let running = containers::list(&self.cd, &uid).await?;
         let (resized, resize_in) = self.resize(&pod, &key, &running).await;
@@ -1268,6 +1309,25 @@ impl Kubelet {
             resize::message("Pod resize completed", pod, ""),
         );
         (true, None)
+    }
+
+    /// Fails the pod (once): its containers stop at its next sync and its status says
+    /// why; the event carries the reason.
+    pub(crate) fn fail(&self, pod: &Pod, key: &Key, f: Failure) {
+        let first = {
+            let mut st = self.state.lock().unwrap();
+            let s = st.entry(key.clone()).or_default();
+            if s.failed.is_some() {
+                false
+            } else {
+                s.failed = Some(f.clone());
+                true
+            }
+        };
+        if first {
+            self.recorder.event(pod, WARNING, f.reason, f.message);
+            self.queue.add(key.clone());
+        }
     }
 
     /// Records why the pod's resize waits (or that it does not); whether that changed.
@@ -1967,6 +2027,61 @@ impl Kubelet {
             .max(Duration::from_secs(2))
     }
 
+    /// The pod's image volumes, pulled (as a container's image, by the volume's pull
+    /// policy) and mounted read-only (see `image_volumes`); `Err(delay)` while one is not
+    /// there yet (a pull in back-off, or a failed mount, with its event).
+    async fn image_volumes(
+        &self,
+        pod: &Pod,
+        key: &Key,
+        uid: &str,
+    ) -> Result<std::result::Result<HashMap<String, PathBuf>, Duration>> {
+        let mut out = HashMap::new();
+        let spec = pod.spec.clone().unwrap_or_default();
+        for v in spec.volumes.iter().flatten() {
+            let Some(src) = &v.image else { continue };
+            let dir = self
+                .pod_dir(uid)
+                .join("volumes/kubernetes.io~image")
+                .join(&v.name);
+            if crate::image_volumes::is_mount_point(&dir) {
+                out.insert(v.name.clone(), dir);
+                continue;
+            }
+            let reference = src.reference.clone().unwrap_or_default();
+            let policy = src
+                .pull_policy
+                .clone()
+                .unwrap_or_else(|| kite_api::strategy::default_pull_policy(&reference).into());
+            let as_container = Container {
+                name: v.name.clone(),
+                image: Some(reference.clone()),
+                image_pull_policy: Some(policy),
+                ..Default::default()
+            };
+            let img = match self
+                .ensure_image(pod, key, &as_container, &reference)
+                .await?
+            {
+                Ok(img) => img,
+                Err(wait) => return Ok(Err(wait)),
+            };
+            let mounted =
+                crate::image_volumes::mount(&self.cd, uid, &v.name, &img.top_snapshot, &dir).await;
+            if let Err(e) = mounted {
+                self.recorder.event(
+                    pod,
+                    WARNING,
+                    "FailedMount",
+                    format!("MountVolume.SetUp failed for volume \"{}\" : {e:#}", v.name),
+                );
+                return Ok(Err(Duration::from_secs(4)));
+            }
+            out.insert(v.name.clone(), dir);
+        }
+        Ok(Ok(out))
+    }
+
     /// The image, present locally; `None` (with the container waiting and an event)
     /// when it cannot be had.
     /// The container's image, pulled per its imagePullPolicy; `Err(delay)` while it is not
@@ -2495,6 +2610,7 @@ impl Kubelet {
         }
         Sandbox::new(&dir).destroy();
         crate::volumes::teardown(&dir);
+        crate::image_volumes::remove(&self.cd, uid).await;
         self.tokens.forget(uid);
         self.volumes.lock().unwrap().remove(uid);
         crate::cgroups::remove_pod(uid);
@@ -2753,13 +2869,13 @@ impl Kubelet {
         } else {
             "Pending"
         };
-        let deadline_exceeded = self
+        let failed = self
             .state
             .lock()
             .unwrap()
             .get(key)
-            .is_some_and(|s| s.deadline_exceeded);
-        let phase = if deadline_exceeded { "Failed" } else { phase };
+            .and_then(|s| s.failed.clone());
+        let phase = if failed.is_some() { "Failed" } else { phase };
         let t = now();
         let old_conds = old.conditions.clone().unwrap_or_default();
         let cond = |typ: &str, ok: bool, reason: Option<&str>| {
@@ -2825,6 +2941,13 @@ impl Kubelet {
             .unwrap()
             .get(key)
             .and_then(|s| s.resize.clone());
+        if let Some(f) = failed.as_ref().filter(|f| f.reason == "Evicted") {
+            // As upstream's eviction manager: why the pod was disrupted.
+            let mut c = cond("DisruptionTarget", true, None);
+            c["reason"] = json!("TerminationByKubelet");
+            c["message"] = json!(f.message);
+            conditions.push(c);
+        }
         if let Some((typ, reason, message)) = resize {
             let mut c = cond(typ, true, None);
             c["reason"] = json!(reason);
@@ -2847,10 +2970,8 @@ impl Kubelet {
             "PodResizePending",
             "PodResizeInProgress",
         ];
-        for c in old_conds
-            .iter()
-            .filter(|c| !OWNED.contains(&c.type_.as_str()))
-        {
+        let owned = |t: &str| OWNED.contains(&t) || (t == "DisruptionTarget" && failed.is_some());
+        for c in old_conds.iter().filter(|c| !owned(&c.type_)) {
             conditions.push(serde_json::to_value(c)?);
         }
         let mut status = json!({
@@ -2864,10 +2985,9 @@ impl Kubelet {
             "containerStatuses": statuses,
             "qosClass": crate::cgroups::qos_class(pod),
         });
-        if deadline_exceeded {
-            status["reason"] = json!("DeadlineExceeded");
-            status["message"] =
-                json!("Pod was active on the node longer than the specified deadline");
+        if let Some(f) = &failed {
+            status["reason"] = json!(f.reason);
+            status["message"] = json!(f.message);
         }
         // Which spec this status answers (PodObservedGenerationTracking).
         if let Some(g) = pod.metadata.generation {

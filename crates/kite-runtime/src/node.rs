@@ -12,7 +12,19 @@ pub const LEASE_SECONDS: i32 = 40;
 
 /// The node conditions a healthy node reports; `not_ready` makes Ready False with that
 /// reason and message, as a kubelet whose runtime or network is not up yet.
-pub fn conditions(now: jiff::Timestamp, not_ready: Option<(&str, &str)>) -> Value {
+/// Which pressure conditions hold (the kubelet's eviction manager measures them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub memory: bool,
+    pub disk: bool,
+    pub pid: bool,
+}
+
+pub fn conditions(
+    now: jiff::Timestamp,
+    not_ready: Option<(&str, &str)>,
+    pressure: Pressure,
+) -> Value {
     let c = |t: &str, s: &str, reason: &str, msg: &str| {
         json!({"type": t, "status": s, "reason": reason, "message": msg,
                "lastHeartbeatTime": Time(now), "lastTransitionTime": Time(now)})
@@ -26,27 +38,53 @@ pub fn conditions(now: jiff::Timestamp, not_ready: Option<(&str, &str)>) -> Valu
         ),
         Some((reason, msg)) => c("Ready", "False", reason, msg),
     };
-    json!([
+    // Upstream's reasons and messages, each way.
+    let memory = if pressure.memory {
+        c(
+            "MemoryPressure",
+            "True",
+            "KubeletHasInsufficientMemory",
+            "kubelet has insufficient memory available",
+        )
+    } else {
         c(
             "MemoryPressure",
             "False",
             "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available"
-        ),
+            "kubelet has sufficient memory available",
+        )
+    };
+    let disk = if pressure.disk {
+        c(
+            "DiskPressure",
+            "True",
+            "KubeletHasDiskPressure",
+            "kubelet has disk pressure",
+        )
+    } else {
         c(
             "DiskPressure",
             "False",
             "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure"
-        ),
+            "kubelet has no disk pressure",
+        )
+    };
+    let pid = if pressure.pid {
+        c(
+            "PIDPressure",
+            "True",
+            "KubeletHasInsufficientPID",
+            "kubelet has insufficient PID available",
+        )
+    } else {
         c(
             "PIDPressure",
             "False",
             "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available"
-        ),
-        ready,
-    ])
+            "kubelet has sufficient PID available",
+        )
+    };
+    json!([memory, disk, pid, ready])
 }
 
 /// Renews (or creates) the node's Lease.

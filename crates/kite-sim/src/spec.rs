@@ -73,7 +73,7 @@ pub fn parse_taints(s: &str) -> Result<Vec<Taint>, SpecError> {
 }
 
 pub fn node_conditions(now: jiff::Timestamp) -> Value {
-    kite_runtime::node::conditions(now, None)
+    kite_runtime::node::conditions(now, None, Default::default())
 }
 
 /// The fake InternalIP of node `i`: loopback addresses, which nothing ever dials.

@@ -334,6 +334,18 @@ pub struct ServerArgs {
     /// Log files kept per container, the current one included (at least 2).
     #[arg(long, env = "KITE_CONTAINER_LOG_MAX_FILES", default_value_t = 5)]
     pub container_log_max_files: usize,
+    /// Hard eviction thresholds, as upstream's kubelet: SIGNAL<AMOUNT, comma-separated
+    /// (signals memory.available, nodefs.available, nodefs.inodesFree, imagefs.available,
+    /// imagefs.inodesFree, pid.available; amounts a quantity or a percentage; "" for none).
+    #[arg(long, env = "KITE_EVICTION_HARD", default_value = kite_kubelet::eviction::DEFAULT_HARD)]
+    pub eviction_hard: String,
+    /// How long a pressure condition stays after its signal clears (a duration: 5m, 30s).
+    #[arg(
+        long,
+        env = "KITE_EVICTION_PRESSURE_TRANSITION_PERIOD",
+        default_value = "5m"
+    )]
+    pub eviction_pressure_transition_period: String,
 }
 
 /// Settings checked and resolved from [`ServerArgs`].
@@ -371,6 +383,7 @@ pub struct ServerConfig {
     pub cni_bin_dirs: Vec<PathBuf>,
     pub pod_logs_dir: PathBuf,
     pub log_rotation: kite_kubelet::logs::Rotation,
+    pub eviction: kite_kubelet::eviction::Settings,
     pub kubelet_port: u16,
 }
 
@@ -537,6 +550,12 @@ impl ServerArgs {
                 "must be at least 2",
             ));
         }
+        let hard = kite_kubelet::eviction::parse(&self.eviction_hard)
+            .map_err(|e| bad("eviction-hard", &self.eviction_hard, &e))?;
+        let transition = parse_duration(
+            "eviction-pressure-transition-period",
+            &self.eviction_pressure_transition_period,
+        )?;
         if !self.pod_logs_dir.is_absolute() {
             return Err(bad(
                 "pod-logs-dir",
@@ -551,6 +570,7 @@ impl ServerArgs {
                 max_size: u64::try_from(max_size).unwrap_or(u64::MAX),
                 max_files: self.container_log_max_files,
             },
+            eviction: kite_kubelet::eviction::Settings { hard, transition },
             cni_conf_dir: self.cni_conf_dir.clone(),
             cni_bin_dirs: self.cni_bin_dir.clone(),
             registries,

@@ -217,6 +217,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             cni_bin_dirs: cfg.cni_bin_dirs.clone(),
             pod_logs_dir: cfg.pod_logs_dir.clone(),
             log_rotation: cfg.log_rotation,
+            eviction: cfg.eviction.clone(),
             port: cfg.kubelet_port,
             tls: Some(kite_kubelet::server::Tls {
                 cert_pem: kubelet_serving.cert_pem.clone(),

@@ -1,12 +1,14 @@
 //! The kubelet's HTTPS server (`--kubelet-port`, 10250): what the API server proxies to a
 //! node, on upstream's paths and queries: container logs, exec and port forwarding (the
-//! streaming protocols themselves are `kite_stream`'s). Clients authenticate with a certificate from the cluster's client CA;
+//! streaming protocols themselves are `kite_stream`'s), `/stats/summary` and the
+//! Prometheus endpoints (`metrics`). Clients authenticate with a certificate from the cluster's client CA;
 //! only the API server's kubelet client and cluster admins (`system:masters`) get in: no
 //! certificate is a 401, anyone else a 403.
 
 mod attach;
 mod exec;
 mod logs;
+mod metrics;
 mod portforward;
 mod remote;
 mod upgrade;
@@ -95,6 +97,9 @@ pub async fn spawn(addr: SocketAddr, tls: Tls, kubelet: Arc<Kubelet>) -> Result<
                 },
             ),
         )
+        .route("/metrics", get(metrics::own))
+        .route("/metrics/resource", get(metrics::resource))
+        .route("/metrics/cadvisor", get(metrics::cadvisor))
         .layer(axum::middleware::from_fn(authorize))
         .with_state(kubelet);
     tracing::info!(%addr, "kubelet server listening");

@@ -80,9 +80,18 @@ pub async fn setup(ctx: &sources::Ctx<'_>, pod_dir: &Path) -> Result<Ready, Setu
             ready.paths.insert(v.name.clone(), PathBuf::from(&h.path));
             continue;
         }
+        if v.image.is_some() {
+            let dir = ctx
+                .images
+                .get(&v.name)
+                .ok_or_else(|| fail("the image volume is not mounted yet".into()))?;
+            ready.paths.insert(v.name.clone(), dir.clone());
+            ready.read_only.insert(v.name.clone());
+            continue;
+        }
         let Some(kind) = plugin(v) else {
             return Err(fail(
-                "this kind of volume is not supported by kite yet (emptyDir, hostPath, configMap, secret, downwardAPI and projected are)".into(),
+                "this kind of volume is not supported by kite yet (emptyDir, hostPath, configMap, secret, downwardAPI, projected and image are)".into(),
             ));
         };
         let dir = pod_dir.join("volumes").join(kind).join(&v.name);

@@ -20,6 +20,8 @@ pub struct Ctx<'a> {
     pub pod: &'a Pod,
     pub tokens: &'a Tokens,
     pub node_ip: String,
+    /// Image volumes, already mounted by the pod worker (see `image_volumes`), by name.
+    pub images: &'a std::collections::HashMap<String, std::path::PathBuf>,
 }
 
 impl Ctx<'_> {

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# End-to-end: in-place pod resize (issue 16) with the real kubectl, as root: the `resize`
-# subresource (patch and replace), the containers' cgroups changed live or by a restart as
-# their resizePolicy says, the status's resources and allocatedResources, a resize the
-# node cannot hold (PodResizePending, Infeasible), and upstream's refusals. A node tier:
-# it owns the kite0 bridge while it runs.
+# End-to-end: how a node shares its resources (issue 16), with the real kubectl, as root.
+# In-place pod resize: the `resize` subresource (patch and replace), the containers'
+# cgroups changed live or by a restart as their resizePolicy says, the status's resources
+# and allocatedResources, a resize the node cannot hold (PodResizePending, Infeasible), and
+# upstream's refusals. Eviction: an emptyDir past its sizeLimit, and node pressure
+# (DiskPressure from a threshold the disk crosses) evicting the pod that uses most above its
+# requests. A node tier: it owns the kite0 bridge while it runs.
 source "$(dirname "$0")/../lib.sh"
-node_tier resize
+node_tier resources
 start_server || { cat "$WORK/server.log"; exit 1; }
 wait_for 20 "the node to be Ready" node_ready
 
@@ -102,5 +104,58 @@ check "and its cgroup" equals "$(cpu_quota live)" "3500"
 kc patch pod rs --subresource resize --type json -p '[{"op":"replace","path":"/spec/containers/0/resources/requests/cpu","value":"25m"},{"op":"replace","path":"/spec/containers/0/resources/limits/cpu","value":"35m"}]' >/dev/null
 cleared() { ! contains "$(kc get pod rs -o jsonpath='{.status.conditions[*].type}')" PodResizePending; }
 check "a feasible resize clears the condition" wait_for 30 "the condition to go" cleared
+kc delete pod rs --now >/dev/null 2>&1
+
+# --- eviction: an emptyDir over its sizeLimit ------------------------------------------
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: filler}
+spec:
+  containers:
+  - name: c
+    image: kite.test/shell:1
+    command: [sh, -c, 'trap "exit 0" TERM; head -c 3145728 /dev/zero > /scratch/f; sleep 3600 & wait']
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+  volumes: [{name: scratch, emptyDir: {sizeLimit: 1Mi}}]
+YAML
+evicted() { [ "$(kc get pod "$1" -o jsonpath='{.status.phase}/{.status.reason}')" = Failed/Evicted ]; }
+check "an emptyDir past its sizeLimit evicts its pod" wait_for 40 "filler to be evicted" evicted filler
+check "with upstream's message" equals "$(kc get pod filler -o jsonpath='{.status.message}')" 'Usage of EmptyDir volume "scratch" exceeds the limit "1Mi". '
+check "and a DisruptionTarget condition" equals "$(kc get pod filler -o jsonpath='{.status.conditions[?(@.type=="DisruptionTarget")].reason}')" "TerminationByKubelet"
+stopped() { [ -n "$(kc get pod filler -o jsonpath='{.status.containerStatuses[0].state.terminated}')" ]; }
+check "its containers are stopped" wait_for 20 "the container to stop" stopped
+check "an Evicted event" contains "$(kc get events --field-selector involvedObject.name=filler,reason=Evicted -o name)" "event"
+kc delete pod filler --now >/dev/null 2>&1
+
+# --- eviction: node pressure ---------------------------------------------------------
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  containers:
+  - name: c
+    image: kite.test/shell:1
+    command: [sh, -c, 'trap "exit 0" TERM; sleep 3600 & wait']
+YAML
+wait_for 60 "hog to run" running hog
+check "no pressure with the test's thresholds" equals "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="DiskPressure")].status}')" "False"
+stop_server
+# A threshold every disk crosses: the node is under disk pressure at once.
+KITE_EVICTION_HARD='nodefs.available<100%' start_server --eviction-pressure-transition-period 5s \
+  || { cat "$WORK/server.log"; exit 1; }
+pressure() { [ "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="DiskPressure")].status}')" = True ]; }
+check "a crossed threshold: DiskPressure" wait_for 40 "DiskPressure" pressure
+check "with upstream's reason" equals "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="DiskPressure")].reason}')" "KubeletHasDiskPressure"
+check "the pod is evicted" wait_for 60 "hog to be evicted" evicted hog
+check "saying which resource ran low" contains "$(kc get pod hog -o jsonpath='{.status.message}')" "The node was low on resource: ephemeral-storage. Threshold quantity: "
+stop_server
+KITE_EVICTION_HARD='nodefs.available<1%' start_server --eviction-pressure-transition-period 5s \
+  || { cat "$WORK/server.log"; exit 1; }
+relieved() { [ "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="DiskPressure")].status}')" = False ]; }
+check "the condition clears once the signal does (after the transition period)" wait_for 60 "DiskPressure to clear" relieved
+check "bad thresholds are refused" fails_with 'invalid value "cpu<1" for --eviction-hard' \
+  "$KITE_BIN" server --data-dir "$WORK/other" --eviction-hard 'cpu<1'
 
 summary
