@@ -148,6 +148,8 @@ KITE_EVICTION_HARD='nodefs.available<100%' start_server --eviction-pressure-tran
 pressure() { [ "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="DiskPressure")].status}')" = True ]; }
 check "a crossed threshold: DiskPressure" wait_for 40 "DiskPressure" pressure
 check "with upstream's reason" equals "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="DiskPressure")].reason}')" "KubeletHasDiskPressure"
+tainted() { contains "$(kc get node kite-e2e -o jsonpath='{.spec.taints}')" "node.kubernetes.io/disk-pressure"; }
+check "and the node is tainted disk-pressure:NoSchedule" wait_for 20 "the taint" tainted
 check "the pod is evicted" wait_for 60 "hog to be evicted" evicted hog
 check "saying which resource ran low" contains "$(kc get pod hog -o jsonpath='{.status.message}')" "The node was low on resource: ephemeral-storage. Threshold quantity: "
 stop_server
@@ -155,6 +157,8 @@ KITE_EVICTION_HARD='nodefs.available<1%' start_server --eviction-pressure-transi
   || { cat "$WORK/server.log"; exit 1; }
 relieved() { [ "$(kc get node kite-e2e -o jsonpath='{.status.conditions[?(@.type=="DiskPressure")].status}')" = False ]; }
 check "the condition clears once the signal does (after the transition period)" wait_for 60 "DiskPressure to clear" relieved
+untainted() { not_contains "$(kc get node kite-e2e -o jsonpath='{.spec.taints}')" "disk-pressure"; }
+check "and the taint goes" wait_for 20 "the taint to go" untainted
 check "bad thresholds are refused" fails_with 'invalid value "cpu<1" for --eviction-hard' \
   "$KITE_BIN" server --data-dir "$WORK/other" --eviction-hard 'cpu<1'
 

@@ -1,7 +1,8 @@
 //! Node lifecycle: a node whose heartbeat (its Lease in kube-node-lease, or its Ready
 //! condition's lastHeartbeatTime) is older than `--node-monitor-grace-period` gets
 //! Ready=Unknown and the `node.kubernetes.io/unreachable` taints (a node reporting
-//! Ready=False gets `not-ready`); its pods are marked not Ready. Pods on a node with
+//! Ready=False gets `not-ready`); its pods are marked not Ready. Pressure conditions and
+//! `spec.unschedulable` bring upstream's NoSchedule taints (TaintNodesByCondition). Pods on a node with
 //! NoExecute taints they do not tolerate are evicted at once, or after their
 //! tolerationSeconds (the taint manager).
 
@@ -21,6 +22,17 @@ use std::time::Duration;
 
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const NOT_READY: &str = "node.kubernetes.io/not-ready";
+const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+/// The NoSchedule taint each condition brings while True (upstream's TaintNodesByCondition).
+const BY_CONDITION: &[(&str, &str)] = &[
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+    (
+        "NetworkUnavailable",
+        "node.kubernetes.io/network-unavailable",
+    ),
+];
 /// How often every node is checked, as upstream's --node-monitor-period.
 const MONITOR_PERIOD: Duration = Duration::from_secs(5);
 
@@ -185,18 +197,40 @@ impl Controller {
             status = "Unknown".into();
             self.mark_pods_not_ready(&name).await;
         }
-        // Taints follow the Ready condition.
-        let want: Vec<(&str, &str)> = match status.as_str() {
+        // Taints follow the Ready condition, and (upstream's TaintNodesByCondition) the
+        // pressure conditions and spec.unschedulable keep new pods away.
+        let mut want: Vec<(&str, &str)> = match status.as_str() {
             "True" => vec![],
             "False" => vec![(NOT_READY, "NoSchedule"), (NOT_READY, "NoExecute")],
             _ => vec![(UNREACHABLE, "NoSchedule"), (UNREACHABLE, "NoExecute")],
         };
+        let conditions = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        for (cond, key) in BY_CONDITION {
+            if conditions
+                .iter()
+                .any(|c| c.type_ == *cond && c.status == "True")
+            {
+                want.push((key, "NoSchedule"));
+            }
+        }
+        if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+            want.push((UNSCHEDULABLE, "NoSchedule"));
+        }
         let taints: Vec<Taint> = node
             .spec
             .as_ref()
             .and_then(|s| s.taints.clone())
             .unwrap_or_default();
-        let ours = |t: &Taint| t.key == UNREACHABLE || t.key == NOT_READY;
+        let ours = |t: &Taint| {
+            t.key == UNREACHABLE
+                || t.key == NOT_READY
+                || t.key == UNSCHEDULABLE
+                || BY_CONDITION.iter().any(|(_, k)| t.key == *k)
+        };
         let mut next: Vec<Taint> = taints
             .iter()
             .filter(|t| !ours(t) || want.contains(&(t.key.as_str(), t.effect.as_str())))

@@ -30,6 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod evict;
+mod resize;
+mod summary;
 
 const COMPONENT: &str = "kubelet";
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -552,107 +554,6 @@ impl Kubelet {
             .unwrap_or_default()
     }
 
-    /// The cgroups `/stats/summary` reports on: the node (`/`), each pod's and each of its
-    /// running containers'.
-    async fn stat_targets(
-        &self,
-    ) -> Vec<(
-        Arc<Pod>,
-        String,
-        Vec<(String, String, Option<jiff::Timestamp>)>,
-    )> {
-        let mut out = Vec::new();
-        for p in self.pods.list() {
-            let uid = p.metadata.uid.clone().unwrap_or_default();
-            let Ok(infos) = containers::list(&self.cd, &uid).await else {
-                continue;
-            };
-            let running: Vec<_> = infos
-                .iter()
-                .filter_map(|i| match i.state {
-                    State::Running { .. } => Some((i.name.clone(), i.id.clone(), i.created)),
-                    _ => None,
-                })
-                .collect();
-            if running.is_empty() {
-                continue;
-            }
-            out.push((p.clone(), crate::cgroups::pod_cgroup(&p), running));
-        }
-        out
-    }
-
-    /// Samples every reported cgroup's CPU (see `stats::Sampler`).
-    pub(crate) async fn sample_stats(&self) {
-        let mut rels = vec!["/".to_string()];
-        for (_, rel, cs) in self.stat_targets().await {
-            rels.extend(cs.iter().map(|(_, id, _)| format!("{rel}/{id}")));
-            rels.push(rel);
-        }
-        self.sampler.sample(&rels);
-    }
-
-    /// `/stats/summary`, upstream's `statsapi.Summary`.
-    pub(crate) async fn summary(&self) -> serde_json::Value {
-        use crate::stats;
-        use serde_json::json;
-        let ts =
-            |t: Option<jiff::Timestamp>| t.map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
-        let data = &self.opts.data_dir;
-        let mut pods = Vec::new();
-        for (p, rel, cs) in self.stat_targets().await {
-            let containers: Vec<_> = cs
-                .iter()
-                .map(|(name, id, started)| {
-                    let crel = format!("{rel}/{id}");
-                    json!({
-                        "name": name,
-                        "startTime": ts(*started),
-                        "cpu": self.sampler.cpu(&crel),
-                        "memory": stats::memory_json(&crel),
-                        "rootfs": stats::fs(data),
-                        "logs": stats::fs(&self.opts.pod_logs_dir),
-                    })
-                })
-                .collect();
-            pods.push(json!({
-                "podRef": {
-                    "name": p.metadata.name,
-                    "namespace": p.metadata.namespace,
-                    "uid": p.metadata.uid,
-                },
-                "startTime": p.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| ts(Some(t.0))),
-                "containers": containers,
-                "cpu": self.sampler.cpu(&rel),
-                "memory": stats::memory_json(&rel),
-                "volume": [],
-                "ephemeral-storage": stats::fs(data),
-                "process_stats": {"process_count": stats::process_count(&rel)},
-            }));
-        }
-        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("btime "))
-                .and_then(|v| v.trim().parse::<i64>().ok())
-        });
-        json!({
-            "node": {
-                "nodeName": self.opts.node_name,
-                "startTime": ts(boot.and_then(|b| jiff::Timestamp::from_second(b).ok())),
-                "cpu": self.sampler.cpu("/"),
-                "memory": stats::memory_json("/"),
-                "fs": stats::fs(data),
-                "runtime": {"imageFs": stats::fs(&data.join("agent").join("containerd"))},
-                "rlimit": {
-                    "time": ts(Some(jiff::Timestamp::now())),
-                    "maxpid": std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|v| v.trim().parse::<u64>().ok()),
-                    "curproc": std::fs::read_dir("/proc").map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit())).count()).unwrap_or(0),
-                },
-            },
-            "pods": pods,
-        })
-    }
-
     /// A ConfigMap or Secret changed: the pods whose volumes are made from it sync again.
     pub fn source_changed(&self, kind: crate::volumes::Source, ns: &str, name: &str) {
         for p in self.pods.list_ns(ns) {
@@ -1173,144 +1074,6 @@ impl Kubelet {
         }
     }
 
-    /// In-place resize (see `resize`): gives each running container the CPU and memory
-    /// its spec asks now, in place or by a restart as its `resizePolicy` says, when the
-    /// node holds the pod's new requests; else the pod's PodResizePending condition says
-    /// why. The pod's cgroup is widened before its containers move and narrowed after.
-    /// Returns whether it acted, and when to look again (a deferred or failed resize).
-    async fn resize(&self, pod: &Pod, key: &Key, have: &[Info]) -> (bool, Option<Duration>) {
-        use crate::resize::{self, Step};
-        let spec = pod.spec.clone().unwrap_or_default();
-        let mut plan = Vec::new();
-        let mut applied_pod = pod.clone();
-        let all = spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten());
-        for c in all {
-            let Some(i) = have
-                .iter()
-                .filter(|i| i.name == c.name)
-                .max_by_key(|i| i.attempt)
-                .filter(|i| matches!(i.state, State::Running { .. }))
-            else {
-                continue;
-            };
-            let Some(applied) = &i.resources else {
-                continue;
-            };
-            if let Some(s) = applied_pod.spec.as_mut() {
-                let list = s
-                    .containers
-                    .iter_mut()
-                    .chain(s.init_containers.iter_mut().flatten());
-                for a in list.filter(|a| a.name == c.name) {
-                    a.resources = Some(applied.clone());
-                }
-            }
-            match resize::step(c, applied) {
-                Step::Keep => {}
-                step => plan.push((c, i, step)),
-            }
-        }
-        if plan.is_empty() {
-            self.set_resize(key, None);
-            return (false, None);
-        }
-        let node = self.node();
-        let allocatable = |name: &str, milli: bool| {
-            let q = node
-                .as_ref()?
-                .status
-                .as_ref()?
-                .allocatable
-                .as_ref()?
-                .get(name)?
-                .0
-                .clone();
-            if milli {
-                kite_runtime::quantity::parse_milli(&q)
-            } else {
-                kite_runtime::quantity::parse(&q)
-            }
-        };
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let mut used = (0, 0);
-        for p in self.pods.list() {
-            let s = p.spec.as_ref();
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-            if p.metadata.uid.as_deref() == Some(uid.as_str())
-                || s.and_then(|s| s.node_name.as_deref()) != Some(self.opts.node_name.as_str())
-                || matches!(phase, Some("Succeeded" | "Failed"))
-            {
-                continue;
-            }
-            let (cpu, mem) = crate::cgroups::pod_requests(&p);
-            used = (used.0 + cpu, used.1 + mem);
-        }
-        let cap = (
-            allocatable("cpu", true).unwrap_or(i128::MAX / 4),
-            allocatable("memory", false).unwrap_or(i128::MAX / 4),
-        );
-        if let Some((reason, msg)) = resize::fits(crate::cgroups::pod_requests(pod), used, cap) {
-            let prefix = format!("Pod resize {reason}");
-            let event = resize::message(&prefix, pod, &msg);
-            if self.set_resize(key, Some(("PodResizePending", reason, msg))) {
-                let why = if reason == "Infeasible" {
-                    "ResizeInfeasible"
-                } else {
-                    "ResizeDeferred"
-                };
-                self.recorder.event(pod, WARNING, why, event);
-            }
-            return (false, Some(Duration::from_secs(15)));
-        }
-        self.recorder.event(
-            pod,
-            NORMAL,
-            "ResizeStarted",
-            resize::message("Pod resize started", pod, ""),
-        );
-        let before = crate::cgroups::pod_limits(&applied_pod);
-        let after = crate::cgroups::pod_limits(pod);
-        let grace =
-            Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
-        let outcome: Result<()> = async {
-            crate::cgroups::apply_pod(pod, &before.widest(&after))?;
-            for (c, i, step) in &plan {
-                match step {
-                    Step::Restart => {
-                        self.resize_restarts.lock().unwrap().insert(i.id.clone());
-                        containers::stop(&self.cd, &i.id, i.stop_signal, grace).await?;
-                    }
-                    _ => resize::update(&self.cd, &i.id, c)
-                        .await
-                        .with_context(|| format!("resizing container {}", c.name))?,
-                }
-            }
-            crate::cgroups::apply_pod(pod, &after)
-        }
-        .await;
-        if let Err(e) = outcome {
-            let msg = format!("{e:#}");
-            tracing::warn!(namespace = %key.0, pod = %key.1, error = %msg, "in-place resize");
-            let event = resize::message("Pod resize error", pod, &msg);
-            if self.set_resize(key, Some(("PodResizeInProgress", "Error", msg))) {
-                self.recorder.event(pod, WARNING, "ResizeError", event);
-            }
-            return (true, Some(Duration::from_secs(5)));
-        }
-        self.update_qos_cgroups();
-        self.set_resize(key, None);
-        self.recorder.event(
-            pod,
-            NORMAL,
-            "ResizeCompleted",
-            resize::message("Pod resize completed", pod, ""),
-        );
-        (true, None)
-    }
-
     /// Fails the pod (once): its containers stop at its next sync and its status says
     /// why; the event carries the reason.
     pub(crate) fn fail(&self, pod: &Pod, key: &Key, f: Failure) {
@@ -1327,23 +1090,6 @@ impl Kubelet {
         if first {
             self.recorder.event(pod, WARNING, f.reason, f.message);
             self.queue.add(key.clone());
-        }
-    }
-
-    /// Records why the pod's resize waits (or that it does not); whether that changed.
-    fn set_resize(&self, key: &Key, to: Option<(&'static str, &'static str, String)>) -> bool {
-        let mut st = self.state.lock().unwrap();
-        match st.get_mut(key) {
-            Some(s) if s.resize == to => false,
-            Some(s) => {
-                s.resize = to;
-                true
-            }
-            None if to.is_none() => false,
-            None => {
-                st.entry(key.clone()).or_default().resize = to;
-                true
-            }
         }
     }
 

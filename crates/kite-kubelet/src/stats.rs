@@ -204,14 +204,13 @@ struct Sample {
 impl Sampler {
     /// Takes a sample of each cgroup in `rels` (forgetting the others).
     pub fn sample(&self, rels: &[String]) {
-        let mut m = self.samples.lock().unwrap();
+        let mut m = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         m.retain(|k, _| rels.contains(k));
         let now = Instant::now();
         for r in rels {
             let Some(u) = cpu_usage_ns(r) else { continue };
             let rate = m.get(r).and_then(|prev| {
-                let dt = now.duration_since(prev.at).as_nanos() as u64;
-                (dt > 0).then(|| u.saturating_sub(prev.usage_ns) * 1_000_000_000 / dt)
+                rate(u.saturating_sub(prev.usage_ns), now.duration_since(prev.at))
             });
             m.insert(
                 r.clone(),
@@ -227,13 +226,25 @@ impl Sampler {
     /// The `cpu` stats of a cgroup: its total and its last rate.
     pub fn cpu(&self, rel: &str) -> Value {
         let usage = cpu_usage_ns(rel).unwrap_or(0);
-        let rate = self.samples.lock().unwrap().get(rel).and_then(|s| s.rate);
+        let rate = self
+            .samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(rel)
+            .and_then(|s| s.rate);
         let mut v = json!({"time": now(), "usageCoreNanoSeconds": usage});
         if let Some(r) = rate {
             v["usageNanoCores"] = json!(r);
         }
         v
     }
+}
+
+/// Nanocores: `used_ns` of CPU time over `dt` (in 128 bits: a busy node's 10 s of several
+/// cores' nanoseconds times 10⁹ is past 64).
+fn rate(used_ns: u64, dt: std::time::Duration) -> Option<u64> {
+    let dt = dt.as_nanos();
+    (dt > 0).then(|| u64::try_from(used_ns as u128 * 1_000_000_000 / dt).unwrap_or(u64::MAX))
 }
 
 /// The `memory` stats of a cgroup.
@@ -270,6 +281,16 @@ mod tests {
         s.sample(&["/".to_string()]);
         assert!(s.cpu("/")["usageNanoCores"].is_u64());
         assert!(fs(Path::new("/"))["capacityBytes"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn rates_of_busy_nodes_do_not_overflow() {
+        // 2 cores busy for 10 s: 2e10 ns; times 1e9 is past u64.
+        assert_eq!(
+            rate(20_000_000_000, std::time::Duration::from_secs(10)),
+            Some(2_000_000_000)
+        );
+        assert_eq!(rate(5, std::time::Duration::ZERO), None);
     }
 
     #[test]

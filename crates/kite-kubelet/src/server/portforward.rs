@@ -91,47 +91,94 @@ fn ports_of(q: &[(String, String)]) -> Result<Vec<u16>, String> {
     Ok(out)
 }
 
-/// SPDY in binary WebSocket messages, as a byte stream.
-fn tunnel(socket: axum::extract::ws::WebSocket) -> tokio::io::DuplexStream {
-    use axum::extract::ws::Message as Ws;
-    use futures::{SinkExt, StreamExt};
-    let (ours, theirs) = tokio::io::duplex(256 * 1024);
-    let (mut rd, mut wr) = tokio::io::split(theirs);
-    let (mut sink, mut source) = socket.split();
-    tokio::spawn(async move {
-        while let Some(Ok(m)) = source.next().await {
-            match m {
-                Ws::Binary(b) if wr.write_all(&b).await.is_err() => break,
-                Ws::Close(_) => break,
-                _ => {}
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 128 * 1024];
+/// SPDY in binary WebSocket messages, as a byte stream: each write is one message, reads
+/// take the messages' bytes in order. The SPDY session reads and writes the socket itself
+/// (no pipe and no relaying task between them: every hop would cost each chunk a wake-up).
+struct Tunnel {
+    ws: axum::extract::ws::WebSocket,
+    /// What is left of the last message read.
+    pending: Bytes,
+    closed: bool,
+}
+
+fn tunnel(ws: axum::extract::ws::WebSocket) -> Tunnel {
+    Tunnel {
+        ws,
+        pending: Bytes::new(),
+        closed: false,
+    }
+}
+
+fn io_error(e: axum::Error) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use axum::extract::ws::Message as Ws;
+        use futures::Stream;
+        use std::task::Poll;
+        let this = self.get_mut();
         loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if sink
-                        .send(Ws::Binary(Bytes::copy_from_slice(&buf[..n])))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(buf.remaining());
+                buf.put_slice(&this.pending.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if this.closed {
+                return Poll::Ready(Ok(()));
+            }
+            match std::task::ready!(std::pin::Pin::new(&mut this.ws).poll_next(cx)) {
+                Some(Ok(Ws::Binary(b))) => this.pending = b,
+                Some(Ok(Ws::Close(_))) | None => this.closed = true,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
             }
         }
-        let _ = sink
-            .send(Ws::Close(Some(axum::extract::ws::CloseFrame {
-                code: 1000,
-                reason: "".into(),
-            })))
-            .await;
-    });
-    ours
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use futures::Sink;
+        let this = self.get_mut();
+        let mut ws = std::pin::Pin::new(&mut this.ws);
+        std::task::ready!(ws.as_mut().poll_ready(cx)).map_err(io_error)?;
+        ws.start_send(axum::extract::ws::Message::Binary(Bytes::copy_from_slice(
+            data,
+        )))
+        .map_err(io_error)?;
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use futures::Sink;
+        std::pin::Pin::new(&mut self.get_mut().ws)
+            .poll_flush(cx)
+            .map_err(io_error)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use futures::Sink;
+        // A close frame, as the pipe's relay sent.
+        std::pin::Pin::new(&mut self.get_mut().ws)
+            .poll_close(cx)
+            .map_err(io_error)
+    }
 }
 
 /// Upstream's `httpStreamReceived`: a port and a stream type are required.
