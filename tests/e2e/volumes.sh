@@ -191,6 +191,9 @@ check "deleting the pod unmounts it" equals "$(grep -c " $DATA/agent/pods/$imgui
 check "a pod whose ServiceAccount does not exist is refused (upstream's message)" \
   fails_with 'error looking up service account default/ghost: serviceaccount "ghost" not found' \
   kc run ghost --image=kite.test/shell:1 --overrides='{"spec":{"serviceAccountName":"ghost"}}'
+check "Bidirectional mount propagation needs a privileged container" \
+  fails_with "Bidirectional mount propagation is available only to privileged containers" \
+  kc run bidi --image=kite.test/shell:1 --overrides='{"spec":{"containers":[{"name":"bidi","image":"kite.test/shell:1","volumeMounts":[{"name":"v","mountPath":"/v","mountPropagation":"Bidirectional"}]}],"volumes":[{"name":"v","emptyDir":{}}]}}'
 cat <<YAML | kc apply -f - >/dev/null
 apiVersion: v1
 kind: Pod

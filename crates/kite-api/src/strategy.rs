@@ -557,6 +557,29 @@ fn validate_container(c: &Value, path: &str, names: &mut Vec<String>, errs: &mut
         }
     }
     validate_resources(&c["resources"], &format!("{path}.resources"), errs);
+    // Upstream's validateMountPropagation: a known mode; Bidirectional only when privileged.
+    let privileged = c["securityContext"]["privileged"] == true;
+    for (i, m) in c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Some(mode) = m.get("mountPropagation").filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let at = format!("{path}.volumeMounts[{i}].mountPropagation");
+        const MODES: [&str; 3] = ["Bidirectional", "HostToContainer", "None"];
+        if !MODES.iter().any(|x| mode == x) {
+            errs.push(FieldError::not_supported(at.clone(), mode, &MODES));
+        }
+        if mode == "Bidirectional" && !privileged {
+            errs.push(FieldError::forbidden(
+                at,
+                "Bidirectional mount propagation is available only to privileged containers",
+            ));
+        }
+    }
     let sc = &c["securityContext"];
     for f in ["runAsUser", "runAsGroup"] {
         validate_id(&sc[f], &format!("{path}.securityContext.{f}"), errs);
@@ -1678,5 +1701,34 @@ mod ephemeral_tests {
                 .any(|m| m.contains("targetContainerName: Not found")),
             "{bad:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod mount_tests {
+    use super::*;
+
+    #[test]
+    fn bidirectional_propagation_needs_privilege() {
+        let spec = |privileged: bool, mode: &str| {
+            json!({"containers": [{"name": "c", "image": "i",
+                "securityContext": {"privileged": privileged},
+                "volumeMounts": [{"name": "v", "mountPath": "/v", "mountPropagation": mode}]}],
+                "volumes": [{"name": "v", "emptyDir": {}}]})
+        };
+        let msgs = |s: Value| {
+            let mut errs = Vec::new();
+            validate_pod_spec(&s, "spec", &mut errs);
+            errs.into_iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+        };
+        assert!(msgs(spec(true, "Bidirectional")).is_empty());
+        assert!(msgs(spec(false, "HostToContainer")).is_empty());
+        assert_eq!(
+            msgs(spec(false, "Bidirectional")),
+            ["spec.containers[0].volumeMounts[0].mountPropagation: Forbidden: Bidirectional mount propagation is available only to privileged containers"]
+        );
+        assert!(msgs(spec(true, "Sideways"))[0].contains("Unsupported value"));
     }
 }
