@@ -151,6 +151,16 @@ check "with upstream's reason" equals "$(kc get node kite-e2e -o jsonpath='{.sta
 tainted() { contains "$(kc get node kite-e2e -o jsonpath='{.spec.taints}')" "node.kubernetes.io/disk-pressure"; }
 check "and the node is tainted disk-pressure:NoSchedule" wait_for 20 "the taint" tainted
 check "the pod is evicted" wait_for 60 "hog to be evicted" evicted hog
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: late}
+spec:
+  tolerations: [{key: node.kubernetes.io/disk-pressure, operator: Exists, effect: NoSchedule}]
+  containers: [{name: c, image: kite.test/shell:1, command: [sleep, "3600"]}]
+YAML
+check "a new pod under disk pressure is refused by the kubelet" wait_for 30 "late to be refused" evicted late
+check "with upstream's message" equals "$(kc get pod late -o jsonpath='{.status.message}')" "The node had condition: [DiskPressure]. "
 check "saying which resource ran low" contains "$(kc get pod hog -o jsonpath='{.status.message}')" "The node was low on resource: ephemeral-storage. Threshold quantity: "
 stop_server
 KITE_EVICTION_HARD='nodefs.available<1%' start_server --eviction-pressure-transition-period 5s \

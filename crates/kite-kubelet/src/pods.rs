@@ -600,6 +600,27 @@ impl Kubelet {
         self.opts.data_dir.join("agent").join("run").join("io")
     }
 
+    /// Where the FIFOs of exec'd processes (probes, hooks, `kubectl exec`) are: a
+    /// directory on the host's /dev/shm when that is a tmpfs (making and removing a FIFO on
+    /// a disk filesystem was an eighth of exec probes' cost), else [`Self::io_dir`]. They
+    /// live as long as their process, so nothing there needs to outlive a reboot.
+    pub(crate) fn exec_io_dir(&self) -> PathBuf {
+        static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+        let shm = DIR.get_or_init(|| {
+            let tmpfs = nix::sys::statfs::statfs("/dev/shm")
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+            let dir = PathBuf::from("/dev/shm/kite-exec");
+            let made = std::fs::create_dir_all(&dir).and_then(|_| {
+                std::fs::set_permissions(
+                    &dir,
+                    <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
+                )
+            });
+            (tmpfs && made.is_ok()).then_some(dir)
+        });
+        shm.clone().unwrap_or_else(|| self.io_dir())
+    }
+
     /// After a restart: copies the output of the containers that still run again, and
     /// removes the FIFOs of those that are gone.
     async fn reattach_logs(&self) {
@@ -757,6 +778,19 @@ impl Kubelet {
         let Some(net) = self.network.lock().unwrap().clone() else {
             return Ok(Action::AwaitChange);
         };
+        // A pod that never started is admitted first (see `evict`): under node pressure
+        // it may be refused, as upstream's eviction manager refuses it.
+        if pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .is_none()
+        {
+            if let Some(msg) = self.admission_refusal(&pod) {
+                self.reject(&pod, "Evicted", msg).await?;
+                return Ok(Action::AwaitChange);
+            }
+        }
         let ip = match self.ensure_sandbox(&pod, &net).await {
             Ok(ip) => {
                 self.state
@@ -983,7 +1017,7 @@ impl Kubelet {
                 let outcome = match &p.exec {
                     Some(e) => {
                         let cmd = e.command.clone().unwrap_or_default();
-                        let io = self.io_dir();
+                        let io = self.exec_io_dir();
                         if process.is_none() {
                             process = containers::process_spec(&self.cd, id).await.ok();
                         }
@@ -1700,7 +1734,7 @@ impl Kubelet {
             let cmd = e.command.clone().unwrap_or_default();
             // Hooks have no timeout of their own upstream (preStop is bounded by the grace
             // period by its caller); a day is a bound that never matters.
-            let io = self.io_dir();
+            let io = self.exec_io_dir();
             let r = containers::exec_status(&self.cd, &io, id, &cmd, Duration::from_secs(86400));
             return match r.await {
                 Ok(x) if x.code == Some(0) => Ok(()),

@@ -62,6 +62,72 @@ impl Kubelet {
         }
     }
 
+    /// Upstream's eviction admission: under pressure, a new pod is refused (its message)
+    /// unless it is critical, or, under memory pressure alone, not BestEffort or tolerating
+    /// the memory-pressure taint.
+    pub(super) fn admission_refusal(
+        &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+    ) -> Option<String> {
+        let held = self.pressure();
+        if held.is_empty() {
+            return None;
+        }
+        let spec = pod.spec.as_ref()?;
+        if matches!(
+            spec.priority_class_name.as_deref(),
+            Some("system-node-critical" | "system-cluster-critical")
+        ) || crate::static_pods::is_mirror(pod)
+        {
+            return None;
+        }
+        if held == [Pressure::Memory] {
+            let tolerates = spec.tolerations.iter().flatten().any(|t| {
+                let key_ok = t.key.as_deref().is_none_or(|k| k.is_empty())
+                    && t.operator.as_deref() == Some("Exists")
+                    || t.key.as_deref() == Some("node.kubernetes.io/memory-pressure");
+                let effect_ok = t
+                    .effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == "NoSchedule");
+                key_ok && effect_ok
+            });
+            if crate::cgroups::qos_class(pod) != "BestEffort" || tolerates {
+                return None;
+            }
+        }
+        let names: Vec<&str> = held
+            .iter()
+            .map(|p| match p {
+                Pressure::Memory => "MemoryPressure",
+                Pressure::Disk => "DiskPressure",
+                Pressure::Pid => "PIDPressure",
+            })
+            .collect();
+        Some(format!("The node had condition: [{}]. ", names.join(" ")))
+    }
+
+    /// Refuses a pod that never started: Failed, with the reason and message, and an event.
+    pub(super) async fn reject(
+        &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+        reason: &str,
+        message: String,
+    ) -> anyhow::Result<()> {
+        use kube::api::{Patch, PatchParams};
+        self.recorder
+            .event(pod, super::WARNING, reason, message.clone());
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(self.client.clone(), &ns);
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let status = serde_json::json!({"status": {"phase": "Failed", "reason": reason, "message": message,
+            "startTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())}});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+        Ok(())
+    }
+
     /// The node's running pods, ranked for eviction under `signal`; static and
     /// system-node-critical pods are never evicted, as upstream.
     async fn candidates(&self, signal: Signal) -> Vec<Candidate> {

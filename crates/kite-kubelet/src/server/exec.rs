@@ -61,7 +61,7 @@ async fn pump_out(mut from: tokio::net::unix::pipe::Receiver, to: Writer) {
 async fn run(k: Arc<Kubelet>, mut remote: Remote, id: String, cmd: Vec<String>, opts: Options) {
     let started = runtime::start(
         k.runtime(),
-        &k.io_dir(),
+        &k.exec_io_dir(),
         Spec {
             container: &id,
             cmd: &cmd,
