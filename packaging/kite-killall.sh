@@ -56,6 +56,6 @@ if command -v nft >/dev/null 2>&1; then
   done
 fi
 awk -v d="$DATA/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null || true; done
-# Exec'd processes' FIFOs (each removed with its process): the directory, once empty.
-rmdir /dev/shm/kite-exec 2>/dev/null || true
+# Exec'd processes' FIFOs: this data dir's directory on /dev/shm (kite-exec-<dev>-<inode>).
+[ -d "$DATA" ] && rm -rf "/dev/shm/kite-exec-$(stat -c %d-%i "$DATA")"
 echo "kite stopped"

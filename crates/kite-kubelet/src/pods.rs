@@ -112,6 +112,8 @@ pub struct Kubelet {
     /// The node's pressure conditions (see `evict`), and their history.
     pressure: Mutex<Vec<crate::eviction::Pressure>>,
     pressure_conditions: Mutex<crate::eviction::Conditions>,
+    /// See [`Kubelet::exec_io_dir`].
+    exec_dir: std::sync::OnceLock<Option<PathBuf>>,
 }
 
 /// How many container starts (containerd task create and start: the shim, `runc create`,
@@ -223,6 +225,7 @@ impl Kubelet {
             resize_restarts: Mutex::default(),
             pressure: Mutex::default(),
             pressure_conditions: Mutex::default(),
+            exec_dir: Default::default(),
         })
     }
 
@@ -306,6 +309,8 @@ impl Kubelet {
     }
 
     pub async fn start(self: &Arc<Self>) {
+        // Empties the exec FIFOs' directory of what a previous run left.
+        self.exec_io_dir();
         {
             let q = self.queue.clone();
             let k = self.clone();
@@ -603,22 +608,30 @@ impl Kubelet {
     /// Where the FIFOs of exec'd processes (probes, hooks, `kubectl exec`) are: a
     /// directory on the host's /dev/shm when that is a tmpfs (making and removing a FIFO on
     /// a disk filesystem was an eighth of exec probes' cost), else [`Self::io_dir`]. They
-    /// live as long as their process, so nothing there needs to outlive a reboot.
+    /// live as long as their process. The directory is this data dir's own
+    /// (`kite-exec-<dev>-<inode>` of the data dir, which kite-killall.sh finds the same
+    /// way), emptied when the kubelet starts: what a killed kite left there is stale.
     pub(crate) fn exec_io_dir(&self) -> PathBuf {
-        static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-        let shm = DIR.get_or_init(|| {
-            let tmpfs = nix::sys::statfs::statfs("/dev/shm")
-                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
-            let dir = PathBuf::from("/dev/shm/kite-exec");
-            let made = std::fs::create_dir_all(&dir).and_then(|_| {
-                std::fs::set_permissions(
-                    &dir,
-                    <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
-                )
-            });
-            (tmpfs && made.is_ok()).then_some(dir)
-        });
-        shm.clone().unwrap_or_else(|| self.io_dir())
+        self.exec_dir
+            .get_or_init(|| {
+                use std::os::unix::fs::MetadataExt;
+                let tmpfs = nix::sys::statfs::statfs("/dev/shm")
+                    .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+                let id = std::fs::metadata(&self.opts.data_dir).ok()?;
+                let dir = PathBuf::from(format!("/dev/shm/kite-exec-{}-{}", id.dev(), id.ino()));
+                let _ = std::fs::remove_dir_all(&dir);
+                let made = std::fs::create_dir_all(&dir).and_then(|_| {
+                    std::fs::set_permissions(
+                        &dir,
+                        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
+                            0o700,
+                        ),
+                    )
+                });
+                (tmpfs && made.is_ok()).then_some(dir)
+            })
+            .clone()
+            .unwrap_or_else(|| self.io_dir())
     }
 
     /// After a restart: copies the output of the containers that still run again, and
