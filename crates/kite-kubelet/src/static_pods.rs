@@ -19,6 +19,18 @@ pub fn is_mirror(pod: &Pod) -> bool {
         .is_some_and(|a| a.contains_key(MIRROR))
 }
 
+/// Whether a pod is a static pod (its manifest's, or its mirror in the API): critical to
+/// upstream's eviction manager, so never refused or evicted for node pressure.
+pub fn is_static(pod: &Pod) -> bool {
+    is_mirror(pod)
+        || pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SOURCE))
+            .is_some_and(|s| s != "api")
+}
+
 /// Reads every manifest (`.yaml`, `.yml`, `.json`); a file that does not parse as a Pod is
 /// skipped with a warning, as upstream.
 pub fn load(dir: &Path, node: &str) -> Vec<Pod> {

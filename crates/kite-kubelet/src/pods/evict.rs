@@ -77,7 +77,7 @@ impl Kubelet {
         if matches!(
             spec.priority_class_name.as_deref(),
             Some("system-node-critical" | "system-cluster-critical")
-        ) || crate::static_pods::is_mirror(pod)
+        ) || crate::static_pods::is_static(pod)
         {
             return None;
         }
@@ -136,7 +136,7 @@ impl Kubelet {
             let spec = pod.spec.clone().unwrap_or_default();
             let critical = spec.priority_class_name.as_deref() == Some("system-node-critical")
                 || spec.priority_class_name.as_deref() == Some("system-cluster-critical")
-                || crate::static_pods::is_mirror(&pod);
+                || crate::static_pods::is_static(&pod);
             let key = kite_runtime::informer::key_of(&*pod);
             let failed = self
                 .state
