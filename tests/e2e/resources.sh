@@ -106,6 +106,30 @@ cleared() { ! contains "$(kc get pod rs -o jsonpath='{.status.conditions[*].type
 check "a feasible resize clears the condition" wait_for 30 "the condition to go" cleared
 kc delete pod rs --now >/dev/null 2>&1
 
+# --- a memory limit below what the container uses: refused by the kubelet --------------
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: full}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: kite.test/shell:1
+    command: [sh, -c, 'trap "exit 0" TERM; dd if=/dev/zero of=/dev/shm/fill bs=1M count=30 2>/dev/null; touch /tmp/filled; sleep 3600 & wait']
+    resources: {requests: {memory: 16Mi}, limits: {memory: 64Mi}}
+YAML
+wait_for 60 "full to run" running full
+filled() { kc exec full -- test -f /tmp/filled; }
+wait_for 30 "the container to fill its memory" filled
+kc patch pod full --subresource resize -p '{"spec":{"containers":[{"name":"c","resources":{"limits":{"memory":"20Mi"}}}]}}' >/dev/null
+in_error() { [ "$(kc get pod full -o jsonpath='{.status.conditions[?(@.type=="PodResizeInProgress")].reason}')" = Error ]; }
+check "a memory limit below the container's usage: PodResizeInProgress, Error" wait_for 30 "the resize error" in_error
+check "with upstream's message" contains "$(kc get pod full -o jsonpath='{.status.conditions[?(@.type=="PodResizeInProgress")].message}')" 'memory limit (20971520) below current usage'
+check "the container keeps its limit" equals "$(kc get pod full -o jsonpath='{.status.containerStatuses[0].resources.limits.memory}')" "64Mi"
+check "and runs on" equals "$(kc get pod full -o jsonpath='{.status.containerStatuses[0].restartCount}')" "0"
+kc delete pod full --now >/dev/null 2>&1
+
 # --- eviction: an emptyDir over its sizeLimit ------------------------------------------
 cat <<YAML | kc apply -f - >/dev/null
 apiVersion: v1

@@ -118,6 +118,7 @@ impl Kubelet {
         let grace =
             Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
         let outcome: Result<()> = async {
+            memory_decrease_check(pod, &plan, &before, &after)?;
             crate::cgroups::apply_pod(pod, &before.widest(&after))?;
             for (c, i, step) in &plan {
                 match step {
@@ -172,5 +173,57 @@ impl Kubelet {
                 true
             }
         }
+    }
+}
+
+/// Upstream's check before lowering memory limits: none may go below what is in use now
+/// (the kernel would reclaim, or kill, to get there); the resize then stays in progress
+/// with the error, and is tried again.
+fn memory_decrease_check(
+    pod: &Pod,
+    plan: &[(
+        &k8s_openapi::api::core::v1::Container,
+        &Info,
+        crate::resize::Step,
+    )],
+    before: &crate::cgroups::Limits,
+    after: &crate::cgroups::Limits,
+) -> Result<()> {
+    use crate::resize::{CpuMem, Step};
+    let rel = crate::cgroups::pod_cgroup(pod);
+    let usage = |rel: &str| crate::stats::memory(rel).map(|m| m.usage as i128);
+    let lower = |new: Option<i128>, old: Option<i128>| match (new, old) {
+        (Some(n), Some(o)) => (n < o).then_some(n),
+        (Some(n), None) => Some(n),
+        _ => None,
+    };
+    let mut errs = Vec::new();
+    if let Some(new) = lower(after.memory.map(i128::from), before.memory.map(i128::from)) {
+        // An unknown usage (no memory controller there) is not refused for want of a figure.
+        if let Some(u) = usage(&rel).filter(|u| *u >= new) {
+            errs.push(format!(
+                "attempting to set pod memory limit ({new}) below current usage ({u})"
+            ));
+        }
+    }
+    for (c, i, step) in plan {
+        if *step != Step::Update {
+            continue;
+        }
+        let new = CpuMem::of(c.resources.as_ref()).mem_lim;
+        let old = CpuMem::of(i.resources.as_ref()).mem_lim;
+        let Some(new) = lower(new, old) else { continue };
+        if let Some(u) = usage(&format!("{rel}/{}", i.id)).filter(|u| *u >= new) {
+            errs.push(format!(
+                "attempting to set container {:?} memory limit ({new}) below current usage ({u})",
+                c.name
+            ));
+        }
+    }
+    match errs.len() {
+        0 => Ok(()),
+        // Go's aggregate error: one as it is, several in brackets.
+        1 => anyhow::bail!("cannot decrease memory limits: {}", errs[0]),
+        _ => anyhow::bail!("cannot decrease memory limits: [{}]", errs.join(", ")),
     }
 }
