@@ -47,6 +47,14 @@ pub struct Info {
     pub state: State,
 }
 
+/// The latest instance of container `name` in `have`, when it is running.
+pub fn running_instance<'a>(have: &'a [Info], name: &str) -> Option<&'a Info> {
+    have.iter()
+        .filter(|i| i.name == name)
+        .max_by_key(|i| i.attempt)
+        .filter(|i| matches!(i.state, State::Running { .. }))
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum State {
     /// Created but never started (or its task is gone without an exit).

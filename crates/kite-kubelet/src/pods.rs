@@ -946,12 +946,7 @@ impl Kubelet {
                 .filter(|c| is_sidecar(c)),
         );
         for c in probed {
-            let Some(i) = have
-                .iter()
-                .filter(|i| i.name == c.name)
-                .max_by_key(|i| i.attempt)
-                .filter(|i| matches!(i.state, State::Running { .. }))
-            else {
+            let Some(i) = containers::running_instance(have, &c.name) else {
                 continue;
             };
             if self.probe_results.has(&i.id) {

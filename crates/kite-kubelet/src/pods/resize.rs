@@ -3,7 +3,7 @@
 //! the cgroup changes (the pod's widened first, narrowed last).
 
 use super::{Kubelet, NORMAL, WARNING};
-use crate::containers::{self, Info, State};
+use crate::containers::{self, Info};
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Pod;
 use kite_runtime::informer::Key;
@@ -30,12 +30,7 @@ impl Kubelet {
             .iter()
             .chain(spec.init_containers.iter().flatten());
         for c in all {
-            let Some(i) = have
-                .iter()
-                .filter(|i| i.name == c.name)
-                .max_by_key(|i| i.attempt)
-                .filter(|i| matches!(i.state, State::Running { .. }))
-            else {
+            let Some(i) = containers::running_instance(have, &c.name) else {
                 continue;
             };
             let Some(applied) = &i.resources else {
