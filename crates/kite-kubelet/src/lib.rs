@@ -17,6 +17,7 @@ pub mod probes;
 pub mod pull;
 pub mod registries;
 pub mod resize;
+pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod spec;

@@ -11,12 +11,12 @@ use crate::images::{self, Resolved};
 use crate::logs;
 use crate::network::Network;
 use crate::probes;
+use crate::runtime::Runtime;
 use crate::sandbox::Sandbox;
 use crate::static_pods;
 use crate::Options;
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Node, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kite_runtime::events::{Recorder, NORMAL, WARNING};
 use kite_runtime::informer::{key_of, Informer, Key};
 use kite_runtime::{queue::run_workers, Action, Change, WorkQueue};
@@ -30,17 +30,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod evict;
+mod plan;
 mod resize;
+mod status;
 mod summary;
 
+use plan::is_sidecar;
+
 const COMPONENT: &str = "kubelet";
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Why a container is not running, shown as its `waiting` state.
 #[derive(Clone, Debug, PartialEq)]
-struct Waiting {
-    reason: String,
-    message: String,
+pub(crate) struct Waiting {
+    pub reason: String,
+    pub message: String,
 }
 
 /// Why the kubelet failed a pod: its status's reason and message, and the grace period
@@ -75,6 +78,8 @@ struct PodState {
 pub struct Kubelet {
     client: kube::Client,
     cd: Containerd,
+    /// The pod worker's container verbs (containerd, behind [`Runtime`]).
+    rt: Arc<dyn Runtime>,
     opts: Options,
     nodes: Arc<Informer<Node>>,
     pods: Arc<Informer<Pod>>,
@@ -159,33 +164,6 @@ fn host_ports(pod: &Pod, pod_ip: std::net::Ipv4Addr) -> Vec<crate::network::Host
         .collect()
 }
 
-/// An init container with restartPolicy Always: a sidecar that runs beside the app
-/// containers.
-fn is_sidecar(c: &Container) -> bool {
-    c.restart_policy.as_deref() == Some("Always")
-}
-
-/// Whether every app container has exited and will not be started again.
-fn app_containers_done(
-    spec: &k8s_openapi::api::core::v1::PodSpec,
-    policy: &str,
-    have: &[Info],
-) -> bool {
-    policy != "Always"
-        && !spec.containers.is_empty()
-        && spec.containers.iter().all(|c| {
-            match have
-                .iter()
-                .filter(|i| i.name == c.name)
-                .max_by_key(|i| i.attempt)
-                .map(|i| &i.state)
-            {
-                Some(State::Exited { code, .. }) => policy == "Never" || *code == 0,
-                _ => false,
-            }
-        })
-}
-
 fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
 }
@@ -201,6 +179,7 @@ impl Kubelet {
         let recorder = Recorder::new(client.clone(), COMPONENT, &opts.node_name);
         Arc::new(Kubelet {
             client,
+            rt: Arc::new(cd.clone()),
             cd,
             opts,
             nodes,
@@ -400,7 +379,7 @@ impl Kubelet {
                 .values()
                 .filter_map(|p| p.metadata.uid.clone()),
         );
-        let orphans: Vec<String> = match containers::pod_uids(&self.cd).await {
+        let orphans: Vec<String> = match self.rt.pod_uids().await {
             Ok(uids) => uids.into_iter().filter(|u| !known.contains(u)).collect(),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "listing containers");
@@ -492,7 +471,9 @@ impl Kubelet {
         };
         let id = id.trim_start_matches("containerd://").to_string();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let infos = containers::list(&self.cd, &uid)
+        let infos = self
+            .rt
+            .list(&uid)
             .await
             .map_err(|e| LogError::Internal(format!("{e:#}")))?;
         let info = infos.iter().find(|i| i.id == id).ok_or_else(|| {
@@ -597,7 +578,7 @@ impl Kubelet {
 
     /// Whether a container's task runs (a followed log goes on while it does).
     pub(crate) async fn container_running(&self, id: &str) -> bool {
-        containers::is_running(&self.cd, id).await
+        self.rt.is_running(id).await
     }
 
     /// Where containers' stdout and stderr FIFOs are (see `logs::Fifos`).
@@ -652,7 +633,7 @@ impl Kubelet {
         }
         for pod in self.pods.list() {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let Ok(infos) = containers::list(&self.cd, &uid).await else {
+            let Ok(infos) = self.rt.list(&uid).await else {
                 continue;
             };
             for i in infos {
@@ -827,7 +808,7 @@ impl Kubelet {
         let images = match self.image_volumes(&pod, &key, &uid).await? {
             Ok(m) => m,
             Err(wait) => {
-                let running = containers::list(&self.cd, &uid).await?;
+                let running = self.rt.list(&uid).await?;
                 self.report(&pod, &key, &running, ip).await?;
                 return Ok(Action::Requeue(wait));
             }
@@ -847,7 +828,7 @@ impl Kubelet {
                 // As upstream: the pod waits in ContainerCreating and says why.
                 self.recorder
                     .event(&*pod, WARNING, "FailedMount", e.to_string());
-                let running = containers::list(&self.cd, &uid).await?;
+                let running = self.rt.list(&uid).await?;
                 self.report(&pod, &key, &running, ip).await?;
                 return Ok(Action::Requeue(Duration::from_secs(4)));
             }
@@ -884,7 +865,7 @@ impl Kubelet {
             .get(&key)
             .and_then(|s| s.failed.clone());
         if let Some(f) = failed {
-            let have = containers::list(&self.cd, &uid).await?;
+            let have = self.rt.list(&uid).await?;
             let grace = f.grace.unwrap_or_else(|| {
                 Duration::from_secs(
                     pod.spec
@@ -898,17 +879,17 @@ impl Kubelet {
                 .iter()
                 .filter(|c| matches!(c.state, State::Running { .. }))
             {
-                containers::stop(&self.cd, &c.id, c.stop_signal, grace).await?;
+                self.rt.stop(&c.id, c.stop_signal, grace).await?;
             }
-            let have = containers::list(&self.cd, &uid).await?;
+            let have = self.rt.list(&uid).await?;
             self.report(&pod, &key, &have, ip).await?;
             return Ok(Action::AwaitChange);
         }
-        let running = containers::list(&self.cd, &uid).await?;
+        let running = self.rt.list(&uid).await?;
         let (resized, resize_in) = self.resize(&pod, &key, &running).await;
         let running = if resized {
             // A container may have been stopped for a restart.
-            containers::list(&self.cd, &uid).await?
+            self.rt.list(&uid).await?
         } else {
             running
         };
@@ -921,7 +902,7 @@ impl Kubelet {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let running = containers::list(&self.cd, &uid).await?;
+        let running = self.rt.list(&uid).await?;
         for c in &running {
             if matches!(c.state, State::Running { .. }) {
                 self.watch_exit(&c.id, key.clone());
@@ -969,7 +950,7 @@ impl Kubelet {
                     k.run_probe(&pod, &key, &c, &id, signal, kind, ip).await;
                     // A startup probe ends when it succeeds; the results go with the
                     // container.
-                    if !containers::is_running(&k.cd, &id).await {
+                    if !k.rt.is_running(&id).await {
                         k.probe_results.forget(&id);
                     }
                 });
@@ -1000,14 +981,14 @@ impl Kubelet {
         // before every probe, which would double an HTTP probe's cost.
         const RECHECK: Duration = Duration::from_secs(10);
         let mut checked = tokio::time::Instant::now();
-        if !containers::is_running(&self.cd, id).await {
+        if !self.rt.is_running(id).await {
             return;
         }
         // An exec probe's process spec, read once per container instance.
         let mut process: Option<Value> = None;
         loop {
             if checked.elapsed() >= RECHECK {
-                if !containers::is_running(&self.cd, id).await {
+                if !self.rt.is_running(id).await {
                     return;
                 }
                 checked = tokio::time::Instant::now();
@@ -1067,7 +1048,7 @@ impl Kubelet {
                     }
                     None => probes::probe_network(&p, c, ip, timing.timeout).await,
                 };
-                if outcome.is_err() && !containers::is_running(&self.cd, id).await {
+                if outcome.is_err() && !self.rt.is_running(id).await {
                     // It stopped: not the probe's failure to report.
                     return;
                 }
@@ -1099,8 +1080,7 @@ impl Kubelet {
                             .or_else(|| pod.spec.as_ref()?.termination_grace_period_seconds)
                             .unwrap_or(30)
                             .max(0) as u64;
-                        let stop =
-                            containers::stop(&self.cd, id, stop_signal, Duration::from_secs(grace));
+                        let stop = self.rt.stop(id, stop_signal, Duration::from_secs(grace));
                         if let Err(e) = stop.await {
                             tracing::warn!(container = %id, error = %format!("{e:#}"), "stopping an unhealthy container");
                         }
@@ -1144,10 +1124,13 @@ impl Kubelet {
         let id2 = id.to_string();
         // Wait also ends when containerd goes away (a restart): forget the watch so the
         // next sync, once containerd answers again, watches the container anew.
-        containers::on_exit(&self.cd, id, move || {
-            waiting.lock().unwrap().remove(&id2);
-            q.add(key)
-        });
+        self.rt.on_exit(
+            id,
+            Box::new(move || {
+                waiting.lock().unwrap().remove(&id2);
+                q.add(key)
+            }),
+        );
     }
 
     /// The pod's namespaces, address and files; returns its IP (the node's own for
@@ -1324,105 +1307,13 @@ impl Kubelet {
     /// Returns when to look again (a back-off ending), if any.
     async fn drive(&self, pod: &Pod, key: &Key, have: &[Info]) -> Result<Option<Duration>> {
         let spec = pod.spec.clone().unwrap_or_default();
-        let policy = spec
-            .restart_policy
-            .clone()
-            .unwrap_or_else(|| "Always".into());
-        let latest = |name: &str| {
-            have.iter()
-                .filter(|c| c.name == name)
-                .max_by_key(|c| c.attempt)
+        let worker = Worker {
+            k: self,
+            pod,
+            key,
+            have,
         };
-        // Once an app container has been created, the pod has been initialized: a sidecar
-        // that stops later is restarted without holding the app containers back.
-        let initialized = spec
-            .containers
-            .iter()
-            .any(|c| have.iter().any(|i| i.name == c.name));
-        // Init containers: each must exit 0 before the next starts; a sidecar (an init
-        // container with restartPolicy Always, as upstream 1.33) must have started, and is
-        // restarted whenever it stops, whatever the pod's restartPolicy.
-        let mut next: Option<Duration> = None;
-        for c in spec.init_containers.iter().flatten() {
-            if is_sidecar(c) {
-                match latest(&c.name).map(|i| &i.state) {
-                    Some(State::Running { .. }) => continue,
-                    _ if app_containers_done(&spec, &policy, have) => continue,
-                    _ => match self.start_or_backoff(pod, key, c, have, true).await? {
-                        None => continue,
-                        Some(d) if initialized => {
-                            next = Some(next.map_or(d, |n| n.min(d)));
-                            continue;
-                        }
-                        Some(d) => return Ok(Some(d)),
-                    },
-                }
-            }
-            match latest(&c.name).map(|i| &i.state) {
-                Some(State::Exited { code: 0, .. }) => continue,
-                _ if initialized => continue,
-                Some(State::Running { .. }) => return Ok(None),
-                Some(State::Exited { .. }) | Some(State::Created) if policy == "Never" => {
-                    return Ok(None)
-                }
-                _ => return self.start_or_backoff(pod, key, c, have, true).await,
-            }
-        }
-        for c in &spec.containers {
-            let restart = match latest(&c.name).map(|i| &i.state) {
-                None => true,
-                Some(State::Running { .. }) => false,
-                Some(State::Created) => true,
-                Some(State::Exited { code, .. }) => match policy.as_str() {
-                    "Always" => true,
-                    "OnFailure" => *code != 0,
-                    _ => false,
-                },
-            };
-            if restart {
-                if let Some(d) = self.start_or_backoff(pod, key, c, have, false).await? {
-                    next = Some(next.map_or(d, |n| n.min(d)));
-                }
-            }
-        }
-        // Ephemeral containers (`kubectl debug`) start once and are never restarted.
-        for e in spec.ephemeral_containers.iter().flatten() {
-            if latest(&e.name).is_some() {
-                continue;
-            }
-            if let Some(c) = ephemeral_as_container(e) {
-                if let Some(d) = self.start_or_backoff(pod, key, &c, have, false).await? {
-                    next = Some(next.map_or(d, |n| n.min(d)));
-                }
-            }
-        }
-        // The app containers are done for good (restartPolicy Never or OnFailure): the
-        // sidecars stop too, last started first, so the pod can complete.
-        if app_containers_done(&spec, &policy, have) {
-            let grace = Duration::from_secs(
-                spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64,
-            );
-            for c in spec
-                .init_containers
-                .iter()
-                .flatten()
-                .rev()
-                .filter(|c| is_sidecar(c))
-            {
-                if let Some(i) =
-                    latest(&c.name).filter(|i| matches!(i.state, State::Running { .. }))
-                {
-                    self.recorder.event(
-                        pod,
-                        NORMAL,
-                        "Killing",
-                        format!("Stopping container {}", c.name),
-                    );
-                    containers::stop(&self.cd, &i.id, i.stop_signal, grace).await?;
-                }
-            }
-        }
-        Ok(next)
+        plan::run(plan::plan(&spec, have), &worker).await
     }
 
     /// Starts a new attempt of `c`, unless its restart back-off has not run out.
@@ -1438,51 +1329,33 @@ impl Kubelet {
         let prev: Vec<&Info> = have.iter().filter(|i| i.name == c.name).collect();
         let last = prev.iter().max_by_key(|i| i.attempt).copied();
         let resized = last.is_some_and(|l| self.resize_restarts.lock().unwrap().remove(&l.id));
-        if let Some(Info {
-            state: State::Exited { at, .. },
-            attempt,
-            created,
-            ..
-        }) = last.filter(|_| !resized)
+        if let Some(b) = last
+            .filter(|_| !resized)
+            .and_then(|l| plan::backoff(l, now()))
         {
-            // Upstream: 10 s doubling to 5 min, reset after 10 min of running.
-            let ran = match (created, at) {
-                (Some(s), Some(e)) => e.duration_since(*s).as_secs(),
-                _ => 0,
-            };
-            let backoff = if ran >= 600 {
-                Duration::ZERO
-            } else {
-                (Duration::from_secs(10) * 2u32.saturating_pow(*attempt)).min(MAX_BACKOFF)
-            };
-            let since = at
-                .map(|e| Duration::from_secs_f64(now().duration_since(e).as_secs_f64().max(0.0)))
-                .unwrap_or(backoff);
-            if since < backoff {
-                let msg = format!(
-                    "back-off {}s restarting failed container={} pod={}_{}({})",
-                    backoff.as_secs(),
-                    c.name,
-                    pod.name_any(),
-                    key.0,
-                    pod.metadata.uid.clone().unwrap_or_default()
+            let msg = format!(
+                "back-off {}s restarting failed container={} pod={}_{}({})",
+                b.total.as_secs(),
+                c.name,
+                pod.name_any(),
+                key.0,
+                pod.metadata.uid.clone().unwrap_or_default()
+            );
+            if self.set_waiting(key, &c.name, "CrashLoopBackOff", &msg) {
+                self.recorder.event(
+                    pod,
+                    WARNING,
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {} in pod {}_{}({})",
+                        c.name,
+                        pod.name_any(),
+                        key.0,
+                        pod.metadata.uid.clone().unwrap_or_default()
+                    ),
                 );
-                if self.set_waiting(key, &c.name, "CrashLoopBackOff", &msg) {
-                    self.recorder.event(
-                        pod,
-                        WARNING,
-                        "BackOff",
-                        format!(
-                            "Back-off restarting failed container {} in pod {}_{}({})",
-                            c.name,
-                            pod.name_any(),
-                            key.0,
-                            pod.metadata.uid.clone().unwrap_or_default()
-                        ),
-                    );
-                }
-                return Ok(Some(backoff - since));
             }
+            return Ok(Some(b.left));
         }
         let attempt = last.map(|l| l.attempt + 1).unwrap_or(0);
         // Keep only the attempt before this one, for lastState.
@@ -1490,7 +1363,7 @@ impl Kubelet {
             .iter()
             .filter(|i| last.is_some_and(|l| i.attempt < l.attempt))
         {
-            containers::remove(&self.cd, &old.id).await.ok();
+            self.rt.remove(&old.id).await.ok();
         }
         let image_ref = c.image.clone().unwrap_or_default();
         let image = match self.ensure_image(pod, key, c, &image_ref).await? {
@@ -1665,9 +1538,9 @@ impl Kubelet {
             _ => None,
         };
         let permit = self.start_gate.acquire().await;
-        let r = containers::create_and_start(
-            &self.cd,
-            containers::New {
+        let r = self
+            .rt
+            .create_and_start(containers::New {
                 id: &id,
                 image: &image,
                 spec,
@@ -1676,9 +1549,8 @@ impl Kubelet {
                 stderr: &fifos.stderr,
                 stdin: stdin.as_deref(),
                 terminal: c.tty == Some(true),
-            },
-        )
-        .await;
+            })
+            .await;
         // The shim has its ends of the FIFOs now (or, if the create failed, never will).
         fifos.started();
         if r.is_ok() {
@@ -1687,7 +1559,7 @@ impl Kubelet {
         drop(permit);
         if let Err(e) = r {
             let msg = format!("{e:#}");
-            containers::remove(&self.cd, &id).await.ok();
+            self.rt.remove(&id).await.ok();
             self.set_waiting(key, &c.name, "RunContainerError", &msg);
             self.recorder
                 .event(pod, WARNING, "Failed", format!("Error: {msg}"));
@@ -1722,7 +1594,9 @@ impl Kubelet {
                     .unwrap_or(30)
                     .max(0) as u64;
                 let signal = crate::spec::stop_signal(&image.config);
-                containers::stop(&self.cd, &id, signal, Duration::from_secs(grace)).await?;
+                self.rt
+                    .stop(&id, signal, Duration::from_secs(grace))
+                    .await?;
             }
         }
         self.watch_exit(&id, key.clone());
@@ -1975,7 +1849,7 @@ impl Kubelet {
                 let mut bo = self.pull_backoff.lock().unwrap();
                 let next = bo
                     .get(&bkey)
-                    .map(|b| (b.next * 2).min(MAX_BACKOFF))
+                    .map(|b| (b.next * 2).min(plan::MAX_BACKOFF))
                     .unwrap_or(Duration::from_secs(10));
                 bo.insert(
                     bkey,
@@ -2252,7 +2126,7 @@ impl Kubelet {
                 .and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30)
             .max(0) as u64;
-        let have = containers::list(&self.cd, &uid).await?;
+        let have = self.rt.list(&uid).await?;
         for c in &have {
             if matches!(c.state, State::Running { .. }) {
                 self.recorder.event(
@@ -2274,7 +2148,7 @@ impl Kubelet {
         let stops = futures::future::join_all(
             have.iter()
                 .filter(|c| matches!(c.state, State::Running { .. }))
-                .map(|c| containers::stop(&self.cd, &c.id, c.stop_signal, grace)),
+                .map(|c| self.rt.stop(&c.id, c.stop_signal, grace)),
         );
         tokio::pin!(stops);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -2288,7 +2162,7 @@ impl Kubelet {
                     break;
                 }
                 _ = tick.tick() => {
-                    if let (Some(ip), Ok(now)) = (ip, containers::list(&self.cd, &uid).await) {
+                    if let (Some(ip), Ok(now)) = (ip, self.rt.list(&uid).await) {
                         if let Err(e) = self.report(pod, &key, &now, ip).await {
                             tracing::debug!(error = %format!("{e:#}"), "reporting a terminating pod");
                         }
@@ -2377,16 +2251,16 @@ impl Kubelet {
             .lock()
             .unwrap()
             .retain(|(u, _), _| u != uid);
-        let cs = containers::list(&self.cd, uid).await?;
+        let cs = self.rt.list(uid).await?;
         let stops = cs
             .iter()
             .filter(|c| matches!(c.state, State::Running { .. }))
-            .map(|c| containers::stop(&self.cd, &c.id, c.stop_signal, grace));
+            .map(|c| self.rt.stop(&c.id, c.stop_signal, grace));
         for r in futures::future::join_all(stops).await {
             r?;
         }
         for c in &cs {
-            containers::remove(&self.cd, &c.id).await?;
+            self.rt.remove(&c.id).await?;
             self.waiting_on.lock().unwrap().remove(&c.id);
         }
         let dir = self.pod_dir(uid);
@@ -2441,359 +2315,29 @@ impl Kubelet {
 
     /// Posts the pod's status when it differs from what the API has.
     async fn report(&self, pod: &Pod, key: &Key, have: &[Info], ip: IpAddr) -> Result<()> {
-        let spec = pod.spec.clone().unwrap_or_default();
+        let (waiting, failed, resize) = {
+            let state = self.state.lock().unwrap();
+            let s = state.get(key);
+            (
+                s.map(|s| s.waiting.clone()).unwrap_or_default(),
+                s.and_then(|s| s.failed.clone()),
+                s.and_then(|s| s.resize.clone()),
+            )
+        };
+        let status = status::compute(
+            &status::Inputs {
+                pod,
+                have,
+                waiting: &waiting,
+                failed: failed.as_ref(),
+                resize: resize.as_ref(),
+                host_ip: self.opts.node_ip,
+                pod_ip: ip,
+                now: now(),
+            },
+            &Observed { k: self, pod },
+        )?;
         let old = pod.status.clone().unwrap_or_default();
-        let policy = spec
-            .restart_policy
-            .clone()
-            .unwrap_or_else(|| "Always".into());
-        let waiting = self
-            .state
-            .lock()
-            .unwrap()
-            .get(key)
-            .map(|s| s.waiting.clone())
-            .unwrap_or_default();
-        let image_of = |c: &Container| c.image.clone().unwrap_or_default();
-        let app_started = spec
-            .containers
-            .iter()
-            .any(|c| have.iter().any(|i| i.name == c.name));
-        let inits_done = app_started
-            || spec.init_containers.iter().flatten().all(|c| {
-                have.iter()
-                    .filter(|i| i.name == c.name)
-                    .max_by_key(|i| i.attempt)
-                    .is_some_and(|i| {
-                        if is_sidecar(c) {
-                            matches!(i.state, State::Running { .. })
-                        } else {
-                            matches!(i.state, State::Exited { code: 0, .. })
-                        }
-                    })
-            });
-        let status_of = |c: &Container, init: bool| -> (Value, bool, Option<i32>, bool) {
-            let mut atts: Vec<&Info> = have.iter().filter(|i| i.name == c.name).collect();
-            atts.sort_by_key(|i| i.attempt);
-            let cur = atts.last().copied();
-            let prev = if atts.len() >= 2 {
-                Some(atts[atts.len() - 2])
-            } else {
-                None
-            };
-            let term = |i: &Info| match &i.state {
-                State::Exited { code, at } => {
-                    let reason = if *code != 0 && crate::cgroups::oom_killed(pod, &i.id) {
-                        "OOMKilled"
-                    } else if *code == 0 {
-                        "Completed"
-                    } else {
-                        "Error"
-                    };
-                    let mut t = json!({
-                        "exitCode": code, "reason": reason,
-                        "startedAt": i.created.map(Time), "finishedAt": at.map(Time),
-                        "containerID": format!("containerd://{}", i.id)});
-                    if let Some(m) = self.termination_message(pod, c, i, *code) {
-                        t["message"] = json!(m);
-                    }
-                    json!({"terminated": t})
-                }
-                _ => json!({}),
-            };
-            let mut running = false;
-            let mut exit = None;
-            let mut last_state = json!({});
-            let state = match cur {
-                None => {
-                    let w = waiting.get(&c.name).cloned().unwrap_or(Waiting {
-                        reason: if init || !inits_done {
-                            "PodInitializing".into()
-                        } else {
-                            "ContainerCreating".into()
-                        },
-                        message: String::new(),
-                    });
-                    json!({"waiting": {"reason": w.reason, "message": Some(w.message).filter(|m| !m.is_empty())}})
-                }
-                Some(i) => match &i.state {
-                    State::Running { .. } => {
-                        running = true;
-                        if let Some(p) = prev {
-                            last_state = term(p);
-                        }
-                        json!({"running": {"startedAt": i.created.map(Time)}})
-                    }
-                    State::Created => json!({"waiting": {"reason": "ContainerCreating"}}),
-                    State::Exited { code, .. } => {
-                        exit = Some(*code);
-                        match waiting.get(&c.name) {
-                            Some(w) if w.reason == "CrashLoopBackOff" => {
-                                last_state = term(i);
-                                json!({"waiting": {"reason": w.reason, "message": w.message}})
-                            }
-                            _ => {
-                                if let Some(p) = prev {
-                                    last_state = term(p);
-                                }
-                                term(i)
-                            }
-                        }
-                    }
-                },
-            };
-            let restart_count = cur.map(|i| i.attempt).unwrap_or(0);
-            // Probes (see `probes`): started once the startup probe succeeded, ready once
-            // the readiness probe did.
-            let verdict = |kind: probes::Kind| {
-                kind.of(c).is_none()
-                    || cur.and_then(|i| self.probe_results.get(&i.id, kind))
-                        == Some(probes::Verdict::Success)
-            };
-            let started = verdict(probes::Kind::Startup);
-            let readiness_ok = verdict(probes::Kind::Readiness);
-            let mut s = json!({
-                "name": c.name,
-                // As upstream: the full name of the image a container was made from, the
-                // spec's reference until then.
-                "image": cur.map(|i| i.image.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| image_of(c)),
-                "imageID": cur.map(|i| i.image_id.as_str()).unwrap_or_default(),
-                // A completed init container is ready, as upstream reports it.
-                "ready": (running && (!init || is_sidecar(c)) && started && readiness_ok)
-                    || (init && !is_sidecar(c) && exit == Some(0)),
-                "restartCount": restart_count,
-                "started": running && started,
-                "state": state,
-                "lastState": last_state,
-            });
-            // As upstream: what a running instance was given (a resize may be pending),
-            // else what the spec asks.
-            let given = cur
-                .filter(|_| running)
-                .and_then(|i| i.resources.clone())
-                .unwrap_or_else(|| c.resources.clone().unwrap_or_default());
-            if let Some(r) = given.requests.as_ref() {
-                s["allocatedResources"] = json!(r);
-            }
-            s["resources"] = json!(given);
-            if let Some(i) = cur {
-                s["containerID"] = json!(format!("containerd://{}", i.id));
-                if let Some(u) = crate::users::Identity::from_label(&i.user) {
-                    s["user"] = json!({"linux": {"uid": u.uid, "gid": u.gid, "supplementalGroups": u.groups}});
-                }
-            }
-            (s, running, exit, cur.is_some())
-        };
-        let mut init_statuses = Vec::new();
-        let mut initialized = true;
-        let mut init_failed = false;
-        let mut sidecars_ready = true;
-        // Upstream's condition messages name the containers holding the pod back.
-        let mut incomplete: Vec<String> = Vec::new();
-        let mut unready: Vec<String> = Vec::new();
-        for c in spec.init_containers.iter().flatten() {
-            let (s, _, exit, _) = status_of(c, true);
-            if is_sidecar(c) {
-                // Initialized once it has started (and stays so after).
-                if !inits_done {
-                    initialized = false;
-                    if s["started"] != json!(true) {
-                        incomplete.push(c.name.clone());
-                    }
-                }
-                if s["ready"] != json!(true) {
-                    sidecars_ready = false;
-                    unready.push(c.name.clone());
-                }
-                init_statuses.push(s);
-                continue;
-            }
-            if exit != Some(0) && !app_started {
-                initialized = false;
-                incomplete.push(c.name.clone());
-                if exit.is_some() && policy == "Never" {
-                    init_failed = true;
-                }
-            }
-            init_statuses.push(s);
-        }
-        let mut statuses = Vec::new();
-        let (mut n_running, mut n_exited, mut n_failed) = (0, 0, 0);
-        for c in &spec.containers {
-            let (s, running, exit, _) = status_of(c, false);
-            let restarting = s["state"]["waiting"]["reason"] == "CrashLoopBackOff";
-            if running || restarting {
-                n_running += 1;
-            }
-            if let Some(code) = exit {
-                if !restarting {
-                    n_exited += 1;
-                    if code != 0 {
-                        n_failed += 1;
-                    }
-                }
-            }
-            if s["ready"] != json!(true) {
-                unready.push(c.name.clone());
-            }
-            statuses.push(s);
-        }
-        let total = spec.containers.len();
-        let all_ready = sidecars_ready && statuses.iter().all(|s| s["ready"] == json!(true));
-        let phase = if init_failed {
-            "Failed"
-        } else if !initialized {
-            "Pending"
-        } else if n_exited == total && total > 0 && policy != "Always" {
-            if n_failed > 0 && policy == "Never" {
-                "Failed"
-            } else if n_failed == 0 {
-                "Succeeded"
-            } else {
-                "Running"
-            }
-        } else if n_running > 0 || n_exited > 0 {
-            "Running"
-        } else {
-            "Pending"
-        };
-        let failed = self
-            .state
-            .lock()
-            .unwrap()
-            .get(key)
-            .and_then(|s| s.failed.clone());
-        let phase = if failed.is_some() { "Failed" } else { phase };
-        let t = now();
-        let old_conds = old.conditions.clone().unwrap_or_default();
-        let cond = |typ: &str, ok: bool, reason: Option<&str>| {
-            let status = if ok { "True" } else { "False" };
-            let since = old_conds
-                .iter()
-                .find(|c| c.type_ == typ && c.status == status)
-                .and_then(|c| c.last_transition_time.clone())
-                .unwrap_or(Time(t));
-            let mut v = json!({"type": typ, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
-            if let Some(g) = pod.metadata.generation {
-                v["observedGeneration"] = json!(g);
-            }
-            if let Some(r) = reason.filter(|_| !ok) {
-                v["reason"] = json!(r);
-                let names = |l: &[String]| format!("[{}]", l.join(" "));
-                let msg = match (typ, r) {
-                    ("Initialized", _) if !incomplete.is_empty() => Some(format!(
-                        "containers with incomplete status: {}",
-                        names(&incomplete)
-                    )),
-                    ("Ready" | "ContainersReady", "ContainersNotReady") if !unready.is_empty() => {
-                        Some(format!(
-                            "containers with unready status: {}",
-                            names(&unready)
-                        ))
-                    }
-                    _ => None,
-                };
-                if let Some(m) = msg {
-                    v["message"] = json!(m);
-                }
-            }
-            v
-        };
-        let terminal = phase == "Succeeded" || phase == "Failed";
-        let ready = all_ready && initialized && !terminal;
-        let mut conditions = vec![
-            cond("PodReadyToStartContainers", !terminal, None),
-            cond("Initialized", initialized, Some("ContainersNotInitialized")),
-            cond(
-                "Ready",
-                ready,
-                Some(if terminal {
-                    "PodCompleted"
-                } else {
-                    "ContainersNotReady"
-                }),
-            ),
-            cond(
-                "ContainersReady",
-                ready,
-                Some(if terminal {
-                    "PodCompleted"
-                } else {
-                    "ContainersNotReady"
-                }),
-            ),
-        ];
-        let resize = self
-            .state
-            .lock()
-            .unwrap()
-            .get(key)
-            .and_then(|s| s.resize.clone());
-        if let Some(f) = failed.as_ref().filter(|f| f.reason == "Evicted") {
-            // As upstream's eviction manager: why the pod was disrupted.
-            let mut c = cond("DisruptionTarget", true, None);
-            c["reason"] = json!("TerminationByKubelet");
-            c["message"] = json!(f.message);
-            conditions.push(c);
-        }
-        if let Some((typ, reason, message)) = resize {
-            let mut c = cond(typ, true, None);
-            c["reason"] = json!(reason);
-            c["message"] = json!(message);
-            conditions.push(c);
-        }
-        match old_conds.iter().find(|c| c.type_ == "PodScheduled") {
-            Some(ps) => conditions.push(serde_json::to_value(ps)?),
-            // A static pod was never scheduled: it is on its node by definition.
-            None => conditions.push(cond("PodScheduled", true, None)),
-        }
-        // Conditions the kubelet does not own (DisruptionTarget from the scheduler or an
-        // eviction, readiness gates' from their controllers) are kept, as upstream's.
-        const OWNED: &[&str] = &[
-            "PodReadyToStartContainers",
-            "Initialized",
-            "Ready",
-            "ContainersReady",
-            "PodScheduled",
-            "PodResizePending",
-            "PodResizeInProgress",
-        ];
-        let owned = |t: &str| OWNED.contains(&t) || (t == "DisruptionTarget" && failed.is_some());
-        for c in old_conds.iter().filter(|c| !owned(&c.type_)) {
-            conditions.push(serde_json::to_value(c)?);
-        }
-        let mut status = json!({
-            "phase": phase,
-            "conditions": conditions,
-            "hostIP": self.opts.node_ip.to_string(),
-            "hostIPs": [{"ip": self.opts.node_ip.to_string()}],
-            "podIP": ip.to_string(),
-            "podIPs": [{"ip": ip.to_string()}],
-            "startTime": old.start_time.clone().unwrap_or(Time(t)),
-            "containerStatuses": statuses,
-            "qosClass": crate::cgroups::qos_class(pod),
-        });
-        if let Some(f) = &failed {
-            status["reason"] = json!(f.reason);
-            status["message"] = json!(f.message);
-        }
-        // Which spec this status answers (PodObservedGenerationTracking).
-        if let Some(g) = pod.metadata.generation {
-            status["observedGeneration"] = json!(g);
-        }
-        if !init_statuses.is_empty() {
-            status["initContainerStatuses"] = json!(init_statuses);
-        }
-        let ephemeral: Vec<Value> = spec
-            .ephemeral_containers
-            .iter()
-            .flatten()
-            .filter_map(ephemeral_as_container)
-            .map(|c| status_of(&c, false).0)
-            .collect();
-        if !ephemeral.is_empty() {
-            status["ephemeralContainerStatuses"] = json!(ephemeral);
-        }
         // Compare with what the API has, through the same typed round trip.
         let fresh: k8s_openapi::api::core::v1::PodStatus =
             serde_json::from_value(status.clone()).context("building pod status")?;
@@ -2814,6 +2358,57 @@ impl Kubelet {
         .await
         .context("posting pod status")?;
         Ok(())
+    }
+}
+
+/// What the kubelet observed of one pod's containers, for [`status::compute`].
+struct Observed<'a> {
+    k: &'a Kubelet,
+    pod: &'a Pod,
+}
+
+impl status::Observed for Observed<'_> {
+    fn verdict(&self, id: &str, kind: probes::Kind) -> Option<probes::Verdict> {
+        self.k.probe_results.get(id, kind)
+    }
+    fn oom_killed(&self, id: &str) -> bool {
+        crate::cgroups::oom_killed(self.pod, id)
+    }
+    fn termination_message(&self, c: &Container, i: &Info, code: i32) -> Option<String> {
+        self.k.termination_message(self.pod, c, i, code)
+    }
+}
+
+/// The pod worker carrying out one sync's [`plan`] for one pod.
+struct Worker<'a> {
+    k: &'a Kubelet,
+    pod: &'a Pod,
+    key: &'a Key,
+    have: &'a [Info],
+}
+
+impl plan::Worker for Worker<'_> {
+    async fn start(&self, c: &Container, init: bool) -> Result<Option<Duration>> {
+        (self.k)
+            .start_or_backoff(self.pod, self.key, c, self.have, init)
+            .await
+    }
+
+    async fn stop_sidecar(&self, i: &Info) -> Result<()> {
+        let spec = self.pod.spec.as_ref();
+        let grace = spec
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0) as u64;
+        self.k.recorder.event(
+            self.pod,
+            NORMAL,
+            "Killing",
+            format!("Stopping container {}", i.name),
+        );
+        (self.k.rt)
+            .stop(&i.id, i.stop_signal, Duration::from_secs(grace))
+            .await
     }
 }
 
@@ -2839,13 +2434,6 @@ impl<F: FnMut()> Drop for Defer<F> {
     fn drop(&mut self) {
         (self.0)()
     }
-}
-
-/// An ephemeral container as the container it runs (the same fields, less the target).
-fn ephemeral_as_container(e: &k8s_openapi::api::core::v1::EphemeralContainer) -> Option<Container> {
-    let mut v = serde_json::to_value(e).ok()?;
-    v.as_object_mut()?.remove("targetContainerName");
-    serde_json::from_value(v).ok()
 }
 
 /// `resourceFieldRef`: a container's request or limit in units of `divisor`.

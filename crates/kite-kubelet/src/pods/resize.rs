@@ -119,7 +119,7 @@ impl Kubelet {
                 match step {
                     Step::Restart => {
                         self.resize_restarts.lock().unwrap().insert(i.id.clone());
-                        containers::stop(&self.cd, &i.id, i.stop_signal, grace).await?;
+                        self.rt.stop(&i.id, i.stop_signal, grace).await?;
                     }
                     _ => resize::update(&self.cd, &i.id, c)
                         .await

@@ -3,7 +3,7 @@
 //! endpoints render too, and the CPU sampler's rounds (`stats` holds the measuring).
 
 use super::Kubelet;
-use crate::containers::{self, State};
+use crate::containers::State;
 use k8s_openapi::api::core::v1::Pod;
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ impl Kubelet {
         let mut out = Vec::new();
         for p in self.pods.list() {
             let uid = p.metadata.uid.clone().unwrap_or_default();
-            let Ok(infos) = containers::list(&self.cd, &uid).await else {
+            let Ok(infos) = self.rt.list(&uid).await else {
                 continue;
             };
             let running: Vec<_> = infos
