@@ -10,8 +10,12 @@
 //!   straight from the node (the floor), best of 3 each; the ratio.
 //! - logs: `kubectl logs` of a container that wrote 100 MB, against reading its log files
 //!   with `cat` (the floor).
+//!   A second floor: `kubectl get pod` (what `kubectl exec` does before its upgrade) plus
+//!   the same `true` exec'd straight through containerd by the bench.
 //! - probes: kite's CPU over 30 s with 100 pods each probed every second by an exec
 //!   liveness probe and an HTTP readiness probe, against the same pods without probes.
+//!   Floor: the bench's own CPU making the same probes of the unprobed pods straight
+//!   through containerd (Exec, Start, Wait, Delete; no output kept) and TCP.
 //!
 //! Figures and the command are recorded in docs/benchmarks.md.
 
@@ -156,7 +160,7 @@ async fn main() {
     )
     .await;
 
-    // exec, and its floor.
+    // exec, and its floors.
     let floor = timed(&kc, &["get", "--raw", "/healthz"], 40);
     let exec = timed(&kc, &["exec", "web", "--", "true"], 40);
     println!(
@@ -166,6 +170,28 @@ async fn main() {
         ms(pct(&floor, 0.5)),
         ms(pct(&floor, 0.99)),
         pct(&exec, 0.5).as_secs_f64() / pct(&floor, 0.5).as_secs_f64()
+    );
+    // What no kubelet can take away: kubectl's own part (`kubectl exec` first reads the
+    // pod: its start, its TLS handshake, one request, as `kubectl get pod`) plus the
+    // runtime's (the same `true` run in the container straight through containerd: Exec,
+    // Start, Wait, Delete, nothing of kite's in the path).
+    let get_pod = timed(&kc, &["get", "pod", "web", "-o", "name"], 40);
+    let rt = Runtime::connect(&server.data, &pods, "web").await;
+    let mut direct_exec = Vec::new();
+    for _ in 0..40 {
+        let t = Instant::now();
+        rt.exec(&rt.containers[0].0).await;
+        direct_exec.push(t.elapsed());
+    }
+    direct_exec.sort();
+    let exec_floor = pct(&get_pod, 0.5) + pct(&direct_exec, 0.5);
+    println!(
+        "exec floor: kubectl get pod p50 {:.0} ms + the exec straight through containerd p50 {:.0} ms (p99 {:.0} ms) = {:.0} ms; exec/floor p50 {:.2}",
+        ms(pct(&get_pod, 0.5)),
+        ms(pct(&direct_exec, 0.5)),
+        ms(pct(&direct_exec, 0.99)),
+        ms(exec_floor),
+        pct(&exec, 0.5).as_secs_f64() / exec_floor.as_secs_f64()
     );
 
     // port-forward against the pod's IP.
@@ -286,6 +312,18 @@ async fn main() {
                 "without probes"
             }
         );
+        if !probed {
+            // The floor: the same probes made by this bench straight through containerd
+            // and TCP, nothing of kite's in the path; this process's CPU for them.
+            let rt = std::sync::Arc::new(Runtime::connect(&server.data, &pods, "").await);
+            let me = std::process::id();
+            let (c0, t) = (common::cpu_secs(me), Instant::now());
+            let probes = rt.clone().probe_all(Duration::from_secs(30)).await;
+            let floor_pct = (common::cpu_secs(me) - c0) / t.elapsed().as_secs_f64() * 100.0;
+            println!(
+                "probe floor: {probes} exec + HTTP probe pairs in 30 s straight through containerd and TCP, the bench's CPU: {floor_pct:.1}% of one core"
+            );
+        }
         for name in &names {
             let _ = pods
                 .delete(name, &DeleteParams::default().grace_period(0))
@@ -304,6 +342,151 @@ async fn main() {
         }
     }
     drop(server);
+}
+
+/// The node's containerd, reached by the bench itself: the floors of exec and probes.
+struct Runtime {
+    cd: kite_kubelet::containerd::Containerd,
+    /// Running containers (all, or one pod's): id, process spec, pod IP.
+    containers: Vec<(String, serde_json::Value, String)>,
+}
+
+impl Runtime {
+    /// Connects, and finds the running containers of pod `only` (every pod if empty).
+    async fn connect(data: &std::path::Path, pods: &Api<Pod>, only: &str) -> Runtime {
+        use kite_kubelet::containerd::{Containerd, Paths};
+        use kite_kubelet::containers;
+        let cd = Containerd::connect(&Paths::new(data).socket, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for p in pods.list(&ListParams::default()).await.unwrap().items {
+            if !only.is_empty() && p.metadata.name.as_deref() != Some(only) {
+                continue;
+            }
+            let uid = p.metadata.uid.clone().unwrap();
+            let ip = p.status.and_then(|s| s.pod_ip).unwrap_or_default();
+            for i in containers::list(&cd, &uid).await.unwrap() {
+                if matches!(i.state, containers::State::Running { .. }) {
+                    let process = containers::process_spec(&cd, &i.id).await.unwrap();
+                    out.push((i.id, process, ip.clone()));
+                }
+            }
+        }
+        assert!(!out.is_empty(), "no running containers");
+        Runtime {
+            cd,
+            containers: out,
+        }
+    }
+
+    /// `true` in container `id`: Exec, Start, Wait, Delete (no output kept).
+    async fn exec(&self, id: &str) {
+        use containerd_client::services::v1::{
+            DeleteProcessRequest, ExecProcessRequest, StartRequest, WaitRequest,
+        };
+        let process = &self.containers.iter().find(|c| c.0 == id).unwrap().1;
+        let mut process = process.clone();
+        process["args"] = serde_json::json!(["true"]);
+        process["terminal"] = serde_json::json!(false);
+        let cd = &self.cd;
+        let exec_id = format!("bench-{}", uuid_like());
+        let ids = || (id.to_string(), exec_id.clone());
+        cd.tasks()
+            .exec(cd.req(ExecProcessRequest {
+                container_id: id.into(),
+                exec_id: exec_id.clone(),
+                spec: Some(prost_types_any(serde_json::to_vec(&process).unwrap())),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        let (container_id, exec_id) = ids();
+        cd.tasks()
+            .start(cd.req(StartRequest {
+                container_id,
+                exec_id,
+            }))
+            .await
+            .unwrap();
+        let (container_id, exec_id) = ids();
+        let code = cd
+            .tasks()
+            .wait(cd.req(WaitRequest {
+                container_id,
+                exec_id,
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .exit_status;
+        assert_eq!(code, 0, "true exited {code}");
+        let (container_id, exec_id) = ids();
+        cd.tasks()
+            .delete_process(cd.req(DeleteProcessRequest {
+                container_id,
+                exec_id,
+            }))
+            .await
+            .unwrap();
+    }
+
+    /// Every container probed every second for `d`, as the kubelet's probes would: an
+    /// exec of `true` and an HTTP GET of `/ok` on port 8080 of its pod's IP. The number
+    /// of exec + HTTP pairs done.
+    async fn probe_all(self: std::sync::Arc<Self>, d: Duration) -> usize {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let end = tokio::time::Instant::now() + d;
+        let tasks: Vec<_> = (0..self.containers.len())
+            .map(|i| {
+                let (rt, done) = (self.clone(), done.clone());
+                tokio::spawn(async move {
+                    let (id, _, ip) = &rt.containers[i];
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        tick.tick().await;
+                        if tokio::time::Instant::now() >= end {
+                            break;
+                        }
+                        rt.exec(id).await;
+                        let mut s = tokio::net::TcpStream::connect((ip.as_str(), 8080))
+                            .await
+                            .unwrap();
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        s.write_all(b"GET /ok HTTP/1.0\r\nHost: x\r\n\r\n")
+                            .await
+                            .unwrap();
+                        let mut head = Vec::new();
+                        s.read_to_end(&mut head).await.unwrap();
+                        assert!(head.windows(5).any(|w| w == b" 200 "), "probe GET failed");
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn prost_types_any(value: Vec<u8>) -> prost_types::Any {
+    prost_types::Any {
+        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+        value,
+    }
+}
+
+/// A unique enough exec id.
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// With `KITE_BENCH_PERF=DIR`, `perf record -g` of `pid` into `DIR/NAME.data` until the
