@@ -441,6 +441,7 @@ async fn pod_proxy(
         host: ip.to_string(),
         port,
         tls: (scheme == "https").then(proxy::insecure_client),
+        local: None,
         what: format!("pod {name}"),
     };
     let path = proxied_path(rest, &req);
@@ -537,6 +538,7 @@ async fn service_proxy(
         host,
         port,
         tls: (scheme == "https").then(proxy::insecure_client),
+        local: None,
         what: format!("service {name}"),
     };
     let path = proxied_path(rest, &req);

@@ -39,6 +39,9 @@ pub struct AppState {
     pub version: Value,
     /// How to reach kubelets (`pods/log`); `None` when the server has none.
     pub kubelet_client: Option<proxy::KubeletClient>,
+    /// The kubelet in this process (`kite server`'s own node), by node name: reached
+    /// without a socket or TLS.
+    pub local_kubelet: Option<(String, kite_pki::tls::LocalDial)>,
     /// ServiceAccount tokens: issued, authenticated, published; `None`: none.
     pub tokens: Option<Arc<tokens::Tokens>>,
 }
@@ -75,6 +78,8 @@ pub struct ServerOptions {
     /// The client TLS config for kubelets (a client certificate, and the CA of their
     /// serving certificates).
     pub kubelet_client: Option<proxy::KubeletClient>,
+    /// The kubelet in this process, if any: its node's name and how to reach it.
+    pub local_kubelet: Option<(String, kite_pki::tls::LocalDial)>,
     /// The key ServiceAccount tokens are signed with (PKCS#8 DER, ECDSA P-256).
     pub service_account_key: Option<Vec<u8>>,
 }
@@ -139,6 +144,7 @@ pub async fn start(
         server_address: format!("{}:{}", opts.advertise, addr.port()),
         version: version_info(),
         kubelet_client: opts.kubelet_client,
+        local_kubelet: opts.local_kubelet,
         tokens: match opts.service_account_key {
             Some(k) => Some(Arc::new(
                 tokens::Tokens::new(&k).map_err(anyhow::Error::msg)?,

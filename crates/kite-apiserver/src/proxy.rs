@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use kite_api::validation::FieldError;
+use kite_pki::tls::LocalDial;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -156,11 +157,7 @@ pub async fn pod_log(
             .into_response());
     };
     let (node, _) = st.objects.get(nodes, None, node_name).await?;
-    let (host, port) = kubelet_address(&node).ok_or_else(|| {
-        ApiError::internal(format!(
-            "node {node_name:?} has no address to reach its kubelet"
-        ))
-    })?;
+    let backend = kubelet_backend(st, node_name, &node)?;
     let mut query: Vec<(String, String)> = [
         "follow",
         "previous",
@@ -178,14 +175,7 @@ pub async fn pod_log(
         "/containerLogs/{ns}/{name}/{container}?{}",
         serde_urlencoded::to_string(&query).unwrap_or_default()
     );
-    let client = st.kubelet_client.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "this API server has no client for kubelets",
-        )
-    })?;
-    let resp = kubelet_get(client, &host, port, &path).await.map_err(|e| {
+    let resp = get(&backend, &path).await.map_err(|e| {
         ApiError::internal(format!(
             "error trying to reach the kubelet of node {node_name:?}: {e}"
         ))
@@ -230,6 +220,8 @@ pub struct Backend {
     pub port: u16,
     /// TLS to use, if any.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Reached in-process instead, when it serves that way (this server's own node).
+    pub local: Option<LocalDial>,
     /// What it is, for error messages ("node n1", "pod web").
     pub what: String,
 }
@@ -242,7 +234,13 @@ pub async fn kubelet_of(st: &crate::AppState, node_name: &str) -> ApiResult<Back
         .lookup("", "v1", "nodes")
         .expect("nodes are served");
     let (node, _) = st.objects.get(nodes, None, node_name).await?;
-    let (host, port) = kubelet_address(&node).ok_or_else(|| {
+    kubelet_backend(st, node_name, &node)
+}
+
+/// The kubelet of `node`: its address and port from the node's status, TLS with this
+/// server's kubelet client, or in-process for the node of this `kite server`.
+fn kubelet_backend(st: &crate::AppState, node_name: &str, node: &Value) -> ApiResult<Backend> {
+    let (host, port) = kubelet_address(node).ok_or_else(|| {
         ApiError::internal(format!(
             "node {node_name:?} has no address to reach its kubelet"
         ))
@@ -254,10 +252,14 @@ pub async fn kubelet_of(st: &crate::AppState, node_name: &str) -> ApiResult<Back
             "this API server has no client for kubelets",
         )
     })?;
+    let local = (st.local_kubelet.as_ref())
+        .filter(|(name, _)| name == node_name)
+        .map(|(_, dial)| dial.clone());
     Ok(Backend {
         host,
         port,
         tls: Some(tls),
+        local,
         what: format!("node {node_name:?}"),
     })
 }
@@ -360,6 +362,9 @@ type Sender = hyper::client::conn::http1::SendRequest<Body>;
 
 /// A new HTTP/1.1 connection (with TLS when the backend has it).
 async fn connect(b: &Backend) -> Result<Sender, String> {
+    if let Some(io) = b.local.as_ref().and_then(LocalDial::dial) {
+        return handshake(io).await;
+    }
     let (host, port) = (&b.host, b.port);
     let tcp = tokio::time::timeout(
         Duration::from_secs(10),
@@ -369,20 +374,8 @@ async fn connect(b: &Backend) -> Result<Sender, String> {
     .map_err(|_| format!("dial tcp {host}:{port}: i/o timeout"))?
     .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    async fn finish<IO>(io: IO) -> Result<Sender, String>
-    where
-        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(send)
-    }
     match &b.tls {
-        None => finish(tcp).await,
+        None => handshake(tcp).await,
         Some(tls) => {
             let name = rustls::pki_types::ServerName::try_from(host.to_string())
                 .map_err(|e| format!("{host}: {e}"))?;
@@ -390,42 +383,31 @@ async fn connect(b: &Backend) -> Result<Sender, String> {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
-            finish(stream).await
+            handshake(stream).await
         }
     }
 }
 
-/// One GET over a new TLS connection to a kubelet; the response body streams as it comes.
-async fn kubelet_get(
-    tls: KubeletClient,
-    host: &str,
-    port: u16,
-    path: &str,
-) -> Result<http::Response<hyper::body::Incoming>, String> {
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::net::TcpStream::connect((host, port)),
-    )
-    .await
-    .map_err(|_| format!("dial tcp {host}:{port}: timed out"))?
-    .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| format!("{host}: {e}"))?;
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(server_name, tcp)
+/// An HTTP/1.1 client connection over `io` (upgrades allowed).
+async fn handshake<IO>(io: IO) -> Result<Sender, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
         .await
-        .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = conn.with_upgrades().await;
     });
+    Ok(send)
+}
+
+/// One GET over a new connection to `b`; the response body streams as it comes.
+async fn get(b: &Backend, path: &str) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let mut send = connect(b).await?;
     let req = http::Request::get(path)
-        .header(http::header::HOST, format!("{host}:{port}"))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .header(http::header::HOST, format!("{}:{}", b.host, b.port))
+        .body(Body::empty())
         .map_err(|e| e.to_string())?;
     send.send_request(req).await.map_err(|e| e.to_string())
 }

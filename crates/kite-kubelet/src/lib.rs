@@ -76,6 +76,9 @@ pub struct Options {
     pub port: u16,
     /// The kubelet server's certificates; `None` serves nothing (a simulated node).
     pub tls: Option<server::Tls>,
+    /// Where an API server in this process reaches the kubelet server without TLS (see
+    /// [`kite_pki::tls::LocalDial`]); served as the API server's kubelet client.
+    pub local: kite_pki::tls::LocalDial,
 }
 
 impl Options {
@@ -156,7 +159,7 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
             },
             opts.port,
         );
-        server::spawn(addr, tls, kubelet.clone()).await?;
+        server::spawn(addr, tls, kubelet.clone(), &opts.local).await?;
     }
     heartbeat(client, opts, kubelet).await
 }

@@ -5,7 +5,8 @@
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use tokio::io::DuplexStream;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -166,22 +167,79 @@ pub async fn serve<T, F>(
                 }
             };
             let who = stream.get_ref().1.peer_certificates().and_then(&identify);
-            let svc = app.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-                if let Some(u) = &who {
-                    req.extensions_mut().insert(u.clone());
-                }
-                req
-            });
-            let svc = hyper_util::service::TowerToHyperService::new(svc);
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // kube-apiserver's --http2-max-streams-per-connection default.
-            builder.http2().max_concurrent_streams(1000);
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            serve_connection(stream, app, who, &peer.to_string()).await;
         });
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (with upgrades) on one connection; every request carries
+/// `who` as an extension, if any.
+async fn serve_connection<IO, T>(io: IO, app: axum::Router, who: Option<T>, peer: &str)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+{
+    let svc = app.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+        if let Some(u) = &who {
+            req.extensions_mut().insert(u.clone());
+        }
+        req
+    });
+    let svc = hyper_util::service::TowerToHyperService::new(svc);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // kube-apiserver's --http2-max-streams-per-connection default.
+    builder.http2().max_concurrent_streams(1000);
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// How much an in-process connection buffers each way (a port-forward's bulk data goes
+/// through it).
+const LOCAL_BUFFER: usize = 256 << 10;
+
+/// A server in this process reached without a socket or TLS: in `kite server`, the API
+/// server reaches its own node's kubelet this way (agents' kubelets keep TLS). Empty
+/// until the server side [`LocalDial::serve`]s; cheap to clone, shared by both sides.
+#[derive(Clone, Default)]
+pub struct LocalDial {
+    server: Arc<OnceLock<Arc<dyn Fn() -> DuplexStream + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for LocalDial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = if self.server.get().is_some() {
+            "serving"
+        } else {
+            "empty"
+        };
+        write!(f, "LocalDial({state})")
+    }
+}
+
+impl LocalDial {
+    /// From now on each [`LocalDial::dial`] is a new connection to `app`, whose requests
+    /// all carry `who` (the identity a client certificate would have given). Only the
+    /// first call takes effect.
+    pub fn serve<T>(&self, app: axum::Router, who: T)
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let _ = self.server.set(Arc::new(move || {
+            let (client, server) = tokio::io::duplex(LOCAL_BUFFER);
+            let (app, who) = (app.clone(), who.clone());
+            tokio::spawn(
+                async move { serve_connection(server, app, Some(who), "in-process").await },
+            );
+            client
+        }));
+    }
+
+    /// A new connection, if the server side serves.
+    pub fn dial(&self) -> Option<DuplexStream> {
+        self.server.get().map(|f| f())
     }
 }

@@ -118,6 +118,9 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             },
         },
     );
+    // The API server reaches this server's own kubelet in-process (no socket, no TLS:
+    // logs, exec and port-forward bytes cross one hop less); other nodes' over HTTPS.
+    let local_kubelet = kite_pki::tls::LocalDial::default();
     let running = kite_apiserver::start(
         objects,
         metrics,
@@ -127,6 +130,8 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             tls,
             authorizer: Arc::new(MastersAndComponents),
             kubelet_client: Some(kubelet_client),
+            local_kubelet: (!cfg.disable_agent)
+                .then(|| (cfg.node_name.clone(), local_kubelet.clone())),
             service_account_key: Some(pki.service_account_key()?),
         },
     )
@@ -224,6 +229,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
                 key_pem: kubelet_serving.key_pem.clone(),
                 client_ca_pem: pki.client_ca.cert_pem.clone(),
             }),
+            local: local_kubelet.clone(),
         };
         tokio::spawn(async move {
             if let Err(e) = kite_kubelet::run(client, opts).await {

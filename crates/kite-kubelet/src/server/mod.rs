@@ -73,8 +73,13 @@ struct Caller {
     groups: Vec<String>,
 }
 
-/// Binds `addr` and serves on a background task.
-pub async fn spawn(addr: SocketAddr, tls: Tls, kubelet: Arc<Kubelet>) -> Result<()> {
+/// Binds `addr` and serves on a background task; and in-process through `local`.
+pub async fn spawn(
+    addr: SocketAddr,
+    tls: Tls,
+    kubelet: Arc<Kubelet>,
+    local: &kite_pki::tls::LocalDial,
+) -> Result<()> {
     let cfg = kite_pki::tls::server_config(&tls.cert_pem, &tls.key_pem, &tls.client_ca_pem)
         .context("the kubelet's TLS configuration")?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -103,6 +108,13 @@ pub async fn spawn(addr: SocketAddr, tls: Tls, kubelet: Arc<Kubelet>) -> Result<
         .layer(axum::middleware::from_fn(authorize))
         .with_state(kubelet);
     tracing::info!(%addr, "kubelet server listening");
+    local.serve(
+        app.clone(),
+        Caller {
+            user: APISERVER_CLIENT.into(),
+            groups: vec![],
+        },
+    );
     tokio::spawn(kite_pki::tls::serve(listener, cfg, app, |chain| {
         let id = kite_pki::identity_from_der(chain.first()?)?;
         Some(Caller {
