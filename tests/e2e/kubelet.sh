@@ -223,6 +223,9 @@ sleep 3
 check "a failing readiness probe keeps a running pod not Ready" equals "$(ready_of never-ready)" "false/False"
 check "the failures are Unhealthy events" \
   contains "$(kc get events --field-selector involvedObject.name=never-ready,reason=Unhealthy -o jsonpath='{.items[*].message}')" "Readiness probe failed: Get \"http://"
+probe_failures=$(kc get --raw "/api/v1/nodes/$(kc get nodes -o jsonpath='{.items[0].metadata.name}')/proxy/metrics/probes" \
+  | grep '^prober_probe_total{container="web",namespace="default",pod="never-ready",' | grep 'probe_type="Readiness",result="failed"}' | awk '{print $2}')
+check "/metrics/probes counts the failures, by upstream's names and labels" test "${probe_failures:-0}" -ge 1
 wait_for 40 "goes-bad to be restarted" bash -c "[ \"\$($KUBECTL get pod goes-bad -o jsonpath='{.status.containerStatuses[0].restartCount}')\" -ge 1 ]"
 check "a failing liveness probe restarts the container" test "$(kc get pod goes-bad -o jsonpath='{.status.containerStatuses[0].restartCount}')" -ge 1
 check "the Unhealthy event carries the command's output, as upstream" \

@@ -8,8 +8,8 @@
 use crate::containerd::Containerd;
 use anyhow::{Context, Result};
 use containerd_client::services::v1::{
-    CloseIoRequest, DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, KillRequest,
-    ResizePtyRequest, StartRequest, WaitRequest,
+    CloseIoRequest, DeleteProcessRequest, ExecProcessRequest, KillRequest, ResizePtyRequest,
+    StartRequest, WaitRequest,
 };
 use std::path::{Path, PathBuf};
 use tokio::net::unix::pipe;
@@ -37,6 +37,9 @@ pub struct Control {
 /// What to start.
 pub struct Spec<'a> {
     pub container: &'a str,
+    /// The container's process spec (`containers::process_spec`), which the exec starts
+    /// from.
+    pub process: &'a serde_json::Value,
     pub cmd: &'a [String],
     pub stdin: bool,
     pub tty: bool,
@@ -44,19 +47,7 @@ pub struct Spec<'a> {
 
 /// Starts `spec.cmd` in the container; its FIFOs live in `io_dir`.
 pub async fn start(cd: &Containerd, io_dir: &Path, spec: Spec<'_>) -> Result<Process> {
-    let c = cd
-        .containers()
-        .get(cd.req(GetContainerRequest {
-            id: spec.container.to_string(),
-        }))
-        .await
-        .context("reading the container")?
-        .into_inner()
-        .container
-        .context("no container")?;
-    let runtime: serde_json::Value = serde_json::from_slice(&c.spec.context("no spec")?.value)
-        .context("reading the container's runtime spec")?;
-    let mut process = runtime["process"].clone();
+    let mut process = spec.process.clone();
     process["args"] = serde_json::json!(spec.cmd);
     process["terminal"] = serde_json::json!(spec.tty);
     if spec.tty {

@@ -105,6 +105,11 @@ pub struct Kubelet {
     recorder: Recorder,
     /// Probe results by container (see `probes`).
     probe_results: Arc<probes::Results>,
+    /// Each running container's process spec, which execs and exec probes start from
+    /// (it does not change while the container exists), by container id.
+    process_specs: Mutex<HashMap<String, Arc<Value>>>,
+    /// How many probes ran, for `/metrics/probes`.
+    pub(crate) probe_counts: probes::Counts,
     /// ServiceAccount tokens of projected volumes.
     tokens: crate::volumes::Tokens,
     /// CPU samples of the node's and pods' cgroups, for `/stats/summary`.
@@ -198,6 +203,8 @@ impl Kubelet {
             pull_backoff: Mutex::default(),
             recorder,
             probe_results: Arc::default(),
+            probe_counts: Default::default(),
+            process_specs: Mutex::default(),
             tokens: Default::default(),
             sampler: Default::default(),
             volumes: Mutex::default(),
@@ -985,7 +992,14 @@ impl Kubelet {
             return;
         }
         // An exec probe's process spec, read once per container instance.
-        let mut process: Option<Value> = None;
+        let mut process: Option<Arc<Value>> = None;
+        let series = probes::Series {
+            probe_type: kind.name(),
+            container: c.name.clone(),
+            pod: key.1.clone(),
+            namespace: key.0.clone(),
+            pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
+        };
         loop {
             if checked.elapsed() >= RECHECK {
                 if !self.rt.is_running(id).await {
@@ -1008,7 +1022,7 @@ impl Kubelet {
                         let cmd = e.command.clone().unwrap_or_default();
                         let io = self.exec_io_dir();
                         if process.is_none() {
-                            process = containers::process_spec(&self.cd, id).await.ok();
+                            process = self.process_spec(id).await.ok();
                         }
                         let r = match &process {
                             Some(p) => {
@@ -1052,6 +1066,7 @@ impl Kubelet {
                     // It stopped: not the probe's failure to report.
                     return;
                 }
+                self.probe_counts.count(&series, outcome.is_ok());
                 if let Err(msg) = &outcome {
                     self.recorder.event(
                         pod,
@@ -1094,6 +1109,26 @@ impl Kubelet {
             }
             tokio::time::sleep(timing.period).await;
         }
+    }
+
+    /// Container `id`'s process spec, read from containerd once.
+    pub(crate) async fn process_spec(&self, id: &str) -> Result<Arc<Value>> {
+        if let Some(p) = self.process_specs.lock().unwrap().get(id) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(containers::process_spec(&self.cd, id).await?);
+        self.process_specs
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// Removes a container, and what the kubelet keeps about it.
+    async fn remove_container(&self, id: &str) -> Result<()> {
+        self.process_specs.lock().unwrap().remove(id);
+        self.waiting_on.lock().unwrap().remove(id);
+        self.rt.remove(id).await
     }
 
     /// Fails the pod (once): its containers stop at its next sync and its status says
@@ -1363,7 +1398,7 @@ impl Kubelet {
             .iter()
             .filter(|i| last.is_some_and(|l| i.attempt < l.attempt))
         {
-            self.rt.remove(&old.id).await.ok();
+            self.remove_container(&old.id).await.ok();
         }
         let image_ref = c.image.clone().unwrap_or_default();
         let image = match self.ensure_image(pod, key, c, &image_ref).await? {
@@ -1559,7 +1594,7 @@ impl Kubelet {
         drop(permit);
         if let Err(e) = r {
             let msg = format!("{e:#}");
-            self.rt.remove(&id).await.ok();
+            self.remove_container(&id).await.ok();
             self.set_waiting(key, &c.name, "RunContainerError", &msg);
             self.recorder
                 .event(pod, WARNING, "Failed", format!("Error: {msg}"));
@@ -2260,8 +2295,7 @@ impl Kubelet {
             r?;
         }
         for c in &cs {
-            self.rt.remove(&c.id).await?;
-            self.waiting_on.lock().unwrap().remove(&c.id);
+            self.remove_container(&c.id).await?;
         }
         let dir = self.pod_dir(uid);
         // The network goes first, while the namespace is still there for CNI DEL.
@@ -2274,6 +2308,7 @@ impl Kubelet {
         crate::volumes::teardown(&dir);
         crate::image_volumes::remove(&self.cd, uid).await;
         self.tokens.forget(uid);
+        self.probe_counts.forget_pod(uid);
         self.volumes.lock().unwrap().remove(uid);
         crate::cgroups::remove_pod(uid);
         self.update_qos_cgroups();

@@ -78,6 +78,45 @@ impl Results {
     }
 }
 
+/// One series of upstream's `prober_probe_total`: a probe of a container of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Series {
+    pub probe_type: &'static str,
+    pub container: String,
+    pub pod: String,
+    pub namespace: String,
+    pub pod_uid: String,
+}
+
+/// How many probes ran, by series and result (`/metrics/probes`).
+#[derive(Default)]
+pub struct Counts {
+    map: Mutex<std::collections::BTreeMap<Series, [u64; 2]>>,
+}
+
+impl Counts {
+    /// Counts one probe of `series`: successful or failed.
+    pub fn count(&self, series: &Series, ok: bool) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let n = match map.get_mut(series) {
+            Some(n) => n,
+            None => map.entry(series.clone()).or_default(),
+        };
+        n[usize::from(!ok)] += 1;
+    }
+
+    /// Forgets a pod's series once it is gone (as upstream drops a worker's).
+    pub fn forget_pod(&self, uid: &str) {
+        (self.map.lock().unwrap_or_else(|p| p.into_inner())).retain(|s, _| s.pod_uid != uid);
+    }
+
+    /// Every series with its successful and failed counts.
+    pub fn snapshot(&self) -> Vec<(Series, [u64; 2])> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(s, n)| (s.clone(), *n)).collect()
+    }
+}
+
 /// A probe's timing, with upstream's defaults.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {

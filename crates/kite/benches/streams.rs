@@ -279,6 +279,7 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
+    let mut idle_pct = 0.0;
     for probed in [false, true] {
         let names: Vec<String> = (0..n).map(|i| format!("p{probed}-{i}")).collect();
         for name in &names {
@@ -299,11 +300,22 @@ async fn main() {
         wait_ready(&pods, &names, Duration::from_secs(600)).await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         let c0 = common::cpu_secs(kite_pid);
+        let n0 = probes_done(&server.client).await;
         let t = Instant::now();
         let perf = probed.then(|| perf_record(kite_pid, "probes"));
         tokio::time::sleep(Duration::from_secs(30)).await;
         drop(perf);
         let pct_core = (common::cpu_secs(kite_pid) - c0) / t.elapsed().as_secs_f64() * 100.0;
+        if probed {
+            let pairs = (probes_done(&server.client).await - n0) / 2.0;
+            let extra = (pct_core - idle_pct) / 100.0 * t.elapsed().as_secs_f64();
+            println!(
+                "kite's probes in 30 s (/metrics/probes): {pairs:.0} exec + HTTP pairs; kite's CPU above the unprobed run: {:.2} ms per pair",
+                extra / pairs * 1000.0
+            );
+        } else {
+            idle_pct = pct_core;
+        }
         println!(
             "kite's CPU with {n} pods {}: {pct_core:.1}% of one core",
             if probed {
@@ -319,9 +331,11 @@ async fn main() {
             let me = std::process::id();
             let (c0, t) = (common::cpu_secs(me), Instant::now());
             let probes = rt.clone().probe_all(Duration::from_secs(30)).await;
-            let floor_pct = (common::cpu_secs(me) - c0) / t.elapsed().as_secs_f64() * 100.0;
+            let cpu = common::cpu_secs(me) - c0;
             println!(
-                "probe floor: {probes} exec + HTTP probe pairs in 30 s straight through containerd and TCP, the bench's CPU: {floor_pct:.1}% of one core"
+                "probe floor: {probes} exec + HTTP probe pairs in 30 s straight through containerd and TCP, the bench's CPU: {:.1}% of one core, {:.2} ms per pair",
+                cpu / t.elapsed().as_secs_f64() * 100.0,
+                cpu / probes as f64 * 1000.0
             );
         }
         for name in &names {
@@ -342,6 +356,18 @@ async fn main() {
         }
     }
     drop(server);
+}
+
+/// How many probes the node's kubelet has run (its `/metrics/probes`).
+async fn probes_done(client: &kube::Client) -> f64 {
+    let req = http::Request::get("/api/v1/nodes/bench/proxy/metrics/probes")
+        .body(Vec::new())
+        .unwrap();
+    let text = client.request_text(req).await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("prober_probe_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The node's containerd, reached by the bench itself: the floors of exec and probes.

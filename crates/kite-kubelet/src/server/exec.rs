@@ -59,17 +59,19 @@ async fn pump_out(mut from: tokio::net::unix::pipe::Receiver, to: Writer) {
 }
 
 async fn run(k: Arc<Kubelet>, mut remote: Remote, id: String, cmd: Vec<String>, opts: Options) {
-    let started = runtime::start(
-        k.runtime(),
-        &k.exec_io_dir(),
-        Spec {
-            container: &id,
-            cmd: &cmd,
-            stdin: opts.stdin,
-            tty: opts.tty,
-        },
-    )
-    .await;
+    let started = match k.process_spec(&id).await {
+        Ok(process) => {
+            let spec = Spec {
+                container: &id,
+                process: &process,
+                cmd: &cmd,
+                stdin: opts.stdin,
+                tty: opts.tty,
+            };
+            runtime::start(k.runtime(), &k.exec_io_dir(), spec).await
+        }
+        Err(e) => Err(e),
+    };
     let mut p = match started {
         Ok(p) => p,
         Err(e) => {

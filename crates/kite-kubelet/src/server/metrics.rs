@@ -305,6 +305,34 @@ fn cadvisor_text(s: &Value) -> Out {
     o
 }
 
+/// `/metrics/probes`: how many probes ran, by container and result.
+pub(super) async fn probes(State(k): State<Arc<Kubelet>>) -> Response {
+    respond(probes_text(&k.probe_counts.snapshot()))
+}
+
+fn probes_text(series: &[(crate::probes::Series, [u64; 2])]) -> Out {
+    let mut o = Out::default();
+    o.family(
+        "prober_probe_total",
+        "counter",
+        "[BETA] Cumulative number of a liveness, readiness or startup probe for a container by result.",
+    );
+    for (s, counts) in series {
+        for (result, n) in ["successful", "failed"].iter().zip(counts) {
+            let labels = [
+                ("container", s.container.as_str()),
+                ("namespace", s.namespace.as_str()),
+                ("pod", s.pod.as_str()),
+                ("pod_uid", s.pod_uid.as_str()),
+                ("probe_type", s.probe_type),
+                ("result", result),
+            ];
+            o.sample("prober_probe_total", &labels, *n as f64, None);
+        }
+    }
+    o
+}
+
 /// `/metrics`: the kubelet's own figures.
 pub(super) async fn own(State(k): State<Arc<Kubelet>>) -> Response {
     let s = k.summary().await;
@@ -392,6 +420,30 @@ mod tests {
                                       "cpu": {"time": "2026-12-05T10:00:00Z", "usageCoreNanoSeconds": 500_000_000u64},
                                       "memory": {"time": "2026-12-05T10:00:00Z", "workingSetBytes": 256, "usageBytes": 300, "rssBytes": 200}}]}]
         })
+    }
+
+    #[test]
+    fn probe_counts_carry_upstreams_names_and_labels() {
+        let s = crate::probes::Series {
+            probe_type: "Liveness",
+            container: "c".into(),
+            pod: "web".into(),
+            namespace: "default".into(),
+            pod_uid: "u1".into(),
+        };
+        let counts = crate::probes::Counts::default();
+        counts.count(&s, true);
+        counts.count(&s, true);
+        counts.count(&s, false);
+        let text = probes_text(&counts.snapshot()).text;
+        assert!(text.contains("# TYPE prober_probe_total counter"), "{text}");
+        assert!(
+            text.contains(r#"prober_probe_total{container="c",namespace="default",pod="web",pod_uid="u1",probe_type="Liveness",result="successful"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"result="failed"} 1"#), "{text}");
+        counts.forget_pod("u1");
+        assert!(!probes_text(&counts.snapshot()).text.contains("web"));
     }
 
     #[test]

@@ -105,6 +105,7 @@ pub async fn spawn(
         .route("/metrics", get(metrics::own))
         .route("/metrics/resource", get(metrics::resource))
         .route("/metrics/cadvisor", get(metrics::cadvisor))
+        .route("/metrics/probes", get(metrics::probes))
         .layer(axum::middleware::from_fn(authorize))
         .with_state(kubelet);
     tracing::info!(%addr, "kubelet server listening");
