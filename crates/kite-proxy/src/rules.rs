@@ -1,0 +1,516 @@
+//! The nftables ruleset for a set of Service ports, as kube-proxy's nftables mode lays it
+//! out (table `ip kite-proxy`): fixed base chains that jump to `services` (DNAT through
+//! the `service-ips` and `service-nodeports` verdict maps), a chain per Service port
+//! (`service-…`, dispatching at random over its endpoints), per external entry point
+//! (`external-…`: node ports, external and load-balancer IPs, with their traffic policy)
+//! and per endpoint (`endpoint-…`: hairpin masquerade, affinity, DNAT); Service ports
+//! without endpoints are rejected at once (`no-endpoint-*` maps) and unknown ports of a
+//! cluster IP refused. [`Ruleset::script`] turns the difference between two rulesets
+//! into one `nft -f` transaction, so a change rewrites only the chains it touches.
+
+use crate::model::{Endpoint, ServicePort};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+/// The table's name (everything kite makes on a host is named `kite*`).
+pub const TABLE: &str = "kite-proxy";
+
+/// The packet mark bit that asks `masquerading` to SNAT (kube-proxy's 0x4000).
+const MASQ: &str = "0x4000";
+
+/// What the ruleset depends on besides the Service ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Pods' addresses: traffic from elsewhere to a cluster IP is masqueraded.
+    pub cluster_cidr: ipnet::Ipv4Net,
+    /// Cluster IPs: what no Service holds is dropped.
+    pub service_cidr: ipnet::Ipv4Net,
+}
+
+/// The parts of the table that change with the Services.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Regular chains by name, with their rules.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Dynamic sets (session affinity) by name, with their declaration.
+    pub sets: BTreeMap<String, String>,
+    /// Elements of the fixed maps and sets, by map.
+    pub elements: BTreeMap<&'static str, BTreeSet<String>>,
+}
+
+/// The table's fixed part: maps, sets and base chains.
+fn skeleton(s: &Settings) -> String {
+    let (pods, services) = (s.cluster_cidr, s.service_cidr);
+    format!(
+        "table ip {TABLE} {{
+  map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
+  map service-nodeports {{ type inet_proto . inet_service : verdict; }}
+  map no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
+  map no-endpoint-nodeports {{ type inet_proto . inet_service : verdict; }}
+  set cluster-ips {{ type ipv4_addr; }}
+  chain reject-chain {{ reject; }}
+  chain services {{
+    ip daddr @cluster-ips ip saddr != {pods} meta mark set meta mark | {MASQ}
+    ip daddr . meta l4proto . th dport vmap @service-ips
+    fib daddr type local meta l4proto . th dport vmap @service-nodeports
+  }}
+  chain masquerading {{ meta mark & {MASQ} != 0 meta mark set meta mark ^ {MASQ} masquerade fully-random; }}
+  chain service-endpoints-check {{ ip daddr . meta l4proto . th dport vmap @no-endpoint-services; }}
+  chain nodeport-endpoints-check {{ fib daddr type local meta l4proto . th dport vmap @no-endpoint-nodeports; }}
+  chain cluster-ips-check {{ ip daddr @cluster-ips reject; ip daddr {services} drop; }}
+  chain filter-input {{ type filter hook input priority 0; ct state new jump nodeport-endpoints-check; ct state new jump service-endpoints-check; }}
+  chain filter-forward {{ type filter hook forward priority 0; ct state new jump service-endpoints-check; ct state new jump cluster-ips-check; }}
+  chain filter-output {{ type filter hook output priority 0; ct state new jump service-endpoints-check; ct state new jump cluster-ips-check; }}
+  chain nat-prerouting {{ type nat hook prerouting priority -100; jump services; }}
+  chain nat-output {{ type nat hook output priority -100; jump services; }}
+  chain nat-postrouting {{ type nat hook postrouting priority 100; jump masquerading; }}
+}}
+"
+    )
+}
+
+/// `<ns>/<name>/<proto>/<port name or number>`: the part of a Service port's chain names
+/// that says whose they are.
+fn base(p: &ServicePort) -> String {
+    let port = if p.port_name.is_empty() {
+        p.port.to_string()
+    } else {
+        p.port_name.clone()
+    };
+    format!("{}/{}/{}/{port}", p.namespace, p.name, p.protocol.nft())
+}
+
+fn endpoint_chain(base: &str, e: &Endpoint) -> String {
+    format!("endpoint-{base}__{}/{}", e.ip, e.port)
+}
+
+fn affinity_set(base: &str, e: &Endpoint) -> String {
+    format!("affinity-{base}__{}/{}", e.ip, e.port)
+}
+
+impl Ruleset {
+    /// The ruleset that serves `ports`.
+    pub fn build(ports: &[ServicePort], s: &Settings) -> Ruleset {
+        let mut r = Ruleset::default();
+        for p in ports {
+            r.add_port(p, s);
+        }
+        r
+    }
+
+    fn element(&mut self, map: &'static str, e: String) {
+        self.elements.entry(map).or_default().insert(e);
+    }
+
+    /// Rules that pick one of `eps` at random (honouring session affinity first), each
+    /// through its endpoint chain, which is added too.
+    fn dispatch(&mut self, base: &str, p: &ServicePort, eps: &[Endpoint]) -> Vec<String> {
+        let mut rules = Vec::new();
+        for e in eps {
+            let chain = endpoint_chain(base, e);
+            if !self.chains.contains_key(&chain) {
+                let proto = p.protocol.nft();
+                let mut er = vec![format!(
+                    "ip saddr {} meta mark set meta mark | {MASQ}",
+                    e.ip
+                )];
+                if let Some(t) = p.affinity_seconds {
+                    let set = affinity_set(base, e);
+                    self.sets.insert(
+                        set.clone(),
+                        format!("{{ type ipv4_addr; flags dynamic,timeout; timeout {t}s; }}"),
+                    );
+                    er.push(format!("update @{set} {{ ip saddr }}"));
+                }
+                er.push(format!("meta l4proto {proto} dnat to {}:{}", e.ip, e.port));
+                self.chains.insert(chain.clone(), er);
+            }
+            if p.affinity_seconds.is_some() {
+                rules.push(format!("ip saddr @{} goto {chain}", affinity_set(base, e)));
+            }
+        }
+        let arms: Vec<String> = eps
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("{i} : goto {}", endpoint_chain(base, e)))
+            .collect();
+        rules.push(format!(
+            "numgen random mod {} vmap {{ {} }}",
+            eps.len(),
+            arms.join(", ")
+        ));
+        rules
+    }
+
+    fn add_port(&mut self, p: &ServicePort, s: &Settings) {
+        let base = base(p);
+        let proto = p.protocol.nft();
+        let service = format!("service-{base}");
+        let has_cluster = !p.cluster_endpoints.is_empty();
+        if has_cluster {
+            let rules = self.dispatch(&base, p, &p.cluster_endpoints.clone());
+            self.chains.insert(service.clone(), rules);
+        }
+        if let Some(ip) = p.cluster_ip {
+            self.element("cluster-ips", ip.to_string());
+            let key = format!("{ip} . {proto} . {}", p.port);
+            if has_cluster {
+                self.element("service-ips", format!("{key} : goto {service}"));
+            } else {
+                self.element("no-endpoint-services", format!("{key} : goto reject-chain"));
+            }
+        }
+        if !p.external() {
+            return;
+        }
+        // External traffic: with externalTrafficPolicy Local, only the node's own
+        // endpoints (and no masquerade, so they see the client's address), except for
+        // traffic from pods and from the node itself, which goes as to the cluster IP.
+        let external = format!("external-{base}");
+        let mut rules = Vec::new();
+        let reachable = if p.external_local {
+            if has_cluster {
+                rules.push(format!("ip saddr {} goto {service}", s.cluster_cidr));
+                rules.push(format!(
+                    "fib saddr type local meta mark set meta mark | {MASQ}"
+                ));
+                rules.push(format!("fib saddr type local goto {service}"));
+            }
+            if p.local_endpoints.is_empty() {
+                rules.push("drop".into());
+            } else {
+                let eps = p.local_endpoints.clone();
+                rules.extend(self.dispatch(&base, p, &eps));
+            }
+            has_cluster || !p.local_endpoints.is_empty()
+        } else if has_cluster && !p.internal_local {
+            rules.push(format!("meta mark set meta mark | {MASQ}"));
+            rules.push(format!("goto {service}"));
+            true
+        } else {
+            // internalTrafficPolicy Local narrows the cluster IP only: external traffic
+            // still goes to any ready endpoint.
+            rules.push(format!("meta mark set meta mark | {MASQ}"));
+            let all = p.all_endpoints.clone();
+            if !all.is_empty() {
+                rules.extend(self.dispatch(&base, p, &all));
+            }
+            !all.is_empty()
+        };
+        let (to, verdict) = if reachable {
+            self.chains.insert(external.clone(), rules);
+            (true, format!("goto {external}"))
+        } else if p.external_local && !p.all_endpoints.is_empty() {
+            // Endpoints exist, none here: dropped, as upstream, so the client retries
+            // another node instead of being refused.
+            (false, "drop".to_string())
+        } else {
+            (false, "goto reject-chain".to_string())
+        };
+        let (services, nodeports) = if to {
+            ("service-ips", "service-nodeports")
+        } else {
+            ("no-endpoint-services", "no-endpoint-nodeports")
+        };
+        for ip in &p.external_ips {
+            self.element(services, format!("{ip} . {proto} . {} : {verdict}", p.port));
+        }
+        if p.node_port != 0 {
+            self.element(nodeports, format!("{proto} . {} : {verdict}", p.node_port));
+        }
+    }
+
+    /// The `nft -f` transaction that takes the table from `prev` to `self`: the whole
+    /// table when there is no `prev` (first sync, or after a failed one), else only what
+    /// changed.
+    pub fn script(&self, prev: Option<&Ruleset>, s: &Settings) -> String {
+        let mut out = String::new();
+        let empty = Ruleset::default();
+        let prev = match prev {
+            Some(p) => p,
+            None => {
+                // `add` then `delete` works whether or not the table exists.
+                let _ = writeln!(out, "add table ip {TABLE}\ndelete table ip {TABLE}");
+                out.push_str(&skeleton(s));
+                &empty
+            }
+        };
+        // Elements that go, first: they may point at chains that go.
+        for (map, old) in &prev.elements {
+            let new = self.elements.get(map);
+            for e in old.iter().filter(|e| !new.is_some_and(|n| n.contains(*e))) {
+                let _ = writeln!(out, "delete element ip {TABLE} {map} {{ {e} }}");
+            }
+        }
+        for (name, decl) in &self.sets {
+            match prev.sets.get(name) {
+                Some(d) if d == decl => {}
+                Some(_) => {
+                    let _ = writeln!(out, "delete set ip {TABLE} {name}");
+                    let _ = writeln!(out, "add set ip {TABLE} {name} {decl}");
+                }
+                None => {
+                    let _ = writeln!(out, "add set ip {TABLE} {name} {decl}");
+                }
+            }
+        }
+        for name in self.chains.keys() {
+            if !prev.chains.contains_key(name) {
+                let _ = writeln!(out, "add chain ip {TABLE} {name}");
+            }
+        }
+        for (name, rules) in &self.chains {
+            match prev.chains.get(name) {
+                Some(old) if old == rules => continue,
+                Some(_) => {
+                    let _ = writeln!(out, "flush chain ip {TABLE} {name}");
+                }
+                None => {}
+            }
+            for r in rules {
+                let _ = writeln!(out, "add rule ip {TABLE} {name} {r}");
+            }
+        }
+        for (map, new) in &self.elements {
+            let old = prev.elements.get(map);
+            for e in new.iter().filter(|e| !old.is_some_and(|o| o.contains(*e))) {
+                let _ = writeln!(out, "add element ip {TABLE} {map} {{ {e} }}");
+            }
+        }
+        // Chains that go, once nothing jumps to them: those that jumped were flushed
+        // above, or go too (flushed first, as a chain still holding a jump cannot go).
+        let gone: Vec<&String> = (prev.chains.keys())
+            .filter(|n| !self.chains.contains_key(*n))
+            .collect();
+        for name in &gone {
+            let _ = writeln!(out, "flush chain ip {TABLE} {name}");
+        }
+        for name in &gone {
+            let _ = writeln!(out, "delete chain ip {TABLE} {name}");
+        }
+        for name in prev.sets.keys().filter(|n| !self.sets.contains_key(*n)) {
+            let _ = writeln!(out, "delete set ip {TABLE} {name}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Protocol;
+    use std::net::Ipv4Addr;
+
+    fn settings() -> Settings {
+        Settings {
+            cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+            service_cidr: "10.43.0.0/16".parse().unwrap(),
+        }
+    }
+
+    fn ep(ip: &str, local: bool) -> Endpoint {
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            port: 8080,
+            local,
+        }
+    }
+
+    fn port(eps: &[Endpoint]) -> ServicePort {
+        ServicePort {
+            namespace: "default".into(),
+            name: "web".into(),
+            port_name: "http".into(),
+            protocol: Protocol::Tcp,
+            cluster_ip: Some(Ipv4Addr::new(10, 43, 0, 10)),
+            port: 80,
+            node_port: 30007,
+            external_ips: vec![],
+            affinity_seconds: None,
+            external_local: false,
+            internal_local: false,
+            cluster_endpoints: eps.to_vec(),
+            local_endpoints: eps.iter().filter(|e| e.local).cloned().collect(),
+            all_endpoints: eps.to_vec(),
+        }
+    }
+
+    fn elements(r: &Ruleset, map: &str) -> Vec<String> {
+        r.elements
+            .get(map)
+            .map(|e| e.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_service_port_gets_a_chain_that_spreads_over_its_endpoints() {
+        let r = Ruleset::build(
+            &[port(&[ep("10.42.0.5", true), ep("10.42.0.6", false)])],
+            &settings(),
+        );
+        assert_eq!(
+            r.chains["service-default/web/tcp/http"],
+            ["numgen random mod 2 vmap { 0 : goto endpoint-default/web/tcp/http__10.42.0.5/8080, 1 : goto endpoint-default/web/tcp/http__10.42.0.6/8080 }"]
+        );
+        assert_eq!(
+            r.chains["endpoint-default/web/tcp/http__10.42.0.5/8080"],
+            [
+                "ip saddr 10.42.0.5 meta mark set meta mark | 0x4000",
+                "meta l4proto tcp dnat to 10.42.0.5:8080"
+            ]
+        );
+        assert_eq!(
+            elements(&r, "service-ips"),
+            ["10.43.0.10 . tcp . 80 : goto service-default/web/tcp/http"]
+        );
+        assert_eq!(
+            elements(&r, "service-nodeports"),
+            ["tcp . 30007 : goto external-default/web/tcp/http"]
+        );
+        assert_eq!(
+            r.chains["external-default/web/tcp/http"],
+            [
+                "meta mark set meta mark | 0x4000",
+                "goto service-default/web/tcp/http"
+            ]
+        );
+        assert_eq!(elements(&r, "cluster-ips"), ["10.43.0.10"]);
+    }
+
+    #[test]
+    fn without_endpoints_the_ports_are_rejected() {
+        let r = Ruleset::build(&[port(&[])], &settings());
+        assert!(r.chains.is_empty());
+        assert_eq!(
+            elements(&r, "no-endpoint-services"),
+            ["10.43.0.10 . tcp . 80 : goto reject-chain"]
+        );
+        assert_eq!(
+            elements(&r, "no-endpoint-nodeports"),
+            ["tcp . 30007 : goto reject-chain"]
+        );
+    }
+
+    #[test]
+    fn external_traffic_policy_local_keeps_to_the_nodes_endpoints() {
+        let mut p = port(&[ep("10.42.0.5", true), ep("10.42.1.5", false)]);
+        p.external_local = true;
+        let r = Ruleset::build(std::slice::from_ref(&p), &settings());
+        assert_eq!(
+            r.chains["external-default/web/tcp/http"],
+            [
+                "ip saddr 10.42.0.0/16 goto service-default/web/tcp/http",
+                "fib saddr type local meta mark set meta mark | 0x4000",
+                "fib saddr type local goto service-default/web/tcp/http",
+                "numgen random mod 1 vmap { 0 : goto endpoint-default/web/tcp/http__10.42.0.5/8080 }"
+            ]
+        );
+        // No endpoint here: external traffic from elsewhere is dropped.
+        p.local_endpoints.clear();
+        let r = Ruleset::build(&[p], &settings());
+        assert_eq!(
+            r.chains["external-default/web/tcp/http"].last().unwrap(),
+            "drop"
+        );
+    }
+
+    #[test]
+    fn session_affinity_remembers_the_client_per_endpoint() {
+        let mut p = port(&[ep("10.42.0.5", true)]);
+        p.affinity_seconds = Some(30);
+        let r = Ruleset::build(&[p], &settings());
+        let set = "affinity-default/web/tcp/http__10.42.0.5/8080";
+        assert_eq!(
+            r.sets[set],
+            "{ type ipv4_addr; flags dynamic,timeout; timeout 30s; }"
+        );
+        assert_eq!(
+            r.chains["service-default/web/tcp/http"][0],
+            format!("ip saddr @{set} goto endpoint-default/web/tcp/http__10.42.0.5/8080")
+        );
+        assert!(r.chains["endpoint-default/web/tcp/http__10.42.0.5/8080"]
+            .contains(&format!("update @{set} {{ ip saddr }}")));
+    }
+
+    #[test]
+    fn a_change_rewrites_only_what_it_touches() {
+        let s = settings();
+        let mut other = port(&[ep("10.42.0.9", true)]);
+        other.name = "other".into();
+        other.cluster_ip = Some(Ipv4Addr::new(10, 43, 0, 11));
+        other.node_port = 0;
+        let before = Ruleset::build(&[port(&[ep("10.42.0.5", true)]), other.clone()], &s);
+        let after = Ruleset::build(&[port(&[ep("10.42.0.6", true)]), other], &s);
+        let script = after.script(Some(&before), &s);
+        assert!(!script.contains("other"), "{script}");
+        assert!(!script.contains("delete table"), "{script}");
+        assert!(script.contains("flush chain ip kite-proxy service-default/web/tcp/http\n"));
+        assert!(script
+            .contains("add chain ip kite-proxy endpoint-default/web/tcp/http__10.42.0.6/8080\n"));
+        assert!(script.contains(
+            "delete chain ip kite-proxy endpoint-default/web/tcp/http__10.42.0.5/8080\n"
+        ));
+        assert_eq!(
+            after.script(Some(&after), &s),
+            "",
+            "nothing changed, nothing to do"
+        );
+        // Without a previous ruleset the table is made whole.
+        assert!(after
+            .script(None, &s)
+            .starts_with("add table ip kite-proxy\ndelete table ip kite-proxy\n"));
+    }
+
+    /// The kernel accepts the scripts: a whole table, then a change to it, checked (not
+    /// applied) by `nft --check` in one transaction. Needs root and nft; says so if not.
+    #[test]
+    fn the_kernel_accepts_the_scripts() {
+        let s = settings();
+        let mut a = port(&[ep("10.42.0.5", true), ep("10.42.0.6", false)]);
+        a.affinity_seconds = Some(60);
+        a.external_ips = vec![Ipv4Addr::new(192, 0, 2, 1)];
+        let mut b = port(&[]);
+        b.name = "empty".into();
+        b.cluster_ip = Some(Ipv4Addr::new(10, 43, 0, 12));
+        b.node_port = 30008;
+        let mut c = port(&[ep("10.42.1.7", false)]);
+        c.name = "local".into();
+        c.cluster_ip = Some(Ipv4Addr::new(10, 43, 0, 13));
+        c.node_port = 30009;
+        c.external_local = true;
+        c.local_endpoints.clear();
+        let before = Ruleset::build(&[a.clone(), b.clone(), c], &s);
+        a.cluster_endpoints.pop();
+        a.all_endpoints.pop();
+        let after = Ruleset::build(&[a, b], &s);
+        let script = format!(
+            "{}{}",
+            before.script(None, &s),
+            after.script(Some(&before), &s)
+        );
+        let run = std::process::Command::new("nft")
+            .args(["--check", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut child) = run else {
+            eprintln!("nft is not installed: the scripts were not checked");
+            return;
+        };
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("Operation not permitted") {
+            eprintln!("not root: the scripts were not checked");
+            return;
+        }
+        assert!(out.status.success(), "nft refused:\n{err}\n{script}");
+    }
+}
