@@ -62,6 +62,7 @@ start_server() {
   # A node's container logs stay in the test's directory; its kubelet takes a free port.
   export KITE_POD_LOGS_DIR=${KITE_POD_LOGS_DIR:-"$WORK/log/pods"}
   export KITE_KUBELET_PORT=${KITE_KUBELET_PORT:-$(free_port)}
+  export KITE_PROXY_HEALTHZ_PORT=${KITE_PROXY_HEALTHZ_PORT:-$(free_port)}
   # Upstream's default eviction thresholds would evict every pod of a host whose disk is
   # over 85% full: tests other than the eviction tier's keep only a last-ditch one.
   export KITE_EVICTION_HARD=${KITE_EVICTION_HARD:-"nodefs.available<1%,imagefs.available<1%"}

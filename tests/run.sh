@@ -81,7 +81,7 @@ kubectl_name() { if [ "$1" = "$K136" ]; then echo kubectl.1.36; else basename "$
 for k in "${API_KUBECTLS[@]}"; do
   v=$(kubectl_name "$k")
   for t in tests/e2e/*.sh; do
-    case "$(basename "$t")" in kubelet.sh|streams.sh|volumes.sh|resources.sh|cni.sh) continue ;; esac
+    case "$(basename "$t")" in kubelet.sh|streams.sh|volumes.sh|resources.sh|services.sh|cni.sh) continue ;; esac
     n="$(basename "$t" .sh)-$v"
     KUBECTL="$k" timeout 900 bash "$t" >"$logs/$n.log" 2>&1 &
     pids+=($!); names+=("$n")
@@ -100,6 +100,8 @@ node_tier() {
     KUBECTL="$k" timeout 600 bash tests/e2e/volumes.sh || { r=$?; rc=1; [ $r = 124 ] && echo "FAIL - the volumes tier with $(basename "$k") was killed after 600 s"; }
     echo "## resources tier with $(kubectl_name "$k")"
     KUBECTL="$k" timeout 300 bash tests/e2e/resources.sh || { r=$?; rc=1; [ $r = 124 ] && echo "FAIL - the resources tier with $(basename "$k") was killed after 300 s"; }
+    echo "## services tier with $(kubectl_name "$k")"
+    KUBECTL="$k" timeout 300 bash tests/e2e/services.sh || { r=$?; rc=1; [ $r = 124 ] && echo "FAIL - the services tier with $(basename "$k") was killed after 300 s"; }
   done
   # CNI delegation makes a node too: after the kubelet tier, with one kubectl (what it
   # tests is the node's, not kubectl's).

@@ -20,6 +20,7 @@ pub mod resize;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod service_env;
 pub mod spec;
 pub mod static_pods;
 pub mod stats;
@@ -107,12 +108,15 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
     let pods = informers.get_selected::<Pod>(
         watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node_name)),
     );
+    // Every Service, for the environment variables each container gets.
+    let services = informers.get::<k8s_openapi::api::core::v1::Service>();
     let kubelet = pods::Kubelet::new(
         client.clone(),
         cd,
         opts.clone(),
         nodes.clone(),
         pods.clone(),
+        services,
     );
     {
         let k = kubelet.clone();

@@ -474,6 +474,12 @@ impl Network {
             Ok(())
         })
         .await?;
+        // Hairpin: a pod reaching itself through a Service gets its own packet back out
+        // of the bridge port it came in by (br_netfilter bridges a DNATed packet whose
+        // new destination is on the bridge), as upstream's hairpin-veth mode and the
+        // bridge CNI plugin's hairpinMode allow.
+        let hairpin = format!("/sys/class/net/{}/brport/hairpin_mode", host_veth(uid));
+        std::fs::write(&hairpin, "1").with_context(|| format!("setting {hairpin}"))?;
         let gw = self.gateway();
         let prefix = self.pod_cidr.prefix_len();
         in_netns(netns, move || async move {

@@ -83,6 +83,8 @@ pub struct Kubelet {
     opts: Options,
     nodes: Arc<Informer<Node>>,
     pods: Arc<Informer<Pod>>,
+    /// Every Service, for containers' Service environment variables.
+    services: Arc<Informer<k8s_openapi::api::core::v1::Service>>,
     queue: WorkQueue<Key>,
     network: Mutex<Option<Arc<Network>>>,
     network_error: Mutex<Option<String>>,
@@ -180,6 +182,7 @@ impl Kubelet {
         opts: Options,
         nodes: Arc<Informer<Node>>,
         pods: Arc<Informer<Pod>>,
+        services: Arc<Informer<k8s_openapi::api::core::v1::Service>>,
     ) -> Arc<Self> {
         let recorder = Recorder::new(client.clone(), COMPONENT, &opts.node_name);
         Arc::new(Kubelet {
@@ -189,6 +192,7 @@ impl Kubelet {
             opts,
             nodes,
             pods,
+            services,
             queue: WorkQueue::new(),
             network: Mutex::new(None),
             network_error: Mutex::new(None),
@@ -2026,6 +2030,17 @@ impl Kubelet {
             }
         }
         set(&mut out, "HOSTNAME".into(), pod_hostname(pod));
+        // Service variables come before the container's own, which may use or override
+        // them; as upstream, none at all until the Services have been read once.
+        if !self.services.has_synced() {
+            anyhow::bail!(
+                "services have not yet been read at least once, cannot construct envvars"
+            );
+        }
+        let links = pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
+        for (k, v) in crate::service_env::vars(&ns, links, &self.services.list()) {
+            set(&mut out, k, v);
+        }
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
         for src in c.env_from.iter().flatten() {

@@ -38,7 +38,10 @@ pub struct Ruleset {
     pub elements: BTreeMap<&'static str, BTreeSet<String>>,
 }
 
-/// The table's fixed part: maps, sets and base chains.
+/// The table's fixed part: maps, sets and base chains. NodePorts answer on every local
+/// address, 127.0.0.1 included (the bridge then needs `route_localnet`, see `lib.rs`);
+/// as kube-proxy since CVE-2020-8558, packets for 127.0.0.0/8 that come from elsewhere
+/// and were not DNATed are dropped, so pods cannot reach the host's loopback services.
 fn skeleton(s: &Settings) -> String {
     let (pods, services) = (s.cluster_cidr, s.service_cidr);
     format!(
@@ -58,7 +61,12 @@ fn skeleton(s: &Settings) -> String {
   chain service-endpoints-check {{ ip daddr . meta l4proto . th dport vmap @no-endpoint-services; }}
   chain nodeport-endpoints-check {{ fib daddr type local meta l4proto . th dport vmap @no-endpoint-nodeports; }}
   chain cluster-ips-check {{ ip daddr @cluster-ips reject; ip daddr {services} drop; }}
-  chain filter-input {{ type filter hook input priority 0; ct state new jump nodeport-endpoints-check; ct state new jump service-endpoints-check; }}
+  chain filter-input {{
+    type filter hook input priority 0;
+    ip daddr 127.0.0.0/8 ip saddr != 127.0.0.0/8 ct status & dnat != dnat drop
+    ct state new jump nodeport-endpoints-check
+    ct state new jump service-endpoints-check
+  }}
   chain filter-forward {{ type filter hook forward priority 0; ct state new jump service-endpoints-check; ct state new jump cluster-ips-check; }}
   chain filter-output {{ type filter hook output priority 0; ct state new jump service-endpoints-check; ct state new jump cluster-ips-check; }}
   chain nat-prerouting {{ type nat hook prerouting priority -100; jump services; }}

@@ -290,6 +290,13 @@ pub struct ServerArgs {
     /// Do not run the scheduler.
     #[arg(long, env = "KITE_DISABLE_SCHEDULER")]
     pub disable_scheduler: bool,
+    /// Do not run the service proxy (Services then need another one, such as kube-proxy
+    /// or a CNI that replaces it).
+    #[arg(long, env = "KITE_DISABLE_KUBE_PROXY")]
+    pub disable_kube_proxy: bool,
+    /// The port of the service proxy's /healthz and /livez (kube-proxy's 10256); 0: none.
+    #[arg(long, env = "KITE_PROXY_HEALTHZ_PORT", default_value_t = 10256)]
+    pub proxy_healthz_port: u16,
     /// containerd socket to use instead of starting kite's own containerd.
     #[arg(long, env = "KITE_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<PathBuf>,
@@ -373,6 +380,8 @@ pub struct ServerConfig {
     pub unreachable_toleration_seconds: i64,
     pub disable_controller_manager: bool,
     pub disable_scheduler: bool,
+    pub disable_kube_proxy: bool,
+    pub proxy_healthz_port: u16,
     pub container_runtime_endpoint: Option<PathBuf>,
     pub node_ip: std::net::IpAddr,
     pub node_external_ip: Option<std::net::IpAddr>,
@@ -603,6 +612,8 @@ impl ServerArgs {
             unreachable_toleration_seconds: self.default_unreachable_toleration_seconds.max(0),
             disable_controller_manager: self.disable_controller_manager,
             disable_scheduler: self.disable_scheduler,
+            disable_kube_proxy: self.disable_kube_proxy,
+            proxy_healthz_port: self.proxy_healthz_port,
             container_runtime_endpoint: self
                 .container_runtime_endpoint
                 .clone()

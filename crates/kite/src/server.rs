@@ -231,6 +231,23 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             }),
             local: local_kubelet.clone(),
         };
+        if !cfg.disable_kube_proxy {
+            let client = local_client("system:kube-proxy");
+            let opts = kite_proxy::Options {
+                node_name: cfg.node_name.clone(),
+                settings: kite_proxy::rules::Settings {
+                    cluster_cidr: cfg.cluster_cidr,
+                    service_cidr: cfg.service_cidr,
+                },
+                healthz: (cfg.proxy_healthz_port != 0)
+                    .then(|| std::net::SocketAddr::new(cfg.bind, cfg.proxy_healthz_port)),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = kite_proxy::run(client, opts).await {
+                    tracing::error!(error = %format!("{e:#}"), "the service proxy stopped");
+                }
+            });
+        }
         tokio::spawn(async move {
             if let Err(e) = kite_kubelet::run(client, opts).await {
                 tracing::error!(error = %format!("{e:#}"), "the node agent stopped");
