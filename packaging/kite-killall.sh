@@ -11,6 +11,15 @@ CTR="ctr -a $SOCK -n k8s.io"
 
 # Pods' containers first, while kite's containerd still answers.
 if [ -S "$SOCK" ] && command -v ctr >/dev/null 2>&1; then
+  # All at once first (two ctr runs, whatever the number of containers: each ctr run is a
+  # Go program's start-up), then one by one, bounded, for whatever is left.
+  ids=$($CTR containers ls -q 2>/dev/null)
+  if [ -n "$ids" ]; then
+    # shellcheck disable=SC2086
+    $CTR tasks rm -f $ids >/dev/null 2>&1 || true
+    # shellcheck disable=SC2086
+    $CTR containers rm $ids >/dev/null 2>&1 || true
+  fi
   for id in $($CTR containers ls -q 2>/dev/null); do
     $CTR tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
     i=0; while $CTR tasks ls -q 2>/dev/null | grep -qx "$id" && [ $i -lt 20 ]; do

@@ -17,6 +17,7 @@
 //!   Floor: the bench's own CPU making the same probes of the unprobed pods straight
 //!   through containerd (Exec, Start, Wait, Delete; no output kept) and TCP.
 //!
+//! `KITE_BENCH_PARTS=exec,port-forward,logs,probes` picks parts (default: all).
 //! Figures and the command are recorded in docs/benchmarks.md.
 
 #[allow(dead_code)]
@@ -160,199 +161,214 @@ async fn main() {
     )
     .await;
 
-    // exec, and its floors.
-    let floor = timed(&kc, &["get", "--raw", "/healthz"], 40);
-    let exec = timed(&kc, &["exec", "web", "--", "true"], 40);
-    println!(
-        "exec -- true: p50 {:.0} ms, p99 {:.0} ms; kubectl get --raw /healthz (floor): p50 {:.0} ms, p99 {:.0} ms; exec/floor p50 {:.2}",
-        ms(pct(&exec, 0.5)),
-        ms(pct(&exec, 0.99)),
-        ms(pct(&floor, 0.5)),
-        ms(pct(&floor, 0.99)),
-        pct(&exec, 0.5).as_secs_f64() / pct(&floor, 0.5).as_secs_f64()
-    );
-    // What no kubelet can take away: kubectl's own part (`kubectl exec` first reads the
-    // pod: its start, its TLS handshake, one request, as `kubectl get pod`) plus the
-    // runtime's (the same `true` run in the container straight through containerd: Exec,
-    // Start, Wait, Delete, nothing of kite's in the path).
-    let get_pod = timed(&kc, &["get", "pod", "web", "-o", "name"], 40);
-    let rt = Runtime::connect(&server.data, &pods, "web").await;
-    let mut direct_exec = Vec::new();
-    for _ in 0..40 {
+    // KITE_BENCH_PARTS=exec,port-forward,logs,probes picks parts (default: all).
+    let parts = std::env::var("KITE_BENCH_PARTS").unwrap_or_default();
+    let want = |p: &str| parts.is_empty() || parts.split(',').any(|x| x == p);
+    if want("exec") {
+        // exec, and its floors.
+        let floor = timed(&kc, &["get", "--raw", "/healthz"], 40);
+        let exec = timed(&kc, &["exec", "web", "--", "true"], 40);
+        println!(
+            "exec -- true: p50 {:.0} ms, p99 {:.0} ms; kubectl get --raw /healthz (floor): p50 {:.0} ms, p99 {:.0} ms; exec/floor p50 {:.2}",
+            ms(pct(&exec, 0.5)),
+            ms(pct(&exec, 0.99)),
+            ms(pct(&floor, 0.5)),
+            ms(pct(&floor, 0.99)),
+            pct(&exec, 0.5).as_secs_f64() / pct(&floor, 0.5).as_secs_f64()
+        );
+        // What no kubelet can take away: kubectl's own part (`kubectl exec` first reads the
+        // pod: its start, its TLS handshake, one request, as `kubectl get pod`) plus the
+        // runtime's (the same `true` run in the container straight through containerd: Exec,
+        // Start, Wait, Delete, nothing of kite's in the path).
+        let get_pod = timed(&kc, &["get", "pod", "web", "-o", "name"], 40);
+        let rt = Runtime::connect(&server.data, &pods, "web").await;
+        let mut direct_exec = Vec::new();
+        for _ in 0..40 {
+            let t = Instant::now();
+            rt.exec(&rt.containers[0].0).await;
+            direct_exec.push(t.elapsed());
+        }
+        direct_exec.sort();
+        let exec_floor = pct(&get_pod, 0.5) + pct(&direct_exec, 0.5);
+        println!(
+            "exec floor: kubectl get pod p50 {:.0} ms + the exec straight through containerd p50 {:.0} ms (p99 {:.0} ms) = {:.0} ms; exec/floor p50 {:.2}",
+            ms(pct(&get_pod, 0.5)),
+            ms(pct(&direct_exec, 0.5)),
+            ms(pct(&direct_exec, 0.99)),
+            ms(exec_floor),
+            pct(&exec, 0.5).as_secs_f64() / exec_floor.as_secs_f64()
+        );
+    }
+    if want("port-forward") {
+        // port-forward against the pod's IP.
+        let ip = pods
+            .get("web")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.pod_ip)
+            .unwrap();
+        let best = |addr: &str| {
+            (0..3)
+                .map(|_| {
+                    let (n, s) = download(addr, "/big");
+                    assert!(n >= MB100, "short download from {addr}: {n} bytes");
+                    n as f64 / s / 1e6
+                })
+                .fold(0.0f64, f64::max)
+        };
+        let direct = best(&format!("{ip}:80"));
+        let local = common::free_port();
+        let mut pf = Command::new(kubectl())
+            .env("KUBECONFIG", &kc)
+            .args(["port-forward", "pod/web", &format!("{local}:80")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        {
+            let mut line = String::new();
+            let mut out = std::io::BufReader::new(pf.stdout.take().unwrap());
+            use std::io::BufRead;
+            out.read_line(&mut line).unwrap();
+            assert!(line.contains("Forwarding"), "port-forward said {line:?}");
+            std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        }
+        let (k0, c0) = (common::cpu_secs(kite_pid), common::cpu_secs(pf.id()));
+        let perf = perf_record(kite_pid, "port-forward");
+        let forwarded = best(&format!("127.0.0.1:{local}"));
+        drop(perf);
+        let (kite_cpu, kubectl_cpu) = (
+            common::cpu_secs(kite_pid) - k0,
+            common::cpu_secs(pf.id()) - c0,
+        );
+        let _ = pf.kill();
+        let _ = pf.wait();
+        println!(
+            "port-forward: {forwarded:.0} MB/s through one connection; the pod's IP directly (floor): {direct:.0} MB/s; ratio {:.2}",
+            forwarded / direct
+        );
+        println!(
+            "port-forward CPU for 3 × 100 MB: kite {kite_cpu:.2} s, kubectl {kubectl_cpu:.2} s"
+        );
+    }
+    if want("logs") {
+        // logs of 100 MB, against cat of the files.
+        let uid = pods.get("talk").await.unwrap().metadata.uid.unwrap();
         let t = Instant::now();
-        rt.exec(&rt.containers[0].0).await;
-        direct_exec.push(t.elapsed());
+        let out = Command::new(kubectl())
+            .env("KUBECONFIG", &kc)
+            .args(["logs", "talk"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        let k_secs = t.elapsed().as_secs_f64();
+        let files: Vec<std::path::PathBuf> = glob_logs(logs.path(), &uid);
+        let t = Instant::now();
+        let mut bytes = 0u64;
+        for f in &files {
+            bytes += std::fs::read(f).map(|b| b.len() as u64).unwrap_or(0);
+        }
+        let c_secs = t.elapsed().as_secs_f64();
+        println!(
+            "kubectl logs of {:.0} MB: {k_secs:.2} s ({:.0} MB/s); reading its CRI files ({:.0} MB) (floor): {c_secs:.2} s",
+            out.stdout.len() as f64 / 1e6,
+            out.stdout.len() as f64 / 1e6 / k_secs,
+            bytes as f64 / 1e6
+        );
     }
-    direct_exec.sort();
-    let exec_floor = pct(&get_pod, 0.5) + pct(&direct_exec, 0.5);
-    println!(
-        "exec floor: kubectl get pod p50 {:.0} ms + the exec straight through containerd p50 {:.0} ms (p99 {:.0} ms) = {:.0} ms; exec/floor p50 {:.2}",
-        ms(pct(&get_pod, 0.5)),
-        ms(pct(&direct_exec, 0.5)),
-        ms(pct(&direct_exec, 0.99)),
-        ms(exec_floor),
-        pct(&exec, 0.5).as_secs_f64() / exec_floor.as_secs_f64()
-    );
-
-    // port-forward against the pod's IP.
-    let ip = pods
-        .get("web")
-        .await
-        .unwrap()
-        .status
-        .and_then(|s| s.pod_ip)
-        .unwrap();
-    let best = |addr: &str| {
-        (0..3)
-            .map(|_| {
-                let (n, s) = download(addr, "/big");
-                assert!(n >= MB100, "short download from {addr}: {n} bytes");
-                n as f64 / s / 1e6
-            })
-            .fold(0.0f64, f64::max)
-    };
-    let direct = best(&format!("{ip}:80"));
-    let local = common::free_port();
-    let mut pf = Command::new(kubectl())
-        .env("KUBECONFIG", &kc)
-        .args(["port-forward", "pod/web", &format!("{local}:80")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        let mut line = String::new();
-        let mut out = std::io::BufReader::new(pf.stdout.take().unwrap());
-        use std::io::BufRead;
-        out.read_line(&mut line).unwrap();
-        assert!(line.contains("Forwarding"), "port-forward said {line:?}");
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    }
-    let (k0, c0) = (common::cpu_secs(kite_pid), common::cpu_secs(pf.id()));
-    let perf = perf_record(kite_pid, "port-forward");
-    let forwarded = best(&format!("127.0.0.1:{local}"));
-    drop(perf);
-    let (kite_cpu, kubectl_cpu) = (
-        common::cpu_secs(kite_pid) - k0,
-        common::cpu_secs(pf.id()) - c0,
-    );
-    let _ = pf.kill();
-    let _ = pf.wait();
-    println!(
-        "port-forward: {forwarded:.0} MB/s through one connection; the pod's IP directly (floor): {direct:.0} MB/s; ratio {:.2}",
-        forwarded / direct
-    );
-    println!("port-forward CPU for 3 × 100 MB: kite {kite_cpu:.2} s, kubectl {kubectl_cpu:.2} s");
-
-    // logs of 100 MB, against cat of the files.
-    let uid = pods.get("talk").await.unwrap().metadata.uid.unwrap();
-    let t = Instant::now();
-    let out = Command::new(kubectl())
-        .env("KUBECONFIG", &kc)
-        .args(["logs", "talk"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    let k_secs = t.elapsed().as_secs_f64();
-    let files: Vec<std::path::PathBuf> = glob_logs(logs.path(), &uid);
-    let t = Instant::now();
-    let mut bytes = 0u64;
-    for f in &files {
-        bytes += std::fs::read(f).map(|b| b.len() as u64).unwrap_or(0);
-    }
-    let c_secs = t.elapsed().as_secs_f64();
-    println!(
-        "kubectl logs of {:.0} MB: {k_secs:.2} s ({:.0} MB/s); reading its CRI files ({:.0} MB) (floor): {c_secs:.2} s",
-        out.stdout.len() as f64 / 1e6,
-        out.stdout.len() as f64 / 1e6 / k_secs,
-        bytes as f64 / 1e6
-    );
     for n in ["web", "talk"] {
         let _ = pods
             .delete(n, &DeleteParams::default().grace_period(0))
             .await;
     }
 
-    // Probes: 100 pods, without and then with probes.
-    let n: usize = std::env::var("KITE_BENCH_PROBE_PODS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let mut idle_pct = 0.0;
-    for probed in [false, true] {
-        let names: Vec<String> = (0..n).map(|i| format!("p{probed}-{i}")).collect();
-        for name in &names {
-            let mut c = serde_json::json!({"name": "c", "image": "kite.test/shell:1",
-                "command": ["sh", "-c", "mkdir -p /w && touch /w/ok && exec httpd -f -p 8080 -h /w"]});
-            if probed {
-                c["livenessProbe"] =
-                    serde_json::json!({"exec": {"command": ["true"]}, "periodSeconds": 1});
-                c["readinessProbe"] = serde_json::json!({"httpGet": {"path": "/ok", "port": 8080}, "periodSeconds": 1});
+    if want("probes") {
+        // Probes: 100 pods, without and then with probes.
+        let n: usize = std::env::var("KITE_BENCH_PROBE_PODS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
+        let mut idle_pct = 0.0;
+        for probed in [false, true] {
+            let names: Vec<String> = (0..n).map(|i| format!("p{probed}-{i}")).collect();
+            for name in &names {
+                let mut c = serde_json::json!({"name": "c", "image": "kite.test/shell:1",
+                    "command": ["sh", "-c", "mkdir -p /w && touch /w/ok && exec httpd -f -p 8080 -h /w"]});
+                if probed {
+                    // Probed every second; generous timeouts and thresholds, so a 2-core
+                    // machine saturated by 100 runc execs a second slows the probes down
+                    // instead of restarting containers (which would measure restarts).
+                    c["livenessProbe"] = serde_json::json!({"exec": {"command": ["true"]},
+                        "periodSeconds": 1, "timeoutSeconds": 30, "failureThreshold": 30});
+                    c["readinessProbe"] = serde_json::json!({"httpGet": {"path": "/ok", "port": 8080},
+                        "periodSeconds": 1, "timeoutSeconds": 30, "failureThreshold": 30});
+                }
+                pods.create(
+                    &pp,
+                    &pod(serde_json::json!({"metadata": {"name": name}, "spec": {"containers": [c]}})),
+                )
+                .await
+                .unwrap();
             }
-            pods.create(
-                &pp,
-                &pod(serde_json::json!({"metadata": {"name": name}, "spec": {"containers": [c]}})),
-            )
-            .await
-            .unwrap();
-        }
-        wait_ready(&pods, &names, Duration::from_secs(600)).await;
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let c0 = common::cpu_secs(kite_pid);
-        let n0 = probes_done(&server.client).await;
-        let t = Instant::now();
-        let perf = probed.then(|| perf_record(kite_pid, "probes"));
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        drop(perf);
-        let pct_core = (common::cpu_secs(kite_pid) - c0) / t.elapsed().as_secs_f64() * 100.0;
-        if probed {
-            let pairs = (probes_done(&server.client).await - n0) / 2.0;
-            let extra = (pct_core - idle_pct) / 100.0 * t.elapsed().as_secs_f64();
-            println!(
-                "kite's probes in 30 s (/metrics/probes): {pairs:.0} exec + HTTP pairs; kite's CPU above the unprobed run: {:.2} ms per pair",
-                extra / pairs * 1000.0
-            );
-        } else {
-            idle_pct = pct_core;
-        }
-        println!(
-            "kite's CPU with {n} pods {}: {pct_core:.1}% of one core",
+            wait_ready(&pods, &names, Duration::from_secs(600)).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let c0 = common::cpu_secs(kite_pid);
+            let n0 = probes_done(&server.client).await;
+            let t = Instant::now();
+            let perf = probed.then(|| perf_record(kite_pid, "probes"));
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(perf);
+            let pct_core = (common::cpu_secs(kite_pid) - c0) / t.elapsed().as_secs_f64() * 100.0;
             if probed {
-                "each probed every second (exec liveness + HTTP readiness)"
+                let pairs = (probes_done(&server.client).await - n0) / 2.0;
+                let extra = (pct_core - idle_pct) / 100.0 * t.elapsed().as_secs_f64();
+                println!(
+                    "kite's probes in 30 s (/metrics/probes): {pairs:.0} exec + HTTP pairs; kite's CPU above the unprobed run: {:.2} ms per pair",
+                    extra / pairs * 1000.0
+                );
             } else {
-                "without probes"
+                idle_pct = pct_core;
             }
-        );
-        if !probed {
-            // The floor: the same probes made by this bench straight through containerd
-            // and TCP, nothing of kite's in the path; this process's CPU for them.
-            let rt = std::sync::Arc::new(Runtime::connect(&server.data, &pods, "").await);
-            let me = std::process::id();
-            let (c0, t) = (common::cpu_secs(me), Instant::now());
-            let probes = rt.clone().probe_all(Duration::from_secs(30)).await;
-            let cpu = common::cpu_secs(me) - c0;
             println!(
-                "probe floor: {probes} exec + HTTP probe pairs in 30 s straight through containerd and TCP, the bench's CPU: {:.1}% of one core, {:.2} ms per pair",
-                cpu / t.elapsed().as_secs_f64() * 100.0,
-                cpu / probes as f64 * 1000.0
+                "kite's CPU with {n} pods {}: {pct_core:.1}% of one core",
+                if probed {
+                    "each probed every second (exec liveness + HTTP readiness)"
+                } else {
+                    "without probes"
+                }
             );
-        }
-        for name in &names {
-            let _ = pods
-                .delete(name, &DeleteParams::default().grace_period(0))
-                .await;
-        }
-        let t = Instant::now();
-        while !pods
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-        {
-            assert!(t.elapsed() < Duration::from_secs(300), "pods not gone");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            if !probed {
+                // The floor: the same probes made by this bench straight through containerd
+                // and TCP, nothing of kite's in the path; this process's CPU for them.
+                let rt = std::sync::Arc::new(Runtime::connect(&server.data, &pods, "").await);
+                let me = std::process::id();
+                let (c0, t) = (common::cpu_secs(me), Instant::now());
+                let probes = rt.clone().probe_all(Duration::from_secs(30)).await;
+                let cpu = common::cpu_secs(me) - c0;
+                println!(
+                    "probe floor: {probes} exec + HTTP probe pairs in 30 s straight through containerd and TCP, the bench's CPU: {:.1}% of one core, {:.2} ms per pair",
+                    cpu / t.elapsed().as_secs_f64() * 100.0,
+                    cpu / probes as f64 * 1000.0
+                );
+            }
+            for name in &names {
+                let _ = pods
+                    .delete(name, &DeleteParams::default().grace_period(0))
+                    .await;
+            }
+            let t = Instant::now();
+            while !pods
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+            {
+                assert!(t.elapsed() < Duration::from_secs(300), "pods not gone");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
     }
     drop(server);
