@@ -113,10 +113,14 @@ apiVersion: v1
 kind: Pod
 metadata: {name: again}
 spec:
+  # The first instance fails after 8 s; the next one keeps running, so -p and the plain
+  # log differ however long a loaded machine takes to look (an emptyDir outlives both).
+  volumes: [{name: d, emptyDir: {}}]
   containers:
   - name: c
     image: kite.test/shell:1
-    command: [sh, -c, 'echo "started $(cat /proc/sys/kernel/random/uuid)"; sleep 8; exit 1']
+    volumeMounts: [{name: d, mountPath: /d}]
+    command: [sh, -c, 'echo "started $(cat /proc/sys/kernel/random/uuid)"; [ -f /d/ran ] && exec sleep 600; touch /d/ran; sleep 8; exit 1']
 YAML
 wait_for 30 "talker Running" bash -c "[ \"\$($KUBECTL get pod talker -o jsonpath='{.status.phase}')\" = Running ]"
 wait_for 10 "talker's first lines" bash -c "$KUBECTL logs talker -c c 2>/dev/null | grep -q three"

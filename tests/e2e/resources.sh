@@ -31,7 +31,14 @@ YAML
 wait_for 60 "rs to run" running rs
 # A container's own cgroup, as it sees it (cgroup v2 or v1).
 cg() {
-  kc exec rs -c "$1" -- sh -c "if [ -f /sys/fs/cgroup/$2 ]; then cat /sys/fs/cgroup/$2; else cat /sys/fs/cgroup/$3; fi"
+  # Tried up to three times: an exec into a container held to 20-35m of CPU can time out
+  # (runc's init runs in its cgroup) on a loaded machine.
+  local out i
+  for i in 1 2 3; do
+    out=$(kc exec rs -c "$1" -- sh -c "if [ -f /sys/fs/cgroup/$2 ]; then cat /sys/fs/cgroup/$2; else cat /sys/fs/cgroup/$3; fi") && break
+    sleep 1
+  done
+  printf '%s' "$out"
 }
 mem_limit() { cg "$1" memory.max memory/memory.limit_in_bytes; }
 cpu_quota() { cg "$1" cpu.max cpu/cpu.cfs_quota_us | cut -d' ' -f1; }
