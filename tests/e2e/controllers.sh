@@ -263,9 +263,10 @@ took_ms=$(( ($(date +%s%N) - labelled_at) / 1000000 ))
 check "labelling a node schedules the pending pod onto it" equals "$(kc get pod picky -n apps -o jsonpath='{.spec.nodeName}')" "kite-sim-1"
 # Pod changes elsewhere do not retry a pod no node's labels admit (upstream's queueing
 # hints), so its back-off stays at the first 1 s and the label is acted on at once. The
-# bound leaves room for two kubectl round trips on a loaded CI machine; it fails on the
-# 10 s longest back-off and on the 30 s periodic retry.
-check "... within seconds of the label (${took_ms} ms)" test "$took_ms" -le 4000
+# bound leaves room for the 1 s back-off and kubectl round trips on a loaded CI machine
+# (4.5 s seen with the node tiers beside it); it fails on the 10 s longest back-off and on
+# the 30 s periodic retry.
+check "... within seconds of the label (${took_ms} ms)" test "$took_ms" -le 8000
 
 kc taint node kite-sim-2 maint=yes:NoSchedule >/dev/null
 kc create deployment tainted -n apps --image=busybox --replicas=6 >/dev/null
