@@ -35,6 +35,8 @@ pub struct Options {
 const BATCH: Duration = Duration::from_millis(20);
 /// How long after a failed transaction the proxy tries again.
 const RETRY: Duration = Duration::from_secs(1);
+/// How often it looks again for a missing `nft`.
+const RETRY_MISSING: Duration = Duration::from_secs(30);
 
 /// Runs the proxy until the process ends.
 pub async fn run(client: kube::Client, opts: Options) -> anyhow::Result<()> {
@@ -55,6 +57,7 @@ pub async fn run(client: kube::Client, opts: Options) -> anyhow::Result<()> {
     }
     prepare_host();
     let mut applied: Option<rules::Ruleset> = None;
+    let mut missing_said = false;
     loop {
         let started = std::time::Instant::now();
         let svcs = services.list();
@@ -77,6 +80,16 @@ pub async fn run(client: kube::Client, opts: Options) -> anyhow::Result<()> {
                         "programmed"
                     );
                     applied = Some(next);
+                }
+                Err(e @ nft::NftError::Missing) => {
+                    // Said once; nft may be installed later.
+                    if !missing_said {
+                        tracing::error!(error = %e, "Services are not programmed");
+                        missing_said = true;
+                    }
+                    applied = None;
+                    tokio::time::sleep(RETRY_MISSING).await;
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "programming Services failed; rebuilding the table");
