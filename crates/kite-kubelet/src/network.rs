@@ -83,29 +83,14 @@ pub fn hostport_rules(all: &[HostPort], cluster_cidr: Ipv4Net) -> String {
     s
 }
 
-/// Runs an nftables script; `Ok(false)` when nft is not installed.
+/// Runs an nftables script (one transaction, the service proxy's runner); `Ok(false)`
+/// when nft is not installed.
 async fn run_nft(script: &str) -> Result<bool> {
-    let mut child = match tokio::process::Command::new("nft")
-        .arg("-f")
-        .arg("-")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e).context("running nft"),
-    };
-    use tokio::io::AsyncWriteExt;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).await?;
+    match kite_proxy::nft::apply(script).await {
+        Ok(()) => Ok(true),
+        Err(kite_proxy::nft::NftError::Missing) => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    let out = child.wait_with_output().await?;
-    if !out.status.success() {
-        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(true)
 }
 
 /// The host end's name for a pod: `kitev` + 8 hex digits of its uid hash (15 chars max).

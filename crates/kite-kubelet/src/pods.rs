@@ -1489,15 +1489,10 @@ impl Kubelet {
             .find(|e| e.name == c.name)
             .and_then(|e| e.target_container_name.as_deref())
             .and_then(|t| {
-                have.iter()
-                    .filter(|i| i.name == t)
-                    .max_by_key(|i| i.attempt)
-                    .and_then(|i| match i.state {
-                        State::Running { pid } => {
-                            Some(PathBuf::from(format!("/proc/{pid}/ns/pid")))
-                        }
-                        _ => None,
-                    })
+                plan::latest(have, t).and_then(|i| match i.state {
+                    State::Running { pid } => Some(PathBuf::from(format!("/proc/{pid}/ns/pid"))),
+                    _ => None,
+                })
             });
         let spec = crate::spec::build(&crate::spec::Inputs {
             volume_mounts,

@@ -433,37 +433,35 @@ impl Runtime {
         process["terminal"] = serde_json::json!(false);
         let cd = &self.cd;
         let exec_id = format!("bench-{}", uuid_like());
-        let ids = || (id.to_string(), exec_id.clone());
+        let container_id = id.to_string();
         cd.tasks()
             .exec(cd.req(ExecProcessRequest {
-                container_id: id.into(),
+                container_id: container_id.clone(),
                 exec_id: exec_id.clone(),
                 spec: Some(prost_types_any(serde_json::to_vec(&process).unwrap())),
                 ..Default::default()
             }))
             .await
             .unwrap();
-        let (container_id, exec_id) = ids();
         cd.tasks()
             .start(cd.req(StartRequest {
-                container_id,
-                exec_id,
+                container_id: container_id.clone(),
+                exec_id: exec_id.clone(),
             }))
             .await
             .unwrap();
-        let (container_id, exec_id) = ids();
+        let wait = WaitRequest {
+            container_id: container_id.clone(),
+            exec_id: exec_id.clone(),
+        };
         let code = cd
             .tasks()
-            .wait(cd.req(WaitRequest {
-                container_id,
-                exec_id,
-            }))
+            .wait(cd.req(wait))
             .await
             .unwrap()
             .into_inner()
             .exit_status;
         assert_eq!(code, 0, "true exited {code}");
-        let (container_id, exec_id) = ids();
         cd.tasks()
             .delete_process(cd.req(DeleteProcessRequest {
                 container_id,

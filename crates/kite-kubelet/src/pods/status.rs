@@ -3,7 +3,7 @@
 //! back-offs, failures): upstream's `generateAPIPodStatus`. Pure, so each rule has a unit
 //! test; the pod worker posts the result when it differs from the API's.
 
-use super::plan::{ephemeral_as_container, is_sidecar};
+use super::plan::{ephemeral_as_container, is_sidecar, latest};
 use super::{Failure, Waiting};
 use crate::containers::{Info, State};
 use crate::probes;
@@ -58,16 +58,13 @@ pub(crate) fn compute(inp: &Inputs, obs: &impl Observed) -> Result<Value> {
         .any(|c| have.iter().any(|i| i.name == c.name));
     let inits_done = app_started
         || spec.init_containers.iter().flatten().all(|c| {
-            have.iter()
-                .filter(|i| i.name == c.name)
-                .max_by_key(|i| i.attempt)
-                .is_some_and(|i| {
-                    if is_sidecar(c) {
-                        matches!(i.state, State::Running { .. })
-                    } else {
-                        matches!(i.state, State::Exited { code: 0, .. })
-                    }
-                })
+            latest(have, &c.name).is_some_and(|i| {
+                if is_sidecar(c) {
+                    matches!(i.state, State::Running { .. })
+                } else {
+                    matches!(i.state, State::Exited { code: 0, .. })
+                }
+            })
         });
     let status_of = |c: &Container, init: bool| -> (Value, bool, Option<i32>, bool) {
         let mut atts: Vec<&Info> = have.iter().filter(|i| i.name == c.name).collect();
