@@ -715,9 +715,6 @@ image_pod pulled "127.0.0.1:$RP/tests/shell:1"
 image_pod mirrored registry.invalid/team/hello:1
 image_pod missing-tag "127.0.0.1:$RP/tests/shell:nope"
 image_pod no-creds "127.0.0.1:$AP/private/shell:1"
-kc create secret docker-registry regcred --docker-server="127.0.0.1:$AP" \
-  --docker-username=kite --docker-password=s3cret >/dev/null
-image_pod with-creds "127.0.0.1:$AP/private/shell:1" regcred
 wait_for 30 "the pulled pod to run" running pulled
 check "a pull from a registry on loopback runs the pod" running pulled
 check "the Pulled event gives time and size" contains "$(events_of pulled)" "Successfully pulled image \"127.0.0.1:$RP/tests/shell:1\" in"
@@ -734,6 +731,12 @@ check "then ImagePullBackOff, with the reason in its message" \
 wait_for 20 "no-creds to fail its pull" pull_failed no-creds
 check "a registry that wants a password, without one: the pull fails" pull_failed no-creds
 check "its event says 401" contains "$(events_of no-creds)" "401 Unauthorized"
+# Only now the pod with credentials: had it pulled the image first, no-creds
+# (IfNotPresent) would find it present and run, as upstream's kubelet does
+# without KubeletEnsureSecretPulledImages.
+kc create secret docker-registry regcred --docker-server="127.0.0.1:$AP" \
+  --docker-username=kite --docker-password=s3cret >/dev/null
+image_pod with-creds "127.0.0.1:$AP/private/shell:1" regcred
 wait_for 30 "with-creds to run" running with-creds
 check "with an imagePullSecret (dockerconfigjson) it pulls and runs" running with-creds
 kc delete pod pulled mirrored missing-tag no-creds with-creds --wait=false >/dev/null

@@ -3,12 +3,23 @@
 # End-to-end: Services answer (issue 17): the service proxy's nftables datapath for
 # ClusterIP, NodePort on 127.0.0.1 (the node's address in tests), the spread over
 # endpoints, session affinity, no-endpoint and unknown-port rejects, pod-to-Service and
-# hairpin traffic, and kube-proxy's health endpoint. As root, with a node; touches only
+# hairpin traffic, and kube-proxy's health endpoint; the cluster DNS (kite-dns): every
+# record kind from the host and from pods, names outside the cluster forwarded to a
+# resolver the test serves on loopback (127.0.0.153:53), and the book's flow by name. As root, with a node; touches only
 # loopback, the node's own pods and the kite* tables and interfaces it makes, all removed
 # on exit. Run after the other node tiers (the bridge is per host).
 source "$(dirname "$0")/../lib.sh"
 node_tier services
-start_server || { cat "$WORK/server.log"; exit 1; }
+# The host as it was, to compare after kite-killall.sh.
+host_state() { nft list ruleset; echo "## routes"; ip route; echo "## links"; ip -o link show | awk '{print $2}'; }
+host_state >"$WORK/host.before" 2>&1
+# The "outside" resolver: answers *.example.test, NXDOMAIN for the rest.
+DNSQ="$(dirname "$0")/dnsq.py"
+python3 "$DNSQ" serve 127.0.0.153:53 "$WORK/upstream.count" 2>"$WORK/upstream.log" &
+UPSTREAM_PID=$!
+AFTER_CLEANUP="kill $UPSTREAM_PID 2>/dev/null"
+printf 'nameserver 127.0.0.153\n' >"$WORK/resolv.conf"
+start_server --resolv-conf "$WORK/resolv.conf" || { cat "$WORK/server.log"; exit 1; }
 wait_for 20 "the node to be Ready" node_ready
 
 cat <<YAML | kc apply -f - >/dev/null
@@ -32,7 +43,7 @@ metadata: {name: web}
 spec:
   type: NodePort
   selector: {app: web}
-  ports: [{port: 80, targetPort: http, nodePort: 30007}]
+  ports: [{name: http, port: 80, targetPort: http, nodePort: 30007}]
 ---
 apiVersion: v1
 kind: Service
@@ -103,6 +114,93 @@ check "and KUBERNETES_SERVICE_PORT" contains "$ENVS" "KUBERNETES_SERVICE_PORT=44
 check "and its namespace's Services' variables, Docker-link style too" contains "$ENVS" "WEB_PORT_80_TCP=tcp://$CIP:80"
 check "enableServiceLinks: false keeps only the API server's" \
   bash -c "grep -q '^KUBERNETES_SERVICE_HOST=$KIP\$' <<<\"\$1\" && ! grep -q '^WEB_' <<<\"\$1\"" _ "$NOLINKS"
+
+# Cluster DNS, asked from the host at the kube-dns Service's address.
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Service
+metadata: {name: web-headless}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nginx}
+spec:
+  clusterIP: None
+  selector: {app: hosty}
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hosty, labels: {app: hosty}}
+spec:
+  hostname: web-0
+  subdomain: nginx
+  containers:
+  - {name: hello, image: kite.test/hello:1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec:
+  type: ExternalName
+  externalName: www.example.test
+YAML
+DNS=$(kc get svc -n kube-system kube-dns -o jsonpath='{.spec.clusterIP}')
+check "the kube-dns Service is at --cluster-dns" equals "$DNS" 10.43.0.10
+check "kubectl cluster-info shows the DNS line" contains "$(kc cluster-info)" "kube-dns:dns/proxy"
+q() { timeout 10 python3 "$DNSQ" ask "$DNS" "$@" 2>&1; }
+check "A: a Service's name is its ClusterIP, TTL 5, authoritative" \
+  equals "$(q web.default.svc.cluster.local)" "rcode=NOERROR aa=1 tc=0
+answer web.default.svc.cluster.local. 5 A $CIP"
+check "over TCP too" contains "$(q web.default.svc.cluster.local A --tcp)" "A $CIP"
+WEB_IPS=$(kc get pods -l app=web -o jsonpath='{range .items[*]}{.status.podIP}{"\n"}{end}' | sort | tr '\n' ' ')
+hl() { q web-headless.default.svc.cluster.local | awk '$1 == "answer" {print $5}' | sort | tr '\n' ' '; }
+hl_ok() { [ "$(hl)" = "$WEB_IPS" ]; }
+wait_for 10 "the headless Service's records" hl_ok
+check "A: a headless Service's name is its ready pods' IPs" equals "$(hl)" "$WEB_IPS"
+wait_for 30 "hosty to run" bash -c "[ \"\$($KUBECTL get pod hosty -o jsonpath='{.status.phase}')\" = Running ]"
+HIP=$(kc get pod hosty -o jsonpath='{.status.podIP}')
+hosty() { q web-0.nginx.default.svc.cluster.local | grep -q "A $HIP"; }
+wait_for 10 "web-0.nginx to resolve" hosty
+check "A: hostname + subdomain (web-0.nginx.default.svc.cluster.local)" hosty
+check "SRV: a named port of a ClusterIP Service" \
+  contains "$(q _http._tcp.web.default.svc.cluster.local SRV)" "SRV 0 100 80 web.default.svc.cluster.local."
+check "SRV of a headless Service: one per pod, by hostname" \
+  contains "$(q _http._tcp.nginx.default.svc.cluster.local SRV)" "SRV 0 100 80 web-0.nginx.default.svc.cluster.local."
+check "CNAME: an ExternalName Service" contains "$(q ext.default.svc.cluster.local)" "CNAME www.example.test."
+check "A: a pod's dashed address (pods insecure)" contains "$(q 10-42-0-99.default.pod.cluster.local)" "A 10.42.0.99"
+REV=$(awk -F. '{print $4"."$3"."$2"."$1}' <<<"$CIP")
+check "PTR: a Service's address" contains "$(q "$REV.in-addr.arpa" PTR)" "PTR web.default.svc.cluster.local."
+HREV=$(awk -F. '{print $4"."$3"."$2"."$1}' <<<"$HIP")
+check "PTR: a pod's address, by its endpoint name" contains "$(q "$HREV.in-addr.arpa" PTR)" "PTR web-0.nginx.default.svc.cluster.local."
+check "NXDOMAIN for a Service that does not exist, with the zone's SOA" \
+  equals "$(q nope.default.svc.cluster.local)" "rcode=NXDOMAIN aa=1 tc=0
+$(q nope.default.svc.cluster.local | grep '^authority cluster.local. 5 SOA ns.dns.cluster.local. hostmaster.cluster.local. [0-9]* 7200 1800 86400 5$')"
+check "NODATA (NOERROR, no answer, SOA) for a type the name lacks" \
+  bash -c "grep -q '^rcode=NOERROR' <<<\"\$1\" && ! grep -q '^answer' <<<\"\$1\" && grep -q 'authority cluster.local. 5 SOA' <<<\"\$1\"" _ "$(q web.default.svc.cluster.local AAAA)"
+check "NODATA for a namespace's own name, NXDOMAIN for a missing one" \
+  bash -c "grep -q NOERROR <<<\"\$1\" && grep -q NXDOMAIN <<<\"\$2\"" _ "$(q default.svc.cluster.local)" "$(q nowhere.svc.cluster.local)"
+check "TXT dns-version.cluster.local says the schema version" contains "$(q dns-version.cluster.local TXT)" '"1.1.0"'
+check "a name outside the cluster is forwarded to the host's resolver" \
+  contains "$(q www.example.test A --rd)" "answer www.example.test. 30 A 192.0.2.7"
+before=$(cat "$WORK/upstream.count")
+q www.example.test A --rd >/dev/null
+check "and cached (the resolver was not asked again)" equals "$(cat "$WORK/upstream.count")" "$before"
+check "its NXDOMAIN comes back as the resolver gave it" contains "$(q missing.test A --rd)" "rcode=NXDOMAIN aa=0"
+
+# From a pod, through its resolv.conf (search path, ndots:5).
+check "a pod resolves a Service by its short name" contains "$(kc exec client -- nslookup web 2>&1)" "Address: $CIP"
+check "a pod fetches http://web (the name, not the address)" contains "$(kc exec client -- timeout 5 wget -qO- http://web/)" "Server name"
+check "a pod resolves kubernetes.default.svc.cluster.local" contains "$(kc exec client -- nslookup kubernetes.default.svc.cluster.local 2>&1)" "Address: $KIP"
+check "a pod fetches http://web.default (the search path)" contains "$(kc exec client -- timeout 5 wget -qO- http://web.default/)" "Server name"
+check "a pod's SRV query" contains "$(kc exec client -- nslookup -type=SRV _http._tcp.web.default.svc.cluster.local 2>&1)" "0 100 80 web.default.svc.cluster.local"
+check "a pod's reverse lookup" contains "$(kc exec client -- nslookup "$CIP" 2>&1)" "name = web.default.svc.cluster.local"
+check "a pod resolves a name outside the cluster" contains "$(kc exec client -- nslookup www.example.test 2>&1)" "Address: 192.0.2.7"
+
 refused() { curl -s --max-time 3 "$1" >/dev/null 2>&1; [ $? = 7 ]; }
 check "a port the ClusterIP does not define is refused at once" refused "http://$CIP:81/"
 kc scale deploy web --replicas 0 >/dev/null
@@ -121,7 +219,61 @@ kc delete svc web sticky self --wait=false >/dev/null
 gone() { ! nft list table ip kite-proxy 2>/dev/null | grep -q 'default/web/'; }
 wait_for 10 "web's rules to go" gone
 check "deleting a Service removes its rules" gone
+
+# The book's flow: a Deployment and a NodePort Service on 30007 in their own namespace.
+kc create namespace gitops-kubernetes >/dev/null
+cat <<YAML | kc apply -n gitops-kubernetes -f - >/dev/null
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello-world}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: hello-world}}
+  template:
+    metadata: {labels: {app: hello-world}}
+    spec:
+      containers:
+      - {name: hello, image: kite.test/hello:1, ports: [{containerPort: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello-world-service}
+spec:
+  type: NodePort
+  selector: {app: hello-world}
+  ports: [{port: 80, targetPort: 80, nodePort: 30007}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - {name: c, image: kite.test/shell:1, command: [sleep, "3600"]}
+YAML
+book_ready() { [ "$(kc get deploy -n gitops-kubernetes hello-world -o jsonpath='{.status.readyReplicas}')" = 2 ]; }
+wait_for 60 "the book's Deployment to be Ready" book_ready
+wait_for 20 "curl http://127.0.0.1:30007 to answer" serves "http://127.0.0.1:30007/"
+check "book: curl http://127.0.0.1:30007 returns the page" serves "http://127.0.0.1:30007/"
+check "book: and http://<node-ip>:30007" serves "http://$NODE_IP:30007/"
+PF=$(free_port)
+kc port-forward -n gitops-kubernetes service/hello-world-service "$PF:80" >"$WORK/pf.log" 2>&1 &
+PF_PID=$!
+wait_for 10 "port-forward to listen" serves "http://127.0.0.1:$PF/"
+check "book: kubectl port-forward service/hello-world-service answers" serves "http://127.0.0.1:$PF/"
+kill $PF_PID 2>/dev/null
+wait_for 30 "the reader pod to run" bash -c "[ \"\$($KUBECTL get pod -n gitops-kubernetes reader -o jsonpath='{.status.phase}')\" = Running ]"
+for name in hello-world-service hello-world-service.gitops-kubernetes hello-world-service.gitops-kubernetes.svc.cluster.local; do
+  check "book: from a pod, wget http://$name" \
+    contains "$(kc exec -n gitops-kubernetes reader -- timeout 5 wget -qO- "http://$name/")" "Server name"
+done
+check "book: from another namespace, the short name does not resolve" \
+  bash -c "! $KUBECTL exec client -- timeout 5 wget -qO- http://hello-world-service/ >/dev/null 2>&1"
+
 stop_server
 node_cleanup
 check "kite-killall.sh removes the table" bash -c "! nft list tables | grep -q kite-proxy"
+host_state >"$WORK/host.after" 2>&1
+check "after kite-killall.sh, nftables, routes and links are as before kite started" \
+  diff "$WORK/host.before" "$WORK/host.after"
 summary

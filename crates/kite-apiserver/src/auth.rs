@@ -70,7 +70,10 @@ impl Authorizer for MastersAndComponents {
     fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> Decision {
         let component = matches!(
             user.username.as_str(),
-            "system:kube-controller-manager" | "system:kube-scheduler" | "system:kube-proxy"
+            "system:kube-controller-manager"
+                | "system:kube-scheduler"
+                | "system:kube-proxy"
+                | "system:kube-dns"
         ) || user.groups.iter().any(|g| g == "system:nodes");
         if component || basic_user(user, attrs) {
             Decision::Allow

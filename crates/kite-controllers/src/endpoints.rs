@@ -126,6 +126,9 @@ struct PodEndpoint {
     node: Option<String>,
     zone: Option<String>,
     target: ObjectReference,
+    /// The pod's `hostname`, when its `subdomain` is this Service (DNS names
+    /// `<hostname>.<service>.<namespace>.svc`, as upstream's controllers publish them).
+    hostname: Option<String>,
     /// (name, port, protocol) per service port.
     ports: PortSet,
 }
@@ -199,8 +202,16 @@ impl Controller {
                         .get("topology.kubernetes.io/zone")
                         .cloned()
                 });
+            let pspec = p.spec.as_ref();
+            let hostname = pspec
+                .and_then(|s| s.hostname.clone())
+                .filter(|h| !h.is_empty())
+                .filter(|_| {
+                    pspec.and_then(|s| s.subdomain.as_deref()) == svc.metadata.name.as_deref()
+                });
             out.push(PodEndpoint {
                 ip,
+                hostname,
                 ready: (serving && !terminating) || publish,
                 serving: serving || publish,
                 terminating,
@@ -246,7 +257,7 @@ impl Controller {
                 ip: e.ip.clone(),
                 node_name: e.node.clone(),
                 target_ref: Some(e.target.clone()),
-                hostname: None,
+                hostname: e.hostname.clone(),
             };
             let g = groups.entry(e.ports.clone()).or_default();
             if e.ready {
@@ -381,6 +392,7 @@ impl Controller {
                                 node_name: e.node.clone(),
                                 zone: e.zone.clone(),
                                 target_ref: Some(e.target.clone()),
+                                hostname: e.hostname.clone(),
                                 ..Default::default()
                             })
                             .collect::<Vec<_>>(),

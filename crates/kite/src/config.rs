@@ -294,6 +294,16 @@ pub struct ServerArgs {
     /// or a CNI that replaces it).
     #[arg(long, env = "KITE_DISABLE_KUBE_PROXY")]
     pub disable_kube_proxy: bool,
+    /// Packaged components not to run, as K3s's --disable (repeat or comma-separate):
+    /// `dns` (or K3s's name, `coredns`) leaves the cluster DNS to one you deploy. K3s's
+    /// other names (traefik, servicelb, local-storage, metrics-server) are accepted.
+    #[arg(long = "disable", env = "KITE_DISABLE", value_delimiter = ',')]
+    pub disable: Vec<String>,
+    /// The resolv.conf whose nameservers the cluster DNS forwards other names to
+    /// [default: /etc/resolv.conf, or systemd-resolved's upstream list when that names
+    /// only loopback resolvers].
+    #[arg(long, env = "KITE_RESOLV_CONF")]
+    pub resolv_conf: Option<PathBuf>,
     /// The port of the service proxy's /healthz and /livez (kube-proxy's 10256); 0: none.
     #[arg(long, env = "KITE_PROXY_HEALTHZ_PORT", default_value_t = 10256)]
     pub proxy_healthz_port: u16,
@@ -381,6 +391,8 @@ pub struct ServerConfig {
     pub disable_controller_manager: bool,
     pub disable_scheduler: bool,
     pub disable_kube_proxy: bool,
+    pub disable_dns: bool,
+    pub resolv_conf: Option<PathBuf>,
     pub proxy_healthz_port: u16,
     pub container_runtime_endpoint: Option<PathBuf>,
     pub node_ip: std::net::IpAddr,
@@ -445,6 +457,20 @@ impl ServerArgs {
                 &self.service_cidr,
                 "too small; use a /28 or larger",
             ));
+        }
+        let mut disable_dns = false;
+        for d in &self.disable {
+            match d.trim() {
+                "dns" | "coredns" => disable_dns = true,
+                "traefik" | "servicelb" | "local-storage" | "metrics-server" | "" => {}
+                other => {
+                    return Err(bad(
+                        "disable",
+                        other,
+                        "kite can disable: dns (K3s's coredns, traefik, servicelb, local-storage and metrics-server are accepted)",
+                    ))
+                }
+            }
         }
         let cluster_dns: std::net::Ipv4Addr = self
             .cluster_dns
@@ -613,6 +639,8 @@ impl ServerArgs {
             disable_controller_manager: self.disable_controller_manager,
             disable_scheduler: self.disable_scheduler,
             disable_kube_proxy: self.disable_kube_proxy,
+            disable_dns,
+            resolv_conf: self.resolv_conf.clone(),
             proxy_healthz_port: self.proxy_healthz_port,
             container_runtime_endpoint: self
                 .container_runtime_endpoint

@@ -248,6 +248,26 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
                 }
             });
         }
+        if !cfg.disable_dns {
+            let client = local_client("system:kube-dns");
+            tokio::spawn(kite_dns::ensure_service(
+                client.clone(),
+                std::net::IpAddr::V4(cfg.cluster_dns),
+            ));
+            let opts = kite_dns::Options {
+                node_name: cfg.node_name.clone(),
+                zone: cfg.cluster_domain.clone(),
+                cluster_dns: std::net::IpAddr::V4(cfg.cluster_dns),
+                ttl: 5,
+                resolv_conf: cfg.resolv_conf.clone(),
+                listen: None,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = kite_dns::run(client, opts).await {
+                    tracing::error!(error = %format!("{e:#}"), "the cluster DNS stopped");
+                }
+            });
+        }
         tokio::spawn(async move {
             if let Err(e) = kite_kubelet::run(client, opts).await {
                 tracing::error!(error = %format!("{e:#}"), "the node agent stopped");
