@@ -201,6 +201,38 @@ check "a pod's SRV query" contains "$(kc exec client -- nslookup -type=SRV _http
 check "a pod's reverse lookup" contains "$(kc exec client -- nslookup "$CIP" 2>&1)" "name = web.default.svc.cluster.local"
 check "a pod resolves a name outside the cluster" contains "$(kc exec client -- nslookup www.example.test 2>&1)" "Address: 192.0.2.7"
 
+# ServiceLB: a LoadBalancer Service gets the node's address and answers on it.
+kc expose deployment web --name web-lb --type=LoadBalancer --port 80 --target-port 80 >/dev/null
+lb_ip() { kc get svc "$1" -o jsonpath='{.status.loadBalancer.ingress[*].ip}'; }
+has_lb() { [ -n "$(lb_ip web-lb)" ]; }
+wait_for 20 "web-lb to get an EXTERNAL-IP" has_lb
+check "kubectl expose --type=LoadBalancer: EXTERNAL-IP is the node's address" \
+  equals "$(kc get svc web-lb --no-headers | awk '{print $4}')" "$NODE_IP"
+wait_for 10 "the load balancer to answer" serves "http://$NODE_IP:80/"
+check "and it answers there on the Service's port" serves "http://$NODE_IP:80/"
+kc expose deployment web --name web-lb2 --type=LoadBalancer --port 80 --target-port 80 >/dev/null
+events_of() { kc get events --field-selector "involvedObject.name=$1" -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}'; }
+wait_for 10 "web-lb2's event" bash -c "$KUBECTL get events --field-selector involvedObject.name=web-lb2 | grep -q SyncLoadBalancerFailed"
+check "a second LoadBalancer on the same port stays Pending" \
+  equals "$(kc get svc web-lb2 --no-headers | awk '{print $4}')" "<pending>"
+check "with an event naming the Service that has the port" \
+  contains "$(events_of web-lb2)" "port 80/TCP is already used by LoadBalancer Service default/web-lb"
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Service
+metadata: {name: web-metallb}
+spec:
+  type: LoadBalancer
+  loadBalancerClass: example.com/metallb
+  selector: {app: web}
+  ports: [{port: 8088, targetPort: 80}]
+YAML
+kc delete svc web-lb >/dev/null
+wait_for 20 "web-lb2 to take the freed port" bash -c "[ -n \"\$($KUBECTL get svc web-lb2 -o jsonpath='{.status.loadBalancer.ingress[*].ip}')\" ]"
+check "once the port is free, the waiting Service gets it" equals "$(lb_ip web-lb2)" "$NODE_IP"
+check "a Service of another loadBalancerClass is left alone" equals "$(lb_ip web-metallb)" ""
+kc delete svc web-lb2 web-metallb >/dev/null
+
 refused() { curl -s --max-time 3 "$1" >/dev/null 2>&1; [ $? = 7 ]; }
 check "a port the ClusterIP does not define is refused at once" refused "http://$CIP:81/"
 kc scale deploy web --replicas 0 >/dev/null

@@ -12,6 +12,7 @@ pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod util;
 
 use anyhow::Result;
@@ -32,6 +33,9 @@ pub struct Options {
     pub root_ca_pem: String,
     /// Holder identity for leader election.
     pub identity: String,
+    /// Run ServiceLB (K3s's load balancer on the nodes' addresses); off with
+    /// `--disable servicelb`.
+    pub servicelb: bool,
 }
 
 /// What every controller shares.
@@ -75,6 +79,9 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
     nodeipam::start(ctx.clone());
     nodelifecycle::start(ctx.clone());
     podgc::start(ctx.clone());
+    if ctx.opts.servicelb {
+        servicelb::start(ctx.clone());
+    }
     tracing::info!("controller manager started");
     Ok(())
 }

@@ -295,8 +295,9 @@ pub struct ServerArgs {
     #[arg(long, env = "KITE_DISABLE_KUBE_PROXY")]
     pub disable_kube_proxy: bool,
     /// Packaged components not to run, as K3s's --disable (repeat or comma-separate):
-    /// `dns` (or K3s's name, `coredns`) leaves the cluster DNS to one you deploy. K3s's
-    /// other names (traefik, servicelb, local-storage, metrics-server) are accepted.
+    /// `dns` (or K3s's name, `coredns`) leaves the cluster DNS to one you deploy;
+    /// `servicelb` leaves LoadBalancer Services to another controller (MetalLB). K3s's
+    /// other names (traefik, local-storage, metrics-server) are accepted.
     #[arg(long = "disable", env = "KITE_DISABLE", value_delimiter = ',')]
     pub disable: Vec<String>,
     /// The resolv.conf whose nameservers the cluster DNS forwards other names to
@@ -392,6 +393,7 @@ pub struct ServerConfig {
     pub disable_scheduler: bool,
     pub disable_kube_proxy: bool,
     pub disable_dns: bool,
+    pub disable_servicelb: bool,
     pub resolv_conf: Option<PathBuf>,
     pub proxy_healthz_port: u16,
     pub container_runtime_endpoint: Option<PathBuf>,
@@ -459,15 +461,17 @@ impl ServerArgs {
             ));
         }
         let mut disable_dns = false;
+        let mut disable_servicelb = false;
         for d in &self.disable {
             match d.trim() {
                 "dns" | "coredns" => disable_dns = true,
-                "traefik" | "servicelb" | "local-storage" | "metrics-server" | "" => {}
+                "servicelb" => disable_servicelb = true,
+                "traefik" | "local-storage" | "metrics-server" | "" => {}
                 other => {
                     return Err(bad(
                         "disable",
                         other,
-                        "kite can disable: dns (K3s's coredns, traefik, servicelb, local-storage and metrics-server are accepted)",
+                        "kite can disable: dns, servicelb (K3s's coredns, traefik, local-storage and metrics-server are accepted)",
                     ))
                 }
             }
@@ -640,6 +644,7 @@ impl ServerArgs {
             disable_scheduler: self.disable_scheduler,
             disable_kube_proxy: self.disable_kube_proxy,
             disable_dns,
+            disable_servicelb,
             resolv_conf: self.resolv_conf.clone(),
             proxy_healthz_port: self.proxy_healthz_port,
             container_runtime_endpoint: self

@@ -172,6 +172,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             node_monitor_grace_period: cfg.node_monitor_grace_period,
             root_ca_pem: pki.server_ca.cert_pem.clone(),
             identity: identity.clone(),
+            servicelb: !cfg.disable_servicelb,
         };
         tokio::spawn(async move {
             if let Err(e) = kite_controllers::run(client, opts).await {
