@@ -5,7 +5,8 @@
 # endpoints, session affinity, no-endpoint and unknown-port rejects, pod-to-Service and
 # hairpin traffic, and kube-proxy's health endpoint; the cluster DNS (kite-dns): every
 # record kind from the host and from pods, names outside the cluster forwarded to a
-# resolver the test serves on loopback (127.0.0.153:53), and the book's flow by name. As root, with a node; touches only
+# resolver the test serves on loopback (127.0.0.153:53), and the book's flow by name;
+# ServiceLB; NetworkPolicy (kite-netpol) in namespaces of its own. As root, with a node; touches only
 # loopback, the node's own pods and the kite* tables and interfaces it makes, all removed
 # on exit. Run after the other node tiers (the bridge is per host).
 source "$(dirname "$0")/../lib.sh"
@@ -301,6 +302,76 @@ for name in hello-world-service hello-world-service.gitops-kubernetes hello-worl
 done
 check "book: from another namespace, the short name does not resolve" \
   bash -c "! $KUBECTL exec client -- timeout 5 wget -qO- http://hello-world-service/ >/dev/null 2>&1"
+
+# NetworkPolicy: default deny, an allow by namespace, egress to DNS and one Service only.
+for n in np-server np-client np-other; do kc create namespace $n >/dev/null; done
+kc label namespace np-client team=friends >/dev/null
+kc run srv -n np-server --image kite.test/hello:1 --labels app=srv --port 80 --expose >/dev/null
+kc run cli -n np-client --image kite.test/shell:1 --command -- sleep 3600 >/dev/null
+kc run other -n np-other --image kite.test/shell:1 --command -- sleep 3600 >/dev/null
+np_running() { [ "$(for p in np-server/srv np-client/cli np-other/other; do kc get pod -n "${p%/*}" "${p#*/}" -o jsonpath='{.status.phase} '; done)" = "Running Running Running " ]; }
+wait_for 60 "the policy pods to run" np_running
+from() { kc exec -n "$1" "$2" -- timeout 5 wget -qO- "$3" 2>/dev/null | grep -q "Server name"; }
+wait_for 20 "srv to answer cli" from np-client cli http://srv.np-server/
+check "policy: before any policy, cli reaches srv" from np-client cli http://srv.np-server/
+# A connection opened before the policy keeps flowing; its request goes after.
+kc exec -n np-client cli -- sh -c '(sleep 4; printf "GET / HTTP/1.0\r\n\r\n") | nc srv.np-server 80' >"$WORK/held.out" 2>&1 &
+HELD=$!
+sleep 1
+cat <<YAML | kc apply -n np-server -f - >/dev/null
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+YAML
+denied() { ! from "$@"; }
+wait_for 10 "the default deny to hold" denied np-client cli http://srv.np-server/
+check "policy: default deny in np-server: cli (another namespace) is refused" denied np-client cli http://srv.np-server/
+check "and so is other" denied np-other other http://srv.np-server/
+wait $HELD
+check "a connection established before the policy keeps flowing" grep -q "Server name" "$WORK/held.out"
+cat <<YAML | kc apply -n np-server -f - >/dev/null
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-friends}
+spec:
+  podSelector: {matchLabels: {app: srv}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: friends}}}]
+    ports: [{port: 80}]
+YAML
+wait_for 10 "the namespace allow to hold" from np-client cli http://srv.np-server/
+check "policy: allowed by namespaceSelector, cli gets through" from np-client cli http://srv.np-server/
+check "and other still does not" denied np-other other http://srv.np-server/
+cat <<YAML | kc apply -n np-client -f - >/dev/null
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-dns-and-srv}
+spec:
+  podSelector: {matchLabels: {run: cli}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}
+      podSelector: {matchLabels: {k8s-app: kube-dns}}
+    ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]
+  - to:
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: np-server}}
+      podSelector: {matchLabels: {app: srv}}
+    ports: [{port: 80}]
+YAML
+wait_for 10 "the egress policy to hold" denied np-client cli http://hello-world-service.gitops-kubernetes/
+check "policy: egress to another Service is refused" denied np-client cli http://hello-world-service.gitops-kubernetes/
+check "while the allowed Service answers (by name: DNS is allowed)" from np-client cli http://srv.np-server/
+check "the egress policy leaves other pods alone" from np-other other http://hello-world-service.gitops-kubernetes/
+check "the policies are the kite-netpol nftables table" contains "$(nft list tables)" "table ip kite-netpol"
+kc delete networkpolicy -n np-server --all >/dev/null
+kc delete networkpolicy -n np-client --all >/dev/null
+wait_for 10 "the table to go with the last policy" bash -c "! nft list tables | grep -q kite-netpol"
+check "policy: with no policies left, the table is gone" bash -c "! nft list tables | grep -q kite-netpol"
+check "and other reaches srv again" from np-other other http://srv.np-server/
 
 stop_server
 node_cleanup

@@ -233,6 +233,14 @@ impl Controller {
 
     async fn reconcile(&self, key: Key) -> Result<Action> {
         let Some(svc) = self.services.get_key(&key) else {
+            // The Service is gone: so are its Endpoints, as upstream's controller deletes
+            // them (EndpointSlices go with their owner through garbage collection).
+            let api: Api<Endpoints> = Api::namespaced(self.ctx.client.clone(), &key.0);
+            match api.delete(&key.1, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(e) if crate::util::is_status(&e, 404) => {}
+                Err(e) => return Err(e.into()),
+            }
             return Ok(Action::AwaitChange);
         };
         let Some(sel) = selector(&svc).cloned() else {

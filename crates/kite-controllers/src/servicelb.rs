@@ -192,9 +192,18 @@ pub fn start(ctx: Arc<Ctx>) {
                         );
                         vec![]
                     }
-                    // Another class's, or no longer a LoadBalancer.
+                    // Another class's.
                     None if is_lb => return Ok(Action::AwaitChange),
-                    None => vec![],
+                    // No longer a LoadBalancer: the ingress goes if it is ours (node
+                    // addresses); a status someone else wrote stays.
+                    None => {
+                        let ours: Vec<String> =
+                            ns_list.iter().filter_map(|n| node_address(n)).collect();
+                        if !current_ingress(&svc).iter().all(|ip| ours.contains(ip)) {
+                            return Ok(Action::AwaitChange);
+                        }
+                        vec![]
+                    }
                 };
                 if current_ingress(&svc) == want {
                     return Ok(Action::AwaitChange);

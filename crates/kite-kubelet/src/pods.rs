@@ -1262,7 +1262,14 @@ impl Kubelet {
             h
         } else {
             let mut h = String::from("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n");
-            h.push_str(&format!("{ip}\t{hostname}\n"));
+            // With a subdomain, the pod's FQDN first, as upstream's kubelet writes it.
+            match spec.subdomain.as_deref().filter(|s| !s.is_empty()) {
+                Some(sub) => h.push_str(&format!(
+                    "{ip}\t{hostname}.{sub}.{ns}.svc.{}\t{hostname}\n",
+                    self.opts.cluster_domain
+                )),
+                None => h.push_str(&format!("{ip}\t{hostname}\n")),
+            }
             if spec.host_aliases.as_ref().is_some_and(|a| !a.is_empty()) {
                 h.push_str("\n# Entries added by HostAliases.\n");
             }

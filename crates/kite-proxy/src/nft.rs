@@ -46,3 +46,27 @@ pub async fn remove_table() -> Result<(), NftError> {
     let t = crate::rules::TABLE;
     apply(&format!("add table ip {t}\ndelete table ip {t}\n")).await
 }
+
+/// Checks `script` with `nft --check` (parsed and validated by the kernel, not applied):
+/// `None` where that cannot be done (no nft, not root), for tests that then say so.
+pub fn check(script: &str) -> Option<Result<(), String>> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("nft")
+        .args(["--check", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(script.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if err.contains("Operation not permitted") {
+        return None;
+    }
+    Some(if out.status.success() {
+        Ok(())
+    } else {
+        Err(err)
+    })
+}

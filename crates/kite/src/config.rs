@@ -294,6 +294,9 @@ pub struct ServerArgs {
     /// or a CNI that replaces it).
     #[arg(long, env = "KITE_DISABLE_KUBE_PROXY")]
     pub disable_kube_proxy: bool,
+    /// Do not enforce NetworkPolicies (leave them to a CNI that does).
+    #[arg(long, env = "KITE_DISABLE_NETWORK_POLICY")]
+    pub disable_network_policy: bool,
     /// Packaged components not to run, as K3s's --disable (repeat or comma-separate):
     /// `dns` (or K3s's name, `coredns`) leaves the cluster DNS to one you deploy;
     /// `servicelb` leaves LoadBalancer Services to another controller (MetalLB). K3s's
@@ -394,6 +397,7 @@ pub struct ServerConfig {
     pub disable_kube_proxy: bool,
     pub disable_dns: bool,
     pub disable_servicelb: bool,
+    pub disable_network_policy: bool,
     pub resolv_conf: Option<PathBuf>,
     pub proxy_healthz_port: u16,
     pub container_runtime_endpoint: Option<PathBuf>,
@@ -645,6 +649,7 @@ impl ServerArgs {
             disable_kube_proxy: self.disable_kube_proxy,
             disable_dns,
             disable_servicelb,
+            disable_network_policy: self.disable_network_policy,
             resolv_conf: self.resolv_conf.clone(),
             proxy_healthz_port: self.proxy_healthz_port,
             container_runtime_endpoint: self

@@ -249,6 +249,15 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
                 }
             });
         }
+        if !cfg.disable_network_policy {
+            let client = local_client(&format!("system:node:{}", cfg.node_name));
+            let node = cfg.node_name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = kite_netpol::run(client, node).await {
+                    tracing::error!(error = %format!("{e:#}"), "network policy enforcement stopped");
+                }
+            });
+        }
         if !cfg.disable_dns {
             let client = local_client("system:kube-dns");
             tokio::spawn(kite_dns::ensure_service(
