@@ -375,4 +375,37 @@ check "a class-less pod gets the globalDefault PriorityClass" equals \
 kc delete pod classless -n apps --grace-period=0 --force >/dev/null 2>&1
 kc delete pc fallback >/dev/null
 
+# EndpointSlice mirroring: a selectorless Service's own Endpoints become slices.
+cat <<YAML | kc apply -n apps -f - >/dev/null
+apiVersion: v1
+kind: Service
+metadata: {name: custom}
+spec:
+  ports: [{name: example, port: 80}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: custom}
+subsets:
+- addresses: [{ip: 10.1.2.3}]
+  ports: [{name: example, port: 80}]
+YAML
+mirrored() { kc get endpointslices -n apps -l kubernetes.io/service-name=custom,endpointslice.kubernetes.io/managed-by=endpointslicemirroring-controller.k8s.io -o jsonpath='{range .items[*]}{.endpoints[*].addresses[0]}:{.ports[0].port}{end}'; }
+mirror_is() { [ "$(mirrored)" = "$1" ]; }
+wait_for 10 "the Endpoints to be mirrored" mirror_is 10.1.2.3:80
+check "a custom Endpoints of a selectorless Service is mirrored into an EndpointSlice" equals "$(mirrored)" "10.1.2.3:80"
+kc patch endpoints custom -n apps --type merge -p '{"subsets": [{"addresses": [{"ip": "10.2.3.4"}], "ports": [{"name": "example", "port": 80}]}]}' >/dev/null
+wait_for 10 "the update to be mirrored" mirror_is 10.2.3.4:80
+check "an update to it is mirrored" equals "$(mirrored)" "10.2.3.4:80"
+kc delete endpoints custom -n apps >/dev/null
+wait_for 10 "the mirror to go" mirror_is ""
+check "deleting it deletes the mirror" equals "$(mirrored)" ""
+kc delete svc custom -n apps >/dev/null
+kc create service clusterip nomatch -n apps --tcp=80 >/dev/null
+has_ep() { kc get endpoints nomatch -n apps >/dev/null 2>&1; }
+wait_for 10 "Endpoints for a Service that selects no pods" has_ep
+kc delete svc nomatch -n apps >/dev/null
+wait_for 10 "the Endpoints to go with the Service" bash -c "! $KUBECTL get endpoints nomatch -n apps >/dev/null 2>&1"
+check "a deleted Service's Endpoints are deleted" bash -c "! $KUBECTL get endpoints nomatch -n apps >/dev/null 2>&1"
+
 summary

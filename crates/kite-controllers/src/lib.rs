@@ -6,6 +6,7 @@
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod mirroring;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -76,6 +77,7 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
     namespace::start(ctx.clone());
     serviceaccount::start(ctx.clone());
     endpoints::start(ctx.clone());
+    mirroring::start(ctx.clone());
     nodeipam::start(ctx.clone());
     nodelifecycle::start(ctx.clone());
     podgc::start(ctx.clone());
