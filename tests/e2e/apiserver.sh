@@ -313,4 +313,13 @@ check "metrics count requests" contains "$metrics" 'apiserver_request_total{code
 check "metrics time store operations" contains "$metrics" 'etcd_request_duration_seconds_count{operation="create"}'
 check "metrics count open watches" contains "$metrics" 'apiserver_registered_watchers '
 
+# networking.k8s.io/v1 ServiceCIDR and IPAddress, as upstream: the default ServiceCIDR is
+# the service range and Ready; an IPAddress is named by its canonical address.
+check "the default ServiceCIDR is the service range" \
+  equals "$(kc get servicecidr kubernetes -o jsonpath='{.spec.cidrs[0]} {.status.conditions[?(@.type=="Ready")].status}')" "10.43.0.0/16 True"
+ipa() { printf '{"apiVersion":"networking.k8s.io/v1","kind":"IPAddress","metadata":{"name":"%s"},"spec":{"parentRef":{"group":"g","resource":"r","namespace":"n","name":"x"}}}' "$1"; }
+check "an IPv6 IPAddress is created by its name" contains "$(ipa fe80::42:1dff:fe84:f9e2 | kc create -f - 2>&1)" "created"
+check "a non-canonical IPAddress name is refused" fails_with "must be in canonical form" bash -c "printf '%s' '$(ipa 2001:db8:0::1)' | $KUBECTL create -f -"
+kc delete ipaddress fe80::42:1dff:fe84:f9e2 >/dev/null 2>&1
+
 summary

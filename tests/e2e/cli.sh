@@ -21,6 +21,7 @@ out=$("$KITE_BIN" server --config "$WORK/malformed.yaml" 2>&1); rc=$?
 check "malformed config YAML fails in one line" equals "$rc:$(wc -l <<<"$out")" "1:1"
 check "a cluster CIDR too small for a node's /24 is refused" fails_with "--cluster-cidr" "$KITE_BIN" server --data-dir "$WORK/x" --cluster-cidr 10.42.0.0/25
 check "a missing explicit config file is an error" fails_with "reading config file" "$KITE_BIN" server --config "$WORK/none.yaml"
+check "an unknown --disable component is refused, naming what can be" fails_with "kite can disable: dns, servicelb" "$KITE_BIN" server --data-dir "$WORK/x" --disable bogus
 
 # Values from the config file apply; the environment beats the file; the command line beats both.
 PORT=$(free_port)

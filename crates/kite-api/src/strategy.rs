@@ -463,6 +463,17 @@ pub fn validate_meta(ri: &ResourceInfo, obj: &Value, errs: &mut Vec<FieldError>)
         let check = match (ri.group, ri.kind) {
             ("", "Namespace") => v::dns1123_label(name),
             ("", "Service") => v::dns1035_label(name),
+            // An IPAddress is named by its address, in canonical form (upstream's
+            // ValidateIPAddressName).
+            ("networking.k8s.io", "IPAddress") => match name.parse::<std::net::IpAddr>() {
+                Err(_) => {
+                    Some("must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)".into())
+                }
+                Ok(ip) if ip.to_string() != name => {
+                    Some(format!("must be in canonical form (\"{ip}\")"))
+                }
+                Ok(_) => None,
+            },
             _ => {
                 if name.contains('/') || name.contains('%') || name == "." || name == ".." {
                     Some("may not contain '/' or '%' and may not be '.' or '..'".into())

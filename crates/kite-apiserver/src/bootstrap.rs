@@ -103,5 +103,41 @@ pub async fn run(objs: &Objects, advertise: &str, port: u16) -> ApiResult<()> {
         }),
     )
     .await?;
+    // The default ServiceCIDR, as upstream's apiserver keeps it: the service range, Ready.
+    let cidr = objs.cfg.service_cidr.to_string();
+    ensure(
+        objs,
+        "networking.k8s.io",
+        "v1",
+        "servicecidrs",
+        None,
+        json!({"metadata": {"name": "kubernetes"}, "spec": {"cidrs": [cidr]}}),
+    )
+    .await?;
+    let ri = objs
+        .registry
+        .lookup("networking.k8s.io", "v1", "servicecidrs")
+        .expect("bootstrap kinds are registered");
+    let (mut current, _) = objs.get(ri, None, "kubernetes").await?;
+    let ready = current["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
+    if !ready {
+        current["status"] = json!({"conditions": [{
+            "type": "Ready", "status": "True", "reason": "",
+            "message": "Kubernetes Service CIDR is ready",
+            "lastTransitionTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        }]});
+        objs.update(
+            ri,
+            None,
+            "kubernetes",
+            current,
+            Part::Status,
+            &WriteOpts::default(),
+        )
+        .await?;
+    }
     Ok(())
 }

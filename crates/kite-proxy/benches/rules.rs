@@ -1,0 +1,137 @@
+//! Rule programming at scale: `cargo bench -p kite-proxy --bench rules` (as root, with
+//! nft; it programs the real table `ip kite-proxy`, so not on a host where a kite node
+//! runs, and removes it at the end).
+//!
+//! For 1,000 and 10,000 Services of 10 endpoints each (Service and EndpointSlice
+//! objects, as the informers hold them), it times what the proxy's sync loop does after
+//! an EndpointSlice changes — the model from every Service and slice, the ruleset, the
+//! transaction from the applied ruleset, and `nft -f` applying it — from the change to
+//! the kernel having the new rules (traffic flows from there: nft returns once the
+//! transaction is committed). The watch's delivery of the change to the informer is not
+//! in it. 100 changes, each to a random slice (one endpoint replaced). Also: the first,
+//! whole programming, and the process's RSS at that size (objects, model and ruleset).
+//!
+//! Target (issue 17): p99 < 200 ms at 10,000 Services.
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kite_proxy::{model, nft, rules};
+use std::time::{Duration, Instant};
+
+fn service(i: usize) -> Service {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": "bench", "name": format!("svc-{i}")},
+        "spec": {"clusterIP": format!("10.43.{}.{}", 1 + i / 250, 1 + i % 250),
+                 "clusterIPs": [format!("10.43.{}.{}", 1 + i / 250, 1 + i % 250)],
+                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
+    }))
+    .unwrap()
+}
+
+fn slice(i: usize, gen: usize) -> EndpointSlice {
+    let eps: Vec<serde_json::Value> = (0..10)
+        .map(|j| {
+            let n = (i * 10 + j + gen) % 60000;
+            serde_json::json!({"addresses": [format!("10.42.{}.{}", n / 250, 2 + n % 250)],
+                               "conditions": {"ready": true, "serving": true, "terminating": false},
+                               "nodeName": "bench"})
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": "bench", "name": format!("svc-{i}-abcde"),
+                     "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": eps
+    }))
+    .unwrap()
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn pct(v: &[Duration], p: f64) -> f64 {
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1000.0
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("the rules benchmark programs nftables and needs root");
+        return;
+    }
+    let settings = rules::Settings {
+        cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+        service_cidr: "10.43.0.0/16".parse().unwrap(),
+    };
+    let sizes: Vec<usize> = std::env::var("KITE_BENCH_SERVICES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1000, 10000]);
+    let rss0 = rss_mib();
+    for n in sizes {
+        let _ = nft::remove_table().await;
+        let svcs: Vec<Service> = (0..n).map(service).collect();
+        let mut slices: Vec<EndpointSlice> = (0..n).map(|i| slice(i, 0)).collect();
+        let sync = |slices: &[EndpointSlice], applied: Option<&rules::Ruleset>| {
+            let ports = model::service_ports(
+                &svcs.iter().collect::<Vec<_>>(),
+                &slices.iter().collect::<Vec<_>>(),
+                "bench",
+            );
+            let next = rules::Ruleset::build(&ports, &settings);
+            let script = next.script(applied, &settings);
+            (next, script)
+        };
+        let t = Instant::now();
+        let (mut applied, script) = sync(&slices, None);
+        let computed = t.elapsed();
+        nft::apply(&script)
+            .await
+            .expect("nft refused the whole table");
+        let first = t.elapsed();
+        let rss = rss_mib();
+        let mut times = Vec::new();
+        let mut compute = Vec::new();
+        let mut seed = 12345u64;
+        for gen in 1..=100 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let i = (seed >> 33) as usize % n;
+            let t = Instant::now();
+            slices[i] = slice(i, gen * 7);
+            let (next, script) = sync(&slices, Some(&applied));
+            compute.push(t.elapsed());
+            nft::apply(&script).await.expect("nft refused a change");
+            times.push(t.elapsed());
+            applied = next;
+        }
+        times.sort();
+        compute.sort();
+        println!(
+            "{n} Services x 10 endpoints: first programming {:.0} ms (of it computing {:.0} ms); \
+             a slice change to rules in the kernel: p50 {:.1} ms, p99 {:.1} ms (computing p50 {:.1} ms, p99 {:.1} ms); \
+             RSS {:.0} MiB (+{:.0} MiB over the empty process)",
+            first.as_secs_f64() * 1000.0,
+            computed.as_secs_f64() * 1000.0,
+            pct(&times, 0.5),
+            pct(&times, 0.99),
+            pct(&compute, 0.5),
+            pct(&compute, 0.99),
+            rss,
+            rss - rss0
+        );
+    }
+    let _ = nft::remove_table().await;
+}
