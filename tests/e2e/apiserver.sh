@@ -321,5 +321,9 @@ ipa() { printf '{"apiVersion":"networking.k8s.io/v1","kind":"IPAddress","metadat
 check "an IPv6 IPAddress is created by its name" contains "$(ipa fe80::42:1dff:fe84:f9e2 | kc create -f - 2>&1)" "created"
 check "a non-canonical IPAddress name is refused" fails_with "must be in canonical form" bash -c "printf '%s' '$(ipa 2001:db8:0::1)' | $KUBECTL create -f -"
 kc delete ipaddress fe80::42:1dff:fe84:f9e2 >/dev/null 2>&1
+# Go clients send targetPort 0 for one they did not set: it defaults to the port.
+printf '{"apiVersion":"v1","kind":"Service","metadata":{"name":"zero-target"},"spec":{"ports":[{"port":81,"targetPort":0}]}}' | kc create -f - >/dev/null
+check "a zero targetPort defaults to the port, as upstream" equals "$(kc get svc zero-target -o jsonpath='{.spec.ports[0].targetPort}')" "81"
+kc delete svc zero-target >/dev/null 2>&1
 
 summary

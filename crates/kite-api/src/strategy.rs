@@ -447,6 +447,11 @@ fn default_service(obj: &mut Value) {
         for p in ports.iter_mut().filter_map(Value::as_object_mut) {
             set_default(p, "protocol", json!("TCP"));
             if let Some(port) = p.get("port").cloned() {
+                // Upstream's SetDefaults_Service: an unset, empty or zero targetPort is the
+                // port (Go clients send the zero value `0` for one they did not set).
+                if p.get("targetPort").is_some_and(|v| v == 0) {
+                    p.remove("targetPort");
+                }
                 set_default(p, "targetPort", port);
             }
         }

@@ -26,6 +26,7 @@ use std::sync::Arc;
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 const SLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
+const SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
 const MAX_PER_SLICE: usize = 100;
 
 /// (name, port, protocol) of each service port, resolved for one pod.
@@ -233,8 +234,20 @@ impl Controller {
 
     async fn reconcile(&self, key: Key) -> Result<Action> {
         let Some(svc) = self.services.get_key(&key) else {
-            // The Service is gone: so are its Endpoints, as upstream's controller deletes
-            // them (EndpointSlices go with their owner through garbage collection).
+            // The Service is gone: so are the Endpoints this controller wrote for it
+            // (EndpointSlices go with their owner through garbage collection). Endpoints
+            // someone wrote with no Service stay theirs.
+            let ours = self.endpoints.get_key(&key).is_some_and(|e| {
+                e.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SKIP_MIRROR))
+                    .map(String::as_str)
+                    == Some("true")
+            });
+            if !ours {
+                return Ok(Action::AwaitChange);
+            }
             let api: Api<Endpoints> = Api::namespaced(self.ctx.client.clone(), &key.0);
             match api.delete(&key.1, &DeleteParams::default()).await {
                 Ok(_) => {}
@@ -294,6 +307,9 @@ impl Controller {
             })
             .collect();
         let mut labels_ = svc.metadata.labels.clone().unwrap_or_default();
+        // As upstream's controller marks the Endpoints it writes: not for mirroring (the
+        // slices come from this controller), and ours to delete with the Service.
+        labels_.insert(SKIP_MIRROR.into(), "true".into());
         if svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
             labels_.insert("service.kubernetes.io/headless".into(), String::new());
         }
