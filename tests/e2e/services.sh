@@ -90,6 +90,8 @@ NODE_IP=$(kc get node kite-e2e -o jsonpath='{.status.addresses[?(@.type=="Intern
 check "and on the node's InternalIP ($NODE_IP)" serves "http://$NODE_IP:30007/"
 check "a pod reaches the Service by its ClusterIP" \
   contains "$(kc exec client -- timeout 3 wget -qO- "http://$CIP/")" "Server name"
+check "the API server's service proxy reaches the Service's pods" \
+  contains "$(kc get --raw /api/v1/namespaces/default/services/web:http/proxy/)" "Server name"
 check "a pod reaches itself through its own Service (hairpin)" \
   contains "$(kc exec self -- timeout 3 wget -qO- "http://$(kc get svc self -o jsonpath='{.spec.clusterIP}'):8080/")" "Server name: self"
 check "a pod reaches the API server through the kubernetes Service" \

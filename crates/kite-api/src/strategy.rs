@@ -428,6 +428,24 @@ fn obj_mut_value<'a>(v: &'a mut Value, key: &str) -> &'a mut Value {
 }
 
 fn default_service(obj: &mut Value) {
+    // A condition a Go client set without a time comes as `lastTransitionTime: null`
+    // (its zero value); upstream keeps the null, which the typed object here cannot
+    // hold: it gets the time of the write instead.
+    if let Some(conds) = obj["status"]["conditions"].as_array_mut() {
+        for c in conds
+            .iter_mut()
+            .filter(|c| c["lastTransitionTime"].is_null())
+        {
+            if let Some(m) = c.as_object_mut() {
+                m.insert(
+                    "lastTransitionTime".into(),
+                    json!(jiff::Timestamp::now()
+                        .strftime("%Y-%m-%dT%H:%M:%SZ")
+                        .to_string()),
+                );
+            }
+        }
+    }
     let spec = obj_mut(obj, "spec");
     set_default(spec, "type", json!("ClusterIP"));
     set_default(spec, "sessionAffinity", json!("None"));

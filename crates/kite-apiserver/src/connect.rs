@@ -398,6 +398,9 @@ async fn pod_proxy(
     rest: &str,
     req: Request,
 ) -> ApiResult<Response> {
+    if let Some(r) = root_redirect(rest, &req) {
+        return Ok(r);
+    }
     let (scheme, name, port) = split_scheme_name_port(id)
         .ok_or_else(|| ApiError::bad_request(format!("invalid request {id:?}")))?;
     let reg = st.objects.registry;
@@ -445,7 +448,8 @@ async fn pod_proxy(
         what: format!("pod {name}"),
     };
     let path = proxied_path(rest, &req);
-    proxy::relay(backend, &path, req).await
+    let prefix = proxy_prefix(req.uri().path(), id);
+    rewrite_html(proxy::relay(backend, &path, req).await?, &prefix).await
 }
 
 /// `services/[scheme:]NAME[:port]/proxy/…`: one ready endpoint of the service, for the
@@ -457,6 +461,9 @@ async fn service_proxy(
     rest: &str,
     req: Request,
 ) -> ApiResult<Response> {
+    if let Some(r) = root_redirect(rest, &req) {
+        return Ok(r);
+    }
     let (scheme, name, port) = split_scheme_name_port(id)
         .ok_or_else(|| ApiError::bad_request(format!("invalid service request {id:?}")))?;
     let reg = st.objects.registry;
@@ -542,12 +549,120 @@ async fn service_proxy(
         what: format!("service {name}"),
     };
     let path = proxied_path(rest, &req);
-    proxy::relay(backend, &path, req).await
+    let prefix = proxy_prefix(req.uri().path(), id);
+    rewrite_html(proxy::relay(backend, &path, req).await?, &prefix).await
+}
+
+/// GET or HEAD of a proxy root without its trailing slash is redirected (301) to it with
+/// the slash, as upstream's proxy handler does, so relative links in the page resolve
+/// under the proxy.
+fn root_redirect(rest: &str, req: &Request) -> Option<Response> {
+    let path = req.uri().path();
+    if !rest.is_empty()
+        || path.ends_with('/')
+        || !matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+    {
+        return None;
+    }
+    let mut to = format!("{path}/");
+    if let Some(q) = req.uri().query() {
+        to.push('?');
+        to.push_str(q);
+    }
+    Response::builder()
+        .status(StatusCode::MOVED_PERMANENTLY)
+        .header(http::header::LOCATION, to)
+        .body(axum::body::Body::empty())
+        .ok()
+}
+
+/// The request path up to its `…/ID/proxy`: where links in proxied pages must point.
+fn proxy_prefix(path: &str, id: &str) -> String {
+    let marker = format!("/{id}/proxy");
+    match path.find(&marker) {
+        Some(i) => path[..i + marker.len()].to_string(),
+        None => String::new(),
+    }
+}
+
+/// HTML pages through the pod and service proxies get their absolute links (`href`,
+/// `src`, `action` starting with one `/`) prefixed with the proxy path, as upstream's
+/// proxy transport rewrites them, so a page's links keep going through the proxy.
+/// Other content, and compressed pages, pass through as they are.
+async fn rewrite_html(resp: Response, prefix: &str) -> ApiResult<Response> {
+    let html = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    let encoded = resp
+        .headers()
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v != "identity");
+    if !html || encoded || prefix.is_empty() {
+        return Ok(resp);
+    }
+    let (mut parts, body) = resp.into_parts();
+    let limited = http_body_util::Limited::new(body, 16 << 20);
+    let bytes = http_body_util::BodyExt::collect(limited)
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the proxied page: {e}")))?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    let out = rewrite_links(&text, prefix);
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(http::header::CONTENT_LENGTH, out.len().into());
+    Ok(Response::from_parts(parts, axum::body::Body::from(out)))
+}
+
+/// `href="/x"` → `href="PREFIX/x"` (and `src`, `action`; either quote or none).
+fn rewrite_links(html: &str, prefix: &str) -> String {
+    let lower = html.to_ascii_lowercase();
+    let mut out = String::with_capacity(html.len() + 64);
+    let mut last = 0;
+    let bytes = html.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let attr = ["href=", "src=", "action="]
+            .into_iter()
+            .find(|a| lower[i..].starts_with(a) && i > 0 && bytes[i - 1].is_ascii_whitespace());
+        let Some(a) = attr else {
+            i += 1;
+            continue;
+        };
+        let mut v = i + a.len();
+        if v < bytes.len() && (bytes[v] == b'"' || bytes[v] == b'\'') {
+            v += 1;
+        }
+        if html[v..].starts_with('/') && !html[v..].starts_with("//") {
+            out.push_str(&html[last..v]);
+            out.push_str(prefix);
+            last = v;
+        }
+        i = v;
+    }
+    out.push_str(&html[last..]);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxied_pages_keep_their_links_in_the_proxy() {
+        let p = proxy_prefix("/api/v1/namespaces/a/pods/web:80/proxy/x/", "web:80");
+        assert_eq!(p, "/api/v1/namespaces/a/pods/web:80/proxy");
+        assert_eq!(
+            rewrite_links(
+                "<a href=\"/rewriteme\">test</a> <img SRC='/i.png'> <a href=\"rel\"> <a href=\"//cdn/x\">",
+                &p
+            ),
+            "<a href=\"/api/v1/namespaces/a/pods/web:80/proxy/rewriteme\">test</a> <img SRC='/api/v1/namespaces/a/pods/web:80/proxy/i.png'> <a href=\"rel\"> <a href=\"//cdn/x\">"
+        );
+    }
 
     #[test]
     fn names_split_as_upstream() {
