@@ -17,6 +17,18 @@ pub struct Port {
     pub port: u16,
 }
 
+impl Port {
+    /// From a Service's or an EndpointSlice's port (protocol TCP when unset); `None`
+    /// for a port number out of range or missing.
+    fn new(name: Option<&str>, proto: Option<&str>, port: Option<i32>) -> Option<Port> {
+        Some(Port {
+            name: name.unwrap_or_default().to_string(),
+            proto: proto.unwrap_or("TCP").to_ascii_lowercase(),
+            port: u16::try_from(port?).ok()?,
+        })
+    }
+}
+
 /// What a Service's name resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -137,13 +149,7 @@ impl View {
                 .ports
                 .iter()
                 .flatten()
-                .filter_map(|p| {
-                    Some(Port {
-                        name: p.name.clone().unwrap_or_default(),
-                        proto: p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
-                        port: u16::try_from(p.port).ok()?,
-                    })
-                })
+                .filter_map(|p| Port::new(p.name.as_deref(), p.protocol.as_deref(), Some(p.port)))
                 .collect();
             let mut endpoints: Vec<Endpoint> = Vec::new();
             for sl in by_service
@@ -155,13 +161,7 @@ impl View {
                     .ports
                     .iter()
                     .flatten()
-                    .filter_map(|p| {
-                        Some(Port {
-                            name: p.name.clone().unwrap_or_default(),
-                            proto: p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
-                            port: u16::try_from(p.port?).ok()?,
-                        })
-                    })
+                    .filter_map(|p| Port::new(p.name.as_deref(), p.protocol.as_deref(), p.port))
                     .collect();
                 for e in sl.endpoints.iter().flatten() {
                     if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
