@@ -62,12 +62,9 @@ pub async fn run(client: kube::Client, opts: Options) -> anyhow::Result<()> {
     let slices = informers.get::<EndpointSlice>();
     let namespaces = informers.get::<Namespace>();
     let wake = Arc::new(tokio::sync::Notify::new());
-    let w = wake.clone();
-    services.add_handler(move |_| w.notify_one());
-    let w = wake.clone();
-    slices.add_handler(move |_| w.notify_one());
-    let w = wake.clone();
-    namespaces.add_handler(move |_| w.notify_one());
+    services.wake_on_change(&wake);
+    slices.wake_on_change(&wake);
+    namespaces.wake_on_change(&wake);
     let base = view::View::empty(&opts.zone, opts.cluster_dns, opts.ttl);
     let (resolv, explicit) = match &opts.resolv_conf {
         Some(p) => (p.clone(), true),

@@ -28,12 +28,9 @@ pub async fn run(client: kube::Client, node: String) -> anyhow::Result<()> {
     let namespaces = informers.get::<Namespace>();
     let slices = informers.get::<EndpointSlice>();
     let wake = Arc::new(tokio::sync::Notify::new());
-    let w = wake.clone();
-    policies.add_handler(move |_| w.notify_one());
-    let w = wake.clone();
-    pods.add_handler(move |_| w.notify_one());
-    let w = wake.clone();
-    namespaces.add_handler(move |_| w.notify_one());
+    policies.wake_on_change(&wake);
+    pods.wake_on_change(&wake);
+    namespaces.wake_on_change(&wake);
     let w = wake.clone();
     slices.add_handler(move |c| {
         if c.object().metadata.namespace.as_deref() == Some("kube-system") {

@@ -44,10 +44,8 @@ pub async fn run(client: kube::Client, opts: Options) -> anyhow::Result<()> {
     let services = informers.get::<Service>();
     let slices = informers.get::<EndpointSlice>();
     let wake = Arc::new(tokio::sync::Notify::new());
-    let w = wake.clone();
-    services.add_handler(move |_| w.notify_one());
-    let w = wake.clone();
-    slices.add_handler(move |_| w.notify_one());
+    services.wake_on_change(&wake);
+    slices.wake_on_change(&wake);
     informers.synced().await;
     let synced = Arc::new(AtomicI64::new(0));
     if let Some(addr) = opts.healthz {

@@ -127,6 +127,13 @@ impl<K: Kind> Informer<K> {
         self.handlers.write().unwrap().push(f);
     }
 
+    /// Wakes `n` on every change: for components that recompute from the whole cache
+    /// (the service proxy, DNS, policies) rather than per key.
+    pub fn wake_on_change(&self, n: &Arc<tokio::sync::Notify>) {
+        let n = n.clone();
+        self.add_handler(move |_| n.notify_one());
+    }
+
     /// Waits until the first full list has been loaded.
     pub async fn wait_synced(&self) {
         let mut rx = self.synced.subscribe();

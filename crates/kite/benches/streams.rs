@@ -161,6 +161,13 @@ async fn main() {
     )
     .await;
 
+    let web_ip = pods
+        .get("web")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.pod_ip)
+        .unwrap();
     // KITE_BENCH_PARTS=exec,port-forward,logs,probes,services picks parts (default: all).
     let parts = std::env::var("KITE_BENCH_PARTS").unwrap_or_default();
     let want = |p: &str| parts.is_empty() || parts.split(',').any(|x| x == p);
@@ -203,13 +210,7 @@ async fn main() {
         // Throughput through a ClusterIP and a NodePort against the pod's IP, in turns
         // (the machine's speed drifts): the service proxy's datapath is the kernel's, so
         // the target (issue 17) is >= 0.95 of direct.
-        let ip = pods
-            .get("web")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.pod_ip)
-            .unwrap();
+        let ip = web_ip.clone();
         let lp = kube::api::PatchParams::default();
         pods.patch(
             "web",
@@ -294,13 +295,7 @@ async fn main() {
     }
     if want("port-forward") {
         // port-forward against the pod's IP.
-        let ip = pods
-            .get("web")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.pod_ip)
-            .unwrap();
+        let ip = web_ip.clone();
         let best = |addr: &str| {
             (0..3)
                 .map(|_| {
