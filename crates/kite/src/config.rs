@@ -33,6 +33,44 @@ pub enum Command {
     Scheduler(ClientArgs),
     /// Manage the node's images in containerd (as `k3s ctr images`).
     Images(ImagesArgs),
+    /// Check that this host can run kite: kernel features, cgroups, containerd, runc,
+    /// nftables, free ports and disk; each problem with its fix; exits 1 on a failure.
+    CheckConfig(CheckConfigArgs),
+}
+
+/// `kite check-config` flags: the server flags that change what is checked.
+#[derive(Args, Debug, Clone)]
+pub struct CheckConfigArgs {
+    /// kite's data directory [default: /var/lib/kite as root, ~/.kite otherwise].
+    #[arg(long, short = 'd', env = "KITE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTPS port of the API server.
+    #[arg(long, env = "KITE_HTTPS_LISTEN_PORT", default_value_t = 6443)]
+    pub https_listen_port: u16,
+    /// The port of the node's kubelet server.
+    #[arg(long, env = "KITE_KUBELET_PORT", default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// Check only what a control plane without a node needs.
+    #[arg(long, env = "KITE_DISABLE_AGENT")]
+    pub disable_agent: bool,
+}
+
+impl CheckConfigArgs {
+    pub fn options(&self) -> kite_hostcheck::Options {
+        let node = !self.disable_agent;
+        let mut ports = vec![(self.https_listen_port, "--https-listen-port")];
+        if node {
+            ports.push((self.kubelet_port, "--kubelet-port"));
+        }
+        kite_hostcheck::Options {
+            root: PathBuf::from("/"),
+            path: std::env::var_os("PATH"),
+            data_dir: self.data_dir.clone().unwrap_or_else(default_data_dir),
+            ports,
+            node,
+            root_user: is_root(),
+        }
+    }
 }
 
 /// `kite images` flags and subcommands.

@@ -33,6 +33,14 @@ fn main() {
         config::Command::Sim(args) => args.resolve().and_then(|(kc, o)| server::run_sim(&kc, o)),
         config::Command::Scheduler(args) => server::run_scheduler(&args.kubeconfig()),
         config::Command::Images(args) => server::run_images(&args),
+        config::Command::CheckConfig(args) => {
+            let findings = kite_hostcheck::check(&args.options());
+            print!("{}", kite_hostcheck::render(&findings));
+            let failed = findings
+                .iter()
+                .any(|f| f.level == kite_hostcheck::Level::Fail);
+            std::process::exit(i32::from(failed));
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
