@@ -32,13 +32,23 @@ tls-san:
   - kite-from-config.example
 cluster-domain: from-file.local
 YAML
+# Drop-ins merge after it in name order, as K3s's: `key+` appends to a list, a plain key
+# replaces; an unknown key names its drop-in.
+mkdir -p "$WORK/config.yaml.d"
+printf 'tls-san+: [kite-from-dropin.example]\n' >"$WORK/config.yaml.d/10-san.yaml"
+printf 'bogus: 1\n' >"$WORK/config.yaml.d/20-bad.yaml"
+check "an unknown key in a drop-in names the drop-in" fails_with "config.yaml.d/20-bad.yaml: unknown key \"bogus\"" "$KITE_BIN" server --config "$WORK/config.yaml"
+rm "$WORK/config.yaml.d/20-bad.yaml"
+printf 'write-kubeconfig-mode: "640"\n' >"$WORK/config.yaml.d/20-mode.yml"
+printf 'write-kubeconfig-mode: "644"\nignored: the .txt is not a drop-in\n' >"$WORK/config.yaml.d/30-notes.txt"
 export KITE_HTTPS_LISTEN_PORT=2
 start_server --config "$WORK/config.yaml" || { cat "$WORK/server.log"; exit 1; }
 unset KITE_HTTPS_LISTEN_PORT
 check "the command line beats env and file (port $PORT)" contains "$(kc cluster-info 2>&1)" ":$PORT"
-check "write-kubeconfig-mode from the config file" equals "$(stat -c %a "$KUBECONFIG")" "644"
+check "write-kubeconfig-mode from the later drop-in" equals "$(stat -c %a "$KUBECONFIG")" "640"
 san=$(echo | openssl s_client -connect "127.0.0.1:$PORT" 2>/dev/null | openssl x509 -noout -ext subjectAltName 2>/dev/null)
 check "tls-san from the config file is in the serving certificate" contains "$san" "kite-from-config.example"
+check "tls-san+ from a drop-in is appended" contains "$san" "kite-from-dropin.example"
 check "the cluster domain from the file is in the serving certificate" contains "$san" "kubernetes.default.svc.from-file.local"
 check "the service IP is in the serving certificate" contains "$san" "10.43.0.1"
 

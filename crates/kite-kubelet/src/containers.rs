@@ -96,6 +96,29 @@ pub async fn pod_uids(cd: &Containerd) -> Result<std::collections::HashSet<Strin
         .collect())
 }
 
+/// Every container kite made on this node with its pod's namespace and name, by pod
+/// then attempt: what `kite ps` shows when the API is down.
+pub async fn list_all(cd: &Containerd) -> Result<Vec<(String, String, Info)>> {
+    let cs = cd
+        .containers()
+        .list(cd.req(ListContainersRequest {
+            filters: vec![format!("labels.\"{L_POD_UID}\"")],
+        }))
+        .await?
+        .into_inner()
+        .containers;
+    let mut out = Vec::new();
+    for c in cs {
+        let label = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
+        let (ns, pod) = (label(L_POD_NS), label(L_POD_NAME));
+        out.push((ns, pod, info(cd, c).await?));
+    }
+    out.sort_by(|a, b| {
+        (&a.0, &a.1, &a.2.name, a.2.attempt).cmp(&(&b.0, &b.1, &b.2.name, b.2.attempt))
+    });
+    Ok(out)
+}
+
 async fn list_filtered(cd: &Containerd, filter: &str) -> Result<Vec<Info>> {
     let cs = cd
         .containers()

@@ -36,6 +36,63 @@ pub enum Command {
     /// Check that this host can run kite: kernel features, cgroups, containerd, runc,
     /// nftables, free ports and disk; each problem with its fix; exits 1 on a failure.
     CheckConfig(CheckConfigArgs),
+    /// Run the system's kubectl against this kite (its admin kubeconfig unless $KUBECONFIG
+    /// is set), as `k3s kubectl`.
+    #[command(disable_help_flag = true)]
+    Kubectl(PassArgs),
+    /// Run containerd's ctr against kite's containerd, in the pods' namespace (k8s.io).
+    #[command(disable_help_flag = true)]
+    Ctr(PassArgs),
+    /// List the node's pods' containers from containerd (works while the API is down).
+    Ps(PsArgs),
+    /// Print one of the files install.sh installs (units, init scripts, kite-killall.sh,
+    /// kite-uninstall.sh), so that a piped install needs nothing but the binary.
+    #[command(hide = true)]
+    Packaging { file: String },
+}
+
+/// Arguments passed on to another program unchanged.
+#[derive(Args, Debug, Clone)]
+pub struct PassArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<std::ffi::OsString>,
+}
+
+/// `kite ps` flags.
+#[derive(Args, Debug, Clone)]
+pub struct PsArgs {
+    /// kite's data directory [default: /var/lib/kite as root, ~/.kite otherwise].
+    #[arg(long, short = 'd', env = "KITE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// containerd socket, if not kite's own.
+    #[arg(long, env = "KITE_CONTAINER_RUNTIME_ENDPOINT")]
+    pub container_runtime_endpoint: Option<PathBuf>,
+    /// Show exited containers too.
+    #[arg(long, short = 'a')]
+    pub all: bool,
+}
+
+impl PsArgs {
+    pub fn socket(&self) -> PathBuf {
+        socket_of(&self.container_runtime_endpoint, &self.data_dir)
+    }
+}
+
+/// The containerd socket kite's commands use: the one given, else the data dir's.
+pub fn socket_of(endpoint: &Option<PathBuf>, data_dir: &Option<PathBuf>) -> PathBuf {
+    endpoint.clone().unwrap_or_else(|| {
+        let d = data_dir.clone().unwrap_or_else(default_data_dir);
+        kite_kubelet::containerd::Paths::new(&d).socket
+    })
+}
+
+/// The admin kubeconfig `kite server` writes by default.
+pub fn default_kubeconfig() -> PathBuf {
+    if is_root() {
+        PathBuf::from("/etc/kite/kite.yaml")
+    } else {
+        home().join(".kube/kite.yaml")
+    }
 }
 
 /// `kite check-config` flags: the server flags that change what is checked.
@@ -107,14 +164,11 @@ pub enum ImagesAction {
 impl ImagesArgs {
     /// The containerd socket these commands use.
     pub fn socket(&self) -> PathBuf {
-        self.container_runtime_endpoint.clone().unwrap_or_else(|| {
-            let d = self.data_dir.clone().unwrap_or_else(default_data_dir);
-            kite_kubelet::containerd::Paths::new(&d).socket
-        })
+        socket_of(&self.container_runtime_endpoint, &self.data_dir)
     }
 }
 
-fn default_data_dir() -> PathBuf {
+pub fn default_data_dir() -> PathBuf {
     if is_root() {
         PathBuf::from("/var/lib/kite")
     } else {
@@ -298,6 +352,9 @@ pub struct ServerArgs {
     /// Verbose logging.
     #[arg(long, env = "KITE_DEBUG")]
     pub debug: bool,
+    /// Log lines as `text` (colours only on a terminal) or `json` (one object a line).
+    #[arg(long, env = "KITE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// Seconds between compactions of the datastore's history; each drops the history
     /// older than one interval, as upstream's kube-apiserver does.
     #[arg(long, env = "KITE_COMPACT_INTERVAL", default_value_t = 300)]
@@ -425,6 +482,7 @@ pub struct ServerConfig {
     pub node_name: String,
     pub disable_agent: bool,
     pub debug: bool,
+    pub log_json: bool,
     pub compact_interval: std::time::Duration,
     pub compact_retain: i64,
     pub node_monitor_grace_period: std::time::Duration,
@@ -459,13 +517,10 @@ fn bad(key: &str, value: &str, why: &str) -> anyhow::Error {
 impl ServerArgs {
     pub fn resolve(&self) -> Result<ServerConfig> {
         let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
-        let kubeconfig = self.write_kubeconfig.clone().unwrap_or_else(|| {
-            if is_root() {
-                PathBuf::from("/etc/kite/kite.yaml")
-            } else {
-                home().join(".kube/kite.yaml")
-            }
-        });
+        let kubeconfig = self
+            .write_kubeconfig
+            .clone()
+            .unwrap_or_else(default_kubeconfig);
         let bind = self
             .bind_address
             .parse()
@@ -674,6 +729,7 @@ impl ServerArgs {
             node_name,
             disable_agent: self.disable_agent,
             debug: self.debug,
+            log_json: self.log_format == "json",
             compact_interval: std::time::Duration::from_secs(self.compact_interval.max(1)),
             compact_retain: self.compact_retain.max(0),
             node_monitor_grace_period: parse_duration(
@@ -741,42 +797,56 @@ pub fn parse() -> Result<Cli> {
         .cloned()
         .unwrap_or_else(|| DEFAULT_CONFIG.into());
     let explicit = sub.value_source("config") != Some(ValueSource::DefaultValue);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-            return Ok(Cli::from_arg_matches(&matches)?)
-        }
+    let mut files = Vec::new();
+    match std::fs::metadata(&path) {
+        Ok(_) => files.push(path.clone()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
         Err(e) => return Err(e).with_context(|| format!("reading config file {}", path.display())),
-    };
-    let doc: Value = if text.trim().is_empty() {
-        Value::Object(Default::default())
-    } else {
-        serde_saphyr::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: not valid YAML: {}",
-                path.display(),
-                e.to_string().lines().next().unwrap_or_default()
-            )
-        })?
-    };
-    let map = doc.as_object().ok_or_else(|| {
-        anyhow::anyhow!("{}: expected a map of flag names to values", path.display())
-    })?;
-    let mut extra = Vec::new();
-    for (key, value) in map {
-        let id = arg_id(&server_cmd, key).ok_or_else(|| {
-            anyhow::anyhow!("{}: unknown key {key:?} (keys are `kite server` flag names, e.g. write-kubeconfig-mode)", path.display())
-        })?;
-        if key == "config" {
-            bail!(
-                "{}: key \"config\" cannot be set from a config file",
-                path.display()
-            );
+    }
+    files.extend(drop_ins(&path)?);
+    if files.is_empty() {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    }
+    // Later files win; `key+` appends to the list so far.
+    let mut merged: Vec<(String, Value, PathBuf)> = Vec::new();
+    for file in &files {
+        for (key, value) in read_config(file)? {
+            let (name, append) = match key.strip_suffix('+') {
+                Some(k) => (k.to_string(), true),
+                None => (key.clone(), false),
+            };
+            if arg_id(&server_cmd, &name).is_none() {
+                bail!("{}: unknown key {key:?} (keys are `kite server` flag names, e.g. write-kubeconfig-mode)", file.display());
+            }
+            if name == "config" {
+                bail!(
+                    "{}: key \"config\" cannot be set from a config file",
+                    file.display()
+                );
+            }
+            match merged.iter_mut().find(|(k, _, _)| *k == name) {
+                Some(entry) if append => {
+                    let list = |v: Value| match v {
+                        Value::Array(items) => items,
+                        other => vec![other],
+                    };
+                    let mut items = list(std::mem::take(&mut entry.1));
+                    items.extend(list(value));
+                    entry.1 = Value::Array(items);
+                    entry.2 = file.clone();
+                }
+                Some(entry) => *entry = (name, value, file.clone()),
+                None => merged.push((name, value, file.clone())),
+            }
         }
+    }
+    let mut extra = Vec::new();
+    for (key, value, file) in &merged {
+        let id = arg_id(&server_cmd, key).expect("checked above");
         if is_set_outside_config(sub, &id) {
             continue;
         }
-        config_args(key, value, &mut extra, &path)?;
+        config_args(key, value, &mut extra, file)?;
     }
     // The config file's values go right after the subcommand, so flags given on the command
     // line come later and win.
@@ -786,9 +856,10 @@ pub fn parse() -> Result<Cli> {
         merged.insert(pos + 1 + i, a);
     }
     let matches = Cli::command().try_get_matches_from(&merged).map_err(|e| {
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         anyhow::anyhow!(
             "{}: {}",
-            path.display(),
+            names.join(", "),
             e.to_string()
                 .lines()
                 .next()
@@ -797,6 +868,45 @@ pub fn parse() -> Result<Cli> {
         )
     })?;
     Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// `FILE.d/*.yaml` (and `.yml`), in name order: drop-ins merged after FILE, as K3s does.
+fn drop_ins(path: &Path) -> Result<Vec<PathBuf>> {
+    let mut dir = path.as_os_str().to_owned();
+    dir.push(".d");
+    let dir = PathBuf::from(dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// One config file's map of flag names to values, in file order.
+fn read_config(path: &Path) -> Result<serde_json::Map<String, Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    if text.trim().is_empty() {
+        return Ok(Default::default());
+    }
+    let doc: Value = serde_saphyr::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not valid YAML: {}",
+            path.display(),
+            e.to_string().lines().next().unwrap_or_default()
+        )
+    })?;
+    match doc {
+        Value::Object(m) => Ok(m),
+        Value::Null => Ok(Default::default()),
+        _ => bail!("{}: expected a map of flag names to values", path.display()),
+    }
 }
 
 fn is_set_outside_config(m: &ArgMatches, id: &str) -> bool {

@@ -3,7 +3,9 @@
 
 mod config;
 mod host;
+mod notify;
 mod server;
+mod tools;
 
 /// What `kite --version` prints after the name.
 pub const VERSION_LINE: &str =
@@ -21,6 +23,13 @@ fn version_line_names_the_served_kubernetes_version() {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // Installed as `kubectl` (a link install.sh makes where no kubectl exists): act as
+    // `kite kubectl`.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name() == Some("kubectl".as_ref()) {
+        let args: Vec<_> = std::env::args_os().skip(1).collect();
+        exit_on_error(tools::kubectl(&args));
+    }
     let cli = match config::parse() {
         Ok(c) => c,
         Err(e) => {
@@ -41,7 +50,15 @@ fn main() {
                 .any(|f| f.level == kite_hostcheck::Level::Fail);
             std::process::exit(i32::from(failed));
         }
+        config::Command::Kubectl(a) => tools::kubectl(&a.args),
+        config::Command::Ctr(a) => tools::ctr(&a.args),
+        config::Command::Ps(a) => tools::ps(&a.socket(), a.all),
+        config::Command::Packaging { file } => tools::packaging(&file),
     };
+    exit_on_error(result);
+}
+
+fn exit_on_error(result: anyhow::Result<()>) {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);

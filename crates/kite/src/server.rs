@@ -32,15 +32,24 @@ fn sans(cfg: &ServerConfig) -> Vec<String> {
     s
 }
 
+/// Logs to stderr at `level` (or $KITE_LOG): colours only on a terminal, so a log file or
+/// the journal holds plain text; JSON lines on request.
+fn init_logging(level: &str, json: bool) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KITE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
 pub fn run(cfg: ServerConfig) -> Result<()> {
-    let filter = if cfg.debug { "debug" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KITE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(if cfg.debug { "debug" } else { "info" }, cfg.log_json);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -65,8 +74,16 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         })?),
         metrics.clone(),
     );
-    let pki = kite_pki::Pki::load_or_create(&server_dir.join("tls"), &sans(&cfg))
-        .context("loading the cluster PKI")?;
+    tracing::info!(path = %server_dir.join("db").display(), "datastore opened");
+    let tls_dir = server_dir.join("tls");
+    let fresh = !tls_dir.exists();
+    let pki =
+        kite_pki::Pki::load_or_create(&tls_dir, &sans(&cfg)).context("loading the cluster PKI")?;
+    tracing::info!(
+        dir = %tls_dir.display(),
+        "{}",
+        if fresh { "certificates created" } else { "certificates loaded" }
+    );
     let admin = pki.client_cert("admin", "system:admin", &["system:masters"])?;
     let local_url = format!("https://127.0.0.1:{}", cfg.port);
     kite_pki::write_file_atomic(
@@ -75,6 +92,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         cfg.kubeconfig_mode,
     )
     .with_context(|| format!("writing kubeconfig {}", cfg.kubeconfig.display()))?;
+    tracing::info!(path = %cfg.kubeconfig.display(), "admin kubeconfig written");
     // Component identities, as upstream names them, for the controllers, scheduler and node.
     let cred = server_dir.join("cred");
     for (file, cn, org) in [
@@ -138,13 +156,12 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     .await?;
     kite_apiserver::spawn_compactor(store, cfg.compact_retain, cfg.compact_interval);
     tracing::info!(
-        addr = %running.addr,
-        kubeconfig = %cfg.kubeconfig.display(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         cluster_cidr = %cfg.cluster_cidr,
         service_cidr = %cfg.service_cidr,
         cluster_dns = %cfg.cluster_dns,
-        "kite API server is serving"
+        "API server serving at https://{}",
+        running.addr
     );
     // The lease holder identity is the node name, stable across restarts, so a restarted
     // server takes its leases back at once instead of waiting for them to expire.
@@ -286,6 +303,23 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             }
         });
     }
+    // Ready: the API serves and, with a node, the node is Ready. systemd (Type=notify)
+    // hears it through $NOTIFY_SOCKET.
+    let node_client =
+        (!cfg.disable_agent).then(|| local_client(&format!("system:node:{}", cfg.node_name)));
+    let node_name = cfg.node_name.clone();
+    tokio::spawn(async move {
+        if let Some(client) = node_client {
+            wait_node_ready(client, &node_name).await;
+        }
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "kite is ready"
+        );
+        if let Err(e) = crate::notify::ready() {
+            tracing::warn!(error = %e, "cannot tell systemd that kite is ready");
+        }
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
@@ -296,15 +330,34 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     Ok(())
 }
 
+/// Waits until this server's own node is registered, then Ready, saying each once.
+async fn wait_node_ready(client: kube::Client, name: &str) {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let mut registered = false;
+    loop {
+        if let Ok(Some(node)) = nodes.get_opt(name).await {
+            if !registered {
+                registered = true;
+                tracing::info!(node = %name, "node registered");
+            }
+            let ready = node
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if ready {
+                tracing::info!(node = %name, "node is Ready");
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Logging, TLS provider and runtime for the commands that are API clients.
 fn client_runtime() -> Result<tokio::runtime::Runtime> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KITE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging("info", false);
     let _ = rustls::crypto::ring::default_provider().install_default();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
