@@ -3,9 +3,13 @@
 # kite*, so nothing else is touched. Safe to run twice.
 set -u
 [ "$(id -u)" = 0 ] || { echo "kite-killall.sh: run as root" >&2; exit 1; }
-# KITE_DATA_DIR: the data dir of the kite to clean up (default /var/lib/kite).
+# KITE_DATA_DIR: the data dir of the kite to clean up (install.sh writes its own default).
+# KITE_PID_FILE: the pid file of a kite started without an init system.
+# KITE_SERVICE: the systemd or OpenRC service that runs kite.
 # KITE_KILLALL_NODE_ONLY=1: leave the kite process alone (tests stop their own server).
 DATA=${KITE_DATA_DIR:-/var/lib/kite}
+PID_FILE=${KITE_PID_FILE:-/run/kite.pid}
+SERVICE=${KITE_SERVICE:-kite}
 SOCK="$DATA/agent/run/containerd.sock"
 CTR="ctr -a $SOCK -n k8s.io"
 
@@ -28,17 +32,21 @@ if [ -S "$SOCK" ] && command -v ctr >/dev/null 2>&1; then
   done
 fi
 if [ "${KITE_KILLALL_NODE_ONLY:-0}" = 1 ]; then :
-elif command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet kite 2>/dev/null; then
-  systemctl stop kite
+elif command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$SERVICE" 2>/dev/null; then
+  systemctl stop "$SERVICE"
+elif command -v rc-service >/dev/null 2>&1 && rc-service "$SERVICE" status >/dev/null 2>&1; then
+  rc-service "$SERVICE" stop >/dev/null 2>&1
 fi
-if [ "${KITE_KILLALL_NODE_ONLY:-0}" != 1 ] && [ -f /run/kite.pid ]; then
-  pid=$(cat /run/kite.pid)
-  if kill -0 "$pid" 2>/dev/null; then
+if [ "${KITE_KILLALL_NODE_ONLY:-0}" != 1 ] && [ -f "$PID_FILE" ]; then
+  pid=$(cat "$PID_FILE")
+  # Only a kite: a stale pid file may name another program by now.
+  case "$(readlink "/proc/$pid/exe" 2>/dev/null)" in */kite|*"/kite (deleted)") ;; *) pid="" ;; esac
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill "$pid"
     i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
     kill -9 "$pid" 2>/dev/null
   fi
-  rm -f /run/kite.pid
+  rm -f "$PID_FILE"
 fi
 # This data dir's containerd and its shims (found by their socket, nothing else).
 for p in /proc/[0-9]*; do

@@ -81,7 +81,7 @@ kubectl_name() { if [ "$1" = "$K136" ]; then echo kubectl.1.36; else basename "$
 for k in "${API_KUBECTLS[@]}"; do
   v=$(kubectl_name "$k")
   for t in tests/e2e/*.sh; do
-    case "$(basename "$t")" in kubelet.sh|streams.sh|volumes.sh|resources.sh|services.sh|cni.sh) continue ;; esac
+    case "$(basename "$t")" in kubelet.sh|streams.sh|volumes.sh|resources.sh|services.sh|cni.sh|install.sh) continue ;; esac
     n="$(basename "$t" .sh)-$v"
     KUBECTL="$k" timeout 900 bash "$t" >"$logs/$n.log" 2>&1 &
     pids+=($!); names+=("$n")
@@ -107,6 +107,9 @@ node_tier() {
   # tests is the node's, not kubectl's).
   echo "## CNI tier with $(basename "${KUBECTLS[-1]}")"
   KUBECTL="${KUBECTLS[-1]}" timeout 300 bash tests/e2e/cni.sh || { r=$?; rc=1; [ $r = 124 ] && echo "FAIL - the CNI tier was killed after 300 s"; }
+  # Installing (install.sh piped from a loopback release folder, uninstall): one kubectl.
+  echo "## install tier with $(basename "${KUBECTLS[-1]}")"
+  KUBECTL="${KUBECTLS[-1]}" timeout 300 bash tests/e2e/install.sh || { r=$?; rc=1; [ $r = 124 ] && echo "FAIL - the install tier was killed after 300 s"; }
   # One last line for the report: each part's own summary.
   awk '/^## / {h = substr($0, 4); sub(/ tier with /, " (", h); h = h ")"; next}
        /^[0-9]+ passed, [0-9]+ failed/ {printf "%s%s %s", sep, h, $0; sep = "; "}
