@@ -197,6 +197,24 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             }
         });
     }
+    // Auto-deploying manifests, with the rights of an administrator (as K3s's).
+    {
+        let svc = running.local_service::<kube::client::Body>(UserInfo {
+            username: "system:kite-manifests".into(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+            ..Default::default()
+        });
+        let client = kube::Client::new(svc, "default");
+        let opts = kite_manifests::Options {
+            dir: server_dir.join("manifests"),
+            interval: std::time::Duration::from_secs(1),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = kite_manifests::run(client, opts).await {
+                tracing::error!(error = %format!("{e:#}"), "auto-deploying manifests stopped");
+            }
+        });
+    }
     if !cfg.disable_scheduler {
         let client = local_client("system:kube-scheduler");
         let id = identity.clone();
