@@ -5,6 +5,10 @@ source "$(dirname "$0")/../lib.sh"
 echo "# kubectl: $KUBECTL"
 
 check "--version names kite and the Kubernetes version" contains "$("$KITE_BIN" --version)" "(kubernetes v1.36.0)"
+check "kite --help lists the commands in groups" equals "$("$KITE_BIN" --help | grep -cE '^(Cluster:|Node:|Tools:|  check-config |  kubectl |  server )')" 6
+check "kite server --help groups its flags" equals "$("$KITE_BIN" server --help | grep -cE '^(Config|API server|Datastore|Networking|Node|Components|Controllers|Logging):$')" 8
+check "a mistyped flag suggests the closest one" contains "$("$KITE_BIN" server --data-dri x 2>&1)" "a similar argument exists: '--data-dir'"
+check "a mistyped command suggests the closest one" contains "$("$KITE_BIN" serve 2>&1)" "a similar subcommand exists: 'server'"
 out=$("$KITE_BIN" server --no-such-flag 2>&1); rc=$?
 check "an unknown flag fails" test "$rc" -ne 0
 check "an unknown flag is named" contains "$out" "--no-such-flag"

@@ -407,8 +407,8 @@ impl Controller {
         let result = async {
             match api.get_opt(&name).await? {
                 None => {
-                    let o: DynamicObject = serde_json::from_value(desired.clone())
-                        .map_err(kube::Error::SerdeError)?;
+                    let o: DynamicObject =
+                        serde_json::from_value(desired.clone()).map_err(kube::Error::SerdeError)?;
                     api.create(&PostParams::default(), &o).await?;
                 }
                 Some(live) => {

@@ -10,12 +10,40 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_CONFIG: &str = "/etc/kite/config.yaml";
 
+/// `kite --help`: the commands in groups (a unit test checks that it names them all).
+const HELP: &str = "\
+{about}
+
+{usage-heading} {usage}
+
+Cluster:
+  server        Run the control plane (API server, datastore, controllers, scheduler) and a node
+  scheduler     Run only the scheduler against a cluster (kite server runs one)
+
+Node:
+  check-config  Check that this host can run a node, with the fix for each problem
+  images        Import, list and remove the node's images (as k3s ctr images)
+  ps            List the node's containers from containerd (works while the API is down)
+
+Tools:
+  kubectl       Run the system's kubectl with kite's kubeconfig
+  ctr           Run containerd's ctr against kite's containerd (namespace k8s.io)
+  sim           Simulated nodes, to try the control plane at scale
+  help          Print this message or the help of a command
+
+Options:
+{options}
+
+`kite COMMAND --help` for a command's flags. Docs: README.md; config: /etc/kite/config.yaml.
+";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kite",
     about = "kite: a lightweight Kubernetes in one binary",
     version = crate::VERSION_LINE,
-    args_override_self = true
+    args_override_self = true,
+    help_template = HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -301,72 +329,134 @@ fn home() -> PathBuf {
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
     /// Config file (flag names as keys).
-    #[arg(long, short = 'c', env = "KITE_CONFIG_FILE", default_value = DEFAULT_CONFIG)]
+    #[arg(help_heading = "Config", long, short = 'c', env = "KITE_CONFIG_FILE", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Folder to hold state [default: /var/lib/kite as root, ~/.kite otherwise].
-    #[arg(long, short = 'd', env = "KITE_DATA_DIR")]
+    #[arg(help_heading = "Config", long, short = 'd', env = "KITE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Address the API server listens on.
-    #[arg(long, env = "KITE_BIND_ADDRESS", default_value = "0.0.0.0")]
+    #[arg(
+        help_heading = "API server",
+        long,
+        env = "KITE_BIND_ADDRESS",
+        default_value = "0.0.0.0"
+    )]
     pub bind_address: String,
     /// HTTPS port of the API server.
-    #[arg(long, env = "KITE_HTTPS_LISTEN_PORT", default_value_t = 6443)]
+    #[arg(
+        help_heading = "API server",
+        long,
+        env = "KITE_HTTPS_LISTEN_PORT",
+        default_value_t = 6443
+    )]
     pub https_listen_port: u16,
     /// Address other nodes and clients use to reach this server [default: the node's first IP].
-    #[arg(long, env = "KITE_ADVERTISE_ADDRESS")]
+    #[arg(help_heading = "API server", long, env = "KITE_ADVERTISE_ADDRESS")]
     pub advertise_address: Option<String>,
     /// Extra hostname or IP for the serving certificate (repeatable).
-    #[arg(long, env = "KITE_TLS_SAN", value_delimiter = ',')]
+    #[arg(
+        help_heading = "API server",
+        long,
+        env = "KITE_TLS_SAN",
+        value_delimiter = ','
+    )]
     pub tls_san: Vec<String>,
     /// Where to write the admin kubeconfig [default: /etc/kite/kite.yaml as root, ~/.kube/kite.yaml otherwise].
-    #[arg(long, short = 'o', env = "KITE_KUBECONFIG_OUTPUT")]
+    #[arg(
+        help_heading = "API server",
+        long,
+        short = 'o',
+        env = "KITE_KUBECONFIG_OUTPUT"
+    )]
     pub write_kubeconfig: Option<PathBuf>,
     /// File mode of the kubeconfig, in octal (e.g. 644).
-    #[arg(long, env = "KITE_KUBECONFIG_MODE", default_value = "600")]
+    #[arg(
+        help_heading = "API server",
+        long,
+        env = "KITE_KUBECONFIG_MODE",
+        default_value = "600"
+    )]
     pub write_kubeconfig_mode: String,
     /// Pod network range.
-    #[arg(long, env = "KITE_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    #[arg(
+        help_heading = "Networking",
+        long,
+        env = "KITE_CLUSTER_CIDR",
+        default_value = "10.42.0.0/16"
+    )]
     pub cluster_cidr: String,
     /// Service ClusterIP range.
-    #[arg(long, env = "KITE_SERVICE_CIDR", default_value = "10.43.0.0/16")]
+    #[arg(
+        help_heading = "Networking",
+        long,
+        env = "KITE_SERVICE_CIDR",
+        default_value = "10.43.0.0/16"
+    )]
     pub service_cidr: String,
     /// Cluster DNS service IP.
-    #[arg(long, env = "KITE_CLUSTER_DNS", default_value = "10.43.0.10")]
+    #[arg(
+        help_heading = "Networking",
+        long,
+        env = "KITE_CLUSTER_DNS",
+        default_value = "10.43.0.10"
+    )]
     pub cluster_dns: String,
     /// Cluster domain.
-    #[arg(long, env = "KITE_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    #[arg(
+        help_heading = "Networking",
+        long,
+        env = "KITE_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
     pub cluster_domain: String,
     /// NodePort range, as FROM-TO.
     #[arg(
+        help_heading = "Networking",
         long,
         env = "KITE_SERVICE_NODE_PORT_RANGE",
         default_value = "30000-32767"
     )]
     pub service_node_port_range: String,
     /// Node name [default: the hostname].
-    #[arg(long, env = "KITE_NODE_NAME")]
+    #[arg(help_heading = "Node", long, env = "KITE_NODE_NAME")]
     pub node_name: Option<String>,
     /// Run the control plane only, with no node.
-    #[arg(long, env = "KITE_DISABLE_AGENT")]
+    #[arg(help_heading = "Components", long, env = "KITE_DISABLE_AGENT")]
     pub disable_agent: bool,
     /// Verbose logging.
-    #[arg(long, env = "KITE_DEBUG")]
+    #[arg(help_heading = "Logging", long, env = "KITE_DEBUG")]
     pub debug: bool,
     /// Log lines as `text` (colours only on a terminal) or `json` (one object a line).
-    #[arg(long, env = "KITE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    #[arg(help_heading = "Logging", long, env = "KITE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
     /// Seconds between compactions of the datastore's history; each drops the history
     /// older than one interval, as upstream's kube-apiserver does.
-    #[arg(long, env = "KITE_COMPACT_INTERVAL", default_value_t = 300)]
+    #[arg(
+        help_heading = "Datastore",
+        long,
+        env = "KITE_COMPACT_INTERVAL",
+        default_value_t = 300
+    )]
     pub compact_interval: u64,
     /// At most this many revisions of history are kept (watches may resume this far back).
-    #[arg(long, env = "KITE_COMPACT_RETAIN", default_value_t = 1000)]
+    #[arg(
+        help_heading = "Datastore",
+        long,
+        env = "KITE_COMPACT_RETAIN",
+        default_value_t = 1000
+    )]
     pub compact_retain: i64,
     /// How long a node may miss heartbeats before it is marked unhealthy.
-    #[arg(long, env = "KITE_NODE_MONITOR_GRACE_PERIOD", default_value = "40s")]
+    #[arg(
+        help_heading = "Controllers",
+        long,
+        env = "KITE_NODE_MONITOR_GRACE_PERIOD",
+        default_value = "40s"
+    )]
     pub node_monitor_grace_period: String,
     /// tolerationSeconds of the not-ready toleration added to every pod.
     #[arg(
+        help_heading = "Controllers",
         long,
         env = "KITE_DEFAULT_NOT_READY_TOLERATION_SECONDS",
         default_value_t = 300
@@ -374,63 +464,94 @@ pub struct ServerArgs {
     pub default_not_ready_toleration_seconds: i64,
     /// tolerationSeconds of the unreachable toleration added to every pod.
     #[arg(
+        help_heading = "Controllers",
         long,
         env = "KITE_DEFAULT_UNREACHABLE_TOLERATION_SECONDS",
         default_value_t = 300
     )]
     pub default_unreachable_toleration_seconds: i64,
     /// Do not run the controller manager.
-    #[arg(long, env = "KITE_DISABLE_CONTROLLER_MANAGER")]
+    #[arg(
+        help_heading = "Components",
+        long,
+        env = "KITE_DISABLE_CONTROLLER_MANAGER"
+    )]
     pub disable_controller_manager: bool,
     /// Do not run the scheduler.
-    #[arg(long, env = "KITE_DISABLE_SCHEDULER")]
+    #[arg(help_heading = "Components", long, env = "KITE_DISABLE_SCHEDULER")]
     pub disable_scheduler: bool,
     /// Do not run the service proxy (Services then need another one, such as kube-proxy
     /// or a CNI that replaces it).
-    #[arg(long, env = "KITE_DISABLE_KUBE_PROXY")]
+    #[arg(help_heading = "Components", long, env = "KITE_DISABLE_KUBE_PROXY")]
     pub disable_kube_proxy: bool,
     /// Do not enforce NetworkPolicies (leave them to a CNI that does).
-    #[arg(long, env = "KITE_DISABLE_NETWORK_POLICY")]
+    #[arg(help_heading = "Components", long, env = "KITE_DISABLE_NETWORK_POLICY")]
     pub disable_network_policy: bool,
     /// Packaged components not to run, as K3s's --disable (repeat or comma-separate):
     /// `dns` (or K3s's name, `coredns`) leaves the cluster DNS to one you deploy;
     /// `servicelb` leaves LoadBalancer Services to another controller (MetalLB). K3s's
     /// other names (traefik, local-storage, metrics-server) are accepted.
-    #[arg(long = "disable", env = "KITE_DISABLE", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Components",
+        long = "disable",
+        env = "KITE_DISABLE",
+        value_delimiter = ','
+    )]
     pub disable: Vec<String>,
     /// The resolv.conf whose nameservers the cluster DNS forwards other names to
     /// [default: /etc/resolv.conf, or systemd-resolved's upstream list when that names
     /// only loopback resolvers].
-    #[arg(long, env = "KITE_RESOLV_CONF")]
+    #[arg(help_heading = "Networking", long, env = "KITE_RESOLV_CONF")]
     pub resolv_conf: Option<PathBuf>,
     /// The port of the service proxy's /healthz and /livez (kube-proxy's 10256); 0: none.
-    #[arg(long, env = "KITE_PROXY_HEALTHZ_PORT", default_value_t = 10256)]
+    #[arg(
+        help_heading = "Networking",
+        long,
+        env = "KITE_PROXY_HEALTHZ_PORT",
+        default_value_t = 10256
+    )]
     pub proxy_healthz_port: u16,
     /// containerd socket to use instead of starting kite's own containerd.
-    #[arg(long, env = "KITE_CONTAINER_RUNTIME_ENDPOINT")]
+    #[arg(help_heading = "Node", long, env = "KITE_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<PathBuf>,
     /// The node's InternalIP [default: the advertise address].
-    #[arg(long, env = "KITE_NODE_IP")]
+    #[arg(help_heading = "Node", long, env = "KITE_NODE_IP")]
     pub node_ip: Option<String>,
     /// The node's ExternalIP.
-    #[arg(long, env = "KITE_NODE_EXTERNAL_IP")]
+    #[arg(help_heading = "Node", long, env = "KITE_NODE_EXTERNAL_IP")]
     pub node_external_ip: Option<String>,
     /// Label for the node at registration, key=value (repeatable).
-    #[arg(long, env = "KITE_NODE_LABEL", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Node",
+        long,
+        env = "KITE_NODE_LABEL",
+        value_delimiter = ','
+    )]
     pub node_label: Vec<String>,
     /// Taint for the node at registration, key=value:Effect (repeatable).
-    #[arg(long, env = "KITE_NODE_TAINT", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Node",
+        long,
+        env = "KITE_NODE_TAINT",
+        value_delimiter = ','
+    )]
     pub node_taint: Vec<String>,
     /// Registry mirrors and credentials, in K3s's registries.yaml format
     /// [default: /etc/kite/registries.yaml, if present].
-    #[arg(long, env = "KITE_PRIVATE_REGISTRY")]
+    #[arg(help_heading = "Node", long, env = "KITE_PRIVATE_REGISTRY")]
     pub private_registry: Option<PathBuf>,
     /// CNI network configurations: if this directory holds one, pods get their network
     /// from those plugins instead of kite's built-in bridge.
-    #[arg(long, env = "KITE_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    #[arg(
+        help_heading = "Networking",
+        long,
+        env = "KITE_CNI_CONF_DIR",
+        default_value = "/etc/cni/net.d"
+    )]
     pub cni_conf_dir: PathBuf,
     /// Where the CNI plugins are (repeatable).
     #[arg(
+        help_heading = "Networking",
         long,
         env = "KITE_CNI_BIN_DIR",
         value_delimiter = ',',
@@ -438,25 +559,46 @@ pub struct ServerArgs {
     )]
     pub cni_bin_dir: Vec<PathBuf>,
     /// The port of the node's kubelet server (logs, exec, port-forward go through it).
-    #[arg(long, env = "KITE_KUBELET_PORT", default_value_t = 10250)]
+    #[arg(
+        help_heading = "Node",
+        long,
+        env = "KITE_KUBELET_PORT",
+        default_value_t = 10250
+    )]
     pub kubelet_port: u16,
     /// Where container logs are written, one directory per pod; links to them go to the
     /// `containers` directory beside it.
-    #[arg(long, env = "KITE_POD_LOGS_DIR", default_value = "/var/log/pods")]
+    #[arg(
+        help_heading = "Node",
+        long,
+        env = "KITE_POD_LOGS_DIR",
+        default_value = "/var/log/pods"
+    )]
     pub pod_logs_dir: PathBuf,
     /// A container's log is rotated when it reaches this size (a quantity: 10Mi, 500Ki).
-    #[arg(long, env = "KITE_CONTAINER_LOG_MAX_SIZE", default_value = "10Mi")]
+    #[arg(
+        help_heading = "Node",
+        long,
+        env = "KITE_CONTAINER_LOG_MAX_SIZE",
+        default_value = "10Mi"
+    )]
     pub container_log_max_size: String,
     /// Log files kept per container, the current one included (at least 2).
-    #[arg(long, env = "KITE_CONTAINER_LOG_MAX_FILES", default_value_t = 5)]
+    #[arg(
+        help_heading = "Node",
+        long,
+        env = "KITE_CONTAINER_LOG_MAX_FILES",
+        default_value_t = 5
+    )]
     pub container_log_max_files: usize,
     /// Hard eviction thresholds, as upstream's kubelet: SIGNAL<AMOUNT, comma-separated
     /// (signals memory.available, nodefs.available, nodefs.inodesFree, imagefs.available,
     /// imagefs.inodesFree, pid.available; amounts a quantity or a percentage; "" for none).
-    #[arg(long, env = "KITE_EVICTION_HARD", default_value = kite_kubelet::eviction::DEFAULT_HARD)]
+    #[arg(help_heading = "Node", long, env = "KITE_EVICTION_HARD", default_value = kite_kubelet::eviction::DEFAULT_HARD)]
     pub eviction_hard: String,
     /// How long a pressure condition stays after its signal clears (a duration: 5m, 30s).
     #[arg(
+        help_heading = "Node",
         long,
         env = "KITE_EVICTION_PRESSURE_TRANSITION_PERIOD",
         default_value = "5m"
@@ -965,6 +1107,18 @@ mod tests {
         ] {
             let e = sim(bad).unwrap_err().to_string();
             assert!(e.contains(&bad[0][2..]), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_grouped_help_names_every_command() {
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            assert!(
+                HELP.contains(&format!("\n  {} ", sub.get_name())),
+                "kite --help does not list {}",
+                sub.get_name()
+            );
         }
     }
 
