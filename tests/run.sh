@@ -25,6 +25,9 @@ dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 command -v tmux >/dev/null || need_pkgs+=(tmux)
 # The CNI tier (tests/e2e/cni.sh): the reference plugins, bridge and host-local.
 [ -x /usr/lib/cni/bridge ] || need_pkgs+=(containernetworking-plugins)
+# The install tier checks the static (musl) binary releases ship: musl's C compiler for the
+# C parts (ring, mimalloc).
+command -v musl-gcc >/dev/null || need_pkgs+=(musl-tools)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${need_pkgs[*]}"
@@ -70,6 +73,19 @@ unit_pass=$(grep -oE "ok\. [0-9]+ passed" "$TARGET/unit-tests.log" | awk '{s+=$2
 echo "   $unit_pass passed"
 echo "== building kite"
 cargo build --quiet -p kite
+# The static binary, as packaging/release.sh builds it (debug profile here, for time): the
+# install tier installs it from a release folder and runs it in an empty chroot.
+MUSL=x86_64-unknown-linux-musl
+if [ "$(uname -m)" = x86_64 ]; then
+  if ! rustup target list --installed 2>/dev/null | grep -qx "$MUSL"; then
+    timeout 300 rustup target add "$MUSL" >/dev/null 2>&1 || echo "   (Rust's $MUSL target cannot be installed here: the install tier skips its static-binary checks)"
+  fi
+  if rustup target list --installed 2>/dev/null | grep -qx "$MUSL"; then
+    echo "== building the static kite ($MUSL)"
+    cargo build --quiet -p kite --target "$MUSL"
+    export KITE_STATIC_BIN="$TARGET/$MUSL/debug/kite"
+  fi
+fi
 
 echo "== end-to-end tiers (in parallel; each has its own server, port and data dir)"
 logs="$TARGET/e2e-logs"
