@@ -28,6 +28,9 @@ command -v tmux >/dev/null || need_pkgs+=(tmux)
 # The install tier checks the static (musl) binary releases ship: musl's C compiler for the
 # C parts (ring, mimalloc).
 command -v musl-gcc >/dev/null || need_pkgs+=(musl-tools)
+# The systemd tier boots a Debian root filesystem under systemd-nspawn.
+command -v systemd-nspawn >/dev/null || need_pkgs+=(systemd-container)
+command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${need_pkgs[*]}"
@@ -97,12 +100,17 @@ kubectl_name() { if [ "$1" = "$K136" ]; then echo kubectl.1.36; else basename "$
 for k in "${API_KUBECTLS[@]}"; do
   v=$(kubectl_name "$k")
   for t in tests/e2e/*.sh; do
-    case "$(basename "$t")" in kubelet.sh|streams.sh|volumes.sh|resources.sh|services.sh|cni.sh|install.sh) continue ;; esac
+    case "$(basename "$t")" in kubelet.sh|streams.sh|volumes.sh|resources.sh|services.sh|cni.sh|install.sh|systemd.sh) continue ;; esac
     n="$(basename "$t" .sh)-$v"
     KUBECTL="$k" timeout 900 bash "$t" >"$logs/$n.log" 2>&1 &
     pids+=($!); names+=("$n")
   done
 done
+# install.sh under systemd (in a container of its own, no node): once, as root.
+if [ "$(id -u)" = 0 ]; then
+  KUBECTL="${KUBECTLS[-1]}" timeout 900 bash tests/e2e/systemd.sh >"$logs/systemd.log" 2>&1 &
+  pids+=($!); names+=("systemd")
+fi
 # The node tier owns host-wide things (the kite0 bridge, the kite-nat table): one
 # kubectl after the other, in one job.
 node_tier() {
