@@ -229,7 +229,9 @@ setup_deps() {
 }
 
 # --- files --------------------------------------------------------------------------------
-# Writes stdin to FILE (mode MODE) unless it already holds exactly that; CHANGED=1 if it wrote.
+# Writes stdin to FILE (mode MODE) unless it already holds exactly that; CHANGED=1 if it
+# wrote. (Give it a file on stdin, not a pipe: a pipeline's last command runs in a subshell
+# whose CHANGED is lost.)
 put() { # FILE MODE
   cat >"$TMP_DIR/put"
   if [ -f "$1" ] && cmp -s "$TMP_DIR/put" "$1"; then return 0; fi
@@ -274,7 +276,8 @@ install_files() {
   fi
   # The variables kite reads, kept for the service.
   CHANGED=0
-  { env | grep -E '^(KITE|CONTAINERD)_' | sort || true; } | put "$FILE_ENV" 600
+  { env | grep -E '^(KITE|CONTAINERD)_' | sort || true; } >"$TMP_DIR/env"
+  put "$FILE_ENV" 600 <"$TMP_DIR/env"
   SERVICE_CHANGED=$CHANGED
 }
 
@@ -294,7 +297,8 @@ start_service() {
   fi
   case "$INIT" in
     systemd)
-      CHANGED=0; unit_text kite.service | put "$CONF_DIR/$SYSTEM_NAME.service" 644
+      unit_text kite.service >"$TMP_DIR/unit"
+      CHANGED=0; put "$CONF_DIR/$SYSTEM_NAME.service" 644 <"$TMP_DIR/unit"
       [ "$CHANGED" = 0 ] || SERVICE_CHANGED=1
       systemctl daemon-reload
       systemctl enable "$SYSTEM_NAME" >/dev/null 2>&1
@@ -309,7 +313,8 @@ start_service() {
       LOGS="journalctl -u $SYSTEM_NAME"
       ;;
     openrc)
-      CHANGED=0; unit_text kite.openrc | put "/etc/init.d/$SYSTEM_NAME" 755
+      unit_text kite.openrc >"$TMP_DIR/unit"
+      CHANGED=0; put "/etc/init.d/$SYSTEM_NAME" 755 <"$TMP_DIR/unit"
       [ "$CHANGED" = 0 ] || SERVICE_CHANGED=1
       rc-update add "$SYSTEM_NAME" default >/dev/null
       [ "${INSTALL_KITE_SKIP_START:-}" != true ] || { info "INSTALL_KITE_SKIP_START: not starting it"; return 1; }
@@ -321,7 +326,8 @@ start_service() {
     none)
       # No init system to ask (a container, WSL, a CI machine): kite runs detached, its
       # command line kept beside the env file so a re-run knows whether anything changed.
-      CHANGED=0; printf '%s\n' "$CMD $EXEC_ARGS" | put "$CONF_DIR/$SYSTEM_NAME.exec" 644
+      printf '%s\n' "$CMD $EXEC_ARGS" >"$TMP_DIR/exec"
+      CHANGED=0; put "$CONF_DIR/$SYSTEM_NAME.exec" 644 <"$TMP_DIR/exec"
       [ "$CHANGED" = 0 ] || SERVICE_CHANGED=1
       [ "${INSTALL_KITE_SKIP_START:-}" != true ] || { info "INSTALL_KITE_SKIP_START: not starting it"; return 1; }
       running=""

@@ -27,6 +27,19 @@ check "a cluster CIDR too small for a node's /24 is refused" fails_with "--clust
 check "a missing explicit config file is an error" fails_with "reading config file" "$KITE_BIN" server --config "$WORK/none.yaml"
 check "an unknown --disable component is refused, naming what can be" fails_with "kite can disable: dns, servicelb" "$KITE_BIN" server --data-dir "$WORK/x" --disable bogus
 
+# --log-format json: one JSON object a line, the start-up lines among them.
+JPORT=$(free_port)
+"$KITE_BIN" server --log-format json --disable-agent --data-dir "$WORK/json" --bind-address 127.0.0.1 \
+  --https-listen-port "$JPORT" --write-kubeconfig "$WORK/json.yaml" 2>"$WORK/json.log" &
+jpid=$!
+wait_for 10 "the JSON-logging server to be ready" grep -q "kite is ready" "$WORK/json.log"
+kill "$jpid"; wait "$jpid" 2>/dev/null
+check "--log-format json writes one JSON object a line" python3 -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+assert any(l["fields"]["message"].startswith("API server serving at https://") for l in lines), lines
+' "$WORK/json.log"
+
 # Values from the config file apply; the environment beats the file; the command line beats both.
 PORT=$(free_port)
 cat >"$WORK/config.yaml" <<YAML

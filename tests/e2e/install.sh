@@ -103,6 +103,15 @@ check "a second run succeeds" equals "$rc" 0
 check "a second run changes nothing" contains "$out" "is already this version"
 check "a second run does not restart kite" equals "$(cat "$PIDF")" "$pid"
 
+# Changed arguments restart kite with them.
+install_args+=(--debug)
+out=$(run_install INSTALL_KITE_RELEASE_URL="http://127.0.0.1:$HTTP_PORT" <"$ROOT/install.sh" 2>&1); rc=$?
+check "a re-run with other arguments succeeds" equals "$rc" 0
+newpid=$(cat "$PIDF")
+check "and restarts kite with them" bash -c "[ $newpid != $pid ] && grep -qa -- --debug /proc/$newpid/cmdline"
+check "the node is Ready again" node_ready
+pid=$(cat "$PIDF")
+
 # A download that does not match its checksum installs nothing.
 printf 'tampered' >>"$DIST/kite-amd64"
 out=$(run_install INSTALL_KITE_RELEASE_URL="http://127.0.0.1:$HTTP_PORT" <"$ROOT/install.sh" 2>&1); rc=$?

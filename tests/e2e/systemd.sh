@@ -86,7 +86,7 @@ wait_for 10 "the release folder to be served" curl -sf -o /dev/null "http://127.
 API_PORT=$(free_port)
 install_kite() {
   inside env INSTALL_KITE_RELEASE_URL="http://127.0.0.1:$HTTP_PORT" INSTALL_KITE_SKIP_DEPS=true \
-    timeout 120 sh -s - --disable-agent --https-listen-port "$API_PORT" --write-kubeconfig-mode 644 <"$ROOT/install.sh" 2>&1
+    timeout 120 sh -s - --disable-agent --https-listen-port "$API_PORT" --write-kubeconfig-mode 644 "$@" <"$ROOT/install.sh" 2>&1
 }
 out=$(install_kite); rc=$?
 echo "$out" | sed 's/^/    | /'
@@ -105,6 +105,10 @@ out=$(install_kite); rc=$?
 check "a re-run succeeds" equals "$rc" 0
 check "a re-run says nothing changed" contains "$out" "kite.service is running and nothing changed"
 check "and does not restart it" equals "$(inside systemctl show kite -p MainPID --value)" "$pid"
+out=$(install_kite --debug); rc=$?
+check "a re-run with another flag succeeds" equals "$rc" 0
+check "and restarts kite.service with it" bash -c "[ \"\$(nsenter -t $LEADER -m -u -i -n -p -- systemctl show kite -p MainPID --value)\" != $pid ] && grep -q -- '--debug' '$WORK/rootfs/etc/systemd/system/kite.service'"
+check "kite.service is active again" equals "$(inside systemctl is-active kite)" active
 check "journald holds kite's start-up lines without colour codes" bash -c \
   "nsenter -t $LEADER -m -u -i -n -p -- journalctl -u kite -o cat | grep -q 'kite is ready' && ! nsenter -t $LEADER -m -u -i -n -p -- journalctl -u kite -o cat | grep -q $'\x1b\\['"
 
