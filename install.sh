@@ -319,6 +319,7 @@ start_service() {
       rc-update add "$SYSTEM_NAME" default >/dev/null
       [ "${INSTALL_KITE_SKIP_START:-}" != true ] || { info "INSTALL_KITE_SKIP_START: not starting it"; return 1; }
       if [ "$BIN_CHANGED$SERVICE_CHANGED" != 00 ] || ! rc-service "$SYSTEM_NAME" status >/dev/null 2>&1; then
+        LOG_START=$(stat -c %s "$LOG_FILE" 2>/dev/null || echo 0)
         rc-service "$SYSTEM_NAME" restart >/dev/null
       fi
       LOGS="tail -f $LOG_FILE"
@@ -341,6 +342,7 @@ start_service() {
           i=0; while kill -0 "$running" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
           kill -0 "$running" 2>/dev/null && fatal "kite (pid $running) did not stop in 30 s"
         fi
+        LOG_START=$(stat -c %s "$LOG_FILE" 2>/dev/null || echo 0)
         (
           set -a; . "$FILE_ENV"; set +a
           eval "set -- $EXEC_ARGS"
@@ -361,14 +363,20 @@ wait_ready() {
   what="the API"
   [ -n "$NO_NODE" ] || what="the node to be Ready"
   use_kubectl=""
-  if [ -z "$NO_NODE" ] && "$KITE" kubectl version --client >/dev/null 2>&1; then
+  if [ -n "$LOG_START" ]; then
+    # This run started it: its own "kite is ready" line (said once the API serves and the
+    # node is Ready, as READY=1 to systemd), not a Node status left from before.
+    what="kite to say it is ready"
+  elif [ -z "$NO_NODE" ] && "$KITE" kubectl version --client >/dev/null 2>&1; then
     use_kubectl=1
   elif [ -z "$NO_NODE" ]; then
     what="the API (no kubectl here to ask for the node)"
   fi
   info "waiting for $what"
   while :; do
-    if [ -z "$use_kubectl" ]; then
+    if [ -n "$LOG_START" ]; then
+      tail -c +$((LOG_START + 1)) "$LOG_FILE" 2>/dev/null | grep -q "kite is ready" && break
+    elif [ -z "$use_kubectl" ]; then
       curl -sk --max-time 1 "https://127.0.0.1:$API_PORT/readyz" 2>/dev/null | grep -q ok && break
     elif [ -f "$KUBECONFIG_FILE" ] && KUBECONFIG=$KUBECONFIG_FILE "$KITE" kubectl get nodes \
         -o 'jsonpath={.items[*].status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -q True; then
@@ -387,6 +395,7 @@ wait_ready() {
   done
 }
 
+LOG_START=""
 TMP_DIR=$(mktemp -d)
 trap 'rm -rf "$TMP_DIR"' EXIT
 NO_NODE=""

@@ -122,6 +122,19 @@ check "and leaves kite running" equals "$(cat "$PIDF")" "$pid"
 check "a missing release folder fails clearly" contains \
   "$(run_install INSTALL_KITE_RELEASE_URL="http://127.0.0.1:$HTTP_PORT/v9.9.9" <"$ROOT/install.sh" 2>&1)" "download of http://127.0.0.1:$HTTP_PORT/v9.9.9/sha256sum-amd64.txt failed"
 
+# A new release upgrades in place and restarts kite (when the static build is the release,
+# this build is the "new" one).
+if [ "$RELEASE_BIN" != "$KITE_BIN" ]; then
+  cp "$KITE_BIN" "$DIST/kite-amd64"
+  (cd "$DIST" && sha256sum kite-amd64 >sha256sum-amd64.txt)
+  out=$(run_install INSTALL_KITE_RELEASE_URL="http://127.0.0.1:$HTTP_PORT" <"$ROOT/install.sh" 2>&1); rc=$?
+  check "a new release installs over the old one" contains "$rc $out" "[INFO]  installed $BIN/kite"
+  check "and the installer succeeds" equals "$rc" 0
+  check "and restarts kite" bash -c "[ \"\$(cat $PIDF)\" != $pid ]"
+  check "the upgraded node is Ready when the installer returns" node_ready
+  pid=$(cat "$PIDF")
+fi
+
 # From a checkout with the binary present: nothing to build, nothing changes.
 out=$(env -u KITE_BIN INSTALL_KITE_SKIP_DOWNLOAD=true INSTALL_KITE_BIN_DIR="$BIN" INSTALL_KITE_NAME="$NAME" \
   INSTALL_KITE_SYSTEMD_DIR="$CONF" timeout 120 "$ROOT/install.sh" "${install_args[@]}" 2>&1); rc=$?

@@ -61,6 +61,8 @@ pub fn run(cfg: ServerConfig) -> Result<()> {
 
 async fn serve(cfg: ServerConfig) -> Result<()> {
     let started = std::time::Instant::now();
+    // The second this start began (condition times have whole seconds).
+    let boot_second = jiff::Timestamp::now().as_second();
     let server_dir = cfg.data_dir.join("server");
     std::fs::create_dir_all(&server_dir)
         .with_context(|| format!("creating data dir {}", server_dir.display()))?;
@@ -328,7 +330,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     let node_name = cfg.node_name.clone();
     tokio::spawn(async move {
         if let Some(client) = node_client {
-            wait_node_ready(client, &node_name).await;
+            wait_node_ready(client, &node_name, boot_second).await;
         }
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -348,8 +350,10 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     Ok(())
 }
 
-/// Waits until this server's own node is registered, then Ready, saying each once.
-async fn wait_node_ready(client: kube::Client, name: &str) {
+/// Waits until this server's own node is registered, then Ready, saying each once. Ready
+/// means this process's kubelet said so: a Ready condition left from before a restart
+/// (its heartbeat older than this start) does not count.
+async fn wait_node_ready(client: kube::Client, name: &str, since: i64) {
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
     let mut registered = false;
     loop {
@@ -363,7 +367,13 @@ async fn wait_node_ready(client: kube::Client, name: &str) {
                 .and_then(|s| s.conditions)
                 .unwrap_or_default()
                 .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
+                .any(|c| {
+                    c.type_ == "Ready"
+                        && c.status == "True"
+                        && c.last_heartbeat_time
+                            .as_ref()
+                            .is_some_and(|t| t.0.as_second() >= since)
+                });
             if ready {
                 tracing::info!(node = %name, "node is Ready");
                 return;
