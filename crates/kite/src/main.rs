@@ -23,6 +23,7 @@ fn version_line_names_the_served_kubernetes_version() {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    notify::take_socket();
     // Installed as `kubectl` (a link install.sh makes where no kubectl exists): act as
     // `kite kubectl`.
     let argv0 = std::env::args_os().next().unwrap_or_default();

@@ -2,7 +2,22 @@
 //! `READY=1`, for a unit of `Type=notify`. Without the variable (no systemd) it does
 //! nothing.
 
+use std::ffi::OsString;
 use std::os::unix::net::UnixDatagram;
+use std::sync::OnceLock;
+
+static SOCKET: OnceLock<Option<OsString>> = OnceLock::new();
+
+/// Takes `$NOTIFY_SOCKET` out of the environment, for [`ready`] alone: the programs kite
+/// starts must not inherit it (containerd says READY=1 itself as soon as it is up, which
+/// is not kite being ready). Call first thing in `main`, while there is one thread.
+pub fn take_socket() {
+    let path = std::env::var_os("NOTIFY_SOCKET");
+    if path.is_some() {
+        std::env::remove_var("NOTIFY_SOCKET");
+    }
+    let _ = SOCKET.set(path);
+}
 
 /// Tells the service manager that kite is ready, if one asked.
 pub fn ready() -> std::io::Result<()> {
@@ -10,7 +25,7 @@ pub fn ready() -> std::io::Result<()> {
 }
 
 fn send(msg: &[u8]) -> std::io::Result<()> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+    let Some(path) = SOCKET.get().cloned().flatten() else {
         return Ok(());
     };
     let sock = UnixDatagram::unbound()?;
@@ -35,8 +50,12 @@ mod tests {
         let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         // The only test in this binary that sets the variable.
         std::env::set_var("NOTIFY_SOCKET", &path);
+        super::take_socket();
+        assert!(
+            std::env::var_os("NOTIFY_SOCKET").is_none(),
+            "children do not inherit it"
+        );
         super::ready().unwrap();
-        std::env::remove_var("NOTIFY_SOCKET");
         let mut buf = [0u8; 128];
         let n = listener.recv(&mut buf).unwrap();
         assert!(std::str::from_utf8(&buf[..n])
