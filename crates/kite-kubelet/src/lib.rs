@@ -80,6 +80,9 @@ pub struct Options {
     /// Where an API server in this process reaches the kubelet server without TLS (see
     /// [`kite_pki::tls::LocalDial`]); served as the API server's kubelet client.
     pub local: kite_pki::tls::LocalDial,
+    /// Notified once, when the node's status first goes out Ready (`kite server` tells
+    /// systemd it is ready then).
+    pub ready: Arc<tokio::sync::Notify>,
 }
 
 impl Options {
@@ -434,13 +437,17 @@ async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubel
     let nodes: Api<Node> = Api::all(client.clone());
     let mut last_status = std::time::Instant::now() - Duration::from_secs(3600);
     let mut last_ready: Option<bool> = None;
+    let mut said_ready = false;
     let mut last_pressure: Option<kite_runtime::node::Pressure> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n = 0u64;
     let mut images_now = json!([]);
     let mut images_posted = json!(null);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = kubelet.readiness.notified() => {}
+        }
         if n.is_multiple_of(10) {
             let uid = kubelet.node().and_then(|n| n.metadata.uid.clone());
             if let Err(e) = kite_runtime::node::renew_lease(&leases, &opts.node_name, uid).await {
@@ -506,6 +513,10 @@ async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubel
                 .await
             {
                 Ok(_) => {
+                    if ready && !said_ready {
+                        said_ready = true;
+                        opts.ready.notify_one();
+                    }
                     images_posted = images_now.clone();
                     last_ready = Some(ready);
                     last_pressure = Some(pressure);

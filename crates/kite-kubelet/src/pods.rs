@@ -90,6 +90,9 @@ pub struct Kubelet {
     network_error: Mutex<Option<String>>,
     /// Set while the network is being set up, so it happens once.
     network_busy: std::sync::atomic::AtomicBool,
+    /// Woken when the node's readiness may have changed (its network came up or failed),
+    /// so the status goes out then, not at the next heartbeat.
+    pub readiness: tokio::sync::Notify,
     state: Mutex<HashMap<Key, PodState>>,
     images: images::Cache,
     /// Images' /etc/passwd and /etc/group, for who a container runs as.
@@ -197,6 +200,7 @@ impl Kubelet {
             network: Mutex::new(None),
             network_error: Mutex::new(None),
             network_busy: Default::default(),
+            readiness: tokio::sync::Notify::new(),
             state: Mutex::default(),
             waiting_on: Arc::default(),
             start_gate: tokio::sync::Semaphore::new(start_gate_size()),
@@ -286,6 +290,7 @@ impl Kubelet {
                     tracing::info!(pod_cidr = %cidr, "pod network ready");
                     *k.network.lock().unwrap() = Some(Arc::new(net));
                     *k.network_error.lock().unwrap() = None;
+                    k.readiness.notify_one();
                     for p in k.pods.list() {
                         k.queue.add(key_of(&*p));
                     }
@@ -293,6 +298,7 @@ impl Kubelet {
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "setting up the pod network");
                     *k.network_error.lock().unwrap() = Some(format!("{e:#}"));
+                    k.readiness.notify_one();
                 }
             }
         });

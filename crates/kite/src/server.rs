@@ -61,8 +61,9 @@ pub fn run(cfg: ServerConfig) -> Result<()> {
 
 async fn serve(cfg: ServerConfig) -> Result<()> {
     let started = std::time::Instant::now();
-    // The second this start began (condition times have whole seconds).
-    let boot_second = jiff::Timestamp::now().as_second();
+    // Notified by this process's kubelet when it first posts the node Ready: a Ready
+    // status left in the API from before a restart does not count.
+    let node_ready = Arc::new(tokio::sync::Notify::new());
     let server_dir = cfg.data_dir.join("server");
     std::fs::create_dir_all(&server_dir)
         .with_context(|| format!("creating data dir {}", server_dir.display()))?;
@@ -268,6 +269,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
                 client_ca_pem: pki.client_ca.cert_pem.clone(),
             }),
             local: local_kubelet.clone(),
+            ready: node_ready.clone(),
         };
         if !cfg.disable_kube_proxy {
             let client = local_client("system:kube-proxy");
@@ -325,12 +327,12 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     }
     // Ready: the API serves and, with a node, the node is Ready. systemd (Type=notify)
     // hears it through $NOTIFY_SOCKET.
-    let node_client =
-        (!cfg.disable_agent).then(|| local_client(&format!("system:node:{}", cfg.node_name)));
     let node_name = cfg.node_name.clone();
+    let with_node = !cfg.disable_agent;
     tokio::spawn(async move {
-        if let Some(client) = node_client {
-            wait_node_ready(client, &node_name, boot_second).await;
+        if with_node {
+            node_ready.notified().await;
+            tracing::info!(node = %node_name, "node is Ready");
         }
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -348,39 +350,6 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     }
     tracing::info!("shutting down");
     Ok(())
-}
-
-/// Waits until this server's own node is registered, then Ready, saying each once. Ready
-/// means this process's kubelet said so: a Ready condition left from before a restart
-/// (its heartbeat older than this start) does not count.
-async fn wait_node_ready(client: kube::Client, name: &str, since: i64) {
-    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
-    let mut registered = false;
-    loop {
-        if let Ok(Some(node)) = nodes.get_opt(name).await {
-            if !registered {
-                registered = true;
-                tracing::info!(node = %name, "node registered");
-            }
-            let ready = node
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| {
-                    c.type_ == "Ready"
-                        && c.status == "True"
-                        && c.last_heartbeat_time
-                            .as_ref()
-                            .is_some_and(|t| t.0.as_second() >= since)
-                });
-            if ready {
-                tracing::info!(node = %name, "node is Ready");
-                return;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
 }
 
 /// Logging, TLS provider and runtime for the commands that are API clients.
