@@ -14,7 +14,7 @@
 #   INSTALL_KITE_VERSION       a release to install instead of the latest (e.g. v0.2.0)
 #   INSTALL_KITE_SKIP_DOWNLOAD=true  use the kite already in INSTALL_KITE_BIN_DIR (or build
 #                              from this checkout when there is none)
-#   INSTALL_KITE_SKIP_DEPS=true      do not install containerd, runc, nftables
+#   INSTALL_KITE_SKIP_DEPS=true      do not install containerd, runc, nftables, conntrack
 #   INSTALL_KITE_SKIP_ENABLE=true    do not enable or start the service
 #   INSTALL_KITE_SKIP_START=true     enable but do not start it
 #   INSTALL_KITE_EXEC          command and flags for kite (flags on the command line follow)
@@ -194,8 +194,13 @@ build_binary() {
 }
 
 # --- what the node needs from the OS ------------------------------------------------------
-install_packages() { # WHY PKG...
+install_packages() { # WHY PKG...  (Debian's names; others' are mapped)
   why=$1; shift
+  if ! command -v apt-get >/dev/null 2>&1; then
+    # Fedora, RHEL and Alpine call conntrack's package conntrack-tools.
+    # shellcheck disable=SC2046
+    set -- $(for p in "$@"; do [ "$p" = conntrack ] && echo conntrack-tools || echo "$p"; done)
+  fi
   if command -v apt-get >/dev/null 2>&1; then
     info "installing $* for $why (apt-get)"
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
@@ -214,17 +219,18 @@ install_packages() { # WHY PKG...
 }
 
 setup_deps() {
-  [ "${INSTALL_KITE_SKIP_DEPS:-}" != true ] || { info "INSTALL_KITE_SKIP_DEPS: not checking containerd, runc, nftables"; return; }
+  [ "${INSTALL_KITE_SKIP_DEPS:-}" != true ] || { info "INSTALL_KITE_SKIP_DEPS: not checking containerd, runc, nftables, conntrack"; return; }
   [ -z "$NO_NODE" ] || return 0
   need=""
   command -v containerd >/dev/null 2>&1 || need="$need containerd"
   command -v runc >/dev/null 2>&1 || need="$need runc"
   command -v nft >/dev/null 2>&1 || need="$need nftables"
+  command -v conntrack >/dev/null 2>&1 || need="$need conntrack"
   if [ -n "$need" ]; then
     # shellcheck disable=SC2086
     install_packages "the node" $need
   else
-    info "containerd, runc and nftables are installed"
+    info "containerd, runc, nftables and conntrack are installed"
   fi
 }
 

@@ -19,6 +19,7 @@ command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler)
 command -v containerd >/dev/null || need_pkgs+=(containerd)
 command -v runc >/dev/null || need_pkgs+=(runc)
 command -v nft >/dev/null || need_pkgs+=(nftables)
+command -v conntrack >/dev/null || need_pkgs+=(conntrack)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 # The streams tier (tests/e2e/streams.sh) types into a terminal in tmux.
@@ -77,18 +78,28 @@ echo "   $unit_pass passed"
 echo "== building kite"
 cargo build --quiet -p kite
 # The static binary, as packaging/release.sh builds it (debug profile here, for time): the
-# install tier installs it from a release folder and runs it in an empty chroot.
+# install tier installs it from a release folder and runs it in an empty chroot. It builds
+# beside the first end-to-end tiers; the install tier, last of the node tier, waits for it.
 MUSL=x86_64-unknown-linux-musl
+STATIC_RC="$TARGET/static-build.rc"
+rm -f "$STATIC_RC" "$TARGET/static-build.log"
 if [ "$(uname -m)" = x86_64 ]; then
   if ! rustup target list --installed 2>/dev/null | grep -qx "$MUSL"; then
     timeout 300 rustup target add "$MUSL" >/dev/null 2>&1 || echo "   (Rust's $MUSL target cannot be installed here: the install tier skips its static-binary checks)"
   fi
   if rustup target list --installed 2>/dev/null | grep -qx "$MUSL"; then
-    echo "== building the static kite ($MUSL)"
-    cargo build --quiet -p kite --target "$MUSL"
-    export KITE_STATIC_BIN="$TARGET/$MUSL/debug/kite"
+    echo "== building the static kite ($MUSL), beside the end-to-end tiers"
+    { cargo build --quiet -p kite --target "$MUSL" >"$TARGET/static-build.log" 2>&1; echo $? >"$STATIC_RC"; } &
   fi
 fi
+# static_bin: waits (bounded) for the static build; prints its path if it succeeded.
+static_bin() {
+  local i
+  for i in $(seq 900); do [ -f "$STATIC_RC" ] && break; sleep 1; done
+  if [ "$(cat "$STATIC_RC" 2>/dev/null)" = 0 ]; then
+    echo "$TARGET/$MUSL/debug/kite"
+  fi
+}
 
 echo "== end-to-end tiers (in parallel; each has its own server, port and data dir)"
 logs="$TARGET/e2e-logs"
@@ -133,6 +144,11 @@ node_tier() {
   KUBECTL="${KUBECTLS[-1]}" timeout 300 bash tests/e2e/cni.sh || { r=$?; rc=1; [ $r = 124 ] && echo "FAIL - the CNI tier was killed after 300 s"; }
   # Installing (install.sh piped from a loopback release folder, uninstall): one kubectl.
   echo "## install tier with $(basename "${KUBECTLS[-1]}")"
+  if [ -f "$TARGET/static-build.log" ] || [ -f "$STATIC_RC" ]; then
+    KITE_STATIC_BIN=$(static_bin)
+    [ -n "$KITE_STATIC_BIN" ] || { echo "FAIL - the static (musl) build failed:"; tail -5 "$TARGET/static-build.log"; }
+    export KITE_STATIC_BIN
+  fi
   KUBECTL="${KUBECTLS[-1]}" timeout 300 bash tests/e2e/install.sh || { r=$?; rc=1; [ $r = 124 ] && echo "FAIL - the install tier was killed after 300 s"; }
   # One last line for the report: each part's own summary.
   awk '/^## / {h = substr($0, 4); sub(/ tier with /, " (", h); h = h ")"; next}

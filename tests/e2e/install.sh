@@ -86,7 +86,7 @@ out=$(run_install INSTALL_KITE_RELEASE_URL="http://127.0.0.1:$HTTP_PORT" <"$ROOT
 echo "$out" | sed 's/^/    | /'
 check "piped install.sh from a release folder succeeds" equals "$rc" 0
 check "it verified the download's checksum" contains "$out" "checksum verified"
-check "it found containerd, runc and nftables (or installed them)" contains "$out" "containerd, runc and nftables"
+check "it found containerd, runc, nftables and conntrack (or installed them)" contains "$out" "containerd, runc, nftables and conntrack"
 check "with no init system it starts kite detached, saying where the log is" contains "$out" "started kite server detached"
 check "it waited for the node and printed the next steps" contains "$out" "kubectl get nodes"
 check "the installed binary is the release's" equals "$(sha256sum <"$BIN/kite")" "$(sha256sum <"$DIST/kite-amd64")"

@@ -375,6 +375,54 @@ wait_for 10 "the table to go with the last policy" bash -c "! nft list tables | 
 check "policy: with no policies left, the table is gone" bash -c "! nft list tables | grep -q kite-netpol"
 check "and other reaches srv again" from np-other other http://srv.np-server/
 
+# UDP: a client that keeps sending from one port must follow the Service to another
+# endpoint once its endpoint is gone. conntrack keeps a UDP flow's NAT choice while
+# packets keep coming, so the proxy deletes the flows a removed endpoint answered
+# (conntrack -D). The pods run no UDP server: the flow (unreplied) is what is checked.
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Service
+metadata: {name: udp-flow}
+spec:
+  selector: {app: udp-flow}
+  ports: [{port: 53, protocol: UDP, targetPort: 5353}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: udp-a, labels: {app: udp-flow}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - {name: c, image: kite.test/shell:1, command: [sleep, "3600"]}
+YAML
+wait_for 60 "udp-a to run" running udp-a
+UCIP=$(kc get svc udp-flow -o jsonpath='{.spec.clusterIP}')
+UPORT=$(free_port)
+# Bounded: 600 datagrams, one every 0.1 s, from one source port.
+python3 - "$UCIP" "$UPORT" <<'PY' >/dev/null 2>&1 &
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[2])))
+for _ in range(600):
+    s.sendto(b"x", (sys.argv[1], 53))
+    time.sleep(0.1)
+PY
+UDP_CLIENT=$!
+AFTER_CLEANUP="$AFTER_CLEANUP; kill $UDP_CLIENT 2>/dev/null"
+flow_to() { conntrack -L -p udp --orig-dst "$UCIP" --orig-port-src "$UPORT" 2>/dev/null | grep -q "src=$1 "; }
+A_IP=$(kc get pod udp-a -o jsonpath='{.status.podIP}')
+wait_for 10 "the UDP flow to reach udp-a" flow_to "$A_IP"
+check "udp: the client's flow goes to udp-a" flow_to "$A_IP"
+kc run udp-b --image kite.test/shell:1 --labels app=udp-flow --restart Never --command -- sleep 3600 >/dev/null
+wait_for 60 "udp-b to run" running udp-b
+B_IP=$(kc get pod udp-b -o jsonpath='{.status.podIP}')
+sleep 1
+check "udp: with udp-b there too, the flow stays with udp-a" flow_to "$A_IP"
+kc delete pod udp-a --grace-period=0 --force >/dev/null 2>&1
+wait_for 15 "the UDP flow to move to udp-b" flow_to "$B_IP"
+check "udp: once udp-a is gone, the same client's flow reaches udp-b" flow_to "$B_IP"
+kill "$UDP_CLIENT" 2>/dev/null
+
 stop_server
 node_cleanup
 check "kite-killall.sh removes the table" bash -c "! nft list tables | grep -q kite-proxy"

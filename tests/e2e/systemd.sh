@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # End-to-end: install.sh under a real systemd (issue 18). A Debian root filesystem made with
-# debootstrap (from the machine's own apt sources) boots under `systemd-nspawn --boot`;
-# install.sh, piped inside from a loopback release folder, writes kite.service, enables
-# and starts it, and systemd sees READY=1 (Type=notify); kubectl answers; a re-run leaves
-# the service alone; kite-uninstall.sh leaves no unit and no binary. The unit is also
-# checked with `systemd-analyze verify`.
+# debootstrap (from the machine's own apt sources) boots under `systemd-nspawn --boot`,
+# in a network namespace of its own (--private-network: nothing it runs, kite-killall.sh
+# included, touches the host's interfaces or tables); install.sh, piped inside with the
+# release binary already in place (INSTALL_KITE_SKIP_DOWNLOAD: the download is the install
+# tier's), writes kite.service, enables and starts it, and systemd sees READY=1
+# (Type=notify); kubectl, run in the container's network namespace, answers; a re-run
+# leaves the service alone; kite-uninstall.sh leaves no unit and no binary. The unit is
+# also checked with `systemd-analyze verify`.
 #
 # The container's cgroup hierarchies are read-only (nspawn's default), so a node cannot
 # run pods in it: kite runs there with --disable-agent, and Ready means the API serves.
@@ -44,7 +47,9 @@ cp -a "$CACHE" "$WORK/rootfs"
 # Boot it. --keep-unit and --register=no: the host has no systemd to make a scope or
 # register a machine with.
 MACHINE=kite-e2e-$$
-setsid systemd-nspawn -q -D "$WORK/rootfs" --boot --register=no --keep-unit --machine "$MACHINE" \
+mkdir -p "$WORK/rootfs/usr/local/bin"
+cp "$RELEASE_BIN" "$WORK/rootfs/usr/local/bin/kite"
+setsid systemd-nspawn -q -D "$WORK/rootfs" --boot --register=no --keep-unit --private-network --machine "$MACHINE" \
   </dev/null >"$WORK/boot.log" 2>&1 &
 NSPAWN=$!
 stop_container() {
@@ -55,7 +60,6 @@ stop_container() {
   NSPAWN=""
 }
 cleanup() {
-  [ -n "${HTTP_PID:-}" ] && kill "$HTTP_PID" 2>/dev/null
   stop_container
   rm -rf "$WORK"
 }
@@ -74,23 +78,15 @@ case "$state" in
 esac
 check "systemd boots in the container" true
 
-# A release folder on loopback (the container shares the host's network).
-DIST="$WORK/dist"
-mkdir -p "$DIST"
-cp "$RELEASE_BIN" "$DIST/kite-amd64"
-(cd "$DIST" && sha256sum kite-amd64 >sha256sum-amd64.txt)
-HTTP_PORT=$(free_port)
-python3 -m http.server --bind 127.0.0.1 --directory "$DIST" "$HTTP_PORT" >"$WORK/http.log" 2>&1 &
-HTTP_PID=$!
-wait_for 10 "the release folder to be served" curl -sf -o /dev/null "http://127.0.0.1:$HTTP_PORT/sha256sum-amd64.txt"
-API_PORT=$(free_port)
+API_PORT=6443
 install_kite() {
-  inside env INSTALL_KITE_RELEASE_URL="http://127.0.0.1:$HTTP_PORT" INSTALL_KITE_SKIP_DEPS=true \
+  inside env INSTALL_KITE_SKIP_DOWNLOAD=true INSTALL_KITE_SKIP_DEPS=true \
     timeout 120 sh -s - --disable-agent --https-listen-port "$API_PORT" --write-kubeconfig-mode 644 "$@" <"$ROOT/install.sh" 2>&1
 }
 out=$(install_kite); rc=$?
 echo "$out" | sed 's/^/    | /'
 check "install.sh succeeds under systemd" equals "$rc" 0
+check "it uses the binary in place" contains "$out" "INSTALL_KITE_SKIP_DOWNLOAD: using /usr/local/bin/kite"
 check "it starts kite.service" contains "$out" "starting kite.service"
 check "kite.service is active" equals "$(inside systemctl is-active kite)" active
 check "kite.service is Type=notify and kite said READY=1" equals \
@@ -98,6 +94,8 @@ check "kite.service is Type=notify and kite said READY=1" equals \
 check "it is enabled" equals "$(inside systemctl is-enabled kite)" enabled
 check "its env file is beside it" test -f "$WORK/rootfs/etc/systemd/system/kite.service.env"
 export KUBECONFIG="$WORK/rootfs/etc/kite/kite.yaml"
+# kubectl from the host, in the container's network namespace only.
+kc() { nsenter -t "$LEADER" -n -- "$KUBECTL" "$@"; }
 check "kubectl answers" contains "$(kc get ns default -o name 2>&1)" "namespace/default"
 check "kubectl get nodes answers (no node: --disable-agent)" equals "$(kc get nodes -o name 2>&1)" ""
 pid=$(inside systemctl show kite -p MainPID --value)

@@ -388,15 +388,18 @@ fn swap(root: &Path) -> Finding {
 /// A tool the node runs, the oldest version that works and the packages that bring it.
 struct Tool {
     name: &'static str,
+    /// Whether the node cannot work without it (else a warning).
+    required: bool,
     version_args: &'static [&'static str],
     min: (u32, u32),
     packages: &'static str,
     for_what: &'static str,
 }
 
-const TOOLS: [Tool; 3] = [
+const TOOLS: [Tool; 4] = [
     Tool {
         name: "containerd",
+        required: true,
         version_args: &["--version"],
         min: (1, 6),
         packages: "containerd",
@@ -404,6 +407,7 @@ const TOOLS: [Tool; 3] = [
     },
     Tool {
         name: "runc",
+        required: true,
         version_args: &["--version"],
         min: (1, 1),
         packages: "runc",
@@ -411,10 +415,19 @@ const TOOLS: [Tool; 3] = [
     },
     Tool {
         name: "nft",
+        required: true,
         version_args: &["--version"],
         min: (0, 9),
         packages: "nftables",
         for_what: "programs Services and NetworkPolicy",
+    },
+    Tool {
+        name: "conntrack",
+        required: false,
+        version_args: &["--version"],
+        min: (1, 0),
+        packages: "conntrack",
+        for_what: "deletes a removed endpoint's UDP flows, so UDP clients follow a Service to its new endpoints",
     },
 ];
 
@@ -444,11 +457,12 @@ fn tool(path: Option<&std::ffi::OsStr>, t: &Tool) -> Finding {
         p = t.packages
     );
     let Some(bin) = find_on_path(path, t.name) else {
-        return Finding::fail(
-            t.name,
-            format!("not found on PATH ({})", t.for_what),
-            install,
-        );
+        let detail = format!("not found on PATH ({})", t.for_what);
+        return if t.required {
+            Finding::fail(t.name, detail, install)
+        } else {
+            Finding::warn(t.name, detail, install)
+        };
     };
     let out = Command::new(&bin).args(t.version_args).output();
     let text = match out {
@@ -683,6 +697,8 @@ mod tests {
         }
         let f = check(&opts(d.path()));
         assert_eq!(find(&f, "containerd").level, Level::Pass, "{f:?}");
+        // conntrack is missing from this PATH: a warning, not a failure.
+        assert_eq!(find(&f, "conntrack").level, Level::Warn, "{f:?}");
         assert_eq!(find(&f, "nft").level, Level::Pass, "{f:?}");
         let r = find(&f, "runc");
         assert_eq!(r.level, Level::Fail, "{r:?}");

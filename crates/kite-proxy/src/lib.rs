@@ -9,6 +9,7 @@
 //! loop: a change wakes it, changes that come together are applied together, and a failed
 //! transaction makes the next one rebuild the table whole.
 
+pub mod conntrack;
 pub mod model;
 pub mod nft;
 pub mod rules;
@@ -56,6 +57,9 @@ pub async fn run(client: kube::Client, opts: Options) -> anyhow::Result<()> {
     prepare_host();
     let mut applied: Option<rules::Ruleset> = None;
     let mut missing_said = false;
+    // The Service ports the kernel has now, for the UDP flows an endpoint change leaves.
+    let mut programmed: Vec<model::ServicePort> = Vec::new();
+    let mut conntrack_said = false;
     loop {
         let started = std::time::Instant::now();
         let svcs = services.list();
@@ -78,6 +82,16 @@ pub async fn run(client: kube::Client, opts: Options) -> anyhow::Result<()> {
                         "programmed"
                     );
                     applied = Some(next);
+                    let stale = conntrack::stale(&programmed, &ports);
+                    if !stale.is_empty() {
+                        if let Err(e) = conntrack::delete(&stale).await {
+                            if !conntrack_said {
+                                tracing::warn!(error = %e, "cannot delete stale UDP flows (install the conntrack package): UDP clients may keep reaching a removed endpoint");
+                                conntrack_said = true;
+                            }
+                        }
+                    }
+                    programmed = ports;
                 }
                 Err(e @ nft::NftError::Missing) => {
                     // Said once; nft may be installed later.
