@@ -83,7 +83,7 @@ setup_env() {
   fi
   rm -f "$BIN_DIR/.kite-install"
 
-  if [ -d /run/systemd/system ] && [ "$(ps -p 1 -o comm= 2>/dev/null)" = systemd ]; then
+  if [ -d /run/systemd/system ] && [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
     INIT=systemd
     CONF_DIR=${INSTALL_KITE_SYSTEMD_DIR:-/etc/systemd/system}
   elif [ -x /sbin/openrc-run ] && command -v rc-service >/dev/null 2>&1; then
