@@ -82,15 +82,8 @@ pub async fn list(cd: &Containerd, uid: &str) -> Result<Vec<Info>> {
 /// The pod uids of every container kite made, for orphan clean-up. Only containerd's
 /// metadata is read (no task is asked), so a stuck shim cannot hold this up.
 pub async fn pod_uids(cd: &Containerd) -> Result<std::collections::HashSet<String>> {
-    let cs = cd
-        .containers()
-        .list(cd.req(ListContainersRequest {
-            filters: vec![format!("labels.\"{L_POD_UID}\"")],
-        }))
+    Ok(kites(cd)
         .await?
-        .into_inner()
-        .containers;
-    Ok(cs
         .into_iter()
         .filter_map(|c| c.labels.get(L_POD_UID).cloned())
         .collect())
@@ -99,16 +92,8 @@ pub async fn pod_uids(cd: &Containerd) -> Result<std::collections::HashSet<Strin
 /// Every container kite made on this node with its pod's namespace and name, by pod
 /// then attempt: what `kite ps` shows when the API is down.
 pub async fn list_all(cd: &Containerd) -> Result<Vec<(String, String, Info)>> {
-    let cs = cd
-        .containers()
-        .list(cd.req(ListContainersRequest {
-            filters: vec![format!("labels.\"{L_POD_UID}\"")],
-        }))
-        .await?
-        .into_inner()
-        .containers;
     let mut out = Vec::new();
-    for c in cs {
+    for c in kites(cd).await? {
         let label = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
         let (ns, pod) = (label(L_POD_NS), label(L_POD_NAME));
         out.push((ns, pod, info(cd, c).await?));
@@ -117,6 +102,18 @@ pub async fn list_all(cd: &Containerd) -> Result<Vec<(String, String, Info)>> {
         (&a.0, &a.1, &a.2.name, a.2.attempt).cmp(&(&b.0, &b.1, &b.2.name, b.2.attempt))
     });
     Ok(out)
+}
+
+/// containerd's records of every container kite made (those with a pod uid label).
+async fn kites(cd: &Containerd) -> Result<Vec<Container>> {
+    Ok(cd
+        .containers()
+        .list(cd.req(ListContainersRequest {
+            filters: vec![format!("labels.\"{L_POD_UID}\"")],
+        }))
+        .await?
+        .into_inner()
+        .containers)
 }
 
 async fn list_filtered(cd: &Containerd, filter: &str) -> Result<Vec<Info>> {
