@@ -86,24 +86,32 @@ pub struct PassArgs {
     pub args: Vec<std::ffi::OsString>,
 }
 
-/// `kite ps` flags.
+/// Where the node's containerd is, for the commands that talk to it directly.
 #[derive(Args, Debug, Clone)]
-pub struct PsArgs {
+pub struct ContainerdArgs {
     /// kite's data directory [default: /var/lib/kite as root, ~/.kite otherwise].
     #[arg(long, short = 'd', env = "KITE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// containerd socket, if not kite's own.
     #[arg(long, env = "KITE_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<PathBuf>,
-    /// Show exited containers too.
-    #[arg(long, short = 'a')]
-    pub all: bool,
 }
 
-impl PsArgs {
+impl ContainerdArgs {
+    /// The containerd socket these commands use.
     pub fn socket(&self) -> PathBuf {
         socket_of(&self.container_runtime_endpoint, &self.data_dir)
     }
+}
+
+/// `kite ps` flags.
+#[derive(Args, Debug, Clone)]
+pub struct PsArgs {
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
+    /// Show exited containers too.
+    #[arg(long, short = 'a')]
+    pub all: bool,
 }
 
 /// The containerd socket kite's commands use: the one given, else the data dir's.
@@ -161,12 +169,8 @@ impl CheckConfigArgs {
 /// `kite images` flags and subcommands.
 #[derive(Args, Debug, Clone)]
 pub struct ImagesArgs {
-    /// kite's data directory [default: /var/lib/kite as root, ~/.kite otherwise].
-    #[arg(long, short = 'd', env = "KITE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// containerd socket, if not kite's own.
-    #[arg(long, env = "KITE_CONTAINER_RUNTIME_ENDPOINT")]
-    pub container_runtime_endpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
     #[command(subcommand)]
     pub action: ImagesAction,
 }
@@ -187,13 +191,6 @@ pub enum ImagesAction {
         #[arg(required = true)]
         names: Vec<String>,
     },
-}
-
-impl ImagesArgs {
-    /// The containerd socket these commands use.
-    pub fn socket(&self) -> PathBuf {
-        socket_of(&self.container_runtime_endpoint, &self.data_dir)
-    }
 }
 
 pub fn default_data_dir() -> PathBuf {

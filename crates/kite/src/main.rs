@@ -53,7 +53,7 @@ fn main() {
         }
         config::Command::Kubectl(a) => tools::kubectl(&a.args),
         config::Command::Ctr(a) => tools::ctr(&a.args),
-        config::Command::Ps(a) => tools::ps(&a.socket(), a.all),
+        config::Command::Ps(a) => tools::ps(&a.containerd.socket(), a.all),
         config::Command::Packaging { file } => tools::packaging(&file),
     };
     exit_on_error(result);

@@ -394,7 +394,7 @@ pub fn run_images(args: &crate::config::ImagesArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async {
-        let socket = args.socket();
+        let socket = args.containerd.socket();
         let cd = kite_kubelet::containerd::Containerd::connect(&socket, std::time::Duration::from_secs(2))
             .await
             .map_err(|_| anyhow::anyhow!("containerd is not running at {} (start `kite server`, or pass --data-dir / --container-runtime-endpoint)", socket.display()))?;
