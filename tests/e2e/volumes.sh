@@ -184,6 +184,11 @@ wait_for 60 "imgvol to run" running imgvol
 check "an image volume holds the image's files" equals "$(kc exec imgvol -- ls /img/usr/bin)" "hello"
 check "read-only" fails_with "Read-only file system" kc exec imgvol -- touch /img/x
 imguid=$(kc get pod imgvol -o jsonpath='{.metadata.uid}')
+# A one-layer image's volume is a bind mount from the same filesystem: every sync of
+# the pod must see it as mounted (by the mount table), not stack another on it.
+kc label pod imgvol resynced=1 >/dev/null; kc label pod imgvol resynced=2 --overwrite >/dev/null; sleep 1
+check "an image volume is mounted once, however often the pod syncs" \
+  equals "$(grep -c " $DATA/agent/pods/$imguid/volumes/kubernetes.io~image/img " /proc/self/mountinfo || true)" "1"
 kc delete pod imgvol --wait=true --timeout=60s >/dev/null
 check "deleting the pod unmounts it" equals "$(grep -c " $DATA/agent/pods/$imguid/" /proc/self/mountinfo || true)" "0"
 

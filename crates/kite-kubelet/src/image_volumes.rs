@@ -30,7 +30,7 @@ pub async fn mount(
     top: &str,
     dir: &Path,
 ) -> Result<()> {
-    if is_mount_point(dir) {
+    if crate::volumes::is_mount_point(dir) {
         return Ok(());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -117,15 +117,6 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
         .with_context(|| format!("making {} read-only", target.display()))?;
     }
     Ok(())
-}
-
-/// Whether something is mounted at `dir` (an image volume set up already).
-pub fn is_mount_point(dir: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(dir), dir.parent().map(std::fs::metadata)) {
-        (Ok(d), Some(Ok(p))) => d.dev() != p.dev(),
-        _ => false,
-    }
 }
 
 /// Removes the pod's image-volume snapshots (after their mounts are gone).

@@ -1753,7 +1753,7 @@ impl Kubelet {
                 .pod_dir(uid)
                 .join("volumes/kubernetes.io~image")
                 .join(&v.name);
-            if crate::image_volumes::is_mount_point(&dir) {
+            if crate::volumes::is_mount_point(&dir) {
                 out.insert(v.name.clone(), dir);
                 continue;
             }

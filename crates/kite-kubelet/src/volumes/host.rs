@@ -73,7 +73,8 @@ pub fn check_host_path(path: &str, ty: &str) -> Result<(), String> {
     }
 }
 
-/// Mount points under `dir` (itself included), deepest first.
+/// Mount points under `dir` (itself included), deepest first; a point with mounts
+/// stacked on it appears once per mount, so that unmounting each entry clears it.
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut out: Vec<PathBuf> = text
@@ -84,9 +85,14 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .filter(|p| p.starts_with(dir))
         .collect();
     out.sort();
-    out.dedup();
     out.reverse();
     out
+}
+
+/// Whether something is mounted at `dir` itself. By the mount table, not by device
+/// numbers: a bind mount from the same filesystem keeps its parent's device.
+pub fn is_mount_point(dir: &Path) -> bool {
+    mounts_under(dir).iter().any(|m| m == dir)
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -112,7 +118,7 @@ fn unescape(s: &str) -> String {
 
 /// A tmpfs on `dir`, unless one is there already.
 pub fn ensure_tmpfs(dir: &Path, size: Option<i64>) -> Result<(), String> {
-    if mounts_under(dir).iter().any(|m| m == dir) {
+    if is_mount_point(dir) {
         return Ok(());
     }
     let mut opts = "mode=0755".to_string();

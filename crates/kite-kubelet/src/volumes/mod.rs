@@ -13,6 +13,7 @@
 
 pub mod atomic;
 mod host;
+pub use host::is_mount_point;
 pub mod sources;
 
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
