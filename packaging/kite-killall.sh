@@ -7,9 +7,11 @@ set -u
 # KITE_PID_FILE: the pid file of a kite started without an init system.
 # KITE_SERVICE: the systemd or OpenRC service that runs kite.
 # KITE_KILLALL_NODE_ONLY=1: leave the kite process alone (tests stop their own server).
+# KITE_CGROUP_ROOT: the node's --cgroup-root (kite).
 DATA=${KITE_DATA_DIR:-/var/lib/kite}
 PID_FILE=${KITE_PID_FILE:-/run/kite.pid}
 SERVICE=${KITE_SERVICE:-kite}
+CG=${KITE_CGROUP_ROOT:-kite}
 SOCK="$DATA/agent/run/containerd.sock"
 CTR="ctr -a $SOCK -n k8s.io"
 
@@ -58,10 +60,10 @@ for p in /proc/[0-9]*; do
   esac
 done
 # Whatever is left in kite's pod cgroups, then the cgroups themselves, deepest first.
-for f in $(find /sys/fs/cgroup -path '*/kite/kubepods*' -name cgroup.procs 2>/dev/null); do
+for f in $(find /sys/fs/cgroup -path "*/$CG/kubepods*" -name cgroup.procs 2>/dev/null); do
   for pid in $(cat "$f" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
 done
-find /sys/fs/cgroup -depth -type d \( -path '*/kite/*' -o -name kite \) -exec rmdir {} \; 2>/dev/null || true
+find /sys/fs/cgroup -depth -type d \( -path "*/$CG/*" -o -name "$CG" \) -exec rmdir {} \; 2>/dev/null || true
 # Network and mounts kite creates for pods: kite* interfaces, nftables tables and mounts
 # under the data dir.
 for dev in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^kite' || true); do

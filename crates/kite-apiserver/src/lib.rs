@@ -82,6 +82,9 @@ pub struct ServerOptions {
     pub local_kubelet: Option<(String, kite_pki::tls::LocalDial)>,
     /// The key ServiceAccount tokens are signed with (PKCS#8 DER, ECDSA P-256).
     pub service_account_key: Option<Vec<u8>>,
+    /// Routes served beside the API on the same listener, before authentication (the
+    /// join endpoint: it authenticates with join tokens of its own).
+    pub extra_routes: Option<axum::Router>,
 }
 
 /// A running API server.
@@ -152,7 +155,10 @@ pub async fn start(
             None => None,
         },
     });
-    let app = http::router(state.clone());
+    let mut app = http::router(state.clone());
+    if let Some(extra) = opts.extra_routes {
+        app = app.merge(extra);
+    }
     let task = tokio::spawn(serve::serve(listener, opts.tls, app.clone()));
     Ok(RunningServer {
         addr,

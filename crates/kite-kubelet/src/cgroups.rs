@@ -52,6 +52,19 @@ pub fn qos_class(pod: &Pod) -> &'static str {
     )
 }
 
+/// The cgroup under which this process's kubelet keeps its pods (`--cgroup-root`,
+/// `kite` unless set): several nodes on one host keep apart.
+static ROOT_NAME: OnceLock<String> = OnceLock::new();
+
+/// Sets the kubelet's cgroup root once, before any pod starts (later calls are ignored).
+pub fn set_root(name: &str) {
+    let _ = ROOT_NAME.set(name.trim_matches('/').to_string());
+}
+
+fn root_name() -> &'static str {
+    ROOT_NAME.get().map(String::as_str).unwrap_or("kite")
+}
+
 /// The cgroup parent of a pod's containers.
 pub fn pod_cgroup(pod: &Pod) -> String {
     let uid = pod
@@ -61,8 +74,8 @@ pub fn pod_cgroup(pod: &Pod) -> String {
         .unwrap_or_default()
         .replace('-', "_");
     match qos_class(pod) {
-        "Guaranteed" => format!("/kite/kubepods/pod{uid}"),
-        q => format!("/kite/kubepods/{}/pod{uid}", q.to_lowercase()),
+        "Guaranteed" => format!("/{}/kubepods/pod{uid}", root_name()),
+        q => format!("/{}/kubepods/{}/pod{uid}", root_name(), q.to_lowercase()),
     }
 }
 
@@ -350,7 +363,8 @@ pub fn remove_pod(uid: &str) {
     }
     for root in roots {
         for sub in ["", "burstable/", "besteffort/"] {
-            let _ = std::fs::remove_dir(root.join(format!("kite/kubepods/{sub}pod{uid}")));
+            let _ =
+                std::fs::remove_dir(root.join(format!("{}/kubepods/{sub}pod{uid}", root_name())));
         }
     }
 }
@@ -370,8 +384,12 @@ pub fn update_qos<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Result<()> {
         shares,
         ..Default::default()
     };
-    apply("/kite/kubepods/besteffort", &tier(MIN_SHARES))?;
-    apply("/kite/kubepods/burstable", &tier(self::shares(burstable)))
+    let r = root_name();
+    apply(&format!("/{r}/kubepods/besteffort"), &tier(MIN_SHARES))?;
+    apply(
+        &format!("/{r}/kubepods/burstable"),
+        &tier(self::shares(burstable)),
+    )
 }
 
 #[cfg(test)]

@@ -83,6 +83,8 @@ pub struct Options {
     /// Notified once, when the node's status first goes out Ready (`kite server` tells
     /// systemd it is ready then).
     pub ready: Arc<tokio::sync::Notify>,
+    /// The cgroup the node's pods go under (`--cgroup-root`; `kite`).
+    pub cgroup_root: String,
 }
 
 impl Options {
@@ -99,6 +101,7 @@ impl Options {
 /// Starts containerd (unless given one), imports `<data-dir>/agent/images`, registers the
 /// node and runs until the process ends.
 pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
+    cgroups::set_root(&opts.cgroup_root);
     let cd = connect_runtime(&opts).await?;
     tracing::info!("containerd answers");
     import_image_dir(&cd, &opts.data_dir).await;

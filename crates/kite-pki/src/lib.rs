@@ -230,13 +230,12 @@ impl Pki {
     }
 }
 
-fn issue(
-    issuer: &Issuer<'_, KeyPair>,
+fn leaf_params(
     cn: &str,
     orgs: &[&str],
     sans: &[String],
     usage: ExtendedKeyUsagePurpose,
-) -> Result<CertKey> {
+) -> Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     for s in sans {
         params
@@ -258,12 +257,89 @@ fn issue(
     ];
     params.extended_key_usages = vec![usage];
     params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+fn issue(
+    issuer: &Issuer<'_, KeyPair>,
+    cn: &str,
+    orgs: &[&str],
+    sans: &[String],
+    usage: ExtendedKeyUsagePurpose,
+) -> Result<CertKey> {
+    let params = leaf_params(cn, orgs, sans, usage)?;
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, issuer)?;
     Ok(CertKey {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// What a node asks to be certified as (the subject and names are the server's choice,
+/// not the request's: only the request's public key is used).
+pub enum NodeCert<'a> {
+    /// A client certificate for `cn` in groups `orgs`.
+    Client { cn: &'a str, orgs: &'a [&'a str] },
+    /// A serving certificate for `cn` with the names and addresses `sans`.
+    Serving { cn: &'a str, sans: &'a [String] },
+}
+
+impl Pki {
+    /// Signs the public key of `csr_pem` (a PKCS#10 request) as `what`, valid for `days`
+    /// from now: the server's half of a node joining.
+    pub fn sign_request(&self, csr_pem: &str, what: NodeCert<'_>, days: i64) -> Result<String> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let (ca, ca_file, cn, orgs, sans, usage): (_, _, _, &[&str], &[String], _) = match what {
+            NodeCert::Client { cn, orgs } => (
+                &self.client_ca,
+                "client-ca.crt",
+                cn,
+                orgs,
+                &[],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+            NodeCert::Serving { cn, sans } => (
+                &self.server_ca,
+                "server-ca.crt",
+                cn,
+                &[],
+                sans,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+        };
+        let issuer = ca.issuer(&self.dir.join(ca_file))?;
+        let mut params = leaf_params(cn, orgs, sans, usage)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        // A little slack for clocks that disagree.
+        params.not_before = unix_to_datetime(now - 3600);
+        params.not_after = unix_to_datetime(now + days * 86400);
+        Ok(params.signed_by(&csr.public_key, &issuer)?.pem())
+    }
+}
+
+fn unix_to_datetime(secs: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// A new private key and a certificate request for it (PEM, PEM): the node's half of
+/// joining. The server decides the subject; the request only carries the key.
+pub fn new_request() -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let params = CertificateParams::new(Vec::<String>::new())?;
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+/// When a PEM certificate stops being valid (seconds since the epoch).
+pub fn not_after(cert_pem: &str) -> Option<i64> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// The user a client certificate names: CN is the user, each O a group.
@@ -306,6 +382,37 @@ pub fn kubeconfig(server_url: &str, ca_pem: &str, client: &CertKey) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_signed_with_the_servers_subject_and_a_bounded_life() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &["localhost".to_string()]).unwrap();
+        let (_key, csr) = new_request().unwrap();
+        let cert = pki
+            .sign_request(
+                &csr,
+                NodeCert::Client {
+                    cn: "system:node:a",
+                    orgs: &["system:nodes"],
+                },
+                365,
+            )
+            .unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        let id = identity_from_der(&der).unwrap();
+        assert_eq!(id.user, "system:node:a");
+        assert_eq!(id.groups, vec!["system:nodes".to_string()]);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let left = not_after(&cert).unwrap() - now;
+        assert!((364 * 86400..=366 * 86400).contains(&left), "{left}");
+        assert!(pki
+            .sign_request("not a request", NodeCert::Client { cn: "x", orgs: &[] }, 1)
+            .is_err());
+    }
 
     #[test]
     fn creates_then_reuses_and_reissues_on_new_sans() {

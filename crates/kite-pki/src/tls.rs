@@ -57,6 +57,15 @@ pub fn client_config(
     Ok(Arc::new(cfg))
 }
 
+/// A client TLS config that trusts `ca_pem` and presents no certificate (HTTP/1.1).
+pub fn anonymous_client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots(ca_pem)?)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// A client TLS config that accepts any server certificate (HTTP/1.1): what upstream uses
 /// where it does not verify, HTTPS probes and `https:` pod proxies. Signatures are still
 /// checked, so the handshake is sound; who the server is, is not.

@@ -352,7 +352,19 @@ fn spread_state<'a>(p: &'a PodInfo, cache: &Cache, when: &str) -> Vec<Spread<'a>
                 let Some(v) = nl.get(&c.topology_key) else {
                     continue;
                 };
-                if !node_affinity_matches(p, nl, ni.name()) {
+                // nodeAffinityPolicy (Honor by default) and nodeTaintsPolicy (Ignore by
+                // default): which nodes count, as upstream's NodeInclusionPolicy.
+                if c.node_affinity_policy.as_deref() != Some("Ignore")
+                    && !node_affinity_matches(p, nl, ni.name())
+                {
+                    continue;
+                }
+                if c.node_taints_policy.as_deref() == Some("Honor")
+                    && node_taints(ni).iter().any(|t| {
+                        matches!(t.effect.as_str(), "NoSchedule" | "NoExecute")
+                            && !tolerates(tolerations(p), t)
+                    })
+                {
                     continue;
                 }
                 let n = ni

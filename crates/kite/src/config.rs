@@ -18,6 +18,8 @@ const HELP: &str = "\
 
 Cluster:
   server        Run the control plane (API server, datastore, controllers, scheduler) and a node
+  agent         Run a node that joins a server with a token
+  token         Create, list and delete tokens that join nodes
   scheduler     Run only the scheduler against a cluster (kite server runs one)
 
 Node:
@@ -54,6 +56,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane (API server, datastore, controllers, scheduler) and a node.
     Server(Box<ServerArgs>),
+    /// Run a node that joins a server with a token (kubelet, service proxy, DNS).
+    Agent(Box<AgentArgs>),
+    /// Manage bootstrap tokens that join nodes, with a time to live.
+    Token(TokenArgs),
     /// Register simulated nodes and act as their kubelet (no containers run).
     Sim(SimArgs),
     /// Run only the scheduler against a cluster (as kube-scheduler does); `kite server`
@@ -129,6 +135,127 @@ pub fn default_kubeconfig() -> PathBuf {
     } else {
         home().join(".kube/kite.yaml")
     }
+}
+
+/// `kite agent` flags.
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Config file (flag names as keys).
+    #[arg(help_heading = "Config", long, short = 'c', env = "KITE_CONFIG_FILE", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Folder to hold state [default: /var/lib/kite as root, ~/.kite otherwise].
+    #[arg(help_heading = "Config", long, short = 'd', env = "KITE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The server to join, https://HOST:6443.
+    #[arg(help_heading = "Cluster", long, short = 's', env = "KITE_URL")]
+    pub server: Option<String>,
+    /// The cluster's join token (a server's <data-dir>/server/node-token, or one from
+    /// `kite token create`).
+    #[arg(
+        help_heading = "Cluster",
+        long,
+        short = 't',
+        env = "KITE_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// A file holding the join token.
+    #[arg(help_heading = "Cluster", long, env = "KITE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The loopback port of the agent's load balancer over the servers.
+    #[arg(
+        help_heading = "Cluster",
+        long,
+        env = "KITE_LB_SERVER_PORT",
+        default_value_t = 6444
+    )]
+    pub lb_server_port: u16,
+    /// Verbose logging.
+    #[arg(help_heading = "Logging", long, env = "KITE_DEBUG")]
+    pub debug: bool,
+    /// Log lines as `text` or `json`.
+    #[arg(help_heading = "Logging", long, env = "KITE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// Settings checked and resolved from [`AgentArgs`].
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub server: kite_join::agent::ServerAddr,
+    pub token: kite_join::token::Token,
+    pub lb_port: u16,
+    pub debug: bool,
+    pub log_json: bool,
+    pub node: NodeConfig,
+}
+
+impl AgentArgs {
+    pub fn resolve(&self) -> Result<AgentConfig> {
+        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+        let Some(url) = &self.server else {
+            bail!("kite agent needs the server to join: --server https://HOST:6443 (or KITE_URL)");
+        };
+        let server =
+            kite_join::agent::ServerAddr::parse(url).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let text = match (&self.token, &self.token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading --token-file {}", f.display()))?,
+            (None, None) => bail!("kite agent needs the cluster's join token: --token (or KITE_TOKEN), from the server's <data-dir>/server/node-token"),
+        };
+        let token = kite_join::token::Token::parse(&text)
+            .map_err(|e| anyhow::anyhow!("invalid --token: {e}"))?;
+        Ok(AgentConfig {
+            node: self.node.resolve(&data_dir)?,
+            data_dir,
+            server,
+            token,
+            lb_port: self.lb_server_port,
+            debug: self.debug,
+            log_json: self.log_format == "json",
+        })
+    }
+}
+
+/// `kite token` flags and subcommands.
+#[derive(Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// Kubeconfig of the cluster [default: $KUBECONFIG, then kite's admin kubeconfig].
+    #[arg(long, env = "KUBECONFIG", global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: TokenAction,
+}
+
+impl TokenArgs {
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.kubeconfig.clone().unwrap_or_else(default_kubeconfig)
+    }
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum TokenAction {
+    /// Create a bootstrap token and print it as a join token.
+    Create {
+        /// How long it is valid (24h, 90m; 0 for ever).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// What it is for.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List bootstrap tokens.
+    #[command(alias = "ls")]
+    List,
+    /// Delete bootstrap tokens by id (or whole token).
+    #[command(alias = "rm")]
+    Delete {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 /// `kite check-config` flags: the server flags that change what is checked.
@@ -414,9 +541,6 @@ pub struct ServerArgs {
         default_value = "30000-32767"
     )]
     pub service_node_port_range: String,
-    /// Node name [default: the hostname].
-    #[arg(help_heading = "Node", long, env = "KITE_NODE_NAME")]
-    pub node_name: Option<String>,
     /// Run the control plane only, with no node.
     #[arg(help_heading = "Components", long, env = "KITE_DISABLE_AGENT")]
     pub disable_agent: bool,
@@ -477,13 +601,6 @@ pub struct ServerArgs {
     /// Do not run the scheduler.
     #[arg(help_heading = "Components", long, env = "KITE_DISABLE_SCHEDULER")]
     pub disable_scheduler: bool,
-    /// Do not run the service proxy (Services then need another one, such as kube-proxy
-    /// or a CNI that replaces it).
-    #[arg(help_heading = "Components", long, env = "KITE_DISABLE_KUBE_PROXY")]
-    pub disable_kube_proxy: bool,
-    /// Do not enforce NetworkPolicies (leave them to a CNI that does).
-    #[arg(help_heading = "Components", long, env = "KITE_DISABLE_NETWORK_POLICY")]
-    pub disable_network_policy: bool,
     /// Packaged components not to run, as K3s's --disable (repeat or comma-separate):
     /// `dns` (or K3s's name, `coredns`) leaves the cluster DNS to one you deploy;
     /// `servicelb` leaves LoadBalancer Services to another controller (MetalLB). K3s's
@@ -495,6 +612,52 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub disable: Vec<String>,
+    /// How nodes reach each other's pods (K3s's --flannel-backend): host-gw (routes via
+    /// node IPs, nodes on one L2 segment), vxlan (an overlay for any IP network) or none
+    /// (a CNI of your own).
+    #[arg(
+        help_heading = "Networking",
+        long,
+        env = "KITE_NETWORK_BACKEND",
+        default_value = "vxlan",
+        value_parser = ["host-gw", "vxlan", "none"]
+    )]
+    pub network_backend: String,
+    /// Secret for joining nodes (servers and agents): the secret part of a K10… token, or
+    /// a whole one [default: kept in <data-dir>/server/token, made on first start].
+    #[arg(
+        help_heading = "Cluster",
+        long,
+        short = 't',
+        env = "KITE_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Secret that joins agents only [default: the --token].
+    #[arg(
+        help_heading = "Cluster",
+        long,
+        env = "KITE_AGENT_TOKEN",
+        hide_env_values = true
+    )]
+    pub agent_token: Option<String>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// The flags of a node, the same for `kite server` and `kite agent`.
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Node name [default: the hostname].
+    #[arg(help_heading = "Node", long, env = "KITE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Do not run the service proxy (Services then need another one, such as kube-proxy
+    /// or a CNI that replaces it).
+    #[arg(help_heading = "Components", long, env = "KITE_DISABLE_KUBE_PROXY")]
+    pub disable_kube_proxy: bool,
+    /// Do not enforce NetworkPolicies (leave them to a CNI that does).
+    #[arg(help_heading = "Components", long, env = "KITE_DISABLE_NETWORK_POLICY")]
+    pub disable_network_policy: bool,
     /// The resolv.conf whose nameservers the cluster DNS forwards other names to
     /// [default: /etc/resolv.conf, or systemd-resolved's upstream list when that names
     /// only loopback resolvers].
@@ -601,6 +764,18 @@ pub struct ServerArgs {
         default_value = "5m"
     )]
     pub eviction_pressure_transition_period: String,
+    /// The cgroup the node's pods go under (a name starting with `kite`): nodes that
+    /// share a host each need their own.
+    #[arg(
+        help_heading = "Node",
+        long,
+        env = "KITE_CGROUP_ROOT",
+        default_value = "kite"
+    )]
+    pub cgroup_root: String,
+    /// Append a unique id to the node name (machines that share a hostname).
+    #[arg(help_heading = "Node", long, env = "KITE_WITH_NODE_ID")]
+    pub with_node_id: bool,
 }
 
 /// Settings checked and resolved from [`ServerArgs`].
@@ -618,7 +793,6 @@ pub struct ServerConfig {
     pub cluster_dns: std::net::Ipv4Addr,
     pub cluster_domain: String,
     pub node_port_range: (i64, i64),
-    pub node_name: String,
     pub disable_agent: bool,
     pub debug: bool,
     pub log_json: bool,
@@ -629,14 +803,26 @@ pub struct ServerConfig {
     pub unreachable_toleration_seconds: i64,
     pub disable_controller_manager: bool,
     pub disable_scheduler: bool,
-    pub disable_kube_proxy: bool,
     pub disable_dns: bool,
     pub disable_servicelb: bool,
+    pub network_backend: kite_network::Backend,
+    pub token: Option<String>,
+    pub agent_token: Option<String>,
+    pub node: NodeConfig,
+}
+
+/// Settings of a node checked and resolved from [`NodeArgs`].
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_name: String,
+    pub disable_kube_proxy: bool,
     pub disable_network_policy: bool,
     pub resolv_conf: Option<PathBuf>,
     pub proxy_healthz_port: u16,
     pub container_runtime_endpoint: Option<PathBuf>,
-    pub node_ip: std::net::IpAddr,
+    /// The node's InternalIP; None: the server's advertise address, or for an agent the
+    /// address it reaches the server from.
+    pub node_ip: Option<std::net::IpAddr>,
     pub node_external_ip: Option<std::net::IpAddr>,
     pub node_labels: std::collections::BTreeMap<String, String>,
     pub node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
@@ -647,6 +833,7 @@ pub struct ServerConfig {
     pub log_rotation: kite_kubelet::logs::Rotation,
     pub eviction: kite_kubelet::eviction::Settings,
     pub kubelet_port: u16,
+    pub cgroup_root: String,
 }
 
 fn bad(key: &str, value: &str, why: &str) -> anyhow::Error {
@@ -735,21 +922,6 @@ impl ServerArgs {
                     "expected FROM-TO, e.g. 30000-32767",
                 )
             })?;
-        let node_name = match &self.node_name {
-            Some(n) => n.clone(),
-            None => nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "localhost".into())
-                .to_lowercase(),
-        };
-        if kite_api::validation::dns1123_subdomain(&node_name).is_some() {
-            return Err(bad(
-                "node-name",
-                &node_name,
-                "must be a lowercase RFC 1123 subdomain",
-            ));
-        }
         let advertise = match &self.advertise_address {
             Some(a) => {
                 a.parse::<std::net::IpAddr>()
@@ -761,16 +933,81 @@ impl ServerArgs {
                 .map(|ip| ip.to_string())
                 .unwrap_or_else(|| "127.0.0.1".into()),
         };
+        let backend = kite_network::Backend::parse(&self.network_backend).ok_or_else(|| {
+            bad(
+                "network-backend",
+                &self.network_backend,
+                "expected host-gw, vxlan or none",
+            )
+        })?;
+        let node = self.node.resolve(&data_dir)?;
+        Ok(ServerConfig {
+            node,
+            network_backend: backend,
+            token: self.token.clone().filter(|t| !t.trim().is_empty()),
+            agent_token: self.agent_token.clone().filter(|t| !t.trim().is_empty()),
+            data_dir,
+            bind,
+            port: self.https_listen_port,
+            advertise,
+            tls_sans: self.tls_san.clone(),
+            kubeconfig,
+            kubeconfig_mode,
+            cluster_cidr,
+            service_cidr,
+            cluster_dns,
+            cluster_domain: self.cluster_domain.clone(),
+            node_port_range: range,
+            disable_agent: self.disable_agent,
+            debug: self.debug,
+            log_json: self.log_format == "json",
+            compact_interval: std::time::Duration::from_secs(self.compact_interval.max(1)),
+            compact_retain: self.compact_retain.max(0),
+            node_monitor_grace_period: parse_duration(
+                "node-monitor-grace-period",
+                &self.node_monitor_grace_period,
+            )?,
+            not_ready_toleration_seconds: self.default_not_ready_toleration_seconds.max(0),
+            unreachable_toleration_seconds: self.default_unreachable_toleration_seconds.max(0),
+            disable_controller_manager: self.disable_controller_manager,
+            disable_scheduler: self.disable_scheduler,
+            disable_dns,
+            disable_servicelb,
+        })
+    }
+}
+
+impl NodeArgs {
+    pub fn resolve(&self, data_dir: &Path) -> Result<NodeConfig> {
+        let node_name = match &self.node_name {
+            Some(n) => n.clone(),
+            None => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+                .to_lowercase(),
+        };
+        let node_name = if self.with_node_id {
+            format!("{node_name}-{}", node_id(data_dir)?)
+        } else {
+            node_name
+        };
+        if kite_api::validation::dns1123_subdomain(&node_name).is_some() {
+            return Err(bad(
+                "node-name",
+                &node_name,
+                "must be a lowercase RFC 1123 subdomain",
+            ));
+        }
         let ip = |key: &str, v: &str| {
             v.parse::<std::net::IpAddr>()
                 .map_err(|_| bad(key, v, "expected an IP address"))
         };
-        let node_ip = match &self.node_ip {
-            Some(v) => ip("node-ip", v)?,
-            None => advertise
-                .parse()
-                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
-        };
+        let node_ip = self
+            .node_ip
+            .as_deref()
+            .map(|v| ip("node-ip", v))
+            .transpose()?;
         let node_external_ip = self
             .node_external_ip
             .as_deref()
@@ -806,7 +1043,7 @@ impl ServerArgs {
         let registries = kite_kubelet::registries::Registries::load(&registries_file)
             .map_err(|e| anyhow::anyhow!("invalid --private-registry file {e}"))?;
         // A CNI config that cannot be read would fail every pod: refuse it now.
-        kite_kubelet::cni::Cni::new(&self.cni_conf_dir, &self.cni_bin_dir, &data_dir)
+        kite_kubelet::cni::Cni::new(&self.cni_conf_dir, &self.cni_bin_dir, data_dir)
             .config()
             .map_err(|e| anyhow::anyhow!("invalid --cni-conf-dir: {e}"))?;
         let max_size = kite_api::quantity::parse(&self.container_log_max_size)
@@ -838,7 +1075,21 @@ impl ServerArgs {
                 "must be an absolute path",
             ));
         }
-        Ok(ServerConfig {
+        let cg = self.cgroup_root.trim_matches('/');
+        if !cg.starts_with("kite")
+            || !cg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(bad(
+                "cgroup-root",
+                &self.cgroup_root,
+                "a name starting with kite, of letters, digits, '-', '_' and '.'",
+            ));
+        }
+        Ok(NodeConfig {
+            cgroup_root: cg.to_string(),
+            node_name,
             kubelet_port: self.kubelet_port,
             pod_logs_dir: self.pod_logs_dir.clone(),
             log_rotation: kite_kubelet::logs::Rotation {
@@ -853,35 +1104,7 @@ impl ServerArgs {
             node_external_ip,
             node_labels,
             node_taints,
-            data_dir,
-            bind,
-            port: self.https_listen_port,
-            advertise,
-            tls_sans: self.tls_san.clone(),
-            kubeconfig,
-            kubeconfig_mode,
-            cluster_cidr,
-            service_cidr,
-            cluster_dns,
-            cluster_domain: self.cluster_domain.clone(),
-            node_port_range: range,
-            node_name,
-            disable_agent: self.disable_agent,
-            debug: self.debug,
-            log_json: self.log_format == "json",
-            compact_interval: std::time::Duration::from_secs(self.compact_interval.max(1)),
-            compact_retain: self.compact_retain.max(0),
-            node_monitor_grace_period: parse_duration(
-                "node-monitor-grace-period",
-                &self.node_monitor_grace_period,
-            )?,
-            not_ready_toleration_seconds: self.default_not_ready_toleration_seconds.max(0),
-            unreachable_toleration_seconds: self.default_unreachable_toleration_seconds.max(0),
-            disable_controller_manager: self.disable_controller_manager,
-            disable_scheduler: self.disable_scheduler,
             disable_kube_proxy: self.disable_kube_proxy,
-            disable_dns,
-            disable_servicelb,
             disable_network_policy: self.disable_network_policy,
             resolv_conf: self.resolv_conf.clone(),
             proxy_healthz_port: self.proxy_healthz_port,
@@ -891,6 +1114,21 @@ impl ServerArgs {
                 .map(|p| PathBuf::from(p.to_string_lossy().trim_start_matches("unix://"))),
         })
     }
+}
+
+/// A random id kept in `<data-dir>/agent/node-id`, for --with-node-id.
+fn node_id(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("agent").join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let id = kite_join::token::random(8);
+    kite_pki::write_file_atomic(&path, id.as_bytes(), 0o644)
+        .with_context(|| format!("keeping the node id in {}", path.display()))?;
+    Ok(id)
 }
 
 /// Turns one config-file entry into command-line arguments.
@@ -924,12 +1162,13 @@ pub fn parse() -> Result<Cli> {
     let argv: Vec<String> = std::env::args().collect();
     let cmd = Cli::command();
     let matches = cmd.clone().get_matches_from(&argv);
-    let Some(("server", sub)) = matches.subcommand() else {
-        return Ok(Cli::from_arg_matches(&matches)?);
+    let (which, sub) = match matches.subcommand() {
+        Some((w @ ("server" | "agent"), sub)) => (w, sub),
+        _ => return Ok(Cli::from_arg_matches(&matches)?),
     };
     let server_cmd = cmd
-        .find_subcommand("server")
-        .expect("server subcommand exists")
+        .find_subcommand(which)
+        .expect("subcommand exists")
         .clone();
     let path: PathBuf = sub
         .get_one::<PathBuf>("config")
@@ -955,7 +1194,15 @@ pub fn parse() -> Result<Cli> {
                 None => (key.clone(), false),
             };
             if arg_id(&server_cmd, &name).is_none() {
-                bail!("{}: unknown key {key:?} (keys are `kite server` flag names, e.g. write-kubeconfig-mode)", file.display());
+                bail!(
+                    "{}: unknown key {key:?} (keys are `kite {which}` flag names, e.g. {})",
+                    file.display(),
+                    if which == "server" {
+                        "write-kubeconfig-mode"
+                    } else {
+                        "node-label"
+                    }
+                );
             }
             if name == "config" {
                 bail!(
@@ -989,7 +1236,7 @@ pub fn parse() -> Result<Cli> {
     }
     // The config file's values go right after the subcommand, so flags given on the command
     // line come later and win.
-    let pos = argv.iter().position(|a| a == "server").unwrap_or(1);
+    let pos = argv.iter().position(|a| a == which).unwrap_or(1);
     let mut merged = argv.clone();
     for (i, a) in extra.into_iter().enumerate() {
         merged.insert(pos + 1 + i, a);

@@ -1,10 +1,13 @@
 //! The `kite` binary: parses the command line and wires the component crates together. It
 //! holds no logic of its own beyond start-up order.
 
+mod agent;
 mod config;
 mod host;
+mod node;
 mod notify;
 mod server;
+mod token;
 mod tools;
 
 /// What `kite --version` prints after the name.
@@ -40,6 +43,8 @@ fn main() {
     };
     let result = match cli.command {
         config::Command::Server(args) => args.resolve().and_then(server::run),
+        config::Command::Agent(args) => args.resolve().and_then(agent::run),
+        config::Command::Token(args) => token::run(&args),
         config::Command::Sim(args) => args.resolve().and_then(|(kc, o)| server::run_sim(&kc, o)),
         config::Command::Scheduler(args) => server::run_scheduler(&args.kubeconfig()),
         config::Command::Images(args) => server::run_images(&args),

@@ -19,7 +19,7 @@ fn sans(cfg: &ServerConfig) -> Vec<String> {
         "kubernetes.default.svc".into(),
         format!("kubernetes.default.svc.{}", cfg.cluster_domain),
         crate::host::hostname(),
-        cfg.node_name.clone(),
+        cfg.node.node_name.clone(),
         cfg.advertise.clone(),
     ];
     if let Some(first) = cfg.service_cidr.hosts().next() {
@@ -34,10 +34,14 @@ fn sans(cfg: &ServerConfig) -> Vec<String> {
 
 /// Logs to stderr at `level` (or $KITE_LOG): colours only on a terminal, so a log file or
 /// the journal holds plain text; JSON lines on request.
-fn init_logging(level: &str, json: bool) {
+pub fn init_logging(level: &str, json: bool) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KITE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // kube-client logs an error per failed request; kite's components say once what
+    // failed and retry, so its own lines would only repeat them (hundreds a second while
+    // a server restarts).
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KITE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},kube_client::client::builder=off"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -87,6 +91,43 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         "{}",
         if fresh { "certificates created" } else { "certificates loaded" }
     );
+    let pki = Arc::new(pki);
+    let node_ip = cfg.node.node_ip.unwrap_or_else(|| {
+        cfg.advertise
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+    });
+    let secrets = crate::token::server_tokens(
+        &server_dir,
+        &pki.server_ca.cert_pem,
+        cfg.token.as_deref(),
+        cfg.agent_token.as_deref(),
+    )?;
+    let cluster = crate::node::Cluster {
+        cluster_cidr: cfg.cluster_cidr,
+        service_cidr: cfg.service_cidr,
+        cluster_dns: cfg.cluster_dns,
+        cluster_domain: cfg.cluster_domain.clone(),
+        network_backend: cfg.network_backend,
+    };
+    let join = Arc::new(kite_join::server::JoinServer {
+        pki: pki.clone(),
+        secrets,
+        client: Default::default(),
+        cluster: kite_join::proto::ClusterInfo {
+            cluster_cidr: cfg.cluster_cidr.to_string(),
+            service_cidr: cfg.service_cidr.to_string(),
+            cluster_dns: cfg.cluster_dns.to_string(),
+            cluster_domain: cfg.cluster_domain.clone(),
+            network_backend: cfg.network_backend.name().to_string(),
+            servers: vec![if cfg.advertise.contains(':') {
+                format!("[{}]:{}", cfg.advertise, cfg.port)
+            } else {
+                format!("{}:{}", cfg.advertise, cfg.port)
+            }],
+            dns: !cfg.disable_dns,
+        },
+    });
     let admin = pki.client_cert("admin", "system:admin", &["system:masters"])?;
     let local_url = format!("https://127.0.0.1:{}", cfg.port);
     kite_pki::write_file_atomic(
@@ -103,7 +144,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         ("scheduler", "system:kube-scheduler", None),
         (
             "node",
-            &*format!("system:node:{}", cfg.node_name),
+            &*format!("system:node:{}", cfg.node.node_name),
             Some("system:nodes"),
         ),
     ] {
@@ -152,8 +193,9 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             authorizer: Arc::new(MastersAndComponents),
             kubelet_client: Some(kubelet_client),
             local_kubelet: (!cfg.disable_agent)
-                .then(|| (cfg.node_name.clone(), local_kubelet.clone())),
+                .then(|| (cfg.node.node_name.clone(), local_kubelet.clone())),
             service_account_key: Some(pki.service_account_key()?),
+            extra_routes: Some(kite_join::server::router(join.clone())),
         },
     )
     .await?;
@@ -168,7 +210,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     );
     // The lease holder identity is the node name, stable across restarts, so a restarted
     // server takes its leases back at once instead of waiting for them to expire.
-    let identity = cfg.node_name.clone();
+    let identity = cfg.node.node_name.clone();
     // In-process components reach the API through the router itself, with the identity
     // their client certificate carries: no TCP, TLS or HTTP framing, same authorization and
     // admission. The kubeconfigs in server/cred are for components elsewhere.
@@ -184,6 +226,9 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         });
         kube::Client::new(svc, "default")
     };
+    let _ = join
+        .client
+        .set(local_client_admin(&running, "system:kite-join"));
     if !cfg.disable_controller_manager {
         let client = local_client("system:kube-controller-manager");
         let opts = kite_controllers::Options {
@@ -202,12 +247,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     }
     // Auto-deploying manifests, with the rights of an administrator (as K3s's).
     {
-        let svc = running.local_service::<kube::client::Body>(UserInfo {
-            username: "system:kite-manifests".into(),
-            groups: vec!["system:masters".into(), "system:authenticated".into()],
-            ..Default::default()
-        });
-        let client = kube::Client::new(svc, "default");
+        let client = local_client_admin(&running, "system:kite-manifests");
         let opts = kite_manifests::Options {
             dir: server_dir.join("manifests"),
             interval: std::time::Duration::from_secs(1),
@@ -230,104 +270,40 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     if !cfg.disable_agent {
         // The kubelet's serving certificate, for the node's names and addresses.
         let mut names = vec![
-            cfg.node_name.clone(),
+            cfg.node.node_name.clone(),
             "localhost".to_string(),
             "127.0.0.1".to_string(),
-            cfg.node_ip.to_string(),
+            node_ip.to_string(),
         ];
-        names.extend(cfg.node_external_ip.map(|ip| ip.to_string()));
-        let kubelet_serving = pki.serving_cert("kubelet", &cfg.node_name, &names)?;
-        let client = local_client(&format!("system:node:{}", cfg.node_name));
-        let opts = kite_kubelet::Options {
-            node_name: cfg.node_name.clone(),
-            node_ip: cfg.node_ip,
-            external_ip: cfg.node_external_ip,
-            taints: cfg.node_taints.clone(),
-            data_dir: cfg.data_dir.clone(),
-            cluster_cidr: cfg.cluster_cidr,
-            cluster_dns: std::net::IpAddr::V4(cfg.cluster_dns),
-            cluster_domain: cfg.cluster_domain.clone(),
-            labels: [
-                ("node-role.kubernetes.io/control-plane", "true"),
-                ("node-role.kubernetes.io/master", "true"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .chain(cfg.node_labels.clone())
-            .collect(),
-            containerd_socket: cfg.container_runtime_endpoint.clone(),
-            registries: cfg.registries.clone(),
-            cni_conf_dir: cfg.cni_conf_dir.clone(),
-            cni_bin_dirs: cfg.cni_bin_dirs.clone(),
-            pod_logs_dir: cfg.pod_logs_dir.clone(),
-            log_rotation: cfg.log_rotation,
-            eviction: cfg.eviction.clone(),
-            port: cfg.kubelet_port,
-            tls: Some(kite_kubelet::server::Tls {
-                cert_pem: kubelet_serving.cert_pem.clone(),
-                key_pem: kubelet_serving.key_pem.clone(),
-                client_ca_pem: pki.client_ca.cert_pem.clone(),
-            }),
-            local: local_kubelet.clone(),
-            ready: node_ready.clone(),
-        };
-        if !cfg.disable_kube_proxy {
-            let client = local_client("system:kube-proxy");
-            let opts = kite_proxy::Options {
-                node_name: cfg.node_name.clone(),
-                settings: kite_proxy::rules::Settings {
-                    cluster_cidr: cfg.cluster_cidr,
-                    service_cidr: cfg.service_cidr,
+        names.extend(cfg.node.node_external_ip.map(|ip| ip.to_string()));
+        let kubelet_serving = pki.serving_cert("kubelet", &cfg.node.node_name, &names)?;
+        crate::node::start(
+            crate::node::Node {
+                cfg: cfg.node.clone(),
+                node_ip,
+                cluster: cluster.clone(),
+                data_dir: cfg.data_dir.clone(),
+                role_labels: vec![
+                    ("node-role.kubernetes.io/control-plane", "true"),
+                    ("node-role.kubernetes.io/master", "true"),
+                ],
+                tls: kite_kubelet::server::Tls {
+                    cert_pem: kubelet_serving.cert_pem.clone(),
+                    key_pem: kubelet_serving.key_pem.clone(),
+                    client_ca_pem: pki.client_ca.cert_pem.clone(),
                 },
-                healthz: (cfg.proxy_healthz_port != 0)
-                    .then(|| std::net::SocketAddr::new(cfg.bind, cfg.proxy_healthz_port)),
-            };
-            tokio::spawn(async move {
-                if let Err(e) = kite_proxy::run(client, opts).await {
-                    tracing::error!(error = %format!("{e:#}"), "the service proxy stopped");
-                }
-            });
-        }
-        if !cfg.disable_network_policy {
-            let client = local_client(&format!("system:node:{}", cfg.node_name));
-            let node = cfg.node_name.clone();
-            tokio::spawn(async move {
-                if let Err(e) = kite_netpol::run(client, node).await {
-                    tracing::error!(error = %format!("{e:#}"), "network policy enforcement stopped");
-                }
-            });
-        }
-        if !cfg.disable_dns {
-            let client = local_client("system:kube-dns");
-            tokio::spawn(kite_dns::ensure_service(
-                client.clone(),
-                std::net::IpAddr::V4(cfg.cluster_dns),
-            ));
-            let opts = kite_dns::Options {
-                node_name: cfg.node_name.clone(),
-                zone: cfg.cluster_domain.clone(),
-                cluster_dns: std::net::IpAddr::V4(cfg.cluster_dns),
-                ttl: 5,
-                resolv_conf: cfg.resolv_conf.clone(),
-                listen: None,
-            };
-            tokio::spawn(async move {
-                if let Err(e) = kite_dns::run(client, opts).await {
-                    tracing::error!(error = %format!("{e:#}"), "the cluster DNS stopped");
-                }
-            });
-        }
-        tokio::spawn(async move {
-            if let Err(e) = kite_kubelet::run(client, opts).await {
-                tracing::error!(error = %format!("{e:#}"), "the node agent stopped");
-                // A server whose node cannot run is not what the user asked for.
-                std::process::exit(1);
-            }
-        });
+                local: local_kubelet.clone(),
+                ready: node_ready.clone(),
+                bind: cfg.bind,
+                ensure_dns_service: true,
+                dns: !cfg.disable_dns,
+            },
+            local_client,
+        );
     }
     // Ready: the API serves and, with a node, the node is Ready. systemd (Type=notify)
     // hears it through $NOTIFY_SOCKET.
-    let node_name = cfg.node_name.clone();
+    let node_name = cfg.node.node_name.clone();
     let with_node = !cfg.disable_agent;
     tokio::spawn(async move {
         if with_node {
@@ -352,8 +328,19 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     Ok(())
 }
 
+/// An in-process client with an administrator's rights (components kite itself runs
+/// for the cluster: auto-deployed manifests, the join endpoint).
+fn local_client_admin(running: &kite_apiserver::RunningServer, user: &str) -> kube::Client {
+    let svc = running.local_service::<kube::client::Body>(UserInfo {
+        username: user.into(),
+        groups: vec!["system:masters".into(), "system:authenticated".into()],
+        ..Default::default()
+    });
+    kube::Client::new(svc, "default")
+}
+
 /// Logging, TLS provider and runtime for the commands that are API clients.
-fn client_runtime() -> Result<tokio::runtime::Runtime> {
+pub fn client_runtime() -> Result<tokio::runtime::Runtime> {
     init_logging("info", false);
     let _ = rustls::crypto::ring::default_provider().install_default();
     tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,347 @@
+//! The pod network between nodes, the part flannel plays in K3s: every node reaches the
+//! other nodes' podCIDRs with no NAT, following the Node objects (a node that joins gets
+//! routes everywhere within a second; one that is deleted loses them).
+//!
+//! Backends (`--network-backend`, K3s's `--flannel-backend`):
+//! - `host-gw`: a route to each other node's podCIDR via its node IP (nodes on one L2
+//!   segment).
+//! - `vxlan`: a `kite.1` VXLAN device (VNI 1, UDP 8472 as flannel) whose MTU is its
+//!   link's less 50; per other node a forwarding entry (its VTEP MAC → its node IP), a
+//!   permanent neighbour (its podCIDR's network address → that MAC) and a route to its
+//!   podCIDR via that address, on-link on `kite.1`.
+//! - `none`: nothing (a CNI of the user's own connects the nodes).
+//!
+//! Each node publishes what the others need in its annotations (`network.kite.io/*`:
+//! backend, public IP, VTEP MAC), as flannel does in `flannel.alpha.coreos.com/*`, and
+//! reports `NetworkUnavailable=False` once its routes are in place. Routes kite adds carry
+//! their own protocol number ([`RTPROT_KITE`]) so that they are told from everyone
+//! else's and removed when their node goes.
+
+mod netlink;
+
+use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+use kite_runtime::informer::Informers;
+use kube::api::{Api, Patch, PatchParams};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const ANN_BACKEND: &str = "network.kite.io/backend-type";
+pub const ANN_PUBLIC_IP: &str = "network.kite.io/public-ip";
+pub const ANN_VTEP_MAC: &str = "network.kite.io/vtep-mac";
+/// The protocol number of kite's routes (`ip route show proto 107`).
+pub const RTPROT_KITE: u8 = 107;
+pub const VXLAN_DEVICE: &str = "kite.1";
+pub const VXLAN_VNI: u32 = 1;
+pub const VXLAN_PORT: u16 = 8472;
+/// VXLAN over IPv4 costs 50 bytes of each packet.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    HostGw,
+    Vxlan,
+    None,
+}
+
+impl Backend {
+    pub fn parse(s: &str) -> Option<Backend> {
+        match s {
+            "host-gw" => Some(Backend::HostGw),
+            "vxlan" => Some(Backend::Vxlan),
+            "none" => Some(Backend::None),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::HostGw => "host-gw",
+            Backend::Vxlan => "vxlan",
+            Backend::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub node_name: String,
+    /// The address other nodes reach this one at (its InternalIP).
+    pub node_ip: Ipv4Addr,
+    pub cluster_cidr: Ipv4Net,
+    pub backend: Backend,
+}
+
+/// What this node needs to reach one other node's pods.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Peer {
+    pub name: String,
+    pub pod_cidr: Ipv4Net,
+    pub ip: Ipv4Addr,
+    /// The VXLAN device's MAC of that node (vxlan only).
+    pub mac: Option<[u8; 6]>,
+}
+
+/// The other nodes' entries, from the Node objects (pure: unit-tested).
+pub fn peers(me: &str, nodes: &[Arc<Node>], cluster: Ipv4Net, backend: Backend) -> Vec<Peer> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        if name == me || n.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let Some(cidr) = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.as_deref())
+            .and_then(|c| c.parse::<Ipv4Net>().ok())
+        else {
+            continue;
+        };
+        if !cluster.contains(&cidr) {
+            continue;
+        }
+        let ann = n.metadata.annotations.clone().unwrap_or_default();
+        let ip = ann
+            .get(ANN_PUBLIC_IP)
+            .and_then(|v| v.parse().ok())
+            .or_else(|| internal_ip(n));
+        let Some(ip) = ip else { continue };
+        let mac = ann.get(ANN_VTEP_MAC).and_then(|m| parse_mac(m));
+        if backend == Backend::Vxlan && mac.is_none() {
+            // Not announced yet: its device is not up, traffic would go nowhere.
+            continue;
+        }
+        out.push(Peer {
+            name,
+            pod_cidr: cidr,
+            ip,
+            mac,
+        });
+    }
+    out.sort();
+    out
+}
+
+fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
+    n.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .find(|a| a.type_ == "InternalIP")
+        .and_then(|a| a.address.parse().ok())
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<std::result::Result<_, _>>()
+        .ok()?;
+    parts.try_into().ok()
+}
+
+pub fn format_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Runs the node's side of the pod network until an error.
+pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
+    if opts.backend == Backend::None {
+        tracing::info!("pod network between nodes: none (left to the user's CNI)");
+        return std::future::pending().await;
+    }
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    // This node's podCIDR (given by the node IPAM controller after it registers).
+    let own_cidr = loop {
+        if let Some(c) = nodes_api
+            .get_opt(&opts.node_name)
+            .await?
+            .and_then(|n| n.spec?.pod_cidr)
+            .and_then(|c| c.parse::<Ipv4Net>().ok())
+        {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mac = match opts.backend {
+        Backend::Vxlan => Some(
+            netlink::ensure_vxlan(opts.node_ip, own_cidr)
+                .await
+                .context("setting up the kite.1 VXLAN device")?,
+        ),
+        _ => {
+            netlink::remove_vxlan().await?;
+            None
+        }
+    };
+    let mut ann = BTreeMap::new();
+    ann.insert(ANN_BACKEND.to_string(), opts.backend.name().to_string());
+    ann.insert(ANN_PUBLIC_IP.to_string(), opts.node_ip.to_string());
+    if let Some(m) = &mac {
+        ann.insert(ANN_VTEP_MAC.to_string(), format_mac(m));
+    }
+    let patch = serde_json::json!({"metadata": {"annotations": ann}});
+    nodes_api
+        .patch(
+            &opts.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .context("announcing this node's network")?;
+    tracing::info!(
+        backend = opts.backend.name(),
+        pod_cidr = %own_cidr,
+        "pod network between nodes is up"
+    );
+    let informers = Informers::new(client);
+    let nodes = informers.get::<Node>();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    nodes.wake_on_change(&wake);
+    informers.synced().await;
+    let mut applied: Option<Vec<Peer>> = None;
+    let mut reported = false;
+    loop {
+        let want = peers(
+            &opts.node_name,
+            &nodes.list(),
+            opts.cluster_cidr,
+            opts.backend,
+        );
+        if applied.as_ref() != Some(&want) {
+            let r = match opts.backend {
+                Backend::HostGw => netlink::sync_host_gw(&want, opts.cluster_cidr, own_cidr).await,
+                Backend::Vxlan => netlink::sync_vxlan(&want, opts.cluster_cidr, own_cidr).await,
+                Backend::None => Ok(()),
+            };
+            match r {
+                Ok(()) => {
+                    tracing::info!(peers = want.len(), "routes to other nodes' pods in place");
+                    applied = Some(want);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "routing to other nodes' pods");
+                    applied = None;
+                }
+            }
+        }
+        if !reported && applied.is_some() {
+            reported = report_up(&nodes_api, &opts).await;
+        }
+        // A change wakes at once; the timer re-checks what someone else may have
+        // removed (a route deleted by hand comes back).
+        tokio::select! {
+            _ = wake.notified() => {
+                // Coalesce a burst of node updates (heartbeats of many nodes).
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(30)) => { applied = None; }
+        }
+    }
+}
+
+/// Sets the node's NetworkUnavailable condition to False, as flannel does.
+async fn report_up(api: &Api<Node>, opts: &Options) -> bool {
+    let now = jiff::Timestamp::now().to_string();
+    let patch = serde_json::json!({"status": {"conditions": [{
+        "type": "NetworkUnavailable",
+        "status": "False",
+        "reason": "KiteIsUp",
+        "message": format!("kite's {} network is running on this node", opts.backend.name()),
+        "lastTransitionTime": now,
+        "lastHeartbeatTime": now,
+    }]}});
+    match api
+        .patch_status(
+            &opts.node_name,
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await
+    {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "reporting NetworkUnavailable=False");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+
+    fn node(name: &str, cidr: Option<&str>, ip: &str, mac: Option<&str>) -> Arc<Node> {
+        let mut ann = BTreeMap::new();
+        if let Some(m) = mac {
+            ann.insert(ANN_VTEP_MAC.to_string(), m.to_string());
+        }
+        Arc::new(Node {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                annotations: Some(ann),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: cidr.map(String::from),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                addresses: Some(vec![NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: ip.into(),
+                }]),
+                ..Default::default()
+            }),
+        })
+    }
+
+    #[test]
+    fn peers_are_the_other_nodes_with_a_range_and_an_address() {
+        let cluster: Ipv4Net = "10.42.0.0/16".parse().unwrap();
+        let nodes = vec![
+            node(
+                "me",
+                Some("10.42.0.0/24"),
+                "10.0.0.1",
+                Some("aa:bb:cc:dd:ee:01"),
+            ),
+            node(
+                "b",
+                Some("10.42.1.0/24"),
+                "10.0.0.2",
+                Some("aa:bb:cc:dd:ee:02"),
+            ),
+            node("c", None, "10.0.0.3", None),
+            node("d", Some("10.99.0.0/24"), "10.0.0.4", None),
+            node("e", Some("10.42.2.0/24"), "10.0.0.5", None),
+        ];
+        let hg = peers("me", &nodes, cluster, Backend::HostGw);
+        assert_eq!(
+            hg.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            vec!["b", "e"]
+        );
+        assert_eq!(hg[0].ip, Ipv4Addr::new(10, 0, 0, 2));
+        // vxlan needs the peer's device MAC.
+        let vx = peers("me", &nodes, cluster, Backend::Vxlan);
+        assert_eq!(vx.len(), 1);
+        assert_eq!(vx[0].mac, Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x02]));
+    }
+
+    #[test]
+    fn macs_round_trip() {
+        let m = parse_mac("0a:1b:2c:3d:4e:5f").unwrap();
+        assert_eq!(format_mac(&m), "0a:1b:2c:3d:4e:5f");
+        assert!(parse_mac("0a:1b").is_none());
+        assert!(parse_mac("zz:1b:2c:3d:4e:5f").is_none());
+    }
+}

@@ -1,0 +1,320 @@
+//! The kernel side of [`crate`]: the `kite.1` VXLAN device, kite's routes (protocol
+//! [`RTPROT_KITE`]), forwarding-database and neighbour entries, through rtnetlink.
+
+use crate::{Peer, RTPROT_KITE, VXLAN_DEVICE, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_VNI};
+use anyhow::{anyhow, Context, Result};
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState,
+};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+async fn with_handle<T, F, Fut>(f: F) -> Result<T>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
+    let task = tokio::spawn(conn);
+    let out = f(handle).await;
+    task.abort();
+    out
+}
+
+/// The link's index and attributes, by name.
+async fn link(h: &Handle, name: &str) -> Result<Option<(u32, Vec<LinkAttribute>)>> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(Some((l.header.index, l.attributes))),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.raw_code() == -(nix::errno::Errno::ENODEV as i32) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The index and MTU of the link that holds `ip`.
+async fn link_of(h: &Handle, ip: Ipv4Addr) -> Result<(u32, u32)> {
+    let mut addrs = h.address().get().execute();
+    let mut index = None;
+    while let Some(a) = addrs.try_next().await? {
+        if a.attributes
+            .iter()
+            .any(|at| matches!(at, AddressAttribute::Address(IpAddr::V4(x)) if *x == ip))
+        {
+            index = Some(a.header.index);
+            break;
+        }
+    }
+    let index = index.ok_or_else(|| anyhow!("no interface holds the node IP {ip}"))?;
+    let mut links = h.link().get().match_index(index).execute();
+    let l = links
+        .try_next()
+        .await?
+        .ok_or_else(|| anyhow!("the interface of {ip} vanished"))?;
+    let mtu = l
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(1500);
+    Ok((index, mtu))
+}
+
+/// Makes `kite.1` (if missing), addressed with this node's podCIDR network address, up;
+/// returns its MAC.
+pub async fn ensure_vxlan(node_ip: Ipv4Addr, own: Ipv4Net) -> Result<[u8; 6]> {
+    with_handle(|h| async move {
+        let (under, mtu) = link_of(&h, node_ip).await?;
+        if link(&h, VXLAN_DEVICE).await?.is_none() {
+            h.link()
+                .add(
+                    LinkVxlan::new(VXLAN_DEVICE, VXLAN_VNI)
+                        .dev(under)
+                        .local(node_ip)
+                        .port(VXLAN_PORT)
+                        .learning(false)
+                        .build(),
+                )
+                .execute()
+                .await
+                .context("creating kite.1 (is the vxlan kernel module there?)")?;
+        }
+        let (idx, attrs) = link(&h, VXLAN_DEVICE)
+            .await?
+            .ok_or_else(|| anyhow!("kite.1 vanished"))?;
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(idx)
+                    .mtu(mtu.saturating_sub(VXLAN_OVERHEAD))
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .context("bringing kite.1 up")?;
+        let gw = own.network();
+        let mut have = false;
+        let mut addrs = h.address().get().set_link_index_filter(idx).execute();
+        while let Some(a) = addrs.try_next().await? {
+            have |= a
+                .attributes
+                .iter()
+                .any(|at| matches!(at, AddressAttribute::Address(IpAddr::V4(x)) if *x == gw));
+        }
+        if !have {
+            h.address()
+                .add(idx, IpAddr::V4(gw), 32)
+                .execute()
+                .await
+                .context("addressing kite.1")?;
+        }
+        let mac = attrs
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Address(m) if m.len() == 6 => {
+                    let mut out = [0u8; 6];
+                    out.copy_from_slice(m);
+                    Some(out)
+                }
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("kite.1 has no MAC address"))?;
+        Ok(mac)
+    })
+    .await
+}
+
+/// Removes `kite.1` (another backend was chosen).
+pub async fn remove_vxlan() -> Result<()> {
+    with_handle(|h| async move {
+        if let Some((idx, _)) = link(&h, VXLAN_DEVICE).await? {
+            h.link().del(idx).execute().await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// kite's routes in the main table: (destination, the whole message).
+async fn kite_routes(
+    h: &Handle,
+) -> Result<Vec<(Ipv4Net, rtnetlink::packet_route::route::RouteMessage)>> {
+    let mut out = Vec::new();
+    let mut routes = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(r) = routes.try_next().await? {
+        if r.header.protocol != RouteProtocol::Other(RTPROT_KITE) {
+            continue;
+        }
+        let dst = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+            _ => None,
+        });
+        if let Some(dst) = dst {
+            if let Ok(net) = Ipv4Net::new(dst, r.header.destination_prefix_length) {
+                out.push((net, r));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes kite's routes whose destination is not in `keep`.
+async fn prune_routes(h: &Handle, keep: &HashSet<Ipv4Net>) -> Result<()> {
+    for (net, msg) in kite_routes(h).await? {
+        if !keep.contains(&net) {
+            tracing::info!(pod_cidr = %net, "route to a node's pods removed");
+            if let Err(e) = h.route().del(msg).execute().await {
+                tracing::warn!(pod_cidr = %net, error = %e, "removing a route");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// host-gw: a route to each peer's podCIDR via its node IP; no others of kite's.
+pub async fn sync_host_gw(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net) -> Result<()> {
+    let peers = peers.to_vec();
+    with_handle(|h| async move {
+        let keep: HashSet<Ipv4Net> = peers
+            .iter()
+            .map(|p| p.pod_cidr)
+            .filter(|c| *c != own && cluster.contains(c))
+            .collect();
+        prune_routes(&h, &keep).await?;
+        for p in peers.iter().filter(|p| keep.contains(&p.pod_cidr)) {
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(p.pod_cidr.network(), p.pod_cidr.prefix_len())
+                .gateway(p.ip)
+                .protocol(RouteProtocol::Other(RTPROT_KITE))
+                .build();
+            h.route()
+                .add(msg)
+                .replace()
+                .execute()
+                .await
+                .with_context(|| {
+                    format!(
+                        "routing {} via {} (host-gw needs the nodes on one L2 segment; use --network-backend vxlan otherwise)",
+                        p.pod_cidr, p.ip
+                    )
+                })?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// vxlan: per peer a forwarding entry, a neighbour and an on-link route on `kite.1`;
+/// entries of nodes that went are removed.
+pub async fn sync_vxlan(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net) -> Result<()> {
+    let peers = peers.to_vec();
+    with_handle(|h| async move {
+        let (idx, _) = link(&h, VXLAN_DEVICE)
+            .await?
+            .ok_or_else(|| anyhow!("kite.1 is missing"))?;
+        let peers: Vec<&Peer> = peers
+            .iter()
+            .filter(|p| p.pod_cidr != own && cluster.contains(&p.pod_cidr) && p.mac.is_some())
+            .collect();
+        let keep: HashSet<Ipv4Net> = peers.iter().map(|p| p.pod_cidr).collect();
+        prune_routes(&h, &keep).await?;
+        let macs: HashSet<[u8; 6]> = peers.iter().filter_map(|p| p.mac).collect();
+        let gws: HashSet<Ipv4Addr> = peers.iter().map(|p| p.pod_cidr.network()).collect();
+        // Neighbours and forwarding entries on kite.1 that no peer wants.
+        let mut neigh = h.neighbours().get().execute();
+        let mut stale = Vec::new();
+        while let Some(n) = neigh.try_next().await? {
+            if n.header.ifindex != idx {
+                continue;
+            }
+            let wanted = match n.header.family {
+                AddressFamily::Inet => n.attributes.iter().any(|a| {
+                    matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) if gws.contains(ip))
+                }),
+                _ => true,
+            };
+            if !wanted {
+                stale.push(n);
+            }
+        }
+        let mut fdb = h
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute();
+        while let Some(n) = fdb.try_next().await? {
+            if n.header.ifindex != idx {
+                continue;
+            }
+            let mac = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(m) if m.len() == 6 => {
+                    let mut out = [0u8; 6];
+                    out.copy_from_slice(m);
+                    Some(out)
+                }
+                _ => None,
+            });
+            // The all-zeros entry is the kernel's default destination, not ours.
+            if let Some(m) = mac {
+                if m != [0; 6] && !macs.contains(&m) {
+                    stale.push(n);
+                }
+            }
+        }
+        for n in stale {
+            let _ = h.neighbours().del(n).execute().await;
+        }
+        for p in peers {
+            let mac = p.mac.expect("filtered above");
+            let gw = p.pod_cidr.network();
+            h.neighbours()
+                .add_bridge(idx, &mac)
+                .destination(IpAddr::V4(p.ip))
+                .flags(NeighbourFlags::Own)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .with_context(|| format!("forwarding entry for {}", p.name))?;
+            h.neighbours()
+                .add(idx, IpAddr::V4(gw))
+                .link_layer_address(&mac)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .with_context(|| format!("neighbour entry for {}", p.name))?;
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(p.pod_cidr.network(), p.pod_cidr.prefix_len())
+                .gateway(gw)
+                .output_interface(idx)
+                .onlink()
+                .protocol(RouteProtocol::Other(RTPROT_KITE))
+                .build();
+            h.route()
+                .add(msg)
+                .replace()
+                .execute()
+                .await
+                .with_context(|| format!("route to {}'s pods", p.name))?;
+        }
+        Ok(())
+    })
+    .await
+}

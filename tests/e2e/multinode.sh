@@ -1,0 +1,374 @@
+#!/usr/bin/env bash
+# End-to-end: agents join with a token (issue 19). The machines are network namespaces this
+# test makes on this host (kite-mn-*), joined by a bridge in a namespace of their own; a
+# server and two agents, each with its own data dir, containerd, cgroup root, kubelet port
+# and pod-logs dir. Checks: the join (a wrong token and another cluster's token refused; a
+# fake server with another CA never receives the token), Ready within 10 s, a Deployment
+# spread over three nodes, pod-to-pod across nodes, ClusterIP and NodePort from every node,
+# DNS for pods on other nodes, logs/exec/port-forward through the server, restarts of the
+# server and of an agent, and `kubectl drain`/`uncordon` — with host-gw, then vxlan.
+# Nothing outside the namespaces is addressed; everything is removed on exit.
+# BACKENDS="host-gw vxlan" (default) picks the backends to run.
+source "$(dirname "$0")/../lib.sh"
+echo "# kubectl: $KUBECTL"
+[ "$(id -u)" = 0 ] || { echo "the multinode tier needs root"; exit 1; }
+KILLALL="$(cd "$(dirname "$0")/../.." && pwd)/packaging/kite-killall.sh"
+BACKENDS=${BACKENDS:-"host-gw vxlan"}
+NS_SW=kite-mn-sw
+NODES=(s a1 a2)
+declare -A IP=([s]=172.30.99.10 [a1]=172.30.99.11 [a2]=172.30.99.12 [x]=172.30.99.13)
+declare -A PID=()
+IMAGES="$WORK/images"
+mkdir -p "$IMAGES"
+python3 "$(dirname "$0")/../images/build.py" "$IMAGES" >/dev/null
+
+ns() { echo "kite-mn-$1"; }
+# In a node's network namespace only (`ip netns exec` would also give it a mount
+# namespace with a fresh /sys, without the cgroup mounts kite needs).
+inns() { local n=$1; shift; nsenter --net="/run/netns/$(ns "$n")" "$@"; }
+# MACHINE_SH runs a node as on another machine: in the node's network
+# namespace and a mount namespace of its own whose /sys is that network's (as `ip netns
+# exec` makes it), with the host's cgroup tree bound back in for the node's pods. Each
+# step execs the next, so $! of a background run is the node's own pid.
+MACHINE_SH='set -e
+keep=$(mktemp -d /tmp/kite-mn-cg.XXXXXX)
+mount --rbind /sys/fs/cgroup "$keep"
+mount -t sysfs sysfs /sys
+mount --rbind "$keep" /sys/fs/cgroup
+umount -l "$keep"; rmdir "$keep"
+exec "$@"'
+# kubectl in the server's namespace, with its admin kubeconfig.
+kc() { inns s "$KUBECTL" --kubeconfig "$WORK/s/kubeconfig.yaml" "$@"; }
+
+net_up() {
+  ip netns add $NS_SW
+  ip -n $NS_SW link add kitemnbr type bridge
+  ip -n $NS_SW link set kitemnbr up
+  local n
+  for n in "${NODES[@]}" x; do
+    ip netns add "$(ns "$n")"
+    ip -n $NS_SW link add "kitemn-$n" type veth peer name eth0 netns "$(ns "$n")"
+    ip -n $NS_SW link set "kitemn-$n" master kitemnbr up
+    ip -n "$(ns "$n")" addr add "${IP[$n]}/24" dev eth0
+    ip -n "$(ns "$n")" link set eth0 up
+    ip -n "$(ns "$n")" link set lo up
+    # A machine has a default route (the service proxy's DNAT happens after routing).
+    ip -n "$(ns "$n")" route add default dev eth0
+  done
+}
+
+node_down() { # NAME: stops the node's kite and removes what it made
+  local n=$1
+  if [ -n "${PID[$n]:-}" ]; then
+    kill "${PID[$n]}" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "${PID[$n]}" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "${PID[$n]}" 2>/dev/null
+    wait "${PID[$n]}" 2>/dev/null
+    PID[$n]=""
+  fi
+}
+
+node_clean() {
+  local n=$1
+  [ -d "$WORK/$n" ] || return 0
+  inns "$n" env KITE_DATA_DIR="$WORK/$n/data" KITE_KILLALL_NODE_ONLY=1 \
+    KITE_CGROUP_ROOT="kite-mn-$n" sh "$KILLALL" >/dev/null 2>&1 || true
+}
+
+net_down() {
+  local n
+  for n in "${NODES[@]}"; do node_down "$n"; done
+  [ -n "${FAKE_PID:-}" ] && kill "$FAKE_PID" 2>/dev/null
+  for n in "${NODES[@]}"; do node_clean "$n"; done
+  for n in "${NODES[@]}" x; do ip netns del "$(ns "$n")" 2>/dev/null; done
+  ip netns del $NS_SW 2>/dev/null
+  true
+}
+AFTER_CLEANUP="net_down"
+
+# Flags every node takes: its own data dir, cgroup root, logs, and the test's images.
+node_flags() {
+  local n=$1
+  mkdir -p "$WORK/$n/data/agent/images"
+  cp "$IMAGES"/*.tar "$WORK/$n/data/agent/images/"
+  echo --data-dir "$WORK/$n/data" --node-name "$n" --node-ip "${IP[$n]}" \
+    --cgroup-root "kite-mn-$n" --pod-logs-dir "$WORK/$n/log/pods" \
+    --eviction-hard "nodefs.available<1%,imagefs.available<1%"
+}
+
+start_kite_server() { # BACKEND [flags]
+  local backend=$1; shift
+  # shellcheck disable=SC2046
+  nsenter --net=/run/netns/kite-mn-s unshare --mount --propagation private sh -c "$MACHINE_SH" machine "$KITE_BIN" server $(node_flags s) --advertise-address "${IP[s]}" \
+    --write-kubeconfig "$WORK/s/kubeconfig.yaml" --network-backend "$backend" \
+    --node-monitor-grace-period 8s --default-not-ready-toleration-seconds 5 \
+    --default-unreachable-toleration-seconds 5 "$@" >>"$WORK/s/server.log" 2>&1 &
+  PID[s]=$!
+}
+
+start_agent() { # NAME [flags]
+  local n=$1; shift
+  # shellcheck disable=SC2046
+  nsenter --net="/run/netns/$(ns "$n")" unshare --mount --propagation private sh -c "$MACHINE_SH" machine "$KITE_BIN" agent $(node_flags "$n") --server "https://${IP[s]}:6443" \
+    "$@" >>"$WORK/$n/agent.log" 2>&1 &
+  PID[$n]=$!
+}
+
+ready_status() { kc get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null; }
+node_is_ready() { [ "$(ready_status "$1")" = True ]; }
+all_ready() { for n in "${NODES[@]}"; do node_is_ready "$n" || return 1; done; }
+
+fresh_cluster() { # BACKEND: stops every node, removes their state, starts the server
+  local n
+  for n in "${NODES[@]}"; do node_down "$n"; done
+  for n in "${NODES[@]}"; do node_clean "$n"; rm -rf "${WORK:?}/$n"; mkdir -p "$WORK/$n"; done
+  start_kite_server "$1"
+  wait_for 20 "the server's API" kc get --raw /readyz || { tail -30 "$WORK/s/server.log"; exit 1; }
+  wait_for 20 "the server's node Ready" node_is_ready s || { tail -30 "$WORK/s/server.log"; exit 1; }
+}
+
+# wget from a node's own namespace (its host network).
+from_node() { local n=$1; shift; inns "$n" timeout 5 wget -q -O- "$@"; }
+pods_on() { kc get pods -l "$1" -o jsonpath="{range .items[?(@.spec.nodeName==\"$2\")]}{.metadata.name}{\" \"}{end}"; }
+count_on() { local p; p=$(pods_on "$1" "$2"); set -- $p; echo $#; }
+
+net_up
+
+# --- a fake server with another CA, in its own namespace: it logs what it receives ----
+mkdir -p "$WORK/x"
+cat >"$WORK/x/fake.py" <<'PY'
+import http.server, ssl, subprocess, sys
+d, ip = sys.argv[1], sys.argv[2]
+subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-keyout", d + "/key.pem", "-out", d + "/cert.pem", "-days", "1",
+                "-subj", "/CN=fake", "-addext", "subjectAltName=IP:" + ip], check=True,
+               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+class H(http.server.BaseHTTPRequestHandler):
+    def record(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n).decode(errors="replace") if n else ""
+        with open(d + "/requests", "a") as f:
+            f.write("%s %s auth=%s body=%s\n" % (self.command, self.path, self.headers.get("Authorization", "-"), body))
+    def do_GET(self):
+        self.record()
+        body = open(d + "/cert.pem", "rb").read()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        self.record()
+        self.send_response(500); self.send_header("Content-Length", "0"); self.end_headers()
+s = http.server.HTTPServer((ip, 6443), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(d + "/cert.pem", d + "/key.pem")
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+open(d + "/listening", "w").close()
+s.serve_forever()
+PY
+nsenter --net=/run/netns/kite-mn-x python3 "$WORK/x/fake.py" "$WORK/x" "${IP[x]}" >"$WORK/x/fake.log" 2>&1 &
+FAKE_PID=$!
+wait_for 10 "the fake server" test -e "$WORK/x/listening"
+
+first=1
+for backend in $BACKENDS; do
+echo "## backend: $backend"
+fresh_cluster "$backend"
+TOKEN=$(cat "$WORK/s/data/server/node-token")
+SECRET=${TOKEN##*:}
+
+if [ $first = 1 ]; then
+  check "the server keeps a K10 token with its CA's hash" \
+    equals "$(printf %s "$TOKEN" | cut -c1-3):${#TOKEN}" "K10:$((3 + 64 + 2 + 7 + ${#SECRET}))"
+  check "token and node-token are the same" equals "$(cat "$WORK/s/data/server/token")" "$TOKEN"
+  check "the token file is for root alone" equals "$(stat -c %a "$WORK/s/data/server/token")" "600"
+  # A wrong secret: refused, said once per try, the node never registers.
+  start_agent a1 --token "${TOKEN%:*}:wrong-secret"
+  refused() { grep -q "cannot join: the server refused the token" "$WORK/a1/agent.log"; }
+  check "a wrong token is refused with a clear message" wait_for 15 "the refusal" refused
+  check "and the node does not register" fails_with NotFound kc get node a1
+  check "no stack trace, no crash loop: the agent keeps trying" kill -0 "${PID[a1]}"
+  node_down a1
+  # A token made for another CA: the agent sees the CA does not match and stops there.
+  other="K10$(printf '%064d' 0)::server:$SECRET"
+  start_agent a1 --token "$other"
+  mismatch() { grep -q "serves a CA whose hash is" "$WORK/a1/agent.log"; }
+  check "a token for another CA is refused before it is sent" wait_for 15 "the mismatch" mismatch
+  node_down a1
+  # A fake server with another CA: it gets the CA request, never the token.
+  start_agent a1 --token "$TOKEN" --server "https://${IP[x]}:6443"
+  faked() { [ "$(grep -c "serves a CA whose hash is" "$WORK/a1/agent.log")" -ge 2 ]; }
+  check "an impostor's CA is refused" wait_for 15 "the refusal" faked
+  node_down a1
+  check "the impostor was asked for its CA" contains "$(cat "$WORK/x/requests")" "GET /cacerts auth=-"
+  check "and never received the token" not_contains "$(cat "$WORK/x/requests")" "$SECRET"
+  check "nor any join request" not_contains "$(cat "$WORK/x/requests")" "POST"
+  rm -rf "${WORK:?}/a1"; mkdir -p "$WORK/a1"
+fi
+
+t0=$SECONDS
+start_agent a1 --token "$TOKEN"
+KITE_TOKEN="$TOKEN" start_agent a2
+check "two agents join and are Ready within 10 s" wait_for 10 "agents Ready" all_ready
+echo "# agents Ready after $((SECONDS - t0)) s"
+check "the agent's node has its client certificate's identity" \
+  contains "$(openssl x509 -noout -subject -in "$WORK/a1/data/agent/tls/client-kubelet.crt")" "system:node:a1"
+check "and a node password Secret" equals "$(kc -n kube-system get secret a1.node-password.kite -o jsonpath='{.type}')" "kite.io/node-password"
+wide=$(kc get nodes -o wide)
+check "get nodes -o wide: roles and internal IPs" \
+  contains "$(echo "$wide" | awk '$1=="s"{print $3, $6}')" "control-plane,master ${IP[s]}"
+check "get nodes -o wide: an agent's" contains "$(echo "$wide" | awk '$1=="a2"{print $3, $6}')" "<none> ${IP[a2]}"
+net_ok() { [ "$(kc get node "$1" -o jsonpath='{.status.conditions[?(@.type=="NetworkUnavailable")].status}')" = False ]; }
+check "NetworkUnavailable=False once the routes are in" wait_for 10 "the network" net_ok a2
+
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 6
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, nodeTaintsPolicy: Honor, labelSelector: {matchLabels: {app: web}}}
+      containers:
+      - {name: hello, image: kite.test/hello:1, ports: [{containerPort: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 80, nodePort: 30099}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: far}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: far}}
+  template:
+    metadata: {labels: {app: far}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: a2}
+      containers:
+      - {name: hello, image: kite.test/hello:1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: far}
+spec:
+  selector: {app: far}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeName: s
+  terminationGracePeriodSeconds: 0
+  containers:
+  - {name: c, image: kite.test/shell:1, command: [sleep, "3600"]}
+YAML
+six_ready() { [ "$(kc get deploy web -o jsonpath='{.status.readyReplicas}')" = 6 ]; }
+check "six replicas Ready" wait_for 60 "six replicas" six_ready
+far_ready() { [ "$(kc get deploy far -o jsonpath='{.status.readyReplicas}')" = 1 ]; }
+wait_for 60 "far Ready" far_ready
+wait_for 60 "client running" running client
+check "the replicas spread over the three nodes" \
+  equals "$(count_on app=web s) $(count_on app=web a1) $(count_on app=web a2)" "2 2 2"
+IPS=$(kc get pods -l app=web -o jsonpath='{.items[*].status.podIP}')
+bad=""
+for p in $(kc get pods -l app=web -o jsonpath='{.items[*].metadata.name}'); do
+  out=$(kc exec "$p" -- sh -c "for ip in $IPS; do timeout 3 wget -q -O- http://\$ip/ | grep -q 'Server name' || echo \"unreached \$ip\"; done" 2>&1)
+  [ -z "$out" ] || bad="$bad $p:$out"
+done
+check "every pod reaches every other pod by IP, across nodes" equals "$bad" ""
+CIP=$(kc get svc web -o jsonpath='{.spec.clusterIP}')
+names=""
+for n in s a1 a2; do
+  for i in 1 2 3 4; do
+    names="$names $(from_node "$n" "http://$CIP/" | sed -n 's/.*Server name: \(.*\)<.*/\1/p')"
+  done
+done
+check "the ClusterIP answers on every node" not_contains "$names" "  "
+check "and answers from pods on several nodes" test "$(echo "$names" | tr ' ' '\n' | sort -u | grep -c .)" -ge 3
+np=""
+for n in s a1 a2; do
+  for target in s a1 a2; do
+    from_node "$n" "http://${IP[$target]}:30099/" | grep -q "Server name" || np="$np $n->$target"
+  done
+done
+check "NodePort on every node answers from every node" equals "$np" ""
+check "a pod resolves and reaches a Service whose pod is on another node" \
+  contains "$(kc exec client -- timeout 5 wget -q -O- http://far.default.svc.cluster.local/)" "Server name: far-"
+FAR=$(kc get pods -l app=far -o jsonpath='{.items[0].metadata.name}')
+check "kubectl logs of a pod on an agent" contains "$(kc logs "$FAR")" "serving $FAR"
+check "kubectl exec into a pod on an agent" equals "$(kc exec "$FAR" -- hostname)" "$FAR"
+PF_PORT=18080
+nsenter --net=/run/netns/kite-mn-s "$KUBECTL" --kubeconfig "$WORK/s/kubeconfig.yaml" port-forward "pod/$FAR" "$PF_PORT:80" >"$WORK/pf.log" 2>&1 &
+PF=$!
+pf_ok() { from_node s "http://127.0.0.1:$PF_PORT/" | grep -q "Server name: $FAR"; }
+check "kubectl port-forward to a pod on an agent" wait_for 15 "port-forward" pf_ok
+kill $PF 2>/dev/null; wait $PF 2>/dev/null
+
+if [ "$backend" = vxlan ]; then
+  check "vxlan: kite.1 with its link's MTU less 50" \
+    equals "$(inns a1 ip -o link show kite.1 | grep -o 'mtu [0-9]*')" "mtu 1450"
+  check "vxlan: routes to other nodes' pods go over kite.1" \
+    equals "$(inns a1 ip route show proto 107 | grep -c 'dev kite.1 onlink')" "2"
+else
+  check "host-gw: a route to each other node's pods via its IP" \
+    equals "$(inns a1 ip route show proto 107 | grep -c "via 172.30.99")" "2"
+fi
+
+if [ $first = 1 ]; then
+  # --- drain, uncordon ----------------------------------------------------------------
+  out=$(kc drain a1 --ignore-daemonsets --delete-emptydir-data --timeout=60s 2>&1)
+  check "kubectl drain an agent" contains "$out" "node/a1 drained"
+  moved() { [ "$(count_on app=web a1)" = 0 ] && six_ready; }
+  check "its pods come back on the other nodes" wait_for 60 "the pods to move" moved
+  check "a drained node is unschedulable" equals "$(kc get node a1 -o jsonpath='{.spec.unschedulable}')" "true"
+  kc uncordon a1 >/dev/null
+  kc run back --image kite.test/shell:1 --overrides='{"spec":{"nodeSelector":{"kubernetes.io/hostname":"a1"}}}' -- sleep 3600 >/dev/null
+  check "after uncordon it takes pods again" wait_for 60 "a pod on a1" running back
+
+  # --- restart the server while agents run ----------------------------------------------
+  before=$(kc get pods -l app=far -o jsonpath='{.items[0].status.containerStatuses[0].containerID}')
+  node_down s
+  sleep 2
+  start_kite_server "$backend"
+  wait_for 20 "the server's API" kc get --raw /readyz
+  check "after a server restart the agents' nodes are Ready" wait_for 30 "agents Ready" all_ready
+  check "and their pods kept running (same container)" \
+    equals "$(kc get pods -l app=far -o jsonpath='{.items[0].status.containerStatuses[0].containerID}')" "$before"
+  # --- restart an agent: its pods are adopted -------------------------------------------
+  node_down a2
+  start_agent a2 --token "$TOKEN"
+  sleep 2
+  check "a restarted agent's node is Ready again" wait_for 30 "a2 Ready" node_is_ready a2
+  check "its pods are adopted, not restarted" \
+    equals "$(kc get pods -l app=far -o jsonpath='{.items[0].status.containerStatuses[0].containerID} {.items[0].status.containerStatuses[0].restartCount}')" "$before 0"
+  check "the agent used its kept certificates" contains "$(cat "$WORK/a2/agent.log")" "using the certificates of an earlier join"
+  # --- an agent that stops: NotReady, its pods replaced after the toleration ------------
+  node_down a1
+  not_ready() { [ "$(ready_status a1)" = Unknown ]; }
+  check "a stopped agent's node goes NotReady" wait_for 40 "a1 NotReady" not_ready
+  gone() { [ "$(count_on app=web a1)" = 0 ] && six_ready; }
+  check "its pods are replaced elsewhere after the toleration" wait_for 60 "replacements" gone
+  first=0
+fi
+done
+
+if [ "$FAIL" -gt 0 ]; then
+  for n in "${NODES[@]}"; do
+    echo "--- $n log (last 25 lines) ---"
+    tail -25 "$WORK/$n/"*.log 2>/dev/null | cut -c1-400
+  done
+  echo "--- pods ---"
+  kc get pods -o wide 2>&1 | head -20
+  kc get events -A 2>&1 | tail -20 | cut -c1-300
+fi
+summary
