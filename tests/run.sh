@@ -111,7 +111,7 @@ kubectl_name() { if [ "$1" = "$K136" ]; then echo kubectl.1.36; else basename "$
 for k in "${API_KUBECTLS[@]}"; do
   v=$(kubectl_name "$k")
   for t in tests/e2e/*.sh; do
-    case "$(basename "$t")" in kubelet.sh|streams.sh|volumes.sh|resources.sh|services.sh|cni.sh|install.sh|systemd.sh) continue ;; esac
+    case "$(basename "$t")" in kubelet.sh|streams.sh|volumes.sh|resources.sh|services.sh|cni.sh|install.sh|systemd.sh|multinode.sh) continue ;; esac
     n="$(basename "$t" .sh)-$v"
     KUBECTL="$k" timeout 900 bash "$t" >"$logs/$n.log" 2>&1 &
     pids+=($!); names+=("$n")
@@ -121,6 +121,13 @@ done
 if [ "$(id -u)" = 0 ]; then
   KUBECTL="${KUBECTLS[-1]}" timeout 900 bash tests/e2e/systemd.sh >"$logs/systemd.log" 2>&1 &
   pids+=($!); names+=("systemd")
+fi
+# Agents joining a server, three nodes in network namespaces of their own (their own
+# cgroup roots, containerds and data dirs: nothing shared with the host's node tier): once,
+# as root, with the newest kubectl.
+if [ "$(id -u)" = 0 ]; then
+  KUBECTL="${API_KUBECTLS[-1]}" timeout 900 bash tests/e2e/multinode.sh >"$logs/multinode.log" 2>&1 &
+  pids+=($!); names+=("multinode")
 fi
 # The node tier owns host-wide things (the kite0 bridge, the kite-nat table): one
 # kubectl after the other, in one job.

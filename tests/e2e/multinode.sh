@@ -70,7 +70,7 @@ node_down() { # NAME: stops the node's kite and removes what it made
 
 node_clean() {
   local n=$1
-  [ -d "$WORK/$n" ] || return 0
+  [ -e "/run/netns/$(ns "$n")" ] || return 0
   inns "$n" env KITE_DATA_DIR="$WORK/$n/data" KITE_KILLALL_NODE_ONLY=1 \
     KITE_CGROUP_ROOT="kite-mn-$n" sh "$KILLALL" >/dev/null 2>&1 || true
 }
@@ -84,7 +84,8 @@ net_down() {
   ip netns del $NS_SW 2>/dev/null
   true
 }
-AFTER_CLEANUP="net_down"
+# The nodes go before lib.sh removes $WORK (their clean-up finds them by their data dirs).
+cleanup() { net_down; rm -rf "$WORK"; }
 
 # Flags every node takes: its own data dir, cgroup root, logs, and the test's images.
 node_flags() {
@@ -326,8 +327,27 @@ fi
 
 if [ $first = 1 ]; then
   # --- drain, uncordon ----------------------------------------------------------------
+  # A budget that needs every replica: the drain must stop at the first eviction.
+  cat <<YAML | kc apply -f - >/dev/null
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web}
+spec:
+  minAvailable: 6
+  selector: {matchLabels: {app: web}}
+YAML
+pdb_seen() { [ "$(kc get pdb web -o jsonpath='{.status.currentHealthy}/{.status.disruptionsAllowed}')" = 6/0 ]; }
+  check "the disruption controller keeps the budget's status" wait_for 20 "the PDB status" pdb_seen
+  check "kubectl get pdb: upstream's columns" \
+    contains "$(kc get pdb web)" "ALLOWED DISRUPTIONS"
+  out=$(kc drain a1 --ignore-daemonsets --delete-emptydir-data --timeout=8s 2>&1)
+  check "a PDB with minAvailable blocks a drain that would break it" \
+    contains "$out" "Cannot evict pod as it would violate the pod's disruption budget."
+  check "and the node's pods stay" equals "$(count_on app=web a1)" "2"
+  kc patch pdb web --type merge -p '{"spec":{"minAvailable":4}}' >/dev/null
   out=$(kc drain a1 --ignore-daemonsets --delete-emptydir-data --timeout=60s 2>&1)
-  check "kubectl drain an agent" contains "$out" "node/a1 drained"
+  check "kubectl drain an agent (the budget allows it)" contains "$out" "node/a1 drained"
+  check "evictions went through the eviction API" contains "$out" "evicted"
   moved() { [ "$(count_on app=web a1)" = 0 ] && six_ready; }
   check "its pods come back on the other nodes" wait_for 60 "the pods to move" moved
   check "a drained node is unschedulable" equals "$(kc get node a1 -o jsonpath='{.spec.unschedulable}')" "true"

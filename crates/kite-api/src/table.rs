@@ -268,6 +268,13 @@ fn columns(ri: &ResourceInfo) -> &'static [Col] {
             ("Images", "string", "", 1),
             ("Selector", "string", "", 1),
         ],
+        ("policy", "PodDisruptionBudget") => &[
+            NAME,
+            ("Min Available", "string", "", 0),
+            ("Max Unavailable", "string", "", 0),
+            ("Allowed Disruptions", "integer", "", 0),
+            AGE,
+        ],
         ("apps", "ReplicaSet") | ("", "ReplicationController") => &[
             NAME,
             ("Desired", "integer", "", 0),
@@ -460,6 +467,21 @@ fn cells(ri: &ResourceInfo, o: &Value, now: Timestamp) -> Vec<Value> {
                 json!(c),
                 json!(i),
                 json!(selector_text(&spec["selector"])),
+            ]
+        }
+        ("policy", "PodDisruptionBudget") => {
+            // An int-or-string as upstream prints it; N/A when unset.
+            let ios = |v: &Value| match v {
+                Value::Number(n) => json!(n.to_string()),
+                Value::String(t) => json!(t),
+                _ => json!("N/A"),
+            };
+            vec![
+                name,
+                ios(&spec["minAvailable"]),
+                ios(&spec["maxUnavailable"]),
+                int(&st["disruptionsAllowed"]),
+                age(o, now),
             ]
         }
         ("apps", "ReplicaSet") | ("", "ReplicationController") => {

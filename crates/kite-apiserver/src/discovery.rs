@@ -50,6 +50,11 @@ fn subresources(ri: &ResourceInfo) -> Vec<Sub> {
             kind: ("", "v1", "Binding"),
         });
         out.push(Sub {
+            name: "eviction",
+            verbs: &["create"],
+            kind: ("policy", "v1", "Eviction"),
+        });
+        out.push(Sub {
             name: "ephemeralcontainers",
             verbs: RW,
             kind: ("", "v1", "Pod"),

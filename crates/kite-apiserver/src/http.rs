@@ -645,6 +645,12 @@ async fn serve_resource(
             let obj = decode_body(&h, &body)?;
             Ok(written(objs.create(ri, ns, obj, &opts).await?))
         }
+        ("create", Some(n), Some("eviction")) if ri.is("", "Pod") => {
+            let (h, body) = read_body(req).await?;
+            let obj = decode_body(&h, &body)?;
+            let out = crate::eviction::evict(st, ns.unwrap_or_default(), n, obj).await?;
+            Ok(json_response(StatusCode::CREATED, &out, &[]))
+        }
         ("create", Some(n), Some("binding")) if ri.is("", "Pod") => {
             let (h, body) = read_body(req).await?;
             let obj = decode_body(&h, &body)?;

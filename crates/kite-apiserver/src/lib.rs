@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod connect;
 pub mod discovery;
 pub mod error;
+pub mod eviction;
 pub mod http;
 pub mod metered;
 pub mod metrics;

@@ -4,6 +4,7 @@
 //! as a `reconcile(key)` over a work queue; errors are retried with back-off.
 
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod gc;
 pub mod mirroring;
@@ -81,6 +82,7 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
     nodeipam::start(ctx.clone());
     nodelifecycle::start(ctx.clone());
     podgc::start(ctx.clone());
+    disruption::start(ctx.clone());
     if ctx.opts.servicelb {
         servicelb::start(ctx.clone());
     }

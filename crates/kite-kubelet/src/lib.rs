@@ -496,7 +496,7 @@ async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubel
                     .as_ref()
                     .and_then(|s| s.conditions.clone())
                     .unwrap_or_default();
-                for c in conds {
+                for c in conds.iter_mut() {
                     if let Some(o) = old
                         .iter()
                         .find(|o| c["type"] == o.type_.as_str() && c["status"] == o.status.as_str())
@@ -505,6 +505,15 @@ async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubel
                             c["lastTransitionTime"] = json!(t);
                         }
                     }
+                }
+                // Conditions others own (NetworkUnavailable, from the pod network) stay:
+                // this merge patch replaces the whole list.
+                let mine: Vec<String> = conds
+                    .iter()
+                    .filter_map(|c| c["type"].as_str().map(String::from))
+                    .collect();
+                for o in old.iter().filter(|o| !mine.contains(&o.type_)) {
+                    conds.push(json!(o));
                 }
             }
             match nodes

@@ -233,8 +233,20 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
                 }
             }
         }
-        if !reported && applied.is_some() {
+        // Reported again whenever the node's condition says otherwise (a node object made
+        // again, or a status written whole by someone else).
+        let shown = nodes
+            .get("", &opts.node_name)
+            .and_then(|n| n.status.clone())
+            .and_then(|st| st.conditions)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "NetworkUnavailable" && c.status == "False")
+            });
+        if applied.is_some() && !shown && !reported {
             reported = report_up(&nodes_api, &opts).await;
+        } else if shown {
+            reported = false;
         }
         // A change wakes at once; the timer re-checks what someone else may have
         // removed (a route deleted by hand comes back).
