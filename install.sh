@@ -102,6 +102,7 @@ setup_env() {
   DATA_DIR=${KITE_DATA_DIR:-/var/lib/kite}
   KUBECONFIG_FILE=${KITE_KUBECONFIG_OUTPUT:-/etc/kite/kite.yaml}
   POD_LOGS_DIR=${KITE_POD_LOGS_DIR:-/var/log/pods}
+  CGROUP_ROOT=${KITE_CGROUP_ROOT:-kite}
   API_PORT=${KITE_HTTPS_LISTEN_PORT:-6443}
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -111,13 +112,15 @@ setup_env() {
       --write-kubeconfig=*) KUBECONFIG_FILE=${1#*=} ;;
       --pod-logs-dir) POD_LOGS_DIR=$2; shift ;;
       --pod-logs-dir=*) POD_LOGS_DIR=${1#*=} ;;
+      --cgroup-root) CGROUP_ROOT=$2; shift ;;
+      --cgroup-root=*) CGROUP_ROOT=${1#*=} ;;
       --https-listen-port) API_PORT=$2; shift ;;
       --https-listen-port=*) API_PORT=${1#*=} ;;
       --disable-agent) NO_NODE=1 ;;
     esac
     shift
   done
-  case "$CMD" in server) ;; *) NO_NODE="" ;; esac
+  case "$CMD" in server) ;; *) NO_NODE=""; KUBECONFIG_FILE="" ;; esac
 }
 
 # --- the binary ---------------------------------------------------------------------------
@@ -266,7 +269,8 @@ install_files() {
   "$KITE" packaging kite-killall.sh | sed \
     -e "s#\${KITE_DATA_DIR:-/var/lib/kite}#\${KITE_DATA_DIR:-$DATA_DIR}#" \
     -e "s#\${KITE_PID_FILE:-/run/kite.pid}#\${KITE_PID_FILE:-$PID_FILE}#" \
-    -e "s#\${KITE_SERVICE:-kite}#\${KITE_SERVICE:-$SYSTEM_NAME}#" | put "$BIN_DIR/kite-killall.sh" 755
+    -e "s#\${KITE_SERVICE:-kite}#\${KITE_SERVICE:-$SYSTEM_NAME}#" \
+    -e "s#\${KITE_CGROUP_ROOT:-kite}#\${KITE_CGROUP_ROOT:-$CGROUP_ROOT}#" | put "$BIN_DIR/kite-killall.sh" 755
   UNINSTALL=$BIN_DIR/$SYSTEM_NAME-uninstall.sh
   "$KITE" packaging kite-uninstall.sh | sed \
     -e "s#^SYSTEM_NAME=.*#SYSTEM_NAME=$SYSTEM_NAME#" \
@@ -364,7 +368,10 @@ start_service() {
 }
 
 wait_ready() {
-  [ "$CMD" = server ] || return 0
+  # An agent is waited for when this run started it detached (systemd's start already
+  # waits for its READY=1): its "kite is ready" line comes once it joined and its node is
+  # Ready.
+  [ "$CMD" = server ] || [ -n "$LOG_START" ] || return 0
   i=0
   what="the API"
   [ -n "$NO_NODE" ] || what="the node to be Ready"
@@ -418,6 +425,6 @@ if start_service; then
     echo "    kubectl get nodes                  (or: $BIN_DIR/kite kubectl get nodes)"
     echo "    logs: $LOGS; stop: $BIN_DIR/kite-killall.sh; remove: $UNINSTALL"
   else
-    info "kite agent started. Logs: $LOGS"
+    info "kite agent is running. Logs: $LOGS; stop: $BIN_DIR/kite-killall.sh; remove: $UNINSTALL"
   fi
 fi

@@ -12,7 +12,8 @@
 source "$(dirname "$0")/../lib.sh"
 echo "# kubectl: $KUBECTL"
 [ "$(id -u)" = 0 ] || { echo "the multinode tier needs root"; exit 1; }
-KILLALL="$(cd "$(dirname "$0")/../.." && pwd)/packaging/kite-killall.sh"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+KILLALL="$ROOT/packaging/kite-killall.sh"
 BACKENDS=${BACKENDS:-"host-gw vxlan"}
 NS_SW=kite-mn-sw
 NODES=(s a1 a2)
@@ -41,6 +42,10 @@ exec "$@"'
 kc() { inns s "$KUBECTL" --kubeconfig "$WORK/s/kubeconfig.yaml" "$@"; }
 
 net_up() {
+  if [ -e /run/netns/$NS_SW ]; then
+    echo "another multinode run holds the kite-mn-* namespaces: wait for it (or remove them)"
+    NODES=(); exit 1
+  fi
   ip netns add $NS_SW
   ip -n $NS_SW link add kitemnbr type bridge
   ip -n $NS_SW link set kitemnbr up
@@ -70,16 +75,34 @@ node_down() { # NAME: stops the node's kite and removes what it made
 
 node_clean() {
   local n=$1
-  [ -e "/run/netns/$(ns "$n")" ] || return 0
-  inns "$n" env KITE_DATA_DIR="$WORK/$n/data" KITE_KILLALL_NODE_ONLY=1 \
-    KITE_CGROUP_ROOT="kite-mn-$n" sh "$KILLALL" >/dev/null 2>&1 || true
+  # kite-killall.sh removes kite* interfaces where it runs: always in a namespace of the
+  # test's (the node's, or a scratch one if that is gone), never the host's.
+  local where
+  where=$(ns "$n")
+  [ -e "/run/netns/$where" ] || { where=kite-mn-scratch; ip netns add $where 2>/dev/null; }
+  # (Machine x is several machines in turn, each with a data dir of its own.)
+  local d
+  for d in "$WORK/$n/data" "$WORK/$n"/x?; do
+    [ -d "$d" ] || continue
+    nsenter --net="/run/netns/$where" env KITE_DATA_DIR="$d" KITE_KILLALL_NODE_ONLY=1 \
+      KITE_CGROUP_ROOT="kite-mn-$n" sh "$KILLALL" >/dev/null 2>&1 || true
+  done
+  [ "$where" != kite-mn-scratch ] || ip netns del kite-mn-scratch 2>/dev/null
+  true
+}
+
+# The fake server by the pid it wrote (python3 may be a wrapper that forks).
+stop_fake() {
+  [ -s "$WORK/x/listening" ] && kill "$(cat "$WORK/x/listening")" 2>/dev/null
+  [ -n "${FAKE_PID:-}" ] && kill "$FAKE_PID" 2>/dev/null
+  FAKE_PID=""; rm -f "$WORK/x/listening"
 }
 
 net_down() {
   local n
-  for n in "${NODES[@]}"; do node_down "$n"; done
-  [ -n "${FAKE_PID:-}" ] && kill "$FAKE_PID" 2>/dev/null
-  for n in "${NODES[@]}"; do node_clean "$n"; done
+  for n in "${NODES[@]}" x; do node_down "$n"; done
+  stop_fake
+  for n in "${NODES[@]}" x; do node_clean "$n"; done
   for n in "${NODES[@]}" x; do ip netns del "$(ns "$n")" 2>/dev/null; done
   ip netns del $NS_SW 2>/dev/null
   true
@@ -138,7 +161,7 @@ net_up
 # --- a fake server with another CA, in its own namespace: it logs what it receives ----
 mkdir -p "$WORK/x"
 cat >"$WORK/x/fake.py" <<'PY'
-import http.server, ssl, subprocess, sys
+import http.server, os, ssl, subprocess, sys
 d, ip = sys.argv[1], sys.argv[2]
 subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                 "-nodes", "-keyout", d + "/key.pem", "-out", d + "/cert.pem", "-days", "1",
@@ -162,7 +185,7 @@ s = http.server.HTTPServer((ip, 6443), H)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(d + "/cert.pem", d + "/key.pem")
 s.socket = ctx.wrap_socket(s.socket, server_side=True)
-open(d + "/listening", "w").close()
+open(d + "/listening", "w").write(str(os.getpid()))
 s.serve_forever()
 PY
 nsenter --net=/run/netns/kite-mn-x python3 "$WORK/x/fake.py" "$WORK/x" "${IP[x]}" >"$WORK/x/fake.log" 2>&1 &
@@ -202,6 +225,7 @@ if [ $first = 1 ]; then
   check "the impostor was asked for its CA" contains "$(cat "$WORK/x/requests")" "GET /cacerts auth=-"
   check "and never received the token" not_contains "$(cat "$WORK/x/requests")" "$SECRET"
   check "nor any join request" not_contains "$(cat "$WORK/x/requests")" "POST"
+  stop_fake
   rm -rf "${WORK:?}/a1"; mkdir -p "$WORK/a1"
 fi
 
@@ -343,7 +367,9 @@ pdb_seen() { [ "$(kc get pdb web -o jsonpath='{.status.currentHealthy}/{.status.
   out=$(kc drain a1 --ignore-daemonsets --delete-emptydir-data --timeout=8s 2>&1)
   check "a PDB with minAvailable blocks a drain that would break it" \
     contains "$out" "Cannot evict pod as it would violate the pod's disruption budget."
-  check "and the node's pods stay" equals "$(count_on app=web a1)" "2"
+  stay=$(count_on app=web a1)
+  check "and the node's pods stay" equals "$stay" "2"
+  [ "$stay" = 2 ] || { echo "$out" | tail -8; kc get pdb web -o yaml; kc get pods -o wide; kc get events --field-selector reason=Killing; }
   kc patch pdb web --type merge -p '{"spec":{"minAvailable":4}}' >/dev/null
   out=$(kc drain a1 --ignore-daemonsets --delete-emptydir-data --timeout=60s 2>&1)
   check "kubectl drain an agent (the budget allows it)" contains "$out" "node/a1 drained"
@@ -378,6 +404,66 @@ pdb_seen() { [ "$(kc get pdb web -o jsonpath='{.status.currentHealthy}/{.status.
   check "a stopped agent's node goes NotReady" wait_for 40 "a1 NotReady" not_ready
   gone() { [ "$(count_on app=web a1)" = 0 ] && six_ready; }
   check "its pods are replaced elsewhere after the toleration" wait_for 60 "replacements" gone
+  # --- the machine "x" joins in the other ways ----------------------------------------
+  # Another machine that asks for an existing node's name is refused (node password).
+  mkdir -p "$WORK/x"
+  start_agent x --token "$TOKEN" --node-name a2 --data-dir "$WORK/x/xa"
+  taken() { grep -q "node password rejected" "$WORK/x/agent.log"; }
+  check "another machine cannot take over a node's name" wait_for 15 "the refusal" taken
+  node_down x; node_clean x
+  : >"$WORK/x/agent.log"
+  # A bootstrap token with a TTL, from `kite token create`.
+  KK=(--kubeconfig "$WORK/s/kubeconfig.yaml")
+  boot=$(inns s "$KITE_BIN" token create --ttl 10m --description e2e "${KK[@]}" 2>&1)
+  check "kite token create prints a K10 join token" test -n "$(echo "$boot" | grep -E '^K10[0-9a-f]{64}::[a-z0-9]{6}\.[a-z0-9]{16}$')"
+  bid=$(echo "${boot##*::}" | cut -d. -f1)
+  check "kite token list shows it with its expiry and usages" \
+    contains "$(inns s "$KITE_BIN" token list "${KK[@]}" 2>&1 | grep "^$bid")" "auth,signing"
+  # (Each join below is a machine of its own: its own node name and data dir.)
+  xnode() { echo --node-name "$1" --data-dir "$WORK/x/$1"; }
+  start_agent x --token "$boot" $(xnode xb)
+  check "an agent joins with a bootstrap token" wait_for 20 "xb Ready" node_is_ready xb
+  node_down x; node_clean x; kc delete node xb >/dev/null 2>&1
+  check "kite token delete" contains "$(inns s "$KITE_BIN" token delete "$bid" "${KK[@]}" 2>&1)" "deleted"
+  check "and it is gone from the list" not_contains "$(inns s "$KITE_BIN" token list "${KK[@]}" 2>&1)" "$bid"
+  : >"$WORK/x/agent.log"
+  start_agent x --token "$boot" $(xnode xd)
+  refused_x() { grep -q "cannot join: the server refused the token" "$WORK/x/agent.log"; }
+  check "a deleted bootstrap token joins no more" wait_for 15 "the refusal" refused_x
+  check "and that machine never became a node" fails_with NotFound kc get node xd
+  node_down x; node_clean x; : >"$WORK/x/agent.log"
+  # A bare secret: the agent trusts the CA on first use and says so.
+  start_agent x --token "$SECRET" $(xnode xt)
+  check "a short secret joins too" wait_for 20 "xt Ready" node_is_ready xt
+  check "trusting the CA on first use, and saying so" contains "$(cat "$WORK/x/agent.log")" "trusting the CA this server presents on first use"
+  # kubectl delete node: its routes go everywhere, and the running agent registers again.
+  xcidr=$(kc get node xt -o jsonpath='{.spec.podCIDR}')
+  has_route() { inns a2 ip route show proto 107 | grep -q "^$xcidr "; }
+  check "a joined node's pods are routed to from the others" wait_for 10 "the route" has_route
+  kc delete node xt >/dev/null
+  no_route() { ! has_route; }
+  check "kubectl delete node removes its routes from the other nodes" wait_for 10 "no route" no_route
+  check "and the running agent registers its node again" wait_for 30 "xt back" node_is_ready xt
+  check "a deleted node's password goes with it (a rebuilt machine may take the name)" \
+    fails_with NotFound kc -n kube-system get secret xt.node-password.kite
+  node_down x; node_clean x; kc delete node xt >/dev/null 2>&1
+  # install.sh with KITE_URL and KITE_TOKEN installs an agent (piped, as a user does).
+  mkdir -p "$WORK/x/bin"; cp "$KITE_BIN" "$WORK/x/bin/kite"
+  out=$(nsenter --net=/run/netns/kite-mn-x unshare --mount --propagation private sh -c "$MACHINE_SH" machine \
+    env -u KITE_BIN KITE_URL="https://${IP[s]}:6443" KITE_TOKEN="$TOKEN" INSTALL_KITE_SKIP_DOWNLOAD=true \
+    INSTALL_KITE_SKIP_DEPS=true INSTALL_KITE_BIN_DIR="$WORK/x/bin" INSTALL_KITE_NAME=kite-mn-agent \
+    INSTALL_KITE_SYSTEMD_DIR="$WORK/x/conf" timeout 120 sh -s - $(node_flags x) <"$ROOT/install.sh" 2>&1); rc=$?
+  echo "$out" | sed 's/^/    | /'
+  check "install.sh with KITE_URL installs and starts an agent" equals "$rc" 0
+  check "and waits until it says it is ready" contains "$out" "kite agent is running"
+  check "the installed agent's node is Ready" node_is_ready x
+  check "the env file keeps KITE_URL and KITE_TOKEN" \
+    equals "$(grep -c '^KITE_URL=\|^KITE_TOKEN=' "$WORK/x/conf/kite-mn-agent.service.env")" 2
+  apid=$(cat /run/kite-mn-agent.pid 2>/dev/null)
+  inns x "$WORK/x/bin/kite-mn-agent-uninstall.sh" >/dev/null 2>&1
+  check "its uninstall script stops it" bash -c "[ -n '$apid' ] && ! kill -0 '$apid' 2>/dev/null"
+  check "and removes its binary and data" bash -c "[ ! -e '$WORK/x/bin/kite' ] && [ ! -d '$WORK/x/data' ]"
+  kc delete node x >/dev/null 2>&1
   first=0
 fi
 done

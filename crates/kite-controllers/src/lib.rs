@@ -11,6 +11,7 @@ pub mod mirroring;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod nodepassword;
 pub mod podgc;
 pub mod replicaset;
 pub mod serviceaccount;
@@ -83,6 +84,7 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
     nodelifecycle::start(ctx.clone());
     podgc::start(ctx.clone());
     disruption::start(ctx.clone());
+    nodepassword::start(ctx.clone());
     if ctx.opts.servicelb {
         servicelb::start(ctx.clone());
     }

@@ -534,6 +534,20 @@ async fn heartbeat(client: kube::Client, opts: Options, kubelet: Arc<pods::Kubel
                     last_pressure = Some(pressure);
                     last_status = std::time::Instant::now();
                 }
+                // The Node was deleted (`kubectl delete node`): register it again, as
+                // upstream's kubelet does, and post its status at once.
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    let version = kubelet.runtime_version().await;
+                    match register(&client, &opts, &version).await {
+                        Ok(()) => {
+                            tracing::info!(node = %opts.node_name, "the node was deleted: registered it again");
+                            last_ready = None;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "registering the node again")
+                        }
+                    }
+                }
                 Err(e) => tracing::debug!(error = %e, "posting node status failed"),
             }
         }

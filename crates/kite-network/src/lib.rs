@@ -208,7 +208,7 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
     nodes.wake_on_change(&wake);
     informers.synced().await;
     let mut applied: Option<Vec<Peer>> = None;
-    let mut reported = false;
+    let mut last_report = None;
     loop {
         let want = peers(
             &opts.node_name,
@@ -235,18 +235,14 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
         }
         // Reported again whenever the node's condition says otherwise (a node object made
         // again, or a status written whole by someone else).
-        let shown = nodes
-            .get("", &opts.node_name)
-            .and_then(|n| n.status.clone())
-            .and_then(|st| st.conditions)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "NetworkUnavailable" && c.status == "False")
-            });
-        if applied.is_some() && !shown && !reported {
-            reported = report_up(&nodes_api, &opts).await;
-        } else if shown {
-            reported = false;
+        let shown = reported_shown(&nodes, &opts.node_name);
+        // (At most every 2 s: a status written in between may hide ours for a moment.)
+        if applied.is_some()
+            && !shown
+            && last_report.is_none_or(|t: std::time::Instant| t.elapsed() > Duration::from_secs(2))
+        {
+            report_up(&nodes_api, &opts).await;
+            last_report = Some(std::time::Instant::now());
         }
         // A change wakes at once; the timer re-checks what someone else may have
         // removed (a route deleted by hand comes back).
@@ -256,8 +252,21 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             _ = tokio::time::sleep(Duration::from_secs(30)) => { applied = None; }
+            // Until the condition shows, look again soon.
+            _ = tokio::time::sleep(Duration::from_secs(2)), if last_report.is_some() && !reported_shown(&nodes, &opts.node_name) => {}
         }
     }
+}
+
+fn reported_shown(nodes: &kite_runtime::informer::Informer<Node>, name: &str) -> bool {
+    nodes
+        .get("", name)
+        .and_then(|n| n.status.clone())
+        .and_then(|st| st.conditions)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "NetworkUnavailable" && c.status == "False")
+        })
 }
 
 /// Sets the node's NetworkUnavailable condition to False, as flannel does.
