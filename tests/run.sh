@@ -111,7 +111,7 @@ kubectl_name() { if [ "$1" = "$K136" ]; then echo kubectl.1.36; else basename "$
 for k in "${API_KUBECTLS[@]}"; do
   v=$(kubectl_name "$k")
   for t in tests/e2e/*.sh; do
-    case "$(basename "$t")" in kubelet.sh|streams.sh|volumes.sh|resources.sh|services.sh|cni.sh|install.sh|systemd.sh|multinode.sh) continue ;; esac
+    case "$(basename "$t")" in kubelet.sh|streams.sh|volumes.sh|resources.sh|services.sh|cni.sh|install.sh|systemd.sh|multinode.sh|machines.sh) continue ;; esac
     n="$(basename "$t" .sh)-$v"
     KUBECTL="$k" timeout 900 bash "$t" >"$logs/$n.log" 2>&1 &
     pids+=($!); names+=("$n")
