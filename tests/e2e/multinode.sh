@@ -194,6 +194,24 @@ check "NodePort on every node answers from every node" equals "$np" ""
 check "a pod resolves and reaches a Service whose pod is on another node" \
   contains "$(kc exec client -- timeout 5 wget -q -O- http://far.default.svc.cluster.local/)" "Server name: far-"
 FAR=$(kc get pods -l app=far -o jsonpath='{.items[0].metadata.name}')
+if [ $first = 1 ]; then
+  # NetworkPolicy on traffic between nodes: far (on a2) takes only web pods' connections.
+  FARIP=$(kc get pod "$FAR" -o jsonpath='{.status.podIP}')
+  WEB_A1=$(pods_on app=web a1 | cut -d' ' -f1)
+  cat <<YAML | kc apply -f - >/dev/null
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: far-from-web}
+spec:
+  podSelector: {matchLabels: {app: far}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]
+YAML
+  blocked() { ! kc exec client -- timeout 2 wget -q -O- "http://$FARIP/" >/dev/null 2>&1; }
+  check "NetworkPolicy holds for a pod on another node" wait_for 15 "the policy" blocked
+  check "and lets the allowed pods of other nodes in" \
+    contains "$(kc exec "$WEB_A1" -- timeout 3 wget -q -O- "http://$FARIP/")" "Server name: $FAR"
+  kc delete networkpolicy far-from-web >/dev/null
+fi
 check "kubectl logs of a pod on an agent" contains "$(kc logs "$FAR")" "serving $FAR"
 check "kubectl exec into a pod on an agent" equals "$(kc exec "$FAR" -- hostname)" "$FAR"
 PF_PORT=18080

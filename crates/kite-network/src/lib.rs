@@ -31,6 +31,9 @@ use std::time::Duration;
 
 pub const ANN_BACKEND: &str = "network.kite.io/backend-type";
 pub const ANN_PUBLIC_IP: &str = "network.kite.io/public-ip";
+/// Set by the user to route to the node at another address (flannel's
+/// `public-ip-overwrite`, for nodes behind NAT or with several interfaces).
+pub const ANN_PUBLIC_IP_OVERWRITE: &str = "network.kite.io/public-ip-overwrite";
 pub const ANN_VTEP_MAC: &str = "network.kite.io/vtep-mac";
 /// The protocol number of kite's routes (`ip route show proto 107`).
 pub const RTPROT_KITE: u8 = 107;
@@ -106,8 +109,9 @@ pub fn peers(me: &str, nodes: &[Arc<Node>], cluster: Ipv4Net, backend: Backend) 
         }
         let ann = n.metadata.annotations.clone().unwrap_or_default();
         let ip = ann
-            .get(ANN_PUBLIC_IP)
+            .get(ANN_PUBLIC_IP_OVERWRITE)
             .and_then(|v| v.parse().ok())
+            .or_else(|| ann.get(ANN_PUBLIC_IP).and_then(|v| v.parse().ok()))
             .or_else(|| internal_ip(n));
         let Some(ip) = ip else { continue };
         let mac = ann.get(ANN_VTEP_MAC).and_then(|m| parse_mac(m));
@@ -352,6 +356,14 @@ mod tests {
             vec!["b", "e"]
         );
         assert_eq!(hg[0].ip, Ipv4Addr::new(10, 0, 0, 2));
+        // The overwrite annotation wins over what the node announces.
+        let mut b = (*nodes[1]).clone();
+        b.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANN_PUBLIC_IP_OVERWRITE.into(), "192.0.2.9".into());
+        let over = peers("me", &[Arc::new(b)], cluster, Backend::HostGw);
+        assert_eq!(over[0].ip, Ipv4Addr::new(192, 0, 2, 9));
         // vxlan needs the peer's device MAC.
         let vx = peers("me", &nodes, cluster, Backend::Vxlan);
         assert_eq!(vx.len(), 1);
