@@ -777,4 +777,37 @@ mod placement_tests {
         cache.remove_pod("db");
         assert_eq!(fits(&cache, &pod("w2", "web", json!({}))), vec!["n1", "n2"]);
     }
+
+    #[test]
+    fn spread_counts_a_tainted_node_unless_the_constraint_honours_taints() {
+        let mut cache = Cache::default();
+        cache.upsert_node(node("n1"));
+        cache.upsert_node(node("n2"));
+        // A cordoned node: the unschedulable taint, no "t" pods.
+        cache.upsert_node(Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": "n3", "labels": {"kubernetes.io/hostname": "n3"}},
+                "spec": {"unschedulable": true, "taints": [
+                    {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]},
+                "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "10"}}
+            }))
+            .unwrap(),
+        ));
+        cache.add_pod("n1", pod("t1", "t", json!({})));
+        cache.add_pod("n2", pod("t2", "t", json!({})));
+        let spread = |policy: serde_json::Value| {
+            let mut c = json!({"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "t"}}});
+            if !policy.is_null() {
+                c["nodeTaintsPolicy"] = policy;
+            }
+            pod("t3", "t", json!({"topologySpreadConstraints": [c]}))
+        };
+        // Ignore (the default): n3's zero pods hold the others to one; n3 itself is tainted.
+        assert!(fits(&cache, &spread(serde_json::Value::Null)).is_empty());
+        // Honor: a node whose taints the pod does not tolerate does not count.
+        let mut honoured = fits(&cache, &spread(json!("Honor")));
+        honoured.sort();
+        assert_eq!(honoured, vec!["n1", "n2"]);
+    }
 }
