@@ -137,15 +137,29 @@ pub fn default_kubeconfig() -> PathBuf {
     }
 }
 
-/// `kite agent` flags.
+/// What `kite server` and `kite agent` both take: where their config and state are, and
+/// how they log.
 #[derive(Args, Debug, Clone)]
-pub struct AgentArgs {
+pub struct ProcessArgs {
     /// Config file (flag names as keys).
     #[arg(help_heading = "Config", long, short = 'c', env = "KITE_CONFIG_FILE", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Folder to hold state [default: /var/lib/kite as root, ~/.kite otherwise].
     #[arg(help_heading = "Config", long, short = 'd', env = "KITE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Verbose logging.
+    #[arg(help_heading = "Logging", long, env = "KITE_DEBUG")]
+    pub debug: bool,
+    /// Log lines as `text` (colours only on a terminal) or `json` (one object a line).
+    #[arg(help_heading = "Logging", long, env = "KITE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// `kite agent` flags.
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub process: ProcessArgs,
     /// The server to join, https://HOST:6443.
     #[arg(help_heading = "Cluster", long, short = 's', env = "KITE_URL")]
     pub server: Option<String>,
@@ -170,12 +184,6 @@ pub struct AgentArgs {
         default_value_t = 6444
     )]
     pub lb_server_port: u16,
-    /// Verbose logging.
-    #[arg(help_heading = "Logging", long, env = "KITE_DEBUG")]
-    pub debug: bool,
-    /// Log lines as `text` or `json`.
-    #[arg(help_heading = "Logging", long, env = "KITE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -194,7 +202,11 @@ pub struct AgentConfig {
 
 impl AgentArgs {
     pub fn resolve(&self) -> Result<AgentConfig> {
-        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+        let data_dir = self
+            .process
+            .data_dir
+            .clone()
+            .unwrap_or_else(default_data_dir);
         let Some(url) = &self.server else {
             bail!("kite agent needs the server to join: --server https://HOST:6443 (or KITE_URL)");
         };
@@ -214,8 +226,8 @@ impl AgentArgs {
             server,
             token,
             lb_port: self.lb_server_port,
-            debug: self.debug,
-            log_json: self.log_format == "json",
+            debug: self.process.debug,
+            log_json: self.process.log_format == "json",
         })
     }
 }
@@ -452,12 +464,8 @@ fn home() -> PathBuf {
 
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
-    /// Config file (flag names as keys).
-    #[arg(help_heading = "Config", long, short = 'c', env = "KITE_CONFIG_FILE", default_value = DEFAULT_CONFIG)]
-    pub config: PathBuf,
-    /// Folder to hold state [default: /var/lib/kite as root, ~/.kite otherwise].
-    #[arg(help_heading = "Config", long, short = 'd', env = "KITE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub process: ProcessArgs,
     /// Address the API server listens on.
     #[arg(
         help_heading = "API server",
@@ -544,12 +552,6 @@ pub struct ServerArgs {
     /// Run the control plane only, with no node.
     #[arg(help_heading = "Components", long, env = "KITE_DISABLE_AGENT")]
     pub disable_agent: bool,
-    /// Verbose logging.
-    #[arg(help_heading = "Logging", long, env = "KITE_DEBUG")]
-    pub debug: bool,
-    /// Log lines as `text` (colours only on a terminal) or `json` (one object a line).
-    #[arg(help_heading = "Logging", long, env = "KITE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
     /// Seconds between compactions of the datastore's history; each drops the history
     /// older than one interval, as upstream's kube-apiserver does.
     #[arg(
@@ -842,7 +844,11 @@ fn bad(key: &str, value: &str, why: &str) -> anyhow::Error {
 
 impl ServerArgs {
     pub fn resolve(&self) -> Result<ServerConfig> {
-        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+        let data_dir = self
+            .process
+            .data_dir
+            .clone()
+            .unwrap_or_else(default_data_dir);
         let kubeconfig = self
             .write_kubeconfig
             .clone()
@@ -959,8 +965,8 @@ impl ServerArgs {
             cluster_domain: self.cluster_domain.clone(),
             node_port_range: range,
             disable_agent: self.disable_agent,
-            debug: self.debug,
-            log_json: self.log_format == "json",
+            debug: self.process.debug,
+            log_json: self.process.log_format == "json",
             compact_interval: std::time::Duration::from_secs(self.compact_interval.max(1)),
             compact_retain: self.compact_retain.max(0),
             node_monitor_grace_period: parse_duration(
