@@ -133,11 +133,11 @@ ready_status() { kc get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Re
 node_is_ready() { [ "$(ready_status "$1")" = True ]; }
 all_ready() { for n in "${NODES[@]}"; do node_is_ready "$n" || return 1; done; }
 
-fresh_cluster() { # BACKEND: stops every node, removes their state, starts the server
+fresh_cluster() { # BACKEND [server flags]: stops every node, removes their state, starts the server
   local n
   for n in "${NODES[@]}"; do node_down "$n"; done
   for n in "${NODES[@]}"; do node_clean "$n"; rm -rf "${WORK:?}/$n"; mkdir -p "$WORK/$n"; done
-  start_kite_server "$1"
+  start_kite_server "$@"
   wait_for 20 "the server's API" kc get --raw /readyz || { tail -30 "$WORK/s/server.log"; exit 1; }
   wait_for 20 "the server's node Ready" node_is_ready s || { tail -30 "$WORK/s/server.log"; exit 1; }
 }

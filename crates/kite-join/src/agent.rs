@@ -303,6 +303,18 @@ impl Credentials {
         Ok(())
     }
 
+    /// Whether a third or less of the client certificate's life is left: time to renew.
+    pub fn due(&self) -> bool {
+        let (from, to) = kite_pki::validity(&self.client.cert_pem).unwrap_or((0, 0));
+        self.expires_in() <= (to - from) / 3
+    }
+
+    /// Seconds until renewal is due (0: now).
+    pub fn due_in(&self) -> i64 {
+        let (from, to) = kite_pki::validity(&self.client.cert_pem).unwrap_or((0, 0));
+        (self.expires_in() - (to - from) / 3).max(0)
+    }
+
     /// Seconds until the first of the two certificates expires (negative: expired).
     pub fn expires_in(&self) -> i64 {
         let now = std::time::SystemTime::now()

@@ -4,6 +4,7 @@
 //! ([`lb`]).
 
 pub mod agent;
+pub mod client;
 pub mod lb;
 pub mod proto;
 pub mod server;

@@ -18,8 +18,9 @@ use k8s_openapi::ByteString;
 use kube::api::{Api, PostParams};
 use std::sync::Arc;
 
-/// How long node certificates are valid; agents renew them well before.
-pub const CERT_DAYS: i64 = 365;
+/// How long node certificates are valid by default; agents renew them when a third of
+/// that is left.
+pub const CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 86400);
 
 pub struct JoinServer {
     pub pki: Arc<kite_pki::Pki>,
@@ -29,6 +30,8 @@ pub struct JoinServer {
     /// server it calls is up; joins wait for it).
     pub client: std::sync::OnceLock<kube::Client>,
     pub cluster: ClusterInfo,
+    /// How long the certificates it issues are valid.
+    pub cert_validity: std::time::Duration,
 }
 
 pub fn router(j: Arc<JoinServer>) -> axum::Router {
@@ -266,7 +269,7 @@ async fn join(
             cn: &user,
             orgs: &["system:nodes"],
         },
-        CERT_DAYS,
+        j.cert_validity.as_secs() as i64,
     );
     let serving = j.pki.sign_request(
         &req.serving_request,
@@ -274,7 +277,7 @@ async fn join(
             cn: &req.node_name,
             sans: &sans,
         },
-        CERT_DAYS,
+        j.cert_validity.as_secs() as i64,
     );
     let (client_cert, serving_cert) = match (client, serving) {
         (Ok(c), Ok(s)) => (c, s),

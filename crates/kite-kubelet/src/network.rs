@@ -13,10 +13,9 @@
 use anyhow::{anyhow, bail, Context, Result};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
+use kite_network::netlink::{index_of, with_handle};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
-use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
-};
+use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -98,32 +97,6 @@ pub fn host_veth(uid: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, uid.as_bytes());
     let h = d.as_ref();
     format!("kitev{:02x}{:02x}{:02x}{:02x}", h[0], h[1], h[2], h[3])
-}
-
-async fn with_handle<T, F, Fut>(f: F) -> Result<T>
-where
-    F: FnOnce(Handle) -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
-    let task = tokio::spawn(conn);
-    let out = f(handle).await;
-    task.abort();
-    out
-}
-
-async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>> {
-    let mut links = h.link().get().match_name(name.to_string()).execute();
-    match links.try_next().await {
-        Ok(Some(l)) => Ok(Some(l.header.index)),
-        Ok(None) => Ok(None),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn libc_enodev() -> i32 {
-    nix::errno::Errno::ENODEV as i32
 }
 
 impl Network {

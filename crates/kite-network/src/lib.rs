@@ -17,7 +17,7 @@
 //! their own protocol number ([`RTPROT_KITE`]) so that they are told from everyone
 //! else's and removed when their node goes.
 
-mod netlink;
+pub mod netlink;
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;

@@ -16,7 +16,9 @@ use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-async fn with_handle<T, F, Fut>(f: F) -> Result<T>
+/// Runs `f` with a fresh rtnetlink connection (closed after): every netlink user on a
+/// node goes through here (the kubelet's pod network too).
+pub async fn with_handle<T, F, Fut>(f: F) -> Result<T>
 where
     F: FnOnce(Handle) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
@@ -26,6 +28,11 @@ where
     let out = f(handle).await;
     task.abort();
     out
+}
+
+/// The index of the link named `name`, if there is one.
+pub async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>> {
+    Ok(link(h, name).await?.map(|(i, _)| i))
 }
 
 /// The link's index and attributes, by name.

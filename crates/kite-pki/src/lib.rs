@@ -286,9 +286,14 @@ pub enum NodeCert<'a> {
 }
 
 impl Pki {
-    /// Signs the public key of `csr_pem` (a PKCS#10 request) as `what`, valid for `days`
-    /// from now: the server's half of a node joining.
-    pub fn sign_request(&self, csr_pem: &str, what: NodeCert<'_>, days: i64) -> Result<String> {
+    /// Signs the public key of `csr_pem` (a PKCS#10 request) as `what`, valid for
+    /// `valid_secs` from now: the server's half of a node joining.
+    pub fn sign_request(
+        &self,
+        csr_pem: &str,
+        what: NodeCert<'_>,
+        valid_secs: i64,
+    ) -> Result<String> {
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
         let (ca, ca_file, cn, orgs, sans, usage): (_, _, _, &[&str], &[String], _) = match what {
             NodeCert::Client { cn, orgs } => (
@@ -315,8 +320,8 @@ impl Pki {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         // A little slack for clocks that disagree.
-        params.not_before = unix_to_datetime(now - 3600);
-        params.not_after = unix_to_datetime(now + days * 86400);
+        params.not_before = unix_to_datetime(now - 60);
+        params.not_after = unix_to_datetime(now + valid_secs);
         Ok(params.signed_by(&csr.public_key, &issuer)?.pem())
     }
 }
@@ -336,10 +341,16 @@ pub fn new_request() -> Result<(String, String)> {
 
 /// When a PEM certificate stops being valid (seconds since the epoch).
 pub fn not_after(cert_pem: &str) -> Option<i64> {
+    validity(cert_pem).map(|(_, a)| a)
+}
+
+/// A PEM certificate's validity: not before, not after (seconds since the epoch).
+pub fn validity(cert_pem: &str) -> Option<(i64, i64)> {
     use rustls::pki_types::pem::PemObject;
     let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-    Some(cert.validity().not_after.timestamp())
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
 /// The user a client certificate names: CN is the user, each O a group.
@@ -395,7 +406,7 @@ mod tests {
                     cn: "system:node:a",
                     orgs: &["system:nodes"],
                 },
-                365,
+                365 * 86400,
             )
             .unwrap();
         use rustls::pki_types::pem::PemObject;

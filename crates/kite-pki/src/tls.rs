@@ -57,6 +57,80 @@ pub fn client_config(
     Ok(Arc::new(cfg))
 }
 
+/// A certificate and key that can be replaced while a TLS config uses them: a node's
+/// certificates are renewed without restarting what serves or presents them.
+#[derive(Clone, Debug)]
+pub struct Rotating(Arc<std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>>);
+
+fn certified(ck: &crate::CertKey) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let key =
+        PrivateKeyDer::from_pem_slice(ck.key_pem.as_bytes()).map_err(|_| TlsError::Pem("key"))?;
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let signing = provider.key_provider.load_private_key(key)?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        certs(&ck.cert_pem)?,
+        signing,
+    )))
+}
+
+impl Rotating {
+    pub fn new(ck: &crate::CertKey) -> Result<Rotating, TlsError> {
+        Ok(Rotating(Arc::new(std::sync::RwLock::new(certified(ck)?))))
+    }
+
+    /// Replaces the certificate: new handshakes present the new one.
+    pub fn set(&self, ck: &crate::CertKey) -> Result<(), TlsError> {
+        let c = certified(ck)?;
+        *self.0.write().unwrap() = c;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.0.read().unwrap().clone()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Rotating {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Rotating {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// [`server_config`] with a certificate that can be replaced ([`Rotating`]).
+pub fn rotating_server_config(
+    cert: Rotating,
+    client_ca_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots(client_ca_pem)?))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(cert));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// A client TLS config that trusts `ca_pem` and presents no certificate (HTTP/1.1).
 pub fn anonymous_client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut cfg = rustls::ClientConfig::builder()

@@ -35,7 +35,8 @@ fn source_address(server: &agent::ServerAddr) -> Option<std::net::IpAddr> {
 }
 
 /// Whether credentials kept from an earlier join still serve: for this node name, from
-/// the token's CA, and not within a third of their life of expiring.
+/// the token's CA, and not within a third of their life of expiring (then they are renewed
+/// by joining again).
 fn still_good(c: &Credentials, node: &str, token: &kite_join::token::Token) -> bool {
     use rustls::pki_types::pem::PemObject;
     let named = rustls::pki_types::CertificateDer::from_pem_slice(c.client.cert_pem.as_bytes())
@@ -46,7 +47,7 @@ fn still_good(c: &Credentials, node: &str, token: &kite_join::token::Token) -> b
         .ca_hash
         .as_ref()
         .is_none_or(|h| *h == kite_join::token::ca_hash(&c.server_ca));
-    named && same_ca && c.expires_in() > kite_join::server::CERT_DAYS * 86400 / 3
+    named && same_ca && !c.due()
 }
 
 /// Joins, retrying with back-off (1 s doubling to a minute) and one log line per try.
@@ -92,6 +93,84 @@ async fn join_until_done(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// A kubeconfig of the node's identity, for admins and tools on the agent (kite's own
+/// parts use the rotating client).
+fn write_kubeconfig(path: &std::path::Path, url: &str, c: &Credentials) -> Result<()> {
+    kite_pki::write_file_atomic(
+        path,
+        kite_pki::kubeconfig(url, &c.server_ca, &c.client).as_bytes(),
+        0o600,
+    )?;
+    Ok(())
+}
+
+/// Where renewed certificates go.
+struct Renewed {
+    client: kite_pki::tls::Rotating,
+    serving: kite_pki::tls::Rotating,
+    dir: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
+    lb_url: String,
+}
+
+/// Renews the node's certificates when a third of their life is left, by joining again
+/// (same token, same keys' owner, new keys), and swaps them in without a restart.
+async fn renew(
+    cfg: AgentConfig,
+    password: String,
+    addresses: Vec<std::net::IpAddr>,
+    mut creds: Credentials,
+    to: Renewed,
+) {
+    loop {
+        let wait = creds.due_in().clamp(1, 3600) as u64;
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        if !creds.due() {
+            continue;
+        }
+        let r = async {
+            let ca = agent::fetch_ca(&cfg.server, &cfg.token).await?;
+            agent::join(
+                &cfg.server,
+                &ca,
+                &cfg.token,
+                &cfg.node.node_name,
+                &password,
+                &addresses,
+            )
+            .await
+        }
+        .await;
+        let fresh = match r {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("renewing the node's certificates: {e}; retrying in a minute");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                continue;
+            }
+        };
+        let applied = fresh
+            .save(&to.dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|_| write_kubeconfig(&to.kubeconfig, &to.lb_url, &fresh))
+            .and_then(|_| Ok(to.client.set(&fresh.client)?))
+            .and_then(|_| Ok(to.serving.set(&fresh.serving)?));
+        match applied {
+            Ok(()) => {
+                tracing::info!(
+                    valid_s = fresh.expires_in(),
+                    "the node's certificates were renewed"
+                );
+                creds = fresh;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "keeping renewed certificates");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
     }
 }
 
@@ -159,18 +238,26 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
     .await
     .with_context(|| format!("listening on 127.0.0.1:{} (--lb-server-port)", cfg.lb_port))?;
     lb.set_servers(creds.cluster.servers.clone());
+    let lb_url = format!("https://127.0.0.1:{}", lb.addr.port());
     let kubeconfig = dir.join("kubelet.kubeconfig");
-    kite_pki::write_file_atomic(
-        &kubeconfig,
-        kite_pki::kubeconfig(
-            &format!("https://127.0.0.1:{}", lb.addr.port()),
-            &creds.server_ca,
-            &creds.client,
-        )
-        .as_bytes(),
-        0o600,
-    )?;
-    let client = kite_runtime::client::from_kubeconfig(&kubeconfig).await?;
+    write_kubeconfig(&kubeconfig, &lb_url, &creds)?;
+    // The node's certificates are swapped in place when they are renewed.
+    let client_cert = kite_pki::tls::Rotating::new(&creds.client)?;
+    let serving_cert = kite_pki::tls::Rotating::new(&creds.serving)?;
+    let client = kite_join::client::client(&lb_url, &creds.server_ca, client_cert.clone())?;
+    tokio::spawn(renew(
+        cfg.clone(),
+        password.clone(),
+        addresses.clone(),
+        creds.clone(),
+        Renewed {
+            client: client_cert,
+            serving: serving_cert.clone(),
+            dir: tls_dir.clone(),
+            kubeconfig: kubeconfig.clone(),
+            lb_url: lb_url.clone(),
+        },
+    ));
     tokio::spawn(lb.clone().follow_endpoints(client.clone()));
     let ready = Arc::new(tokio::sync::Notify::new());
     crate::node::start(
@@ -181,8 +268,7 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
             data_dir: cfg.data_dir.clone(),
             role_labels: vec![],
             tls: kite_kubelet::server::Tls {
-                cert_pem: creds.serving.cert_pem.clone(),
-                key_pem: creds.serving.key_pem.clone(),
+                serving: serving_cert,
                 client_ca_pem: creds.client_ca.clone(),
             },
             local: kite_pki::tls::LocalDial::default(),

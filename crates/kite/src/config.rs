@@ -635,6 +635,16 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// How long the certificates issued to joining nodes are valid (agents renew them
+    /// with a third left). Short values are for tests.
+    #[arg(
+        help_heading = "Cluster",
+        long,
+        env = "KITE_NODE_CERT_VALIDITY",
+        default_value = "8760h",
+        hide = true
+    )]
+    pub node_cert_validity: String,
     /// Secret that joins agents only [default: the --token].
     #[arg(
         help_heading = "Cluster",
@@ -808,6 +818,7 @@ pub struct ServerConfig {
     pub disable_dns: bool,
     pub disable_servicelb: bool,
     pub network_backend: kite_network::Backend,
+    pub node_cert_validity: std::time::Duration,
     pub token: Option<String>,
     pub agent_token: Option<String>,
     pub node: NodeConfig,
@@ -950,6 +961,8 @@ impl ServerArgs {
         Ok(ServerConfig {
             node,
             network_backend: backend,
+            node_cert_validity: parse_duration("node-cert-validity", &self.node_cert_validity)?
+                .max(std::time::Duration::from_secs(30)),
             token: self.token.clone().filter(|t| !t.trim().is_empty()),
             agent_token: self.agent_token.clone().filter(|t| !t.trim().is_empty()),
             data_dir,

@@ -111,6 +111,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         network_backend: cfg.network_backend,
     };
     let join = Arc::new(kite_join::server::JoinServer {
+        cert_validity: cfg.node_cert_validity,
         pki: pki.clone(),
         secrets,
         client: Default::default(),
@@ -288,8 +289,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
                     ("node-role.kubernetes.io/master", "true"),
                 ],
                 tls: kite_kubelet::server::Tls {
-                    cert_pem: kubelet_serving.cert_pem.clone(),
-                    key_pem: kubelet_serving.key_pem.clone(),
+                    serving: kite_pki::tls::Rotating::new(&kubelet_serving)?,
                     client_ca_pem: pki.client_ca.cert_pem.clone(),
                 },
                 local: local_kubelet.clone(),

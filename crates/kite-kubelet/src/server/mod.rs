@@ -29,11 +29,11 @@ use std::sync::Arc;
 /// The user the API server's client certificate for kubelets names.
 pub const APISERVER_CLIENT: &str = "kube-apiserver-kubelet-client";
 
-/// The kubelet server's certificates (PEM).
+/// The kubelet server's certificate (replaceable: an agent renews it while serving) and
+/// the CA its clients' certificates must come from.
 #[derive(Clone)]
 pub struct Tls {
-    pub cert_pem: String,
-    pub key_pem: String,
+    pub serving: kite_pki::tls::Rotating,
     /// Client certificates are verified against this CA.
     pub client_ca_pem: String,
 }
@@ -80,7 +80,7 @@ pub async fn spawn(
     kubelet: Arc<Kubelet>,
     local: &kite_pki::tls::LocalDial,
 ) -> Result<()> {
-    let cfg = kite_pki::tls::server_config(&tls.cert_pem, &tls.key_pem, &tls.client_ca_pem)
+    let cfg = kite_pki::tls::rotating_server_config(tls.serving.clone(), &tls.client_ca_pem)
         .context("the kubelet's TLS configuration")?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
