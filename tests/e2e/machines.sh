@@ -111,12 +111,15 @@ node_flags() {
     --eviction-hard "nodefs.available<1%,imagefs.available<1%"
 }
 
+# (The grace period stays above the kubelet's 10 s lease renewals, with room for a loaded
+# machine: below them a node flaps to Unknown between renewals, its pods are marked not
+# Ready, and a PodDisruptionBudget then lets them be evicted as unhealthy, as upstream.)
 start_kite_server() { # BACKEND [flags]
   local backend=$1; shift
   # shellcheck disable=SC2046
   nsenter --net=/run/netns/kite-mn-s unshare --mount --propagation private sh -c "$MACHINE_SH" machine "$KITE_BIN" server $(node_flags s) --advertise-address "${IP[s]}" \
     --write-kubeconfig "$WORK/s/kubeconfig.yaml" --network-backend "$backend" \
-    --node-monitor-grace-period 8s --default-not-ready-toleration-seconds 5 \
+    --node-monitor-grace-period 25s --default-not-ready-toleration-seconds 5 \
     --default-unreachable-toleration-seconds 5 "$@" >>"$WORK/s/server.log" 2>&1 &
   PID[s]=$!
 }

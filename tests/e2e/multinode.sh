@@ -293,7 +293,7 @@ pdb_seen() { [ "$(kc get pdb web -o jsonpath='{.status.currentHealthy}/{.status.
   # --- an agent that stops: NotReady, its pods replaced after the toleration ------------
   node_down a1
   not_ready() { [ "$(ready_status a1)" = Unknown ]; }
-  check "a stopped agent's node goes NotReady" wait_for 40 "a1 NotReady" not_ready
+  check "a stopped agent's node goes NotReady" wait_for 60 "a1 NotReady" not_ready
   gone() { [ "$(count_on app=web a1)" = 0 ] && six_ready; }
   check "its pods are replaced elsewhere after the toleration" wait_for 60 "replacements" gone
   # --- the machine "x" joins in the other ways ----------------------------------------
