@@ -50,6 +50,24 @@ fn still_good(c: &Credentials, node: &str, token: &kite_join::token::Token) -> b
     named && same_ca && !c.due()
 }
 
+/// One join: the CA, checked against the token, then the node's certificates.
+async fn join_once(
+    cfg: &AgentConfig,
+    password: &str,
+    addresses: &[std::net::IpAddr],
+) -> Result<Credentials, JoinError> {
+    let ca = agent::fetch_ca(&cfg.server, &cfg.token).await?;
+    agent::join(
+        &cfg.server,
+        &ca,
+        &cfg.token,
+        &cfg.node.node_name,
+        password,
+        addresses,
+    )
+    .await
+}
+
 /// Joins, retrying with back-off (1 s doubling to a minute) and one log line per try.
 async fn join_until_done(
     cfg: &AgentConfig,
@@ -58,19 +76,7 @@ async fn join_until_done(
 ) -> Credentials {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let r = async {
-            let ca = agent::fetch_ca(&cfg.server, &cfg.token).await?;
-            agent::join(
-                &cfg.server,
-                &ca,
-                &cfg.token,
-                &cfg.node.node_name,
-                password,
-                addresses,
-            )
-            .await
-        }
-        .await;
+        let r = join_once(cfg, password, addresses).await;
         match r {
             Ok(c) => return c,
             Err(e) => {
@@ -131,19 +137,7 @@ async fn renew(
         if !creds.due() {
             continue;
         }
-        let r = async {
-            let ca = agent::fetch_ca(&cfg.server, &cfg.token).await?;
-            agent::join(
-                &cfg.server,
-                &ca,
-                &cfg.token,
-                &cfg.node.node_name,
-                &password,
-                &addresses,
-            )
-            .await
-        }
-        .await;
+        let r = join_once(&cfg, &password, &addresses).await;
         let fresh = match r {
             Ok(c) => c,
             Err(e) => {
