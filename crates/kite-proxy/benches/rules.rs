@@ -4,8 +4,8 @@
 //!
 //! For 1,000 and 10,000 Services of 10 endpoints each (Service and EndpointSlice
 //! objects, as the informers hold them), it times what the proxy's sync loop does after
-//! an EndpointSlice changes — the model from every Service and slice, the ruleset, the
-//! transaction from the applied ruleset, and `nft -f` applying it — from the change to
+//! an EndpointSlice changes — finding the changed Service by resourceVersions, its ports
+//! and rules, the transaction, and `nft -f` applying it — from the change to
 //! the kernel having the new rules (traffic flows from there: nft returns once the
 //! transaction is committed). The watch's delivery of the change to the informer is not
 //! in it. 100 changes, each to a random slice (one endpoint replaced). Also: the first,
@@ -15,12 +15,12 @@
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kite_proxy::{model, nft, rules};
+use kite_proxy::{nft, rules, state};
 use std::time::{Duration, Instant};
 
 fn service(i: usize) -> Service {
     serde_json::from_value(serde_json::json!({
-        "metadata": {"namespace": "bench", "name": format!("svc-{i}")},
+        "metadata": {"namespace": "bench", "name": format!("svc-{i}"), "resourceVersion": "1"},
         "spec": {"clusterIP": format!("10.43.{}.{}", 1 + i / 250, 1 + i % 250),
                  "clusterIPs": [format!("10.43.{}.{}", 1 + i / 250, 1 + i % 250)],
                  "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
@@ -39,6 +39,7 @@ fn slice(i: usize, gen: usize) -> EndpointSlice {
         .collect();
     serde_json::from_value(serde_json::json!({
         "metadata": {"namespace": "bench", "name": format!("svc-{i}-abcde"),
+                     "resourceVersion": format!("{}", gen + 1),
                      "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
@@ -83,22 +84,28 @@ async fn main() {
         let _ = nft::remove_table().await;
         let svcs: Vec<Service> = (0..n).map(service).collect();
         let mut slices: Vec<EndpointSlice> = (0..n).map(|i| slice(i, 0)).collect();
-        let sync = |slices: &[EndpointSlice], applied: Option<&rules::Ruleset>| {
-            let ports = model::service_ports(
+        let mut programmed = state::Programmed::default();
+        let plan = |programmed: &state::Programmed, slices: &[EndpointSlice]| {
+            programmed.plan(
                 &svcs.iter().collect::<Vec<_>>(),
                 &slices.iter().collect::<Vec<_>>(),
                 "bench",
-            );
-            let next = rules::Ruleset::build(&ports, &settings);
-            let script = next.script(applied, &settings);
-            (next, script)
+                &settings,
+            )
         };
         let t = Instant::now();
-        let (mut applied, script) = sync(&slices, None);
+        let first_plan = plan(&programmed, &slices);
         let computed = t.elapsed();
-        nft::apply(&script)
-            .await
-            .expect("nft refused the whole table");
+        let dump = std::env::var_os("KITE_BENCH_DUMP").map(std::path::PathBuf::from);
+        if let Some(d) = &dump {
+            let _ = std::fs::write(d.join(format!("full-{n}.nft")), first_plan.scripts.concat());
+        }
+        for script in &first_plan.scripts {
+            nft::apply(script)
+                .await
+                .expect("nft refused the whole table");
+        }
+        programmed.commit(first_plan);
         let first = t.elapsed();
         let rss = rss_mib();
         let mut times = Vec::new();
@@ -111,11 +118,16 @@ async fn main() {
             let i = (seed >> 33) as usize % n;
             let t = Instant::now();
             slices[i] = slice(i, gen * 7);
-            let (next, script) = sync(&slices, Some(&applied));
+            let p = plan(&programmed, &slices);
             compute.push(t.elapsed());
-            nft::apply(&script).await.expect("nft refused a change");
+            if let (Some(d), 1) = (&dump, gen) {
+                let _ = std::fs::write(d.join(format!("change-{n}.nft")), p.scripts.concat());
+            }
+            for script in &p.scripts {
+                nft::apply(script).await.expect("nft refused a change");
+            }
+            programmed.commit(p);
             times.push(t.elapsed());
-            applied = next;
         }
         times.sort();
         compute.sort();

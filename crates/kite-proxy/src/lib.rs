@@ -5,14 +5,16 @@
 //! one atomic transaction. No traffic is copied in user space.
 //!
 //! `model` picks each Service port's endpoints, `rules` lays out the table and the
-//! transaction from one ruleset to the next, `nft` applies it, and this module runs the
-//! loop: a change wakes it, changes that come together are applied together, and a failed
-//! transaction makes the next one rebuild the table whole.
+//! transaction from one ruleset to the next, `state` keeps what each Service contributed
+//! so that a change recomputes and rewrites only the Services it touched, `nft` applies
+//! it, and this module runs the loop: a change wakes it, changes that come together are
+//! applied together, and a failed transaction makes the next one rebuild the table whole.
 
 pub mod conntrack;
 pub mod model;
 pub mod nft;
 pub mod rules;
+pub mod state;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -55,59 +57,57 @@ pub async fn run(client: kube::Client, opts: Options) -> anyhow::Result<()> {
         }
     }
     prepare_host();
-    let mut applied: Option<rules::Ruleset> = None;
+    let mut programmed = state::Programmed::default();
     let mut missing_said = false;
-    // The Service ports the kernel has now, for the UDP flows an endpoint change leaves.
-    let mut programmed: Vec<model::ServicePort> = Vec::new();
     let mut conntrack_said = false;
-    loop {
+    'sync: loop {
         let started = std::time::Instant::now();
         let svcs = services.list();
         let sls = slices.list();
-        let ports = model::service_ports(
+        let plan = programmed.plan(
             &svcs.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
             &sls.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
             &opts.node_name,
+            &opts.settings,
         );
-        let next = rules::Ruleset::build(&ports, &opts.settings);
-        let script = next.script(applied.as_ref(), &opts.settings);
-        if !script.is_empty() {
-            let span = tracing::debug_span!("sync", services = svcs.len(), ports = ports.len());
+        if !plan.scripts.is_empty() {
+            let span = tracing::debug_span!("sync", services = svcs.len());
             let _e = span.enter();
-            match nft::apply(&script).await {
-                Ok(()) => {
-                    tracing::debug!(
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        lines = script.lines().count(),
-                        "programmed"
-                    );
-                    applied = Some(next);
-                    let stale = conntrack::stale(&programmed, &ports);
-                    if !stale.is_empty() {
-                        if let Err(e) = conntrack::delete(&stale).await {
-                            if !conntrack_said {
-                                tracing::warn!(error = %e, "cannot delete stale UDP flows (install the conntrack package): UDP clients may keep reaching a removed endpoint");
-                                conntrack_said = true;
-                            }
+            for script in &plan.scripts {
+                match nft::apply(script).await {
+                    Ok(()) => {}
+                    Err(e @ nft::NftError::Missing) => {
+                        // Said once; nft may be installed later.
+                        if !missing_said {
+                            tracing::error!(error = %e, "Services are not programmed");
+                            missing_said = true;
                         }
+                        programmed.forget();
+                        tokio::time::sleep(RETRY_MISSING).await;
+                        continue 'sync;
                     }
-                    programmed = ports;
-                }
-                Err(e @ nft::NftError::Missing) => {
-                    // Said once; nft may be installed later.
-                    if !missing_said {
-                        tracing::error!(error = %e, "Services are not programmed");
-                        missing_said = true;
+                    Err(e) => {
+                        tracing::warn!(error = %e, "programming Services failed; rebuilding the table");
+                        programmed.forget();
+                        tokio::time::sleep(RETRY).await;
+                        continue 'sync;
                     }
-                    applied = None;
-                    tokio::time::sleep(RETRY_MISSING).await;
-                    continue;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "programming Services failed; rebuilding the table");
-                    applied = None;
-                    tokio::time::sleep(RETRY).await;
-                    continue;
+            }
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                transactions = plan.scripts.len(),
+                "programmed"
+            );
+        }
+        // The UDP flows that a removed endpoint answered.
+        let stale = conntrack::stale(&plan.old_ports, &plan.new_ports);
+        programmed.commit(plan);
+        if !stale.is_empty() {
+            if let Err(e) = conntrack::delete(&stale).await {
+                if !conntrack_said {
+                    tracing::warn!(error = %e, "cannot delete stale UDP flows (install the conntrack package): UDP clients may keep reaching a removed endpoint");
+                    conntrack_said = true;
                 }
             }
         }

@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 /// The label an EndpointSlice names its Service with.
@@ -96,15 +96,11 @@ impl ServicePort {
     }
 }
 
-/// Every Service port the proxy programs, from the Services and EndpointSlices.
-/// `node` is this node's name (for the `Local` policies).
-pub fn service_ports(
-    services: &[&Service],
-    slices: &[&EndpointSlice],
-    node: &str,
-) -> Vec<ServicePort> {
-    // Slices by their Service.
-    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+/// The IPv4 EndpointSlices of each Service, by the Service they name.
+pub fn slices_by_service<'a>(
+    slices: &[&'a EndpointSlice],
+) -> HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
+    let mut by_service: HashMap<_, Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
         let ns = s.metadata.namespace.as_deref().unwrap_or_default();
         let Some(svc) = s
@@ -118,88 +114,108 @@ pub fn service_ports(
         if s.address_type != "IPv4" {
             continue;
         }
-        by_service.entry((ns, svc.as_str())).or_default().push(s);
+        by_service.entry((ns, svc.as_str())).or_default().push(*s);
     }
+    by_service
+}
+
+/// Every Service port the proxy programs, from the Services and EndpointSlices.
+/// `node` is this node's name (for the `Local` policies).
+pub fn service_ports(
+    services: &[&Service],
+    slices: &[&EndpointSlice],
+    node: &str,
+) -> Vec<ServicePort> {
+    let by_service = slices_by_service(slices);
     let mut out = Vec::new();
     for svc in services {
         let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
         let name = svc.metadata.name.as_deref().unwrap_or_default();
-        let Some(spec) = svc.spec.as_ref() else {
+        let svc_slices = by_service.get(&(ns, name)).map_or(&[][..], |v| &v[..]);
+        out.extend(ports_of(svc, svc_slices, node));
+    }
+    out
+}
+
+/// The ports of one Service, served by its slices `svc_slices`.
+pub fn ports_of(svc: &Service, svc_slices: &[&EndpointSlice], node: &str) -> Vec<ServicePort> {
+    let mut out = Vec::new();
+    let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+    let name = svc.metadata.name.as_deref().unwrap_or_default();
+    let Some(spec) = svc.spec.as_ref() else {
+        return out;
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return out;
+    }
+    let cluster_ip = spec
+        .cluster_ip
+        .as_deref()
+        .filter(|ip| *ip != "None")
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+    let mut external_ips: Vec<Ipv4Addr> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    if spec.type_.as_deref() == Some("LoadBalancer") {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref());
+        external_ips.extend(
+            ingress
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
+        );
+    }
+    external_ips.sort();
+    external_ips.dedup();
+    let affinity_seconds = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .map_or(10800, |t| t.clamp(1, 86400) as u32)
+    });
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    for p in spec.ports.iter().flatten() {
+        let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
             continue;
         };
-        if spec.type_.as_deref() == Some("ExternalName") {
+        let (Ok(port), node_port) = (u16::try_from(p.port), p.node_port.unwrap_or(0)) else {
+            continue;
+        };
+        let node_port = u16::try_from(node_port).unwrap_or(0);
+        if cluster_ip.is_none() && node_port == 0 && external_ips.is_empty() {
+            // Headless: DNS names the endpoints; nothing to program.
             continue;
         }
-        let cluster_ip = spec
-            .cluster_ip
-            .as_deref()
-            .filter(|ip| *ip != "None")
-            .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
-        let mut external_ips: Vec<Ipv4Addr> = spec
-            .external_ips
-            .iter()
-            .flatten()
-            .filter_map(|ip| ip.parse().ok())
-            .collect();
-        if spec.type_.as_deref() == Some("LoadBalancer") {
-            let ingress = svc
-                .status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|l| l.ingress.as_ref());
-            external_ips.extend(
-                ingress
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
-            );
-        }
-        external_ips.sort();
-        external_ips.dedup();
-        let affinity_seconds = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .map_or(10800, |t| t.clamp(1, 86400) as u32)
+        let port_name = p.name.clone().unwrap_or_default();
+        let all = endpoints_of(svc_slices, &port_name, protocol, node);
+        let cluster = choose(&all, internal_local);
+        let local = choose(&all, true);
+        let anywhere = choose(&all, false);
+        out.push(ServicePort {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            port_name,
+            protocol,
+            cluster_ip,
+            port,
+            node_port,
+            external_ips: external_ips.clone(),
+            affinity_seconds,
+            external_local,
+            internal_local,
+            cluster_endpoints: cluster,
+            local_endpoints: local,
+            all_endpoints: anywhere,
         });
-        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let svc_slices = by_service.get(&(ns, name)).cloned().unwrap_or_default();
-        for p in spec.ports.iter().flatten() {
-            let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
-                continue;
-            };
-            let (Ok(port), node_port) = (u16::try_from(p.port), p.node_port.unwrap_or(0)) else {
-                continue;
-            };
-            let node_port = u16::try_from(node_port).unwrap_or(0);
-            if cluster_ip.is_none() && node_port == 0 && external_ips.is_empty() {
-                // Headless: DNS names the endpoints; nothing to program.
-                continue;
-            }
-            let port_name = p.name.clone().unwrap_or_default();
-            let all = endpoints_of(&svc_slices, &port_name, protocol, node);
-            let cluster = choose(&all, internal_local);
-            let local = choose(&all, true);
-            let anywhere = choose(&all, false);
-            out.push(ServicePort {
-                namespace: ns.to_string(),
-                name: name.to_string(),
-                port_name,
-                protocol,
-                cluster_ip,
-                port,
-                node_port,
-                external_ips: external_ips.clone(),
-                affinity_seconds,
-                external_local,
-                internal_local,
-                cluster_endpoints: cluster,
-                local_endpoints: local,
-                all_endpoints: anywhere,
-            });
-        }
     }
     out
 }

@@ -41,6 +41,28 @@ pub async fn apply(script: &str) -> Result<(), NftError> {
     }
 }
 
+/// `script` cut into transactions of about `max_lines` lines each, between top-level
+/// commands (a block such as `table … { … }` stays whole). Each piece only needs what the
+/// ones before it made, so applied in order they make what `script` makes, though not
+/// atomically.
+pub fn chunks(script: &str, max_lines: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut cur, mut lines, mut depth) = (String::new(), 0usize, 0i64);
+    for line in script.split_inclusive('\n') {
+        cur.push_str(line);
+        lines += 1;
+        depth += line.matches('{').count() as i64 - line.matches('}').count() as i64;
+        if depth == 0 && lines >= max_lines {
+            out.push(std::mem::take(&mut cur));
+            lines = 0;
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 /// Removes the table (when the proxy is turned off, or by tests).
 pub async fn remove_table() -> Result<(), NftError> {
     let t = crate::rules::TABLE;
@@ -69,4 +91,18 @@ pub fn check(script: &str) -> Option<Result<(), String>> {
     } else {
         Err(err)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunks_cut_between_commands_not_inside_blocks() {
+        let script = "table ip t {\n  chain a { }\n  chain b { }\n}\nadd rule ip t a accept\nadd rule ip t a drop\nadd rule ip t b accept\n";
+        let c = super::chunks(script, 2);
+        assert_eq!(c[0], "table ip t {\n  chain a { }\n  chain b { }\n}\n");
+        assert_eq!(c[1], "add rule ip t a accept\nadd rule ip t a drop\n");
+        assert_eq!(c[2], "add rule ip t b accept\n");
+        assert_eq!(c.concat(), script);
+        assert!(super::chunks("", 10).is_empty());
+    }
 }

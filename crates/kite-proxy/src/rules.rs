@@ -1,12 +1,16 @@
-//! The nftables ruleset for a set of Service ports, as kube-proxy's nftables mode lays it
-//! out (table `ip kite-proxy`): fixed base chains that jump to `services` (DNAT through
-//! the `service-ips` and `service-nodeports` verdict maps), a chain per Service port
-//! (`service-…`, dispatching at random over its endpoints), per external entry point
+//! The nftables ruleset for a set of Service ports, modelled on kube-proxy's nftables mode
+//! (table `ip kite-proxy`): fixed base chains that jump to `services` (DNAT through the
+//! `service-ips` and `service-nodeports` verdict maps), a chain per Service port
+//! (`service-…`: one DNAT to a random endpoint through a map), per external entry point
 //! (`external-…`: node ports, external and load-balancer IPs, with their traffic policy)
-//! and per endpoint (`endpoint-…`: hairpin masquerade, affinity, DNAT); Service ports
-//! without endpoints are rejected at once (`no-endpoint-*` maps) and unknown ports of a
-//! cluster IP refused. [`Ruleset::script`] turns the difference between two rulesets
-//! into one `nft -f` transaction, so a change rewrites only the chains it touches.
+//! and, only for session affinity, per endpoint (`endpoint-…`). Where kube-proxy marks a
+//! pod reaching itself for masquerade in each endpoint's chain, kite keeps the node's
+//! endpoints in one set (`hairpin`, pairs `ip . ip`) that postrouting matches against
+//! source and destination: fewer chains, and the kernel's check of every jump at each
+//! commit stays small at 10,000 Services. Service ports without endpoints are rejected at
+//! once (`no-endpoint-*` maps) and unknown ports of a cluster IP refused.
+//! [`Ruleset::script`] turns the difference between two rulesets into one `nft -f`
+//! transaction, so a change rewrites only the chains it touches.
 
 use crate::model::{Endpoint, ServicePort};
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,13 +55,17 @@ fn skeleton(s: &Settings) -> String {
   map no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
   map no-endpoint-nodeports {{ type inet_proto . inet_service : verdict; }}
   set cluster-ips {{ type ipv4_addr; }}
+  set hairpin {{ type ipv4_addr . ipv4_addr; }}
   chain reject-chain {{ reject; }}
   chain services {{
     ip daddr @cluster-ips ip saddr != {pods} meta mark set meta mark | {MASQ}
     ip daddr . meta l4proto . th dport vmap @service-ips
     fib daddr type local meta l4proto . th dport vmap @service-nodeports
   }}
-  chain masquerading {{ meta mark & {MASQ} != 0 meta mark set meta mark ^ {MASQ} masquerade fully-random; }}
+  chain masquerading {{
+    ct status dnat ip saddr . ip daddr @hairpin masquerade fully-random
+    meta mark & {MASQ} != 0 meta mark set meta mark ^ {MASQ} masquerade fully-random
+  }}
   chain service-endpoints-check {{ ip daddr . meta l4proto . th dport vmap @no-endpoint-services; }}
   chain nodeport-endpoints-check {{ fib daddr type local meta l4proto . th dport vmap @no-endpoint-nodeports; }}
   chain cluster-ips-check {{ ip daddr @cluster-ips reject; ip daddr {services} drop; }}
@@ -106,40 +114,73 @@ impl Ruleset {
         r
     }
 
+    /// Adds `other`'s chains, sets and elements (another Service's: names do not meet).
+    pub fn merge(&mut self, other: &Ruleset) {
+        self.chains
+            .extend(other.chains.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.sets
+            .extend(other.sets.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for (map, es) in &other.elements {
+            self.elements
+                .entry(map)
+                .or_default()
+                .extend(es.iter().cloned());
+        }
+    }
+
     fn element(&mut self, map: &'static str, e: String) {
         self.elements.entry(map).or_default().insert(e);
     }
 
-    /// Rules that pick one of `eps` at random (honouring session affinity first), each
-    /// through its endpoint chain, which is added too.
+    /// Rules that pick one of `eps` at random and DNAT to it. Without session affinity
+    /// that is one rule, a DNAT through a map from a random number to an endpoint, so a
+    /// Service port is one chain and one rule however many endpoints it has (the kernel
+    /// checks every jump of the table on each commit: endpoint chains would make each
+    /// change cost in proportion to all endpoints of all Services). With affinity each
+    /// endpoint keeps a chain of its own that records the client (added too), and the
+    /// client's endpoint is tried first.
     fn dispatch(&mut self, base: &str, p: &ServicePort, eps: &[Endpoint]) -> Vec<String> {
+        let proto = p.protocol.nft();
+        for e in eps.iter().filter(|e| e.local) {
+            // A pod reaching itself through the Service: its reply must come back
+            // through the host, so it is masqueraded (see `masquerading`).
+            self.element("hairpin", format!("{} . {}", e.ip, e.ip));
+        }
+        let Some(t) = p.affinity_seconds else {
+            return vec![match eps {
+                [e] => format!("meta l4proto {proto} dnat ip to {}:{}", e.ip, e.port),
+                _ => {
+                    let arms: Vec<String> = (eps.iter().enumerate())
+                        .map(|(i, e)| format!("{i} : {} . {}", e.ip, e.port))
+                        .collect();
+                    format!(
+                        "meta l4proto {proto} dnat ip addr . port to numgen random mod {} map {{ {} }}",
+                        eps.len(),
+                        arms.join(", ")
+                    )
+                }
+            }];
+        };
         let mut rules = Vec::new();
         for e in eps {
             let chain = endpoint_chain(base, e);
+            let set = affinity_set(base, e);
             if !self.chains.contains_key(&chain) {
-                let proto = p.protocol.nft();
-                let mut er = vec![format!(
-                    "ip saddr {} meta mark set meta mark | {MASQ}",
-                    e.ip
-                )];
-                if let Some(t) = p.affinity_seconds {
-                    let set = affinity_set(base, e);
-                    self.sets.insert(
-                        set.clone(),
-                        format!("{{ type ipv4_addr; flags dynamic,timeout; timeout {t}s; }}"),
-                    );
-                    er.push(format!("update @{set} {{ ip saddr }}"));
-                }
-                er.push(format!("meta l4proto {proto} dnat to {}:{}", e.ip, e.port));
-                self.chains.insert(chain.clone(), er);
+                self.sets.insert(
+                    set.clone(),
+                    format!("{{ type ipv4_addr; flags dynamic,timeout; timeout {t}s; }}"),
+                );
+                self.chains.insert(
+                    chain.clone(),
+                    vec![
+                        format!("update @{set} {{ ip saddr }}"),
+                        format!("meta l4proto {proto} dnat ip to {}:{}", e.ip, e.port),
+                    ],
+                );
             }
-            if p.affinity_seconds.is_some() {
-                rules.push(format!("ip saddr @{} goto {chain}", affinity_set(base, e)));
-            }
+            rules.push(format!("ip saddr @{set} goto {chain}"));
         }
-        let arms: Vec<String> = eps
-            .iter()
-            .enumerate()
+        let arms: Vec<String> = (eps.iter().enumerate())
             .map(|(i, e)| format!("{i} : goto {}", endpoint_chain(base, e)))
             .collect();
         rules.push(format!(
@@ -246,9 +287,8 @@ impl Ruleset {
         // Elements that go, first: they may point at chains that go.
         for (map, old) in &prev.elements {
             let new = self.elements.get(map);
-            for e in old.iter().filter(|e| !new.is_some_and(|n| n.contains(*e))) {
-                let _ = writeln!(out, "delete element ip {TABLE} {map} {{ {e} }}");
-            }
+            let gone = old.iter().filter(|e| !new.is_some_and(|n| n.contains(*e)));
+            elements_lines(&mut out, "delete", map, gone);
         }
         for (name, decl) in &self.sets {
             match prev.sets.get(name) {
@@ -281,9 +321,8 @@ impl Ruleset {
         }
         for (map, new) in &self.elements {
             let old = prev.elements.get(map);
-            for e in new.iter().filter(|e| !old.is_some_and(|o| o.contains(*e))) {
-                let _ = writeln!(out, "add element ip {TABLE} {map} {{ {e} }}");
-            }
+            let added = new.iter().filter(|e| !old.is_some_and(|o| o.contains(*e)));
+            elements_lines(&mut out, "add", map, added);
         }
         // Chains that go, once nothing jumps to them: those that jumped were flushed
         // above, or go too (flushed first, as a chain still holding a jump cannot go).
@@ -300,6 +339,32 @@ impl Ruleset {
             let _ = writeln!(out, "delete set ip {TABLE} {name}");
         }
         out
+    }
+}
+
+/// `add`/`delete element` commands for `elements` of `map`, many to a line (nft parses
+/// one command with 500 elements far faster than 500 commands).
+fn elements_lines<'a>(
+    out: &mut String,
+    verb: &str,
+    map: &str,
+    elements: impl Iterator<Item = &'a String>,
+) {
+    let mut n = 0;
+    for e in elements {
+        if n == 0 {
+            let _ = write!(out, "{verb} element ip {TABLE} {map} {{ {e}");
+        } else {
+            let _ = write!(out, ", {e}");
+        }
+        n += 1;
+        if n == 500 {
+            out.push_str(" }\n");
+            n = 0;
+        }
+    }
+    if n > 0 {
+        out.push_str(" }\n");
     }
 }
 
@@ -358,15 +423,16 @@ mod tests {
         );
         assert_eq!(
             r.chains["service-default/web/tcp/http"],
-            ["numgen random mod 2 vmap { 0 : goto endpoint-default/web/tcp/http__10.42.0.5/8080, 1 : goto endpoint-default/web/tcp/http__10.42.0.6/8080 }"]
+            ["meta l4proto tcp dnat ip addr . port to numgen random mod 2 map { 0 : 10.42.0.5 . 8080, 1 : 10.42.0.6 . 8080 }"]
         );
         assert_eq!(
-            r.chains["endpoint-default/web/tcp/http__10.42.0.5/8080"],
-            [
-                "ip saddr 10.42.0.5 meta mark set meta mark | 0x4000",
-                "meta l4proto tcp dnat to 10.42.0.5:8080"
-            ]
+            r.chains.len(),
+            2,
+            "no chain per endpoint: {:?}",
+            r.chains.keys()
         );
+        // The node's own endpoint may reach itself through the Service: masqueraded.
+        assert_eq!(elements(&r, "hairpin"), ["10.42.0.5 . 10.42.0.5"]);
         assert_eq!(
             elements(&r, "service-ips"),
             ["10.43.0.10 . tcp . 80 : goto service-default/web/tcp/http"]
@@ -410,7 +476,7 @@ mod tests {
                 "ip saddr 10.42.0.0/16 goto service-default/web/tcp/http",
                 "fib saddr type local meta mark set meta mark | 0x4000",
                 "fib saddr type local goto service-default/web/tcp/http",
-                "numgen random mod 1 vmap { 0 : goto endpoint-default/web/tcp/http__10.42.0.5/8080 }"
+                "meta l4proto tcp dnat ip to 10.42.0.5:8080"
             ]
         );
         // No endpoint here: external traffic from elsewhere is dropped.
@@ -453,6 +519,17 @@ mod tests {
         assert!(!script.contains("other"), "{script}");
         assert!(!script.contains("delete table"), "{script}");
         assert!(script.contains("flush chain ip kite-proxy service-default/web/tcp/http\n"));
+        assert!(script.contains("add rule ip kite-proxy service-default/web/tcp/http meta l4proto tcp dnat ip to 10.42.0.6:8080\n"));
+        assert!(script.contains("delete element ip kite-proxy hairpin { 10.42.0.5 . 10.42.0.5 }\n"));
+        assert!(script.contains("add element ip kite-proxy hairpin { 10.42.0.6 . 10.42.0.6 }\n"));
+        // With affinity, endpoints have chains: the gone one's goes.
+        let (mut a1, mut a2) = (
+            port(&[ep("10.42.0.5", true)]),
+            port(&[ep("10.42.0.6", true)]),
+        );
+        a1.affinity_seconds = Some(60);
+        a2.affinity_seconds = Some(60);
+        let script = Ruleset::build(&[a2], &s).script(Some(&Ruleset::build(&[a1], &s)), &s);
         assert!(script
             .contains("add chain ip kite-proxy endpoint-default/web/tcp/http__10.42.0.6/8080\n"));
         assert!(script.contains(
