@@ -64,6 +64,14 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: api-client}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - {name: c, image: kite.test/tls:1, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: self, labels: {app: self}}
 spec:
   containers:
@@ -96,6 +104,22 @@ check "a pod reaches itself through its own Service (hairpin)" \
   contains "$(kc exec self -- timeout 3 wget -qO- "http://$(kc get svc self -o jsonpath='{.spec.clusterIP}'):8080/")" "Server name: self"
 check "a pod reaches the API server through the kubernetes Service" \
   contains "$(kc exec client -- sh -c "echo | nc -w 3 $(kc get svc kubernetes -o jsonpath='{.spec.clusterIP}') 443 >/dev/null && echo connected")" connected
+# A pod reads the API the way in-cluster clients do: https://kubernetes.default.svc, the
+# server's certificate checked against the pod's ca.crt and the name, its token as the
+# bearer (a SelfSubjectReview says who it is). The client is OpenSSL 3 (kite.test/tls:1):
+# busybox 1.35's own TLS sends no signature_algorithms, so a TLS 1.2 server must sign with
+# SHA-1, which rustls (kite) and OpenSSL 3 both refuse.
+whoami_in_pod() {
+  kc exec api-client -- sh -c '
+    sa=/var/run/secrets/kubernetes.io/serviceaccount
+    body="{\"apiVersion\":\"authentication.k8s.io/v1\",\"kind\":\"SelfSubjectReview\"}"
+    printf "POST /apis/authentication.k8s.io/v1/selfsubjectreviews HTTP/1.1\r\nHost: kubernetes.default.svc\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s" "$(cat $sa/token)" "${#body}" "$body" |
+      timeout 10 openssl s_client -quiet -connect kubernetes.default.svc:443 -servername kubernetes.default.svc \
+        -CAfile $sa/ca.crt -verify_return_error -verify_hostname kubernetes.default.svc 2>&1'
+}
+wait_for 60 "the api-client pod to run" bash -c "[ \"\$($KUBECTL get pod api-client -o jsonpath='{.status.phase}')\" = Running ]"
+check "a pod reads the API at https://kubernetes.default.svc with its token, the certificate verified" \
+  contains "$(whoami_in_pod)" '"username":"system:serviceaccount:default:default"'
 # 300 requests spread over all three replicas.
 names=$(for _ in $(seq 300); do page "http://$CIP/" | sed -n 's/.*Server name: *\([^< ]*\).*/\1/p'; done | sort | uniq -c)
 check "300 requests reach all three replicas" equals "$(wc -l <<<"$names" | tr -d ' ')" 3

@@ -10,6 +10,10 @@ writes to OUT_DIR:
                                   the pod (its hostname) and its IP, like nginxdemos/hello
   app.tar     kite.test/app:1     the shell image run as a named user (`USER app`: uid 1000,
                                   also in group `data`, 50000), as many real images are
+  tls.tar     kite.test/tls:1     the shell image with the host's `openssl` and the libraries
+                                  it links (where the host has it): a TLS client of today's
+                                  kind in a pod (busybox's own TLS predates signature_algorithms,
+                                  which TLS 1.2 servers of today need, and has no TLS 1.3)
 
 Archives are in OCI image layout (index.json + blobs/), or with --docker in `docker save`
 format (manifest.json + one directory per layer). Load them with
@@ -81,11 +85,32 @@ def rootfs(extra):
             "etc/group": "root:x:0:\nnobody:x:65534:\n",
         }
         files.update(extra)
+        made = set()
+        for name in sorted(files):
+            parts = name.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                d = "/".join(parts[:i])
+                if d not in made and d not in ("bin", "etc", "tmp", "root", "usr", "usr/bin", "var"):
+                    tar.addfile(info(d, type=tarfile.DIRTYPE, mode=0o755))
+                made.add(d)
         for name, text in sorted(files.items()):
-            b = text.encode()
-            mode = 0o755 if name.startswith("usr/bin/") else 0o644
+            b = text if isinstance(text, bytes) else text.encode()
+            mode = 0o755 if name.startswith("usr/bin/") or name.endswith(".so.2") else 0o644
             tar.addfile(info(name, size=len(b), mode=mode), io.BytesIO(b))
     return buf.getvalue()
+
+
+def host_program(path):
+    """`path` and the shared libraries it loads (as `ldd` lists them), as image files at the
+    same places: a host program that runs in a busybox image."""
+    files = {path.lstrip("/"): open(path, "rb").read()}
+    out = subprocess.run(["ldd", path], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        lib = next((w for w in line.split() if w.startswith("/")), None)
+        if lib:
+            real = os.path.realpath(lib)
+            files[lib.lstrip("/")] = open(real, "rb").read()
+    return files
 
 
 def image(name, layer, cfg):
@@ -173,6 +198,8 @@ def main():
         # No Env at all, as an image built FROM scratch: the runtime's default PATH applies.
         "noenv": image("kite.test/noenv:1", rootfs({}), {"Cmd": ["sh"]}),
     }
+    if os.access("/usr/bin/openssl", os.X_OK):
+        images["tls"] = image("kite.test/tls:1", rootfs(host_program("/usr/bin/openssl")), {"Env": env, "Cmd": ["sh"]})
     for file, (name, layer, config) in images.items():
         write(os.path.join(out, file + ".tar"), name, layer, config)
         print(f"{os.path.join(out, file + '.tar')}: {name}")
