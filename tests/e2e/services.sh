@@ -3,7 +3,9 @@
 # End-to-end: Services answer (issue 17): the service proxy's nftables datapath for
 # ClusterIP, NodePort on 127.0.0.1 (the node's address in tests), the spread over
 # endpoints, session affinity, no-endpoint and unknown-port rejects, pod-to-Service and
-# hairpin traffic, and kube-proxy's health endpoint; the cluster DNS (kite-dns): every
+# hairpin traffic, kube-proxy's health endpoint, and from a client outside the node (a
+# network namespace of the test's own) externalTrafficPolicy Local keeping its address,
+# externalIPs and loadBalancerSourceRanges; the cluster DNS (kite-dns): every
 # record kind from the host and from pods, names outside the cluster forwarded to a
 # resolver the test serves on loopback (127.0.0.153:53), and the book's flow by name;
 # ServiceLB; NetworkPolicy (kite-netpol) in namespaces of its own. As root, with a node; touches only
@@ -259,6 +261,87 @@ wait_for 20 "web-lb2 to take the freed port" bash -c "[ -n \"\$($KUBECTL get svc
 check "once the port is free, the waiting Service gets it" equals "$(lb_ip web-lb2)" "$NODE_IP"
 check "a Service of another loadBalancerClass is left alone" equals "$(lb_ip web-metallb)" ""
 kc delete svc web-lb2 web-metallb >/dev/null
+
+# From outside the node: a client in a network namespace of the test's own (kite-svc-x,
+# joined to the host by a veth pair, 172.31.250.0/30), as a machine on the node's network.
+XNS=kite-svc-x
+XIP=172.31.250.2
+ip netns add $XNS
+AFTER_CLEANUP="$AFTER_CLEANUP; ip netns del $XNS 2>/dev/null; ip link del kite-svcx0 2>/dev/null"
+ip link add kite-svcx0 type veth peer name kite-svcx1 netns $XNS
+ip addr add 172.31.250.1/30 dev kite-svcx0
+ip link set kite-svcx0 up
+ip -n $XNS addr add $XIP/30 dev kite-svcx1
+ip -n $XNS link set kite-svcx1 up
+ip -n $XNS link set lo up
+ip -n $XNS route add default via 172.31.250.1
+xcurl() { ip netns exec $XNS curl -s --max-time 3 "$1"; }
+xserves() { xcurl "$1" | grep -q 'Server name'; }
+# The address the answering pod's server saw for one request from the client namespace
+# (busybox httpd -v logs "[::ffff:address]:port: response:200" per request).
+seen_by_pod() {
+  declare -A before
+  local p pod n
+  for p in $(kc get pods -l app=web -o name); do before[$p]=$(kc logs "$p" | wc -l); done
+  pod=$(xcurl "$1" | sed -n 's/.*Server name: *\([^< ]*\).*/\1/p')
+  [ -n "$pod" ] || return 1
+  for _ in $(seq 40); do
+    n=$(kc logs "pod/$pod" | wc -l)
+    if [ "$n" -gt "${before[pod/$pod]:-0}" ]; then
+      kc logs "pod/$pod" | tail -1 | sed -E 's/^\[?(::ffff:)?([0-9.]+).*/\2/'
+      return 0
+    fi
+    sleep 0.25
+  done
+  return 1
+}
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Service
+metadata: {name: web-local}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  externalIPs: [192.0.2.50]
+  ports: [{port: 80, targetPort: 80, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-guarded}
+spec:
+  type: LoadBalancer
+  loadBalancerClass: example.com/test
+  selector: {app: web}
+  loadBalancerSourceRanges: [$XIP/32]
+  ports: [{port: 8081, targetPort: 80}]
+YAML
+wait_for 10 "the Local NodePort to answer the client namespace" xserves "http://172.31.250.1:30080/"
+check "externalTrafficPolicy Local: the pod sees the outside client's own address" \
+  equals "$(seen_by_pod "http://172.31.250.1:30080/")" "$XIP"
+seen=$(seen_by_pod "http://172.31.250.1:30007/")
+check "externalTrafficPolicy Cluster: the outside client is masqueraded ($seen)" \
+  bash -c '[ -n "$1" ] && [ "$1" != "$2" ]' _ "$seen" "$XIP"
+check "externalIPs: the client reaches the Service at its external IP (192.0.2.50:80)" xserves "http://192.0.2.50/"
+check "and, Local, with its own address seen" equals "$(seen_by_pod "http://192.0.2.50/")" "$XIP"
+check "the external IP answers nothing on ports the Service does not define" \
+  bash -c "! ip netns exec $XNS curl -s --max-time 3 http://192.0.2.50:81/ >/dev/null"
+# The node's own address is loopback in this tier: the guarded load balancer's address is
+# one the client namespace routes to the host, set as another load balancer would set it.
+kc patch svc web-guarded --subresource=status --type merge \
+  -p '{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.60"}]}}}' >/dev/null
+wait_for 10 "the guarded load balancer to answer the allowed client" xserves "http://192.0.2.60:8081/"
+check "loadBalancerSourceRanges: a client in the ranges reaches the load balancer" xserves "http://192.0.2.60:8081/"
+check "a client outside them (the node itself) does not" bash -c "! curl -s --max-time 3 http://192.0.2.60:8081/ >/dev/null"
+kc patch svc web-guarded --type merge -p '{"spec":{"loadBalancerSourceRanges":["10.99.0.0/16"]}}' >/dev/null
+gone_for_x() { ! xserves "http://192.0.2.60:8081/"; }
+wait_for 10 "the narrowed ranges to apply" gone_for_x
+check "narrowed ranges shut the client out" gone_for_x
+check "while the node port (not guarded, as upstream) still answers it" \
+  xserves "http://172.31.250.1:$(kc get svc web-guarded -o jsonpath='{.spec.ports[0].nodePort}')/"
+kc delete svc web-local web-guarded >/dev/null
+ip netns del $XNS
+ip link del kite-svcx0 2>/dev/null || true
 
 refused() { curl -s --max-time 3 "$1" >/dev/null 2>&1; [ $? = 7 ]; }
 check "a port the ClusterIP does not define is refused at once" refused "http://$CIP:81/"

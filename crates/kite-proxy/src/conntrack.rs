@@ -120,6 +120,8 @@ mod tests {
             port: 53,
             node_port,
             external_ips: vec![],
+            lb_ips: vec![],
+            source_ranges: vec![],
             affinity_seconds: None,
             external_local: false,
             internal_local: false,

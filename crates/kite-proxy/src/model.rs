@@ -64,6 +64,11 @@ pub struct ServicePort {
     pub node_port: u16,
     /// `spec.externalIPs` and the load balancer's ingress IPs: reached like node ports.
     pub external_ips: Vec<Ipv4Addr>,
+    /// The load balancer's ingress IPs (also in `external_ips`): what
+    /// `source_ranges` guards.
+    pub lb_ips: Vec<Ipv4Addr>,
+    /// `spec.loadBalancerSourceRanges`: only these clients reach `lb_ips` (empty: all).
+    pub source_ranges: Vec<ipnet::Ipv4Net>,
     /// sessionAffinity ClientIP: its timeout in seconds.
     pub affinity_seconds: Option<u32>,
     /// externalTrafficPolicy Local (node ports, external IPs).
@@ -159,18 +164,30 @@ pub fn ports_of(svc: &Service, svc_slices: &[&EndpointSlice], node: &str) -> Vec
         .flatten()
         .filter_map(|ip| ip.parse().ok())
         .collect();
+    let mut lb_ips: Vec<Ipv4Addr> = Vec::new();
+    let mut source_ranges: Vec<ipnet::Ipv4Net> = Vec::new();
     if spec.type_.as_deref() == Some("LoadBalancer") {
         let ingress = svc
             .status
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|l| l.ingress.as_ref());
-        external_ips.extend(
+        lb_ips.extend(
             ingress
                 .into_iter()
                 .flatten()
                 .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
         );
+        lb_ips.sort();
+        lb_ips.dedup();
+        external_ips.extend(lb_ips.iter().copied());
+        // CIDRs as the API validates them (surrounding spaces allowed); IPv6 ones are
+        // for an IPv6 datapath, which kite does not have.
+        let ranges = spec.load_balancer_source_ranges.iter().flatten();
+        source_ranges.extend(ranges.filter_map(|r| r.trim().parse::<ipnet::Ipv4Net>().ok()));
+        source_ranges.iter_mut().for_each(|n| *n = n.trunc());
+        source_ranges.sort();
+        source_ranges.dedup();
     }
     external_ips.sort();
     external_ips.dedup();
@@ -209,6 +226,8 @@ pub fn ports_of(svc: &Service, svc_slices: &[&EndpointSlice], node: &str) -> Vec
             port,
             node_port,
             external_ips: external_ips.clone(),
+            lb_ips: lb_ips.clone(),
+            source_ranges: source_ranges.clone(),
             affinity_seconds,
             external_local,
             internal_local,
@@ -449,5 +468,31 @@ mod tests {
         );
         let p = &service_ports(&[&s], &[&sl], "n3")[0];
         assert!(p.local_endpoints.is_empty());
+    }
+
+    #[test]
+    fn load_balancer_addresses_and_source_ranges() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "lb"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.43.0.20",
+                     "externalIPs": ["192.0.2.1"],
+                     "loadBalancerSourceRanges": [" 10.1.2.3/16 ", "2001:db8::/32", "bad"],
+                     "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.9"}]}}
+        }))
+        .unwrap();
+        let p = &service_ports(&[&svc], &[], "n1")[0];
+        assert_eq!(
+            p.external_ips,
+            [
+                "192.0.2.1".parse::<Ipv4Addr>().unwrap(),
+                "192.0.2.9".parse().unwrap()
+            ]
+        );
+        assert_eq!(p.lb_ips, ["192.0.2.9".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(
+            p.source_ranges,
+            ["10.1.0.0/16".parse::<ipnet::Ipv4Net>().unwrap()]
+        );
     }
 }

@@ -54,6 +54,7 @@ fn skeleton(s: &Settings) -> String {
   map service-nodeports {{ type inet_proto . inet_service : verdict; }}
   map no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
   map no-endpoint-nodeports {{ type inet_proto . inet_service : verdict; }}
+  map firewall-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
   set cluster-ips {{ type ipv4_addr; }}
   set hairpin {{ type ipv4_addr . ipv4_addr; }}
   chain reject-chain {{ reject; }}
@@ -75,6 +76,9 @@ fn skeleton(s: &Settings) -> String {
     ct state new jump nodeport-endpoints-check
     ct state new jump service-endpoints-check
   }}
+  chain firewall-check {{ ip daddr . meta l4proto . th dport vmap @firewall-ips; }}
+  chain filter-prerouting-pre-dnat {{ type filter hook prerouting priority -110; ct state new jump firewall-check; }}
+  chain filter-output-pre-dnat {{ type filter hook output priority -110; ct state new jump firewall-check; }}
   chain filter-forward {{ type filter hook forward priority 0; ct state new jump service-endpoints-check; ct state new jump cluster-ips-check; }}
   chain filter-output {{ type filter hook output priority 0; ct state new jump service-endpoints-check; ct state new jump cluster-ips-check; }}
   chain nat-prerouting {{ type nat hook prerouting priority -100; jump services; }}
@@ -264,6 +268,18 @@ impl Ruleset {
         for ip in &p.external_ips {
             self.element(services, format!("{ip} . {proto} . {} : {verdict}", p.port));
         }
+        // loadBalancerSourceRanges guard the load balancer's addresses (not node ports
+        // nor externalIPs, as upstream), before any DNAT.
+        if !p.source_ranges.is_empty() && !p.lb_ips.is_empty() {
+            let firewall = format!("firewall-{base}");
+            let ranges: Vec<String> = p.source_ranges.iter().map(|r| r.to_string()).collect();
+            let rule = format!("ip saddr != {{ {} }} drop", ranges.join(", "));
+            self.chains.insert(firewall.clone(), vec![rule]);
+            for ip in &p.lb_ips {
+                let key = format!("{ip} . {proto} . {}", p.port);
+                self.element("firewall-ips", format!("{key} : goto {firewall}"));
+            }
+        }
         if p.node_port != 0 {
             self.element(nodeports, format!("{proto} . {} : {verdict}", p.node_port));
         }
@@ -399,6 +415,8 @@ mod tests {
             port: 80,
             node_port: 30007,
             external_ips: vec![],
+            lb_ips: vec![],
+            source_ranges: vec![],
             affinity_seconds: None,
             external_local: false,
             internal_local: false,
@@ -489,6 +507,31 @@ mod tests {
     }
 
     #[test]
+    fn load_balancer_source_ranges_guard_only_the_load_balancer_addresses() {
+        let mut p = port(&[ep("10.42.0.5", true)]);
+        p.external_ips = vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 9)];
+        p.lb_ips = vec![Ipv4Addr::new(192, 0, 2, 9)];
+        p.source_ranges = vec![
+            "10.1.0.0/16".parse().unwrap(),
+            "192.0.2.64/26".parse().unwrap(),
+        ];
+        let r = Ruleset::build(&[p.clone()], &settings());
+        assert_eq!(
+            elements(&r, "firewall-ips"),
+            ["192.0.2.9 . tcp . 80 : goto firewall-default/web/tcp/http"]
+        );
+        assert_eq!(
+            r.chains["firewall-default/web/tcp/http"],
+            ["ip saddr != { 10.1.0.0/16, 192.0.2.64/26 } drop"]
+        );
+        // No ranges: nothing guarded.
+        p.source_ranges.clear();
+        let r = Ruleset::build(&[p], &settings());
+        assert!(elements(&r, "firewall-ips").is_empty());
+        assert!(!r.chains.keys().any(|c| c.starts_with("firewall-")));
+    }
+
+    #[test]
     fn session_affinity_remembers_the_client_per_endpoint() {
         let mut p = port(&[ep("10.42.0.5", true)]);
         p.affinity_seconds = Some(30);
@@ -554,6 +597,8 @@ mod tests {
         let mut a = port(&[ep("10.42.0.5", true), ep("10.42.0.6", false)]);
         a.affinity_seconds = Some(60);
         a.external_ips = vec![Ipv4Addr::new(192, 0, 2, 1)];
+        a.lb_ips = vec![Ipv4Addr::new(192, 0, 2, 1)];
+        a.source_ranges = vec!["10.1.0.0/16".parse().unwrap()];
         let mut b = port(&[]);
         b.name = "empty".into();
         b.cluster_ip = Some(Ipv4Addr::new(10, 43, 0, 12));
