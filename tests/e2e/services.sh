@@ -263,18 +263,22 @@ check "a Service of another loadBalancerClass is left alone" equals "$(lb_ip web
 kc delete svc web-lb2 web-metallb >/dev/null
 
 # From outside the node: a client in a network namespace of the test's own (kite-svc-x,
-# joined to the host by a veth pair, 172.31.250.0/30), as a machine on the node's network.
+# joined to the host by a veth pair, 172.31.250.0/29), as a machine on the node's network.
+# The external and load-balancer addresses the test gives Services (.5, .6) are in that
+# subnet too, so nothing sent to them, DNATed or not, leaves the host and the namespace.
 XNS=kite-svc-x
 XIP=172.31.250.2
 ip netns add $XNS
 AFTER_CLEANUP="$AFTER_CLEANUP; ip netns del $XNS 2>/dev/null; ip link del kite-svcx0 2>/dev/null"
 ip link add kite-svcx0 type veth peer name kite-svcx1 netns $XNS
-ip addr add 172.31.250.1/30 dev kite-svcx0
+ip addr add 172.31.250.1/29 dev kite-svcx0
 ip link set kite-svcx0 up
-ip -n $XNS addr add $XIP/30 dev kite-svcx1
+ip -n $XNS addr add $XIP/29 dev kite-svcx1
 ip -n $XNS link set kite-svcx1 up
 ip -n $XNS link set lo up
 ip -n $XNS route add default via 172.31.250.1
+ip -n $XNS route add 172.31.250.5/32 via 172.31.250.1
+ip -n $XNS route add 172.31.250.6/32 via 172.31.250.1
 xcurl() { ip netns exec $XNS curl -s --max-time 3 "$1"; }
 xserves() { xcurl "$1" | grep -q 'Server name'; }
 # The address the answering pod's server saw for one request from the client namespace
@@ -303,7 +307,7 @@ spec:
   type: NodePort
   externalTrafficPolicy: Local
   selector: {app: web}
-  externalIPs: [192.0.2.50]
+  externalIPs: [172.31.250.5]
   ports: [{port: 80, targetPort: 80, nodePort: 30080}]
 ---
 apiVersion: v1
@@ -322,19 +326,17 @@ check "externalTrafficPolicy Local: the pod sees the outside client's own addres
 seen=$(seen_by_pod "http://172.31.250.1:30007/")
 check "externalTrafficPolicy Cluster: the outside client is masqueraded ($seen)" \
   bash -c '[ -n "$1" ] && [ "$1" != "$2" ]' _ "$seen" "$XIP"
-check "externalIPs: the client reaches the Service at its external IP (192.0.2.50:80)" xserves "http://192.0.2.50/"
-check "and, Local, with its own address seen" equals "$(seen_by_pod "http://192.0.2.50/")" "$XIP"
-check "the external IP answers nothing on ports the Service does not define" \
-  bash -c "! ip netns exec $XNS curl -s --max-time 3 http://192.0.2.50:81/ >/dev/null"
+check "externalIPs: the client reaches the Service at its external IP (172.31.250.5:80)" xserves "http://172.31.250.5/"
+check "and, Local, with its own address seen" equals "$(seen_by_pod "http://172.31.250.5/")" "$XIP"
 # The node's own address is loopback in this tier: the guarded load balancer's address is
 # one the client namespace routes to the host, set as another load balancer would set it.
 kc patch svc web-guarded --subresource=status --type merge \
-  -p '{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.60"}]}}}' >/dev/null
-wait_for 10 "the guarded load balancer to answer the allowed client" xserves "http://192.0.2.60:8081/"
-check "loadBalancerSourceRanges: a client in the ranges reaches the load balancer" xserves "http://192.0.2.60:8081/"
-check "a client outside them (the node itself) does not" bash -c "! curl -s --max-time 3 http://192.0.2.60:8081/ >/dev/null"
+  -p '{"status":{"loadBalancer":{"ingress":[{"ip":"172.31.250.6"}]}}}' >/dev/null
+wait_for 10 "the guarded load balancer to answer the allowed client" xserves "http://172.31.250.6:8081/"
+check "loadBalancerSourceRanges: a client in the ranges reaches the load balancer" xserves "http://172.31.250.6:8081/"
+check "a client outside them (the node itself) does not" bash -c "! curl -s --max-time 3 http://172.31.250.6:8081/ >/dev/null"
 kc patch svc web-guarded --type merge -p '{"spec":{"loadBalancerSourceRanges":["10.99.0.0/16"]}}' >/dev/null
-gone_for_x() { ! xserves "http://192.0.2.60:8081/"; }
+gone_for_x() { ! xserves "http://172.31.250.6:8081/"; }
 wait_for 10 "the narrowed ranges to apply" gone_for_x
 check "narrowed ranges shut the client out" gone_for_x
 check "while the node port (not guarded, as upstream) still answers it" \
