@@ -1,7 +1,8 @@
 //! The nftables ruleset for a set of Service ports, modelled on kube-proxy's nftables mode
 //! (table `ip kite-proxy`): fixed base chains that jump to `services` (DNAT through the
 //! `service-ips` and `service-nodeports` verdict maps), a chain per Service port
-//! (`service-…`: one DNAT to a random endpoint through a map), per external entry point
+//! (`service-…`: one DNAT to a random endpoint, the endpoints in one of 64 shared maps),
+//! per external entry point
 //! (`external-…`: node ports, external and load-balancer IPs, with their traffic policy)
 //! and, only for session affinity, per endpoint (`endpoint-…`). Where kube-proxy marks a
 //! pod reaching itself for masquerade in each endpoint's chain, kite keeps the node's
@@ -48,6 +49,9 @@ pub struct Ruleset {
 /// and were not DNATed are dropped, so pods cannot reach the host's loopback services.
 fn skeleton(s: &Settings) -> String {
     let (pods, services) = (s.cluster_cidr, s.service_cidr);
+    let endpoint_maps: String = (ENDPOINT_MAPS.iter())
+        .map(|m| format!("  map {m} {{ typeof numgen random mod 2 : ip daddr . tcp dport; }}\n"))
+        .collect();
     format!(
         "table ip {TABLE} {{
   map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
@@ -57,7 +61,7 @@ fn skeleton(s: &Settings) -> String {
   map firewall-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
   set cluster-ips {{ type ipv4_addr; }}
   set hairpin {{ type ipv4_addr . ipv4_addr; }}
-  chain reject-chain {{ reject; }}
+{endpoint_maps}  chain reject-chain {{ reject; }}
   chain services {{
     ip daddr @cluster-ips ip saddr != {pods} meta mark set meta mark | {MASQ}
     ip daddr . meta l4proto . th dport vmap @service-ips
@@ -108,12 +112,58 @@ fn affinity_set(base: &str, e: &Endpoint) -> String {
     format!("affinity-{base}__{}/{}", e.ip, e.port)
 }
 
+/// Endpoint lists in shared maps: a Service given slot `s` keeps its lists in map
+/// `endpoints-<s % SHARDS>`, keyed `s << 16 | list << 12 | index`, so it has up to 16
+/// lists of up to 4,096 endpoints there; longer lists, further ones, or a Service without
+/// a slot use a map of their own in the rule. The maps are sharded because the kernel
+/// checks each element added to a map against every rule that uses it, and each rule that
+/// starts using a map against every element: one map for 10,000 Services made writing the
+/// table quadratic (two minutes).
+pub const SHARDS: u16 = 64;
+struct Lists {
+    slot: Option<u16>,
+    used: u32,
+}
+
+const LIST_BITS: u32 = 12;
+
+/// The shared maps' names, `endpoints-0` … (static, as element maps are named).
+static ENDPOINT_MAPS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    (0..SHARDS)
+        .map(|i| &*Box::leak(format!("endpoints-{i}").into_boxed_str()))
+        .collect()
+});
+const MAX_LISTS: u32 = 1 << (16 - LIST_BITS);
+
+impl Lists {
+    /// The map and first key of a new list of `n` endpoints, if it fits in the slot.
+    fn next(&mut self, n: usize) -> Option<(&'static str, u32)> {
+        let slot = self.slot?;
+        if n > 1 << LIST_BITS || self.used >= MAX_LISTS {
+            return None;
+        }
+        let first = (u32::from(slot) << 16) | (self.used << LIST_BITS);
+        self.used += 1;
+        Some((ENDPOINT_MAPS[usize::from(slot % SHARDS)], first))
+    }
+}
+
 impl Ruleset {
-    /// The ruleset that serves `ports`.
+    /// The ruleset that serves `ports`, its endpoint lists in maps of their own.
     pub fn build(ports: &[ServicePort], s: &Settings) -> Ruleset {
+        Self::build_in(ports, s, None)
+    }
+
+    /// The ruleset that serves `ports`, one Service's, its endpoint lists in the shared
+    /// endpoint maps at `slot` (unique to the Service) when given. A rule that names
+    /// a map of its own makes the kernel create an anonymous set, and the kernel names each
+    /// new one by trying every set of the table: at 10,000 Services that made writing the
+    /// whole table quadratic.
+    pub fn build_in(ports: &[ServicePort], s: &Settings, slot: Option<u16>) -> Ruleset {
         let mut r = Ruleset::default();
+        let mut lists = Lists { slot, used: 0 };
         for p in ports {
-            r.add_port(p, s);
+            r.add_port(p, s, &mut lists);
         }
         r
     }
@@ -143,7 +193,13 @@ impl Ruleset {
     /// change cost in proportion to all endpoints of all Services). With affinity each
     /// endpoint keeps a chain of its own that records the client (added too), and the
     /// client's endpoint is tried first.
-    fn dispatch(&mut self, base: &str, p: &ServicePort, eps: &[Endpoint]) -> Vec<String> {
+    fn dispatch(
+        &mut self,
+        base: &str,
+        p: &ServicePort,
+        eps: &[Endpoint],
+        lists: &mut Lists,
+    ) -> Vec<String> {
         let proto = p.protocol.nft();
         for e in eps.iter().filter(|e| e.local) {
             // A pod reaching itself through the Service: its reply must come back
@@ -153,16 +209,28 @@ impl Ruleset {
         let Some(t) = p.affinity_seconds else {
             return vec![match eps {
                 [e] => format!("meta l4proto {proto} dnat ip to {}:{}", e.ip, e.port),
-                _ => {
-                    let arms: Vec<String> = (eps.iter().enumerate())
-                        .map(|(i, e)| format!("{i} : {} . {}", e.ip, e.port))
-                        .collect();
-                    format!(
+                _ => match lists.next(eps.len()) {
+                    Some((map, first)) => {
+                        for (i, e) in (0u32..).zip(eps) {
+                            let entry = format!("{} : {} . {}", first + i, e.ip, e.port);
+                            self.element(map, entry);
+                        }
+                        format!(
+                            "meta l4proto {proto} dnat ip addr . port to numgen random mod {} offset {first} map @{map}",
+                            eps.len()
+                        )
+                    }
+                    None => {
+                        let arms: Vec<String> = (eps.iter().enumerate())
+                            .map(|(i, e)| format!("{i} : {} . {}", e.ip, e.port))
+                            .collect();
+                        format!(
                         "meta l4proto {proto} dnat ip addr . port to numgen random mod {} map {{ {} }}",
                         eps.len(),
                         arms.join(", ")
                     )
-                }
+                    }
+                },
             }];
         };
         let mut rules = Vec::new();
@@ -195,13 +263,13 @@ impl Ruleset {
         rules
     }
 
-    fn add_port(&mut self, p: &ServicePort, s: &Settings) {
+    fn add_port(&mut self, p: &ServicePort, s: &Settings, lists: &mut Lists) {
         let base = base(p);
         let proto = p.protocol.nft();
         let service = format!("service-{base}");
         let has_cluster = !p.cluster_endpoints.is_empty();
         if has_cluster {
-            let rules = self.dispatch(&base, p, &p.cluster_endpoints.clone());
+            let rules = self.dispatch(&base, p, &p.cluster_endpoints.clone(), lists);
             self.chains.insert(service.clone(), rules);
         }
         if let Some(ip) = p.cluster_ip {
@@ -233,7 +301,7 @@ impl Ruleset {
                 rules.push("drop".into());
             } else {
                 let eps = p.local_endpoints.clone();
-                rules.extend(self.dispatch(&base, p, &eps));
+                rules.extend(self.dispatch(&base, p, &eps, lists));
             }
             has_cluster || !p.local_endpoints.is_empty()
         } else if has_cluster && !p.internal_local {
@@ -246,7 +314,7 @@ impl Ruleset {
             rules.push(format!("meta mark set meta mark | {MASQ}"));
             let all = p.all_endpoints.clone();
             if !all.is_empty() {
-                rules.extend(self.dispatch(&base, p, &all));
+                rules.extend(self.dispatch(&base, p, &all, lists));
             }
             !all.is_empty()
         };
@@ -467,6 +535,37 @@ mod tests {
             ]
         );
         assert_eq!(elements(&r, "cluster-ips"), ["10.43.0.10"]);
+    }
+
+    #[test]
+    fn a_service_with_a_slot_keeps_its_endpoints_in_the_shared_map() {
+        let two = [ep("10.42.0.5", true), ep("10.42.0.6", false)];
+        let mut p = port(&two);
+        p.external_local = true;
+        p.local_endpoints = two.to_vec();
+        let r = Ruleset::build_in(&[p], &settings(), Some(3));
+        assert_eq!(
+            r.chains["service-default/web/tcp/http"],
+            ["meta l4proto tcp dnat ip addr . port to numgen random mod 2 offset 196608 map @endpoints-3"]
+        );
+        // The external chain's list is the slot's second.
+        assert!(r.chains["external-default/web/tcp/http"]
+            .last()
+            .unwrap()
+            .ends_with("numgen random mod 2 offset 200704 map @endpoints-3"));
+        assert_eq!(
+            elements(&r, "endpoints-3"),
+            [
+                "196608 : 10.42.0.5 . 8080",
+                "196609 : 10.42.0.6 . 8080",
+                "200704 : 10.42.0.5 . 8080",
+                "200705 : 10.42.0.6 . 8080"
+            ]
+        );
+        // The kernel takes it.
+        if let Some(r) = crate::nft::check(&r.script(None, &settings())) {
+            assert!(r.is_ok(), "{r:?}");
+        }
     }
 
     #[test]

@@ -61,9 +61,30 @@ fn fingerprint(svc: &Service, slices: &[&EndpointSlice]) -> Option<Fingerprint> 
 /// A Service's key: `namespace/name`.
 type ServiceKey = String;
 
+/// The Services' slots in the shared endpoint maps (see `rules::Ruleset::build_in`).
+#[derive(Debug, Clone, Default)]
+struct Slots {
+    next: u32,
+    free: Vec<u16>,
+}
+
+impl Slots {
+    /// A free slot; none once all 65,536 are taken (such a Service's rules use maps of
+    /// their own).
+    fn take(&mut self) -> Option<u16> {
+        if let Some(s) = self.free.pop() {
+            return Some(s);
+        }
+        let s = u16::try_from(self.next).ok()?;
+        self.next += 1;
+        Some(s)
+    }
+}
+
 /// One Service as programmed.
 #[derive(Debug, Clone)]
 struct Entry {
+    slot: Option<u16>,
     fingerprint: Option<Fingerprint>,
     ports: Vec<ServicePort>,
     rules: Ruleset,
@@ -81,6 +102,7 @@ pub struct Programmed {
     entries: HashMap<ServiceKey, Entry>,
     /// How many Services hold each element.
     users: HashMap<Element, u32>,
+    slots: Slots,
     /// Whether the kernel's table is the one `entries` describe; when not (first sync, a
     /// failed transaction), the next plan makes the table whole.
     in_kernel: bool,
@@ -98,6 +120,8 @@ pub struct Plan {
     pub new_ports: Vec<ServicePort>,
     /// Services that changed: their new entry, or `None` when gone.
     changed: Vec<(ServiceKey, Option<Entry>)>,
+    /// The slots once the new Services have theirs.
+    slots: Slots,
 }
 
 /// Lines per transaction when the whole table is written.
@@ -126,6 +150,7 @@ impl Programmed {
         let mut changed = Vec::new();
         let mut key = String::new();
         let mut kept = 0;
+        let mut slots = self.slots.clone();
         for svc in services {
             let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
             let name = svc.metadata.name.as_deref().unwrap_or_default();
@@ -134,18 +159,21 @@ impl Programmed {
             key.push_str(ns);
             key.push('/');
             key.push_str(name);
-            if let Some(old) = self.entries.get(key.as_str()) {
+            let old = self.entries.get(key.as_str());
+            if let Some(old) = old {
                 kept += 1;
                 if (old.fingerprint.as_ref()).is_some_and(|f| f.matches(svc, svc_slices)) {
                     continue;
                 }
             }
+            let slot = old.map_or_else(|| slots.take(), |o| o.slot);
             let fp = fingerprint(svc, svc_slices);
             let ports = model::ports_of(svc, svc_slices, node);
-            let rules = Ruleset::build(&ports, s);
+            let rules = Ruleset::build_in(&ports, s, slot);
             changed.push((
                 key.clone(),
                 Some(Entry {
+                    slot,
                     fingerprint: fp,
                     ports,
                     rules,
@@ -195,6 +223,7 @@ impl Programmed {
             old_ports,
             new_ports,
             changed,
+            slots,
         }
     }
 
@@ -249,8 +278,12 @@ impl Programmed {
 
     /// The plan's transactions were applied: the kernel has what it described.
     pub fn commit(&mut self, plan: Plan) {
+        self.slots = plan.slots;
         for (key, entry) in plan.changed {
             if let Some(o) = self.entries.remove(&key) {
+                if entry.is_none() {
+                    self.slots.free.extend(o.slot);
+                }
                 for e in elements(&o.rules) {
                     if let Some(n) = self.users.get_mut(&e) {
                         *n -= 1;
@@ -330,6 +363,16 @@ mod tests {
         ];
         let first = plan(&p, &svcs, &slices);
         assert!(first.scripts[0].starts_with("add table ip kite-proxy\ndelete table"));
+        // Each Service its own slot in the shared endpoints map (b has two endpoints).
+        let whole = first.scripts.concat();
+        assert!(
+            whole.contains("numgen random mod 2 offset 65536 map @endpoints-1"),
+            "{whole}"
+        );
+        assert!(
+            whole.contains("65536 : 10.42.0.5 . 8080, 65537 : 10.42.0.6 . 8080"),
+            "{whole}"
+        );
         p.commit(first);
         assert_eq!(p.len(), 2);
         let again = plan(&p, &svcs, &slices);
