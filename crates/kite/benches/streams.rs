@@ -260,6 +260,24 @@ async fn main() {
             "services, from the node: 100 MB over HTTP, best of 5 in turns: pod IP {:.0} MB/s, ClusterIP {:.0} MB/s ({:.2} of direct), NodePort on 127.0.0.1 {:.0} MB/s ({:.2})",
             best[0], best[1], best[1] / best[0], best[2], best[2] / best[0]
         );
+        // From outside the node, as clients use NodePorts: curl in a network namespace of
+        // the bench's own (kite-bench-x, a veth pair to the host), the pod's IP (routed
+        // through the host) against the NodePort on the host's veth address.
+        if let Some(x) = Outside::new() {
+            let mut xbest = [0.0f64; 2];
+            for _ in 0..5 {
+                for (i, addr) in [format!("{ip}:80"), format!("{}:{np}", Outside::HOST)]
+                    .iter()
+                    .enumerate()
+                {
+                    xbest[i] = xbest[i].max(x.download(addr));
+                }
+            }
+            println!(
+                "services, from outside the node (curl in a network namespace): 100 MB, best of 5 in turns: pod IP {:.0} MB/s, NodePort {:.0} MB/s ({:.2} of direct)",
+                xbest[0], xbest[1], xbest[1] / xbest[0]
+            );
+        }
         // From a pod (the `talk` pod's busybox wget), as pods use Services: 10 downloads
         // timed by /proc/uptime (10 ms steps) inside the pod, so kubectl exec is not in it.
         let in_pod = |addr: &str| -> f64 {
@@ -271,11 +289,7 @@ async fn main() {
                 .args(["exec", "talk", "--", "sh", "-c", &script])
                 .output()
                 .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            let v: Vec<f64> = text
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
+            let (text, v) = numbers(&out.stdout);
             assert!(
                 out.status.success() && v.len() == 2,
                 "in-pod download from {addr}: {text}"
@@ -463,6 +477,93 @@ async fn main() {
 }
 
 /// How many probes the node's kubelet has run (its `/metrics/probes`).
+/// A command's output and the numbers in it.
+fn numbers(out: &[u8]) -> (String, Vec<f64>) {
+    let text = String::from_utf8_lossy(out).into_owned();
+    let v = text
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    (text, v)
+}
+
+/// A client outside the node: network namespace `kite-bench-x`, joined to the host by a
+/// veth pair (host 172.31.251.1, namespace 172.31.251.2), removed on drop.
+struct Outside;
+
+impl Outside {
+    const NS: &'static str = "kite-bench-x";
+    const HOST: &'static str = "172.31.251.1";
+
+    fn new() -> Option<Outside> {
+        let ip = |args: &str| {
+            Command::new("ip")
+                .args(args.split_whitespace())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let _ = ip(&format!("netns del {}", Self::NS));
+        let ok = ip(&format!("netns add {}", Self::NS))
+            && ip(&format!(
+                "link add kite-benchx0 type veth peer name kite-benchx1 netns {}",
+                Self::NS
+            ))
+            && ip(&format!("addr add {}/30 dev kite-benchx0", Self::HOST))
+            && ip("link set kite-benchx0 up")
+            && ip(&format!(
+                "-n {} addr add 172.31.251.2/30 dev kite-benchx1",
+                Self::NS
+            ))
+            && ip(&format!("-n {} link set kite-benchx1 up", Self::NS))
+            && ip(&format!("-n {} link set lo up", Self::NS))
+            && ip(&format!(
+                "-n {} route add default via {}",
+                Self::NS,
+                Self::HOST
+            ));
+        if !ok {
+            eprintln!("no client namespace (needs root and iproute2): skipping the outside client");
+            drop(Outside);
+            return None;
+        }
+        Some(Outside)
+    }
+
+    /// MB/s of one 100 MB download by curl from the namespace.
+    fn download(&self, addr: &str) -> f64 {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                Self::NS,
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download} %{time_total}",
+            ])
+            .arg(format!("http://{addr}/big"))
+            .output()
+            .unwrap();
+        let (text, v) = numbers(&out.stdout);
+        assert!(
+            v.len() == 2 && v[0] >= MB100 as f64,
+            "download from {addr} outside the node: {text}"
+        );
+        v[0] / v[1].max(1e-3) / 1e6
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", Self::NS]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", "kite-benchx0"])
+            .status();
+    }
+}
+
 async fn probes_done(client: &kube::Client) -> f64 {
     let req = http::Request::get("/api/v1/nodes/bench/proxy/metrics/probes")
         .body(Vec::new())
