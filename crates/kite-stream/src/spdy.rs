@@ -372,19 +372,28 @@ impl StreamWriter {
     /// Sends `data` (in frames of at most 32 KiB); fails once the stream or connection
     /// is closed.
     pub async fn write(&self, data: &[u8]) -> std::io::Result<()> {
+        self.write_bytes(Bytes::copy_from_slice(data)).await
+    }
+
+    /// As [`StreamWriter::write`], for data already in a `Bytes`: the frames share its
+    /// buffer (no copy; a port-forward moves every byte through here).
+    pub async fn write_bytes(&self, data: Bytes) -> std::io::Result<()> {
         let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stream closed");
-        for chunk in data.chunks(WRITE_CHUNK) {
+        let mut at = 0;
+        while at < data.len() {
             if self.is_closed() {
                 return Err(gone());
             }
+            let end = (at + WRITE_CHUNK).min(data.len());
             self.out
                 .send(Out::Frame(Frame::Data {
                     id: self.id,
                     fin: false,
-                    data: Bytes::copy_from_slice(chunk),
+                    data: data.slice(at..end),
                 }))
                 .await
                 .map_err(|_| gone())?;
+            at = end;
         }
         Ok(())
     }

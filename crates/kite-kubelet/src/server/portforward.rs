@@ -272,7 +272,7 @@ async fn forward(data: Stream, error: Stream, target: Target) {
     // Out of it until the pod's side closes; then the client hears the end on both streams.
     copy_out(r, |b| {
         let tx = tx.clone();
-        async move { tx.write(&b).await }
+        async move { tx.write_bytes(b).await }
     })
     .await;
     tx.close().await;
@@ -297,12 +297,14 @@ where
     F: Fn(Bytes) -> Fut,
     Fut: std::future::Future<Output = std::io::Result<()>>,
 {
-    let mut buf = vec![0u8; 128 * 1024];
+    // Read straight into the buffer that is sent on (split off, not copied).
+    let mut buf = bytes::BytesMut::new();
     loop {
-        match r.read(&mut buf).await {
+        buf.reserve(128 * 1024);
+        match r.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+            Ok(_) => {
+                if send(buf.split().freeze()).await.is_err() {
                     return;
                 }
             }
