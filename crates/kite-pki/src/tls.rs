@@ -31,10 +31,7 @@ pub fn server_config(
     let certs = certs(cert_pem)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|_| TlsError::Pem("serving key"))?;
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots(client_ca_pem)?))
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = client_verifier(client_ca_pem)?;
     let mut cfg = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)?;
@@ -115,15 +112,23 @@ impl rustls::server::ResolvesServerCert for Rotating {
     }
 }
 
+/// Client certificates signed by `client_ca_pem` are verified; clients without one are
+/// let through (anonymous, as upstream's servers allow).
+fn client_verifier(
+    client_ca_pem: &str,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    WebPkiClientVerifier::builder(Arc::new(roots(client_ca_pem)?))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))
+}
+
 /// [`server_config`] with a certificate that can be replaced ([`Rotating`]).
 pub fn rotating_server_config(
     cert: Rotating,
     client_ca_pem: &str,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots(client_ca_pem)?))
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = client_verifier(client_ca_pem)?;
     let mut cfg = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(cert));

@@ -32,6 +32,17 @@ pub struct Settings {
     pub service_cidr: ipnet::Ipv4Net,
 }
 
+#[cfg(test)]
+impl Settings {
+    /// K3s's default ranges, for tests.
+    pub(crate) fn for_tests() -> Settings {
+        Settings {
+            cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+            service_cidr: "10.43.0.0/16".parse().unwrap(),
+        }
+    }
+}
+
 /// The parts of the table that change with the Services.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
@@ -459,10 +470,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn settings() -> Settings {
-        Settings {
-            cluster_cidr: "10.42.0.0/16".parse().unwrap(),
-            service_cidr: "10.43.0.0/16".parse().unwrap(),
-        }
+        Settings::for_tests()
     }
 
     fn ep(ip: &str, local: bool) -> Endpoint {

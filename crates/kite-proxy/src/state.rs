@@ -315,10 +315,7 @@ mod tests {
     use super::*;
 
     fn settings() -> Settings {
-        Settings {
-            cluster_cidr: "10.42.0.0/16".parse().unwrap(),
-            service_cidr: "10.43.0.0/16".parse().unwrap(),
-        }
+        Settings::for_tests()
     }
 
     fn service(name: &str, ip: &str, rv: &str) -> Service {
