@@ -48,8 +48,27 @@ on_exit() {
 }
 trap on_exit EXIT
 
+# A port nothing listens on, below the kernel's ephemeral range: a port the kernel hands
+# out (bind to 0) is free now, but the next client connection of a parallel tier may take
+# it as its source port before kite binds it (CI saw "Address already in use").
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  python3 - <<'PY'
+import random, socket
+lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(200):
+    p = random.randrange(10000, max(lo, 10001))
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break
+else:
+    raise SystemExit("no free port below the ephemeral range")
+PY
 }
 
 # start_server [extra flags...]: starts kite on a free port; sets PORT, KUBECONFIG, DATA.
