@@ -2,7 +2,11 @@
 //! always writes a non-pointer struct field (a new Service's `status: {loadBalancer: {}}`, a
 //! container's `resources: {}`), a non-pointer scalar without `omitempty` as its zero value,
 //! and a nil slice without `omitempty` as `null` (an HPA's `status.currentMetrics`). Clients read these keys (the
-//! Python client's `resp.status`), so kite writes them too, on every object it stores.
+//! Python client's `resp.status`), so kite writes them too, on every object it stores. And Go
+//! leaves out a non-pointer scalar with `omitempty` that holds its zero value, even when the
+//! client sent it (protobuf clients send `hostPort: 0`, `stdin: false`): kite drops those, so
+//! that an object reads back as upstream writes it (clients compare bytes: the e2e suite's
+//! DaemonSet revision match).
 //!
 //! The rules come from upstream's Go type declarations, generated into `go_fields.json` by
 //! `cargo run -p xtask -- gen-go-fields <kubernetes/staging/src/k8s.io>`.
@@ -18,6 +22,8 @@ enum Rule {
     Null,
     /// A scalar written as its zero value.
     Zero(Value),
+    /// A non-pointer scalar with `omitempty`: left out when it holds its zero value.
+    OmitZero(Value),
     /// An inline struct: its rules apply to the same object.
     Inline(String),
     /// A pointer to a struct: filled where present.
@@ -48,6 +54,7 @@ fn rules() -> &'static Rules {
                             "o" => Rule::Object(target()?),
                             "t" | "n" => Rule::Null,
                             "z" => Rule::Zero(r[2].clone()),
+                            "e" => Rule::OmitZero(r[2].clone()),
                             "i" => Rule::Inline(target()?),
                             "p" => Rule::Pointer(target()?),
                             "r" => Rule::Slice(target()?),
@@ -100,6 +107,11 @@ fn fill_map(def: &str, m: &mut Map<String, Value>, depth: usize) {
             Rule::Zero(z) => {
                 m.entry(name.clone()).or_insert_with(|| z.clone());
             }
+            Rule::OmitZero(z) => {
+                if m.get(name).is_some_and(|v| is_zero(v, z)) {
+                    m.remove(name);
+                }
+            }
             Rule::Inline(d) => fill_map(d, m, depth + 1),
             Rule::Pointer(d) => {
                 if let Some(v) = m.get_mut(name) {
@@ -121,6 +133,14 @@ fn fill_map(def: &str, m: &mut Map<String, Value>, depth: usize) {
                 }
             }
         }
+    }
+}
+
+/// Whether `v` is the zero value `zero` stands for (`0` also as `0.0`).
+fn is_zero(v: &Value, zero: &Value) -> bool {
+    match (v, zero) {
+        (Value::Number(n), Value::Number(_)) => n.as_f64() == Some(0.0),
+        _ => v == zero,
     }
 }
 
@@ -169,5 +189,28 @@ mod tests {
         let mut x = json!({"a": 1});
         fill("io.k8s.nothing.v1.X", &mut x);
         assert_eq!(x, json!({"a": 1}));
+    }
+
+    #[test]
+    fn leaves_out_zero_scalars_go_omits() {
+        // As a protobuf client sends a pod template: every non-pointer scalar written.
+        let mut ds = json!({"metadata": {"name": "d", "generation": 0},
+            "spec": {"template": {"metadata": {"generation": 0, "name": ""},
+                "spec": {"hostNetwork": false, "terminationGracePeriodSeconds": 0,
+                    "automountServiceAccountToken": false,
+                    "containers": [{"name": "c", "stdin": false, "tty": true,
+                        "ports": [{"containerPort": 80, "hostPort": 0}]}]}}}});
+        fill("io.k8s.api.apps.v1.DaemonSet", &mut ds);
+        let t = &ds["spec"]["template"];
+        assert_eq!(t["metadata"], json!({}));
+        assert_eq!(ds["metadata"], json!({"name": "d"}));
+        // Pointers keep their zero (it means something); omitempty scalars lose it.
+        assert_eq!(t["spec"]["terminationGracePeriodSeconds"], 0);
+        assert_eq!(t["spec"]["automountServiceAccountToken"], false);
+        assert!(t["spec"].get("hostNetwork").is_none());
+        let c = &t["spec"]["containers"][0];
+        assert!(c.get("stdin").is_none());
+        assert_eq!(c["tty"], true);
+        assert_eq!(c["ports"][0], json!({"containerPort": 80}));
     }
 }

@@ -7,7 +7,9 @@
 //! null}`. A non-pointer scalar without `omitempty` is written as its zero value. The output
 //! maps each OpenAPI definition name to rules `[json name, rule, definition or zero value]`:
 //! `o` a struct always written (as `{}` at least) and filled in turn; `t` a `metav1.Time` or
-//! `MicroTime`, written `null` when unset; `z` a scalar written as its zero; `n` a slice or map
+//! `MicroTime`, written `null` when unset; `z` a scalar written as its zero; `e` a non-pointer
+//! scalar with `omitempty`, which Go leaves out when it is zero (a protobuf client sends
+//! `hostPort: 0`, `stdin: false` explicitly); `n` a slice or map
 //! without `omitempty`, written `null` when unset; `i` an inline
 //! struct, filled into the same object; `p`, `r`, `m` a pointer, slice or map of structs,
 //! filled where present.
@@ -329,13 +331,13 @@ pub fn generate(src: &Path) -> Result<()> {
                         json!([f.json, s, d])
                     }
                     ("r" | "m", _) if !f.omitempty && !f.inline => json!([f.json, "n"]),
-                    ("", Kind::Scalar(b)) if !f.omitempty && !f.inline => {
+                    ("", Kind::Scalar(b)) if !f.inline => {
                         let zero = match b.as_str() {
                             "string" => json!(""),
                             "bool" => json!(false),
                             _ => json!(0),
                         };
-                        json!([f.json, "z", zero])
+                        json!([f.json, if f.omitempty { "e" } else { "z" }, zero])
                     }
                     _ => continue,
                 };
