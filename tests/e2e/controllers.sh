@@ -408,4 +408,99 @@ kc delete svc nomatch -n apps >/dev/null
 wait_for 10 "the Endpoints to go with the Service" bash -c "! $KUBECTL get endpoints nomatch -n apps >/dev/null 2>&1"
 check "a deleted Service's Endpoints are deleted" bash -c "! $KUBECTL get endpoints nomatch -n apps >/dev/null 2>&1"
 
+
+# --- DaemonSets ---------------------------------------------------------------------------------
+# One pod per node the template admits: the three plain nodes, not the tainted prio- pool.
+kc create namespace ds >/dev/null
+kc apply -n ds -f - >/dev/null <<'YAML'
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers: [{name: c, image: "busybox:1.36"}]
+YAML
+check "rollout status returns for a new DaemonSet" kc rollout status ds/agent -n ds --timeout=60s
+ds_nodes() { kc get pods -n ds -l app=agent -o jsonpath='{range .items[?(@.metadata.deletionTimestamp)]}x{end}{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort | tr '\n' ' '; }
+check "a DaemonSet runs one pod on each node it tolerates" equals "$(ds_nodes)" "kite-sim-0 kite-sim-1 kite-sim-2 "
+check "kubectl get ds shows desired/current/ready/up-to-date/available" equals "$(kc get ds agent -n ds --no-headers | awk '{print $2,$3,$4,$5,$6,$7}')" "3 3 3 3 3 <none>"
+check "daemon pods tolerate a cordoned node" contains "$(kc get pods -n ds -l app=agent -o jsonpath='{.items[0].spec.tolerations}')" '"effect":"NoSchedule","key":"node.kubernetes.io/unschedulable","operator":"Exists"'
+check "daemon pods are pinned by a metadata.name node affinity" contains "$(kc get pods -n ds -l app=agent -o jsonpath='{.items[0].spec.affinity.nodeAffinity}')" '"matchFields":[{"key":"metadata.name","operator":"In","values":["kite-sim-'
+check "daemon pods carry the controller-revision-hash of a ControllerRevision" kc get controllerrevision -n ds "agent-$(kc get pods -n ds -l app=agent -o jsonpath='{.items[0].metadata.labels.controller-revision-hash}')"
+check "describe ds shows SuccessfulCreate" contains "$(kc describe ds agent -n ds --show-events=true)" "Created pod: agent-"
+
+# Drain: daemon pods stay with --ignore-daemonsets, and block a drain without it.
+check "drain refuses DaemonSet-managed pods without --ignore-daemonsets" fails_with "cannot delete DaemonSet-managed Pods" kc drain kite-sim-0 --timeout=30s
+check "drain --ignore-daemonsets evicts the rest" kc drain kite-sim-0 --ignore-daemonsets --force --delete-emptydir-data --timeout=60s
+check "the drained node keeps its daemon pod" equals "$(ds_nodes)" "kite-sim-0 kite-sim-1 kite-sim-2 "
+kc uncordon kite-sim-0 >/dev/null
+
+# A toleration for the prio pool's taint adds a fourth pod; the change rolls out.
+kc patch ds agent -n ds --type merge -p '{"spec": {"template": {"spec": {"tolerations": [{"key": "pool", "operator": "Exists"}]}}}}' >/dev/null
+check "a template change rolls out" kc rollout status ds/agent -n ds --timeout=60s
+check "a toleration admits the tainted node" equals "$(ds_nodes)" "kite-sim-0 kite-sim-1 kite-sim-2 prio-0 "
+check "the template generation follows the template" equals "$(kc get ds agent -n ds -o jsonpath='{.metadata.annotations.deprecated\.daemonset\.template\.generation}')" "2"
+# A rolling update within maxUnavailable 1: never more than one node without a Ready pod.
+(for _ in $(seq 120); do
+   kc get ds agent -n ds -o jsonpath='{.status.numberUnavailable} ' 2>/dev/null; sleep 0.25
+ done) > "$WORK/ds-unavail" &
+watcher=$!
+kc set image ds/agent -n ds c=busybox:1.37 >/dev/null
+check "set image rolls out a DaemonSet" kc rollout status ds/agent -n ds --timeout=60s
+kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null
+worst=$(tr ' ' '\n' < "$WORK/ds-unavail" | grep -E '^[0-9]+$' | sort -n | tail -1)
+check "the rollout kept maxUnavailable (worst seen: ${worst:-none})" test "${worst:-9}" -le 1
+check "every daemon pod runs the new image" equals "$(kc get pods -n ds -l app=agent -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{end}' | sort -u)" "busybox:1.37"
+hist=$(kc rollout history ds/agent -n ds)
+check "rollout history lists three revisions" equals "$(grep -cE '^[0-9]+ ' <<<"$hist")" "3"
+kc rollout undo ds/agent -n ds >/dev/null
+check "rollout undo rolls out" kc rollout status ds/agent -n ds --timeout=60s
+check "undo brings back the previous image" equals "$(kc get pods -n ds -l app=agent -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{end}' | sort -u)" "busybox:1.36"
+check "undo reuses the old revision (still three)" equals "$(kc get controllerrevisions -n ds --no-headers | wc -l | tr -d ' ')" "3"
+check "the reused revision becomes the newest" equals "$(kc rollout history ds/agent -n ds | grep -E '^[0-9]+ ' | awk '{print $1}' | tr '\n' ' ')" "1 3 4 "
+
+# A failed daemon pod is killed and replaced.
+victim=$(kc get pods -n ds -l app=agent --field-selector spec.nodeName=kite-sim-1 -o jsonpath='{.items[0].metadata.name}')
+kc patch pod "$victim" -n ds --subresource=status --type merge -p '{"status": {"phase": "Failed"}}' >/dev/null
+replaced() { [ "$(kc get pods -n ds -l app=agent --field-selector spec.nodeName=kite-sim-1 -o jsonpath='{.items[*].metadata.name}')" != "$victim" ] && [ -n "$(kc get pods -n ds -l app=agent --field-selector spec.nodeName=kite-sim-1,status.phase=Running -o name)" ]; }
+wait_for 20 "the failed daemon pod to be replaced" replaced
+check "a failed daemon pod is replaced" replaced
+check "with a FailedDaemonPod event" contains "$(kc get events -n ds --field-selector reason=FailedDaemonPod -o jsonpath='{.items[0].message}')" "Found failed daemon pod ds/$victim on node kite-sim-1, will try to kill it"
+
+# Node selection follows node labels both ways.
+kc apply -n ds -f - >/dev/null <<'YAML'
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: ssd}
+spec:
+  selector: {matchLabels: {app: ssd}}
+  template:
+    metadata: {labels: {app: ssd}}
+    spec:
+      nodeSelector: {disk: ssd}
+      containers: [{name: c, image: "busybox:1.36"}]
+YAML
+ssd_nodes() { kc get pods -n ds -l app=ssd -o jsonpath='{range .items[?(@.metadata.deletionTimestamp)]}x{end}{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort | tr '\n' ' '; }
+wait_for 20 "the ssd daemon on kite-sim-1" bash -c "[ \"\$($KUBECTL get ds ssd -n ds -o jsonpath='{.status.numberReady}')\" = 1 ]"
+check "a nodeSelector limits a DaemonSet to matching nodes" equals "$(ssd_nodes)" "kite-sim-1 "
+check "get ds -o wide shows the node selector" contains "$(kc get ds ssd -n ds -o wide --no-headers)" "disk=ssd"
+kc label node kite-sim-2 disk=ssd >/dev/null
+wait_for 20 "a daemon on the newly labelled node" bash -c "[ \"\$($KUBECTL get pods -n ds -l app=ssd -o jsonpath='{.items[*].spec.nodeName}' | wc -w)\" = 2 ]"
+check "labelling a node starts a daemon on it" equals "$(ssd_nodes)" "kite-sim-1 kite-sim-2 "
+kc label node kite-sim-1 disk- >/dev/null
+gone1() { [ "$(ssd_nodes)" = "kite-sim-2 " ]; }
+wait_for 20 "the daemon to leave the unlabelled node" gone1
+check "unlabelling a node removes its daemon" equals "$(ssd_nodes)" "kite-sim-2 "
+kc label node kite-sim-2 disk- >/dev/null
+
+# Deleting a DaemonSet deletes its pods and revisions.
+kc delete ds agent ssd -n ds >/dev/null
+wait_for 30 "the daemon pods to go" bash -c "[ -z \"\$($KUBECTL get pods -n ds -o name)\" ]"
+check "deleting a DaemonSet deletes its pods" equals "$(kc get pods -n ds -o name)" ""
+wait_for 10 "the revisions to go" bash -c "[ -z \"\$($KUBECTL get controllerrevisions -n ds -o name)\" ]"
+check "and its ControllerRevisions" equals "$(kc get controllerrevisions -n ds -o name)" ""
+
 summary

@@ -242,6 +242,22 @@ else
 fi
 
 if [ $first = 1 ]; then
+  # --- a DaemonSet: one pod on every node ---------------------------------------------
+  cat <<YAML | kc apply -f - >/dev/null
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: node-agent}
+spec:
+  selector: {matchLabels: {app: node-agent}}
+  template:
+    metadata: {labels: {app: node-agent}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: c, image: "kite.test/shell:1", command: [sleep, "3600"]}]
+YAML
+  check "a DaemonSet rolls out on every node" kc rollout status ds/node-agent --timeout=60s
+  check "one daemon pod on each of the three nodes" \
+    equals "$(count_on app=node-agent s) $(count_on app=node-agent a1) $(count_on app=node-agent a2)" "1 1 1"
   # --- drain, uncordon ----------------------------------------------------------------
   # A budget that needs every replica: the drain must stop at the first eviction.
   cat <<YAML | kc apply -f - >/dev/null
@@ -266,6 +282,8 @@ pdb_seen() { [ "$(kc get pdb web -o jsonpath='{.status.currentHealthy}/{.status.
   out=$(kc drain a1 --ignore-daemonsets --delete-emptydir-data --timeout=60s 2>&1)
   check "kubectl drain an agent (the budget allows it)" contains "$out" "node/a1 drained"
   check "evictions went through the eviction API" contains "$out" "evicted"
+  check "drain --ignore-daemonsets leaves the daemon pod" contains "$out" "ignoring DaemonSet-managed Pods: default/node-agent-"
+  check "which keeps running on the drained node" equals "$(count_on app=node-agent a1)" "1"
   moved() { [ "$(count_on app=web a1)" = 0 ] && six_ready; }
   check "its pods come back on the other nodes" wait_for 60 "the pods to move" moved
   check "a drained node is unschedulable" equals "$(kc get node a1 -o jsonpath='{.spec.unschedulable}')" "true"
@@ -315,6 +333,11 @@ pdb_seen() { [ "$(kc get pdb web -o jsonpath='{.status.currentHealthy}/{.status.
   xnode() { echo --node-name "$1" --data-dir "$WORK/x/$1"; }
   start_agent x --token "$boot" $(xnode xb)
   check "an agent joins with a bootstrap token" wait_for 20 "xb Ready" node_is_ready xb
+  daemon_on_xb() { [ "$(kc get pods -l app=node-agent --field-selector spec.nodeName=xb -o name | wc -l)" = 1 ]; }
+  check "a node that joins gets the DaemonSet's pod" wait_for 30 "a daemon pod on xb" daemon_on_xb
+  running_on_xb() { [ "$(kc get pods -l app=node-agent --field-selector spec.nodeName=xb,status.phase=Running -o name | wc -l)" = 1 ]; }
+  check "and it runs there" wait_for 60 "the daemon pod on xb Running" running_on_xb \
+    || { kc describe pods -l app=node-agent --field-selector spec.nodeName=xb | tail -25; tail -30 "$WORK/x/agent.log"; }
   node_down x; node_clean x; kc delete node xb >/dev/null 2>&1
   check "kite token delete" contains "$(inns s "$KITE_BIN" token delete "$bid" "${KK[@]}" 2>&1)" "deleted"
   check "and it is gone from the list" not_contains "$(inns s "$KITE_BIN" token list "${KK[@]}" 2>&1)" "$bid"
@@ -356,6 +379,7 @@ pdb_seen() { [ "$(kc get pdb web -o jsonpath='{.status.currentHealthy}/{.status.
   check "its uninstall script stops it" bash -c "[ -n '$apid' ] && ! kill -0 '$apid' 2>/dev/null"
   check "and removes its binary and data" bash -c "[ ! -e '$WORK/x/bin/kite' ] && [ ! -d '$WORK/x/data' ]"
   kc delete node x >/dev/null 2>&1
+  kc delete ds node-agent --wait=false >/dev/null
   first=0
 fi
 done

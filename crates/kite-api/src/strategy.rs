@@ -1375,6 +1375,33 @@ pub fn bumps_generation(ri: &ResourceInfo, new: &Value, old: &Value) -> bool {
     }
 }
 
+/// A DaemonSet's template generation (kept in the `deprecated.daemonset.template.generation`
+/// annotation by apps/v1) moves on by one when its pod template changes, and otherwise
+/// stays what it was, as upstream's DaemonSet PrepareForUpdate.
+pub fn prepare_for_update(ri: &ResourceInfo, new: &mut Value, old: &Value) {
+    if !ri.is("apps", "DaemonSet") {
+        return;
+    }
+    const KEY: &str = "deprecated.daemonset.template.generation";
+    let was = old["metadata"]["annotations"][KEY]
+        .as_str()
+        .and_then(|g| g.parse::<i64>().ok())
+        .unwrap_or(0);
+    let now = if new["spec"]["template"] != old["spec"]["template"] {
+        was + 1
+    } else {
+        was
+    };
+    if now == 0 {
+        return;
+    }
+    let meta = obj_mut(new, "metadata");
+    let a = meta.entry("annotations").or_insert_with(|| json!({}));
+    if let Some(a) = a.as_object_mut() {
+        a.insert(KEY.into(), json!(now.to_string()));
+    }
+}
+
 /// Whether two JSON objects are equal once the keys in `skip` are left out of both, compared
 /// in place.
 pub fn same_except(a: &Map<String, Value>, b: &Map<String, Value>, skip: &[&str]) -> bool {
@@ -1512,6 +1539,21 @@ mod tests {
         );
         assert!(texts[1].contains("sysctls[2].name: Duplicate value"));
         assert!(texts[2].contains("may not be specified when 'hostNetwork' is true"));
+    }
+
+    #[test]
+    fn daemonset_template_generation_follows_the_template() {
+        let ri = Registry::get().lookup("apps", "v1", "daemonsets").unwrap();
+        const KEY: &str = "deprecated.daemonset.template.generation";
+        let old = json!({"metadata": {"annotations": {KEY: "2"}},
+            "spec": {"template": {"spec": {"containers": [{"image": "a"}]}}}});
+        let mut same = json!({"metadata": {}, "spec": old["spec"].clone()});
+        prepare_for_update(ri, &mut same, &old);
+        assert_eq!(same["metadata"]["annotations"][KEY], "2");
+        let mut changed = json!({"metadata": {"annotations": {KEY: "2"}},
+            "spec": {"template": {"spec": {"containers": [{"image": "b"}]}}}});
+        prepare_for_update(ri, &mut changed, &old);
+        assert_eq!(changed["metadata"]["annotations"][KEY], "3");
     }
 
     #[test]

@@ -1439,6 +1439,9 @@ impl Objects {
                 ));
             }
         }
+        if part == Part::Main {
+            strategy::prepare_for_update(ri, &mut obj, &old);
+        }
         if strategy::bumps_generation(ri, &obj, &old) {
             let g = meta(&old)["generation"].as_i64().unwrap_or(0) + 1;
             meta_mut(&mut obj).insert("generation".into(), json!(g));

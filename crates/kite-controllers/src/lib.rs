@@ -3,6 +3,7 @@
 //! winning the `kube-controller-manager` lease. Each controller lives in its own module
 //! as a `reconcile(key)` over a work queue; errors are retried with back-off.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
@@ -75,6 +76,7 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
     replicaset::start::<k8s_openapi::api::apps::v1::ReplicaSet>(ctx.clone());
     replicaset::start::<k8s_openapi::api::core::v1::ReplicationController>(ctx.clone());
     deployment::start(ctx.clone());
+    daemonset::start(ctx.clone());
     gc::start(ctx.clone());
     namespace::start(ctx.clone());
     serviceaccount::start(ctx.clone());
