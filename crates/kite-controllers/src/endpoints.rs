@@ -426,7 +426,9 @@ impl Controller {
                         ports
                             .iter()
                             .map(|(n, p, proto)| SlicePort {
-                                name: n.clone(),
+                                // Always set, "" for an unnamed port, as upstream's
+                                // controller does (kubectl describe dereferences it).
+                                name: Some(n.clone().unwrap_or_default()),
                                 port: Some(*p),
                                 protocol: Some(proto.clone()),
                                 app_protocol: None,

@@ -260,6 +260,31 @@ async fn main() {
             "services, from the node: 100 MB over HTTP, best of 5 in turns: pod IP {:.0} MB/s, ClusterIP {:.0} MB/s ({:.2} of direct), NodePort on 127.0.0.1 {:.0} MB/s ({:.2})",
             best[0], best[1], best[1] / best[0], best[2], best[2] / best[0]
         );
+        // The kernel's floor under any NAT datapath: one hand-written DNAT rule (and one
+        // masquerade for the outside client), in a table of the bench's own, measured in
+        // the same turns as kite's rules.
+        let floor = NatFloor::new(&ip);
+        if let Some(f) = &floor {
+            let mut fbest = [0.0f64; 3];
+            for _ in 0..5 {
+                for (i, addr) in [
+                    format!("{ip}:80"),
+                    format!("{cip}:80"),
+                    format!("{}:80", NatFloor::VIP),
+                ]
+                .iter()
+                .enumerate()
+                {
+                    let (n, s) = download(addr, "/big");
+                    assert!(n >= MB100, "short download from {addr}: {n} bytes");
+                    fbest[i] = fbest[i].max(n as f64 / s / 1e6);
+                }
+            }
+            println!(
+                "services, from the node, against the NAT floor (one DNAT rule to {}): pod IP {:.0} MB/s, floor {:.0} MB/s ({:.2} of direct), ClusterIP {:.0} MB/s ({:.2} of direct, {:.2} of the floor)",
+                f.pod, fbest[0], fbest[2], fbest[2] / fbest[0], fbest[1], fbest[1] / fbest[0], fbest[1] / fbest[2]
+            );
+        }
         // From outside the node, as clients use NodePorts: curl in a network namespace of
         // the bench's own (kite-bench-x, a veth pair to the host), the pod's IP (routed
         // through the host) against the NodePort on the host's veth address.
@@ -277,6 +302,25 @@ async fn main() {
                 "services, from outside the node (curl in a network namespace): 100 MB, best of 5 in turns: pod IP {:.0} MB/s, NodePort {:.0} MB/s ({:.2} of direct)",
                 xbest[0], xbest[1], xbest[1] / xbest[0]
             );
+            if floor.is_some() {
+                let mut fbest = [0.0f64; 3];
+                for _ in 0..5 {
+                    for (i, addr) in [
+                        format!("{ip}:80"),
+                        format!("{}:{np}", Outside::HOST),
+                        format!("{}:{}", Outside::HOST, NatFloor::NODE_PORT),
+                    ]
+                    .iter()
+                    .enumerate()
+                    {
+                        fbest[i] = fbest[i].max(x.download(addr));
+                    }
+                }
+                println!(
+                    "services, from outside the node, against the NAT floor (one DNAT and one masquerade rule): pod IP {:.0} MB/s, floor {:.0} MB/s ({:.2} of direct), NodePort {:.0} MB/s ({:.2} of direct, {:.2} of the floor)",
+                    fbest[0], fbest[2], fbest[2] / fbest[0], fbest[1], fbest[1] / fbest[0], fbest[1] / fbest[2]
+                );
+            }
         }
         // From a pod (the `talk` pod's busybox wget), as pods use Services: 10 downloads
         // timed by /proc/uptime (10 ms steps) inside the pod, so kubectl exec is not in it.
@@ -485,6 +529,57 @@ fn numbers(out: &[u8]) -> (String, Vec<f64>) {
         .filter_map(|x| x.parse().ok())
         .collect();
     (text, v)
+}
+
+/// The least NAT a kernel datapath can do for a Service: table `ip kite-bench-floor` with
+/// one DNAT rule from a VIP (node clients, output hook) and from a node port on the outside
+/// client's veth address (prerouting) to the pod, and one masquerade for the outside
+/// client, as kite does for externalTrafficPolicy Cluster. Removed on drop.
+struct NatFloor {
+    pod: String,
+}
+
+impl NatFloor {
+    /// In the Service CIDR and never allocated by the bench: if the table were missing, the
+    /// address would be kite's to reject, not the LAN's.
+    const VIP: &'static str = "10.43.255.254";
+    const NODE_PORT: u16 = 30999;
+
+    fn new(pod: &str) -> Option<NatFloor> {
+        let script = format!(
+            "table ip kite-bench-floor {{
+  chain out {{ type nat hook output priority -101; ip daddr {vip} tcp dport 80 dnat to {pod}:80; }}
+  chain pre {{ type nat hook prerouting priority -101; ip daddr {host} tcp dport {np} dnat to {pod}:80; }}
+  chain post {{ type nat hook postrouting priority 99; ip saddr 172.31.251.2 ip daddr {pod} tcp dport 80 ct status dnat masquerade; }}
+}}
+",
+            vip = Self::VIP,
+            host = Outside::HOST,
+            np = Self::NODE_PORT,
+        );
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        use std::io::Write;
+        child.stdin.take()?.write_all(script.as_bytes()).ok()?;
+        if !child.wait().is_ok_and(|s| s.success()) {
+            eprintln!("no NAT floor table (needs nft): skipping the floor");
+            return None;
+        }
+        Some(NatFloor {
+            pod: pod.to_string(),
+        })
+    }
+}
+
+impl Drop for NatFloor {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", "kite-bench-floor"])
+            .status();
+    }
 }
 
 /// A client outside the node: network namespace `kite-bench-x`, joined to the host by a
