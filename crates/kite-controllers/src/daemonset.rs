@@ -521,9 +521,22 @@ impl Controller {
             let mine = by_node.remove(&name).unwrap_or_default();
             nodes.insert(name, node_pods(should_run, should_continue, mine));
         }
-        // Pods for nodes that no longer exist go.
+        // Pods not yet scheduled to a node that no longer exists go; pods bound to a
+        // deleted node are the pod GC's, as upstream (a node that registers again, as a
+        // kubelet does, keeps its daemon).
         for (name, mine) in by_node {
-            nodes.insert(name, node_pods(false, false, mine));
+            let unbound: Vec<&Pod> = mine
+                .into_iter()
+                .filter(|p| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_deref())
+                        .is_none_or(str::is_empty)
+                })
+                .collect();
+            if !unbound.is_empty() {
+                nodes.insert(name, node_pods(false, false, unbound));
+            }
         }
         let counts = count(&nodes, &hash, min_ready, now);
         let strategy = spec.update_strategy.clone().unwrap_or_default();
