@@ -470,6 +470,24 @@ wait_for 20 "the failed daemon pod to be replaced" replaced
 check "a failed daemon pod is replaced" replaced
 check "with a FailedDaemonPod event" contains "$(kc get events -n ds --field-selector reason=FailedDaemonPod -o jsonpath='{.items[0].message}')" "Found failed daemon pod ds/$victim on node kite-sim-1, will try to kill it"
 
+# Bad input: a rolling update that could never move is refused, and nothing is created.
+bad_ds() {
+  kc apply -n ds -f - <<'YAML'
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: stuck}
+spec:
+  selector: {matchLabels: {app: stuck}}
+  updateStrategy: {rollingUpdate: {maxUnavailable: 0, maxSurge: 0}}
+  template:
+    metadata: {labels: {app: stuck}}
+    spec:
+      containers: [{name: c, image: "busybox:1.36"}]
+YAML
+}
+check "a DaemonSet whose rolling update cannot move is refused" fails_with 'spec.updateStrategy.rollingUpdate.maxUnavailable: Required value: cannot be 0 when maxSurge is 0' bad_ds
+check "and nothing is created" fails_with NotFound kc get ds stuck -n ds
+
 # Node selection follows node labels both ways.
 kc apply -n ds -f - >/dev/null <<'YAML'
 apiVersion: apps/v1

@@ -297,11 +297,19 @@ pub fn default(ri: &ResourceInfo, obj: &mut Value) {
             }
             let spec = obj_mut(obj, "spec");
             set_default(spec, "revisionHistoryLimit", json!(10));
-            set_default(
-                spec,
-                "updateStrategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
-            );
+            // As upstream's SetDefaults_DaemonSet: RollingUpdate, and each of its two
+            // limits defaulted on its own (maxUnavailable 1, maxSurge 0).
+            set_default(spec, "updateStrategy", json!({}));
+            if let Some(us) = spec["updateStrategy"].as_object_mut() {
+                set_default(us, "type", json!("RollingUpdate"));
+                if us["type"] == "RollingUpdate" {
+                    set_default(us, "rollingUpdate", json!({}));
+                    if let Some(ru) = us["rollingUpdate"].as_object_mut() {
+                        set_default(ru, "maxUnavailable", json!(1));
+                        set_default(ru, "maxSurge", json!(0));
+                    }
+                }
+            }
             default_template(obj, "/spec/template/spec", Some("Always"));
         }
         ("batch", "Job") => {
@@ -833,6 +841,83 @@ fn validate_sysctls(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// An int-or-percent's value (a percent's number), as upstream's getIntOrPercentValue.
+fn int_or_percent(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.trim_end_matches('%').parse().unwrap_or(0),
+        v => v.as_i64().unwrap_or(0),
+    }
+}
+
+/// Upstream's ValidatePositiveIntOrPercent and IsNotMoreThan100Percent.
+fn validate_int_or_percent(v: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    match v {
+        Value::Null => {}
+        Value::String(s) => {
+            let digits = s.strip_suffix('%').unwrap_or("");
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                errs.push(FieldError::invalid(
+                    path,
+                    v,
+                    "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+                ));
+            } else if int_or_percent(v) > 100 {
+                errs.push(FieldError::invalid(
+                    path,
+                    v,
+                    "must not be greater than 100%",
+                ));
+            }
+        }
+        v if v.as_i64().is_some_and(|i| i < 0) => {
+            errs.push(FieldError::invalid(
+                path,
+                v,
+                "must be greater than or equal to 0",
+            ));
+        }
+        _ => {}
+    }
+}
+
+/// Upstream's ValidateDaemonSetUpdateStrategy: RollingUpdate or OnDelete; a rolling update
+/// moves by exactly one of maxUnavailable and maxSurge.
+fn validate_daemonset_strategy(us: &Value, errs: &mut Vec<FieldError>) {
+    const PATH: &str = "spec.updateStrategy";
+    match us["type"].as_str() {
+        Some("OnDelete") => {}
+        Some("RollingUpdate") => {
+            let ru = &us["rollingUpdate"];
+            if !ru.is_object() {
+                errs.push(FieldError::required(format!("{PATH}.rollingUpdate")));
+                return;
+            }
+            let unavailable = format!("{PATH}.rollingUpdate.maxUnavailable");
+            let surge = format!("{PATH}.rollingUpdate.maxSurge");
+            validate_int_or_percent(&ru["maxUnavailable"], &unavailable, errs);
+            validate_int_or_percent(&ru["maxSurge"], &surge, errs);
+            let has_unavailable = int_or_percent(&ru["maxUnavailable"]) != 0;
+            let has_surge = int_or_percent(&ru["maxSurge"]) != 0;
+            if has_unavailable && has_surge {
+                errs.push(FieldError::invalid(
+                    surge,
+                    &ru["maxSurge"],
+                    "may not be set when maxUnavailable is non-zero",
+                ));
+            } else if !has_unavailable && !has_surge {
+                let mut e = FieldError::required(unavailable);
+                e.message = "Required value: cannot be 0 when maxSurge is 0".into();
+                errs.push(e);
+            }
+        }
+        _ => errs.push(FieldError::not_supported(
+            PATH,
+            &us["type"],
+            &["RollingUpdate", "OnDelete"],
+        )),
+    }
+}
+
 fn validate_workload(obj: &Value, errs: &mut Vec<FieldError>, restart_only_always: bool) {
     let spec = &obj["spec"];
     if let Some(r) = spec["replicas"].as_i64() {
@@ -1038,7 +1123,11 @@ pub fn validate(
     match (ri.group, ri.kind) {
         ("", "Pod") => validate_pod_spec(&obj["spec"], "spec", &mut errs),
         ("apps", "Deployment") => validate_workload(obj, &mut errs, true),
-        ("apps", "ReplicaSet") | ("apps", "DaemonSet") => validate_workload(obj, &mut errs, true),
+        ("apps", "ReplicaSet") => validate_workload(obj, &mut errs, true),
+        ("apps", "DaemonSet") => {
+            validate_workload(obj, &mut errs, true);
+            validate_daemonset_strategy(&obj["spec"]["updateStrategy"], &mut errs);
+        }
         ("apps", "StatefulSet") => validate_workload(obj, &mut errs, true),
         ("batch", "Job") => {
             let spec = &obj["spec"];
@@ -1539,6 +1628,45 @@ mod tests {
         );
         assert!(texts[1].contains("sysctls[2].name: Duplicate value"));
         assert!(texts[2].contains("may not be specified when 'hostNetwork' is true"));
+    }
+
+    #[test]
+    fn daemonset_update_strategy_is_defaulted_and_validated() {
+        let ri = Registry::get().lookup("apps", "v1", "daemonsets").unwrap();
+        let ds = |us: Value| {
+            let mut o = json!({"metadata": {"name": "d"}, "spec": {
+                "selector": {"matchLabels": {"a": "b"}}, "updateStrategy": us,
+                "template": {"metadata": {"labels": {"a": "b"}},
+                    "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+            default(ri, &mut o);
+            let errs: Vec<String> = validate(ri, &o, None, &Settings::default())
+                .iter()
+                .map(|e| e.text())
+                .collect();
+            (o["spec"]["updateStrategy"].clone(), errs)
+        };
+        let (us, errs) = ds(json!(null));
+        assert_eq!(
+            us,
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        // maxSurge alone keeps maxUnavailable's default: both set, as upstream refuses.
+        let (_, errs) = ds(json!({"rollingUpdate": {"maxSurge": 1}}));
+        assert_eq!(errs, ["spec.updateStrategy.rollingUpdate.maxSurge: Invalid value: 1: may not be set when maxUnavailable is non-zero"]);
+        let (_, errs) = ds(json!({"rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}));
+        assert!(errs.is_empty(), "{errs:?}");
+        let (_, errs) = ds(json!({"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}));
+        assert_eq!(errs, ["spec.updateStrategy.rollingUpdate.maxUnavailable: Required value: cannot be 0 when maxSurge is 0"]);
+        let (_, errs) = ds(json!({"rollingUpdate": {"maxUnavailable": "110%"}}));
+        assert_eq!(errs, ["spec.updateStrategy.rollingUpdate.maxUnavailable: Invalid value: \"110%\": must not be greater than 100%"]);
+        let (_, errs) = ds(json!({"rollingUpdate": {"maxUnavailable": -1}}));
+        assert_eq!(errs[0], "spec.updateStrategy.rollingUpdate.maxUnavailable: Invalid value: -1: must be greater than or equal to 0");
+        let (_, errs) = ds(json!({"type": "Sometimes"}));
+        assert_eq!(errs, ["spec.updateStrategy: Unsupported value: \"Sometimes\": supported values: \"RollingUpdate\", \"OnDelete\""]);
+        let (us, errs) = ds(json!({"type": "OnDelete"}));
+        assert_eq!(us, json!({"type": "OnDelete"}));
+        assert!(errs.is_empty());
     }
 
     #[test]
