@@ -308,15 +308,28 @@ pub async fn relay(backend: Backend, path: &str, mut req: Request) -> ApiResult<
             .header(http::header::CONNECTION, "Upgrade")
             .header(http::header::UPGRADE, u);
     }
-    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    // In-process, the backend takes the client's own connection with the request (no
+    // relay); otherwise both connections are upgraded and bytes copied between them.
+    let local = backend.local.as_ref().is_some_and(LocalDial::is_serving);
+    let (client_side, handed_over) = match (&upgrade, local) {
+        (None, _) => (None, None),
+        (Some(_), false) => (Some(hyper::upgrade::on(&mut req)), None),
+        (Some(_), true) => (
+            None,
+            req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>(),
+        ),
+    };
     let body = if upgrade.is_some() {
         Body::empty()
     } else {
         req.into_body()
     };
-    let out = out
+    let mut out = out
         .body(body)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(on) = handed_over {
+        out.extensions_mut().insert(on);
+    }
     let unreachable = |e: String| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -324,12 +337,12 @@ pub async fn relay(backend: Backend, path: &str, mut req: Request) -> ApiResult<
             format!("error trying to reach {}: {e}", backend.what),
         )
     };
-    let mut send = connect(&backend).await.map_err(unreachable)?;
-    let mut resp = send
-        .send_request(out)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
+    let mut resp = send(&backend, out).await.map_err(unreachable)?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if local {
+            let (parts, _) = resp.into_parts();
+            return Ok(Response::from_parts(parts, Body::empty()));
+        }
         let Some(client_side) = client_side else {
             return Err(ApiError::internal(format!(
                 "{} switched protocols unasked",
@@ -362,9 +375,6 @@ type Sender = hyper::client::conn::http1::SendRequest<Body>;
 
 /// A new HTTP/1.1 connection (with TLS when the backend has it).
 async fn connect(b: &Backend) -> Result<Sender, String> {
-    if let Some(io) = b.local.as_ref().and_then(LocalDial::dial) {
-        return handshake(io).await;
-    }
     let (host, port) = (&b.host, b.port);
     let tcp = tokio::time::timeout(
         Duration::from_secs(10),
@@ -402,14 +412,27 @@ where
     Ok(send)
 }
 
-/// One GET over a new connection to `b`; the response body streams as it comes.
-async fn get(b: &Backend, path: &str) -> Result<http::Response<hyper::body::Incoming>, String> {
-    let mut send = connect(b).await?;
+/// `req` to `b`: in-process when it serves that way, else over a new connection; the
+/// response body streams as it comes.
+async fn send(b: &Backend, req: http::Request<Body>) -> Result<http::Response<Body>, String> {
+    if let Some(local) = b.local.as_ref().filter(|l| l.is_serving()) {
+        return local
+            .call(req)
+            .await
+            .ok_or_else(|| "the in-process kubelet does not serve".to_string());
+    }
+    let mut sender = connect(b).await?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    Ok(resp.map(Body::new))
+}
+
+/// One GET to `b`.
+async fn get(b: &Backend, path: &str) -> Result<http::Response<Body>, String> {
     let req = http::Request::get(path)
         .header(http::header::HOST, format!("{}:{}", b.host, b.port))
         .body(Body::empty())
         .map_err(|e| e.to_string())?;
-    send.send_request(req).await.map_err(|e| e.to_string())
+    send(b, req).await
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use std::sync::{Arc, OnceLock};
-use tokio::io::DuplexStream;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -285,16 +284,23 @@ where
     }
 }
 
-/// How much an in-process connection buffers each way (a port-forward's bulk data goes
-/// through it).
-const LOCAL_BUFFER: usize = 256 << 10;
+/// A request handed to an in-process server, and its answer.
+type Call = dyn Fn(
+        http::Request<axum::body::Body>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = http::Response<axum::body::Body>> + Send>,
+    > + Send
+    + Sync;
 
-/// A server in this process reached without a socket or TLS: in `kite server`, the API
-/// server reaches its own node's kubelet this way (agents' kubelets keep TLS). Empty
-/// until the server side [`LocalDial::serve`]s; cheap to clone, shared by both sides.
+/// A server in this process reached without a socket, TLS or HTTP: in `kite server`, the
+/// API server hands requests for its own node's kubelet straight to the kubelet's router
+/// (agents' kubelets keep TLS). An upgrade request carries the client's own connection
+/// (hyper's `OnUpgrade`) with it, so a port-forward's or exec's bytes go from the kubelet
+/// to the client's socket with no relay in between. Empty until the server side
+/// [`LocalDial::serve`]s; cheap to clone, shared by both sides.
 #[derive(Clone, Default)]
 pub struct LocalDial {
-    server: Arc<OnceLock<Arc<dyn Fn() -> DuplexStream + Send + Sync>>>,
+    server: Arc<OnceLock<Arc<Call>>>,
 }
 
 impl std::fmt::Debug for LocalDial {
@@ -309,25 +315,65 @@ impl std::fmt::Debug for LocalDial {
 }
 
 impl LocalDial {
-    /// From now on each [`LocalDial::dial`] is a new connection to `app`, whose requests
-    /// all carry `who` (the identity a client certificate would have given). Only the
-    /// first call takes effect.
+    /// From now on each [`LocalDial::call`] is served by `app`, the request carrying `who`
+    /// (the identity a client certificate would have given). Only the first call takes
+    /// effect.
     pub fn serve<T>(&self, app: axum::Router, who: T)
     where
         T: Clone + Send + Sync + 'static,
     {
-        let _ = self.server.set(Arc::new(move || {
-            let (client, server) = tokio::io::duplex(LOCAL_BUFFER);
-            let (app, who) = (app.clone(), who.clone());
-            tokio::spawn(
-                async move { serve_connection(server, app, Some(who), "in-process").await },
-            );
-            client
+        let _ = self.server.set(Arc::new(move |mut req| {
+            req.extensions_mut().insert(who.clone());
+            let app = app.clone();
+            Box::pin(async move {
+                match app.oneshot(req).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                }
+            })
         }));
     }
 
-    /// A new connection, if the server side serves.
-    pub fn dial(&self) -> Option<DuplexStream> {
-        self.server.get().map(|f| f())
+    /// Whether the server side serves.
+    pub fn is_serving(&self) -> bool {
+        self.server.get().is_some()
+    }
+
+    /// Serves `req` in-process, if the server side serves.
+    pub async fn call(
+        &self,
+        req: http::Request<axum::body::Body>,
+    ) -> Option<http::Response<axum::body::Body>> {
+        let f = self.server.get()?.clone();
+        Some(f(req).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone)]
+    struct Who(&'static str);
+
+    #[tokio::test]
+    async fn local_calls_reach_the_router_with_the_identity_given() {
+        let local = LocalDial::default();
+        let req = || {
+            http::Request::get("/who")
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        assert!(local.call(req()).await.is_none(), "nothing serves yet");
+        let app = axum::Router::new().route(
+            "/who",
+            axum::routing::get(|axum::Extension(w): axum::Extension<Who>| async move { w.0 }),
+        );
+        local.serve(app, Who("kubelet-client"));
+        assert!(local.is_serving());
+        let resp = local.call(req()).await.expect("served");
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"kubelet-client");
     }
 }

@@ -5,13 +5,15 @@
 //! WINDOW_UPDATE, so neither does this. Header blocks are zlib streams primed with the
 //! protocol's dictionary, one per direction for the life of the connection.
 //!
-//! [`serve`] runs a connection on any byte stream (a TLS connection after an HTTP upgrade,
-//! or the bytes tunnelled in WebSocket messages) and hands over each stream the client
-//! opens, once it has been accepted and replied to.
+//! [`serve`] runs a connection on any byte stream (a TLS connection after an HTTP upgrade)
+//! and hands over each stream the client opens, once it has been accepted and replied to;
+//! [`serve_parts`] does the same with frames written to a [`FrameSink`] (one WebSocket
+//! message per frame, when SPDY is tunnelled, handed over without another copy).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Mutex};
@@ -442,6 +444,31 @@ impl Session {
 /// Whether to take a stream with these headers; an error resets it (REFUSED_STREAM).
 pub type Accept = Box<dyn Fn(&Headers) -> Result<(), String> + Send + Sync>;
 
+/// Where a session writes its frames, each encoded whole.
+pub trait FrameSink: Send + 'static {
+    /// Queues one frame.
+    fn send(&mut self, frame: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Writes out what is queued.
+    fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Ends the connection's sending side.
+    fn close(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// A byte stream's write half as a [`FrameSink`].
+pub struct Bytewise<W>(pub W);
+
+impl<W: AsyncWrite + Unpin + Send + 'static> FrameSink for Bytewise<W> {
+    async fn send(&mut self, frame: Bytes) -> std::io::Result<()> {
+        self.0.write_all(&frame).await
+    }
+    async fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().await
+    }
+    async fn close(&mut self) -> std::io::Result<()> {
+        self.0.shutdown().await
+    }
+}
+
 /// Serves a SPDY connection on `io` (already upgraded): every stream the client opens and
 /// `accept` takes is replied to and handed over on [`Session::streams`]. The connection
 /// ends when the client closes it or says GOAWAY, or on [`Session::close`].
@@ -449,7 +476,16 @@ pub fn serve<IO>(io: IO, accept: Accept) -> Session
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (mut rd, mut wr) = tokio::io::split(io);
+    let (rd, wr) = tokio::io::split(io);
+    serve_parts(rd, Bytewise(wr), accept)
+}
+
+/// As [`serve`], reading the client's bytes from `rd` and writing frames to `wr`.
+pub fn serve_parts<R, S>(mut rd: R, mut wr: S, accept: Accept) -> Session
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    S: FrameSink,
+{
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(64);
     let (stream_tx, stream_rx) = mpsc::channel::<Stream>(16);
     let done = Arc::new(tokio::sync::Notify::new());
@@ -470,7 +506,7 @@ where
                     }
                     match encode(&f, &mut deflater) {
                         Ok(b) => {
-                            if wr.write_all(&b).await.is_err() {
+                            if wr.send(Bytes::from(b)).await.is_err() {
                                 break;
                             }
                         }
@@ -486,7 +522,7 @@ where
                         status: 0,
                     };
                     if let Ok(b) = encode(&goaway, &mut deflater) {
-                        let _ = wr.write_all(&b).await;
+                        let _ = wr.send(Bytes::from(b)).await;
                     }
                     true
                 }
@@ -498,7 +534,7 @@ where
                 break;
             }
         }
-        let _ = wr.shutdown().await;
+        let _ = wr.close().await;
         writer_done.notify_waiters();
         writer_done.notify_one();
     });

@@ -49,7 +49,7 @@ pub(super) async fn port_forward(
         }
         Ok(Upgrade::Tunnel { ws, protocol }) => ws
             .protocols([protocol])
-            .on_upgrade(|socket| async move { serve_spdy(tunnel(socket), target).await }),
+            .on_upgrade(|socket| serve_tunnel(socket, target)),
         Ok(Upgrade::WebSocket { ws, proto }) => {
             let ports = match ports_of(&q) {
                 Ok(p) => p,
@@ -91,35 +91,43 @@ fn ports_of(q: &[(String, String)]) -> Result<Vec<u16>, String> {
     Ok(out)
 }
 
-/// SPDY in binary WebSocket messages, as a byte stream: each write is one message, reads
-/// take the messages' bytes in order. The SPDY session reads and writes the socket itself
-/// (no pipe and no relaying task between them: every hop would cost each chunk a wake-up).
-struct Tunnel {
+/// SPDY in binary WebSocket messages: the client's messages read as one byte stream, and
+/// each frame kite writes goes out as one message, handed over without a copy. The SPDY
+/// session reads and writes the socket itself (no pipe and no relaying task between them:
+/// every hop would cost each chunk a wake-up and a copy).
+fn serve_tunnel(
     ws: axum::extract::ws::WebSocket,
+    target: Target,
+) -> impl std::future::Future<Output = ()> {
+    use futures::StreamExt;
+    let (sink, stream) = ws.split();
+    let reader = TunnelReader {
+        ws: stream,
+        pending: Bytes::new(),
+        closed: false,
+    };
+    serve_session(
+        spdy::serve_parts(reader, TunnelSink(sink), Box::new(accept)),
+        target,
+    )
+}
+
+type WsMessage = axum::extract::ws::Message;
+
+/// The client's side of a tunnel: the bytes of its binary messages, in order.
+struct TunnelReader {
+    ws: futures::stream::SplitStream<axum::extract::ws::WebSocket>,
     /// What is left of the last message read.
     pending: Bytes,
     closed: bool,
 }
 
-fn tunnel(ws: axum::extract::ws::WebSocket) -> Tunnel {
-    Tunnel {
-        ws,
-        pending: Bytes::new(),
-        closed: false,
-    }
-}
-
-fn io_error(e: axum::Error) -> std::io::Error {
-    std::io::Error::other(e)
-}
-
-impl AsyncRead for Tunnel {
+impl AsyncRead for TunnelReader {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        use axum::extract::ws::Message as Ws;
         use futures::Stream;
         use std::task::Poll;
         let this = self.get_mut();
@@ -133,8 +141,8 @@ impl AsyncRead for Tunnel {
                 return Poll::Ready(Ok(()));
             }
             match std::task::ready!(std::pin::Pin::new(&mut this.ws).poll_next(cx)) {
-                Some(Ok(Ws::Binary(b))) => this.pending = b,
-                Some(Ok(Ws::Close(_))) | None => this.closed = true,
+                Some(Ok(WsMessage::Binary(b))) => this.pending = b,
+                Some(Ok(WsMessage::Close(_))) | None => this.closed = true,
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
             }
@@ -142,43 +150,30 @@ impl AsyncRead for Tunnel {
     }
 }
 
-impl AsyncWrite for Tunnel {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        use futures::Sink;
-        let this = self.get_mut();
-        let mut ws = std::pin::Pin::new(&mut this.ws);
-        std::task::ready!(ws.as_mut().poll_ready(cx)).map_err(io_error)?;
-        ws.start_send(axum::extract::ws::Message::Binary(Bytes::copy_from_slice(
-            data,
-        )))
-        .map_err(io_error)?;
-        std::task::Poll::Ready(Ok(data.len()))
-    }
+/// kite's side of a tunnel: one binary message per SPDY frame.
+struct TunnelSink(futures::stream::SplitSink<axum::extract::ws::WebSocket, WsMessage>);
 
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use futures::Sink;
-        std::pin::Pin::new(&mut self.get_mut().ws)
-            .poll_flush(cx)
+impl spdy::FrameSink for TunnelSink {
+    async fn send(&mut self, frame: Bytes) -> std::io::Result<()> {
+        use futures::SinkExt;
+        self.0
+            .feed(WsMessage::Binary(frame))
+            .await
             .map_err(io_error)
     }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use futures::Sink;
+    async fn flush(&mut self) -> std::io::Result<()> {
+        use futures::SinkExt;
+        self.0.flush().await.map_err(io_error)
+    }
+    async fn close(&mut self) -> std::io::Result<()> {
+        use futures::SinkExt;
         // A close frame, as the pipe's relay sent.
-        std::pin::Pin::new(&mut self.get_mut().ws)
-            .poll_close(cx)
-            .map_err(io_error)
+        self.0.close().await.map_err(io_error)
     }
+}
+
+fn io_error(e: axum::Error) -> std::io::Error {
+    std::io::Error::other(e)
 }
 
 /// Upstream's `httpStreamReceived`: a port and a stream type are required.
@@ -207,7 +202,11 @@ async fn serve_spdy<IO>(io: IO, target: Target)
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let mut session = spdy::serve(io, Box::new(accept));
+    serve_session(spdy::serve(io, Box::new(accept)), target).await
+}
+
+/// Pairs each connection's data and error streams and forwards the pair.
+async fn serve_session(mut session: spdy::Session, target: Target) {
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     while let Some(s) = session.streams.recv().await {
         let kind = s.headers.get("streamtype").unwrap_or_default().to_string();
