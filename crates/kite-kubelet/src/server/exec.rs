@@ -145,7 +145,6 @@ async fn run(k: Arc<Kubelet>, mut remote: Remote, id: String, cmd: Vec<String>, 
     for t in side {
         t.abort();
     }
-    p.ctl.delete().await;
     let status = match code {
         Ok(0) => kite_stream::status::success(),
         Ok(c) => kite_stream::status::exit_code(&cmd, c.into()),
@@ -153,5 +152,8 @@ async fn run(k: Arc<Kubelet>, mut remote: Remote, id: String, cmd: Vec<String>, 
             kite_stream::status::internal(&format!("error executing command in container: {e:#}"))
         }
     };
+    // The client hears how it ended first; containerd forgets the process after (its
+    // Delete is not the client's wait).
     remote.finish(&status).await;
+    p.ctl.delete().await;
 }
