@@ -802,6 +802,7 @@ impl Kubelet {
                 return Ok(Action::AwaitChange);
             }
         }
+        let t0 = std::time::Instant::now();
         let ip = match self.ensure_sandbox(&pod, &net).await {
             Ok(ip) => {
                 self.state
@@ -837,9 +838,15 @@ impl Kubelet {
             node_ip: self.opts.node_ip.to_string(),
             images: &images,
         };
+        let sandbox_ms = t0.elapsed().as_secs_f64() * 1000.0;
         match crate::volumes::setup(&ctx, &self.pod_dir(&uid)).await {
             Ok(ready) => {
                 self.volumes.lock().unwrap().insert(uid.clone(), ready);
+                tracing::debug!(
+                    sandbox_ms,
+                    volumes_ms = t0.elapsed().as_secs_f64() * 1000.0 - sandbox_ms,
+                    "pod sandbox and volumes ready"
+                );
             }
             Err(e) => {
                 // As upstream: the pod waits in ContainerCreating and says why.
