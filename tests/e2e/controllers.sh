@@ -159,6 +159,12 @@ slice=$(kc get endpointslices -n apps -l kubernetes.io/service-name=web -o jsonp
 check "the EndpointSlice holds the same addresses" equals "$slice" "$(ready_ips)"
 check "kubectl get endpointslices prints upstream's columns" contains "$(kc get endpointslices -n apps -l kubernetes.io/service-name=web)" "ADDRESSTYPE   PORTS   ENDPOINTS"
 check "EndpointSlice endpoints carry nodeName" contains "$(kc get endpointslices -n apps -l kubernetes.io/service-name=web -o jsonpath='{.items[0].endpoints[0].nodeName}')" "kite-sim-"
+# A Service port's appProtocol reaches the Endpoints and the slices, as upstream's controllers copy it.
+kc patch svc web -n apps --type json -p '[{"op": "add", "path": "/spec/ports/0/appProtocol", "value": "http"}]' >/dev/null
+app_protocols() { echo "$(kc get endpoints web -n apps -o jsonpath='{.subsets[0].ports[0].appProtocol}') $(kc get endpointslices -n apps -l kubernetes.io/service-name=web -o jsonpath='{.items[*].ports[0].appProtocol}')"; }
+app_protocols_set() { [ "$(app_protocols)" = "http http" ]; }
+wait_for 10 "appProtocol in the Endpoints and slice" app_protocols_set
+check "a Service port's appProtocol is copied to its Endpoints and EndpointSlice" equals "$(app_protocols)" "http http"
 victim=$(kc get pods -n apps -l app=web -o jsonpath='{.items[0].metadata.name}')
 vip=$(kc get pod "$victim" -n apps -o jsonpath='{.status.podIP}')
 kc patch pod "$victim" -n apps --subresource=status --type strategic -p '{"status":{"conditions":[{"type":"Ready","status":"False"}]}}' >/dev/null

@@ -30,7 +30,8 @@ const SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
 const MAX_PER_SLICE: usize = 100;
 
 /// (name, port, protocol) of each service port, resolved for one pod.
-type PortSet = Vec<(Option<String>, i32, String)>;
+/// A pod's ports for a Service: name, number, protocol and appProtocol of each.
+type PortSet = Vec<(Option<String>, i32, String, Option<String>)>;
 /// Ready and not-ready addresses.
 type Addresses = (Vec<EndpointAddress>, Vec<EndpointAddress>);
 
@@ -185,6 +186,8 @@ impl Controller {
                         sp.name.clone(),
                         port,
                         sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                        // Copied from the Service port, as upstream's controllers do.
+                        sp.app_protocol.clone(),
                     )),
                     None => complete = false,
                 }
@@ -295,11 +298,11 @@ impl Controller {
                 ports: Some(
                     ports
                         .into_iter()
-                        .map(|(n, p, proto)| EndpointPort {
+                        .map(|(n, p, proto, app)| EndpointPort {
                             name: n,
                             port: p,
                             protocol: Some(proto),
-                            app_protocol: None,
+                            app_protocol: app,
                         })
                         .collect::<Vec<_>>(),
                 )
@@ -378,6 +381,7 @@ impl Controller {
                             _ => p.port,
                         },
                         p.protocol.unwrap_or_else(|| "TCP".into()),
+                        p.app_protocol,
                     )
                 })
                 .collect();
@@ -425,13 +429,13 @@ impl Controller {
                     ports: Some(
                         ports
                             .iter()
-                            .map(|(n, p, proto)| SlicePort {
+                            .map(|(n, p, proto, app)| SlicePort {
                                 // Always set, "" for an unnamed port, as upstream's
                                 // controller does (kubectl describe dereferences it).
                                 name: Some(n.clone().unwrap_or_default()),
                                 port: Some(*p),
                                 protocol: Some(proto.clone()),
-                                app_protocol: None,
+                                app_protocol: app.clone(),
                             })
                             .collect(),
                     ),
