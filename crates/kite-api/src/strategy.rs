@@ -905,9 +905,10 @@ fn validate_daemonset_strategy(us: &Value, errs: &mut Vec<FieldError>) {
                     "may not be set when maxUnavailable is non-zero",
                 ));
             } else if !has_unavailable && !has_surge {
-                let mut e = FieldError::required(unavailable);
-                e.message = "Required value: cannot be 0 when maxSurge is 0".into();
-                errs.push(e);
+                errs.push(FieldError::required_because(
+                    unavailable,
+                    "cannot be 0 when maxSurge is 0",
+                ));
             }
         }
         _ => errs.push(FieldError::not_supported(

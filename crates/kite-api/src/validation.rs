@@ -20,6 +20,13 @@ impl FieldError {
             message: "Required value".into(),
         }
     }
+    /// As upstream's `field.Required(path, detail)` with a detail.
+    pub fn required_because(field: impl Into<String>, detail: &str) -> Self {
+        FieldError {
+            message: format!("Required value: {detail}"),
+            ..Self::required(field)
+        }
+    }
     pub fn invalid(field: impl Into<String>, value: &Value, detail: &str) -> Self {
         let shown = match value {
             Value::String(s) => format!("{s:?}"),
