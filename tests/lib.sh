@@ -39,14 +39,22 @@ on_exit() {
   if [ "$SUMMARY_DONE" != 1 ]; then
     echo "FAIL - the tier stopped early (exit code $rc), before its summary"
     if [ -s "$WORK/server.log" ]; then
-      echo "--- server log (last 15 lines) ---"
-      tail -15 "$WORK/server.log" | cut -c1-300
+      echo "  --- server log (last 15 lines) ---"
+      tail -15 "$WORK/server.log" | cut -c1-300 | sed 's/^/  /'
     fi
+  fi
+  # KITE_E2E_KEEP=FILE: the server log of a tier with a failure is kept there.
+  if [ -n "${KITE_E2E_KEEP:-}" ] && { [ "$SUMMARY_DONE" != 1 ] || [ "$FAIL" -gt 0 ]; }; then
+    cp "$WORK/server.log" "$KITE_E2E_KEEP" 2>/dev/null
   fi
   cleanup
   [ -z "$AFTER_CLEANUP" ] || eval "$AFTER_CLEANUP"
 }
 trap on_exit EXIT
+# Killed (run.sh's timeout sends TERM): exit through on_exit, which cleans up. Without this
+# trap bash dies at once and the node it made (kite0, tables, containers) stays behind,
+# failing every node tier after it.
+trap 'exit 143' TERM INT HUP
 
 # A port nothing listens on, below the kernel's ephemeral range: a port the kernel hands
 # out (bind to 0) is free now, but the next client connection of a parallel tier may take
@@ -85,6 +93,9 @@ start_server() {
   # Upstream's default eviction thresholds would evict every pod of a host whose disk is
   # over 85% full: tests other than the eviction tier's keep only a last-ditch one.
   export KITE_EVICTION_HARD=${KITE_EVICTION_HARD:-"nodefs.available<1%,imagefs.available<1%"}
+  # The kubelet server's session steps in the log too (upgrades, exec processes started
+  # and ended): a tier's report then shows how far a stuck session got.
+  export KITE_LOG=${KITE_LOG:-info,kite_kubelet::server=debug}
   export KUBECONFIG="$WORK/kubeconfig.yaml"
   "$KITE_BIN" server --data-dir "$DATA" --https-listen-port "$PORT" --bind-address 127.0.0.1 \
     --advertise-address 127.0.0.1 --write-kubeconfig "$KUBECONFIG" \
@@ -123,7 +134,19 @@ kill9_server() {
   KITE_PID=""
 }
 
-kc() { "$KUBECTL" "$@"; }
+# kc ARGS...: kubectl, bounded (a command that hangs says so and fails; the tier goes on).
+# In the foreground process group, so a tier killed by run.sh's timeout takes it along.
+# Long-running kubectls (watches, port-forwards, follows) run "$KUBECTL" in the background.
+KC_TIMEOUT=${KC_TIMEOUT:-120}
+kc() {
+  local rc=0
+  timeout --foreground "$KC_TIMEOUT" "$KUBECTL" "$@" || rc=$?
+  if [ "$rc" = 124 ]; then
+    echo "kubectl $* did not end in ${KC_TIMEOUT} s; the server log's end:" >&2
+    tail -8 "$WORK/server.log" 2>/dev/null | cut -c1-300 | sed 's/^/  /' >&2
+  fi
+  return "$rc"
+}
 
 # wait_for SECONDS WHAT CMD...: retries CMD until it succeeds or the time is up.
 wait_for() {

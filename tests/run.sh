@@ -184,8 +184,12 @@ for i in "${!pids[@]}"; do
 done
 for n in "${failed_tiers[@]}"; do
   echo "   $n: FAILED (its log: $logs/$n.log)"
-  { grep -E "^FAIL |^timed out|failed:|unbound variable|line [0-9]+:" "$logs/$n.log" || true; } | cut -c1-200 | sed 's/^/      /' | head -20 || true
-  { grep -vE "^ok |^FAIL " "$logs/$n.log" || true; } | cut -c1-200 | sed 's/^/      | /' | tail -30 || true
+  # Each failure with the first lines of what it printed (a check's output is indented under
+  # its FAIL line; a tier that stopped early shows its server log's end), then the log's end.
+  awk '/^FAIL |^timed out|did not end in|unbound variable|line [0-9]+:/ {print; n = 0; keep = 1; next}
+       keep && /^ / && n < 12 {print "  " $0; n++; next}
+       {keep = 0}' "$logs/$n.log" | cut -c1-200 | sed 's/^/      /' | head -120 || true
+  { grep -vE "^ok |^FAIL |^ " "$logs/$n.log" || true; } | cut -c1-200 | sed 's/^/      | /' | tail -20 || true
 done
 e2e_pass=$(cat "$logs"/*.log | grep -c "^ok " || true)
 e2e_failed=$(cat "$logs"/*.log | grep -c "^FAIL " || true)

@@ -139,7 +139,7 @@ check "a new list sees the changes" equals "$(kc get cm -n pages -l x -o name) $
 
 # --- watch ----------------------------------------------------------------------------------
 kc create ns watch >/dev/null
-kc get cm -n watch -w --output-watch-events >"$WORK/watch.out" 2>&1 &
+"$KUBECTL" get cm -n watch -w --output-watch-events >"$WORK/watch.out" 2>&1 &
 WPID=$!
 sleep 1
 kc create configmap w1 -n watch --from-literal=k=v >/dev/null

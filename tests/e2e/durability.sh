@@ -48,7 +48,7 @@ gone=$(kcurl "https://127.0.0.1:$PORT/api/v1/namespaces/dur/configmaps?watch=1&r
 check "watch from a compacted resourceVersion gets 410 Expired" contains "$gone" '"code":410'
 check "the 410 says too old resource version" contains "$gone" "too old resource version"
 # A watch from a current version still works after compaction, and kubectl -w keeps going.
-kc get cm -n dur -w --output-watch-events >"$WORK/watch.out" 2>&1 &
+"$KUBECTL" get cm -n dur -w --output-watch-events >"$WORK/watch.out" 2>&1 &
 WPID=$!
 sleep 1
 kc create configmap late -n dur >/dev/null

@@ -401,7 +401,7 @@ wait_for 20 "curl http://127.0.0.1:30007 to answer" serves "http://127.0.0.1:300
 check "book: curl http://127.0.0.1:30007 returns the page" serves "http://127.0.0.1:30007/"
 check "book: and http://<node-ip>:30007" serves "http://$NODE_IP:30007/"
 PF=$(free_port)
-kc port-forward -n gitops-kubernetes service/hello-world-service "$PF:80" >"$WORK/pf.log" 2>&1 &
+"$KUBECTL" port-forward -n gitops-kubernetes service/hello-world-service "$PF:80" >"$WORK/pf.log" 2>&1 &
 PF_PID=$!
 wait_for 10 "port-forward to listen" serves "http://127.0.0.1:$PF/"
 check "book: kubectl port-forward service/hello-world-service answers" serves "http://127.0.0.1:$PF/"
@@ -426,7 +426,7 @@ from() { kc exec -n "$1" "$2" -- timeout 5 wget -qO- "$3" 2>/dev/null | grep -q 
 wait_for 20 "srv to answer cli" from np-client cli http://srv.np-server/
 check "policy: before any policy, cli reaches srv" from np-client cli http://srv.np-server/
 # A connection opened before the policy keeps flowing; its request goes after.
-kc exec -n np-client cli -- sh -c '(sleep 4; printf "GET / HTTP/1.0\r\n\r\n") | nc srv.np-server 80' >"$WORK/held.out" 2>&1 &
+"$KUBECTL" exec -n np-client cli -- sh -c '(sleep 4; printf "GET / HTTP/1.0\r\n\r\n") | nc srv.np-server 80' >"$WORK/held.out" 2>&1 &
 HELD=$!
 sleep 1
 cat <<YAML | kc apply -n np-server -f - >/dev/null

@@ -9,7 +9,11 @@ node_tier streams
 # Background kubectls (port-forwards, sessions) and the tmux session go with the tier.
 BG=()
 TMUX_SESSION="kite-e2e-$$"
-AFTER_CLEANUP='kill "${BG[@]}" 2>/dev/null; tmux kill-session -t "$TMUX_SESSION" 2>/dev/null'
+# A tmux server of the tier's own (its own socket): never a session in another tmux server
+# that happens to run on the host, whose environment is not the tier's.
+TMUX_SOCK="/tmp/kite-e2e-tmux-$$"
+tm() { timeout 20 tmux -S "$TMUX_SOCK" "$@"; }
+AFTER_CLEANUP='kill "${BG[@]}" 2>/dev/null; tm kill-server 2>/dev/null; rm -f "$TMUX_SOCK"'
 start_server || { cat "$WORK/server.log"; exit 1; }
 wait_for 20 "the node to be Ready" node_ready
 
@@ -70,27 +74,27 @@ rc=0; spdy exec box -- sh -c 'exit 5' >/dev/null 2>&1 || rc=$?
 check "over SPDY too: exit codes" equals "$rc" 5
 check "over SPDY too: stdin" equals "$(echo piped | spdy exec -i box -- cat)" "piped"
 check "over SPDY too: stderr" equals "$(spdy exec box -c main -- sh -c 'echo e >&2' 2>&1 >/dev/null)" "e"
-size=$(script -qec "stty cols 91 rows 37; $KUBECTL exec -it box -- sh -c 'sleep 1; stty size'" /dev/null </dev/null | tr -d '\r\0^@')
+size=$(timeout 60 script -qec "stty cols 91 rows 37; $KUBECTL exec -it box -- sh -c 'sleep 1; stty size'" /dev/null </dev/null | tr -d '\r\0^@')
 check "exec -t gets a terminal of the client's size" contains "$size" "37 91"
-size=$(script -qec "stty cols 92 rows 38; KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false $KUBECTL exec -it box -- sh -c 'sleep 1; stty size'" /dev/null </dev/null | tr -d '\r\0^@')
+size=$(timeout 60 script -qec "stty cols 92 rows 38; KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false $KUBECTL exec -it box -- sh -c 'sleep 1; stty size'" /dev/null </dev/null | tr -d '\r\0^@')
 check "over SPDY too" contains "$size" "38 92"
 # A shell in tmux, typed into as a user would.
-tmux new-session -d -s "$TMUX_SESSION" -x 120 -y 30 "$KUBECTL exec -it box -- sh"
+tm new-session -d -s "$TMUX_SESSION" -x 120 -y 30 "$KUBECTL exec -it box -- sh"
 typed() { [ "$(kc exec box -- cat /tmp/typed 2>/dev/null)" = "tmux-42" ]; }
 tmux_shell() {
-  tmux send-keys -t "$TMUX_SESSION" 'echo tmux-$((6*7)) > /tmp/typed' Enter
+  tm send-keys -t "$TMUX_SESSION" 'echo tmux-$((6*7)) > /tmp/typed' Enter
   wait_for 15 "the typed command to run" typed
 }
 check "kubectl exec -it … -- sh in tmux runs what is typed" tmux_shell
-tmux send-keys -t "$TMUX_SESSION" 'exit' Enter
-session_over() { ! tmux has-session -t "$TMUX_SESSION" 2>/dev/null; }
+tm send-keys -t "$TMUX_SESSION" 'exit' Enter
+session_over() { ! tm has-session -t "$TMUX_SESSION" 2>/dev/null; }
 check "and ends with the shell" wait_for 15 "the tmux session to end" session_over
 
 printf 'line one\nline two\n' >"$WORK/cp-in.txt"
 mkdir -p "$WORK/cp-dir/sub"; echo deep >"$WORK/cp-dir/sub/f"
-check "kubectl cp copies a file in" bash -c "$KUBECTL cp '$WORK/cp-in.txt' box:/tmp/in.txt -c main && [ \"\$($KUBECTL exec box -- cat /tmp/in.txt)\" = \"\$(cat '$WORK/cp-in.txt')\" ]"
-check "and out again, unchanged" bash -c "$KUBECTL cp box:/tmp/in.txt '$WORK/cp-out.txt' -c main 2>/dev/null && cmp '$WORK/cp-in.txt' '$WORK/cp-out.txt'"
-check "and a directory" bash -c "$KUBECTL cp '$WORK/cp-dir' box:/tmp/dir -c main && [ \"\$($KUBECTL exec box -- cat /tmp/dir/sub/f)\" = deep ]"
+check "kubectl cp copies a file in" timeout 60 bash -c "$KUBECTL cp '$WORK/cp-in.txt' box:/tmp/in.txt -c main && [ \"\$($KUBECTL exec box -- cat /tmp/in.txt)\" = \"\$(cat '$WORK/cp-in.txt')\" ]"
+check "and out again, unchanged" timeout 60 bash -c "$KUBECTL cp box:/tmp/in.txt '$WORK/cp-out.txt' -c main 2>/dev/null && cmp '$WORK/cp-in.txt' '$WORK/cp-out.txt'"
+check "and a directory" timeout 60 bash -c "$KUBECTL cp '$WORK/cp-dir' box:/tmp/dir -c main && [ \"\$($KUBECTL exec box -- cat /tmp/dir/sub/f)\" = deep ]"
 
 # Bad input gets upstream's answers, and the node goes on serving.
 check "exec into a missing container is refused (upstream's message)" \
@@ -121,7 +125,7 @@ check "kubectl attach -i talks to a container reading stdin" contains "$out" "go
 check "stdinOnce: its stdin ends with the session" contains "$out" "eof"
 done_reader() { [ "$(kc get pod reader -o jsonpath='{.status.phase}')" = Succeeded ]; }
 check "and the container completes" wait_for 20 "reader to complete" done_reader
-out=$(script -qec "$KUBECTL run tty-run --image=kite.test/shell:1 -it --rm --restart=Never -- sh -c 'sleep 2; echo hi-from-tty; tty'" /dev/null < <(sleep 10) 2>&1)
+out=$(timeout 60 script -qec "$KUBECTL run tty-run --image=kite.test/shell:1 -it --rm --restart=Never -- sh -c 'sleep 2; echo hi-from-tty; tty'" /dev/null < <(sleep 10) 2>&1)
 check "kubectl run -it --rm attaches to a terminal" contains "$out" "hi-from-tty"
 check "which is a pseudo-terminal" contains "$out" "/dev/pts/"
 

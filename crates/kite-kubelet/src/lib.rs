@@ -160,6 +160,8 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
         );
     }
     kubelet.start().await;
+    // The server lives as long as this run of the kubelet (a restart binds it again).
+    let mut _server = None;
     if let Some(tls) = opts.tls.clone() {
         let addr = std::net::SocketAddr::new(
             if opts.node_ip.is_ipv6() {
@@ -169,7 +171,7 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
             },
             opts.port,
         );
-        server::spawn(addr, tls, kubelet.clone(), &opts.local).await?;
+        _server = Some(server::spawn(addr, tls, kubelet.clone(), &opts.local).await?);
     }
     heartbeat(client, opts, kubelet).await
 }

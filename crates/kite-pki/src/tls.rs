@@ -5,7 +5,7 @@
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -297,15 +297,16 @@ type Call = dyn Fn(
 /// (agents' kubelets keep TLS). An upgrade request carries the client's own connection
 /// (hyper's `OnUpgrade`) with it, so a port-forward's or exec's bytes go from the kubelet
 /// to the client's socket with no relay in between. Empty until the server side
-/// [`LocalDial::serve`]s; cheap to clone, shared by both sides.
+/// [`LocalDial::serve`]s; a server that starts again (a supervised kubelet restarted)
+/// takes the place of the one before. Cheap to clone, shared by both sides.
 #[derive(Clone, Default)]
 pub struct LocalDial {
-    server: Arc<OnceLock<Arc<Call>>>,
+    server: Arc<RwLock<Option<Arc<Call>>>>,
 }
 
 impl std::fmt::Debug for LocalDial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = if self.server.get().is_some() {
+        let state = if self.is_serving() {
             "serving"
         } else {
             "empty"
@@ -316,13 +317,13 @@ impl std::fmt::Debug for LocalDial {
 
 impl LocalDial {
     /// From now on each [`LocalDial::call`] is served by `app`, the request carrying `who`
-    /// (the identity a client certificate would have given). Only the first call takes
-    /// effect.
+    /// (the identity a client certificate would have given), in place of any server
+    /// before it.
     pub fn serve<T>(&self, app: axum::Router, who: T)
     where
         T: Clone + Send + Sync + 'static,
     {
-        let _ = self.server.set(Arc::new(move |mut req| {
+        let call: Arc<Call> = Arc::new(move |mut req| {
             req.extensions_mut().insert(who.clone());
             let app = app.clone();
             Box::pin(async move {
@@ -331,12 +332,25 @@ impl LocalDial {
                     Err(never) => match never {},
                 }
             })
-        }));
+        });
+        *self.server.write().unwrap_or_else(|p| p.into_inner()) = Some(call);
+    }
+
+    /// Ends in-process serving (the server stopped); calls are `None` until it serves again.
+    pub fn stop(&self) {
+        *self.server.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn current(&self) -> Option<Arc<Call>> {
+        self.server
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether the server side serves.
     pub fn is_serving(&self) -> bool {
-        self.server.get().is_some()
+        self.current().is_some()
     }
 
     /// Serves `req` in-process, if the server side serves.
@@ -344,7 +358,7 @@ impl LocalDial {
         &self,
         req: http::Request<axum::body::Body>,
     ) -> Option<http::Response<axum::body::Body>> {
-        let f = self.server.get()?.clone();
+        let f = self.current()?;
         Some(f(req).await)
     }
 }
@@ -375,5 +389,14 @@ mod tests {
         assert_eq!(resp.status(), http::StatusCode::OK);
         let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
         assert_eq!(&body[..], b"kubelet-client");
+        // A server that starts again takes the place of the one before; a stopped one
+        // serves nothing.
+        let again = axum::Router::new().route("/who", axum::routing::get(|| async { "again" }));
+        local.serve(again, Who("unused"));
+        let resp = local.call(req()).await.expect("served");
+        let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"again");
+        local.stop();
+        assert!(local.call(req()).await.is_none(), "stopped");
     }
 }

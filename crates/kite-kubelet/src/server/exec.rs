@@ -73,7 +73,10 @@ async fn run(k: Arc<Kubelet>, mut remote: Remote, id: String, cmd: Vec<String>, 
         Err(e) => Err(e),
     };
     let mut p = match started {
-        Ok(p) => p,
+        Ok(p) => {
+            tracing::debug!(?cmd, "exec process started");
+            p
+        }
         Err(e) => {
             tracing::debug!(error = %format!("{e:#}"), "exec failed to start");
             let msg = format!("error executing command in container: {e:#}");
@@ -145,6 +148,7 @@ async fn run(k: Arc<Kubelet>, mut remote: Remote, id: String, cmd: Vec<String>, 
     for t in side {
         t.abort();
     }
+    tracing::debug!(?code, "exec process ended");
     let status = match code {
         Ok(0) => kite_stream::status::success(),
         Ok(c) => kite_stream::status::exit_code(&cmd, c.into()),
@@ -156,4 +160,5 @@ async fn run(k: Arc<Kubelet>, mut remote: Remote, id: String, cmd: Vec<String>, 
     // Delete is not the client's wait).
     remote.finish(&status).await;
     p.ctl.delete().await;
+    tracing::debug!("exec session over");
 }

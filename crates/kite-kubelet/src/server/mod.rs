@@ -73,13 +73,27 @@ struct Caller {
     groups: Vec<String>,
 }
 
+/// The kubelet server while it runs: dropping it closes the port and ends in-process
+/// serving, so a kubelet restarted by its supervisor can bind and serve again.
+pub struct Running {
+    listener: tokio::task::JoinHandle<()>,
+    local: kite_pki::tls::LocalDial,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.listener.abort();
+        self.local.stop();
+    }
+}
+
 /// Binds `addr` and serves on a background task; and in-process through `local`.
 pub async fn spawn(
     addr: SocketAddr,
     tls: Tls,
     kubelet: Arc<Kubelet>,
     local: &kite_pki::tls::LocalDial,
-) -> Result<()> {
+) -> Result<Running> {
     let cfg = kite_pki::tls::rotating_server_config(tls.serving.clone(), &tls.client_ca_pem)
         .context("the kubelet's TLS configuration")?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -116,14 +130,17 @@ pub async fn spawn(
             groups: vec![],
         },
     );
-    tokio::spawn(kite_pki::tls::serve(listener, cfg, app, |chain| {
+    let listener = tokio::spawn(kite_pki::tls::serve(listener, cfg, app, |chain| {
         let id = kite_pki::identity_from_der(chain.first()?)?;
         Some(Caller {
             user: id.user,
             groups: id.groups,
         })
     }));
-    Ok(())
+    Ok(Running {
+        listener,
+        local: local.clone(),
+    })
 }
 
 async fn authorize(req: Request, next: Next) -> Response {

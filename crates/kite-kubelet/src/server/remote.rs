@@ -227,21 +227,28 @@ where
         Ok(Upgrade::Spdy { protocol, on }) => {
             let p = protocol.clone();
             tokio::spawn(async move {
-                let Ok(io) = on.await else { return };
+                let Ok(io) = on.await else {
+                    tracing::debug!("the client's connection was not upgraded");
+                    return;
+                };
+                tracing::debug!(protocol = %p, "SPDY session upgraded");
                 if let Some(r) = spdy(io, &p, opts).await {
                     session(r).await
                 }
             });
             upgrade::switching_to_spdy(&protocol)
         }
-        Ok(Upgrade::WebSocket { ws, proto }) => {
-            ws.protocols([proto.name()])
-                .on_upgrade(move |socket| async move {
-                    let r = websocket(socket, proto, opts);
-                    ready(&r).await;
-                    session(r).await
-                })
-        }
+        Ok(Upgrade::WebSocket { ws, proto }) => ws
+            .protocols([proto.name()])
+            .on_failed_upgrade(
+                |e| tracing::debug!(error = %e, "the client's connection was not upgraded"),
+            )
+            .on_upgrade(move |socket| async move {
+                tracing::debug!(protocol = proto.name(), "WebSocket session upgraded");
+                let r = websocket(socket, proto, opts);
+                ready(&r).await;
+                session(r).await
+            }),
         Ok(Upgrade::Tunnel { .. }) => (
             axum::http::StatusCode::BAD_REQUEST,
             "SPDY tunnelling is for port forwarding",
