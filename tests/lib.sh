@@ -36,6 +36,9 @@ SUMMARY_DONE=0
 AFTER_CLEANUP=""
 on_exit() {
   local rc=$?
+  # A second signal (timeout signals the tier and then its process group) must not cut the
+  # cleanup short.
+  trap ':' TERM INT HUP
   if [ "$SUMMARY_DONE" != 1 ]; then
     echo "FAIL - the tier stopped early (exit code $rc), before its summary"
     if [ -s "$WORK/server.log" ]; then
