@@ -13,6 +13,8 @@ source "$(dirname "$0")/../lib.sh"
 source "$(dirname "$0")/../e2e/machines.sh"
 MB=4096
 RUNS=${KITE_BENCH_RUNS:-3}
+# KITE_BENCH_BACKENDS: the network backends to measure (the RSS figures come with host-gw).
+BACKENDS=${KITE_BENCH_BACKENDS:-host-gw vxlan}
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # elapsed_ms of the last "kite is ready" line of a log.
@@ -30,10 +32,12 @@ throughput() {
 # The network namespace of the process running `sleep SECONDS` (a pod's, by its command).
 pod_netns() { echo "/proc/$(ps -eo pid,args | awk -v s="$1" '$2 == "sleep" && $3 == s {print $1; exit}')/ns/net"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# rss PID: its RSS in MiB, and how much of it is anonymous and file-backed (code pages).
+rss() { awk '/^(VmRSS|RssAnon|RssFile)/ {v[$1] = int($2 / 1024 + 0.5)} END {printf "%d MiB (anonymous %d, file-backed %d)", v["VmRSS:"], v["RssAnon:"], v["RssFile:"]}' "/proc/$1/status"; }
 containerd_of() { ps -eo pid,args | awk -v d="$WORK/$1/data/agent/etc/containerd/config.toml" '$2 == "containerd" && $4 == d {print $1}'; }
 
 net_up
-for backend in host-gw vxlan; do
+for backend in $BACKENDS; do
   fresh_cluster "$backend"
   TOKEN=$(cat "$WORK/s/data/server/node-token")
   start_agent a1 --token "$TOKEN"
@@ -76,7 +80,7 @@ YAML
 
   if [ "$backend" = host-gw ]; then
     sleep 20
-    echo "agent RSS idle: $(( $(rss_kib "${PID[a2]}") / 1024 )) MiB (its containerd: $(( $(rss_kib "$(containerd_of a2)") / 1024 )) MiB)"
+    echo "agent RSS idle: $(rss "${PID[a2]}") (its containerd: $(( $(rss_kib "$(containerd_of a2)") / 1024 )) MiB)"
     cat <<YAML | kc apply -f - >/dev/null
 apiVersion: apps/v1
 kind: Deployment
@@ -94,7 +98,7 @@ YAML
     fifty() { [ "$(kc get deploy fifty -o jsonpath='{.status.readyReplicas}')" = 50 ]; }
     wait_for 300 "50 pods Ready" fifty || echo "(only $(kc get deploy fifty -o jsonpath='{.status.readyReplicas}') Ready)"
     sleep 20
-    echo "agent RSS with 50 pods: $(( $(rss_kib "${PID[a2]}") / 1024 )) MiB (its containerd: $(( $(rss_kib "$(containerd_of a2)") / 1024 )) MiB)"
+    echo "agent RSS with 50 pods: $(rss "${PID[a2]}") (its containerd: $(( $(rss_kib "$(containerd_of a2)") / 1024 )) MiB)"
     kc delete deploy fifty --wait=false >/dev/null
   fi
 done

@@ -180,6 +180,10 @@ async fn main() {
             cd_pid.map(common::cpu_secs).unwrap_or(0.0),
             common::cpu_secs(std::process::id()),
         );
+        // KITE_BENCH_PERF=DIR: a profile of kite while the largest batch starts.
+        let perf = (n == *batches.iter().max().unwrap())
+            .then(|| common::perf_record(kite_pid, &format!("pods-{n}")))
+            .flatten();
         let t0 = Instant::now();
         let created: HashMap<String, Instant> = futures::stream::iter(0..n)
             .map(|i| {
@@ -221,6 +225,7 @@ async fn main() {
              containerd {c:.2}, this benchmark {b:.2}, the rest (shims, runc, kernel) {:.2}",
             m - k - c - b
         );
+        drop(perf);
         let mut v: Vec<Duration> = lat.into_values().collect();
         v.sort();
         println!(

@@ -375,7 +375,7 @@ async fn main() {
         const TURNS: usize = 7;
         let (mut direct, mut forwarded, mut ratios) = (vec![], vec![], vec![]);
         let (mut kite_cpu, mut kubectl_cpu) = (0.0, 0.0);
-        let perf = perf_record(kite_pid, "port-forward");
+        let perf = common::perf_record(kite_pid, "port-forward");
         for _ in 0..TURNS {
             let d = once(&format!("{ip}:80"));
             let (k0, c0) = (common::cpu_secs(kite_pid), common::cpu_secs(pf.id()));
@@ -472,7 +472,7 @@ async fn main() {
             let c0 = common::cpu_secs(kite_pid);
             let n0 = probes_done(&server.client).await;
             let t = Instant::now();
-            let perf = probed.then(|| perf_record(kite_pid, "probes"));
+            let perf = probed.then(|| common::perf_record(kite_pid, "probes"));
             tokio::time::sleep(Duration::from_secs(30)).await;
             drop(perf);
             let pct_core = (common::cpu_secs(kite_pid) - c0) / t.elapsed().as_secs_f64() * 100.0;
@@ -841,33 +841,6 @@ fn uuid_like() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// With `KITE_BENCH_PERF=DIR`, `perf record -g` of `pid` into `DIR/NAME.data` until the
-/// returned guard drops (for finding where a figure's CPU goes; off by default).
-fn perf_record(pid: u32, name: &str) -> Option<PerfGuard> {
-    let dir = std::env::var("KITE_BENCH_PERF").ok()?;
-    let child = Command::new("perf")
-        .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
-        .arg(std::path::Path::new(&dir).join(format!("{name}.data")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    Some(PerfGuard(child))
-}
-
-struct PerfGuard(std::process::Child);
-
-impl Drop for PerfGuard {
-    fn drop(&mut self) {
-        // perf writes its file on SIGINT.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = self.0.wait();
-    }
 }
 
 /// The CRI log files of a pod under `root` (the server's `--pod-logs-dir`).

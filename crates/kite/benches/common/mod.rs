@@ -1,4 +1,5 @@
-//! Helpers the benches share: a free loopback port and a process's resident memory and CPU time.
+//! Helpers the benches share: a free loopback port, a process's resident memory and CPU time,
+//! and a `perf record` of it.
 
 /// A TCP port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
@@ -59,4 +60,31 @@ pub fn kite_server(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     cmd
+}
+
+/// With `KITE_BENCH_PERF=DIR`, `perf record -g` of `pid` into `DIR/NAME.data` until the
+/// returned guard drops (for finding where a figure's CPU goes; off by default).
+pub fn perf_record(pid: u32, name: &str) -> Option<PerfGuard> {
+    let dir = std::env::var("KITE_BENCH_PERF").ok()?;
+    let child = std::process::Command::new("perf")
+        .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+        .arg(std::path::Path::new(&dir).join(format!("{name}.data")))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    Some(PerfGuard(child))
+}
+
+pub struct PerfGuard(std::process::Child);
+
+impl Drop for PerfGuard {
+    fn drop(&mut self) {
+        // perf writes its file on SIGINT.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.0.wait();
+    }
 }
