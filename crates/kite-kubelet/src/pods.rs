@@ -136,6 +136,8 @@ pub struct Kubelet {
     waiting_on: Arc<Mutex<HashSet<String>>>,
     /// Container starts in flight at once (see [`start_gate_size`]).
     start_gate: tokio::sync::Semaphore,
+    /// Never-started pods between their sandbox and their start (see [`start_gate_size`]).
+    pacing: Arc<tokio::sync::Semaphore>,
     recorder: Recorder,
     /// Probe results by container (see `probes`).
     probe_results: Arc<probes::Results>,
@@ -160,11 +162,25 @@ pub struct Kubelet {
     exec_dir: std::sync::OnceLock<Option<PathBuf>>,
 }
 
+tokio::task_local! {
+    /// A pod's place in the start pacing (see [`start_gate_size`]), held by its first sync
+    /// from its sandbox until its container start is admitted (or it pulls an image).
+    static PACING: std::cell::RefCell<Option<tokio::sync::OwnedSemaphorePermit>>;
+}
+
+/// Gives up this sync's place in the start pacing, if it holds one.
+fn leave_pacing() {
+    let _ = PACING.try_with(|p| p.borrow_mut().take());
+}
+
 /// How many container starts (containerd task create and start: the shim, `runc create`,
 /// `runc init`, `runc start`) the node runs at once: twice its cores. Each start is
 /// CPU-bound, so more at once only share the cores, and every pod of a burst is Ready
 /// late; first come, first started lets the early ones be Ready early. Pod workers still
-/// sync, pull, plumb and stop pods in parallel; only this step queues.
+/// sync, pull, plumb and stop pods in parallel; only this step queues. A pod that never
+/// started also waits for a place in the pacing (as many places) before its sandbox is
+/// made, and leaves it when its start is admitted: a burst's sandboxes (namespaces, veths,
+/// volumes) are made just ahead of their starts, not all at once beside the first starts.
 fn start_gate_size() -> usize {
     2 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -233,6 +249,7 @@ impl Kubelet {
             state: Mutex::default(),
             waiting_on: Arc::default(),
             start_gate: tokio::sync::Semaphore::new(start_gate_size()),
+            pacing: Arc::new(tokio::sync::Semaphore::new(start_gate_size())),
             statics: Mutex::default(),
             images: Default::default(),
             accounts: Default::default(),
@@ -414,7 +431,10 @@ impl Kubelet {
         let k = self.clone();
         run_workers("kubelet-pods", self.queue.clone(), 32, move |key| {
             let k = k.clone();
-            async move { k.sync(key).await }
+            PACING.scope(
+                std::cell::RefCell::new(None),
+                async move { k.sync(key).await },
+            )
         });
     }
 
@@ -836,6 +856,16 @@ impl Kubelet {
             if let Some(msg) = self.admission_refusal(&pod) {
                 self.reject(&pod, "Evicted", msg).await?;
                 return Ok(Action::AwaitChange);
+            }
+        }
+        if pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .is_none()
+        {
+            if let Ok(place) = self.pacing.clone().acquire_owned().await {
+                let _ = PACING.try_with(|p| *p.borrow_mut() = Some(place));
             }
         }
         let t0 = std::time::Instant::now();
@@ -1628,6 +1658,7 @@ impl Kubelet {
             _ => None,
         };
         let permit = self.start_gate.acquire().await;
+        leave_pacing();
         let r = self
             .rt
             .create_and_start(containers::New {
@@ -1899,6 +1930,8 @@ impl Kubelet {
             }
             return Ok(Err(left));
         }
+        // A pull takes as long as it takes: not in the place of a pod that could start.
+        leave_pacing();
         let creds = self.pull_credentials(pod).await;
         self.recorder.event(
             pod,

@@ -64,6 +64,7 @@ pub fn kite_server(
 
 /// With `KITE_BENCH_PERF=DIR`, `perf record -g` of `pid` into `DIR/NAME.data` until the
 /// returned guard drops (for finding where a figure's CPU goes; off by default).
+#[allow(dead_code)] // not every bench profiles
 pub fn perf_record(pid: u32, name: &str) -> Option<PerfGuard> {
     let dir = std::env::var("KITE_BENCH_PERF").ok()?;
     let child = std::process::Command::new("perf")
@@ -76,6 +77,7 @@ pub fn perf_record(pid: u32, name: &str) -> Option<PerfGuard> {
     Some(PerfGuard(child))
 }
 
+#[allow(dead_code)]
 pub struct PerfGuard(std::process::Child);
 
 impl Drop for PerfGuard {
