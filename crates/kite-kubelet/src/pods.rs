@@ -73,35 +73,6 @@ struct PodState {
     failed: Option<Failure>,
     /// Why an in-place resize waits or failed: the condition's type, reason and message.
     resize: Option<(&'static str, &'static str, String)>,
-    /// The status this kubelet last posted (as [`comparable`] has it): its echo, the watch
-    /// event of the kubelet's own write, needs no sync.
-    reported: Option<serde_json::Value>,
-}
-
-/// A pod status as the kubelet compares it with the one it computes: the fields others
-/// own (the scheduler's nominated node, an eviction's reason and message, resize) left out.
-fn comparable(status: Option<&k8s_openapi::api::core::v1::PodStatus>) -> serde_json::Value {
-    let mut s = status.cloned().unwrap_or_default();
-    s.message = None;
-    s.reason = None;
-    s.nominated_node_name = None;
-    s.resize = None;
-    serde_json::to_value(&s).unwrap_or_default()
-}
-
-/// Whether `new` is `old` with only the status this kubelet posted last (`reported`) and a
-/// new resourceVersion: the kubelet's own write coming back, with nothing in it to act on.
-fn own_status_echo(old: &Pod, new: &Pod, reported: Option<&serde_json::Value>) -> bool {
-    let Some(reported) = reported else {
-        return false;
-    };
-    let meta = |p: &Pod| {
-        let mut m = p.metadata.clone();
-        m.resource_version = None;
-        m.managed_fields = None;
-        m
-    };
-    old.spec == new.spec && meta(old) == meta(new) && comparable(new.status.as_ref()) == *reported
 }
 
 pub struct Kubelet {
@@ -359,13 +330,6 @@ impl Kubelet {
             self.pods.add_handler(move |c: &Change<Pod>| {
                 let p = c.object();
                 let key = key_of(&**p);
-                if let Change::Updated { old, new } = c {
-                    let state = k.state.lock().unwrap();
-                    let reported = state.get(&key).and_then(|s| s.reported.as_ref());
-                    if own_status_echo(old, new, reported) {
-                        return;
-                    }
-                }
                 if let Change::Deleted(_) = c {
                     // Remember the uid: the worker cleans up by it.
                     let uid = p.metadata.uid.clone().unwrap_or_default();
@@ -2471,25 +2435,26 @@ impl Kubelet {
             },
             &Observed { k: self, pod },
         )?;
+        let old = pod.status.clone().unwrap_or_default();
         // Compare with what the API has, through the same typed round trip.
         let fresh: k8s_openapi::api::core::v1::PodStatus =
             serde_json::from_value(status.clone()).context("building pod status")?;
-        if serde_json::to_value(&fresh)? == comparable(pod.status.as_ref()) {
+        let mut was = old.clone();
+        was.message = None;
+        was.reason = None;
+        was.nominated_node_name = None;
+        was.resize = None;
+        if serde_json::to_value(&fresh)? == serde_json::to_value(&was)? {
             return Ok(());
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.0);
-        let posted = api
-            .patch_status(
-                &key.1,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": status})),
-            )
-            .await
-            .context("posting pod status")?;
-        // What the API made of it is what its watch event will carry.
-        if let Some(s) = self.state.lock().unwrap().get_mut(key) {
-            s.reported = Some(comparable(posted.status.as_ref()));
-        }
+        api.patch_status(
+            &key.1,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": status})),
+        )
+        .await
+        .context("posting pod status")?;
         Ok(())
     }
 }
@@ -2616,62 +2581,5 @@ mod hostname_tests {
         let dashed = format!("{}-{}", "a".repeat(62), "b".repeat(5));
         assert_eq!(super::pod_hostname(&pod(&dashed)), "a".repeat(62));
         assert_eq!(super::pod_hostname(&pod("web")), "web");
-    }
-}
-
-#[cfg(test)]
-mod echo_tests {
-    use super::{comparable, own_status_echo};
-    use k8s_openapi::api::core::v1::{Pod, PodCondition, PodSpec, PodStatus};
-
-    fn pod(rv: &str, phase: &str) -> Pod {
-        Pod {
-            metadata: kube::api::ObjectMeta {
-                name: Some("web".into()),
-                resource_version: Some(rv.into()),
-                labels: Some([("app".to_string(), "web".to_string())].into()),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                node_name: Some("n1".into()),
-                ..Default::default()
-            }),
-            status: Some(PodStatus {
-                phase: Some(phase.into()),
-                ..Default::default()
-            }),
-        }
-    }
-
-    #[test]
-    fn only_the_kubelets_own_status_coming_back_is_an_echo() {
-        let (old, new) = (pod("1", "Pending"), pod("2", "Running"));
-        let reported = comparable(new.status.as_ref());
-        assert!(own_status_echo(&old, &new, Some(&reported)));
-        // Nothing posted yet, or something else posted since: a sync.
-        assert!(!own_status_echo(&old, &new, None));
-        let other = comparable(pod("9", "Pending").status.as_ref());
-        assert!(!own_status_echo(&old, &new, Some(&other)));
-        // Another writer's condition (a readiness gate's) on top of the kubelet's status.
-        let mut gated = new.clone();
-        gated.status.as_mut().unwrap().conditions = Some(vec![PodCondition {
-            type_: "example.com/gate".into(),
-            status: "True".into(),
-            ..Default::default()
-        }]);
-        assert!(!own_status_echo(&new, &gated, Some(&reported)));
-        // A label, a deletion or a spec change with it.
-        let mut labelled = new.clone();
-        labelled.metadata.labels = Some(Default::default());
-        assert!(!own_status_echo(&old, &labelled, Some(&reported)));
-        let mut deleting = new.clone();
-        deleting.metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::now(),
-            ));
-        assert!(!own_status_echo(&old, &deleting, Some(&reported)));
-        let mut resized = new.clone();
-        resized.spec.as_mut().unwrap().active_deadline_seconds = Some(5);
-        assert!(!own_status_echo(&old, &resized, Some(&reported)));
     }
 }
