@@ -810,7 +810,8 @@ impl Kubelet {
             return Ok(Action::AwaitChange);
         };
         // A pod that never started is admitted first (see `evict`): under node pressure
-        // it may be refused, as upstream's eviction manager refuses it.
+        // it may be refused, as upstream's eviction manager refuses it. Then it waits for
+        // its place in the start pacing.
         if pod
             .status
             .as_ref()
@@ -821,13 +822,6 @@ impl Kubelet {
                 self.reject(&pod, "Evicted", msg).await?;
                 return Ok(Action::AwaitChange);
             }
-        }
-        if pod
-            .status
-            .as_ref()
-            .and_then(|s| s.start_time.as_ref())
-            .is_none()
-        {
             if let Ok(place) = self.pacing.clone().acquire_owned().await {
                 let _ = PACING.try_with(|p| *p.borrow_mut() = Some(place));
             }
