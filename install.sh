@@ -192,7 +192,12 @@ build_binary() {
   [ -z "$need" ] || install_packages "building kite" $need
   info "building kite from $SRC_DIR (cargo build --release; minutes on a laptop)"
   (cd "$SRC_DIR" && cargo build --release -p kite)
-  NEW_BIN=${CARGO_TARGET_DIR:-$SRC_DIR/target}/release/kite
+  # cargo reads a relative CARGO_TARGET_DIR from the directory it runs in.
+  case "${CARGO_TARGET_DIR:-}" in
+    "") NEW_BIN=$SRC_DIR/target/release/kite ;;
+    /*) NEW_BIN=$CARGO_TARGET_DIR/release/kite ;;
+    *) NEW_BIN=$SRC_DIR/$CARGO_TARGET_DIR/release/kite ;;
+  esac
   [ -x "$NEW_BIN" ] || fatal "the build made no $NEW_BIN"
 }
 

@@ -81,6 +81,8 @@ YAML
   if [ "$backend" = host-gw ]; then
     sleep 20
     echo "agent RSS idle: $(rss "${PID[a2]}") (its containerd: $(( $(rss_kib "$(containerd_of a2)") / 1024 )) MiB)"
+    # KITE_BENCH_SMAPS=FILE keeps the idle agent's smaps (which mappings its RSS is in).
+    [ -z "${KITE_BENCH_SMAPS:-}" ] || cp "/proc/${PID[a2]}/smaps" "$KITE_BENCH_SMAPS"
     cat <<YAML | kc apply -f - >/dev/null
 apiVersion: apps/v1
 kind: Deployment

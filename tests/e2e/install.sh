@@ -61,6 +61,47 @@ else
   check "its report says containerd is not on PATH" contains "$out" "FAIL  containerd: not found on PATH"
 fi
 
+# From a checkout with no release configured, install.sh builds with cargo and installs
+# what cargo made where CARGO_TARGET_DIR says (absolute, or relative to the checkout as
+# cargo reads it). A cargo of the test's stands in for the real one (whose release build
+# takes minutes): it notes where it ran and puts this build where cargo would.
+SRC="$WORK/src"
+mkdir -p "$SRC/crates/kite" "$WORK/fakebin"
+: >"$SRC/crates/kite/Cargo.toml"
+cp "$ROOT/install.sh" "$SRC/install.sh"
+cat >"$WORK/fakebin/cargo" <<SH
+#!/bin/sh
+echo "\$(pwd) \$*" >>"$WORK/cargo.calls"
+mkdir -p "\${CARGO_TARGET_DIR:-target}/release"
+cp "$(realpath "$KITE_BIN")" "\${CARGO_TARGET_DIR:-target}/release/kite"
+SH
+chmod +x "$WORK/fakebin/cargo"
+from_checkout() { # TARGET-DIR NAME: installs from $SRC, enabled but not started
+  env -u KITE_BIN PATH="$WORK/fakebin:$PATH" CARGO_TARGET_DIR="$1" INSTALL_KITE_SKIP_DEPS=true \
+    INSTALL_KITE_SKIP_START=true INSTALL_KITE_EXEC="server --debug" \
+    INSTALL_KITE_BIN_DIR="$WORK/$2/bin" INSTALL_KITE_NAME="$2" INSTALL_KITE_SYSTEMD_DIR="$WORK/$2/conf" \
+    timeout 60 "$SRC/install.sh" --data-dir "$WORK/$2/data" 2>&1
+}
+for tdir in "$WORK/cargo-target" relative-target; do
+  out=$(from_checkout "$tdir" "kite-src-$(basename "$tdir")"); rc=$?
+  name=kite-src-$(basename "$tdir")
+  check "from a checkout with CARGO_TARGET_DIR=$tdir, install.sh builds and installs kite" \
+    contains "$rc $out" "0 [INFO]  building kite from $SRC"
+  check "it ran cargo build --release in the checkout" equals "$(tail -1 "$WORK/cargo.calls")" "$SRC build --release -p kite"
+  check "and installed what cargo built" cmp -s "$WORK/$name/bin/kite" "$(realpath "$KITE_BIN")"
+  check "INSTALL_KITE_SKIP_START: it says it did not start kite" contains "$out" "INSTALL_KITE_SKIP_START: not starting it"
+  check "and nothing started" test ! -e "/run/$name.pid" -a ! -e "/var/log/$name.log"
+  check "INSTALL_KITE_EXEC's command and flags come before the command line's" \
+    equals "$(cat "$WORK/$name/conf/$name.exec")" "server '--debug' '--data-dir' '$WORK/$name/data' "
+done
+check "a relative CARGO_TARGET_DIR is the checkout's, as cargo reads it" test -x "$SRC/relative-target/release/kite"
+out=$(env -u KITE_BIN PATH="$WORK/fakebin:$PATH" INSTALL_KITE_SKIP_DEPS=true INSTALL_KITE_SKIP_ENABLE=true \
+  INSTALL_KITE_BIN_DIR="$WORK/skip/bin" INSTALL_KITE_NAME=kite-skip INSTALL_KITE_SYSTEMD_DIR="$WORK/skip/conf" \
+  timeout 60 "$SRC/install.sh" 2>&1); rc=$?
+check "INSTALL_KITE_SKIP_ENABLE: the install succeeds" equals "$rc" 0
+check "and says it did not start kite" contains "$out" "INSTALL_KITE_SKIP_ENABLE: not starting kite-skip"
+check "and neither enabled nor started" test -x "$WORK/skip/bin/kite" -a ! -e "$WORK/skip/conf/kite-skip.exec" -a ! -e /run/kite-skip.pid
+
 # A release folder laid out as packaging/release.sh's dist/, served on loopback.
 DIST="$WORK/dist"
 mkdir -p "$DIST"
