@@ -234,6 +234,15 @@ setup_deps() {
   command -v runc >/dev/null 2>&1 || need="$need runc"
   command -v nft >/dev/null 2>&1 || need="$need nftables"
   command -v conntrack >/dev/null 2>&1 || need="$need conntrack"
+  # The wireguard-native backend sets keys and peers with wg, and runs wireguard-go where
+  # the kernel has no WireGuard.
+  case "$EXEC_ARGS ${KITE_NETWORK_BACKEND:-}" in
+    *wireguard-native*)
+      command -v wg >/dev/null 2>&1 || need="$need wireguard-tools"
+      if [ ! -d /sys/module/wireguard ] && ! modprobe wireguard 2>/dev/null; then
+        command -v wireguard-go >/dev/null 2>&1 || need="$need wireguard-go"
+      fi ;;
+  esac
   if [ -n "$need" ]; then
     # shellcheck disable=SC2086
     install_packages "the node" $need

@@ -32,6 +32,10 @@ command -v musl-gcc >/dev/null || need_pkgs+=(musl-tools)
 # The systemd tier boots a Debian root filesystem under systemd-nspawn.
 command -v systemd-nspawn >/dev/null || need_pkgs+=(systemd-container)
 command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
+# The multinode tier's wireguard-native round: wg, and wireguard-go where the kernel has no
+# WireGuard.
+command -v wg >/dev/null || need_pkgs+=(wireguard-tools)
+[ -d /sys/module/wireguard ] || command -v wireguard-go >/dev/null || need_pkgs+=(wireguard-go)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${need_pkgs[*]}"

@@ -14,7 +14,10 @@ source "$(dirname "$0")/../e2e/machines.sh"
 MB=4096
 RUNS=${KITE_BENCH_RUNS:-3}
 # KITE_BENCH_BACKENDS: the network backends to measure (the RSS figures come with host-gw).
-BACKENDS=${KITE_BENCH_BACKENDS:-host-gw vxlan}
+# wireguard-native when wg is there (its throughput is a figure, not a target).
+default_backends="host-gw vxlan"
+command -v wg >/dev/null && default_backends="$default_backends wireguard-native"
+BACKENDS=${KITE_BENCH_BACKENDS:-$default_backends}
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # elapsed_ms of the last "kite is ready" line of a log.

@@ -28,7 +28,12 @@ mount --rbind /sys/fs/cgroup "$keep"
 mount -t sysfs sysfs /sys
 mount --rbind "$keep" /sys/fs/cgroup
 umount -l "$keep"; rmdir "$keep"
+# A userspace WireGuard (wireguard-go) keeps its socket in /run/wireguard, by device
+# name: each machine has its own, kept across its restarts as a machine'"'"'s /run is.
+if [ -n "${KITE_MN_RUN_WG:-}" ]; then mkdir -p "$KITE_MN_RUN_WG"; mount --bind "$KITE_MN_RUN_WG" /run/wireguard; fi
 exec "$@"'
+# `wg` on a running machine (its network, and its mount namespace for its /run/wireguard).
+machine_wg() { local n=$1; shift; nsenter -t "${PID[$n]}" --net --mount wg "$@"; }
 # kubectl in the server's namespace, with its admin kubeconfig.
 kc() { inns s "$KUBECTL" --kubeconfig "$WORK/s/kubeconfig.yaml" "$@"; }
 
@@ -37,6 +42,9 @@ net_up() {
     echo "another multinode run holds the kite-mn-* namespaces: wait for it (or remove them)"
     NODES=(); exit 1
   fi
+  # Each machine mounts its own /run/wireguard over this one (removed at the end if the
+  # test made it).
+  [ -d /run/wireguard ] || { mkdir -m 0700 /run/wireguard && MADE_RUN_WG=1; }
   ip netns add $NS_SW
   ip -n $NS_SW link add kitemnbr type bridge
   ip -n $NS_SW link set kitemnbr up
@@ -96,6 +104,7 @@ net_down() {
   for n in "${NODES[@]}" x; do node_clean "$n"; done
   for n in "${NODES[@]}" x; do ip netns del "$(ns "$n")" 2>/dev/null; done
   ip netns del $NS_SW 2>/dev/null
+  [ -z "${MADE_RUN_WG:-}" ] || rmdir /run/wireguard 2>/dev/null
   true
 }
 # The nodes go before lib.sh removes $WORK (their clean-up finds them by their data dirs).
@@ -117,7 +126,7 @@ node_flags() {
 start_kite_server() { # BACKEND [flags]
   local backend=$1; shift
   # shellcheck disable=SC2046
-  nsenter --net=/run/netns/kite-mn-s unshare --mount --propagation private sh -c "$MACHINE_SH" machine "$KITE_BIN" server $(node_flags s) --advertise-address "${IP[s]}" \
+  KITE_MN_RUN_WG="$WORK/s/run-wireguard" nsenter --net=/run/netns/kite-mn-s unshare --mount --propagation private sh -c "$MACHINE_SH" machine "$KITE_BIN" server $(node_flags s) --advertise-address "${IP[s]}" \
     --write-kubeconfig "$WORK/s/kubeconfig.yaml" --network-backend "$backend" \
     --node-monitor-grace-period 25s --default-not-ready-toleration-seconds 5 \
     --default-unreachable-toleration-seconds 5 "$@" >>"$WORK/s/server.log" 2>&1 &
@@ -127,7 +136,7 @@ start_kite_server() { # BACKEND [flags]
 start_agent() { # NAME [flags]
   local n=$1; shift
   # shellcheck disable=SC2046
-  nsenter --net="/run/netns/$(ns "$n")" unshare --mount --propagation private sh -c "$MACHINE_SH" machine "$KITE_BIN" agent $(node_flags "$n") --server "https://${IP[s]}:6443" \
+  KITE_MN_RUN_WG="$WORK/$n/run-wireguard" nsenter --net="/run/netns/$(ns "$n")" unshare --mount --propagation private sh -c "$MACHINE_SH" machine "$KITE_BIN" agent $(node_flags "$n") --server "https://${IP[s]}:6443" \
     "$@" >>"$WORK/$n/agent.log" 2>&1 &
   PID[$n]=$!
 }

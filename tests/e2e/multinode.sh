@@ -6,13 +6,22 @@
 # fake server with another CA never receives the token), Ready within 10 s, a Deployment
 # spread over three nodes, pod-to-pod across nodes, ClusterIP and NodePort from every node,
 # DNS for pods on other nodes, logs/exec/port-forward through the server, restarts of the
-# server and of an agent, and `kubectl drain`/`uncordon` — with host-gw, then vxlan.
+# server and of an agent, and `kubectl drain`/`uncordon` — with host-gw, then vxlan, then
+# wireguard-native (its network checks).
 # Nothing outside the namespaces is addressed; everything is removed on exit.
-# BACKENDS="host-gw vxlan" (default) picks the backends to run.
+# BACKENDS="host-gw vxlan wireguard-native" (default) picks the backends to run.
 source "$(dirname "$0")/../lib.sh"
 echo "# kubectl: $KUBECTL"
 [ "$(id -u)" = 0 ] || { echo "the multinode tier needs root"; exit 1; }
-BACKENDS=${BACKENDS:-"host-gw vxlan"}
+BACKENDS=${BACKENDS:-"host-gw vxlan wireguard-native"}
+case " $BACKENDS " in
+  *" wireguard-native "*)
+    # WireGuard: the kernel's, else wireguard-go (tests/run.sh installs it and wg).
+    if ! command -v wg >/dev/null || { ! command -v wireguard-go >/dev/null && ! [ -d /sys/module/wireguard ]; }; then
+      echo "skip - wireguard-native: neither a WireGuard module nor wireguard-go, or no wg (apt-get install wireguard-tools wireguard-go)"
+      BACKENDS=${BACKENDS/wireguard-native/}
+    fi ;;
+esac
 source "$(dirname "$0")/machines.sh"
 
 # wget from a node's own namespace (its host network).
@@ -236,6 +245,20 @@ if [ "$backend" = vxlan ]; then
   while [ $((SECONDS - t0)) -lt 50 ]; do sleep 1; done
   check "its node stays Ready past the first certificate's expiry" node_is_ready a2
   check "and its kubelet serves with the renewed certificate (exec)" equals "$(kc exec "$FAR" -- hostname)" "$FAR"
+elif [ "$backend" = wireguard-native ]; then
+  check "wireguard: kite-wg with its link's MTU less 80" \
+    equals "$(inns a1 ip -o link show kite-wg | grep -o 'mtu [0-9]*')" "mtu 1420"
+  check "wireguard: routes to other nodes' pods go over kite-wg" \
+    equals "$(inns a1 ip route show proto 107 | grep -c 'dev kite-wg')" "2"
+  check "wireguard: a peer per other node, at its node IP" \
+    equals "$(machine_wg a1 show kite-wg endpoints | awk '{print $2}' | sort | tr '\n' ' ')" "${IP[s]}:51820 ${IP[a2]}:51820 "
+  check "wireguard: the peers' keys are the ones their nodes announce" \
+    equals "$(machine_wg a1 show kite-wg peers | sort | tr '\n' ' ')" \
+    "$(kc get nodes a2 s -o jsonpath='{range .items[*]}{.metadata.annotations.network\.kite\.io/wireguard-public-key}{"\n"}{end}' | sort | tr '\n' ' ')"
+  shaken() { [ "$(machine_wg a1 show kite-wg latest-handshakes | awk '$2 > 0' | wc -l)" = 2 ]; }
+  check "wireguard: the pods' traffic went through both tunnels" shaken
+  check "wireguard: the private key is kept for root alone" \
+    equals "$(stat -c %a "$WORK/a1/data/agent/wireguard/private.key")" 600
 else
   check "host-gw: a route to each other node's pods via its IP" \
     equals "$(inns a1 ip route show proto 107 | grep -c "via 172.30.99")" "2"

@@ -9,15 +9,18 @@
 //!   link's less 50; per other node a forwarding entry (its VTEP MAC → its node IP), a
 //!   permanent neighbour (its podCIDR's network address → that MAC) and a route to its
 //!   podCIDR via that address, on-link on `kite.1`.
+//! - `wireguard-native`: a `kite-wg` WireGuard device, a peer and a route per other node
+//!   (see [`wireguard`]).
 //! - `none`: nothing (a CNI of the user's own connects the nodes).
 //!
 //! Each node publishes what the others need in its annotations (`network.kite.io/*`:
-//! backend, public IP, VTEP MAC), as flannel does in `flannel.alpha.coreos.com/*`, and
+//! backend, public IP, VTEP MAC, WireGuard public key), as flannel does in `flannel.alpha.coreos.com/*`, and
 //! reports `NetworkUnavailable=False` once its routes are in place. Routes kite adds carry
 //! their own protocol number ([`RTPROT_KITE`]) so that they are told from everyone
 //! else's and removed when their node goes.
 
 pub mod netlink;
+pub mod wireguard;
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
@@ -35,6 +38,7 @@ pub const ANN_PUBLIC_IP: &str = "network.kite.io/public-ip";
 /// `public-ip-overwrite`, for nodes behind NAT or with several interfaces).
 pub const ANN_PUBLIC_IP_OVERWRITE: &str = "network.kite.io/public-ip-overwrite";
 pub const ANN_VTEP_MAC: &str = "network.kite.io/vtep-mac";
+pub const ANN_WG_KEY: &str = "network.kite.io/wireguard-public-key";
 /// The protocol number of kite's routes (`ip route show proto 107`).
 pub const RTPROT_KITE: u8 = 107;
 pub const VXLAN_DEVICE: &str = "kite.1";
@@ -47,6 +51,7 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 pub enum Backend {
     HostGw,
     Vxlan,
+    WireguardNative,
     None,
 }
 
@@ -55,6 +60,7 @@ impl Backend {
         match s {
             "host-gw" => Some(Backend::HostGw),
             "vxlan" => Some(Backend::Vxlan),
+            "wireguard-native" => Some(Backend::WireguardNative),
             "none" => Some(Backend::None),
             _ => None,
         }
@@ -64,6 +70,7 @@ impl Backend {
         match self {
             Backend::HostGw => "host-gw",
             Backend::Vxlan => "vxlan",
+            Backend::WireguardNative => "wireguard-native",
             Backend::None => "none",
         }
     }
@@ -76,6 +83,8 @@ pub struct Options {
     pub node_ip: Ipv4Addr,
     pub cluster_cidr: Ipv4Net,
     pub backend: Backend,
+    /// Where the node keeps its WireGuard key (`<data-dir>/agent/wireguard`).
+    pub key_dir: std::path::PathBuf,
 }
 
 /// What this node needs to reach one other node's pods.
@@ -86,6 +95,8 @@ pub struct Peer {
     pub ip: Ipv4Addr,
     /// The VXLAN device's MAC of that node (vxlan only).
     pub mac: Option<[u8; 6]>,
+    /// That node's WireGuard public key (wireguard-native only).
+    pub wg_key: Option<String>,
 }
 
 /// The other nodes' entries, from the Node objects (pure: unit-tested).
@@ -115,8 +126,11 @@ pub fn peers(me: &str, nodes: &[Arc<Node>], cluster: Ipv4Net, backend: Backend) 
             .or_else(|| internal_ip(n));
         let Some(ip) = ip else { continue };
         let mac = ann.get(ANN_VTEP_MAC).and_then(|m| parse_mac(m));
-        if backend == Backend::Vxlan && mac.is_none() {
-            // Not announced yet: its device is not up, traffic would go nowhere.
+        let wg_key = ann.get(ANN_WG_KEY).filter(|k| valid_key(k)).cloned();
+        // Not announced yet: its device is not up, traffic would go nowhere.
+        if (backend == Backend::Vxlan && mac.is_none())
+            || (backend == Backend::WireguardNative && wg_key.is_none())
+        {
             continue;
         }
         out.push(Peer {
@@ -124,10 +138,21 @@ pub fn peers(me: &str, nodes: &[Arc<Node>], cluster: Ipv4Net, backend: Backend) 
             pod_cidr: cidr,
             ip,
             mac,
+            wg_key,
         });
     }
     out.sort();
     out
+}
+
+/// A WireGuard key as `wg` prints it: 32 bytes in base64 (44 characters, one `=`). An
+/// annotation is the node's to write, so nothing else reaches `wg`'s configuration.
+fn valid_key(k: &str) -> bool {
+    k.len() == 44
+        && k.ends_with('=')
+        && k[..43]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
@@ -186,11 +211,27 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
             None
         }
     };
+    let wg = match opts.backend {
+        Backend::WireguardNative => {
+            let (key, public) = wireguard::ensure_key(&opts.key_dir).await?;
+            wireguard::ensure_device(opts.node_ip, own_cidr, &key)
+                .await
+                .context("setting up the kite-wg WireGuard device")?;
+            Some((key, public))
+        }
+        _ => {
+            wireguard::remove_device().await?;
+            None
+        }
+    };
     let mut ann = BTreeMap::new();
     ann.insert(ANN_BACKEND.to_string(), opts.backend.name().to_string());
     ann.insert(ANN_PUBLIC_IP.to_string(), opts.node_ip.to_string());
     if let Some(m) = &mac {
         ann.insert(ANN_VTEP_MAC.to_string(), format_mac(m));
+    }
+    if let Some((_, public)) = &wg {
+        ann.insert(ANN_WG_KEY.to_string(), public.clone());
     }
     let patch = serde_json::json!({"metadata": {"annotations": ann}});
     nodes_api
@@ -224,6 +265,10 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
             let r = match opts.backend {
                 Backend::HostGw => netlink::sync_host_gw(&want, opts.cluster_cidr, own_cidr).await,
                 Backend::Vxlan => netlink::sync_vxlan(&want, opts.cluster_cidr, own_cidr).await,
+                Backend::WireguardNative => {
+                    let key = &wg.as_ref().expect("made above").0;
+                    wireguard::sync(&want, opts.cluster_cidr, own_cidr, key).await
+                }
                 Backend::None => Ok(()),
             };
             match r {
@@ -368,6 +413,32 @@ mod tests {
         let vx = peers("me", &nodes, cluster, Backend::Vxlan);
         assert_eq!(vx.len(), 1);
         assert_eq!(vx[0].mac, Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x02]));
+    }
+
+    #[test]
+    fn wireguard_peers_need_a_well_formed_key() {
+        let cluster: Ipv4Net = "10.42.0.0/16".parse().unwrap();
+        let with_key = |k: &str| {
+            let mut n = (*node("b", Some("10.42.1.0/24"), "10.0.0.2", None)).clone();
+            n.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(ANN_WG_KEY.into(), k.into());
+            Arc::new(n)
+        };
+        let good = "NqUdqqJAIP7P8E0tdcSymFzhrBzaR2bK2xh75bhHlBs=";
+        let ps = peers("me", &[with_key(good)], cluster, Backend::WireguardNative);
+        assert_eq!(ps[0].wg_key.as_deref(), Some(good));
+        // A value that would smuggle lines into wg's configuration is no key.
+        let bad = "NqUdqqJAIP7P8E0tdcSymFzhrBzaR2bK2xh75bh\nAl=";
+        assert!(peers("me", &[with_key(bad)], cluster, Backend::WireguardNative).is_empty());
+        assert!(peers(
+            "me",
+            &[node("b", Some("10.42.1.0/24"), "10.0.0.2", None)],
+            cluster,
+            Backend::WireguardNative
+        )
+        .is_empty());
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>> {
 }
 
 /// The link's index and attributes, by name.
-async fn link(h: &Handle, name: &str) -> Result<Option<(u32, Vec<LinkAttribute>)>> {
+pub(crate) async fn link(h: &Handle, name: &str) -> Result<Option<(u32, Vec<LinkAttribute>)>> {
     let mut links = h.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
         Ok(Some(l)) => Ok(Some((l.header.index, l.attributes))),
@@ -51,7 +51,7 @@ async fn link(h: &Handle, name: &str) -> Result<Option<(u32, Vec<LinkAttribute>)
 }
 
 /// The index and MTU of the link that holds `ip`.
-async fn link_of(h: &Handle, ip: Ipv4Addr) -> Result<(u32, u32)> {
+pub(crate) async fn link_of(h: &Handle, ip: Ipv4Addr) -> Result<(u32, u32)> {
     let mut addrs = h.address().get().execute();
     let mut index = None;
     while let Some(a) = addrs.try_next().await? {
@@ -182,7 +182,7 @@ async fn kite_routes(
 }
 
 /// Removes kite's routes whose destination is not in `keep`.
-async fn prune_routes(h: &Handle, keep: &HashSet<Ipv4Net>) -> Result<()> {
+pub(crate) async fn prune_routes(h: &Handle, keep: &HashSet<Ipv4Net>) -> Result<()> {
     for (net, msg) in kite_routes(h).await? {
         if !keep.contains(&net) {
             tracing::info!(pod_cidr = %net, "route to a node's pods removed");

@@ -4,6 +4,10 @@
 //! pod-to-pod TCP throughput across nodes as a ratio to host-to-host over the same link
 //! (host-gw and vxlan, same run), and agent RSS idle and with 50 pods. The machines are
 //! network namespaces the script makes and removes. Figures go to docs/benchmarks.md.
+//!
+//! `KITE_BENCH_BIN=dist/kite-amd64` runs another binary instead: the release that
+//! `packaging/release.sh` makes and install.sh installs (static, whole-program LTO), whose
+//! code pages, and so the agent's RSS, are smaller than this bench build's.
 
 use std::path::Path;
 use std::process::Command;
@@ -14,9 +18,11 @@ fn main() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bin = std::env::var("KITE_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kite").into());
+    eprintln!("agents bench: {bin}");
     let status = Command::new("bash")
         .arg(root.join("tests/bench/agents.sh"))
-        .env("KITE_BIN", env!("CARGO_BIN_EXE_kite"))
+        .env("KITE_BIN", bin)
         .env(
             "KUBECTL",
             std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()),

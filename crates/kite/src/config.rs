@@ -622,7 +622,7 @@ pub struct ServerArgs {
         long,
         env = "KITE_NETWORK_BACKEND",
         default_value = "vxlan",
-        value_parser = ["host-gw", "vxlan", "none"]
+        value_parser = ["host-gw", "vxlan", "wireguard-native", "none"]
     )]
     pub network_backend: String,
     /// Secret for joining nodes (servers and agents): the secret part of a K10… token, or
@@ -954,7 +954,7 @@ impl ServerArgs {
             bad(
                 "network-backend",
                 &self.network_backend,
-                "expected host-gw, vxlan or none",
+                "expected host-gw, vxlan, wireguard-native or none",
             )
         })?;
         let node = self.node.resolve(&data_dir)?;

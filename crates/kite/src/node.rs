@@ -124,6 +124,7 @@ pub fn start(node: Node, client_for: impl Fn(&str) -> kube::Client) {
             node_ip: ip,
             cluster_cidr: node.cluster.cluster_cidr,
             backend: node.cluster.network_backend,
+            key_dir: kite_network::wireguard::key_dir(&node.data_dir),
         };
         supervise("pod network", &name, &recorder, move || {
             kite_network::run(client.clone(), opts.clone())
