@@ -44,6 +44,6 @@ for arch in "$@"; do
   $build --locked --profile dist --target "$t" -p kite
   install -m 0755 "$TARGET_DIR/$t/dist/kite" "$OUT/kite-$arch"
   (cd "$OUT" && sha256sum "kite-$arch" >"sha256sum-$arch.txt")
-  echo "release.sh: $OUT/kite-$arch $(du -m "$OUT/kite-$arch" | cut -f1) MiB, sha256 $(cut -d' ' -f1 "$OUT/sha256sum-$arch.txt")"
+  echo "release.sh: $OUT/kite-$arch $(stat -c %s "$OUT/kite-$arch" | awk '{printf "%.2f", $1 / 1048576}') MiB, sha256 $(cut -d' ' -f1 "$OUT/sha256sum-$arch.txt")"
 done
 install -m 0755 install.sh "$OUT/install.sh"

@@ -232,6 +232,9 @@ pf_ok() { from_node s "http://127.0.0.1:$PF_PORT/" | grep -q "Server name: $FAR"
 check "kubectl port-forward to a pod on an agent" wait_for 15 "port-forward" pf_ok
 kill $PF 2>/dev/null; wait $PF 2>/dev/null
 
+declare -A POD_MTU=([host-gw]=1500 [vxlan]=1450 [wireguard-native]=1420)
+check "$backend: pods' interfaces have the link's MTU less the tunnel's cost" \
+  equals "$(kc exec "$FAR" -- cat /sys/class/net/eth0/mtu)" "${POD_MTU[$backend]}"
 if [ "$backend" = vxlan ]; then
   check "vxlan: kite.1 with its link's MTU less 50" \
     equals "$(inns a1 ip -o link show kite.1 | grep -o 'mtu [0-9]*')" "mtu 1450"

@@ -85,6 +85,9 @@ pub struct Options {
     pub ready: Arc<tokio::sync::Notify>,
     /// The cgroup the node's pods go under (`--cgroup-root`; `kite`).
     pub cgroup_root: String,
+    /// What the pod network's tunnel between nodes costs a packet
+    /// (`kite_network::Backend::overhead`): pods get the node link's MTU less this.
+    pub tunnel_overhead: u32,
 }
 
 impl Options {

@@ -41,6 +41,9 @@ pub struct Network {
     held: std::sync::Mutex<Option<std::collections::HashMap<String, Ipv4Addr>>>,
     /// Pods whose CNI attachment this process has checked (CHECK once, on adoption).
     checked: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The MTU of pods' interfaces (both ends of their veths): the node link's less the
+    /// tunnel between nodes. None: the kernel's default.
+    mtu: Option<u32>,
 }
 
 /// One hostPort of a pod: traffic to the node's `host_port` (on `host_ip`, or any local
@@ -113,7 +116,14 @@ impl Network {
             cni: None,
             held: Default::default(),
             checked: Default::default(),
+            mtu: None,
         }
+    }
+
+    /// Pods' interfaces get this MTU.
+    pub fn with_mtu(mut self, mtu: u32) -> Self {
+        self.mtu = Some(mtu);
+        self
     }
 
     /// Pods get their network from these CNI plugins instead of the built-in bridge.
@@ -404,6 +414,7 @@ impl Network {
     /// serialize every pod start on the node.
     pub async fn attach(&self, uid: &str, netns: &Path, ip: Ipv4Addr) -> Result<()> {
         let host = host_veth(uid);
+        let mtu = self.mtu;
         let ns =
             std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
         with_handle(|h| async move {
@@ -414,14 +425,17 @@ impl Network {
             let br = index_of(&h, BRIDGE)
                 .await?
                 .ok_or_else(|| anyhow!("kite0 is missing"))?;
-            let pod_end = LinkMessageBuilder::<LinkUnspec>::new()
+            let mut pod_end = LinkMessageBuilder::<LinkUnspec>::new()
                 .name(POD_IF)
-                .setns_by_fd(ns.as_raw_fd())
-                .build();
+                .setns_by_fd(ns.as_raw_fd());
+            let mut veth = LinkVeth::new(&host, POD_IF);
+            if let Some(m) = mtu {
+                pod_end = pod_end.mtu(m);
+                veth = veth.mtu(m);
+            }
             h.link()
                 .add(
-                    LinkVeth::new(&host, POD_IF)
-                        .set_info_data(InfoData::Veth(InfoVeth::Peer(pod_end)))
+                    veth.set_info_data(InfoData::Veth(InfoVeth::Peer(pod_end.build())))
                         .controller(br)
                         .up()
                         .build(),

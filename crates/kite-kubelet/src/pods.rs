@@ -288,6 +288,13 @@ impl Kubelet {
                 return;
             };
             let mut net = Network::new(&k.opts.data_dir, cidr, k.opts.cluster_cidr);
+            if let IpAddr::V4(ip) = k.opts.node_ip {
+                match kite_network::netlink::mtu_of(ip).await {
+                    Ok(m) => net = net.with_mtu(m.saturating_sub(k.opts.tunnel_overhead)),
+                    // (Pods keep the kernel's default; path-MTU discovery then applies.)
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "the node IP's link MTU"),
+                }
+            }
             let cni =
                 crate::cni::Cni::new(&k.opts.cni_conf_dir, &k.opts.cni_bin_dirs, &k.opts.data_dir);
             match cni.config() {

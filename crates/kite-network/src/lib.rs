@@ -66,6 +66,17 @@ impl Backend {
         }
     }
 
+    /// What the backend's tunnel costs each packet: pods' interfaces get the node link's
+    /// MTU less this, as flannel gives them, so that nothing they send needs fragmenting
+    /// or a path-MTU round trip.
+    pub fn overhead(self) -> u32 {
+        match self {
+            Backend::Vxlan => VXLAN_OVERHEAD,
+            Backend::WireguardNative => wireguard::OVERHEAD,
+            Backend::HostGw | Backend::None => 0,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Backend::HostGw => "host-gw",

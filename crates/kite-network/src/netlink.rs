@@ -80,6 +80,11 @@ pub(crate) async fn link_of(h: &Handle, ip: Ipv4Addr) -> Result<(u32, u32)> {
     Ok((index, mtu))
 }
 
+/// The MTU of the link that holds `ip` (the node IP's).
+pub async fn mtu_of(ip: Ipv4Addr) -> Result<u32> {
+    with_handle(|h| async move { Ok(link_of(&h, ip).await?.1) }).await
+}
+
 /// Makes `kite.1` (if missing), addressed with this node's podCIDR network address, up;
 /// returns its MAC.
 pub async fn ensure_vxlan(node_ip: Ipv4Addr, own: Ipv4Net) -> Result<[u8; 6]> {
@@ -99,35 +104,8 @@ pub async fn ensure_vxlan(node_ip: Ipv4Addr, own: Ipv4Net) -> Result<[u8; 6]> {
                 .await
                 .context("creating kite.1 (is the vxlan kernel module there?)")?;
         }
-        let (idx, attrs) = link(&h, VXLAN_DEVICE)
-            .await?
-            .ok_or_else(|| anyhow!("kite.1 vanished"))?;
-        h.link()
-            .set(
-                LinkUnspec::new_with_index(idx)
-                    .mtu(mtu.saturating_sub(VXLAN_OVERHEAD))
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .context("bringing kite.1 up")?;
-        let gw = own.network();
-        let mut have = false;
-        let mut addrs = h.address().get().set_link_index_filter(idx).execute();
-        while let Some(a) = addrs.try_next().await? {
-            have |= a
-                .attributes
-                .iter()
-                .any(|at| matches!(at, AddressAttribute::Address(IpAddr::V4(x)) if *x == gw));
-        }
-        if !have {
-            h.address()
-                .add(idx, IpAddr::V4(gw), 32)
-                .execute()
-                .await
-                .context("addressing kite.1")?;
-        }
+        let attrs =
+            up_with_address(&h, VXLAN_DEVICE, mtu.saturating_sub(VXLAN_OVERHEAD), own).await?;
         let mac = attrs
             .iter()
             .find_map(|a| match a {
@@ -142,6 +120,41 @@ pub async fn ensure_vxlan(node_ip: Ipv4Addr, own: Ipv4Net) -> Result<[u8; 6]> {
         Ok(mac)
     })
     .await
+}
+
+/// Brings the tunnel device `name` up with `mtu`, addressed with `own`'s network address
+/// (/32); returns its attributes.
+pub(crate) async fn up_with_address(
+    h: &Handle,
+    name: &str,
+    mtu: u32,
+    own: Ipv4Net,
+) -> Result<Vec<LinkAttribute>> {
+    let (idx, attrs) = link(h, name)
+        .await?
+        .ok_or_else(|| anyhow!("{name} vanished"))?;
+    h.link()
+        .set(LinkUnspec::new_with_index(idx).mtu(mtu).up().build())
+        .execute()
+        .await
+        .with_context(|| format!("bringing {name} up"))?;
+    let gw = own.network();
+    let mut have = false;
+    let mut addrs = h.address().get().set_link_index_filter(idx).execute();
+    while let Some(a) = addrs.try_next().await? {
+        have |= a
+            .attributes
+            .iter()
+            .any(|at| matches!(at, AddressAttribute::Address(IpAddr::V4(x)) if *x == gw));
+    }
+    if !have {
+        h.address()
+            .add(idx, IpAddr::V4(gw), 32)
+            .execute()
+            .await
+            .with_context(|| format!("addressing {name}"))?;
+    }
+    Ok(attrs)
 }
 
 /// Removes `kite.1` (another backend was chosen).

@@ -18,17 +18,15 @@
 //! With the userspace device its control socket is `/run/wireguard/kite-wg.sock`: nodes
 //! that share a host (tests) need a mount namespace each for it.
 
-use crate::netlink::{link, link_of, with_handle};
+use crate::netlink::{link, link_of, up_with_address, with_handle};
 use crate::{Peer, RTPROT_KITE};
 use anyhow::{anyhow, bail, Context, Result};
-use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
-use rtnetlink::{LinkUnspec, LinkWireguard, RouteMessageBuilder};
+use rtnetlink::{LinkWireguard, RouteMessageBuilder};
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use tokio::process::Command;
@@ -128,35 +126,7 @@ pub async fn ensure_device(node_ip: Ipv4Addr, own: Ipv4Net, key: &Path) -> Resul
     }
     with_handle(|h| async move {
         let (_, mtu) = link_of(&h, node_ip).await?;
-        let (idx, _) = link(&h, DEVICE)
-            .await?
-            .ok_or_else(|| anyhow!("kite-wg vanished"))?;
-        h.link()
-            .set(
-                LinkUnspec::new_with_index(idx)
-                    .mtu(mtu.saturating_sub(OVERHEAD))
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .context("bringing kite-wg up")?;
-        let gw = own.network();
-        let mut have = false;
-        let mut addrs = h.address().get().set_link_index_filter(idx).execute();
-        while let Some(a) = addrs.try_next().await? {
-            have |= a
-                .attributes
-                .iter()
-                .any(|at| matches!(at, AddressAttribute::Address(IpAddr::V4(x)) if *x == gw));
-        }
-        if !have {
-            h.address()
-                .add(idx, IpAddr::V4(gw), 32)
-                .execute()
-                .await
-                .context("addressing kite-wg")?;
-        }
+        up_with_address(&h, DEVICE, mtu.saturating_sub(OVERHEAD), own).await?;
         Ok(())
     })
     .await

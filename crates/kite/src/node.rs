@@ -72,6 +72,7 @@ pub fn start(node: Node, client_for: impl Fn(&str) -> kube::Client) {
         local: node.local.clone(),
         ready: node.ready.clone(),
         cgroup_root: cfg.cgroup_root.clone(),
+        tunnel_overhead: node.cluster.network_backend.overhead(),
     };
     if !cfg.disable_kube_proxy {
         let client = client_for("system:kube-proxy");

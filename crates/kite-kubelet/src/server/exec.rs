@@ -145,6 +145,7 @@ async fn run(k: Arc<Kubelet>, mut remote: Remote, id: String, cmd: Vec<String>, 
             abort.abort();
         }
     }
+    tracing::debug!("exec output drained");
     for t in side {
         t.abort();
     }
@@ -159,6 +160,7 @@ async fn run(k: Arc<Kubelet>, mut remote: Remote, id: String, cmd: Vec<String>, 
     // The client hears how it ended first; containerd forgets the process after (its
     // Delete is not the client's wait).
     remote.finish(&status).await;
+    tracing::debug!("exec status sent");
     p.ctl.delete().await;
     tracing::debug!("exec session over");
 }
