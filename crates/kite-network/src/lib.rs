@@ -13,6 +13,9 @@
 //!   (see [`wireguard`]).
 //! - `none`: nothing (a CNI of the user's own connects the nodes).
 //!
+//! Pods' interfaces get the node link's MTU less the backend's tunnel
+//! ([`Backend::overhead`]; the kubelet sets it on their veths), as flannel's do.
+//!
 //! Each node publishes what the others need in its annotations (`network.kite.io/*`:
 //! backend, public IP, VTEP MAC, WireGuard public key), as flannel does in `flannel.alpha.coreos.com/*`, and
 //! reports `NetworkUnavailable=False` once its routes are in place. Routes kite adds carry
