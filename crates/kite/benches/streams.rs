@@ -11,7 +11,9 @@
 //! - logs: `kubectl logs` of a container that wrote 100 MB, against reading its log files
 //!   with `cat` (the floor).
 //!   A second floor: `kubectl get pod` (what `kubectl exec` does before its upgrade) plus
-//!   the same `true` exec'd straight through containerd by the bench.
+//!   the same `true` exec'd straight through containerd by the bench. A third: kubectl's
+//!   whole part of an exec, timed against a kite-free endpoint (tests/bench/exec_floor.py),
+//!   plus that runtime exec.
 //! - probes: kite's CPU over 30 s with 100 pods each probed every second by an exec
 //!   liveness probe and an HTTP readiness probe, against the same pods without probes.
 //!   Floor: the bench's own CPU making the same probes of the unprobed pods straight
@@ -204,6 +206,44 @@ async fn main() {
             ms(pct(&direct_exec, 0.99)),
             ms(exec_floor),
             pct(&exec, 0.5).as_secs_f64() / exec_floor.as_secs_f64()
+        );
+        // The third floor: kubectl's whole part of an exec, against a kite-free endpoint
+        // that answers discovery, the pod and the upgrade, and sends the status RUN after
+        // the upgrade (tests/bench/exec_floor.py): its time less RUN, plus the runtime's
+        // exec. What it adds over the second floor is kubectl's second connection and its
+        // shutdown.
+        const RUN: Duration = Duration::from_millis(30);
+        let fake = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut child = Command::new("python3")
+            .arg(root.join("tests/bench/exec_floor.py"))
+            .arg(fake.path())
+            .arg(port.to_string())
+            .arg(RUN.as_secs_f64().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 tests/bench/exec_floor.py");
+        let listening = fake.path().join("listening");
+        for _ in 0..100 {
+            if listening.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let fkc = fake.path().join("kubeconfig");
+        let kubectl_part = timed(&fkc, &["exec", "web", "--", "true"], 40);
+        let _ = child.kill();
+        let _ = child.wait();
+        let floor3 = pct(&kubectl_part, 0.5).saturating_sub(RUN) + pct(&direct_exec, 0.5);
+        println!(
+            "exec floor 3: kubectl exec against a kite-free endpoint p50 {:.0} ms less its {:.0} ms wait + the exec straight through containerd p50 {:.0} ms = {:.0} ms; exec/floor p50 {:.2}",
+            ms(pct(&kubectl_part, 0.5)),
+            ms(RUN),
+            ms(pct(&direct_exec, 0.5)),
+            ms(floor3),
+            pct(&exec, 0.5).as_secs_f64() / floor3.as_secs_f64()
         );
     }
     if want("services") {
