@@ -166,11 +166,16 @@ async fn make_device() -> Result<bool> {
 /// Starts `wireguard-go kite-wg` (it makes the TUN device and stays in the background
 /// until the device is removed).
 async fn userspace_device() -> Result<()> {
-    let out = Command::new("wireguard-go")
+    // (Bounded: the daemon it leaves must not hold its output open, but if a version did,
+    // the node would wait here for ever.)
+    let run = Command::new("wireguard-go")
         .arg(DEVICE)
         .stdin(std::process::Stdio::null())
-        .output()
-        .await;
+        .kill_on_drop(true)
+        .output();
+    let Ok(out) = tokio::time::timeout(std::time::Duration::from_secs(10), run).await else {
+        bail!("wireguard-go did not start kite-wg within 10 s");
+    };
     match out {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "this kernel has no WireGuard: load its module (modprobe wireguard), install wireguard-go for a userspace one, or use --network-backend vxlan"
