@@ -159,8 +159,14 @@ pub(crate) async fn up_with_address(
 
 /// Removes `kite.1` (another backend was chosen).
 pub async fn remove_vxlan() -> Result<()> {
+    remove_link(VXLAN_DEVICE).await
+}
+
+/// Removes the link named `name`, if there is one.
+pub(crate) async fn remove_link(name: &str) -> Result<()> {
+    let name = name.to_string();
     with_handle(|h| async move {
-        if let Some((idx, _)) = link(&h, VXLAN_DEVICE).await? {
+        if let Some((idx, _)) = link(&h, &name).await? {
             h.link().del(idx).execute().await?;
         }
         Ok(())

@@ -86,17 +86,7 @@ pub async fn ensure_key(dir: &Path) -> Result<(PathBuf, String)> {
         let key = wg(&["genkey"], None).await?;
         // Written whole under another name, then renamed: never a half-written key.
         let tmp = dir.join("private.key.new");
-        {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            writeln!(f, "{key}")?;
-            f.sync_all()?;
-        }
+        write_private(&tmp, format!("{key}\n").as_bytes())?;
         std::fs::rename(&tmp, &file)?;
     }
     let private =
@@ -194,13 +184,22 @@ async fn userspace_device() -> Result<()> {
 
 /// Removes `kite-wg` (another backend was chosen); wireguard-go ends with its device.
 pub async fn remove_device() -> Result<()> {
-    with_handle(|h| async move {
-        if let Some((idx, _)) = link(&h, DEVICE).await? {
-            h.link().del(idx).execute().await?;
-        }
-        Ok(())
-    })
-    .await
+    crate::netlink::remove_link(DEVICE).await
+}
+
+/// Writes `bytes` to `path` for root alone (0600), synced.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
 }
 
 /// The peers' part of the device's configuration, as `wg syncconf` reads it (pure:
@@ -232,16 +231,7 @@ pub async fn sync(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net, key: &Path) ->
         std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
     // The configuration holds the private key: written for root alone, removed after.
     let conf = key.with_file_name("kite-wg.conf");
-    {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&conf)?;
-        f.write_all(config(&private, &peers).as_bytes())?;
-    }
+    write_private(&conf, config(&private, &peers).as_bytes())?;
     let r = wg(&["syncconf", DEVICE, &conf.to_string_lossy()], None).await;
     let _ = std::fs::remove_file(&conf);
     r?;
