@@ -213,6 +213,14 @@ pub(crate) async fn prune_routes(h: &Handle, keep: &HashSet<Ipv4Net>) -> Result<
     Ok(())
 }
 
+/// Adds the route, or replaces kite's route to the same destination.
+pub(crate) async fn replace_route(
+    h: &Handle,
+    msg: rtnetlink::packet_route::route::RouteMessage,
+) -> Result<()> {
+    Ok(h.route().add(msg).replace().execute().await?)
+}
+
 /// host-gw: a route to each peer's podCIDR via its node IP; no others of kite's.
 pub async fn sync_host_gw(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net) -> Result<()> {
     let peers = peers.to_vec();
@@ -229,12 +237,7 @@ pub async fn sync_host_gw(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net) -> Res
                 .gateway(p.ip)
                 .protocol(RouteProtocol::Other(RTPROT_KITE))
                 .build();
-            h.route()
-                .add(msg)
-                .replace()
-                .execute()
-                .await
-                .with_context(|| {
+            replace_route(&h, msg).await.with_context(|| {
                     format!(
                         "routing {} via {} (host-gw needs the nodes on one L2 segment; use --network-backend vxlan otherwise)",
                         p.pod_cidr, p.ip
@@ -333,10 +336,7 @@ pub async fn sync_vxlan(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net) -> Resul
                 .onlink()
                 .protocol(RouteProtocol::Other(RTPROT_KITE))
                 .build();
-            h.route()
-                .add(msg)
-                .replace()
-                .execute()
+            replace_route(&h, msg)
                 .await
                 .with_context(|| format!("route to {}'s pods", p.name))?;
         }

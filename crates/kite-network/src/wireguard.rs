@@ -249,10 +249,7 @@ pub async fn sync(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net, key: &Path) ->
                 .pref_source(own.network())
                 .protocol(RouteProtocol::Other(RTPROT_KITE))
                 .build();
-            h.route()
-                .add(msg)
-                .replace()
-                .execute()
+            crate::netlink::replace_route(&h, msg)
                 .await
                 .with_context(|| format!("route to {net} on kite-wg"))?;
         }
