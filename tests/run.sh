@@ -78,9 +78,10 @@ if grep -qE "FAILED|panicked|error\[" "$TARGET/unit-tests.log" || ! grep -q "^te
   echo "unit tests failed (the whole log: $TARGET/unit-tests.log)"; exit 1
 fi
 unit_pass=$(grep -oE "ok\. [0-9]+ passed" "$TARGET/unit-tests.log" | awk '{s+=$2} END {print s+0}')
-echo "   $unit_pass passed"
+echo "   $unit_pass passed (at $((SECONDS - start)) s)"
 echo "== building kite"
 cargo build --quiet -p kite
+echo "   built (at $((SECONDS - start)) s)"
 # The static binary, as packaging/release.sh builds it (debug profile here, for time): the
 # install tier installs it from a release folder and runs it in an empty chroot. It builds
 # beside the first end-to-end tiers; the install tier, last of the node tier, waits for it.

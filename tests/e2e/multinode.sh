@@ -182,7 +182,10 @@ check "the replicas spread over the three nodes" \
 IPS=$(kc get pods -l app=web -o jsonpath='{.items[*].status.podIP}')
 bad=""
 for p in $(kc get pods -l app=web -o jsonpath='{.items[*].metadata.name}'); do
-  out=$(kc exec "$p" -- sh -c "for ip in $IPS; do timeout 3 wget -q -O- http://\$ip/ | grep -q 'Server name' || echo \"unreached \$ip\"; done" 2>&1)
+  # stdout names what was not reached; kubectl's stderr counts only if the exec failed.
+  rc=0
+  out=$(kc exec "$p" -- sh -c "for ip in $IPS; do timeout 3 wget -q -O- http://\$ip/ | grep -q 'Server name' || echo \"unreached \$ip\"; done" 2>"$WORK/reach.err") || rc=$?
+  [ "$rc" = 0 ] || out="$out exec exited $rc: $(cat "$WORK/reach.err")"
   [ -z "$out" ] || bad="$bad $p:$out"
 done
 check "every pod reaches every other pod by IP, across nodes" equals "$bad" ""

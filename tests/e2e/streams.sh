@@ -61,7 +61,7 @@ rc=0; out=$(kc exec box -- sh -c 'exit 3' 2>&1) || rc=$?
 check "exec -- sh -c 'exit 3' exits 3" equals "$rc" 3
 check "and says so as upstream's kubectl does" contains "$out" "command terminated with exit code 3"
 check "stdout and stderr stay apart" equals "$(kc exec box -- sh -c 'echo out; echo err >&2' 2>/dev/null)" "out"
-check "stderr reaches kubectl's stderr" equals "$(kc exec box -c main -- sh -c 'echo out; echo err >&2' 2>&1 >/dev/null)" "err"
+check "stderr reaches kubectl's stderr" equals "$(kc exec box -c main -- sh -c 'echo out; echo err >&2' 2>&1 >/dev/null | without_ws_race)" "err"
 check "exec -i passes stdin and ends it" equals "$(printf 'one\ntwo\n' | kc exec -i box -- sh -c 'cat; echo end')" "$(printf 'one\ntwo\nend')"
 check "exec runs with the container's env" equals "$(kc exec box -- sh -c 'echo $GREETING')" "from-the-spec"
 check "and its user (the image's USER app)" equals "$(kc exec box -c side -- id -u)" "1000"
