@@ -73,6 +73,41 @@ struct PodState {
     failed: Option<Failure>,
     /// Why an in-place resize waits or failed: the condition's type, reason and message.
     resize: Option<(&'static str, &'static str, String)>,
+    /// The status this kubelet last posted, with the resourceVersion the API gave the pod
+    /// for it: the worker reads its own last write even before the informer has it, and
+    /// the watch event of that write (its echo) needs no sync.
+    posted: Option<(u64, k8s_openapi::api::core::v1::PodStatus)>,
+}
+
+/// A resourceVersion as a number (kite's, like etcd's, are revisions), if it is one.
+fn revision(pod: &Pod) -> Option<u64> {
+    pod.metadata.resource_version.as_deref()?.parse().ok()
+}
+
+/// `pod` with the status this kubelet posted in place of its own, when that post is newer
+/// than what the informer holds.
+fn with_posted(
+    pod: Arc<Pod>,
+    posted: Option<&(u64, k8s_openapi::api::core::v1::PodStatus)>,
+) -> Arc<Pod> {
+    match (posted, revision(&pod)) {
+        (Some((rv, status)), Some(cached)) if *rv > cached => {
+            let mut p = (*pod).clone();
+            p.status = Some(status.clone());
+            Arc::new(p)
+        }
+        _ => pod,
+    }
+}
+
+/// Whether an update is the watch event of the kubelet's own status write: the very
+/// version its patch made (a change by anyone else has another resourceVersion, and any
+/// change before it came as an event of its own).
+fn own_status_echo(
+    new: &Pod,
+    posted: Option<&(u64, k8s_openapi::api::core::v1::PodStatus)>,
+) -> bool {
+    matches!((posted, revision(new)), (Some((rv, _)), Some(n)) if *rv == n)
 }
 
 pub struct Kubelet {
@@ -337,6 +372,14 @@ impl Kubelet {
             self.pods.add_handler(move |c: &Change<Pod>| {
                 let p = c.object();
                 let key = key_of(&**p);
+                // Upstream's pod config passes on only what changed; the kubelet's own
+                // status coming back changes nothing it has not acted on.
+                if let Change::Updated { new, .. } = c {
+                    let state = k.state.lock().unwrap();
+                    if own_status_echo(new, state.get(&key).and_then(|s| s.posted.as_ref())) {
+                        return;
+                    }
+                }
                 if let Change::Deleted(_) = c {
                     // Remember the uid: the worker cleans up by it.
                     let uid = p.metadata.uid.clone().unwrap_or_default();
@@ -792,7 +835,7 @@ impl Kubelet {
         };
 
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        {
+        let pod = {
             let mut st = self.state.lock().unwrap();
             let s = st.entry(key.clone()).or_default();
             if s.uid != uid {
@@ -801,7 +844,8 @@ impl Kubelet {
                     ..Default::default()
                 };
             }
-        }
+            with_posted(pod, s.posted.as_ref())
+        };
         if pod.metadata.deletion_timestamp.is_some() {
             return self.terminate(&pod).await;
         }
@@ -890,12 +934,16 @@ impl Kubelet {
         }
         // activeDeadlineSeconds, from the pod's start, as upstream's activeDeadlineHandler:
         // past it, the containers stop and the pod fails with DeadlineExceeded.
+        // A pod without a startTime gets one from this sync's status, a moment from now:
+        // the timer is set now, not by a later sync that may never come.
         let mut deadline_in = None;
-        if let (Some(secs), Some(start)) = (
-            pod.spec.as_ref().and_then(|s| s.active_deadline_seconds),
-            pod.status.as_ref().and_then(|s| s.start_time.as_ref()),
-        ) {
-            let end = start.0 + jiff::SignedDuration::from_secs(secs.max(0));
+        if let Some(secs) = pod.spec.as_ref().and_then(|s| s.active_deadline_seconds) {
+            let start = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map_or_else(now, |t| t.0);
+            let end = start + jiff::SignedDuration::from_secs(secs.max(0));
             let left = end.duration_since(now());
             if left.is_positive() {
                 deadline_in =
@@ -2414,15 +2462,20 @@ impl Kubelet {
 
     /// Posts the pod's status when it differs from what the API has.
     async fn report(&self, pod: &Pod, key: &Key, have: &[Info], ip: IpAddr) -> Result<()> {
-        let (waiting, failed, resize) = {
+        let (waiting, failed, resize, posted) = {
             let state = self.state.lock().unwrap();
-            let s = state.get(key);
+            let s = state
+                .get(key)
+                .filter(|s| Some(&s.uid) == pod.metadata.uid.as_ref());
             (
                 s.map(|s| s.waiting.clone()).unwrap_or_default(),
                 s.and_then(|s| s.failed.clone()),
                 s.and_then(|s| s.resize.clone()),
+                s.and_then(|s| s.posted.clone()),
             )
         };
+        // Against the newest status there is: the informer's, or this kubelet's last post.
+        let pod = &*with_posted(Arc::new(pod.clone()), posted.as_ref());
         let status = status::compute(
             &status::Inputs {
                 pod,
@@ -2449,13 +2502,25 @@ impl Kubelet {
             return Ok(());
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.0);
-        api.patch_status(
-            &key.1,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": status})),
-        )
-        .await
-        .context("posting pod status")?;
+        let done = api
+            .patch_status(
+                &key.1,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": status})),
+            )
+            .await
+            .context("posting pod status")?;
+        if let (Some(rv), Some(st)) = (revision(&done), done.status) {
+            let mut state = self.state.lock().unwrap();
+            if let Some(s) = state
+                .get_mut(key)
+                .filter(|s| done.metadata.uid == Some(s.uid.clone()))
+            {
+                if s.posted.as_ref().is_none_or(|(had, _)| rv > *had) {
+                    s.posted = Some((rv, st));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -2582,5 +2647,67 @@ mod hostname_tests {
         let dashed = format!("{}-{}", "a".repeat(62), "b".repeat(5));
         assert_eq!(super::pod_hostname(&pod(&dashed)), "a".repeat(62));
         assert_eq!(super::pod_hostname(&pod("web")), "web");
+    }
+}
+
+#[cfg(test)]
+mod posted_tests {
+    use super::{own_status_echo, with_posted};
+    use k8s_openapi::api::core::v1::{Pod, PodStatus};
+    use std::sync::Arc;
+
+    fn pod(rv: &str, phase: &str) -> Pod {
+        Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some("web".into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn posted(rv: u64, phase: &str) -> (u64, PodStatus) {
+        (rv, pod(&rv.to_string(), phase).status.unwrap())
+    }
+
+    #[test]
+    fn the_worker_reads_its_own_newer_post() {
+        let phase = |p: &Pod| p.status.as_ref().unwrap().phase.clone().unwrap();
+        let cached = Arc::new(pod("7", "Pending"));
+        // Posted after the informer's version: the post wins.
+        assert_eq!(
+            phase(&with_posted(cached.clone(), Some(&posted(9, "Running")))),
+            "Running"
+        );
+        // The informer has caught up (or gone past, with another writer's change): it wins.
+        assert_eq!(
+            phase(&with_posted(cached.clone(), Some(&posted(7, "Running")))),
+            "Pending"
+        );
+        assert_eq!(
+            phase(&with_posted(cached.clone(), Some(&posted(5, "Running")))),
+            "Pending"
+        );
+        assert_eq!(phase(&with_posted(cached.clone(), None)), "Pending");
+        // A resourceVersion that is not a number: the informer's.
+        let odd = Arc::new(pod("abc", "Pending"));
+        assert_eq!(
+            phase(&with_posted(odd, Some(&posted(9, "Running")))),
+            "Pending"
+        );
+    }
+
+    #[test]
+    fn only_the_version_the_kubelet_wrote_is_its_echo() {
+        let p = posted(12, "Running");
+        assert!(own_status_echo(&pod("12", "Running"), Some(&p)));
+        // Any later version is someone's change (a label, a readiness gate, a deletion).
+        assert!(!own_status_echo(&pod("13", "Running"), Some(&p)));
+        assert!(!own_status_echo(&pod("12", "Running"), None));
     }
 }
