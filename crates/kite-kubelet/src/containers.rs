@@ -116,6 +116,29 @@ async fn kites(cd: &Containerd) -> Result<Vec<Container>> {
         .containers)
 }
 
+/// The containers with these ids that still exist, oldest attempt first: one record and
+/// one task lookup each, where a [`list`] reads every container containerd has.
+pub async fn get_each(cd: &Containerd, ids: &[String]) -> Result<Vec<Info>> {
+    let mut out = Vec::new();
+    for id in ids {
+        match cd
+            .containers()
+            .get(cd.req(GetContainerRequest { id: id.clone() }))
+            .await
+        {
+            Ok(r) => {
+                if let Some(c) = r.into_inner().container {
+                    out.push(info(cd, c).await?);
+                }
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(s.into()),
+        }
+    }
+    out.sort_by_key(|i| i.attempt);
+    Ok(out)
+}
+
 async fn list_filtered(cd: &Containerd, filter: &str) -> Result<Vec<Info>> {
     let cs = cd
         .containers()

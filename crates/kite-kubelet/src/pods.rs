@@ -241,7 +241,7 @@ impl Kubelet {
         let recorder = Recorder::new(client.clone(), COMPONENT, &opts.node_name);
         Arc::new(Kubelet {
             client,
-            rt: Arc::new(cd.clone()),
+            rt: Arc::new(crate::runtime::Indexed::new(cd.clone())),
             cd,
             opts,
             nodes,

@@ -23,6 +23,8 @@ struct Inner {
     /// `name#attempt` of each stop of a running container, in order.
     stopped: Vec<String>,
     exit_waiters: Vec<(String, Box<dyn FnOnce() + Send>)>,
+    /// How many times `list` ran.
+    lists: usize,
 }
 
 #[derive(Default)]
@@ -99,12 +101,36 @@ impl FakeRuntime {
     pub fn stopped(&self) -> Vec<String> {
         self.inner.lock().unwrap().stopped.clone()
     }
+
+    pub fn lists(&self) -> usize {
+        self.inner.lock().unwrap().lists
+    }
+
+    /// Container `id` goes, as if removed behind kite's back.
+    pub fn forget(&self, id: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .containers
+            .retain(|r| r.info.id != id);
+    }
 }
 
 impl Runtime for FakeRuntime {
     fn list<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Vec<Info>>> {
-        let mut out: Vec<Info> = (self.inner.lock().unwrap().containers.iter())
+        let mut inner = self.inner.lock().unwrap();
+        inner.lists += 1;
+        let mut out: Vec<Info> = (inner.containers.iter())
             .filter(|r| r.uid == uid)
+            .map(|r| r.info.clone())
+            .collect();
+        out.sort_by_key(|i| i.attempt);
+        Box::pin(async move { Ok(out) })
+    }
+
+    fn get<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<Vec<Info>>> {
+        let mut out: Vec<Info> = (self.inner.lock().unwrap().containers.iter())
+            .filter(|r| ids.contains(&r.info.id))
             .map(|r| r.info.clone())
             .collect();
         out.sort_by_key(|i| i.attempt);

@@ -67,8 +67,20 @@ pub fn kite_server(
 #[allow(dead_code)] // not every bench profiles
 pub fn perf_record(pid: u32, name: &str) -> Option<PerfGuard> {
     let dir = std::env::var("KITE_BENCH_PERF").ok()?;
+    // KITE_BENCH_PERF_CALLGRAPH=dwarf for whole call stacks (kite has no frame pointers;
+    // heavier, so the figures of that run are not the ones to report).
+    let graph = std::env::var("KITE_BENCH_PERF_CALLGRAPH").unwrap_or_else(|_| "fp".into());
     let child = std::process::Command::new("perf")
-        .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+        .args([
+            "record",
+            "-F",
+            "499",
+            "--call-graph",
+            &graph,
+            "-p",
+            &pid.to_string(),
+            "-o",
+        ])
         .arg(std::path::Path::new(&dir).join(format!("{name}.data")))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
