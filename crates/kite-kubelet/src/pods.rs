@@ -2001,7 +2001,10 @@ impl Kubelet {
                 self.recorder.event(pod, WARNING, "Failed", msg);
                 self.recorder
                     .event(pod, WARNING, "Failed", "Error: ErrImagePull".to_string());
-                Ok(Err(next))
+                // The pod now waits out its back-off: the next sync, a second from now,
+                // says so (ImagePullBackOff, as upstream's next sync does). Nothing else
+                // would sync it before the back-off ends: its own status write does not.
+                Ok(Err(Duration::from_secs(1).min(next)))
             }
         }
     }
