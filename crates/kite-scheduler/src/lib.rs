@@ -173,6 +173,15 @@ impl Scheduler {
                     // Pods waiting for affinity to it, or for topology spread, may fit now.
                     self.queue.move_to_active(ClusterEvent::PodAdded);
                 }
+                // Began terminating (a preemption's victim, say): its preemptor is tried
+                // again and waits for it, rather than only at the periodic retry.
+                if let Change::Updated { old, new } = c {
+                    if old.metadata.deletion_timestamp.is_none()
+                        && new.metadata.deletion_timestamp.is_some()
+                    {
+                        self.queue.move_to_active(ClusterEvent::PodTerminating);
+                    }
+                }
             }
             Some(_) => {
                 let was = {

@@ -41,15 +41,19 @@ pub enum ClusterEvent {
     PodRemoved,
     /// A pod was bound to a node, or its labels changed there.
     PodAdded,
+    /// A pod on a node began terminating: what it holds is freed soon, and a preemptor
+    /// waiting for its victims learns that it waits (upstream's "not eligible").
+    PodTerminating,
     /// The periodic retry of everything parked.
     Periodic,
 }
 
 impl ClusterEvent {
-    const ALL: [ClusterEvent; 4] = [
+    const ALL: [ClusterEvent; 5] = [
         ClusterEvent::Node,
         ClusterEvent::PodRemoved,
         ClusterEvent::PodAdded,
+        ClusterEvent::PodTerminating,
         ClusterEvent::Periodic,
     ];
 
@@ -60,7 +64,7 @@ impl ClusterEvent {
     fn helps(self, r: Retry) -> bool {
         match self {
             ClusterEvent::Node | ClusterEvent::Periodic => true,
-            ClusterEvent::PodRemoved => r.on_pod_removed,
+            ClusterEvent::PodRemoved | ClusterEvent::PodTerminating => r.on_pod_removed,
             ClusterEvent::PodAdded => r.on_pod_added,
         }
     }
@@ -75,11 +79,11 @@ struct Inner {
     parked: HashMap<Key, (Instant, i32, Retry)>,
     attempts: HashMap<Key, u32>,
     /// How many changes of each kind ([`ClusterEvent::index`]) there have been.
-    changes: [u64; 4],
+    changes: [u64; 5],
     /// Pods popped and being tried, with `changes` when they were popped: a change that
     /// came during a failed attempt retries the pod after its back-off, as upstream's
     /// in-flight events do, instead of being missed.
-    in_flight: HashMap<Key, [u64; 4]>,
+    in_flight: HashMap<Key, [u64; 5]>,
 }
 
 #[derive(Clone, Default)]
@@ -277,5 +281,20 @@ mod tests {
         assert_eq!(q.pending(), (0, 1));
         q.move_to_active(ClusterEvent::Node);
         assert_eq!(q.pop().await, k("selector"));
+    }
+
+    #[tokio::test]
+    async fn a_pod_beginning_to_terminate_retries_those_waiting_for_room() {
+        let q = SchedulingQueue::default();
+        let resources = Retry {
+            on_pod_removed: true,
+            on_pod_added: false,
+        };
+        q.unschedulable(k("preemptor"), 0, resources);
+        q.unschedulable(k("selector"), 0, Retry::default());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        q.move_to_active(ClusterEvent::PodTerminating);
+        assert_eq!(q.pop().await, k("preemptor"));
+        assert_eq!(q.pending(), (0, 1));
     }
 }
