@@ -90,13 +90,24 @@ fn with_posted(
     pod: Arc<Pod>,
     posted: Option<&(u64, k8s_openapi::api::core::v1::PodStatus)>,
 ) -> Arc<Pod> {
-    match (posted, revision(&pod)) {
-        (Some((rv, status)), Some(cached)) if *rv > cached => {
+    match newer_posted(&pod, posted) {
+        Some(status) => {
             let mut p = (*pod).clone();
             p.status = Some(status.clone());
             Arc::new(p)
         }
-        _ => pod,
+        None => pod,
+    }
+}
+
+/// The status this kubelet posted, if it is newer than `pod`'s.
+fn newer_posted<'a>(
+    pod: &Pod,
+    posted: Option<&'a (u64, k8s_openapi::api::core::v1::PodStatus)>,
+) -> Option<&'a k8s_openapi::api::core::v1::PodStatus> {
+    match (posted, revision(pod)) {
+        (Some((rv, status)), Some(cached)) if *rv > cached => Some(status),
+        _ => None,
     }
 }
 
@@ -2477,8 +2488,13 @@ impl Kubelet {
                 s.and_then(|s| s.posted.clone()),
             )
         };
-        // Against the newest status there is: the informer's, or this kubelet's last post.
-        let pod = &*with_posted(Arc::new(pod.clone()), posted.as_ref());
+        // Against the newest status there is: the informer's, or this kubelet's last post
+        // (the pod copied only then).
+        let newer = newer_posted(pod, posted.as_ref()).map(|st| Pod {
+            status: Some(st.clone()),
+            ..pod.clone()
+        });
+        let pod = newer.as_ref().unwrap_or(pod);
         let status = status::compute(
             &status::Inputs {
                 pod,

@@ -222,6 +222,12 @@ mod tests {
         ("ns".into(), n.into())
     }
 
+    /// What a pod waiting for room is helped by: a pod leaving.
+    const RESOURCES: Retry = Retry {
+        on_pod_removed: true,
+        on_pod_added: false,
+    };
+
     #[tokio::test]
     async fn pops_by_priority_then_arrival() {
         let q = SchedulingQueue::default();
@@ -249,10 +255,7 @@ mod tests {
         let q = SchedulingQueue::default();
         q.add(k("a"), 0);
         q.add(k("b"), 0);
-        let resources = Retry {
-            on_pod_removed: true,
-            on_pod_added: false,
-        };
+        let resources = RESOURCES;
         let (a, b) = (q.pop().await, q.pop().await);
         // While both are tried, a pod leaves a node; then both turn out not to fit.
         q.move_to_active(ClusterEvent::PodRemoved);
@@ -267,10 +270,7 @@ mod tests {
     #[tokio::test]
     async fn pod_changes_move_only_the_pods_they_could_help() {
         let q = SchedulingQueue::default();
-        let resources = Retry {
-            on_pod_removed: true,
-            on_pod_added: false,
-        };
+        let resources = RESOURCES;
         q.unschedulable(k("selector"), 0, Retry::default());
         q.unschedulable(k("resources"), 0, resources);
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -286,10 +286,7 @@ mod tests {
     #[tokio::test]
     async fn a_pod_beginning_to_terminate_retries_those_waiting_for_room() {
         let q = SchedulingQueue::default();
-        let resources = Retry {
-            on_pod_removed: true,
-            on_pod_added: false,
-        };
+        let resources = RESOURCES;
         q.unschedulable(k("preemptor"), 0, resources);
         q.unschedulable(k("selector"), 0, Retry::default());
         tokio::time::sleep(Duration::from_millis(1100)).await;
