@@ -321,6 +321,28 @@ ipa() { printf '{"apiVersion":"networking.k8s.io/v1","kind":"IPAddress","metadat
 check "an IPv6 IPAddress is created by its name" contains "$(ipa fe80::42:1dff:fe84:f9e2 | kc create -f - 2>&1)" "created"
 check "a non-canonical IPAddress name is refused" fails_with "must be in canonical form" bash -c "printf '%s' '$(ipa 2001:db8:0::1)' | $KUBECTL create -f -"
 kc delete ipaddress fe80::42:1dff:fe84:f9e2 >/dev/null 2>&1
+# IP families on a single-stack (IPv4) cluster, as upstream's Service allocation.
+svcj() { printf '{"apiVersion":"v1","kind":"Service","metadata":{"name":"%s"},"spec":{%s"ports":[{"port":80}]}}' "$1" "$2"; }
+check "RequireDualStack is refused on a single-stack cluster, as upstream" \
+  fails_with 'spec.ipFamilyPolicy: Invalid value: "RequireDualStack": this cluster is not configured for dual-stack services' \
+  bash -c "printf '%s' '$(svcj req '"ipFamilyPolicy":"RequireDualStack",')' | $KUBECTL create -f -"
+check "so is the IPv6 family" \
+  fails_with 'spec.ipFamilies[0]: Invalid value: "IPv6": not configured on this cluster' \
+  bash -c "printf '%s' '$(svcj six '"ipFamilies":["IPv6"],')' | $KUBECTL create -f -"
+check "an unknown policy is named with the ones there are" \
+  fails_with 'Unsupported value: "Sometimes": supported values: "PreferDualStack", "RequireDualStack", "SingleStack"' \
+  bash -c "printf '%s' '$(svcj odd '"ipFamilyPolicy":"Sometimes",')' | $KUBECTL create -f -"
+svcj pref '"ipFamilyPolicy":"PreferDualStack",' | kc create -f - >/dev/null
+check "PreferDualStack gets the one family there is" \
+  equals "$(kc get svc pref -o jsonpath='{.spec.ipFamilyPolicy} {.spec.ipFamilies[*]} {.spec.clusterIPs[*]}')" \
+  "PreferDualStack IPv4 $(kc get svc pref -o jsonpath='{.spec.clusterIP}')"
+svcj plain '' | kc create -f - >/dev/null
+check "a Service says nothing of families: SingleStack IPv4" \
+  equals "$(kc get svc plain -o jsonpath='{.spec.ipFamilyPolicy} {.spec.ipFamilies[*]}')" "SingleStack IPv4"
+printf '{"apiVersion":"v1","kind":"Service","metadata":{"name":"hl"},"spec":{"clusterIP":"None","ports":[{"port":80}]}}' | kc create -f - >/dev/null
+check "a headless Service without a selector is RequireDualStack with both families, as upstream" \
+  equals "$(kc get svc hl -o jsonpath='{.spec.ipFamilyPolicy} {.spec.ipFamilies[*]} {.spec.clusterIPs[*]}')" "RequireDualStack IPv4 IPv6 None"
+kc delete svc pref plain hl >/dev/null 2>&1
 # Go clients send targetPort 0 for one they did not set: it defaults to the port.
 printf '{"apiVersion":"v1","kind":"Service","metadata":{"name":"zero-target"},"spec":{"ports":[{"port":81,"targetPort":0}]}}' | kc create -f - >/dev/null
 check "a zero targetPort defaults to the port, as upstream" equals "$(kc get svc zero-target -o jsonpath='{.spec.ports[0].targetPort}')" "81"

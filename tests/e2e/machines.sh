@@ -56,8 +56,10 @@ net_up() {
     ip -n "$(ns "$n")" addr add "${IP[$n]}/24" dev eth0
     ip -n "$(ns "$n")" link set eth0 up
     ip -n "$(ns "$n")" link set lo up
-    # A machine has a default route (the service proxy's DNAT happens after routing).
+    # A machine has a default route (the service proxy's DNAT happens after routing),
+    # of each family (the dual-stack round's IPv6 cluster IPs).
     ip -n "$(ns "$n")" route add default dev eth0
+    ip -n "$(ns "$n")" -6 route add default dev eth0
   done
 }
 

@@ -415,6 +415,149 @@ pdb_seen() { [ "$(kc get pdb web -o jsonpath='{.status.currentHealthy}/{.status.
 fi
 done
 
+# --- dual-stack (issue 17): IPv4 and IPv6 ranges, the server's node alone -------------
+if [ "${DUALSTACK:-1}" = 1 ]; then
+echo "## dual-stack"
+fresh_cluster host-gw --cluster-cidr 10.42.0.0/16,fd42::/56 --service-cidr 10.43.0.0/16,fd43::/112
+check "the default ServiceCIDR holds both ranges" \
+  equals "$(kc get servicecidr kubernetes -o jsonpath='{.spec.cidrs[*]}')" "10.43.0.0/16 fd43::/112"
+check "the node gets an IPv4 and an IPv6 podCIDR" \
+  equals "$(kc get node s -o jsonpath='{.spec.podCIDRs[*]}')" "10.42.0.0/24 fd42::/64"
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: duo}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: duo}}
+  template:
+    metadata: {labels: {app: duo}}
+    spec:
+      containers:
+      - {name: hello, image: kite.test/hello:1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: duo}
+spec:
+  ipFamilyPolicy: PreferDualStack
+  selector: {app: duo}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: six}
+spec:
+  ipFamilies: [IPv6]
+  selector: {app: duo}
+  ports: [{port: 8080, targetPort: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: four}
+spec:
+  selector: {app: duo}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client6, labels: {app: client6}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - {name: c, image: kite.test/shell:1, command: [sleep, "3600"]}
+YAML
+duo_ready() { [ "$(kc get deploy duo -o jsonpath='{.status.readyReplicas}')" = 2 ]; }
+wait_for 60 "duo Ready" duo_ready
+wait_for 60 "client6 running" running client6
+DUO=$(kc get pods -l app=duo -o jsonpath='{.items[0].metadata.name}')
+ips=$(kc get pod "$DUO" -o jsonpath='{.status.podIPs[*].ip}')
+check "a pod has an IPv4 and an IPv6 address, from the node's ranges" \
+  bash -c "[[ '$ips' =~ ^10\.42\.0\.[0-9]+\ fd42::[0-9a-f]+$ ]]"
+V6=${ips#* }
+check "a pod reaches another pod over IPv6" \
+  contains "$(kc exec client6 -- timeout 5 wget -q -O- "http://[$V6]/" 2>&1)" "Server name: $DUO"
+check "the node reaches a pod over IPv6" contains "$(from_node s "http://[$V6]/")" "Server name: $DUO"
+check "its eth0 holds the IPv6 address" \
+  equals "$(kc exec client6 -- sh -c 'ip -6 addr show dev eth0 scope global' | grep -c 'inet6 fd42::')" 1
+check "a PreferDualStack Service gets a cluster IP of each family" \
+  equals "$(kc get svc duo -o jsonpath='{.spec.ipFamilyPolicy} {.spec.ipFamilies[*]}')" "PreferDualStack IPv4 IPv6"
+DUO_IPS=$(kc get svc duo -o jsonpath='{.spec.clusterIPs[*]}')
+check "its IPv6 cluster IP is from the IPv6 service range" \
+  bash -c "[[ '$DUO_IPS' =~ ^10\.43\.[0-9.]+\ fd43::[0-9a-f]+$ ]]"
+check "a Service with no policy stays IPv4, SingleStack" \
+  equals "$(kc get svc four -o jsonpath='{.spec.ipFamilyPolicy} {.spec.ipFamilies[*]} {.spec.clusterIPs[*]}')" \
+  "SingleStack IPv4 $(kc get svc four -o jsonpath='{.spec.clusterIP}')"
+SIX=$(kc get svc six -o jsonpath='{.spec.clusterIP}')
+check "ipFamilies [IPv6] gets an IPv6 cluster IP alone" \
+  equals "$(kc get svc six -o jsonpath='{.spec.ipFamilies[*]} {.spec.clusterIPs[*]}')" "IPv6 $SIX"
+slice6() { kc get endpointslices -l kubernetes.io/service-name=duo \
+  -o jsonpath='{range .items[?(@.addressType=="IPv6")]}{.endpoints[*].addresses[*]}{end}'; }
+has_v6() { [ "$(slice6 | wc -w)" = 2 ]; }
+check "the Service's IPv6 EndpointSlice lists both pods' IPv6 addresses" wait_for 10 "an IPv6 slice" has_v6
+check "and its IPv4 slice their IPv4 ones" equals "$(kc get endpointslices -l kubernetes.io/service-name=duo \
+  -o jsonpath='{range .items[?(@.addressType=="IPv4")]}{.endpoints[*].addresses[*]}{end}' | wc -w)" 2
+check "the IPv6-only Service has an IPv6 slice alone" equals "$(kc get endpointslices -l kubernetes.io/service-name=six \
+  -o jsonpath='{.items[*].addressType}')" "IPv6"
+DUO6=${DUO_IPS#* }
+check "a pod reaches the Service's IPv6 cluster IP" \
+  contains "$(kc exec client6 -- timeout 5 wget -q -O- "http://[$DUO6]/" 2>&1)" "Server name: duo-"
+check "the node reaches it too" contains "$(from_node s "http://[$DUO6]/")" "Server name: duo-"
+check "the IPv6-only Service answers on its port" \
+  contains "$(kc exec client6 -- timeout 5 wget -q -O- "http://[$SIX]:8080/" 2>&1)" "Server name: duo-"
+check "a port the IPv6 cluster IP does not define is refused at once" \
+  contains "$(kc exec client6 -- timeout 5 wget -q -O- "http://[$DUO6]:81/" 2>&1)" "refused"
+DNS6() { inns s timeout 10 python3 "$ROOT/tests/e2e/dnsq.py" ask 10.43.0.10 "$@" 2>&1; }
+check "AAAA: a dual-stack Service's name is its IPv6 cluster IP" \
+  equals "$(DNS6 duo.default.svc.cluster.local AAAA | awk '$1 == "answer" {print $4, $5}')" "AAAA $DUO6"
+check "and A its IPv4 one" \
+  equals "$(DNS6 duo.default.svc.cluster.local A | awk '$1 == "answer" {print $4, $5}')" "A ${DUO_IPS%% *}"
+check "an IPv6-only Service has no A record (NODATA)" \
+  equals "$(DNS6 six.default.svc.cluster.local A | head -1 | cut -d' ' -f1):$(DNS6 six.default.svc.cluster.local A | grep -c '^answer')" "rcode=NOERROR:0"
+check "a pod resolves the Service's AAAA record (busybox nslookup)" \
+  contains "$(kc exec client6 -- nslookup -type=AAAA duo.default.svc.cluster.local 2>&1)" "$DUO6"
+rev=$(python3 -c "import ipaddress,sys; print(ipaddress.ip_address(sys.argv[1]).reverse_pointer)" "$DUO6")
+check "PTR of the IPv6 cluster IP names the Service" \
+  contains "$(DNS6 "$rev" PTR)" "PTR duo.default.svc.cluster.local."
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: duo-only-from-client6}
+spec:
+  podSelector: {matchLabels: {app: duo}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: client6}}}]}]
+YAML
+OTHER=$(kc get pods -l app=duo -o jsonpath='{.items[1].metadata.name}')
+denied6() { ! kc exec "$OTHER" -- timeout 3 wget -q -O- "http://[$V6]/" >/dev/null 2>&1; }
+check "a NetworkPolicy holds for IPv6 traffic: another pod is turned away" wait_for 10 "the policy" denied6
+denied4() { ! kc exec "$OTHER" -- timeout 3 wget -q -O- "http://${ips%% *}/" >/dev/null 2>&1; }
+check "over IPv4 too" denied4
+check "and the pod it allows comes in over IPv6" \
+  contains "$(kc exec client6 -- timeout 5 wget -q -O- "http://[$V6]/" 2>&1)" "Server name: $DUO"
+kc delete networkpolicy duo-only-from-client6 >/dev/null
+FOUR=$(kc get svc four -o jsonpath='{.spec.clusterIP}')
+out=$(kc patch svc four -p '{"spec":{"ipFamilyPolicy":"RequireDualStack"}}' -o jsonpath='{.spec.clusterIPs[*]}' 2>&1)
+check "RequireDualStack on an IPv4 Service adds an IPv6 cluster IP, keeping the IPv4 one" \
+  bash -c "[ '${out%% *}' = '$FOUR' ] && [[ '${out#* }' == fd43:* ]]"
+out=$(kc patch svc four -p '{"spec":{"ipFamilyPolicy":"SingleStack"}}' -o jsonpath='{.spec.ipFamilies[*]} {.spec.clusterIPs[*]}' 2>&1)
+check "SingleStack again releases it" equals "$out" "IPv4 $FOUR"
+fails_with_out=$(kc create -f - 2>&1 <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: bad6}
+spec:
+  clusterIPs: [fd44::5]
+  clusterIP: fd44::5
+  ports: [{port: 80}]
+YAML
+)
+check "an IPv6 cluster IP outside the range is refused, naming the range" contains "$fails_with_out" "The range of valid IPs is fd43::/112"
+[ -z "${MN_HOLD:-}" ] || sleep "$MN_HOLD"
+kc delete deploy duo --wait=false >/dev/null
+kc delete svc duo six four >/dev/null
+kc delete pod client6 --wait=false >/dev/null
+fi
+
 if [ "$FAIL" -gt 0 ]; then
   for n in "${NODES[@]}"; do
     echo "--- $n log (last 25 lines) ---"

@@ -477,7 +477,7 @@ wait_for 10 "the egress policy to hold" denied np-client cli http://hello-world-
 check "policy: egress to another Service is refused" denied np-client cli http://hello-world-service.gitops-kubernetes/
 check "while the allowed Service answers (by name: DNS is allowed)" from np-client cli http://srv.np-server/
 check "the egress policy leaves other pods alone" from np-other other http://hello-world-service.gitops-kubernetes/
-check "the policies are the kite-netpol nftables table" contains "$(nft list tables)" "table ip kite-netpol"
+check "the policies are the kite-netpol nftables table" contains "$(nft list tables)" "table inet kite-netpol"
 kc delete networkpolicy -n np-server --all >/dev/null
 kc delete networkpolicy -n np-client --all >/dev/null
 wait_for 10 "the table to go with the last policy" bash -c "! nft list tables | grep -q kite-netpol"

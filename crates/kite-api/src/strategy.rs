@@ -459,8 +459,8 @@ fn default_service(obj: &mut Value) {
     set_default(spec, "sessionAffinity", json!("None"));
     let ty = spec["type"].as_str().unwrap_or_default().to_string();
     if ty != "ExternalName" {
-        set_default(spec, "ipFamilies", json!(["IPv4"]));
-        set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
+        // ipFamilies and ipFamilyPolicy depend on the cluster's families: the API server's
+        // Service allocation fills them in, as upstream's REST storage does.
         set_default(spec, "internalTrafficPolicy", json!("Cluster"));
     }
     if ty == "NodePort" || ty == "LoadBalancer" {

@@ -104,14 +104,17 @@ pub async fn run(objs: &Objects, advertise: &str, port: u16) -> ApiResult<()> {
     )
     .await?;
     // The default ServiceCIDR, as upstream's apiserver keeps it: the service range, Ready.
-    let cidr = objs.cfg.service_cidr.to_string();
+    // (Both ranges on a dual-stack cluster, IPv4 first.)
+    let cidrs: Vec<String> = std::iter::once(objs.cfg.service_cidr.to_string())
+        .chain(objs.cfg.service_cidr_v6.map(|n| n.to_string()))
+        .collect();
     ensure(
         objs,
         "networking.k8s.io",
         "v1",
         "servicecidrs",
         None,
-        json!({"metadata": {"name": "kubernetes"}, "spec": {"cidrs": [cidr]}}),
+        json!({"metadata": {"name": "kubernetes"}, "spec": {"cidrs": cidrs}}),
     )
     .await?;
     let ri = objs

@@ -97,6 +97,8 @@ impl WrittenObject {
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub service_cidr: ipnet::Ipv4Net,
+    /// The Services' IPv6 range of a dual-stack cluster.
+    pub service_cidr_v6: Option<ipnet::Ipv6Net>,
     pub strategy: Settings,
 }
 
@@ -461,6 +463,7 @@ mod tests {
             store.clone(),
             ApiConfig {
                 service_cidr: "10.43.0.0/16".parse().unwrap(),
+                service_cidr_v6: None,
                 strategy: Settings::default(),
             },
         );
@@ -1136,7 +1139,10 @@ impl Objects {
             obj,
             old,
             &others,
-            self.cfg.service_cidr,
+            &alloc::Ranges {
+                v4: self.cfg.service_cidr,
+                v6: self.cfg.service_cidr_v6,
+            },
             self.cfg.strategy.node_port_range,
         )
         .map_err(|errs| ApiError::invalid(ri, name_of(obj), &errs))

@@ -1,7 +1,9 @@
 //! Endpoints and EndpointSlices for every Service with a selector: the selected pods
 //! with an IP, ready or not-ready by their Ready condition (all ready with
 //! publishNotReadyAddresses), named target ports resolved per pod, nodeName and the
-//! node's zone. Services without a selector are left to their users.
+//! node's zone. Services without a selector are left to their users. A dual-stack
+//! Service gets slices of each of its `ipFamilies` (the pods' addresses of that family);
+//! its Endpoints hold its primary family's, as upstream's controllers do.
 
 use crate::util;
 use crate::Ctx;
@@ -150,7 +152,12 @@ fn resolve_port(p: &Pod, target: &IntOrString) -> Option<i32> {
 }
 
 impl Controller {
-    fn pod_endpoints(&self, svc: &Service, sel: &BTreeMap<String, String>) -> Vec<PodEndpoint> {
+    fn pod_endpoints(
+        &self,
+        svc: &Service,
+        sel: &BTreeMap<String, String>,
+        family: &str,
+    ) -> Vec<PodEndpoint> {
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let spec = svc.spec.clone().unwrap_or_default();
         let publish = spec.publish_not_ready_addresses.unwrap_or(false);
@@ -164,12 +171,7 @@ impl Controller {
             {
                 continue;
             }
-            let Some(ip) = p
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.clone())
-                .filter(|i| !i.is_empty())
-            else {
+            let Some(ip) = pod_ip_of(&p, family) else {
                 continue;
             };
             let terminating = p.metadata.deletion_timestamp.is_some();
@@ -265,9 +267,42 @@ impl Controller {
         if svc.metadata.deletion_timestamp.is_some() {
             return Ok(Action::AwaitChange);
         }
-        let eps = self.pod_endpoints(&svc, &sel);
-        self.sync_endpoints(&svc, &eps).await?;
-        self.sync_slices(&svc, &eps).await?;
+        let families = families(&svc);
+        let per_family: Vec<(String, Vec<PodEndpoint>)> = families
+            .iter()
+            .map(|f| (f.clone(), self.pod_endpoints(&svc, &sel, f)))
+            .collect();
+        self.sync_endpoints(&svc, &per_family[0].1).await?;
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let ours: Vec<Arc<EndpointSlice>> = self
+            .slices
+            .list_ns(&ns)
+            .into_iter()
+            .filter(|s| {
+                let l = s.metadata.labels.clone().unwrap_or_default();
+                l.get(SERVICE_NAME) == Some(&name)
+                    && l.get(MANAGED_BY).map(String::as_str) == Some(SLICE_CONTROLLER)
+            })
+            .collect();
+        for (family, eps) in &per_family {
+            let existing = ours
+                .iter()
+                .filter(|s| &s.address_type == family)
+                .cloned()
+                .collect();
+            self.sync_slices(&svc, family, eps, existing).await?;
+        }
+        // Slices of a family the Service no longer has (a dual-stack Service made single).
+        let api: Api<EndpointSlice> = Api::namespaced(self.ctx.client.clone(), &ns);
+        for gone in ours.iter().filter(|s| !families.contains(&s.address_type)) {
+            let _ = api
+                .delete(
+                    gone.metadata.name.as_deref().unwrap_or_default(),
+                    &DeleteParams::default(),
+                )
+                .await;
+        }
         Ok(Action::AwaitChange)
     }
 
@@ -356,7 +391,13 @@ impl Controller {
         Ok(())
     }
 
-    async fn sync_slices(&self, svc: &Service, eps: &[PodEndpoint]) -> Result<()> {
+    async fn sync_slices(
+        &self,
+        svc: &Service,
+        family: &str,
+        eps: &[PodEndpoint],
+        mut existing: Vec<Arc<EndpointSlice>>,
+    ) -> Result<()> {
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
         let api: Api<EndpointSlice> = Api::namespaced(self.ctx.client.clone(), &ns);
@@ -406,7 +447,7 @@ impl Controller {
                         owner_references: Some(vec![util::owner_ref(svc)]),
                         ..Default::default()
                     },
-                    address_type: "IPv4".into(),
+                    address_type: family.into(),
                     endpoints: Some(
                         chunk
                             .iter()
@@ -442,16 +483,6 @@ impl Controller {
                 });
             }
         }
-        let mut existing: Vec<Arc<EndpointSlice>> = self
-            .slices
-            .list_ns(&ns)
-            .into_iter()
-            .filter(|s| {
-                let l = s.metadata.labels.clone().unwrap_or_default();
-                l.get(SERVICE_NAME) == Some(&name)
-                    && l.get(MANAGED_BY).map(String::as_str) == Some(SLICE_CONTROLLER)
-            })
-            .collect();
         existing.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         for (i, want) in desired.into_iter().enumerate() {
             match existing.get(i) {
@@ -489,6 +520,33 @@ impl Controller {
     }
 }
 
+/// The Service's IP families, primary first (IPv4 for one written before it had any).
+fn families(svc: &Service) -> Vec<String> {
+    let f = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ip_families.clone())
+        .unwrap_or_default();
+    if f.is_empty() {
+        vec!["IPv4".into()]
+    } else {
+        f
+    }
+}
+
+/// The pod's address of `family` (`IPv4` or `IPv6`), from `podIPs` (or `podIP`).
+fn pod_ip_of(p: &Pod, family: &str) -> Option<String> {
+    let st = p.status.as_ref()?;
+    let listed = st.pod_ips.iter().flatten().map(|i| i.ip.clone());
+    listed
+        .chain(st.pod_ip.clone())
+        .filter(|i| !i.is_empty())
+        .find(|i| {
+            let v6 = i.contains(':');
+            (family == "IPv6") == v6
+        })
+}
+
 /// How many slices the endpoints need (at least one).
 fn self_len(eps: &[PodEndpoint]) -> usize {
     let mut sets: BTreeMap<&PortSet, usize> = BTreeMap::new();
@@ -499,4 +557,28 @@ fn self_len(eps: &[PodEndpoint]) -> usize {
         .map(|n| n.div_ceil(MAX_PER_SLICE))
         .sum::<usize>()
         .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pods_address_of_each_family() {
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "status": {"podIP": "10.42.0.5",
+                       "podIPs": [{"ip": "10.42.0.5"}, {"ip": "fd42::5"}]}
+        }))
+        .unwrap();
+        assert_eq!(pod_ip_of(&p, "IPv4").as_deref(), Some("10.42.0.5"));
+        assert_eq!(pod_ip_of(&p, "IPv6").as_deref(), Some("fd42::5"));
+        let v4only: Pod =
+            serde_json::from_value(serde_json::json!({"status": {"podIP": "10.42.0.6"}})).unwrap();
+        assert_eq!(pod_ip_of(&v4only, "IPv6"), None);
+        let svc: Service =
+            serde_json::from_value(serde_json::json!({"spec": {"ipFamilies": ["IPv6", "IPv4"]}}))
+                .unwrap();
+        assert_eq!(families(&svc), ["IPv6", "IPv4"]);
+        assert_eq!(families(&Service::default()), ["IPv4"]);
+    }
 }

@@ -30,6 +30,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub cluster_cidr: ipnet::Ipv4Net,
+    /// The pods' IPv6 range of a dual-stack cluster (each node gets a /64 of it).
+    pub cluster_cidr_v6: Option<ipnet::Ipv6Net>,
     /// Prefix length of each node's podCIDR.
     pub node_cidr_mask: u8,
     pub node_monitor_grace_period: Duration,

@@ -1,6 +1,9 @@
 //! Node IPAM: gives each node a `spec.podCIDR(s)` carved from `--cluster-cidr` (a /24 each
-//! by default). A range is free again once no node holds it, so deleting a node releases
-//! it. One worker, so two nodes can never be handed the same range.
+//! by default; on a dual-stack cluster also an IPv6 /64 from its IPv6 range, upstream's
+//! default mask). A range is free again once no node holds it, so deleting a node releases
+//! it. One worker, so two nodes can never be handed the same range. A node that has its
+//! podCIDRs keeps them: upstream's validation forbids changing them, so a cluster made
+//! dual-stack later gives IPv6 ranges only to nodes that register after.
 //!
 //! The taken ranges live in [`Ranges`], kept current by the node informer's handler (and by
 //! the worker for ranges it has just handed out), so an allocation costs a few map
@@ -17,14 +20,21 @@ use kube::api::{Patch, PatchParams};
 use kube::Api;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 const COMPONENT: &str = "node-ipam-controller";
 
 pub fn start(ctx: Arc<Ctx>) {
-    let ranges = match Ranges::new(ctx.opts.cluster_cidr, ctx.opts.node_cidr_mask) {
-        Ok(r) => Arc::new(Mutex::new(r)),
+    let mut families = vec![Ranges::new(
+        ctx.opts.cluster_cidr.into(),
+        ctx.opts.node_cidr_mask,
+    )];
+    if let Some(v6) = ctx.opts.cluster_cidr_v6 {
+        families.push(Ranges::new(v6.into(), NODE_MASK_V6.max(v6.prefix_len())));
+    }
+    let ranges = match families.into_iter().collect::<Result<Vec<_>>>() {
+        Ok(r) => Arc::new(Mutex::new(Families(r))),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "node IPAM is off");
             return;
@@ -41,8 +51,8 @@ pub fn start(ctx: Arc<Ctx>) {
             r2.lock().unwrap().release(&name);
             return;
         }
-        match n.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()) {
-            Some(cidr) => r2.lock().unwrap().hold(&name, cidr),
+        match n.spec.as_ref().filter(|s| s.pod_cidr.is_some()) {
+            Some(spec) => r2.lock().unwrap().hold(&name, &node_cidrs(spec)),
             None => q2.add(name),
         }
     });
@@ -73,7 +83,7 @@ pub fn start(ctx: Arc<Ctx>) {
                     }
                     r.next_free()
                 };
-                let cidr = match next {
+                let cidrs = match next {
                     Ok(c) => c,
                     Err(e) => {
                         ctx.recorder(COMPONENT).event(
@@ -89,16 +99,16 @@ pub fn start(ctx: Arc<Ctx>) {
                 // Conditioned on the version seen without a podCIDR: a range is given once.
                 let patch = json!({
                     "metadata": {"resourceVersion": node.metadata.resource_version},
-                    "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+                    "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs},
                 });
                 api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await?;
-                ranges.lock().unwrap().hold(&name, &cidr);
+                ranges.lock().unwrap().hold(&name, &cidrs);
                 ctx.recorder(COMPONENT).event(
                     &*node,
                     NORMAL,
                     "CIDRAssignmentSucceeded",
-                    format!("Node {name} got CIDR {cidr}"),
+                    format!("Node {name} got CIDR {}", cidrs.join(",")),
                 );
                 Ok(Action::AwaitChange)
             }
@@ -106,11 +116,50 @@ pub fn start(ctx: Arc<Ctx>) {
     );
 }
 
+/// Each node's IPv6 range on a dual-stack cluster (upstream's `--node-cidr-mask-size-ipv6`
+/// default).
+const NODE_MASK_V6: u8 = 64;
+
+/// A node's podCIDRs as its spec lists them.
+fn node_cidrs(spec: &k8s_openapi::api::core::v1::NodeSpec) -> Vec<String> {
+    match &spec.pod_cidrs {
+        Some(l) if !l.is_empty() => l.clone(),
+        _ => spec.pod_cidr.iter().cloned().collect(),
+    }
+}
+
+/// The ranges of each family the cluster has (IPv4 first), handed out together.
+#[derive(Debug)]
+pub struct Families(Vec<Ranges>);
+
+impl Families {
+    fn hold(&mut self, node: &str, cidrs: &[String]) {
+        for r in &mut self.0 {
+            if let Some(c) = cidrs.iter().find(|c| r.index(c).is_some()) {
+                r.hold(node, c);
+            }
+        }
+    }
+
+    fn release(&mut self, node: &str) {
+        self.0.iter_mut().for_each(|r| r.release(node));
+    }
+
+    fn holder_of(&self, node: &str) -> Option<String> {
+        self.0.iter().find_map(|r| r.holder_of(node))
+    }
+
+    /// One free range of each family.
+    fn next_free(&self) -> Result<Vec<String>> {
+        self.0.iter().map(Ranges::next_free).collect()
+    }
+}
+
 /// The node ranges of one cluster CIDR and which node holds each, by index: range `i` is
 /// the `i`-th `/mask` subnet of the cluster CIDR.
 #[derive(Debug)]
 pub struct Ranges {
-    cluster: ipnet::Ipv4Net,
+    cluster: ipnet::IpNet,
     mask: u8,
     count: u64,
     /// Taken ranges, with how many nodes claim each (normally one; a user may set the same
@@ -123,14 +172,15 @@ pub struct Ranges {
 }
 
 impl Ranges {
-    pub fn new(cluster: ipnet::Ipv4Net, mask: u8) -> Result<Self> {
-        if mask < cluster.prefix_len() || mask > 32 {
+    pub fn new(cluster: ipnet::IpNet, mask: u8) -> Result<Self> {
+        if mask < cluster.prefix_len() || mask > cluster.max_prefix_len() {
             bail!("cluster CIDR {cluster} cannot hold /{mask} node ranges");
         }
         Ok(Ranges {
             cluster,
             mask,
-            count: 1u64 << (mask - cluster.prefix_len()),
+            // Indices are u32: an IPv6 range of more than 2^32 node ranges uses its first 2^32.
+            count: 1u64 << (mask - cluster.prefix_len()).min(32),
             taken: BTreeMap::new(),
             by_node: HashMap::new(),
             low: 0,
@@ -138,22 +188,33 @@ impl Ranges {
     }
 
     fn shift(&self) -> u32 {
-        32 - u32::from(self.mask)
+        u32::from(self.cluster.max_prefix_len() - self.mask)
+    }
+
+    fn number(addr: IpAddr) -> u128 {
+        match addr {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        }
     }
 
     /// The index of `cidr` if it is one of our ranges.
     fn index(&self, cidr: &str) -> Option<u32> {
-        let net: ipnet::Ipv4Net = cidr.parse().ok()?;
+        let net: ipnet::IpNet = cidr.parse().ok()?;
         if net.prefix_len() != self.mask || !self.cluster.contains(&net) {
             return None;
         }
-        let off = u64::from(u32::from(net.network()) - u32::from(self.cluster.network()));
-        Some((off >> self.shift()) as u32)
+        let off = Self::number(net.network()) - Self::number(self.cluster.network());
+        u32::try_from(off.checked_shr(self.shift()).unwrap_or(0)).ok()
     }
 
     fn cidr(&self, i: u32) -> String {
-        let off = (u64::from(i) << self.shift()) as u32;
-        let addr = Ipv4Addr::from(u32::from(self.cluster.network()) + off);
+        let off = u128::from(i).checked_shl(self.shift()).unwrap_or(0);
+        let n = Self::number(self.cluster.network()) + off;
+        let addr: IpAddr = match self.cluster {
+            ipnet::IpNet::V4(_) => Ipv4Addr::from(n as u32).into(),
+            ipnet::IpNet::V6(_) => Ipv6Addr::from(n).into(),
+        };
         format!("{addr}/{}", self.mask)
     }
 
@@ -262,6 +323,29 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_nodes_get_a_range_of_each_family() {
+        let mut f = Families(vec![
+            ranges("10.42.0.0/16", 24),
+            ranges("fd42::/56", NODE_MASK_V6),
+        ]);
+        assert_eq!(f.next_free().unwrap(), ["10.42.0.0/24", "fd42::/64"]);
+        f.hold("a", &["10.42.0.0/24".into(), "fd42::/64".into()]);
+        assert_eq!(f.next_free().unwrap(), ["10.42.1.0/24", "fd42:0:0:1::/64"]);
+        // A node from before the cluster was dual-stack holds only its IPv4 range.
+        f.hold("b", &["10.42.1.0/24".into()]);
+        assert_eq!(f.next_free().unwrap(), ["10.42.2.0/24", "fd42:0:0:1::/64"]);
+        f.release("a");
+        assert_eq!(f.next_free().unwrap(), ["10.42.0.0/24", "fd42::/64"]);
+        assert_eq!(f.holder_of("b").as_deref(), Some("10.42.1.0/24"));
+        let mut full = Families(vec![ranges("10.42.0.0/16", 24), ranges("fd42::/64", 64)]);
+        full.hold("a", &["fd42::/64".into()]);
+        assert!(full.next_free().is_err());
+        // A whole /0 of IPv6 ranges: indices stay in u32.
+        let r = ranges("::/0", 64);
+        assert_eq!(r.next_free().unwrap(), "::/64");
+    }
+
+    #[test]
     fn a_full_cluster_cidr_is_an_error() {
         let mut r = ranges("10.42.0.0/23", 24);
         r.hold("a", "10.42.0.0/24");
@@ -269,6 +353,7 @@ mod tests {
         let e = r.next_free().unwrap_err().to_string();
         assert_eq!(e, "no /24 range left in cluster CIDR 10.42.0.0/23");
         assert!(Ranges::new("10.42.0.0/24".parse().unwrap(), 16).is_err());
+        assert!(Ranges::new("fd42::/56".parse().unwrap(), 129).is_err());
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct Options {
     pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
     pub data_dir: PathBuf,
     pub cluster_cidr: ipnet::Ipv4Net,
+    /// The pods' IPv6 range of a dual-stack cluster.
+    pub cluster_cidr_v6: Option<ipnet::Ipv6Net>,
     pub cluster_dns: IpAddr,
     pub cluster_domain: String,
     /// Extra node labels (a server node is labelled control-plane, as K3s does).

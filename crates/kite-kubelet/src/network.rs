@@ -6,17 +6,24 @@
 //! table `kite-hostports`, rebuilt whole from `<data-dir>/agent/hostports/<pod uid>` (so a
 //! restarted kite puts back what its pods had).
 //!
+//! On a dual-stack cluster the node's IPv6 podCIDR works the same way beside it: the
+//! bridge's second address is the range's first, each pod's `eth0` gets an IPv6 address
+//! (no duplicate address detection: IPAM makes them unique) and a default route via the
+//! bridge, its own IPAM directory, and the `ip6 kite-nat` table masquerades what leaves
+//! the IPv6 cluster range. hostPorts stay IPv4.
+//!
 //! With a CNI configuration in place (`crate::cni`), the plugins plumb pods instead of
 //! the bridge and IPAM here; hostPorts stay here unless the plugins take them
 //! (the `portMappings` capability).
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use kite_network::netlink::{index_of, with_handle};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
-use std::net::{IpAddr, Ipv4Addr};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -44,6 +51,125 @@ pub struct Network {
     /// The MTU of pods' interfaces (both ends of their veths): the node link's less the
     /// tunnel between nodes. None: the kernel's default.
     mtu: Option<u32>,
+    /// The IPv6 half of a dual-stack node's pod network.
+    v6: Option<V6>,
+}
+
+/// A dual-stack node's IPv6 pod range and its IPAM (the same file scheme as IPv4's, in a
+/// directory of its own).
+pub struct V6 {
+    pub pod_cidr: Ipv6Net,
+    pub cluster_cidr: Ipv6Net,
+    ipam_dir: PathBuf,
+    held: std::sync::Mutex<Option<std::collections::HashMap<String, Ipv6Addr>>>,
+}
+
+/// How many addresses of an IPv6 range IPAM hands out (a /64 holds far more pods than a
+/// node runs; the bound keeps a search short).
+const V6_POOL: u128 = 1 << 16;
+
+impl V6 {
+    fn gateway(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.pod_cidr.network()) + 1)
+    }
+
+    fn read_held(&self) -> std::collections::HashMap<String, Ipv6Addr> {
+        let Ok(rd) = std::fs::read_dir(&self.ipam_dir) else {
+            return Default::default();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let ip = e.file_name().to_string_lossy().parse().ok()?;
+                Some((std::fs::read_to_string(e.path()).ok()?, ip))
+            })
+            .collect()
+    }
+
+    fn held_by(&self, uid: &str) -> Option<Ipv6Addr> {
+        let mut guard = self.held.lock().unwrap();
+        guard
+            .get_or_insert_with(|| self.read_held())
+            .get(uid)
+            .copied()
+    }
+
+    /// As [`Network::allocate`]: the held address, or the next free one after the last
+    /// given out, claimed by creating its file exclusively.
+    fn allocate(&self, uid: &str) -> Result<Ipv6Addr> {
+        std::fs::create_dir_all(&self.ipam_dir)?;
+        let mut guard = self.held.lock().unwrap();
+        let held = guard.get_or_insert_with(|| self.read_held());
+        if let Some(ip) = held.get(uid) {
+            return Ok(*ip);
+        }
+        let taken: std::collections::HashSet<Ipv6Addr> = held.values().copied().collect();
+        let net = u128::from(self.pod_cidr.network());
+        let size = 1u128
+            .checked_shl(128 - u32::from(self.pod_cidr.prefix_len()))
+            .unwrap_or(u128::MAX);
+        // Usable offsets from 2 (not the network address or the gateway).
+        let usable = size.saturating_sub(2).min(V6_POOL);
+        let last_file = self.ipam_dir.join(LAST_RESERVED);
+        let last = std::fs::read_to_string(&last_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<Ipv6Addr>().ok())
+            .map(u128::from)
+            .filter(|l| (net + 2..net + 2 + usable).contains(l))
+            .map_or(0, |l| l - net - 2 + 1);
+        for i in 0..usable {
+            let ip = Ipv6Addr::from(net + 2 + (last + i) % usable);
+            if taken.contains(&ip) {
+                continue;
+            }
+            let p = self.ipam_dir.join(ip.to_string());
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    f.write_all(uid.as_bytes())?;
+                    held.insert(uid.to_string(), ip);
+                    let _ = std::fs::write(&last_file, ip.to_string());
+                    return Ok(ip);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        bail!("no free address left in {}", self.pod_cidr)
+    }
+
+    fn release(&self, uid: &str) {
+        let mut guard = self.held.lock().unwrap();
+        let held = guard.get_or_insert_with(|| self.read_held());
+        if let Some(ip) = held.remove(uid) {
+            let _ = std::fs::remove_file(self.ipam_dir.join(ip.to_string()));
+        }
+    }
+}
+
+/// Adds `ip/prefix` to link `idx` unless it has it; IPv6 without duplicate address
+/// detection (the address is usable at once, and IPAM keeps it unique).
+async fn ensure_address(h: &rtnetlink::Handle, idx: u32, ip: IpAddr, prefix: u8) -> Result<()> {
+    use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+    let mut addrs = h.address().get().set_link_index_filter(idx).execute();
+    while let Some(a) = addrs.try_next().await? {
+        for attr in a.attributes {
+            if matches!(attr, AddressAttribute::Address(have) if have == ip) {
+                return Ok(());
+            }
+        }
+    }
+    let mut req = h.address().add(idx, ip, prefix);
+    if ip.is_ipv6() {
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    req.execute().await?;
+    Ok(())
 }
 
 /// One hostPort of a pod: traffic to the node's `host_port` (on `host_ip`, or any local
@@ -117,6 +243,30 @@ impl Network {
             held: Default::default(),
             checked: Default::default(),
             mtu: None,
+            v6: None,
+        }
+    }
+
+    /// The node's IPv6 podCIDR too (a dual-stack cluster): pods get an address of each.
+    pub fn with_v6(mut self, data_dir: &Path, pod_cidr: Ipv6Net, cluster_cidr: Ipv6Net) -> Self {
+        self.v6 = Some(V6 {
+            pod_cidr,
+            cluster_cidr,
+            ipam_dir: data_dir
+                .join("agent")
+                .join("ipam")
+                .join(pod_cidr.to_string().replace([':', '/'], "-")),
+            held: Default::default(),
+        });
+        self
+    }
+
+    /// The pod's IPv6 address on a dual-stack node (the built-in network; CNI plugins'
+    /// pods report their first address only).
+    pub fn pod_ip_v6(&self, uid: &str) -> Option<Ipv6Addr> {
+        match (&self.cni, &self.v6) {
+            (None, Some(v6)) => v6.held_by(uid),
+            _ => None,
         }
     }
 
@@ -166,7 +316,14 @@ impl Network {
             return Ok(ip);
         }
         let ip = self.allocate(pod.uid)?;
-        if let Err(e) = self.attach(pod.uid, netns, ip).await {
+        let ip6 = match self.v6.as_ref().map(|v6| v6.allocate(pod.uid)).transpose() {
+            Ok(a) => a,
+            Err(e) => {
+                self.release(pod.uid);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.attach(pod.uid, netns, ip, ip6).await {
             self.release(pod.uid);
             return Err(e);
         }
@@ -212,6 +369,14 @@ impl Network {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling ip_forward")?;
         let gw = self.gateway();
         let prefix = self.pod_cidr.prefix_len();
+        let v6 = self
+            .v6
+            .as_ref()
+            .map(|v| (v.gateway(), v.pod_cidr.prefix_len()));
+        if v6.is_some() {
+            std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+                .context("enabling IPv6 forwarding")?;
+        }
         with_handle(|h| async move {
             let idx = match index_of(&h, BRIDGE).await? {
                 Some(i) => i,
@@ -226,24 +391,13 @@ impl Network {
                         .ok_or_else(|| anyhow!("kite0 vanished"))?
                 }
             };
-            let mut addrs = h.address().get().set_link_index_filter(idx).execute();
-            let mut have = false;
-            while let Some(a) = addrs.try_next().await? {
-                for attr in a.attributes {
-                    if let rtnetlink::packet_route::address::AddressAttribute::Address(
-                        IpAddr::V4(ip),
-                    ) = attr
-                    {
-                        have |= ip == gw;
-                    }
-                }
-            }
-            if !have {
-                h.address()
-                    .add(idx, IpAddr::V4(gw), prefix)
-                    .execute()
+            ensure_address(&h, idx, IpAddr::V4(gw), prefix)
+                .await
+                .context("addressing kite0")?;
+            if let Some((gw6, prefix6)) = v6 {
+                ensure_address(&h, idx, IpAddr::V6(gw6), prefix6)
                     .await
-                    .context("addressing kite0")?;
+                    .context("giving kite0 its IPv6 address")?;
             }
             h.link()
                 .set(LinkUnspec::new_with_index(idx).up().build())
@@ -257,11 +411,20 @@ impl Network {
 
     async fn ensure_masquerade(&self) -> Result<()> {
         let c = self.cluster_cidr;
-        let rules = format!(
+        let mut rules = format!(
             "table ip kite-nat\ndelete table ip kite-nat\n\
              table ip kite-nat {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
              ip saddr {c} ip daddr != {c} masquerade\n  }}\n}}\n"
         );
+        if let Some(v6) = &self.v6 {
+            let c = v6.cluster_cidr;
+            let _ = write!(
+                rules,
+                "table ip6 kite-nat\ndelete table ip6 kite-nat\n\
+                 table ip6 kite-nat {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
+                 ip6 saddr {c} ip6 daddr != {c} masquerade\n  }}\n}}\n"
+            );
+        }
         match run_nft(&rules).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
@@ -397,11 +560,16 @@ impl Network {
             .collect()
     }
 
+    /// Frees the pod's addresses (both families on a dual-stack node).
     pub fn release(&self, uid: &str) {
         let mut guard = self.held.lock().unwrap();
         let held = guard.get_or_insert_with(|| self.read_held());
         if let Some(ip) = held.remove(uid) {
             let _ = std::fs::remove_file(self.ipam_dir.join(ip.to_string()));
+        }
+        drop(guard);
+        if let Some(v6) = &self.v6 {
+            v6.release(uid);
         }
     }
 
@@ -412,7 +580,13 @@ impl Network {
     /// Moving an existing link between namespaces waits for an RCU grace period while
     /// holding the kernel's RTNL lock (about 27 ms on the bench machine), which would
     /// serialize every pod start on the node.
-    pub async fn attach(&self, uid: &str, netns: &Path, ip: Ipv4Addr) -> Result<()> {
+    pub async fn attach(
+        &self,
+        uid: &str,
+        netns: &Path,
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+    ) -> Result<()> {
         let host = host_veth(uid);
         let mtu = self.mtu;
         let ns =
@@ -454,6 +628,11 @@ impl Network {
         std::fs::write(&hairpin, "1").with_context(|| format!("setting {hairpin}"))?;
         let gw = self.gateway();
         let prefix = self.pod_cidr.prefix_len();
+        let v6 = self
+            .v6
+            .as_ref()
+            .zip(ip6)
+            .map(|(v, ip6)| (ip6, v.gateway(), v.pod_cidr.prefix_len()));
         in_netns(netns, move || async move {
             with_handle(|h| async move {
                 let lo = index_of(&h, "lo").await?.ok_or_else(|| anyhow!("no lo"))?;
@@ -478,6 +657,16 @@ impl Network {
                     .execute()
                     .await
                     .context("adding the default route")?;
+                if let Some((ip6, gw6, prefix6)) = v6 {
+                    ensure_address(&h, i, IpAddr::V6(ip6), prefix6)
+                        .await
+                        .context("giving eth0 its IPv6 address")?;
+                    h.route()
+                        .add(RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw6).build())
+                        .execute()
+                        .await
+                        .context("adding the IPv6 default route")?;
+                }
                 Ok(())
             })
             .await
@@ -571,6 +760,54 @@ mod tests {
         // The range is used up to .254 (.255 is broadcast): next is the freed .2, then full.
         assert_eq!(n2.allocate("wrap").unwrap(), Ipv4Addr::new(10, 42, 3, 2));
         assert!(n2.allocate("full").is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn ipv6_ipam_beside_ipv4() {
+        let d = std::env::temp_dir().join(format!("kite-ipam6-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let n = Network::new(
+            &d,
+            "10.42.3.0/24".parse().unwrap(),
+            "10.42.0.0/16".parse().unwrap(),
+        )
+        .with_v6(
+            &d,
+            "fd42:0:0:3::/64".parse().unwrap(),
+            "fd42::/56".parse().unwrap(),
+        );
+        let v6 = n.v6.as_ref().unwrap();
+        assert_eq!(v6.gateway(), "fd42:0:0:3::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            v6.allocate("a").unwrap(),
+            "fd42:0:0:3::2".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            v6.allocate("b").unwrap(),
+            "fd42:0:0:3::3".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(n.pod_ip_v6("a"), Some("fd42:0:0:3::2".parse().unwrap()));
+        n.allocate("a").unwrap();
+        n.release("a");
+        assert_eq!(n.pod_ip_v6("a"), None);
+        assert_eq!(n.held_by("a"), None);
+        // A restarted kite reads b's address back, and goes on after the last one.
+        let n2 = Network::new(
+            &d,
+            "10.42.3.0/24".parse().unwrap(),
+            "10.42.0.0/16".parse().unwrap(),
+        )
+        .with_v6(
+            &d,
+            "fd42:0:0:3::/64".parse().unwrap(),
+            "fd42::/56".parse().unwrap(),
+        );
+        assert_eq!(n2.pod_ip_v6("b"), Some("fd42:0:0:3::3".parse().unwrap()));
+        assert_eq!(
+            n2.v6.as_ref().unwrap().allocate("c").unwrap(),
+            "fd42:0:0:3::4".parse::<Ipv6Addr>().unwrap()
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }

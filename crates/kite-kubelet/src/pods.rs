@@ -334,6 +334,18 @@ impl Kubelet {
                 return;
             };
             let mut net = Network::new(&k.opts.data_dir, cidr, k.opts.cluster_cidr);
+            // A dual-stack node: its IPv6 podCIDR, when the cluster has an IPv6 range.
+            let v6 = k.node().and_then(|n| {
+                n.spec
+                    .as_ref()?
+                    .pod_cidrs
+                    .as_ref()?
+                    .iter()
+                    .find_map(|c| c.parse::<ipnet::Ipv6Net>().ok())
+            });
+            if let Some((v6, all)) = v6.zip(k.opts.cluster_cidr_v6) {
+                net = net.with_v6(&k.opts.data_dir, v6, all);
+            }
             if let IpAddr::V4(ip) = k.opts.node_ip {
                 match kite_network::netlink::mtu_of(ip).await {
                     Ok(m) => net = net.with_mtu(m.saturating_sub(k.opts.tunnel_overhead)),
@@ -2235,6 +2247,16 @@ impl Kubelet {
         Ok(out)
     }
 
+    /// The pod's IPv6 address on a dual-stack node (not for hostNetwork pods).
+    fn pod_ip_v6(&self, pod: &Pod) -> Option<IpAddr> {
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            return None;
+        }
+        let uid = pod.metadata.uid.as_deref()?;
+        let ip = self.network.lock().unwrap().as_ref()?.pod_ip_v6(uid)?;
+        Some(IpAddr::V6(ip))
+    }
+
     fn field(&self, pod: &Pod, path: &str) -> Result<String> {
         let m = &pod.metadata;
         let spec = pod.spec.clone().unwrap_or_default();
@@ -2246,6 +2268,11 @@ impl Kubelet {
             .and_then(|n| n.pod_ip(m.uid.as_deref().unwrap_or_default()))
             .map(|i| i.to_string())
             .unwrap_or_default();
+        // status.podIPs: every address, comma-separated, as upstream's downward API.
+        let ips = match self.pod_ip_v6(pod) {
+            Some(v6) if !ip.is_empty() => format!("{ip},{v6}"),
+            _ => ip.clone(),
+        };
         Ok(match path {
             "metadata.name" => m.name.clone().unwrap_or_default(),
             "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
@@ -2253,7 +2280,8 @@ impl Kubelet {
             "spec.nodeName" => spec.node_name.unwrap_or_default(),
             "spec.serviceAccountName" => spec.service_account_name.unwrap_or_default(),
             "status.hostIP" | "status.hostIPs" => self.opts.node_ip.to_string(),
-            "status.podIP" | "status.podIPs" => ip,
+            "status.podIP" => ip,
+            "status.podIPs" => ips,
             p => {
                 let lookup = |prefix: &str, map: &Option<BTreeMap<String, String>>| {
                     p.strip_prefix(prefix)
@@ -2504,6 +2532,7 @@ impl Kubelet {
                 resize: resize.as_ref(),
                 host_ip: self.opts.node_ip,
                 pod_ip: ip,
+                pod_ip_v6: self.pod_ip_v6(pod),
                 now: now(),
             },
             &Observed { k: self, pod },

@@ -1,6 +1,6 @@
 //! NetworkPolicy on every node, as K3s's embedded policy controller (kube-router's)
 //! enforces it: networking.k8s.io/v1 policies, pods and namespaces are watched through
-//! the API; the policies of the pods on this node become the table `ip kite-netpol`,
+//! the API; the policies of the pods on this node become the table `inet kite-netpol`,
 //! replaced in one nft transaction whenever any of them changes.
 //!
 //! `model` is the semantics (which traffic each local pod allows), `rules` the table.
@@ -13,7 +13,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kite_proxy::nft;
 use kite_runtime::Informers;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,7 +79,7 @@ pub async fn run(client: kube::Client, node: String) -> anyhow::Result<()> {
 }
 
 /// The nodes' DNS addresses: the endpoints of kube-system/kube-dns.
-fn dns_addresses(slices: &[Arc<EndpointSlice>]) -> Vec<Ipv4Addr> {
+fn dns_addresses(slices: &[Arc<EndpointSlice>]) -> Vec<IpAddr> {
     slices
         .iter()
         .filter(|s| {

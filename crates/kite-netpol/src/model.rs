@@ -9,6 +9,9 @@
 //! pod that receives the traffic. `policyTypes` defaults to Ingress, plus Egress when
 //! the policy has egress rules.
 //!
+//! A dual-stack pod is one [`PodInfo`] per address: its policies then hold for both, and
+//! a selector that picks it picks both; an `ipBlock` holds for its own family only.
+//!
 //! kite's DNS answers on each node rather than in pods: each node's DNS address counts
 //! as a pod of `kube-system` labelled `k8s-app=kube-dns`, so the usual "allow DNS to
 //! kube-dns" egress rule works as it does on K3s.
@@ -18,14 +21,14 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// A pod as the policies see it.
 #[derive(Debug, Clone)]
 pub struct PodInfo {
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// (name, protocol, port) of its containers' ports.
     pub ports: Vec<(String, String, u16)>,
     /// Whether it runs on this node (its traffic is judged here).
@@ -36,7 +39,7 @@ pub struct PodInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peer {
     Any,
-    Addrs(Vec<Ipv4Addr>),
+    Addrs(Vec<IpAddr>),
     Block { cidr: String, except: Vec<String> },
 }
 
@@ -54,7 +57,7 @@ pub struct Allow {
     pub peers: Vec<Peer>,
     pub ports: Option<Vec<PortMatch>>,
     /// Egress to named ports: (address, protocol, port) of the pods that have them.
-    pub to_named: Vec<(Ipv4Addr, String, u16)>,
+    pub to_named: Vec<(IpAddr, String, u16)>,
 }
 
 /// What a local pod's policies allow; `None` in a direction: no policy selects it.
@@ -68,41 +71,63 @@ pub struct PodPolicy {
 /// the host's network.
 pub fn pods(pods: &[&Pod], node: &str) -> Vec<PodInfo> {
     pods.iter()
-        .filter_map(|p| {
-            let spec = p.spec.as_ref()?;
-            if spec.host_network == Some(true) {
-                return None;
-            }
-            let status = p.status.as_ref()?;
-            if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-                return None;
-            }
-            let ip: Ipv4Addr = status.pod_ip.as_deref()?.parse().ok()?;
-            let ports = spec
-                .containers
-                .iter()
-                .flat_map(|c| c.ports.iter().flatten())
-                .filter_map(|cp| {
-                    Some((
-                        cp.name.clone()?,
-                        cp.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                        u16::try_from(cp.container_port).ok()?,
-                    ))
-                })
+        .flat_map(|p| {
+            let info = info(p, node);
+            let st = p.status.as_ref();
+            let mut ips: Vec<IpAddr> = st
+                .and_then(|s| s.pod_ips.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.parse().ok())
                 .collect();
-            Some(PodInfo {
-                namespace: p.metadata.namespace.clone().unwrap_or_default(),
-                labels: p.metadata.labels.clone().unwrap_or_default(),
-                ip,
-                ports,
-                local: spec.node_name.as_deref() == Some(node),
+            if ips.is_empty() {
+                ips.extend(st.and_then(|s| s.pod_ip.as_deref()?.parse::<IpAddr>().ok()));
+            }
+            info.into_iter().flat_map(move |i| {
+                ips.clone()
+                    .into_iter()
+                    .map(move |ip| PodInfo { ip, ..i.clone() })
             })
         })
         .collect()
 }
 
+/// A pod's policy-relevant facts (its address: the primary one).
+fn info(p: &Pod, node: &str) -> Option<PodInfo> {
+    Some(p).and_then(|p| {
+        let spec = p.spec.as_ref()?;
+        if spec.host_network == Some(true) {
+            return None;
+        }
+        let status = p.status.as_ref()?;
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            return None;
+        }
+        let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+        let ports = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|cp| {
+                Some((
+                    cp.name.clone()?,
+                    cp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    u16::try_from(cp.container_port).ok()?,
+                ))
+            })
+            .collect();
+        Some(PodInfo {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            labels: p.metadata.labels.clone().unwrap_or_default(),
+            ip,
+            ports,
+            local: spec.node_name.as_deref() == Some(node),
+        })
+    })
+}
+
 /// kite's DNS on each node, as the pods a "to kube-dns" rule means.
-pub fn dns_pods(addrs: &[Ipv4Addr]) -> Vec<PodInfo> {
+pub fn dns_pods(addrs: &[IpAddr]) -> Vec<PodInfo> {
     addrs
         .iter()
         .map(|ip| PodInfo {
@@ -146,7 +171,7 @@ fn peer_addrs(
         };
     }
     let empty = BTreeMap::new();
-    let mut ips: Vec<Ipv4Addr> = pods
+    let mut ips: Vec<IpAddr> = pods
         .iter()
         .filter(|p| match &peer.namespace_selector {
             Some(ns) => selects(ns, ns_labels.get(&p.namespace).unwrap_or(&empty)),
@@ -196,7 +221,7 @@ pub fn compute(
     policies: &[&NetworkPolicy],
     namespaces: &[&Namespace],
     pods: &[PodInfo],
-) -> BTreeMap<Ipv4Addr, PodPolicy> {
+) -> BTreeMap<IpAddr, PodPolicy> {
     let ns_labels: BTreeMap<String, BTreeMap<String, String>> = namespaces
         .iter()
         .map(|n| {
@@ -208,7 +233,7 @@ pub fn compute(
             (name, l)
         })
         .collect();
-    let mut out: BTreeMap<Ipv4Addr, PodPolicy> = BTreeMap::new();
+    let mut out: BTreeMap<IpAddr, PodPolicy> = BTreeMap::new();
     for pod in pods.iter().filter(|p| p.local) {
         let mut pp = PodPolicy::default();
         for pol in policies {
@@ -305,12 +330,12 @@ pub fn compute(
 }
 
 /// Whether `peer` includes `ip` (for named egress ports, which resolve per destination).
-fn peer_has(peer: &Peer, ip: Ipv4Addr) -> bool {
+fn peer_has(peer: &Peer, ip: IpAddr) -> bool {
     match peer {
         Peer::Any => true,
         Peer::Addrs(a) => a.contains(&ip),
         Peer::Block { cidr, except } => {
-            let inside = |c: &String| c.parse::<ipnet::Ipv4Net>().is_ok_and(|n| n.contains(&ip));
+            let inside = |c: &String| c.parse::<ipnet::IpNet>().is_ok_and(|n| n.contains(&ip));
             inside(cidr) && !except.iter().any(inside)
         }
     }

@@ -8,21 +8,25 @@
 
 use crate::model::{Protocol, ServicePort};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// The entries to delete: UDP flows to `dst` (any address when `None`, for node ports)
 /// on port `port`, answered by `endpoint`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Stale {
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<IpAddr>,
     pub port: u16,
-    pub endpoint: Ipv4Addr,
+    pub endpoint: IpAddr,
 }
 
 impl Stale {
     /// conntrack's arguments for it.
     pub fn args(&self) -> Vec<String> {
         let mut a = vec!["-D".to_string(), "-p".into(), "udp".into()];
+        if self.endpoint.is_ipv6() {
+            // conntrack looks at IPv4 flows unless told otherwise.
+            a.extend(["-f".into(), "ipv6".into()]);
+        }
         if let Some(dst) = self.dst {
             a.extend(["--orig-dst".into(), dst.to_string()]);
         }
@@ -40,7 +44,7 @@ impl Stale {
 /// for each UDP Service port, every endpoint that served it and serves it no more (a
 /// Service or port that is gone counts as having none).
 pub fn stale(old: &[ServicePort], new: &[ServicePort]) -> Vec<Stale> {
-    let served = |ports: &[ServicePort]| -> BTreeMap<String, BTreeSet<Ipv4Addr>> {
+    let served = |ports: &[ServicePort]| -> BTreeMap<String, BTreeSet<IpAddr>> {
         ports
             .iter()
             .filter(|p| p.protocol == Protocol::Udp)
@@ -101,12 +105,13 @@ pub async fn delete(stale: &[Stale]) -> Result<(), std::io::Error> {
 mod tests {
     use super::*;
     use crate::model::Endpoint;
+    use std::net::Ipv4Addr;
 
     fn port(proto: Protocol, eps: &[[u8; 4]], node_port: u16) -> ServicePort {
         let eps: Vec<Endpoint> = eps
             .iter()
             .map(|ip| Endpoint {
-                ip: Ipv4Addr::from(*ip),
+                ip: Ipv4Addr::from(*ip).into(),
                 port: 5353,
                 local: true,
             })
@@ -116,7 +121,7 @@ mod tests {
             name: "dns".into(),
             port_name: String::new(),
             protocol: proto,
-            cluster_ip: Some(Ipv4Addr::new(10, 43, 0, 20)),
+            cluster_ip: Some(Ipv4Addr::new(10, 43, 0, 20).into()),
             port: 53,
             node_port,
             external_ips: vec![],
@@ -150,12 +155,12 @@ mod tests {
                 Stale {
                     dst: None,
                     port: 30053,
-                    endpoint: Ipv4Addr::new(10, 42, 0, 5)
+                    endpoint: Ipv4Addr::new(10, 42, 0, 5).into()
                 },
                 Stale {
-                    dst: Some(Ipv4Addr::new(10, 43, 0, 20)),
+                    dst: Some(Ipv4Addr::new(10, 43, 0, 20).into()),
                     port: 53,
-                    endpoint: Ipv4Addr::new(10, 42, 0, 5)
+                    endpoint: Ipv4Addr::new(10, 42, 0, 5).into()
                 },
             ]
         );

@@ -29,7 +29,8 @@ use std::time::Duration;
 pub struct Options {
     /// This node's name: its endpoints are the local ones.
     pub node_name: String,
-    pub settings: rules::Settings,
+    /// One table per family: IPv4, and IPv6 on a dual-stack node.
+    pub settings: Vec<rules::Settings>,
     /// Where `/healthz` and `/livez` are served (kube-proxy's :10256); `None`: nowhere.
     pub healthz: Option<SocketAddr>,
 }
@@ -41,14 +42,18 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How often it looks again for a missing `nft`.
 const RETRY_MISSING: Duration = Duration::from_secs(30);
 
-/// Runs the proxy until the process ends.
+/// Runs the proxy until the process ends: one loop per family, over the same watches.
 pub async fn run(client: kube::Client, opts: Options) -> anyhow::Result<()> {
     let informers = Informers::new(client);
     let services = informers.get::<Service>();
     let slices = informers.get::<EndpointSlice>();
-    let wake = Arc::new(tokio::sync::Notify::new());
-    services.wake_on_change(&wake);
-    slices.wake_on_change(&wake);
+    let wakes: Vec<Arc<tokio::sync::Notify>> = (opts.settings.iter())
+        .map(|_| Arc::new(tokio::sync::Notify::new()))
+        .collect();
+    for wake in &wakes {
+        services.wake_on_change(wake);
+        slices.wake_on_change(wake);
+    }
     informers.synced().await;
     let synced = Arc::new(AtomicI64::new(0));
     if let Some(addr) = opts.healthz {
@@ -56,7 +61,37 @@ pub async fn run(client: kube::Client, opts: Options) -> anyhow::Result<()> {
             tracing::warn!(error = %format!("{e:#}"), "the proxy's health endpoint is not served");
         }
     }
-    prepare_host();
+    prepare_host(opts.settings.len() > 1);
+    let mut loops = Vec::new();
+    for (settings, wake) in opts.settings.iter().zip(wakes) {
+        let span = tracing::info_span!("proxy", family = settings.family().api());
+        loops.push(tokio::spawn(tracing::Instrument::instrument(
+            sync_loop(
+                services.clone(),
+                slices.clone(),
+                opts.node_name.clone(),
+                settings.clone(),
+                wake,
+                synced.clone(),
+            ),
+            span,
+        )));
+    }
+    for l in loops {
+        l.await?;
+    }
+    Ok(())
+}
+
+/// Programs one family's table from the Services and slices, for ever.
+async fn sync_loop(
+    services: Arc<kite_runtime::Informer<Service>>,
+    slices: Arc<kite_runtime::Informer<EndpointSlice>>,
+    node_name: String,
+    settings: rules::Settings,
+    wake: Arc<tokio::sync::Notify>,
+    synced: Arc<AtomicI64>,
+) {
     let mut programmed = state::Programmed::default();
     let mut missing_said = false;
     let mut conntrack_said = false;
@@ -67,8 +102,8 @@ pub async fn run(client: kube::Client, opts: Options) -> anyhow::Result<()> {
         let plan = programmed.plan(
             &svcs.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
             &sls.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
-            &opts.node_name,
-            &opts.settings,
+            &node_name,
+            &settings,
         );
         if !plan.scripts.is_empty() {
             let span = tracing::debug_span!("sync", services = svcs.len());
@@ -125,11 +160,16 @@ pub async fn run(client: kube::Client, opts: Options) -> anyhow::Result<()> {
 /// What the kernel needs for Services, as kube-proxy (and K3s) set it: bridged pod
 /// traffic goes through the IP hooks (so a pod's reply to another pod through a Service
 /// is un-DNATed), and routing forwards.
-fn prepare_host() {
-    for (path, value) in [
+fn prepare_host(v6: bool) {
+    let mut sysctls = vec![
         ("/proc/sys/net/bridge/bridge-nf-call-iptables", "1"),
         ("/proc/sys/net/ipv4/ip_forward", "1"),
-    ] {
+    ];
+    if v6 {
+        sysctls.push(("/proc/sys/net/bridge/bridge-nf-call-ip6tables", "1"));
+        sysctls.push(("/proc/sys/net/ipv6/conf/all/forwarding", "1"));
+    }
+    for (path, value) in sysctls {
         match std::fs::read_to_string(path) {
             Ok(v) if v.trim() == value => {}
             Ok(_) => {

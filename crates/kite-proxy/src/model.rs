@@ -2,12 +2,59 @@
 //! Service with a virtual IP, node port or external address, with the endpoints that
 //! serve it, chosen as kube-proxy's `CategorizeEndpoints` chooses them (ready ones;
 //! serving-and-terminating ones only when none is ready; the node's own for the `Local`
-//! traffic policies). Pure, so every rule has a unit test.
+//! traffic policies). Pure, so every rule has a unit test. A proxy programs one
+//! [`Family`]: on a dual-stack node one table per family, each with that family's cluster
+//! IP, external addresses and EndpointSlices, as kube-proxy runs one proxier per family.
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
+
+/// An IP family: which addresses, slices and table a proxy deals with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    /// nftables' family (and address match keyword): `ip` or `ip6`.
+    pub fn nft(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+
+    /// nftables' address type.
+    pub fn addr_type(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4_addr",
+            Family::V6 => "ipv6_addr",
+        }
+    }
+
+    /// The API's name (`ipFamilies`, an EndpointSlice's `addressType`).
+    pub fn api(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    fn has(self, ip: &IpAddr) -> bool {
+        Family::of(*ip) == self
+    }
+}
 
 /// The label an EndpointSlice names its Service with.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -43,7 +90,7 @@ impl Protocol {
 /// One endpoint of a Service port.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Endpoint {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     /// On this node.
     pub local: bool,
@@ -58,17 +105,17 @@ pub struct ServicePort {
     pub port_name: String,
     pub protocol: Protocol,
     /// The virtual IP (none for a headless Service or an ExternalName).
-    pub cluster_ip: Option<Ipv4Addr>,
+    pub cluster_ip: Option<IpAddr>,
     pub port: u16,
     /// 0: none.
     pub node_port: u16,
     /// `spec.externalIPs` and the load balancer's ingress IPs: reached like node ports.
-    pub external_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<IpAddr>,
     /// The load balancer's ingress IPs (also in `external_ips`): what
     /// `source_ranges` guards.
-    pub lb_ips: Vec<Ipv4Addr>,
+    pub lb_ips: Vec<IpAddr>,
     /// `spec.loadBalancerSourceRanges`: only these clients reach `lb_ips` (empty: all).
-    pub source_ranges: Vec<ipnet::Ipv4Net>,
+    pub source_ranges: Vec<ipnet::IpNet>,
     /// sessionAffinity ClientIP: its timeout in seconds.
     pub affinity_seconds: Option<u32>,
     /// externalTrafficPolicy Local (node ports, external IPs).
@@ -101,9 +148,10 @@ impl ServicePort {
     }
 }
 
-/// The IPv4 EndpointSlices of each Service, by the Service they name.
+/// The EndpointSlices of `family` of each Service, by the Service they name.
 pub fn slices_by_service<'a>(
     slices: &[&'a EndpointSlice],
+    family: Family,
 ) -> HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
     let mut by_service: HashMap<_, Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
@@ -116,7 +164,7 @@ pub fn slices_by_service<'a>(
         else {
             continue;
         };
-        if s.address_type != "IPv4" {
+        if s.address_type != family.api() {
             continue;
         }
         by_service.entry((ns, svc.as_str())).or_default().push(*s);
@@ -130,20 +178,27 @@ pub fn service_ports(
     services: &[&Service],
     slices: &[&EndpointSlice],
     node: &str,
+    family: Family,
 ) -> Vec<ServicePort> {
-    let by_service = slices_by_service(slices);
+    let by_service = slices_by_service(slices, family);
     let mut out = Vec::new();
     for svc in services {
         let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
         let name = svc.metadata.name.as_deref().unwrap_or_default();
         let svc_slices = by_service.get(&(ns, name)).map_or(&[][..], |v| &v[..]);
-        out.extend(ports_of(svc, svc_slices, node));
+        out.extend(ports_of(svc, svc_slices, node, family));
     }
     out
 }
 
-/// The ports of one Service, served by its slices `svc_slices`.
-pub fn ports_of(svc: &Service, svc_slices: &[&EndpointSlice], node: &str) -> Vec<ServicePort> {
+/// The ports of one Service in `family`, served by its slices `svc_slices` (of that
+/// family).
+pub fn ports_of(
+    svc: &Service,
+    svc_slices: &[&EndpointSlice],
+    node: &str,
+    family: Family,
+) -> Vec<ServicePort> {
     let mut out = Vec::new();
     let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
     let name = svc.metadata.name.as_deref().unwrap_or_default();
@@ -153,19 +208,25 @@ pub fn ports_of(svc: &Service, svc_slices: &[&EndpointSlice], node: &str) -> Vec
     if spec.type_.as_deref() == Some("ExternalName") {
         return out;
     }
+    // The cluster IP of this family: from `clusterIPs` (a dual-stack Service has one of
+    // each), or `clusterIP` as older writers leave it.
     let cluster_ip = spec
-        .cluster_ip
-        .as_deref()
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.as_ref())
         .filter(|ip| *ip != "None")
-        .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
-    let mut external_ips: Vec<Ipv4Addr> = spec
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .find(|ip| family.has(ip));
+    let mut external_ips: Vec<IpAddr> = spec
         .external_ips
         .iter()
         .flatten()
         .filter_map(|ip| ip.parse().ok())
+        .filter(|ip| family.has(ip))
         .collect();
-    let mut lb_ips: Vec<Ipv4Addr> = Vec::new();
-    let mut source_ranges: Vec<ipnet::Ipv4Net> = Vec::new();
+    let mut lb_ips: Vec<IpAddr> = Vec::new();
+    let mut source_ranges: Vec<ipnet::IpNet> = Vec::new();
     if spec.type_.as_deref() == Some("LoadBalancer") {
         let ingress = svc
             .status
@@ -176,15 +237,19 @@ pub fn ports_of(svc: &Service, svc_slices: &[&EndpointSlice], node: &str) -> Vec
             ingress
                 .into_iter()
                 .flatten()
-                .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
+                .filter_map(|i| i.ip.as_deref()?.parse::<IpAddr>().ok())
+                .filter(|ip| family.has(ip)),
         );
         lb_ips.sort();
         lb_ips.dedup();
         external_ips.extend(lb_ips.iter().copied());
-        // CIDRs as the API validates them (surrounding spaces allowed); IPv6 ones are
-        // for an IPv6 datapath, which kite does not have.
+        // CIDRs as the API validates them (surrounding spaces allowed), of this family.
         let ranges = spec.load_balancer_source_ranges.iter().flatten();
-        source_ranges.extend(ranges.filter_map(|r| r.trim().parse::<ipnet::Ipv4Net>().ok()));
+        source_ranges.extend(
+            ranges
+                .filter_map(|r| r.trim().parse::<ipnet::IpNet>().ok())
+                .filter(|n| family.has(&n.addr())),
+        );
         source_ranges.iter_mut().for_each(|n| *n = n.trunc());
         source_ranges.sort();
         source_ranges.dedup();
@@ -274,7 +339,7 @@ fn endpoints_of(
             let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
             let local = e.node_name.as_deref() == Some(node);
             for a in &e.addresses {
-                if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                if let Ok(ip) = a.parse::<IpAddr>() {
                     out.push(Candidate {
                         ep: Endpoint { ip, port, local },
                         ready,
@@ -396,7 +461,7 @@ mod tests {
                 ("10.42.0.4", false, false, false, "n1"),
             ],
         );
-        let ports = service_ports(&[&s], &[&sl], "n1");
+        let ports = service_ports(&[&s], &[&sl], "n1", Family::V4);
         assert_eq!(ports.len(), 1);
         assert_eq!(ips(&ports[0].cluster_endpoints), ["10.42.0.2:8080"]);
         let sl = slice(
@@ -408,7 +473,7 @@ mod tests {
                 ("10.42.0.4", false, false, false, "n1"),
             ],
         );
-        let ports = service_ports(&[&s], &[&sl], "n1");
+        let ports = service_ports(&[&s], &[&sl], "n1", Family::V4);
         assert_eq!(ips(&ports[0].cluster_endpoints), ["10.42.0.3:8080"]);
     }
 
@@ -431,14 +496,14 @@ mod tests {
             9100,
             &[("10.42.0.2", true, true, false, "n1")],
         );
-        let ports = service_ports(&[&s], &[&a, &b], "n1");
+        let ports = service_ports(&[&s], &[&a, &b], "n1", Family::V4);
         assert_eq!(ports.len(), 2);
         assert_eq!(ports[0].id(), "default/web:http");
         assert_eq!(ports[0].node_port, 30007);
         assert_eq!(ips(&ports[0].cluster_endpoints), ["10.42.0.2:8080"]);
         assert_eq!(ips(&ports[1].cluster_endpoints), ["10.42.0.2:9100"]);
         let headless = svc("db", "None", &[("", 5432, 0)]);
-        assert!(service_ports(&[&headless], &[], "n1").is_empty());
+        assert!(service_ports(&[&headless], &[], "n1", Family::V4).is_empty());
     }
 
     #[test]
@@ -457,7 +522,7 @@ mod tests {
                 ("10.42.1.2", true, true, false, "n2"),
             ],
         );
-        let p = &service_ports(&[&s], &[&sl], "n1")[0];
+        let p = &service_ports(&[&s], &[&sl], "n1", Family::V4)[0];
         assert!(p.external_local && p.internal_local);
         assert_eq!(ips(&p.cluster_endpoints), ["10.42.0.2:80"]);
         assert_eq!(ips(&p.local_endpoints), ["10.42.0.2:80"]);
@@ -466,7 +531,7 @@ mod tests {
             Some(10800),
             "upstream's default timeout"
         );
-        let p = &service_ports(&[&s], &[&sl], "n3")[0];
+        let p = &service_ports(&[&s], &[&sl], "n3", Family::V4)[0];
         assert!(p.local_endpoints.is_empty());
     }
 
@@ -481,18 +546,18 @@ mod tests {
             "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.9"}]}}
         }))
         .unwrap();
-        let p = &service_ports(&[&svc], &[], "n1")[0];
+        let p = &service_ports(&[&svc], &[], "n1", Family::V4)[0];
         assert_eq!(
             p.external_ips,
             [
-                "192.0.2.1".parse::<Ipv4Addr>().unwrap(),
+                "192.0.2.1".parse::<IpAddr>().unwrap(),
                 "192.0.2.9".parse().unwrap()
             ]
         );
-        assert_eq!(p.lb_ips, ["192.0.2.9".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(p.lb_ips, ["192.0.2.9".parse::<IpAddr>().unwrap()]);
         assert_eq!(
             p.source_ranges,
-            ["10.1.0.0/16".parse::<ipnet::Ipv4Net>().unwrap()]
+            ["10.1.0.0/16".parse::<ipnet::IpNet>().unwrap()]
         );
     }
 }

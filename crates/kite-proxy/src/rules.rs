@@ -1,5 +1,5 @@
 //! The nftables ruleset for a set of Service ports, modelled on kube-proxy's nftables mode
-//! (table `ip kite-proxy`): fixed base chains that jump to `services` (DNAT through the
+//! (table `ip kite-proxy`, and `ip6 kite-proxy` for a dual-stack node's IPv6 Services): fixed base chains that jump to `services` (DNAT through the
 //! `service-ips` and `service-nodeports` verdict maps), a chain per Service port
 //! (`service-…`: one DNAT to a random endpoint, the endpoints in one of 64 shared maps),
 //! per external entry point
@@ -13,7 +13,7 @@
 //! [`Ruleset::script`] turns the difference between two rulesets into one `nft -f`
 //! transaction, so a change rewrites only the chains it touches.
 
-use crate::model::{Endpoint, ServicePort};
+use crate::model::{Endpoint, Family, ServicePort};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
@@ -26,10 +26,18 @@ const MASQ: &str = "0x4000";
 /// What the ruleset depends on besides the Service ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// Pods' addresses: traffic from elsewhere to a cluster IP is masqueraded.
-    pub cluster_cidr: ipnet::Ipv4Net,
+    /// Pods' addresses: traffic from elsewhere to a cluster IP is masqueraded. Its family
+    /// is the table's.
+    pub cluster_cidr: ipnet::IpNet,
     /// Cluster IPs: what no Service holds is dropped.
-    pub service_cidr: ipnet::Ipv4Net,
+    pub service_cidr: ipnet::IpNet,
+}
+
+impl Settings {
+    /// The family this table serves.
+    pub fn family(&self) -> Family {
+        Family::of(self.cluster_cidr.addr())
+    }
 }
 
 #[cfg(test)]
@@ -60,38 +68,45 @@ pub struct Ruleset {
 /// and were not DNATed are dropped, so pods cannot reach the host's loopback services.
 fn skeleton(s: &Settings) -> String {
     let (pods, services) = (s.cluster_cidr, s.service_cidr);
+    let (ip, a) = (s.family().nft(), s.family().addr_type());
+    // IPv6 has no route_localnet: kube-proxy serves no node port on ::1 either; the rule
+    // only keeps others off the host's loopback services.
+    let lo = match s.family() {
+        Family::V4 => "127.0.0.0/8",
+        Family::V6 => "::1",
+    };
     let endpoint_maps: String = (ENDPOINT_MAPS.iter())
-        .map(|m| format!("  map {m} {{ typeof numgen random mod 2 : ip daddr . tcp dport; }}\n"))
+        .map(|m| format!("  map {m} {{ typeof numgen random mod 2 : {ip} daddr . tcp dport; }}\n"))
         .collect();
     format!(
-        "table ip {TABLE} {{
-  map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
+        "table {ip} {TABLE} {{
+  map service-ips {{ type {a} . inet_proto . inet_service : verdict; }}
   map service-nodeports {{ type inet_proto . inet_service : verdict; }}
-  map no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
+  map no-endpoint-services {{ type {a} . inet_proto . inet_service : verdict; }}
   map no-endpoint-nodeports {{ type inet_proto . inet_service : verdict; }}
-  map firewall-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
-  set cluster-ips {{ type ipv4_addr; }}
-  set hairpin {{ type ipv4_addr . ipv4_addr; }}
+  map firewall-ips {{ type {a} . inet_proto . inet_service : verdict; }}
+  set cluster-ips {{ type {a}; }}
+  set hairpin {{ type {a} . {a}; }}
 {endpoint_maps}  chain reject-chain {{ reject; }}
   chain services {{
-    ip daddr @cluster-ips ip saddr != {pods} meta mark set meta mark | {MASQ}
-    ip daddr . meta l4proto . th dport vmap @service-ips
+    {ip} daddr @cluster-ips {ip} saddr != {pods} meta mark set meta mark | {MASQ}
+    {ip} daddr . meta l4proto . th dport vmap @service-ips
     fib daddr type local meta l4proto . th dport vmap @service-nodeports
   }}
   chain masquerading {{
-    ct status dnat ip saddr . ip daddr @hairpin masquerade fully-random
+    ct status dnat {ip} saddr . {ip} daddr @hairpin masquerade fully-random
     meta mark & {MASQ} != 0 meta mark set meta mark ^ {MASQ} masquerade fully-random
   }}
-  chain service-endpoints-check {{ ip daddr . meta l4proto . th dport vmap @no-endpoint-services; }}
+  chain service-endpoints-check {{ {ip} daddr . meta l4proto . th dport vmap @no-endpoint-services; }}
   chain nodeport-endpoints-check {{ fib daddr type local meta l4proto . th dport vmap @no-endpoint-nodeports; }}
-  chain cluster-ips-check {{ ip daddr @cluster-ips reject; ip daddr {services} drop; }}
+  chain cluster-ips-check {{ {ip} daddr @cluster-ips reject; {ip} daddr {services} drop; }}
   chain filter-input {{
     type filter hook input priority 0;
-    ip daddr 127.0.0.0/8 ip saddr != 127.0.0.0/8 ct status & dnat != dnat drop
+    {ip} daddr {lo} {ip} saddr != {lo} ct status & dnat != dnat drop
     ct state new jump nodeport-endpoints-check
     ct state new jump service-endpoints-check
   }}
-  chain firewall-check {{ ip daddr . meta l4proto . th dport vmap @firewall-ips; }}
+  chain firewall-check {{ {ip} daddr . meta l4proto . th dport vmap @firewall-ips; }}
   chain filter-prerouting-pre-dnat {{ type filter hook prerouting priority -110; ct state new jump firewall-check; }}
   chain filter-output-pre-dnat {{ type filter hook output priority -110; ct state new jump firewall-check; }}
   chain filter-forward {{ type filter hook forward priority 0; ct state new jump service-endpoints-check; ct state new jump cluster-ips-check; }}
@@ -115,12 +130,22 @@ fn base(p: &ServicePort) -> String {
     format!("{}/{}/{}/{port}", p.namespace, p.name, p.protocol.nft())
 }
 
+/// An address as chain and set names hold it (nft names take no `:`).
+fn name_of(ip: &std::net::IpAddr) -> String {
+    ip.to_string().replace(':', ".")
+}
+
+/// `ip:port`, or `[ip]:port` for IPv6, as a DNAT target.
+fn target(e: &Endpoint) -> String {
+    std::net::SocketAddr::new(e.ip, e.port).to_string()
+}
+
 fn endpoint_chain(base: &str, e: &Endpoint) -> String {
-    format!("endpoint-{base}__{}/{}", e.ip, e.port)
+    format!("endpoint-{base}__{}/{}", name_of(&e.ip), e.port)
 }
 
 fn affinity_set(base: &str, e: &Endpoint) -> String {
-    format!("affinity-{base}__{}/{}", e.ip, e.port)
+    format!("affinity-{base}__{}/{}", name_of(&e.ip), e.port)
 }
 
 /// Endpoint lists in shared maps: a Service given slot `s` keeps its lists in map
@@ -210,8 +235,10 @@ impl Ruleset {
         p: &ServicePort,
         eps: &[Endpoint],
         lists: &mut Lists,
+        family: Family,
     ) -> Vec<String> {
         let proto = p.protocol.nft();
+        let ip = family.nft();
         for e in eps.iter().filter(|e| e.local) {
             // A pod reaching itself through the Service: its reply must come back
             // through the host, so it is masqueraded (see `masquerading`).
@@ -219,7 +246,7 @@ impl Ruleset {
         }
         let Some(t) = p.affinity_seconds else {
             return vec![match eps {
-                [e] => format!("meta l4proto {proto} dnat ip to {}:{}", e.ip, e.port),
+                [e] => format!("meta l4proto {proto} dnat {ip} to {}", target(e)),
                 _ => match lists.next(eps.len()) {
                     Some((map, first)) => {
                         for (i, e) in (0u32..).zip(eps) {
@@ -227,7 +254,7 @@ impl Ruleset {
                             self.element(map, entry);
                         }
                         format!(
-                            "meta l4proto {proto} dnat ip addr . port to numgen random mod {} offset {first} map @{map}",
+                            "meta l4proto {proto} dnat {ip} addr . port to numgen random mod {} offset {first} map @{map}",
                             eps.len()
                         )
                     }
@@ -236,7 +263,7 @@ impl Ruleset {
                             .map(|(i, e)| format!("{i} : {} . {}", e.ip, e.port))
                             .collect();
                         format!(
-                        "meta l4proto {proto} dnat ip addr . port to numgen random mod {} map {{ {} }}",
+                        "meta l4proto {proto} dnat {ip} addr . port to numgen random mod {} map {{ {} }}",
                         eps.len(),
                         arms.join(", ")
                     )
@@ -251,17 +278,20 @@ impl Ruleset {
             if !self.chains.contains_key(&chain) {
                 self.sets.insert(
                     set.clone(),
-                    format!("{{ type ipv4_addr; flags dynamic,timeout; timeout {t}s; }}"),
+                    format!(
+                        "{{ type {}; flags dynamic,timeout; timeout {t}s; }}",
+                        family.addr_type()
+                    ),
                 );
                 self.chains.insert(
                     chain.clone(),
                     vec![
-                        format!("update @{set} {{ ip saddr }}"),
-                        format!("meta l4proto {proto} dnat ip to {}:{}", e.ip, e.port),
+                        format!("update @{set} {{ {ip} saddr }}"),
+                        format!("meta l4proto {proto} dnat {ip} to {}", target(e)),
                     ],
                 );
             }
-            rules.push(format!("ip saddr @{set} goto {chain}"));
+            rules.push(format!("{ip} saddr @{set} goto {chain}"));
         }
         let arms: Vec<String> = (eps.iter().enumerate())
             .map(|(i, e)| format!("{i} : goto {}", endpoint_chain(base, e)))
@@ -275,12 +305,14 @@ impl Ruleset {
     }
 
     fn add_port(&mut self, p: &ServicePort, s: &Settings, lists: &mut Lists) {
+        let fam = s.family();
+        let nf = fam.nft();
         let base = base(p);
         let proto = p.protocol.nft();
         let service = format!("service-{base}");
         let has_cluster = !p.cluster_endpoints.is_empty();
         if has_cluster {
-            let rules = self.dispatch(&base, p, &p.cluster_endpoints.clone(), lists);
+            let rules = self.dispatch(&base, p, &p.cluster_endpoints.clone(), lists, fam);
             self.chains.insert(service.clone(), rules);
         }
         if let Some(ip) = p.cluster_ip {
@@ -302,7 +334,7 @@ impl Ruleset {
         let mut rules = Vec::new();
         let reachable = if p.external_local {
             if has_cluster {
-                rules.push(format!("ip saddr {} goto {service}", s.cluster_cidr));
+                rules.push(format!("{nf} saddr {} goto {service}", s.cluster_cidr));
                 rules.push(format!(
                     "fib saddr type local meta mark set meta mark | {MASQ}"
                 ));
@@ -312,7 +344,7 @@ impl Ruleset {
                 rules.push("drop".into());
             } else {
                 let eps = p.local_endpoints.clone();
-                rules.extend(self.dispatch(&base, p, &eps, lists));
+                rules.extend(self.dispatch(&base, p, &eps, lists, fam));
             }
             has_cluster || !p.local_endpoints.is_empty()
         } else if has_cluster && !p.internal_local {
@@ -325,7 +357,7 @@ impl Ruleset {
             rules.push(format!("meta mark set meta mark | {MASQ}"));
             let all = p.all_endpoints.clone();
             if !all.is_empty() {
-                rules.extend(self.dispatch(&base, p, &all, lists));
+                rules.extend(self.dispatch(&base, p, &all, lists, fam));
             }
             !all.is_empty()
         };
@@ -352,7 +384,7 @@ impl Ruleset {
         if !p.source_ranges.is_empty() && !p.lb_ips.is_empty() {
             let firewall = format!("firewall-{base}");
             let ranges: Vec<String> = p.source_ranges.iter().map(|r| r.to_string()).collect();
-            let rule = format!("ip saddr != {{ {} }} drop", ranges.join(", "));
+            let rule = format!("{nf} saddr != {{ {} }} drop", ranges.join(", "));
             self.chains.insert(firewall.clone(), vec![rule]);
             for ip in &p.lb_ips {
                 let key = format!("{ip} . {proto} . {}", p.port);
@@ -369,12 +401,13 @@ impl Ruleset {
     /// changed.
     pub fn script(&self, prev: Option<&Ruleset>, s: &Settings) -> String {
         let mut out = String::new();
+        let ip = s.family().nft();
         let empty = Ruleset::default();
         let prev = match prev {
             Some(p) => p,
             None => {
                 // `add` then `delete` works whether or not the table exists.
-                let _ = writeln!(out, "add table ip {TABLE}\ndelete table ip {TABLE}");
+                let _ = writeln!(out, "add table {ip} {TABLE}\ndelete table {ip} {TABLE}");
                 out.push_str(&skeleton(s));
                 &empty
             }
@@ -383,41 +416,41 @@ impl Ruleset {
         for (map, old) in &prev.elements {
             let new = self.elements.get(map);
             let gone = old.iter().filter(|e| !new.is_some_and(|n| n.contains(*e)));
-            elements_lines(&mut out, "delete", map, gone);
+            elements_lines(&mut out, ip, "delete", map, gone);
         }
         for (name, decl) in &self.sets {
             match prev.sets.get(name) {
                 Some(d) if d == decl => {}
                 Some(_) => {
-                    let _ = writeln!(out, "delete set ip {TABLE} {name}");
-                    let _ = writeln!(out, "add set ip {TABLE} {name} {decl}");
+                    let _ = writeln!(out, "delete set {ip} {TABLE} {name}");
+                    let _ = writeln!(out, "add set {ip} {TABLE} {name} {decl}");
                 }
                 None => {
-                    let _ = writeln!(out, "add set ip {TABLE} {name} {decl}");
+                    let _ = writeln!(out, "add set {ip} {TABLE} {name} {decl}");
                 }
             }
         }
         for name in self.chains.keys() {
             if !prev.chains.contains_key(name) {
-                let _ = writeln!(out, "add chain ip {TABLE} {name}");
+                let _ = writeln!(out, "add chain {ip} {TABLE} {name}");
             }
         }
         for (name, rules) in &self.chains {
             match prev.chains.get(name) {
                 Some(old) if old == rules => continue,
                 Some(_) => {
-                    let _ = writeln!(out, "flush chain ip {TABLE} {name}");
+                    let _ = writeln!(out, "flush chain {ip} {TABLE} {name}");
                 }
                 None => {}
             }
             for r in rules {
-                let _ = writeln!(out, "add rule ip {TABLE} {name} {r}");
+                let _ = writeln!(out, "add rule {ip} {TABLE} {name} {r}");
             }
         }
         for (map, new) in &self.elements {
             let old = prev.elements.get(map);
             let added = new.iter().filter(|e| !old.is_some_and(|o| o.contains(*e)));
-            elements_lines(&mut out, "add", map, added);
+            elements_lines(&mut out, ip, "add", map, added);
         }
         // Chains that go, once nothing jumps to them: those that jumped were flushed
         // above, or go too (flushed first, as a chain still holding a jump cannot go).
@@ -425,13 +458,13 @@ impl Ruleset {
             .filter(|n| !self.chains.contains_key(*n))
             .collect();
         for name in &gone {
-            let _ = writeln!(out, "flush chain ip {TABLE} {name}");
+            let _ = writeln!(out, "flush chain {ip} {TABLE} {name}");
         }
         for name in &gone {
-            let _ = writeln!(out, "delete chain ip {TABLE} {name}");
+            let _ = writeln!(out, "delete chain {ip} {TABLE} {name}");
         }
         for name in prev.sets.keys().filter(|n| !self.sets.contains_key(*n)) {
-            let _ = writeln!(out, "delete set ip {TABLE} {name}");
+            let _ = writeln!(out, "delete set {ip} {TABLE} {name}");
         }
         out
     }
@@ -441,6 +474,7 @@ impl Ruleset {
 /// one command with 500 elements far faster than 500 commands).
 fn elements_lines<'a>(
     out: &mut String,
+    ip: &str,
     verb: &str,
     map: &str,
     elements: impl Iterator<Item = &'a String>,
@@ -448,7 +482,7 @@ fn elements_lines<'a>(
     let mut n = 0;
     for e in elements {
         if n == 0 {
-            let _ = write!(out, "{verb} element ip {TABLE} {map} {{ {e}");
+            let _ = write!(out, "{verb} element {ip} {TABLE} {map} {{ {e}");
         } else {
             let _ = write!(out, ", {e}");
         }
@@ -487,7 +521,7 @@ mod tests {
             name: "web".into(),
             port_name: "http".into(),
             protocol: Protocol::Tcp,
-            cluster_ip: Some(Ipv4Addr::new(10, 43, 0, 10)),
+            cluster_ip: Some(Ipv4Addr::new(10, 43, 0, 10).into()),
             port: 80,
             node_port: 30007,
             external_ips: vec![],
@@ -507,6 +541,42 @@ mod tests {
             .get(map)
             .map(|e| e.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn an_ipv6_table_for_ipv6_services() {
+        let s6 = Settings {
+            cluster_cidr: "fd42::/56".parse().unwrap(),
+            service_cidr: "fd43::/112".parse().unwrap(),
+        };
+        assert_eq!(s6.family(), Family::V6);
+        let mut p = port(&[ep("fd42::5", true)]);
+        p.cluster_ip = Some("fd43::a".parse().unwrap());
+        p.affinity_seconds = Some(30);
+        let r = Ruleset::build(&[p], &s6);
+        assert_eq!(
+            elements(&r, "service-ips"),
+            ["fd43::a . tcp . 80 : goto service-default/web/tcp/http"]
+        );
+        assert_eq!(elements(&r, "hairpin"), ["fd42::5 . fd42::5"]);
+        // Names take no colons; DNAT targets bracket the address.
+        let chain = "endpoint-default/web/tcp/http__fd42..5/8080";
+        assert_eq!(
+            r.chains[chain],
+            [
+                "update @affinity-default/web/tcp/http__fd42..5/8080 { ip6 saddr }",
+                "meta l4proto tcp dnat ip6 to [fd42::5]:8080"
+            ]
+        );
+        let script = r.script(None, &s6);
+        assert!(script.starts_with("add table ip6 kite-proxy\ndelete table ip6 kite-proxy\n"));
+        assert!(script.contains("set cluster-ips { type ipv6_addr; }"));
+        assert!(script.contains("ip6 daddr ::1 ip6 saddr != ::1"));
+        assert!(script.contains("add element ip6 kite-proxy cluster-ips { fd43::a }"));
+        assert!(
+            !script.contains(" ip ") && !script.contains("ipv4_addr"),
+            "{script}"
+        );
     }
 
     #[test]
@@ -616,8 +686,11 @@ mod tests {
     #[test]
     fn load_balancer_source_ranges_guard_only_the_load_balancer_addresses() {
         let mut p = port(&[ep("10.42.0.5", true)]);
-        p.external_ips = vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 9)];
-        p.lb_ips = vec![Ipv4Addr::new(192, 0, 2, 9)];
+        p.external_ips = vec![
+            Ipv4Addr::new(192, 0, 2, 1).into(),
+            Ipv4Addr::new(192, 0, 2, 9).into(),
+        ];
+        p.lb_ips = vec![Ipv4Addr::new(192, 0, 2, 9).into()];
         p.source_ranges = vec![
             "10.1.0.0/16".parse().unwrap(),
             "192.0.2.64/26".parse().unwrap(),
@@ -661,7 +734,7 @@ mod tests {
         let s = settings();
         let mut other = port(&[ep("10.42.0.9", true)]);
         other.name = "other".into();
-        other.cluster_ip = Some(Ipv4Addr::new(10, 43, 0, 11));
+        other.cluster_ip = Some(Ipv4Addr::new(10, 43, 0, 11).into());
         other.node_port = 0;
         let before = Ruleset::build(&[port(&[ep("10.42.0.5", true)]), other.clone()], &s);
         let after = Ruleset::build(&[port(&[ep("10.42.0.6", true)]), other], &s);
@@ -703,16 +776,16 @@ mod tests {
         let s = settings();
         let mut a = port(&[ep("10.42.0.5", true), ep("10.42.0.6", false)]);
         a.affinity_seconds = Some(60);
-        a.external_ips = vec![Ipv4Addr::new(192, 0, 2, 1)];
-        a.lb_ips = vec![Ipv4Addr::new(192, 0, 2, 1)];
+        a.external_ips = vec![Ipv4Addr::new(192, 0, 2, 1).into()];
+        a.lb_ips = vec![Ipv4Addr::new(192, 0, 2, 1).into()];
         a.source_ranges = vec!["10.1.0.0/16".parse().unwrap()];
         let mut b = port(&[]);
         b.name = "empty".into();
-        b.cluster_ip = Some(Ipv4Addr::new(10, 43, 0, 12));
+        b.cluster_ip = Some(Ipv4Addr::new(10, 43, 0, 12).into());
         b.node_port = 30008;
         let mut c = port(&[ep("10.42.1.7", false)]);
         c.name = "local".into();
-        c.cluster_ip = Some(Ipv4Addr::new(10, 43, 0, 13));
+        c.cluster_ip = Some(Ipv4Addr::new(10, 43, 0, 13).into());
         c.node_port = 30009;
         c.external_local = true;
         c.local_endpoints.clear();

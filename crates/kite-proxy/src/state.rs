@@ -146,7 +146,7 @@ impl Programmed {
         node: &str,
         s: &Settings,
     ) -> Plan {
-        let by_service = model::slices_by_service(slices);
+        let by_service = model::slices_by_service(slices, s.family());
         let mut changed = Vec::new();
         let mut key = String::new();
         let mut kept = 0;
@@ -168,7 +168,7 @@ impl Programmed {
             }
             let slot = old.map_or_else(|| slots.take(), |o| o.slot);
             let fp = fingerprint(svc, svc_slices);
-            let ports = model::ports_of(svc, svc_slices, node);
+            let ports = model::ports_of(svc, svc_slices, node, s.family());
             let rules = Ruleset::build_in(&ports, s, slot);
             changed.push((
                 key.clone(),

@@ -204,17 +204,17 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
             c
         }
     };
+    let (cluster_cidr, cluster_cidr_v6) =
+        crate::config::parse_dual_cidr(&creds.cluster.cluster_cidr, 32, 128)
+            .map_err(|why| anyhow::anyhow!("the server's cluster CIDR: {why}"))?;
+    let (service_cidr, service_cidr_v6) =
+        crate::config::parse_dual_cidr(&creds.cluster.service_cidr, 32, 128)
+            .map_err(|why| anyhow::anyhow!("the server's service CIDR: {why}"))?;
     let cluster = crate::node::Cluster {
-        cluster_cidr: creds
-            .cluster
-            .cluster_cidr
-            .parse()
-            .context("the server's cluster CIDR")?,
-        service_cidr: creds
-            .cluster
-            .service_cidr
-            .parse()
-            .context("the server's service CIDR")?,
+        cluster_cidr,
+        cluster_cidr_v6,
+        service_cidr,
+        service_cidr_v6,
         cluster_dns: creds
             .cluster
             .cluster_dns

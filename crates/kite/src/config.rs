@@ -509,7 +509,7 @@ pub struct ServerArgs {
         default_value = "600"
     )]
     pub write_kubeconfig_mode: String,
-    /// Pod network range.
+    /// Pod network range: IPv4, or IPv4,IPv6 for dual-stack pods (K3s's form).
     #[arg(
         help_heading = "Networking",
         long,
@@ -517,7 +517,7 @@ pub struct ServerArgs {
         default_value = "10.42.0.0/16"
     )]
     pub cluster_cidr: String,
-    /// Service ClusterIP range.
+    /// Service ClusterIP range: IPv4, or IPv4,IPv6 for dual-stack Services.
     #[arg(
         help_heading = "Networking",
         long,
@@ -801,7 +801,11 @@ pub struct ServerConfig {
     pub kubeconfig: PathBuf,
     pub kubeconfig_mode: u32,
     pub cluster_cidr: ipnet::Ipv4Net,
+    /// The pod network's IPv6 range of a dual-stack cluster.
+    pub cluster_cidr_v6: Option<ipnet::Ipv6Net>,
     pub service_cidr: ipnet::Ipv4Net,
+    /// The Services' IPv6 range of a dual-stack cluster.
+    pub service_cidr_v6: Option<ipnet::Ipv6Net>,
     pub cluster_dns: std::net::Ipv4Addr,
     pub cluster_domain: String,
     pub node_port_range: (i64, i64),
@@ -849,6 +853,52 @@ pub struct NodeConfig {
     pub cgroup_root: String,
 }
 
+/// Parses a range flag: `IPv4` or `IPv4,IPv6` (a dual-stack cluster, IPv4 first), each
+/// truncated to its network; `max_v4`/`max_v6` are the longest prefixes allowed.
+pub fn parse_dual_cidr(
+    v: &str,
+    max_v4: u8,
+    max_v6: u8,
+) -> std::result::Result<(ipnet::Ipv4Net, Option<ipnet::Ipv6Net>), String> {
+    let mut parts = v.split(',').map(str::trim);
+    let first = parts.next().unwrap_or_default();
+    let v4 = match first.parse::<ipnet::IpNet>() {
+        Ok(ipnet::IpNet::V4(n)) => n.trunc(),
+        Ok(ipnet::IpNet::V6(_)) => {
+            return Err("an IPv6-first (or IPv6-only) cluster is not supported: give the IPv4 range first, e.g. 10.42.0.0/16,fd42::/56".into())
+        }
+        Err(_) => return Err("not a CIDR such as 10.43.0.0/16 (or IPv4,IPv6 for dual-stack)".into()),
+    };
+    if v4.prefix_len() > max_v4 {
+        return Err(format!("{v4} is too small; use a /{max_v4} or larger"));
+    }
+    let v6 = match parts.next() {
+        None => None,
+        Some(second) => match second.parse::<ipnet::IpNet>() {
+            Ok(ipnet::IpNet::V6(n)) => Some(n.trunc()),
+            Ok(ipnet::IpNet::V4(_)) => {
+                return Err("a dual-stack range is one IPv4 and one IPv6 CIDR".into())
+            }
+            Err(_) => return Err(format!("{second:?} is not an IPv6 CIDR such as fd42::/56")),
+        },
+    };
+    if let Some(n) = v6.filter(|n| n.prefix_len() > max_v6) {
+        return Err(format!("{n} is too small; use a /{max_v6} or larger"));
+    }
+    if parts.next().is_some() {
+        return Err("at most two ranges, one IPv4 and one IPv6".into());
+    }
+    Ok((v4, v6))
+}
+
+/// A dual range as the flag writes it.
+pub fn show_dual_cidr<A: std::fmt::Display, B: std::fmt::Display>(v4: A, v6: Option<B>) -> String {
+    match v6 {
+        Some(v6) => format!("{v4},{v6}"),
+        None => v4.to_string(),
+    }
+}
+
 fn bad(key: &str, value: &str, why: &str) -> anyhow::Error {
     anyhow::anyhow!("invalid value {value:?} for --{key}: {why}")
 }
@@ -878,26 +928,15 @@ impl ServerArgs {
                     "not an octal file mode such as 600 or 644",
                 )
             })?;
-        let cidr = |key: &str, v: &str| -> Result<ipnet::Ipv4Net> {
-            v.parse::<ipnet::Ipv4Net>()
-                .map(|n| n.trunc())
-                .map_err(|_| bad(key, v, "not an IPv4 CIDR such as 10.43.0.0/16"))
-        };
-        let cluster_cidr = cidr("cluster-cidr", &self.cluster_cidr)?;
-        // Node IPAM hands each node a /24 from it.
-        if cluster_cidr.prefix_len() > 24 {
-            return Err(bad(
-                "cluster-cidr",
-                &self.cluster_cidr,
-                "too small for /24 node ranges; use a /24 or larger",
-            ));
-        }
-        let service_cidr = cidr("service-cidr", &self.service_cidr)?;
-        if service_cidr.prefix_len() > 28 {
+        let (cluster_cidr, cluster_cidr_v6) = parse_dual_cidr(&self.cluster_cidr, 24, 64)
+            .map_err(|why| bad("cluster-cidr", &self.cluster_cidr, &why))?;
+        let (service_cidr, service_cidr_v6) = parse_dual_cidr(&self.service_cidr, 28, 124)
+            .map_err(|why| bad("service-cidr", &self.service_cidr, &why))?;
+        if let Some(v6) = service_cidr_v6.filter(|n| n.prefix_len() < 108) {
             return Err(bad(
                 "service-cidr",
                 &self.service_cidr,
-                "too small; use a /28 or larger",
+                &format!("the IPv6 range {v6} is too large; use a /108 or smaller, as upstream's API server"),
             ));
         }
         let mut disable_dns = false;
@@ -973,7 +1012,9 @@ impl ServerArgs {
             kubeconfig,
             kubeconfig_mode,
             cluster_cidr,
+            cluster_cidr_v6,
             service_cidr,
+            service_cidr_v6,
             cluster_dns,
             cluster_domain: self.cluster_domain.clone(),
             node_port_range: range,
@@ -1399,6 +1440,50 @@ mod tests {
         assert_eq!(c.port, 6443);
         assert_eq!(c.node_port_range, (30000, 32767));
         assert_eq!(c.service_cidr.to_string(), "10.43.0.0/16");
+        assert_eq!(c.service_cidr_v6, None);
+    }
+
+    #[test]
+    fn dual_stack_ranges() {
+        let c = args(&[
+            "--node-name",
+            "n1",
+            "--cluster-cidr",
+            "10.42.0.0/16,fd42::/56",
+            "--service-cidr",
+            "10.43.0.0/16, fd43::/112",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.cluster_cidr_v6.unwrap().to_string(), "fd42::/56");
+        assert_eq!(c.service_cidr_v6.unwrap().to_string(), "fd43::/112");
+        for (flag, v, why) in [
+            (
+                "--service-cidr",
+                "fd43::/112,10.43.0.0/16",
+                "IPv4 range first",
+            ),
+            (
+                "--service-cidr",
+                "10.43.0.0/16,fd43::/64",
+                "/108 or smaller",
+            ),
+            ("--cluster-cidr", "10.42.0.0/16,fd42::/96", "/64 or larger"),
+            (
+                "--cluster-cidr",
+                "10.42.0.0/16,10.44.0.0/16",
+                "one IPv4 and one IPv6",
+            ),
+            (
+                "--cluster-cidr",
+                "10.42.0.0/16,fd42::/56,fd44::/56",
+                "at most two",
+            ),
+        ] {
+            let e = args(&["--node-name", "n1", flag, v]).resolve().unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(flag) && msg.contains(why), "{v}: {msg}");
+        }
     }
 
     #[test]

@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct Cluster {
     pub cluster_cidr: ipnet::Ipv4Net,
+    /// The pods' IPv6 range of a dual-stack cluster.
+    pub cluster_cidr_v6: Option<ipnet::Ipv6Net>,
     pub service_cidr: ipnet::Ipv4Net,
+    /// The Services' IPv6 range of a dual-stack cluster.
+    pub service_cidr_v6: Option<ipnet::Ipv6Net>,
     pub cluster_dns: Ipv4Addr,
     pub cluster_domain: String,
     pub network_backend: kite_network::Backend,
@@ -52,6 +56,7 @@ pub fn start(node: Node, client_for: impl Fn(&str) -> kube::Client) {
         taints: cfg.node_taints.clone(),
         data_dir: node.data_dir.clone(),
         cluster_cidr: node.cluster.cluster_cidr,
+        cluster_cidr_v6: node.cluster.cluster_cidr_v6,
         cluster_dns: IpAddr::V4(node.cluster.cluster_dns),
         cluster_domain: node.cluster.cluster_domain.clone(),
         labels: node
@@ -78,10 +83,20 @@ pub fn start(node: Node, client_for: impl Fn(&str) -> kube::Client) {
         let client = client_for("system:kube-proxy");
         let opts = kite_proxy::Options {
             node_name: name.clone(),
-            settings: kite_proxy::rules::Settings {
-                cluster_cidr: node.cluster.cluster_cidr,
-                service_cidr: node.cluster.service_cidr,
-            },
+            settings: std::iter::once(kite_proxy::rules::Settings {
+                cluster_cidr: node.cluster.cluster_cidr.into(),
+                service_cidr: node.cluster.service_cidr.into(),
+            })
+            .chain(
+                node.cluster
+                    .cluster_cidr_v6
+                    .zip(node.cluster.service_cidr_v6)
+                    .map(|(c, s)| kite_proxy::rules::Settings {
+                        cluster_cidr: c.into(),
+                        service_cidr: s.into(),
+                    }),
+            )
+            .collect(),
             healthz: (cfg.proxy_healthz_port != 0)
                 .then(|| std::net::SocketAddr::new(node.bind, cfg.proxy_healthz_port)),
         };

@@ -105,7 +105,9 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     )?;
     let cluster = crate::node::Cluster {
         cluster_cidr: cfg.cluster_cidr,
+        cluster_cidr_v6: cfg.cluster_cidr_v6,
         service_cidr: cfg.service_cidr,
+        service_cidr_v6: cfg.service_cidr_v6,
         cluster_dns: cfg.cluster_dns,
         cluster_domain: cfg.cluster_domain.clone(),
         network_backend: cfg.network_backend,
@@ -116,8 +118,8 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         secrets,
         client: Default::default(),
         cluster: kite_join::proto::ClusterInfo {
-            cluster_cidr: cfg.cluster_cidr.to_string(),
-            service_cidr: cfg.service_cidr.to_string(),
+            cluster_cidr: crate::config::show_dual_cidr(cfg.cluster_cidr, cfg.cluster_cidr_v6),
+            service_cidr: crate::config::show_dual_cidr(cfg.service_cidr, cfg.service_cidr_v6),
             cluster_dns: cfg.cluster_dns.to_string(),
             cluster_domain: cfg.cluster_domain.clone(),
             network_backend: cfg.network_backend.name().to_string(),
@@ -174,6 +176,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         store.clone(),
         ApiConfig {
             service_cidr: cfg.service_cidr,
+            service_cidr_v6: cfg.service_cidr_v6,
             strategy: kite_api::strategy::Settings {
                 node_port_range: cfg.node_port_range,
                 not_ready_toleration_seconds: cfg.not_ready_toleration_seconds,
@@ -203,8 +206,8 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
     kite_apiserver::spawn_compactor(store, cfg.compact_retain, cfg.compact_interval);
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
-        cluster_cidr = %cfg.cluster_cidr,
-        service_cidr = %cfg.service_cidr,
+        cluster_cidr = %crate::config::show_dual_cidr(cfg.cluster_cidr, cfg.cluster_cidr_v6),
+        service_cidr = %crate::config::show_dual_cidr(cfg.service_cidr, cfg.service_cidr_v6),
         cluster_dns = %cfg.cluster_dns,
         "API server serving at https://{}",
         running.addr
@@ -234,6 +237,7 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
         let client = local_client("system:kube-controller-manager");
         let opts = kite_controllers::Options {
             cluster_cidr: cfg.cluster_cidr,
+            cluster_cidr_v6: cfg.cluster_cidr_v6,
             node_cidr_mask: 24,
             node_monitor_grace_period: cfg.node_monitor_grace_period,
             root_ca_pem: pki.server_ca.cert_pem.clone(),

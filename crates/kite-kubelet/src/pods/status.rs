@@ -27,6 +27,8 @@ pub(crate) struct Inputs<'a> {
     pub resize: Option<&'a (&'static str, &'static str, String)>,
     pub host_ip: IpAddr,
     pub pod_ip: IpAddr,
+    /// The pod's IPv6 address on a dual-stack node: `podIPs`' second entry.
+    pub pod_ip_v6: Option<IpAddr>,
     pub now: jiff::Timestamp,
 }
 
@@ -349,7 +351,10 @@ pub(crate) fn compute(inp: &Inputs, obs: &impl Observed) -> Result<Value> {
         "hostIP": inp.host_ip.to_string(),
         "hostIPs": [{"ip": inp.host_ip.to_string()}],
         "podIP": inp.pod_ip.to_string(),
-        "podIPs": [{"ip": inp.pod_ip.to_string()}],
+        "podIPs": std::iter::once(inp.pod_ip)
+            .chain(inp.pod_ip_v6)
+            .map(|ip| json!({"ip": ip.to_string()}))
+            .collect::<Vec<_>>(),
         "startTime": old.start_time.clone().unwrap_or(Time(t)),
         "containerStatuses": statuses,
         "qosClass": crate::cgroups::qos_class(pod),
@@ -446,6 +451,7 @@ mod tests {
                 resize: None,
                 host_ip: "10.0.0.1".parse().unwrap(),
                 pod_ip: "10.42.0.5".parse().unwrap(),
+                pod_ip_v6: None,
                 now: t(0),
             },
             seen,
@@ -613,6 +619,7 @@ mod tests {
                 resize: None,
                 host_ip: "10.0.0.1".parse().unwrap(),
                 pod_ip: "10.42.0.5".parse().unwrap(),
+                pod_ip_v6: None,
                 now: t(0),
             },
             &Seen::default(),
