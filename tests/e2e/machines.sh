@@ -9,6 +9,8 @@ KILLALL="$ROOT/packaging/kite-killall.sh"
 NS_SW=kite-mn-sw
 NODES=(s a1 a2)
 declare -A IP=([s]=172.30.99.10 [a1]=172.30.99.11 [a2]=172.30.99.12 [x]=172.30.99.13)
+# Each machine's IPv6 address on the same link (the dual-stack round's host-gw routes via it).
+declare -A IP6=([s]=fd99::10 [a1]=fd99::11 [a2]=fd99::12 [x]=fd99::13)
 declare -A PID=()
 IMAGES="$WORK/images"
 mkdir -p "$IMAGES"
@@ -54,6 +56,7 @@ net_up() {
     ip -n $NS_SW link add "kitemn-$n" type veth peer name eth0 netns "$(ns "$n")"
     ip -n $NS_SW link set "kitemn-$n" master kitemnbr up
     ip -n "$(ns "$n")" addr add "${IP[$n]}/24" dev eth0
+    ip -n "$(ns "$n")" addr add "${IP6[$n]}/64" dev eth0 nodad
     ip -n "$(ns "$n")" link set eth0 up
     ip -n "$(ns "$n")" link set lo up
     # A machine has a default route (the service proxy's DNAT happens after routing),
@@ -117,7 +120,8 @@ node_flags() {
   local n=$1
   mkdir -p "$WORK/$n/data/agent/images"
   cp "$IMAGES"/*.tar "$WORK/$n/data/agent/images/"
-  echo --data-dir "$WORK/$n/data" --node-name "$n" --node-ip "${IP[$n]}" \
+  # DUAL_NODE_IP=1: both InternalIPs (`--node-ip v4,v6`).
+  echo --data-dir "$WORK/$n/data" --node-name "$n" --node-ip "${IP[$n]}${DUAL_NODE_IP:+,${IP6[$n]}}" \
     --cgroup-root "kite-mn-$n" --pod-logs-dir "$WORK/$n/log/pods" \
     --eviction-hard "nodefs.available<1%,imagefs.available<1%"
 }

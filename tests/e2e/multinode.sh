@@ -7,7 +7,8 @@
 # spread over three nodes, pod-to-pod across nodes, ClusterIP and NodePort from every node,
 # DNS for pods on other nodes, logs/exec/port-forward through the server, restarts of the
 # server and of an agent, and `kubectl drain`/`uncordon` — with host-gw, then vxlan, then
-# wireguard-native (its network checks).
+# wireguard-native (its network checks); then dual-stack rounds (IPv4 and IPv6 pods and
+# Services, IPv6 between nodes with each backend).
 # Nothing outside the namespaces is addressed; everything is removed on exit.
 # BACKENDS="host-gw vxlan wireguard-native" (default) picks the backends to run.
 source "$(dirname "$0")/../lib.sh"
@@ -415,10 +416,18 @@ pdb_seen() { [ "$(kc get pdb web -o jsonpath='{.status.currentHealthy}/{.status.
 fi
 done
 
-# --- dual-stack (issue 17): IPv4 and IPv6 ranges, the server's node alone -------------
-if [ "${DUALSTACK:-1}" = 1 ]; then
-echo "## dual-stack"
-fresh_cluster host-gw --cluster-cidr 10.42.0.0/16,fd42::/56 --service-cidr 10.43.0.0/16,fd43::/112
+# --- dual-stack (issue 17): IPv4 and IPv6 ranges; vxlan carries IPv6 pods between nodes
+# over their IPv4 addresses, host-gw routes them via the nodes' IPv6 InternalIPs ---------
+case " $BACKENDS " in *" wireguard-native "*) WG_DUAL=wireguard-native ;; *) WG_DUAL="" ;; esac
+for dual in ${DUALSTACK_BACKENDS-vxlan host-gw $WG_DUAL}; do
+echo "## dual-stack ($dual)"
+DUAL_NODE_IP=""
+[ "$dual" = host-gw ] && DUAL_NODE_IP=1
+fresh_cluster "$dual" --cluster-cidr 10.42.0.0/16,fd42::/56 --service-cidr 10.43.0.0/16,fd43::/112
+TOKEN=$(cat "$WORK/s/data/server/node-token")
+start_agent a1 --token "$TOKEN"
+start_agent a2 --token "$TOKEN"
+wait_for 20 "the agents Ready" all_ready
 check "the default ServiceCIDR holds both ranges" \
   equals "$(kc get servicecidr kubernetes -o jsonpath='{.spec.cidrs[*]}')" "10.43.0.0/16 fd43::/112"
 check "the node gets an IPv4 and an IPv6 podCIDR" \
@@ -473,15 +482,61 @@ wait_for 60 "client6 running" running client6
 DUO=$(kc get pods -l app=duo -o jsonpath='{.items[0].metadata.name}')
 ips=$(kc get pod "$DUO" -o jsonpath='{.status.podIPs[*].ip}')
 check "a pod has an IPv4 and an IPv6 address, from the node's ranges" \
-  bash -c "[[ '$ips' =~ ^10\.42\.0\.[0-9]+\ fd42::[0-9a-f]+$ ]]"
+  bash -c "[[ '$ips' =~ ^10\.42\.[0-9]+\.[0-9]+\ fd42:[0-9a-f:]+$ ]]"
 V6=${ips#* }
 check "a pod reaches another pod over IPv6" \
   contains "$(kc exec client6 -- timeout 5 wget -q -O- "http://[$V6]/" 2>&1)" "Server name: $DUO"
 check "the node reaches a pod over IPv6" contains "$(from_node s "http://[$V6]/")" "Server name: $DUO"
 check "its eth0 holds the IPv6 address" \
-  equals "$(kc exec client6 -- sh -c 'ip -6 addr show dev eth0 scope global' | grep -c 'inet6 fd42::')" 1
+  equals "$(kc exec client6 -- sh -c 'ip -6 addr show dev eth0 scope global' | grep -c 'inet6 fd42:')" 1
 check "a PreferDualStack Service gets a cluster IP of each family" \
   equals "$(kc get svc duo -o jsonpath='{.spec.ipFamilyPolicy} {.spec.ipFamilies[*]}')" "PreferDualStack IPv4 IPv6"
+check "each agent's node gets an IPv6 /64 of its own" \
+  equals "$(kc get node a1 -o jsonpath='{.spec.podCIDRs[1]}') $(kc get node a2 -o jsonpath='{.spec.podCIDRs[1]}')" \
+  "$(kc get node a1 -o jsonpath='{.spec.podCIDR}' | awk -F. '{printf "fd42:0:0:%x::/64", $3}') $(kc get node a2 -o jsonpath='{.spec.podCIDR}' | awk -F. '{printf "fd42:0:0:%x::/64", $3}')"
+cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: far6, labels: {app: duo}}
+spec:
+  nodeName: a2
+  terminationGracePeriodSeconds: 0
+  containers:
+  - {name: hello, image: kite.test/hello:1}
+YAML
+wait_for 60 "far6 running" running far6
+FAR6=$(kc get pod far6 -o jsonpath='{.status.podIPs[1].ip}')
+check "a pod on another node gets its node's IPv6 range" bash -c "[[ '$FAR6' == fd42:0:0:* ]]"
+check "$dual: a pod reaches a pod on another node over IPv6" \
+  contains "$(kc exec client6 -- timeout 5 wget -q -O- "http://[$FAR6]/" 2>&1)" "Server name: far6"
+check "$dual: a node reaches another node's pod over IPv6" contains "$(from_node a1 "http://[$FAR6]/")" "Server name: far6"
+if [ "$dual" = vxlan ]; then
+  check "vxlan: IPv6 routes to other nodes' pods go over kite.1" \
+    contains "$(inns s ip -6 route show proto 107)" "dev kite.1"
+elif [ "$dual" = wireguard-native ]; then
+  check "wireguard: IPv6 routes to other nodes' pods go over kite-wg" \
+    contains "$(inns s ip -6 route show proto 107)" "dev kite-wg"
+  check "wireguard: a peer's allowed IPs hold its IPv6 range" \
+    contains "$(machine_wg s show kite-wg allowed-ips)" "$(kc get node a2 -o jsonpath='{.spec.podCIDRs[1]}')"
+else
+  check "host-gw: the nodes have both InternalIPs" \
+    equals "$(kc get node a2 -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')" "${IP[a2]} ${IP6[a2]}"
+  check "host-gw: IPv6 routes to other nodes' pods go via their IPv6 InternalIPs" \
+    contains "$(inns s ip -6 route show proto 107)" "via ${IP6[a2]}"
+  cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Service
+metadata: {name: duo-np}
+spec:
+  type: NodePort
+  ipFamilyPolicy: PreferDualStack
+  selector: {app: duo}
+  ports: [{port: 80, nodePort: 30096}]
+YAML
+  np6() { from_node a1 "http://[${IP6[s]}]:30096/" | grep -q "Server name: "; }
+  check "a NodePort answers on a node's IPv6 address" wait_for 10 "the IPv6 node port" np6
+  kc delete svc duo-np >/dev/null
+fi
 DUO_IPS=$(kc get svc duo -o jsonpath='{.spec.clusterIPs[*]}')
 check "its IPv6 cluster IP is from the IPv6 service range" \
   bash -c "[[ '$DUO_IPS' =~ ^10\.43\.[0-9.]+\ fd43::[0-9a-f]+$ ]]"
@@ -493,18 +548,18 @@ check "ipFamilies [IPv6] gets an IPv6 cluster IP alone" \
   equals "$(kc get svc six -o jsonpath='{.spec.ipFamilies[*]} {.spec.clusterIPs[*]}')" "IPv6 $SIX"
 slice6() { kc get endpointslices -l kubernetes.io/service-name=duo \
   -o jsonpath='{range .items[?(@.addressType=="IPv6")]}{.endpoints[*].addresses[*]}{end}'; }
-has_v6() { [ "$(slice6 | wc -w)" = 2 ]; }
-check "the Service's IPv6 EndpointSlice lists both pods' IPv6 addresses" wait_for 10 "an IPv6 slice" has_v6
+has_v6() { [ "$(slice6 | wc -w)" = 3 ]; }
+check "the Service's IPv6 EndpointSlice lists its pods' IPv6 addresses" wait_for 10 "an IPv6 slice" has_v6
 check "and its IPv4 slice their IPv4 ones" equals "$(kc get endpointslices -l kubernetes.io/service-name=duo \
-  -o jsonpath='{range .items[?(@.addressType=="IPv4")]}{.endpoints[*].addresses[*]}{end}' | wc -w)" 2
+  -o jsonpath='{range .items[?(@.addressType=="IPv4")]}{.endpoints[*].addresses[*]}{end}' | wc -w)" 3
 check "the IPv6-only Service has an IPv6 slice alone" equals "$(kc get endpointslices -l kubernetes.io/service-name=six \
   -o jsonpath='{.items[*].addressType}')" "IPv6"
 DUO6=${DUO_IPS#* }
 check "a pod reaches the Service's IPv6 cluster IP" \
-  contains "$(kc exec client6 -- timeout 5 wget -q -O- "http://[$DUO6]/" 2>&1)" "Server name: duo-"
-check "the node reaches it too" contains "$(from_node s "http://[$DUO6]/")" "Server name: duo-"
+  contains "$(kc exec client6 -- timeout 5 wget -q -O- "http://[$DUO6]/" 2>&1)" "Server name: "
+check "the node reaches it too" contains "$(from_node s "http://[$DUO6]/")" "Server name: "
 check "the IPv6-only Service answers on its port" \
-  contains "$(kc exec client6 -- timeout 5 wget -q -O- "http://[$SIX]:8080/" 2>&1)" "Server name: duo-"
+  contains "$(kc exec client6 -- timeout 5 wget -q -O- "http://[$SIX]:8080/" 2>&1)" "Server name: "
 check "a port the IPv6 cluster IP does not define is refused at once" \
   contains "$(kc exec client6 -- timeout 5 wget -q -O- "http://[$DUO6]:81/" 2>&1)" "refused"
 DNS6() { inns s timeout 10 python3 "$ROOT/tests/e2e/dnsq.py" ask 10.43.0.10 "$@" 2>&1; }
@@ -555,8 +610,8 @@ check "an IPv6 cluster IP outside the range is refused, naming the range" contai
 [ -z "${MN_HOLD:-}" ] || sleep "$MN_HOLD"
 kc delete deploy duo --wait=false >/dev/null
 kc delete svc duo six four >/dev/null
-kc delete pod client6 --wait=false >/dev/null
-fi
+kc delete pod client6 far6 --wait=false >/dev/null
+done
 
 if [ "$FAIL" -gt 0 ]; then
   for n in "${NODES[@]}"; do

@@ -48,6 +48,8 @@ pub const VERSION: &str = "v1.36.0+kite";
 pub struct Options {
     pub node_name: String,
     pub node_ip: IpAddr,
+    /// A second, IPv6 InternalIP (`--node-ip v4,v6`).
+    pub node_ip6: Option<std::net::Ipv6Addr>,
     pub external_ip: Option<IpAddr>,
     /// Taints the node registers with (later changes are the user's, as upstream).
     pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
@@ -305,6 +307,9 @@ fn os_image() -> String {
 
 fn addresses(opts: &Options) -> serde_json::Value {
     let mut a = vec![json!({"type": "InternalIP", "address": opts.node_ip.to_string()})];
+    if let Some(ip6) = opts.node_ip6 {
+        a.push(json!({"type": "InternalIP", "address": ip6.to_string()}));
+    }
     if let Some(e) = opts.external_ip {
         a.push(json!({"type": "ExternalIP", "address": e.to_string()}));
     }

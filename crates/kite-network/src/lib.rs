@@ -13,6 +13,12 @@
 //!   (see [`wireguard`]).
 //! - `none`: nothing (a CNI of the user's own connects the nodes).
 //!
+//! On a dual-stack cluster each node's IPv6 podCIDR is routed beside its IPv4 one: vxlan
+//! and wireguard-native carry IPv6 pod traffic through the same tunnel over the nodes'
+//! IPv4 addresses (a neighbour for the peer's IPv6 range on `kite.1`, or the range in the
+//! peer's allowed IPs); host-gw routes it via the peer's IPv6 InternalIP, so its nodes
+//! need one (`--node-ip v4,v6`), and a peer without one gets no IPv6 route.
+//!
 //! Pods' interfaces get the node link's MTU less the backend's tunnel
 //! ([`Backend::overhead`]; the kubelet sets it on their veths), as flannel's do.
 //!
@@ -26,12 +32,12 @@ pub mod netlink;
 pub mod wireguard;
 
 use anyhow::{Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 use kite_runtime::informer::Informers;
 use kube::api::{Api, Patch, PatchParams};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +102,8 @@ pub struct Options {
     /// The address other nodes reach this one at (its InternalIP).
     pub node_ip: Ipv4Addr,
     pub cluster_cidr: Ipv4Net,
+    /// The pods' IPv6 range of a dual-stack cluster.
+    pub cluster_cidr_v6: Option<Ipv6Net>,
     pub backend: Backend,
     /// Where the node keeps its WireGuard key (`<data-dir>/agent/wireguard`).
     pub key_dir: std::path::PathBuf,
@@ -107,6 +115,10 @@ pub struct Peer {
     pub name: String,
     pub pod_cidr: Ipv4Net,
     pub ip: Ipv4Addr,
+    /// Its IPv6 podCIDR (a dual-stack cluster).
+    pub pod_cidr_v6: Option<Ipv6Net>,
+    /// Its IPv6 InternalIP, if it has one (host-gw's next hop for IPv6).
+    pub ip6: Option<Ipv6Addr>,
     /// The VXLAN device's MAC of that node (vxlan only).
     pub mac: Option<[u8; 6]>,
     /// That node's WireGuard public key (wireguard-native only).
@@ -114,7 +126,13 @@ pub struct Peer {
 }
 
 /// The other nodes' entries, from the Node objects (pure: unit-tested).
-pub fn peers(me: &str, nodes: &[Arc<Node>], cluster: Ipv4Net, backend: Backend) -> Vec<Peer> {
+pub fn peers(
+    me: &str,
+    nodes: &[Arc<Node>],
+    cluster: Ipv4Net,
+    cluster_v6: Option<Ipv6Net>,
+    backend: Backend,
+) -> Vec<Peer> {
     let mut out = Vec::new();
     for n in nodes {
         let name = n.metadata.name.clone().unwrap_or_default();
@@ -147,10 +165,21 @@ pub fn peers(me: &str, nodes: &[Arc<Node>], cluster: Ipv4Net, backend: Backend) 
         {
             continue;
         }
+        let spec = n.spec.as_ref();
+        let pod_cidr_v6 = cluster_v6.and_then(|c6| {
+            spec?
+                .pod_cidrs
+                .iter()
+                .flatten()
+                .filter_map(|c| c.parse::<Ipv6Net>().ok())
+                .find(|c| c6.contains(c))
+        });
         out.push(Peer {
             name,
             pod_cidr: cidr,
             ip,
+            pod_cidr_v6,
+            ip6: internal_ip6(n),
             mac,
             wg_key,
         });
@@ -179,6 +208,28 @@ fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
         .and_then(|a| a.address.parse().ok())
 }
 
+fn internal_ip6(n: &Node) -> Option<Ipv6Addr> {
+    n.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse().ok())
+}
+
+/// A node's IPv6 podCIDR inside the cluster's IPv6 range.
+fn own_v6(node: &Node, cluster_v6: Option<Ipv6Net>) -> Option<Ipv6Net> {
+    let c6 = cluster_v6?;
+    node.spec
+        .as_ref()?
+        .pod_cidrs
+        .iter()
+        .flatten()
+        .filter_map(|c| c.parse::<Ipv6Net>().ok())
+        .find(|c| c6.contains(c))
+}
+
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let parts: Vec<u8> = s
         .split(':')
@@ -195,6 +246,23 @@ pub fn format_mac(m: &[u8; 6]) -> String {
         .join(":")
 }
 
+/// This node's own ranges, and the cluster's IPv6 one: what routing leaves out.
+#[derive(Debug, Clone, Copy)]
+pub struct Own {
+    pub v4: Ipv4Net,
+    pub v6: Option<Ipv6Net>,
+    pub cluster_v6: Option<Ipv6Net>,
+}
+
+impl Own {
+    /// The peer's IPv6 range, if this cluster routes one to it.
+    pub fn peer_v6(&self, p: &Peer) -> Option<Ipv6Net> {
+        let c6 = self.cluster_v6?;
+        p.pod_cidr_v6
+            .filter(|n| Some(*n) != self.v6 && c6.contains(n))
+    }
+}
+
 /// Runs the node's side of the pod network until an error.
 pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
     if opts.backend == Backend::None {
@@ -203,20 +271,26 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
     }
     let nodes_api: Api<Node> = Api::all(client.clone());
     // This node's podCIDR (given by the node IPAM controller after it registers).
-    let own_cidr = loop {
-        if let Some(c) = nodes_api
-            .get_opt(&opts.node_name)
-            .await?
-            .and_then(|n| n.spec?.pod_cidr)
+    let (own_cidr, own_cidr_v6) = loop {
+        let me = nodes_api.get_opt(&opts.node_name).await?;
+        if let Some(c) = me
+            .as_ref()
+            .and_then(|n| n.spec.as_ref()?.pod_cidr.as_deref())
             .and_then(|c| c.parse::<Ipv4Net>().ok())
         {
-            break c;
+            let v6 = me.as_ref().and_then(|n| own_v6(n, opts.cluster_cidr_v6));
+            break (c, v6);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let own = Own {
+        v4: own_cidr,
+        v6: own_cidr_v6,
+        cluster_v6: opts.cluster_cidr_v6,
+    };
     let mac = match opts.backend {
         Backend::Vxlan => Some(
-            netlink::ensure_vxlan(opts.node_ip, own_cidr)
+            netlink::ensure_vxlan(opts.node_ip, &own)
                 .await
                 .context("setting up the kite.1 VXLAN device")?,
         ),
@@ -273,15 +347,16 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
             &opts.node_name,
             &nodes.list(),
             opts.cluster_cidr,
+            opts.cluster_cidr_v6,
             opts.backend,
         );
         if applied.as_ref() != Some(&want) {
             let r = match opts.backend {
-                Backend::HostGw => netlink::sync_host_gw(&want, opts.cluster_cidr, own_cidr).await,
-                Backend::Vxlan => netlink::sync_vxlan(&want, opts.cluster_cidr, own_cidr).await,
+                Backend::HostGw => netlink::sync_host_gw(&want, opts.cluster_cidr, &own).await,
+                Backend::Vxlan => netlink::sync_vxlan(&want, opts.cluster_cidr, &own).await,
                 Backend::WireguardNative => {
                     let key = &wg.as_ref().expect("made above").0;
-                    wireguard::sync(&want, opts.cluster_cidr, own_cidr, key).await
+                    wireguard::sync(&want, opts.cluster_cidr, &own, key).await
                 }
                 Backend::None => Ok(()),
             };
@@ -409,7 +484,7 @@ mod tests {
             node("d", Some("10.99.0.0/24"), "10.0.0.4", None),
             node("e", Some("10.42.2.0/24"), "10.0.0.5", None),
         ];
-        let hg = peers("me", &nodes, cluster, Backend::HostGw);
+        let hg = peers("me", &nodes, cluster, None, Backend::HostGw);
         assert_eq!(
             hg.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
             vec!["b", "e"]
@@ -421,10 +496,10 @@ mod tests {
             .annotations
             .get_or_insert_with(Default::default)
             .insert(ANN_PUBLIC_IP_OVERWRITE.into(), "192.0.2.9".into());
-        let over = peers("me", &[Arc::new(b)], cluster, Backend::HostGw);
+        let over = peers("me", &[Arc::new(b)], cluster, None, Backend::HostGw);
         assert_eq!(over[0].ip, Ipv4Addr::new(192, 0, 2, 9));
         // vxlan needs the peer's device MAC.
-        let vx = peers("me", &nodes, cluster, Backend::Vxlan);
+        let vx = peers("me", &nodes, cluster, None, Backend::Vxlan);
         assert_eq!(vx.len(), 1);
         assert_eq!(vx[0].mac, Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x02]));
     }
@@ -441,18 +516,92 @@ mod tests {
             Arc::new(n)
         };
         let good = "NqUdqqJAIP7P8E0tdcSymFzhrBzaR2bK2xh75bhHlBs=";
-        let ps = peers("me", &[with_key(good)], cluster, Backend::WireguardNative);
+        let ps = peers(
+            "me",
+            &[with_key(good)],
+            cluster,
+            None,
+            Backend::WireguardNative,
+        );
         assert_eq!(ps[0].wg_key.as_deref(), Some(good));
         // A value that would smuggle lines into wg's configuration is no key.
         let bad = "NqUdqqJAIP7P8E0tdcSymFzhrBzaR2bK2xh75bh\nAl=";
-        assert!(peers("me", &[with_key(bad)], cluster, Backend::WireguardNative).is_empty());
+        assert!(peers(
+            "me",
+            &[with_key(bad)],
+            cluster,
+            None,
+            Backend::WireguardNative
+        )
+        .is_empty());
         assert!(peers(
             "me",
             &[node("b", Some("10.42.1.0/24"), "10.0.0.2", None)],
             cluster,
+            None,
             Backend::WireguardNative
         )
         .is_empty());
+    }
+
+    #[test]
+    fn dual_stack_peers_carry_their_ipv6_range_and_address() {
+        let cluster: Ipv4Net = "10.42.0.0/16".parse().unwrap();
+        let c6: Ipv6Net = "fd42::/56".parse().unwrap();
+        let mut b = (*node("b", Some("10.42.1.0/24"), "10.0.0.2", None)).clone();
+        b.spec.as_mut().unwrap().pod_cidrs =
+            Some(vec!["10.42.1.0/24".into(), "fd42:0:0:1::/64".into()]);
+        b.status
+            .as_mut()
+            .unwrap()
+            .addresses
+            .as_mut()
+            .unwrap()
+            .push(NodeAddress {
+                type_: "InternalIP".into(),
+                address: "fd99::2".into(),
+            });
+        let mut far = (*node("far", Some("10.42.2.0/24"), "10.0.0.3", None)).clone();
+        far.spec.as_mut().unwrap().pod_cidrs =
+            Some(vec!["10.42.2.0/24".into(), "fd77::/64".into()]);
+        let ps = peers(
+            "me",
+            &[Arc::new(b), Arc::new(far)],
+            cluster,
+            Some(c6),
+            Backend::HostGw,
+        );
+        assert_eq!(ps[0].pod_cidr_v6, Some("fd42:0:0:1::/64".parse().unwrap()));
+        assert_eq!(ps[0].ip6, Some("fd99::2".parse().unwrap()));
+        // A range outside the cluster's IPv6 one is none of ours.
+        assert_eq!(ps[1].pod_cidr_v6, None);
+        let own = Own {
+            v4: "10.42.0.0/24".parse().unwrap(),
+            v6: Some("fd42::/64".parse().unwrap()),
+            cluster_v6: Some(c6),
+        };
+        assert_eq!(own.peer_v6(&ps[0]), ps[0].pod_cidr_v6);
+        let single = Own {
+            cluster_v6: None,
+            ..own
+        };
+        assert_eq!(single.peer_v6(&ps[0]), None);
+        // Without the cluster's IPv6 range, peers have none either.
+        let ps = peers("me", &nodes_of(&ps), cluster, None, Backend::HostGw);
+        assert!(ps.iter().all(|p| p.pod_cidr_v6.is_none()));
+    }
+
+    fn nodes_of(ps: &[Peer]) -> Vec<Arc<Node>> {
+        ps.iter()
+            .map(|p| {
+                node(
+                    &p.name,
+                    Some(&p.pod_cidr.to_string()),
+                    &p.ip.to_string(),
+                    None,
+                )
+            })
+            .collect()
     }
 
     #[test]

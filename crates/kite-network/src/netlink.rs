@@ -1,10 +1,10 @@
 //! The kernel side of [`crate`]: the `kite.1` VXLAN device, kite's routes (protocol
 //! [`RTPROT_KITE`]), forwarding-database and neighbour entries, through rtnetlink.
 
-use crate::{Peer, RTPROT_KITE, VXLAN_DEVICE, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_VNI};
+use crate::{Own, Peer, RTPROT_KITE, VXLAN_DEVICE, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_VNI};
 use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::{
@@ -14,7 +14,7 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Runs `f` with a fresh rtnetlink connection (closed after): every netlink user on a
 /// node goes through here (the kubelet's pod network too).
@@ -87,7 +87,8 @@ pub async fn mtu_of(ip: Ipv4Addr) -> Result<u32> {
 
 /// Makes `kite.1` (if missing), addressed with this node's podCIDR network address, up;
 /// returns its MAC.
-pub async fn ensure_vxlan(node_ip: Ipv4Addr, own: Ipv4Net) -> Result<[u8; 6]> {
+pub async fn ensure_vxlan(node_ip: Ipv4Addr, own: &Own) -> Result<[u8; 6]> {
+    let (own, own6) = (own.v4, own.v6);
     with_handle(|h| async move {
         let (under, mtu) = link_of(&h, node_ip).await?;
         if link(&h, VXLAN_DEVICE).await?.is_none() {
@@ -106,6 +107,13 @@ pub async fn ensure_vxlan(node_ip: Ipv4Addr, own: Ipv4Net) -> Result<[u8; 6]> {
         }
         let attrs =
             up_with_address(&h, VXLAN_DEVICE, mtu.saturating_sub(VXLAN_OVERHEAD), own).await?;
+        if let Some(n6) = own6 {
+            // Its IPv6 range's network address too: the other nodes' neighbour for it.
+            let idx = index_of(&h, VXLAN_DEVICE)
+                .await?
+                .ok_or_else(|| anyhow!("kite.1 vanished"))?;
+            ensure_address6(&h, idx, n6.network()).await?;
+        }
         let mac = attrs
             .iter()
             .find_map(|a| match a {
@@ -155,6 +163,27 @@ pub(crate) async fn up_with_address(
             .with_context(|| format!("addressing {name}"))?;
     }
     Ok(attrs)
+}
+
+/// Gives link `idx` the /128 `ip` (no duplicate address detection) unless it has it.
+pub(crate) async fn ensure_address6(h: &Handle, idx: u32, ip: Ipv6Addr) -> Result<()> {
+    use rtnetlink::packet_route::address::AddressFlags;
+    let mut addrs = h.address().get().set_link_index_filter(idx).execute();
+    while let Some(a) = addrs.try_next().await? {
+        if a.attributes
+            .iter()
+            .any(|at| matches!(at, AddressAttribute::Address(IpAddr::V6(x)) if *x == ip))
+        {
+            return Ok(());
+        }
+    }
+    let mut req = h.address().add(idx, IpAddr::V6(ip), 128);
+    req.message_mut()
+        .attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    req.execute()
+        .await
+        .with_context(|| format!("adding {ip} to a tunnel device"))
 }
 
 /// Removes `kite.1` (another backend was chosen).
@@ -213,6 +242,45 @@ pub(crate) async fn prune_routes(h: &Handle, keep: &HashSet<Ipv4Net>) -> Result<
     Ok(())
 }
 
+/// kite's IPv6 routes in the main table: (destination, the whole message).
+async fn kite_routes6(
+    h: &Handle,
+) -> Result<Vec<(Ipv6Net, rtnetlink::packet_route::route::RouteMessage)>> {
+    let mut out = Vec::new();
+    let mut routes = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        .execute();
+    while let Some(r) = routes.try_next().await? {
+        if r.header.protocol != RouteProtocol::Other(RTPROT_KITE) {
+            continue;
+        }
+        let dst = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(*ip),
+            _ => None,
+        });
+        if let Some(dst) = dst {
+            if let Ok(net) = Ipv6Net::new(dst, r.header.destination_prefix_length) {
+                out.push((net, r));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes kite's IPv6 routes whose destination is not in `keep`.
+pub(crate) async fn prune_routes6(h: &Handle, keep: &HashSet<Ipv6Net>) -> Result<()> {
+    for (net, msg) in kite_routes6(h).await? {
+        if !keep.contains(&net) {
+            tracing::info!(pod_cidr = %net, "route to a node's pods removed");
+            if let Err(e) = h.route().del(msg).execute().await {
+                tracing::warn!(pod_cidr = %net, error = %e, "removing a route");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Adds the route, or replaces kite's route to the same destination.
 pub(crate) async fn replace_route(
     h: &Handle,
@@ -222,9 +290,26 @@ pub(crate) async fn replace_route(
 }
 
 /// host-gw: a route to each peer's podCIDR via its node IP; no others of kite's.
-pub async fn sync_host_gw(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net) -> Result<()> {
+pub async fn sync_host_gw(peers: &[Peer], cluster: Ipv4Net, own_ranges: &Own) -> Result<()> {
     let peers = peers.to_vec();
+    let (own, ranges) = (own_ranges.v4, *own_ranges);
     with_handle(|h| async move {
+        // IPv6: via the peer's IPv6 InternalIP (none: no IPv6 route to it).
+        let v6: Vec<(Ipv6Net, Ipv6Addr)> = peers
+            .iter()
+            .filter_map(|p| Some((ranges.peer_v6(p)?, p.ip6?)))
+            .collect();
+        prune_routes6(&h, &v6.iter().map(|(n, _)| *n).collect()).await?;
+        for (net, via) in &v6 {
+            let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(net.network(), net.prefix_len())
+                .gateway(*via)
+                .protocol(RouteProtocol::Other(RTPROT_KITE))
+                .build();
+            replace_route(&h, msg)
+                .await
+                .with_context(|| format!("routing {net} via {via}"))?;
+        }
         let keep: HashSet<Ipv4Net> = peers
             .iter()
             .map(|p| p.pod_cidr)
@@ -251,8 +336,9 @@ pub async fn sync_host_gw(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net) -> Res
 
 /// vxlan: per peer a forwarding entry, a neighbour and an on-link route on `kite.1`;
 /// entries of nodes that went are removed.
-pub async fn sync_vxlan(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net) -> Result<()> {
+pub async fn sync_vxlan(peers: &[Peer], cluster: Ipv4Net, own_ranges: &Own) -> Result<()> {
     let peers = peers.to_vec();
+    let (own, ranges) = (own_ranges.v4, *own_ranges);
     with_handle(|h| async move {
         let (idx, _) = link(&h, VXLAN_DEVICE)
             .await?
@@ -265,6 +351,9 @@ pub async fn sync_vxlan(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net) -> Resul
         prune_routes(&h, &keep).await?;
         let macs: HashSet<[u8; 6]> = peers.iter().filter_map(|p| p.mac).collect();
         let gws: HashSet<Ipv4Addr> = peers.iter().map(|p| p.pod_cidr.network()).collect();
+        let v6: HashSet<Ipv6Net> = peers.iter().filter_map(|p| ranges.peer_v6(p)).collect();
+        let gws6: HashSet<Ipv6Addr> = v6.iter().map(|n| n.network()).collect();
+        prune_routes6(&h, &v6).await?;
         // Neighbours and forwarding entries on kite.1 that no peer wants.
         let mut neigh = h.neighbours().get().execute();
         let mut stale = Vec::new();
@@ -276,6 +365,12 @@ pub async fn sync_vxlan(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net) -> Resul
                 AddressFamily::Inet => n.attributes.iter().any(|a| {
                     matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) if gws.contains(ip))
                 }),
+                // Permanent IPv6 entries are kite's (the kernel's own come and go).
+                AddressFamily::Inet6 if n.header.state == NeighbourState::Permanent => {
+                    n.attributes.iter().any(|a| {
+                        matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) if gws6.contains(ip))
+                    })
+                }
                 _ => true,
             };
             if !wanted {
@@ -339,6 +434,28 @@ pub async fn sync_vxlan(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net) -> Resul
             replace_route(&h, msg)
                 .await
                 .with_context(|| format!("route to {}'s pods", p.name))?;
+            // IPv6 pods through the same tunnel (over the nodes' IPv4 addresses).
+            if let Some(net6) = ranges.peer_v6(p) {
+                let gw6 = net6.network();
+                h.neighbours()
+                    .add(idx, IpAddr::V6(gw6))
+                    .link_layer_address(&mac)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+                    .with_context(|| format!("IPv6 neighbour entry for {}", p.name))?;
+                let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(gw6, net6.prefix_len())
+                    .gateway(gw6)
+                    .output_interface(idx)
+                    .onlink()
+                    .protocol(RouteProtocol::Other(RTPROT_KITE))
+                    .build();
+                replace_route(&h, msg)
+                    .await
+                    .with_context(|| format!("IPv6 route to {}'s pods", p.name))?;
+            }
         }
         Ok(())
     })

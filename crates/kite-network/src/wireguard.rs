@@ -204,17 +204,21 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The peers' part of the device's configuration, as `wg syncconf` reads it (pure:
 /// unit-tested). Peers without a key yet are left out.
-pub fn config(private_key: &str, peers: &[&Peer]) -> String {
+pub fn config(private_key: &str, peers: &[&Peer], own: &crate::Own) -> String {
     let mut s = format!(
         "[Interface]\nPrivateKey = {}\nListenPort = {PORT}\n",
         private_key.trim()
     );
     for p in peers {
         let Some(k) = &p.wg_key else { continue };
+        let allowed = match own.peer_v6(p) {
+            Some(v6) => format!("{}, {v6}", p.pod_cidr),
+            None => p.pod_cidr.to_string(),
+        };
         let _ = write!(
             s,
-            "\n[Peer]\nPublicKey = {k}\nEndpoint = {}:{PORT}\nAllowedIPs = {}\nPersistentKeepalive = {KEEPALIVE}\n",
-            p.ip, p.pod_cidr
+            "\n[Peer]\nPublicKey = {k}\nEndpoint = {}:{PORT}\nAllowedIPs = {allowed}\nPersistentKeepalive = {KEEPALIVE}\n",
+            p.ip
         );
     }
     s
@@ -222,7 +226,8 @@ pub fn config(private_key: &str, peers: &[&Peer]) -> String {
 
 /// Per peer a WireGuard peer and a route to its podCIDR on `kite-wg`; the peers and routes
 /// of nodes that went are removed.
-pub async fn sync(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net, key: &Path) -> Result<()> {
+pub async fn sync(peers: &[Peer], cluster: Ipv4Net, ranges: &crate::Own, key: &Path) -> Result<()> {
+    let own = ranges.v4;
     let peers: Vec<&Peer> = peers
         .iter()
         .filter(|p| p.pod_cidr != own && cluster.contains(&p.pod_cidr) && p.wg_key.is_some())
@@ -231,11 +236,12 @@ pub async fn sync(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net, key: &Path) ->
         std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
     // The configuration holds the private key: written for root alone, removed after.
     let conf = key.with_file_name("kite-wg.conf");
-    write_private(&conf, config(&private, &peers).as_bytes())?;
+    write_private(&conf, config(&private, &peers, ranges).as_bytes())?;
     let r = wg(&["syncconf", DEVICE, &conf.to_string_lossy()], None).await;
     let _ = std::fs::remove_file(&conf);
     r?;
     let keep: HashSet<Ipv4Net> = peers.iter().map(|p| p.pod_cidr).collect();
+    let keep6: HashSet<ipnet::Ipv6Net> = peers.iter().filter_map(|p| ranges.peer_v6(p)).collect();
     with_handle(|h| async move {
         let (idx, _) = link(&h, DEVICE)
             .await?
@@ -247,6 +253,17 @@ pub async fn sync(peers: &[Peer], cluster: Ipv4Net, own: Ipv4Net, key: &Path) ->
                 .output_interface(idx)
                 .scope(RouteScope::Link)
                 .pref_source(own.network())
+                .protocol(RouteProtocol::Other(RTPROT_KITE))
+                .build();
+            crate::netlink::replace_route(&h, msg)
+                .await
+                .with_context(|| format!("route to {net} on kite-wg"))?;
+        }
+        crate::netlink::prune_routes6(&h, &keep6).await?;
+        for net in &keep6 {
+            let msg = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(net.network(), net.prefix_len())
+                .output_interface(idx)
                 .protocol(RouteProtocol::Other(RTPROT_KITE))
                 .build();
             crate::netlink::replace_route(&h, msg)
@@ -267,6 +284,8 @@ mod tests {
             name: name.into(),
             pod_cidr: cidr.parse().unwrap(),
             ip: ip.parse().unwrap(),
+            pod_cidr_v6: None,
+            ip6: None,
             mac: None,
             wg_key: key.map(String::from),
         }
@@ -276,10 +295,26 @@ mod tests {
     fn config_has_a_peer_per_node_with_a_key() {
         let a = peer("a", "10.42.1.0/24", "10.0.0.2", Some("AAAA="));
         let b = peer("b", "10.42.2.0/24", "10.0.0.3", None);
-        let c = config("PRIV=\n", &[&a, &b]);
+        let own = crate::Own {
+            v4: "10.42.0.0/24".parse().unwrap(),
+            v6: None,
+            cluster_v6: None,
+        };
+        let c = config("PRIV=\n", &[&a, &b], &own);
         assert_eq!(
             c,
             "[Interface]\nPrivateKey = PRIV=\nListenPort = 51820\n\n[Peer]\nPublicKey = AAAA=\nEndpoint = 10.0.0.2:51820\nAllowedIPs = 10.42.1.0/24\nPersistentKeepalive = 25\n"
+        );
+        // Dual-stack: the peer's IPv6 range rides the same tunnel.
+        let mut a6 = a.clone();
+        a6.pod_cidr_v6 = Some("fd42:0:0:1::/64".parse().unwrap());
+        let dual = crate::Own {
+            cluster_v6: Some("fd42::/56".parse().unwrap()),
+            v6: Some("fd42::/64".parse().unwrap()),
+            ..own
+        };
+        assert!(
+            config("PRIV=", &[&a6], &dual).contains("AllowedIPs = 10.42.1.0/24, fd42:0:0:1::/64\n")
         );
     }
 }

@@ -187,6 +187,7 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
     };
     let mut addresses = vec![node_ip];
     addresses.extend(cfg.node.node_external_ip);
+    addresses.extend(cfg.node.node_ip6.map(std::net::IpAddr::V6));
     let creds = match Credentials::load(&tls_dir) {
         Some(c) if still_good(&c, &cfg.node.node_name, &cfg.token) => {
             tracing::info!("using the certificates of an earlier join");

@@ -686,7 +686,8 @@ pub struct NodeArgs {
     /// containerd socket to use instead of starting kite's own containerd.
     #[arg(help_heading = "Node", long, env = "KITE_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<PathBuf>,
-    /// The node's InternalIP [default: the advertise address].
+    /// The node's InternalIP [default: the advertise address]; IPv4,IPv6 for both on a
+    /// dual-stack cluster (host-gw routes IPv6 pods via the IPv6 one).
     #[arg(help_heading = "Node", long, env = "KITE_NODE_IP")]
     pub node_ip: Option<String>,
     /// The node's ExternalIP.
@@ -840,6 +841,8 @@ pub struct NodeConfig {
     /// The node's InternalIP; None: the server's advertise address, or for an agent the
     /// address it reaches the server from.
     pub node_ip: Option<std::net::IpAddr>,
+    /// Its IPv6 InternalIP too (`--node-ip v4,v6`).
+    pub node_ip6: Option<std::net::Ipv6Addr>,
     pub node_external_ip: Option<std::net::IpAddr>,
     pub node_labels: std::collections::BTreeMap<String, String>,
     pub node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
@@ -1063,11 +1066,25 @@ impl NodeArgs {
             v.parse::<std::net::IpAddr>()
                 .map_err(|_| bad(key, v, "expected an IP address"))
         };
-        let node_ip = self
-            .node_ip
-            .as_deref()
-            .map(|v| ip("node-ip", v))
-            .transpose()?;
+        let (node_ip, node_ip6) = match self.node_ip.as_deref().map(|v| v.split_once(',')) {
+            None => (None, None),
+            Some(None) => (
+                self.node_ip
+                    .as_deref()
+                    .map(|v| ip("node-ip", v))
+                    .transpose()?,
+                None,
+            ),
+            Some(Some((a, b))) => {
+                let v = self.node_ip.as_deref().unwrap_or_default();
+                match (ip("node-ip", a.trim())?, ip("node-ip", b.trim())?) {
+                    (std::net::IpAddr::V4(a), std::net::IpAddr::V6(b)) => {
+                        (Some(std::net::IpAddr::V4(a)), Some(b))
+                    }
+                    _ => return Err(bad("node-ip", v, "expected one address, or IPv4,IPv6")),
+                }
+            }
+        };
         let node_external_ip = self
             .node_external_ip
             .as_deref()
@@ -1161,6 +1178,7 @@ impl NodeArgs {
             cni_bin_dirs: self.cni_bin_dir.clone(),
             registries,
             node_ip,
+            node_ip6,
             node_external_ip,
             node_labels,
             node_taints,

@@ -52,6 +52,7 @@ pub fn start(node: Node, client_for: impl Fn(&str) -> kube::Client) {
     let kubelet = kite_kubelet::Options {
         node_name: name.clone(),
         node_ip: node.node_ip,
+        node_ip6: cfg.node_ip6,
         external_ip: cfg.node_external_ip,
         taints: cfg.node_taints.clone(),
         data_dir: node.data_dir.clone(),
@@ -139,6 +140,7 @@ pub fn start(node: Node, client_for: impl Fn(&str) -> kube::Client) {
             node_name: name.clone(),
             node_ip: ip,
             cluster_cidr: node.cluster.cluster_cidr,
+            cluster_cidr_v6: node.cluster.cluster_cidr_v6,
             backend: node.cluster.network_backend,
             key_dir: kite_network::wireguard::key_dir(&node.data_dir),
         };
