@@ -533,6 +533,8 @@ spec:
   selector: {app: duo}
   ports: [{port: 80, nodePort: 30096}]
 YAML
+  check "a pod's hostIPs are its node's two InternalIPs" \
+    equals "$(kc get pod far6 -o jsonpath='{.status.hostIPs[*].ip}')" "${IP[a2]} ${IP6[a2]}"
   np6() { from_node a1 "http://[${IP6[s]}]:30096/" | grep -q "Server name: "; }
   check "a NodePort answers on a node's IPv6 address" wait_for 10 "the IPv6 node port" np6
   kc delete svc duo-np >/dev/null

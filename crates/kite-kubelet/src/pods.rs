@@ -2247,10 +2247,10 @@ impl Kubelet {
         Ok(out)
     }
 
-    /// The pod's IPv6 address on a dual-stack node (not for hostNetwork pods).
+    /// The pod's IPv6 address on a dual-stack node (a hostNetwork pod's: the node's).
     fn pod_ip_v6(&self, pod: &Pod) -> Option<IpAddr> {
         if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
-            return None;
+            return self.opts.node_ip6.map(IpAddr::V6);
         }
         let uid = pod.metadata.uid.as_deref()?;
         let ip = self.network.lock().unwrap().as_ref()?.pod_ip_v6(uid)?;
@@ -2279,7 +2279,11 @@ impl Kubelet {
             "metadata.uid" => m.uid.clone().unwrap_or_default(),
             "spec.nodeName" => spec.node_name.unwrap_or_default(),
             "spec.serviceAccountName" => spec.service_account_name.unwrap_or_default(),
-            "status.hostIP" | "status.hostIPs" => self.opts.node_ip.to_string(),
+            "status.hostIP" => self.opts.node_ip.to_string(),
+            "status.hostIPs" => match self.opts.node_ip6 {
+                Some(v6) => format!("{},{v6}", self.opts.node_ip),
+                None => self.opts.node_ip.to_string(),
+            },
             "status.podIP" => ip,
             "status.podIPs" => ips,
             p => {
@@ -2531,6 +2535,7 @@ impl Kubelet {
                 failed: failed.as_ref(),
                 resize: resize.as_ref(),
                 host_ip: self.opts.node_ip,
+                host_ip6: self.opts.node_ip6.map(IpAddr::V6),
                 pod_ip: ip,
                 pod_ip_v6: self.pod_ip_v6(pod),
                 now: now(),

@@ -26,6 +26,8 @@ pub(crate) struct Inputs<'a> {
     /// A resize's condition: its type, reason and message.
     pub resize: Option<&'a (&'static str, &'static str, String)>,
     pub host_ip: IpAddr,
+    /// The node's IPv6 InternalIP (`--node-ip v4,v6`): `hostIPs`' second entry.
+    pub host_ip6: Option<IpAddr>,
     pub pod_ip: IpAddr,
     /// The pod's IPv6 address on a dual-stack node: `podIPs`' second entry.
     pub pod_ip_v6: Option<IpAddr>,
@@ -349,7 +351,10 @@ pub(crate) fn compute(inp: &Inputs, obs: &impl Observed) -> Result<Value> {
         "phase": phase,
         "conditions": conditions,
         "hostIP": inp.host_ip.to_string(),
-        "hostIPs": [{"ip": inp.host_ip.to_string()}],
+        "hostIPs": std::iter::once(inp.host_ip)
+            .chain(inp.host_ip6)
+            .map(|ip| json!({"ip": ip.to_string()}))
+            .collect::<Vec<_>>(),
         "podIP": inp.pod_ip.to_string(),
         "podIPs": std::iter::once(inp.pod_ip)
             .chain(inp.pod_ip_v6)
@@ -452,6 +457,7 @@ mod tests {
                 host_ip: "10.0.0.1".parse().unwrap(),
                 pod_ip: "10.42.0.5".parse().unwrap(),
                 pod_ip_v6: None,
+                host_ip6: None,
                 now: t(0),
             },
             seen,
@@ -620,6 +626,7 @@ mod tests {
                 host_ip: "10.0.0.1".parse().unwrap(),
                 pod_ip: "10.42.0.5".parse().unwrap(),
                 pod_ip_v6: None,
+                host_ip6: None,
                 now: t(0),
             },
             &Seen::default(),
