@@ -66,6 +66,10 @@ done
 find /sys/fs/cgroup -depth -type d \( -path "*/$CG/*" -o -name "$CG" \) -exec rmdir {} \; 2>/dev/null || true
 # Network and mounts kite creates for pods: kite* interfaces, nftables tables and mounts
 # under the data dir.
+# Routes to other nodes' pods carry kite's protocol number (107): host-gw's are on the
+# host's own link, so they do not go with kite's devices.
+ip route flush proto 107 2>/dev/null || true
+ip -6 route flush proto 107 2>/dev/null || true
 for dev in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^kite' || true); do
   ip link delete "$dev" 2>/dev/null || true
 done

@@ -610,6 +610,12 @@ YAML
 )
 check "an IPv6 cluster IP outside the range is refused, naming the range" contains "$fails_with_out" "The range of valid IPs is fd43::/112"
 [ -z "${MN_HOLD:-}" ] || sleep "$MN_HOLD"
+if [ "$dual" = host-gw ]; then
+  # kite-killall.sh takes kite's routes with it, host-gw's on the node's own link too.
+  node_down a1; node_clean a1
+  check "kite-killall.sh removes kite's routes of both families" \
+    equals "$(inns a1 ip route show proto 107)$(inns a1 ip -6 route show proto 107)" ""
+fi
 kc delete deploy duo --wait=false >/dev/null
 kc delete svc duo six four >/dev/null
 kc delete pod client6 far6 --wait=false >/dev/null
