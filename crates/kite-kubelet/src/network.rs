@@ -68,27 +68,82 @@ pub struct V6 {
 /// node runs; the bound keeps a search short).
 const V6_POOL: u128 = 1 << 16;
 
+/// Every `<dir>/<ip>` file: its holder and address.
+fn read_held<A: std::str::FromStr>(dir: &Path) -> std::collections::HashMap<String, A> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Default::default();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let ip = e.file_name().to_string_lossy().parse().ok()?;
+            Some((std::fs::read_to_string(e.path()).ok()?, ip))
+        })
+        .collect()
+}
+
+/// Host-local's IPAM for one range: the next free address after the last one given out
+/// (offsets `2 .. 2 + usable` from the network address `net`, round the range), claimed by
+/// creating `<dir>/<ip>` exclusively so two pods never share one; `None` when all are
+/// taken. As host-local's, a freed address is not handed out again until the range wraps:
+/// the host and other pods may still have the old pod's MAC for it in their neighbour
+/// caches, and the new pod would be unreachable until that entry went stale.
+fn claim<A>(
+    dir: &Path,
+    uid: &str,
+    held: &mut std::collections::HashMap<String, A>,
+    (net, usable): (u128, u128),
+    addr: impl Fn(u128) -> A,
+    number: impl Fn(A) -> u128,
+) -> Result<Option<A>>
+where
+    A: Copy + Eq + std::hash::Hash + std::fmt::Display + std::str::FromStr,
+{
+    std::fs::create_dir_all(dir)?;
+    if let Some(ip) = held.get(uid) {
+        return Ok(Some(*ip));
+    }
+    let taken: std::collections::HashSet<A> = held.values().copied().collect();
+    let last_file = dir.join(LAST_RESERVED);
+    let last = std::fs::read_to_string(&last_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<A>().ok())
+        .map(&number)
+        .filter(|l| (net + 2..net + 2 + usable).contains(l))
+        .map_or(0, |l| l - net - 2 + 1);
+    for i in 0..usable {
+        let ip = addr(net + 2 + (last + i) % usable);
+        if taken.contains(&ip) {
+            continue;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(ip.to_string()))
+        {
+            Ok(mut f) => {
+                use std::io::Write;
+                f.write_all(uid.as_bytes())?;
+                held.insert(uid.to_string(), ip);
+                // Where the next search starts; losing it only means starting over.
+                let _ = std::fs::write(&last_file, ip.to_string());
+                return Ok(Some(ip));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
+
 impl V6 {
     fn gateway(&self) -> Ipv6Addr {
         Ipv6Addr::from(u128::from(self.pod_cidr.network()) + 1)
     }
 
-    fn read_held(&self) -> std::collections::HashMap<String, Ipv6Addr> {
-        let Ok(rd) = std::fs::read_dir(&self.ipam_dir) else {
-            return Default::default();
-        };
-        rd.flatten()
-            .filter_map(|e| {
-                let ip = e.file_name().to_string_lossy().parse().ok()?;
-                Some((std::fs::read_to_string(e.path()).ok()?, ip))
-            })
-            .collect()
-    }
-
     fn held_by(&self, uid: &str) -> Option<Ipv6Addr> {
         let mut guard = self.held.lock().unwrap();
         guard
-            .get_or_insert_with(|| self.read_held())
+            .get_or_insert_with(|| read_held(&self.ipam_dir))
             .get(uid)
             .copied()
     }
@@ -96,54 +151,28 @@ impl V6 {
     /// As [`Network::allocate`]: the held address, or the next free one after the last
     /// given out, claimed by creating its file exclusively.
     fn allocate(&self, uid: &str) -> Result<Ipv6Addr> {
-        std::fs::create_dir_all(&self.ipam_dir)?;
         let mut guard = self.held.lock().unwrap();
-        let held = guard.get_or_insert_with(|| self.read_held());
-        if let Some(ip) = held.get(uid) {
-            return Ok(*ip);
-        }
-        let taken: std::collections::HashSet<Ipv6Addr> = held.values().copied().collect();
+        let held = guard.get_or_insert_with(|| read_held(&self.ipam_dir));
         let net = u128::from(self.pod_cidr.network());
         let size = 1u128
             .checked_shl(128 - u32::from(self.pod_cidr.prefix_len()))
             .unwrap_or(u128::MAX);
-        // Usable offsets from 2 (not the network address or the gateway).
+        // Not the network address or the gateway.
         let usable = size.saturating_sub(2).min(V6_POOL);
-        let last_file = self.ipam_dir.join(LAST_RESERVED);
-        let last = std::fs::read_to_string(&last_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<Ipv6Addr>().ok())
-            .map(u128::from)
-            .filter(|l| (net + 2..net + 2 + usable).contains(l))
-            .map_or(0, |l| l - net - 2 + 1);
-        for i in 0..usable {
-            let ip = Ipv6Addr::from(net + 2 + (last + i) % usable);
-            if taken.contains(&ip) {
-                continue;
-            }
-            let p = self.ipam_dir.join(ip.to_string());
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&p)
-            {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    f.write_all(uid.as_bytes())?;
-                    held.insert(uid.to_string(), ip);
-                    let _ = std::fs::write(&last_file, ip.to_string());
-                    return Ok(ip);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        bail!("no free address left in {}", self.pod_cidr)
+        claim(
+            &self.ipam_dir,
+            uid,
+            held,
+            (net, usable),
+            Ipv6Addr::from,
+            u128::from,
+        )?
+        .ok_or_else(|| anyhow!("no free address left in {}", self.pod_cidr))
     }
 
     fn release(&self, uid: &str) {
         let mut guard = self.held.lock().unwrap();
-        let held = guard.get_or_insert_with(|| self.read_held());
+        let held = guard.get_or_insert_with(|| read_held(&self.ipam_dir));
         if let Some(ip) = held.remove(uid) {
             let _ = std::fs::remove_file(self.ipam_dir.join(ip.to_string()));
         }
@@ -488,82 +517,32 @@ impl Network {
         }
     }
 
-    /// The address already held by `uid`, or the next free one after the last given out,
-    /// round the range (claimed by creating `<ipam-dir>/<ip>` exclusively, so two pods
-    /// never share one). As host-local's IPAM, a freed address is not handed out again
-    /// until the range wraps: the host and other pods may still have the old pod's MAC
-    /// for it in their neighbour caches, and the new pod would be unreachable until that
-    /// entry went stale.
+    /// The address already held by `uid`, or the next free one (see [`claim`]).
     pub fn allocate(&self, uid: &str) -> Result<Ipv4Addr> {
-        std::fs::create_dir_all(&self.ipam_dir)?;
         let mut guard = self.held.lock().unwrap();
-        let held = guard.get_or_insert_with(|| self.read_held());
-        if let Some(ip) = held.get(uid) {
-            return Ok(*ip);
-        }
-        let taken: std::collections::HashSet<Ipv4Addr> = held.values().copied().collect();
-        let net = u32::from(self.pod_cidr.network());
-        let size = 1u32 << (32 - self.pod_cidr.prefix_len());
+        let held = guard.get_or_insert_with(|| read_held(&self.ipam_dir));
+        let net = u128::from(u32::from(self.pod_cidr.network()));
+        let size = 1u128 << (32 - self.pod_cidr.prefix_len());
         // Usable offsets: 2 ..= size - 2 (not the network, the gateway or broadcast).
         let usable = size.saturating_sub(3);
-        let last_file = self.ipam_dir.join(LAST_RESERVED);
-        let last = std::fs::read_to_string(&last_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<Ipv4Addr>().ok())
-            .map(u32::from)
-            .filter(|l| (net + 2..net + 2 + usable).contains(l))
-            .map_or(0, |l| l - net - 2 + 1);
-        for i in 0..usable {
-            let ip = Ipv4Addr::from(net + 2 + (last + i) % usable);
-            if taken.contains(&ip) {
-                continue;
-            }
-            let p = self.ipam_dir.join(ip.to_string());
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&p)
-            {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    f.write_all(uid.as_bytes())?;
-                    held.insert(uid.to_string(), ip);
-                    // Where the next search starts; losing it only means starting over.
-                    let _ = std::fs::write(&last_file, ip.to_string());
-                    return Ok(ip);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        bail!("no free address left in {}", self.pod_cidr)
+        let v4 = |n: u128| Ipv4Addr::from(n as u32);
+        let num = |a: Ipv4Addr| u128::from(u32::from(a));
+        claim(&self.ipam_dir, uid, held, (net, usable), v4, num)?
+            .ok_or_else(|| anyhow!("no free address left in {}", self.pod_cidr))
     }
 
     pub fn held_by(&self, uid: &str) -> Option<Ipv4Addr> {
         let mut guard = self.held.lock().unwrap();
         guard
-            .get_or_insert_with(|| self.read_held())
+            .get_or_insert_with(|| read_held(&self.ipam_dir))
             .get(uid)
             .copied()
-    }
-
-    /// Every `<ipam-dir>/<ip>` file: its holder and address.
-    fn read_held(&self) -> std::collections::HashMap<String, Ipv4Addr> {
-        let Ok(rd) = std::fs::read_dir(&self.ipam_dir) else {
-            return Default::default();
-        };
-        rd.flatten()
-            .filter_map(|e| {
-                let ip = e.file_name().to_string_lossy().parse().ok()?;
-                Some((std::fs::read_to_string(e.path()).ok()?, ip))
-            })
-            .collect()
     }
 
     /// Frees the pod's addresses (both families on a dual-stack node).
     pub fn release(&self, uid: &str) {
         let mut guard = self.held.lock().unwrap();
-        let held = guard.get_or_insert_with(|| self.read_held());
+        let held = guard.get_or_insert_with(|| read_held(&self.ipam_dir));
         if let Some(ip) = held.remove(uid) {
             let _ = std::fs::remove_file(self.ipam_dir.join(ip.to_string()));
         }
