@@ -511,6 +511,8 @@ check "$dual: a pod reaches a pod on another node over IPv6" \
   contains "$(kc exec client6 -- timeout 5 wget -q -O- "http://[$FAR6]/" 2>&1)" "Server name: far6"
 check "$dual: a node reaches another node's pod over IPv6" contains "$(from_node a1 "http://[$FAR6]/")" "Server name: far6"
 if [ "$dual" = vxlan ]; then
+  check "without an IPv6 --node-ip, a dual-stack node finds its IPv6 InternalIP, as K3s" \
+    equals "$(kc get node a2 -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')" "${IP[a2]} ${IP6[a2]}"
   check "vxlan: IPv6 routes to other nodes' pods go over kite.1" \
     contains "$(inns s ip -6 route show proto 107)" "dev kite.1"
 elif [ "$dual" = wireguard-native ]; then
@@ -535,6 +537,35 @@ spec:
 YAML
   check "a pod's hostIPs are its node's two InternalIPs" \
     equals "$(kc get pod far6 -o jsonpath='{.status.hostIPs[*].ip}')" "${IP[a2]} ${IP6[a2]}"
+  # The downward API gives both families: a hostNetwork pod's are its node's two.
+  for hn in true false; do
+    cat <<YAML | kc apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: env-$hn}
+spec:
+  hostNetwork: $hn
+  nodeName: a2
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: kite.test/shell:1
+    command: [sh, -c, 'echo "\$HOST_IPS|\$POD_IPS|\$POD_IP" > /dev/termination-log']
+    env:
+    - {name: HOST_IPS, valueFrom: {fieldRef: {fieldPath: status.hostIPs}}}
+    - {name: POD_IPS, valueFrom: {fieldRef: {fieldPath: status.podIPs}}}
+    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+YAML
+  done
+  finished() { [ "$(kc get pod "$1" -o jsonpath='{.status.phase}')" = Succeeded ]; }
+  wait_for 30 "the env pods" finished env-true && wait_for 30 "the env pods" finished env-false
+  said() { kc get pod "$1" -o jsonpath='{.status.containerStatuses[0].state.terminated.message}'; }
+  check "downward API: a hostNetwork pod's hostIPs, podIPs and podIP are its node's" \
+    equals "$(said env-true)" "${IP[a2]},${IP6[a2]}|${IP[a2]},${IP6[a2]}|${IP[a2]}"
+  pips=$(kc get pod env-false -o jsonpath='{.status.podIPs[*].ip}')
+  check "downward API: a pod's podIPs are both its addresses, IPv4 first" \
+    equals "$(said env-false)" "${IP[a2]},${IP6[a2]}|${pips/ /,}|${pips%% *}"
+  kc delete pod env-true env-false --wait=false >/dev/null
   np6() { from_node a1 "http://[${IP6[s]}]:30096/" | grep -q "Server name: "; }
   check "a NodePort answers on a node's IPv6 address" wait_for 10 "the IPv6 node port" np6
   kc delete svc duo-np >/dev/null

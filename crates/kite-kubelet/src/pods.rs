@@ -2260,14 +2260,18 @@ impl Kubelet {
     fn field(&self, pod: &Pod, path: &str) -> Result<String> {
         let m = &pod.metadata;
         let spec = pod.spec.clone().unwrap_or_default();
-        let ip = self
-            .network
-            .lock()
-            .unwrap()
-            .as_ref()
-            .and_then(|n| n.pod_ip(m.uid.as_deref().unwrap_or_default()))
-            .map(|i| i.to_string())
-            .unwrap_or_default();
+        // A hostNetwork pod's address is the node's, as upstream reports it.
+        let ip = if spec.host_network == Some(true) {
+            self.opts.node_ip.to_string()
+        } else {
+            self.network
+                .lock()
+                .unwrap()
+                .as_ref()
+                .and_then(|n| n.pod_ip(m.uid.as_deref().unwrap_or_default()))
+                .map(|i| i.to_string())
+                .unwrap_or_default()
+        };
         // status.podIPs: every address, comma-separated, as upstream's downward API.
         let ips = match self.pod_ip_v6(pod) {
             Some(v6) if !ip.is_empty() => format!("{ip},{v6}"),

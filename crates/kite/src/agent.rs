@@ -187,7 +187,9 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
     };
     let mut addresses = vec![node_ip];
     addresses.extend(cfg.node.node_external_ip);
-    addresses.extend(cfg.node.node_ip6.map(std::net::IpAddr::V6));
+    // (Its IPv6 InternalIP on a dual-stack cluster: the cluster is not known before the
+    // join, so the host's detected one is in the certificate either way.)
+    addresses.extend(crate::host::node_ip6(cfg.node.node_ip6, true).map(std::net::IpAddr::V6));
     let creds = match Credentials::load(&tls_dir) {
         Some(c) if still_good(&c, &cfg.node.node_name, &cfg.token) => {
             tracing::info!("using the certificates of an earlier join");

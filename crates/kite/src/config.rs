@@ -687,7 +687,8 @@ pub struct NodeArgs {
     #[arg(help_heading = "Node", long, env = "KITE_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<PathBuf>,
     /// The node's InternalIP [default: the advertise address]; IPv4,IPv6 for both on a
-    /// dual-stack cluster (host-gw routes IPv6 pods via the IPv6 one).
+    /// dual-stack cluster (default there: the host's first global IPv6 address too;
+    /// host-gw routes IPv6 pods via it).
     #[arg(help_heading = "Node", long, env = "KITE_NODE_IP")]
     pub node_ip: Option<String>,
     /// The node's ExternalIP.

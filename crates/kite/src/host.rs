@@ -33,6 +33,19 @@ pub fn node_ips() -> Vec<IpAddr> {
     out
 }
 
+/// The node's IPv6 InternalIP on a dual-stack cluster when `--node-ip` names none: the
+/// host's first global IPv6 address, as K3s detects one of each family.
+pub fn node_ip6(explicit: Option<std::net::Ipv6Addr>, dual: bool) -> Option<std::net::Ipv6Addr> {
+    explicit.or_else(|| {
+        dual.then(|| {
+            node_ips().into_iter().find_map(|ip| match ip {
+                IpAddr::V6(v6) => Some(v6),
+                IpAddr::V4(_) => None,
+            })
+        })?
+    })
+}
+
 pub fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()

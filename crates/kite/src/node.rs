@@ -52,7 +52,7 @@ pub fn start(node: Node, client_for: impl Fn(&str) -> kube::Client) {
     let kubelet = kite_kubelet::Options {
         node_name: name.clone(),
         node_ip: node.node_ip,
-        node_ip6: cfg.node_ip6,
+        node_ip6: crate::host::node_ip6(cfg.node_ip6, node.cluster.cluster_cidr_v6.is_some()),
         external_ip: cfg.node_external_ip,
         taints: cfg.node_taints.clone(),
         data_dir: node.data_dir.clone(),

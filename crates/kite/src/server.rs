@@ -281,7 +281,10 @@ async fn serve(cfg: ServerConfig) -> Result<()> {
             node_ip.to_string(),
         ];
         names.extend(cfg.node.node_external_ip.map(|ip| ip.to_string()));
-        names.extend(cfg.node.node_ip6.map(|ip| ip.to_string()));
+        names.extend(
+            crate::host::node_ip6(cfg.node.node_ip6, cfg.cluster_cidr_v6.is_some())
+                .map(|ip| ip.to_string()),
+        );
         let kubelet_serving = pki.serving_cert("kubelet", &cfg.node.node_name, &names)?;
         crate::node::start(
             crate::node::Node {
