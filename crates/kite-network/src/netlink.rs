@@ -203,25 +203,30 @@ pub(crate) async fn remove_link(name: &str) -> Result<()> {
     .await
 }
 
-/// kite's routes in the main table: (destination, the whole message).
+/// kite's routes of one family (IPv6 when `v6`) in the main table: (destination, the
+/// whole message).
 async fn kite_routes(
     h: &Handle,
-) -> Result<Vec<(Ipv4Net, rtnetlink::packet_route::route::RouteMessage)>> {
+    v6: bool,
+) -> Result<Vec<(ipnet::IpNet, rtnetlink::packet_route::route::RouteMessage)>> {
     let mut out = Vec::new();
-    let mut routes = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute();
+    let query = if v6 {
+        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    } else {
+        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    };
+    let mut routes = h.route().get(query).execute();
     while let Some(r) = routes.try_next().await? {
         if r.header.protocol != RouteProtocol::Other(RTPROT_KITE) {
             continue;
         }
         let dst = r.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
             _ => None,
         });
         if let Some(dst) = dst {
-            if let Ok(net) = Ipv4Net::new(dst, r.header.destination_prefix_length) {
+            if let Ok(net) = ipnet::IpNet::new(dst, r.header.destination_prefix_length) {
                 out.push((net, r));
             }
         }
@@ -229,10 +234,10 @@ async fn kite_routes(
     Ok(out)
 }
 
-/// Removes kite's routes whose destination is not in `keep`.
-pub(crate) async fn prune_routes(h: &Handle, keep: &HashSet<Ipv4Net>) -> Result<()> {
-    for (net, msg) in kite_routes(h).await? {
-        if !keep.contains(&net) {
+/// Removes kite's routes of one family that `keep` does not want.
+async fn prune(h: &Handle, v6: bool, keep: impl Fn(&ipnet::IpNet) -> bool) -> Result<()> {
+    for (net, msg) in kite_routes(h, v6).await? {
+        if !keep(&net) {
             tracing::info!(pod_cidr = %net, "route to a node's pods removed");
             if let Err(e) = h.route().del(msg).execute().await {
                 tracing::warn!(pod_cidr = %net, error = %e, "removing a route");
@@ -242,43 +247,24 @@ pub(crate) async fn prune_routes(h: &Handle, keep: &HashSet<Ipv4Net>) -> Result<
     Ok(())
 }
 
-/// kite's IPv6 routes in the main table: (destination, the whole message).
-async fn kite_routes6(
-    h: &Handle,
-) -> Result<Vec<(Ipv6Net, rtnetlink::packet_route::route::RouteMessage)>> {
-    let mut out = Vec::new();
-    let mut routes = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-        .execute();
-    while let Some(r) = routes.try_next().await? {
-        if r.header.protocol != RouteProtocol::Other(RTPROT_KITE) {
-            continue;
-        }
-        let dst = r.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(*ip),
-            _ => None,
-        });
-        if let Some(dst) = dst {
-            if let Ok(net) = Ipv6Net::new(dst, r.header.destination_prefix_length) {
-                out.push((net, r));
-            }
-        }
-    }
-    Ok(out)
+/// Removes kite's IPv4 routes whose destination is not in `keep`.
+pub(crate) async fn prune_routes(h: &Handle, keep: &HashSet<Ipv4Net>) -> Result<()> {
+    prune(
+        h,
+        false,
+        |n| matches!(n, ipnet::IpNet::V4(n) if keep.contains(n)),
+    )
+    .await
 }
 
 /// Removes kite's IPv6 routes whose destination is not in `keep`.
 pub(crate) async fn prune_routes6(h: &Handle, keep: &HashSet<Ipv6Net>) -> Result<()> {
-    for (net, msg) in kite_routes6(h).await? {
-        if !keep.contains(&net) {
-            tracing::info!(pod_cidr = %net, "route to a node's pods removed");
-            if let Err(e) = h.route().del(msg).execute().await {
-                tracing::warn!(pod_cidr = %net, error = %e, "removing a route");
-            }
-        }
-    }
-    Ok(())
+    prune(
+        h,
+        true,
+        |n| matches!(n, ipnet::IpNet::V6(n) if keep.contains(n)),
+    )
+    .await
 }
 
 /// Adds the route, or replaces kite's route to the same destination.
