@@ -746,16 +746,20 @@ mod tests {
     fn ipv6_ipam_beside_ipv4() {
         let d = std::env::temp_dir().join(format!("kite-ipam6-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        let n = Network::new(
-            &d,
-            "10.42.3.0/24".parse().unwrap(),
-            "10.42.0.0/16".parse().unwrap(),
-        )
-        .with_v6(
-            &d,
-            "fd42:0:0:3::/64".parse().unwrap(),
-            "fd42::/56".parse().unwrap(),
-        );
+        // A node's network as a (re)started kite makes it.
+        let dual = || {
+            Network::new(
+                &d,
+                "10.42.3.0/24".parse().unwrap(),
+                "10.42.0.0/16".parse().unwrap(),
+            )
+            .with_v6(
+                &d,
+                "fd42:0:0:3::/64".parse().unwrap(),
+                "fd42::/56".parse().unwrap(),
+            )
+        };
+        let n = dual();
         let v6 = n.v6.as_ref().unwrap();
         assert_eq!(v6.gateway(), "fd42:0:0:3::1".parse::<Ipv6Addr>().unwrap());
         assert_eq!(
@@ -772,16 +776,7 @@ mod tests {
         assert_eq!(n.pod_ip_v6("a"), None);
         assert_eq!(n.held_by("a"), None);
         // A restarted kite reads b's address back, and goes on after the last one.
-        let n2 = Network::new(
-            &d,
-            "10.42.3.0/24".parse().unwrap(),
-            "10.42.0.0/16".parse().unwrap(),
-        )
-        .with_v6(
-            &d,
-            "fd42:0:0:3::/64".parse().unwrap(),
-            "fd42::/56".parse().unwrap(),
-        );
+        let n2 = dual();
         assert_eq!(n2.pod_ip_v6("b"), Some("fd42:0:0:3::3".parse().unwrap()));
         assert_eq!(
             n2.v6.as_ref().unwrap().allocate("c").unwrap(),

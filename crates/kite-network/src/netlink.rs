@@ -392,7 +392,6 @@ pub async fn sync_vxlan(peers: &[Peer], cluster: Ipv4Net, own_ranges: &Own) -> R
         }
         for p in peers {
             let mac = p.mac.expect("filtered above");
-            let gw = p.pod_cidr.network();
             h.neighbours()
                 .add_bridge(idx, &mac)
                 .destination(IpAddr::V4(p.ip))
@@ -402,48 +401,48 @@ pub async fn sync_vxlan(peers: &[Peer], cluster: Ipv4Net, own_ranges: &Own) -> R
                 .execute()
                 .await
                 .with_context(|| format!("forwarding entry for {}", p.name))?;
-            h.neighbours()
-                .add(idx, IpAddr::V4(gw))
-                .link_layer_address(&mac)
-                .state(NeighbourState::Permanent)
-                .replace()
-                .execute()
+            let net4 = ipnet::IpNet::V4(p.pod_cidr);
+            via_peer(&h, idx, &mac, net4)
                 .await
-                .with_context(|| format!("neighbour entry for {}", p.name))?;
-            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(p.pod_cidr.network(), p.pod_cidr.prefix_len())
-                .gateway(gw)
-                .output_interface(idx)
-                .onlink()
-                .protocol(RouteProtocol::Other(RTPROT_KITE))
-                .build();
-            replace_route(&h, msg)
-                .await
-                .with_context(|| format!("route to {}'s pods", p.name))?;
+                .with_context(|| format!("neighbour and route to {}'s pods", p.name))?;
             // IPv6 pods through the same tunnel (over the nodes' IPv4 addresses).
             if let Some(net6) = ranges.peer_v6(p) {
-                let gw6 = net6.network();
-                h.neighbours()
-                    .add(idx, IpAddr::V6(gw6))
-                    .link_layer_address(&mac)
-                    .state(NeighbourState::Permanent)
-                    .replace()
-                    .execute()
+                via_peer(&h, idx, &mac, ipnet::IpNet::V6(net6))
                     .await
-                    .with_context(|| format!("IPv6 neighbour entry for {}", p.name))?;
-                let msg = RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(gw6, net6.prefix_len())
-                    .gateway(gw6)
-                    .output_interface(idx)
-                    .onlink()
-                    .protocol(RouteProtocol::Other(RTPROT_KITE))
-                    .build();
-                replace_route(&h, msg)
-                    .await
-                    .with_context(|| format!("IPv6 route to {}'s pods", p.name))?;
+                    .with_context(|| format!("IPv6 neighbour and route to {}'s pods", p.name))?;
             }
         }
         Ok(())
     })
     .await
+}
+
+/// vxlan, per peer and family: a permanent neighbour for the peer's range's network
+/// address (its VTEP MAC) and an on-link route to the range via that address on `kite.1`.
+async fn via_peer(h: &Handle, idx: u32, mac: &[u8; 6], net: ipnet::IpNet) -> Result<()> {
+    let gw = net.network();
+    h.neighbours()
+        .add(idx, gw)
+        .link_layer_address(mac)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await?;
+    let msg = match net {
+        ipnet::IpNet::V4(n) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(n.network(), n.prefix_len())
+            .gateway(n.network())
+            .output_interface(idx)
+            .onlink()
+            .protocol(RouteProtocol::Other(RTPROT_KITE))
+            .build(),
+        ipnet::IpNet::V6(n) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(n.network(), n.prefix_len())
+            .gateway(n.network())
+            .output_interface(idx)
+            .onlink()
+            .protocol(RouteProtocol::Other(RTPROT_KITE))
+            .build(),
+    };
+    replace_route(h, msg).await
 }
