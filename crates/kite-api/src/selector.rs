@@ -263,6 +263,11 @@ impl FieldSelector {
         self.0.is_empty()
     }
 
+    /// The fields it tests.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _, _)| k.as_str())
+    }
+
     /// Matches using `value_of(field)` to read the object's field value.
     pub fn matches(&self, value_of: &dyn Fn(&str) -> String) -> bool {
         self.0.iter().all(|(k, eq, v)| (value_of(k) == *v) == *eq)

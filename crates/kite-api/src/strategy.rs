@@ -1428,6 +1428,7 @@ pub fn field_supported(ri: &ResourceInfo, field: &str) -> bool {
 
 /// Reads a field's value for field selectors (a missing field reads as "").
 pub fn field_value(obj: &Value, field: &str) -> String {
+    // What this reads for each field is `field_path`'s.
     if field == "source" {
         return obj["source"]["component"]
             .as_str()
@@ -1448,6 +1449,15 @@ pub fn field_value(obj: &Value, field: &str) -> String {
             _ => String::new(),
         },
         v => v.to_string(),
+    }
+}
+
+/// Where in an object [`field_value`] reads `field` (for decoding only that part).
+pub fn field_path(field: &str) -> &str {
+    match field {
+        "source" => "source.component",
+        "status.podIPs" => "status.podIP",
+        f => f,
     }
 }
 

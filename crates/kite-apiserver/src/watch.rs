@@ -255,6 +255,16 @@ fn raw_line(ty: &str, kv: &kite_store::KeyValue) -> Option<Bytes> {
     Some(event_line(ty, &obj))
 }
 
+/// What a watcher whose selectors `prev` matched and the change to `now` does not is sent
+/// as DELETED: the object as it was, at the change's resourceVersion (upstream's watch
+/// cache sends the same).
+fn left(prev: &kite_store::KeyValue, now: &kite_store::KeyValue) -> kite_store::KeyValue {
+    kite_store::KeyValue {
+        mod_revision: now.mod_revision,
+        ..prev.clone()
+    }
+}
+
 /// The snapshot a watch starts with.
 enum Initial {
     None,
@@ -337,6 +347,15 @@ pub async fn serve(
             }
         };
         let plain = enc.table.is_none() && opts.labels.is_empty() && opts.fields.is_empty();
+        // With selectors but no table, a change is tested on the parts the selectors read
+        // (decoded alone) and goes out as stored, spliced as in the plain case.
+        let sparse = (enc.table.is_none() && !plain).then(|| {
+            let mut paths: Vec<&str> = opts.fields.fields().map(strategy::field_path).collect();
+            if !opts.labels.is_empty() {
+                paths.push("metadata.labels");
+            }
+            kite_api::sparse::Paths::new(paths)
+        });
         metrics.watch_opened();
         let _guard = scopeguard(metrics.clone());
         let sent_initial = !matches!(initial, Initial::None);
@@ -404,13 +423,31 @@ pub async fn serve(
                         EventKind::Delete if plain => {
                             match raw_line("DELETED", &ev.kv) { Some(l) => l, None => continue }
                         }
+                        EventKind::Put if sparse.is_some() => {
+                            let Some(p) = &sparse else { continue };
+                            let Ok(new) = p.decode(&ev.kv.value) else { continue };
+                            let was = ev.prev.as_ref().and_then(|o| p.decode(&o.value).ok()).is_some_and(|o| matches(&opts, &o));
+                            let line = match (was, matches(&opts, &new)) {
+                                (false, true) => raw_line("ADDED", &ev.kv),
+                                (true, true) => raw_line("MODIFIED", &ev.kv),
+                                (true, false) => ev.prev.as_ref().and_then(|o| raw_line("DELETED", &left(o, &ev.kv))),
+                                (false, false) => continue,
+                            };
+                            match line { Some(l) => l, None => continue }
+                        }
+                        EventKind::Delete if sparse.is_some() => {
+                            let Some(p) = &sparse else { continue };
+                            let Ok(old) = p.decode(&ev.kv.value) else { continue };
+                            if !matches(&opts, &old) { continue; }
+                            match raw_line("DELETED", &ev.kv) { Some(l) => l, None => continue }
+                        }
                         EventKind::Put => {
                             let Ok(new) = decode(&ev.kv) else { continue };
-                            let was = ev.prev.as_ref().and_then(|p| decode(p).ok()).is_some_and(|p| matches(&opts, &p));
-                            match (was, matches(&opts, &new)) {
+                            let old = ev.prev.as_ref().and_then(|p| decode(&left(p, &ev.kv)).ok());
+                            match (old.as_ref().is_some_and(|o| matches(&opts, o)), matches(&opts, &new)) {
                                 (false, true) => enc.line("ADDED", &new),
                                 (true, true) => enc.line("MODIFIED", &new),
-                                (true, false) => enc.line("DELETED", &new),
+                                (true, false) => match &old { Some(o) => enc.line("DELETED", o), None => continue },
                                 (false, false) => continue,
                             }
                         }
