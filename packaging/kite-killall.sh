@@ -79,6 +79,10 @@ if command -v nft >/dev/null 2>&1; then
   done
 fi
 awk -v d="$DATA/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null || true; done
-# Exec'd processes' FIFOs: this data dir's directory on /dev/shm (kite-exec-<dev>-<inode>).
-[ -d "$DATA" ] && rm -rf "/dev/shm/kite-exec-$(stat -c %d-%i "$DATA")"
+# Containers' and exec'd processes' FIFOs: this data dir's directories on /dev/shm
+# (kite-io-<dev>-<inode>, kite-exec-<dev>-<inode>).
+if [ -d "$DATA" ]; then
+  id=$(stat -c %d-%i "$DATA")
+  rm -rf "/dev/shm/kite-io-$id" "/dev/shm/kite-exec-$id"
+fi
 echo "kite stopped"

@@ -209,10 +209,16 @@ if [ -n "${KITE_STATIC_BIN:-}" ]; then
   kc delete node chroot-0 --wait=false >/dev/null 2>&1
 fi
 
+# The running container's output FIFOs are on /dev/shm (a tmpfs here), in this data dir's
+# own directory, which the uninstall removes.
+SHM_IO="/dev/shm/kite-io-$(stat -c %d-%i "$DATA")"
+check "the container's output FIFOs are on /dev/shm" test -n "$(find "$SHM_IO" -name '*-stdout' -type p 2>/dev/null)"
+
 # Uninstall: nothing of kite's is left.
 out=$("$BIN/kite-$NAME-uninstall.sh" 2>&1); rc=$?
 check "kite-$NAME-uninstall.sh succeeds" equals "$rc:$out" "0:kite uninstalled"
 snapshot >"$WORK/after.txt"
 check "the uninstall leaves no kite process, mount, interface, table, cgroup or file" \
   equals "$(diff "$WORK/before.txt" "$WORK/after.txt" && echo same)" same
+check "nor its FIFOs' directory on /dev/shm" test ! -e "$SHM_IO"
 summary

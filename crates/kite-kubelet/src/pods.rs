@@ -177,6 +177,8 @@ pub struct Kubelet {
     pressure_conditions: Mutex<crate::eviction::Conditions>,
     /// See [`Kubelet::exec_io_dir`].
     exec_dir: std::sync::OnceLock<Option<PathBuf>>,
+    /// See [`Kubelet::io_dir`].
+    io_dir: std::sync::OnceLock<PathBuf>,
 }
 
 tokio::task_local! {
@@ -200,6 +202,26 @@ fn leave_pacing() {
 /// volumes) are made just ahead of their starts, not all at once beside the first starts.
 fn start_gate_size() -> usize {
     2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `/dev/shm/kite-<what>-<dev>-<inode of the data dir>`, made (mode 0700; emptied first if
+/// `fresh`), when /dev/shm is a tmpfs.
+fn shm_dir(data_dir: &std::path::Path, what: &str, fresh: bool) -> Option<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmpfs = nix::sys::statfs::statfs("/dev/shm")
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !tmpfs {
+        return None;
+    }
+    let id = std::fs::metadata(data_dir).ok()?;
+    let dir = PathBuf::from(format!("/dev/shm/kite-{what}-{}-{}", id.dev(), id.ino()));
+    if fresh {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+        .ok()?;
+    Some(dir)
 }
 
 /// The pod's hostPort mappings (hostNetwork pods have none: they bind the node's ports).
@@ -283,6 +305,7 @@ impl Kubelet {
             pressure: Mutex::default(),
             pressure_conditions: Mutex::default(),
             exec_dir: Default::default(),
+            io_dir: Default::default(),
         })
     }
 
@@ -691,9 +714,35 @@ impl Kubelet {
         self.rt.is_running(id).await
     }
 
-    /// Where containers' stdout and stderr FIFOs are (see `logs::Fifos`).
+    /// Where containers' stdout, stderr and stdin FIFOs are (see `logs::Fifos`): this data
+    /// dir's directory on the host's /dev/shm when that is a tmpfs
+    /// (`kite-io-<dev>-<inode>`, found by kite-killall.sh the same way), else
+    /// [`Self::disk_io_dir`]. Making and removing two FIFOs per container on a disk
+    /// filesystem was a twentieth of kite's CPU in a burst of pod starts. Unlike
+    /// [`Self::exec_io_dir`] it is kept when the kubelet starts: the FIFOs of containers
+    /// that still run are read again.
     pub(crate) fn io_dir(&self) -> PathBuf {
+        self.io_dir
+            .get_or_init(|| {
+                shm_dir(&self.opts.data_dir, "io", false).unwrap_or_else(|| self.disk_io_dir())
+            })
+            .clone()
+    }
+
+    /// The FIFOs' directory under the data dir, where kite put them all before it used
+    /// /dev/shm (containers started then still write there).
+    fn disk_io_dir(&self) -> PathBuf {
         self.opts.data_dir.join("agent").join("run").join("io")
+    }
+
+    /// Where a container's FIFOs may be: [`Self::io_dir`], then the disk one.
+    pub(crate) fn io_dirs(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.io_dir()];
+        let disk = self.disk_io_dir();
+        if !v.contains(&disk) {
+            v.push(disk);
+        }
+        v
     }
 
     /// Where the FIFOs of exec'd processes (probes, hooks, `kubectl exec`) are: a
@@ -704,23 +753,7 @@ impl Kubelet {
     /// way), emptied when the kubelet starts: what a killed kite left there is stale.
     pub(crate) fn exec_io_dir(&self) -> PathBuf {
         self.exec_dir
-            .get_or_init(|| {
-                use std::os::unix::fs::MetadataExt;
-                let tmpfs = nix::sys::statfs::statfs("/dev/shm")
-                    .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
-                let id = std::fs::metadata(&self.opts.data_dir).ok()?;
-                let dir = PathBuf::from(format!("/dev/shm/kite-exec-{}-{}", id.dev(), id.ino()));
-                let _ = std::fs::remove_dir_all(&dir);
-                let made = std::fs::create_dir_all(&dir).and_then(|_| {
-                    std::fs::set_permissions(
-                        &dir,
-                        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
-                            0o700,
-                        ),
-                    )
-                });
-                (tmpfs && made.is_ok()).then_some(dir)
-            })
+            .get_or_init(|| shm_dir(&self.opts.data_dir, "exec", true))
             .clone()
             .unwrap_or_else(|| self.io_dir())
     }
@@ -728,16 +761,16 @@ impl Kubelet {
     /// After a restart: copies the output of the containers that still run again, and
     /// removes the FIFOs of those that are gone.
     async fn reattach_logs(&self) {
-        let dir = self.io_dir();
-        let mut ids: HashSet<String> = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
+        // Each container's FIFOs by its id, in the directory they are in.
+        let mut ids: HashMap<String, PathBuf> = HashMap::new();
+        for dir in self.io_dirs() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                n.strip_suffix("-stdout").map(String::from)
-            })
-            .collect();
+                if let Some(id) = n.strip_suffix("-stdout") {
+                    ids.entry(id.to_string()).or_insert_with(|| dir.clone());
+                }
+            }
+        }
         if ids.is_empty() {
             return;
         }
@@ -747,9 +780,9 @@ impl Kubelet {
                 continue;
             };
             for i in infos {
-                if !ids.remove(&i.id) {
+                let Some(dir) = ids.remove(&i.id) else {
                     continue;
-                }
+                };
                 let log = self.log_path(&pod, &i.name, i.attempt);
                 match logs::Fifos::reattach(&dir, &i.id, &log, self.opts.log_rotation) {
                     Ok(_) => tracing::debug!(container = %i.id, "copying its output again"),
@@ -759,7 +792,7 @@ impl Kubelet {
                 }
             }
         }
-        for id in ids {
+        for (id, dir) in ids {
             logs::Fifos::remove(&dir, &id);
         }
     }

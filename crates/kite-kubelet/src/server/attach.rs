@@ -52,7 +52,14 @@ async fn run(k: Arc<Kubelet>, mut remote: Remote, id: String, stdin_once: bool) 
     let mut side: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let had_stdin = remote.stdin.is_some();
     if let Some(mut rx) = remote.stdin.take() {
-        let path = crate::logs::stdin_path(&k.io_dir(), &id);
+        // Where the container's FIFOs are (a container kite started before its FIFOs
+        // moved to /dev/shm has them on disk).
+        let path = k
+            .io_dirs()
+            .iter()
+            .map(|d| crate::logs::stdin_path(d, &id))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| crate::logs::stdin_path(&k.io_dir(), &id));
         match tokio::net::unix::pipe::OpenOptions::new()
             .read_write(true)
             .open_sender(&path)
