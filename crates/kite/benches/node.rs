@@ -18,7 +18,9 @@
 //!   set), kite first in odd rounds and the floor first in even ones; each round gives the
 //!   ratio of kite's largest-batch p50 to the floor's four-at-a-time p50, and the bench
 //!   ends with their median. (One pair per run, as before session 29, moved by 1.1–1.5x
-//!   from run to run of one build: the VM slows under sustained load.)
+//!   from run to run of one build: the VM slows under sustained load.) Every timed batch,
+//!   kite's or the floor's, starts once the machine is nearly idle, after the teardown of
+//!   the one before.
 //!
 //! Figures and the command are recorded in docs/benchmarks.md.
 
@@ -121,6 +123,21 @@ fn machine_cpu() -> f64 {
         .map(|(_, x)| x)
         .sum();
     busy / common::clk_tck()
+}
+
+/// Waits (at most 15 s) until the machine is nearly idle: the teardown of the batch before
+/// (the kernel frees network namespaces and veths asynchronously, well after their pods or
+/// containers are gone) would otherwise land on whichever side runs next.
+async fn settle() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        let c0 = machine_cpu();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if (machine_cpu() - c0) / 0.5 < 0.1 * cores {
+            return;
+        }
+    }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -238,6 +255,7 @@ async fn kite_batches(
     let largest = batches.iter().copied().max().unwrap_or(0);
     let mut p50 = Duration::ZERO;
     for &n in batches {
+        settle().await;
         // Watch first, then create, so no Ready is missed.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
         let w = pods.clone();
@@ -405,6 +423,7 @@ impl Floor {
         let runs = batches.iter().map(|&n| (n, n)).chain([(largest, 4)]);
         let mut p50 = Duration::ZERO;
         for (run, (n, parallel)) in runs.enumerate() {
+            settle().await;
             let tag = format!("{round}x{run}");
             let specs: Vec<(String, Vec<u8>)> = (0..n)
                 .map(|i| {
