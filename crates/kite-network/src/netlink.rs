@@ -428,21 +428,13 @@ async fn via_peer(h: &Handle, idx: u32, mac: &[u8; 6], net: ipnet::IpNet) -> Res
         .replace()
         .execute()
         .await?;
-    let msg = match net {
-        ipnet::IpNet::V4(n) => RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(n.network(), n.prefix_len())
-            .gateway(n.network())
-            .output_interface(idx)
-            .onlink()
-            .protocol(RouteProtocol::Other(RTPROT_KITE))
-            .build(),
-        ipnet::IpNet::V6(n) => RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(n.network(), n.prefix_len())
-            .gateway(n.network())
-            .output_interface(idx)
-            .onlink()
-            .protocol(RouteProtocol::Other(RTPROT_KITE))
-            .build(),
-    };
+    // rtnetlink's family-agnostic builder takes the family from the address.
+    let msg = RouteMessageBuilder::<std::net::IpAddr>::new()
+        .destination_prefix(gw, net.prefix_len())?
+        .gateway(gw)?
+        .output_interface(idx)
+        .onlink()
+        .protocol(RouteProtocol::Other(RTPROT_KITE))
+        .build();
     replace_route(h, msg).await
 }
