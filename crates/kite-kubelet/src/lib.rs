@@ -113,6 +113,19 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
     tracing::info!("containerd answers");
     import_image_dir(&cd, &opts.data_dir).await;
     let version = cd.version().await.unwrap_or_default();
+    // The port is bound before the node (re)registers, so nobody who reads its
+    // daemonEndpoints finds it closed; it serves once the kubelet is built below.
+    let bound = match &opts.tls {
+        Some(_) => {
+            let ip: std::net::IpAddr = if opts.node_ip.is_ipv6() {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            };
+            Some(server::bind(std::net::SocketAddr::new(ip, opts.port)).await?)
+        }
+        None => None,
+    };
     register(&client, &opts, &version).await?;
     let informers = Informers::new(client.clone());
     let nodes = informers.get_selected::<Node>(
@@ -168,18 +181,10 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
     }
     kubelet.start().await;
     // The server lives as long as this run of the kubelet (a restart binds it again).
-    let mut _server = None;
-    if let Some(tls) = opts.tls.clone() {
-        let addr = std::net::SocketAddr::new(
-            if opts.node_ip.is_ipv6() {
-                std::net::Ipv6Addr::UNSPECIFIED.into()
-            } else {
-                std::net::Ipv4Addr::UNSPECIFIED.into()
-            },
-            opts.port,
-        );
-        _server = Some(server::spawn(addr, tls, kubelet.clone(), &opts.local).await?);
-    }
+    let _server = match (bound, opts.tls.clone()) {
+        (Some(b), Some(tls)) => Some(b.serve(tls, kubelet.clone(), &opts.local)?),
+        _ => None,
+    };
     heartbeat(client, opts, kubelet).await
 }
 

@@ -87,60 +87,76 @@ impl Drop for Running {
     }
 }
 
-/// Binds `addr` and serves on a background task; and in-process through `local`.
-pub async fn spawn(
+/// The kubelet port, bound before the node registers: a client that reads the node's
+/// `daemonEndpoints` (the API server's proxy, right after a restart) waits in the accept
+/// backlog until [`Bound::serve`] rather than being refused.
+pub struct Bound {
     addr: SocketAddr,
-    tls: Tls,
-    kubelet: Arc<Kubelet>,
-    local: &kite_pki::tls::LocalDial,
-) -> Result<Running> {
-    let cfg = kite_pki::tls::rotating_server_config(tls.serving.clone(), &tls.client_ca_pem)
-        .context("the kubelet's TLS configuration")?;
+    listener: tokio::net::TcpListener,
+}
+
+/// Binds `addr`; nothing is served until [`Bound::serve`].
+pub async fn bind(addr: SocketAddr) -> Result<Bound> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the kubelet port {addr} (--kubelet-port)"))?;
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/containerLogs/{ns}/{pod}/{container}",
-            get(logs::container_logs),
-        )
-        .route("/exec/{ns}/{pod}/{container}", any(exec::exec))
-        .route("/attach/{ns}/{pod}/{container}", any(attach::attach))
-        .route("/portForward/{ns}/{pod}", any(portforward::port_forward))
-        .route(
-            "/stats/summary",
-            get(
-                |axum::extract::State(k): axum::extract::State<Arc<Kubelet>>| async move {
-                    axum::Json(k.summary().await)
-                },
-            ),
-        )
-        .route("/metrics", get(metrics::own))
-        .route("/metrics/resource", get(metrics::resource))
-        .route("/metrics/cadvisor", get(metrics::cadvisor))
-        .route("/metrics/probes", get(metrics::probes))
-        .layer(axum::middleware::from_fn(authorize))
-        .with_state(kubelet);
-    tracing::info!(%addr, "kubelet server listening");
-    local.serve(
-        app.clone(),
-        Caller {
-            user: APISERVER_CLIENT.into(),
-            groups: vec![],
-        },
-    );
-    let listener = tokio::spawn(kite_pki::tls::serve(listener, cfg, app, |chain| {
-        let id = kite_pki::identity_from_der(chain.first()?)?;
-        Some(Caller {
-            user: id.user,
-            groups: id.groups,
+    Ok(Bound { addr, listener })
+}
+
+impl Bound {
+    /// Serves on a background task; and in-process through `local`.
+    pub fn serve(
+        self,
+        tls: Tls,
+        kubelet: Arc<Kubelet>,
+        local: &kite_pki::tls::LocalDial,
+    ) -> Result<Running> {
+        let Bound { addr, listener } = self;
+        let cfg = kite_pki::tls::rotating_server_config(tls.serving.clone(), &tls.client_ca_pem)
+            .context("the kubelet's TLS configuration")?;
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/containerLogs/{ns}/{pod}/{container}",
+                get(logs::container_logs),
+            )
+            .route("/exec/{ns}/{pod}/{container}", any(exec::exec))
+            .route("/attach/{ns}/{pod}/{container}", any(attach::attach))
+            .route("/portForward/{ns}/{pod}", any(portforward::port_forward))
+            .route(
+                "/stats/summary",
+                get(
+                    |axum::extract::State(k): axum::extract::State<Arc<Kubelet>>| async move {
+                        axum::Json(k.summary().await)
+                    },
+                ),
+            )
+            .route("/metrics", get(metrics::own))
+            .route("/metrics/resource", get(metrics::resource))
+            .route("/metrics/cadvisor", get(metrics::cadvisor))
+            .route("/metrics/probes", get(metrics::probes))
+            .layer(axum::middleware::from_fn(authorize))
+            .with_state(kubelet);
+        tracing::info!(%addr, "kubelet server listening");
+        local.serve(
+            app.clone(),
+            Caller {
+                user: APISERVER_CLIENT.into(),
+                groups: vec![],
+            },
+        );
+        let listener = tokio::spawn(kite_pki::tls::serve(listener, cfg, app, |chain| {
+            let id = kite_pki::identity_from_der(chain.first()?)?;
+            Some(Caller {
+                user: id.user,
+                groups: id.groups,
+            })
+        }));
+        Ok(Running {
+            listener,
+            local: local.clone(),
         })
-    }));
-    Ok(Running {
-        listener,
-        local: local.clone(),
-    })
+    }
 }
 
 async fn authorize(req: Request, next: Next) -> Response {
