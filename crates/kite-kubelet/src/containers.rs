@@ -79,14 +79,19 @@ pub async fn list(cd: &Containerd, uid: &str) -> Result<Vec<Info>> {
     list_filtered(cd, &format!("labels.\"{L_POD_UID}\"=={uid}")).await
 }
 
-/// The pod uids of every container kite made, for orphan clean-up. Only containerd's
-/// metadata is read (no task is asked), so a stuck shim cannot hold this up.
-pub async fn pod_uids(cd: &Containerd) -> Result<std::collections::HashSet<String>> {
-    Ok(kites(cd)
-        .await?
-        .into_iter()
-        .filter_map(|c| c.labels.get(L_POD_UID).cloned())
-        .collect())
+/// The ids of every container kite made, by pod uid, for orphan clean-up and the
+/// runtime's index. Only containerd's metadata is read (no task is asked), so a stuck
+/// shim cannot hold this up.
+pub async fn ids_by_pod(
+    cd: &Containerd,
+) -> Result<HashMap<String, std::collections::BTreeSet<String>>> {
+    let mut out: HashMap<String, std::collections::BTreeSet<String>> = HashMap::new();
+    for c in kites(cd).await? {
+        if let Some(uid) = c.labels.get(L_POD_UID) {
+            out.entry(uid.clone()).or_default().insert(c.id);
+        }
+    }
+    Ok(out)
 }
 
 /// Every container kite made on this node with its pod's namespace and name, by pod

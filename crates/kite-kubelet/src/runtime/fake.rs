@@ -5,7 +5,7 @@ use super::Runtime;
 use crate::containers::{self, Info, New, State};
 use anyhow::{bail, Result};
 use futures::future::BoxFuture;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ struct Inner {
     /// `name#attempt` of each stop of a running container, in order.
     stopped: Vec<String>,
     exit_waiters: Vec<(String, Box<dyn FnOnce() + Send>)>,
-    /// How many times `list` ran.
+    /// How many times a full listing (`list` or `ids_by_pod`) ran.
     lists: usize,
 }
 
@@ -137,11 +137,16 @@ impl Runtime for FakeRuntime {
         Box::pin(async move { Ok(out) })
     }
 
-    fn pod_uids(&self) -> BoxFuture<'_, Result<HashSet<String>>> {
-        let uids = (self.inner.lock().unwrap().containers.iter())
-            .map(|r| r.uid.clone())
-            .collect();
-        Box::pin(async move { Ok(uids) })
+    fn ids_by_pod(&self) -> BoxFuture<'_, Result<HashMap<String, BTreeSet<String>>>> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.lists += 1;
+        let mut out: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for r in &inner.containers {
+            out.entry(r.uid.clone())
+                .or_default()
+                .insert(r.info.id.clone());
+        }
+        Box::pin(async move { Ok(out) })
     }
 
     fn create_and_start<'a>(&'a self, n: New<'a>) -> BoxFuture<'a, Result<()>> {
