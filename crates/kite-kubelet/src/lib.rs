@@ -136,6 +136,11 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
     );
     // Every Service, for the environment variables each container gets.
     let services = informers.get::<k8s_openapi::api::core::v1::Service>();
+    // ConfigMaps and Secrets by metadata only: a change reaches the volumes of the pods
+    // that use it at once (the kubelet reads the object itself when it rewrites).
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let config_maps = informers.get_metadata::<ConfigMap>();
+    let secrets = informers.get_metadata::<Secret>();
     let kubelet = pods::Kubelet::new(
         client.clone(),
         cd,
@@ -143,6 +148,7 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
         nodes.clone(),
         pods.clone(),
         services,
+        volumes::Objects::new(Some(config_maps.clone()), Some(secrets.clone())),
     );
     {
         let k = kubelet.clone();
@@ -152,32 +158,29 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<()> {
             }
         });
     }
-    // A changed ConfigMap or Secret reaches the volumes of the pods that use it at once
-    // (metadata-only watches: the kubelet reads the object itself when it rewrites).
     {
-        use k8s_openapi::api::core::v1::{ConfigMap, Secret};
         let k = kubelet.clone();
-        informers.get_metadata::<ConfigMap>().add_handler(
+        config_maps.add_handler(
             move |c: &Change<kube::core::PartialObjectMeta<ConfigMap>>| {
                 let m = &c.object().metadata;
-                k.source_changed(
-                    volumes::Source::ConfigMap,
+                let (ns, name) = (
                     m.namespace.as_deref().unwrap_or_default(),
                     m.name.as_deref().unwrap_or_default(),
                 );
+                k.objects.config_maps.forget(ns, name);
+                k.source_changed(volumes::Source::ConfigMap, ns, name);
             },
         );
         let k = kubelet.clone();
-        informers.get_metadata::<Secret>().add_handler(
-            move |c: &Change<kube::core::PartialObjectMeta<Secret>>| {
-                let m = &c.object().metadata;
-                k.source_changed(
-                    volumes::Source::Secret,
-                    m.namespace.as_deref().unwrap_or_default(),
-                    m.name.as_deref().unwrap_or_default(),
-                );
-            },
-        );
+        secrets.add_handler(move |c: &Change<kube::core::PartialObjectMeta<Secret>>| {
+            let m = &c.object().metadata;
+            let (ns, name) = (
+                m.namespace.as_deref().unwrap_or_default(),
+                m.name.as_deref().unwrap_or_default(),
+            );
+            k.objects.secrets.forget(ns, name);
+            k.source_changed(volumes::Source::Secret, ns, name);
+        });
     }
     kubelet.start().await;
     // The server lives as long as this run of the kubelet (a restart binds it again).

@@ -165,6 +165,8 @@ pub struct Kubelet {
     pub(crate) probe_counts: probes::Counts,
     /// ServiceAccount tokens of projected volumes.
     tokens: crate::volumes::Tokens,
+    /// The ConfigMaps and Secrets volumes read, as last read.
+    pub(crate) objects: crate::volumes::Objects,
     /// CPU samples of the node's and pods' cgroups, for `/stats/summary`.
     pub(crate) sampler: crate::stats::Sampler,
     /// Each pod's volumes once set up, by pod uid.
@@ -270,6 +272,7 @@ impl Kubelet {
         nodes: Arc<Informer<Node>>,
         pods: Arc<Informer<Pod>>,
         services: Arc<Informer<k8s_openapi::api::core::v1::Service>>,
+        objects: crate::volumes::Objects,
     ) -> Arc<Self> {
         let recorder = Recorder::new(client.clone(), COMPONENT, &opts.node_name);
         Arc::new(Kubelet {
@@ -299,6 +302,7 @@ impl Kubelet {
             probe_counts: Default::default(),
             process_specs: Mutex::default(),
             tokens: Default::default(),
+            objects,
             sampler: Default::default(),
             volumes: Mutex::default(),
             resize_restarts: Mutex::default(),
@@ -966,6 +970,7 @@ impl Kubelet {
             client: &self.client,
             pod: &pod,
             tokens: &self.tokens,
+            objects: &self.objects,
             node_ip: self.opts.node_ip.to_string(),
             images: &images,
         };

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-pub use sources::Tokens;
+pub use sources::{Objects, Tokens};
 
 /// Why a volume could not be set up: the volume and upstream's reason.
 #[derive(Debug, thiserror::Error)]

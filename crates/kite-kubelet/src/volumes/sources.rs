@@ -7,9 +7,11 @@ use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, T
 use k8s_openapi::api::core::v1::{
     ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, ServiceAccount,
 };
+use kite_runtime::informer::Informer;
 use kube::api::{Api, PostParams};
+use kube::core::PartialObjectMeta;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Why a volume cannot be set up, in upstream's words.
 pub type Error = String;
@@ -19,6 +21,7 @@ pub struct Ctx<'a> {
     pub client: &'a kube::Client,
     pub pod: &'a Pod,
     pub tokens: &'a Tokens,
+    pub objects: &'a Objects,
     pub node_ip: String,
     /// Image volumes, already mounted by the pod worker (see `image_volumes`), by name.
     pub images: &'a std::collections::HashMap<String, std::path::PathBuf>,
@@ -100,18 +103,21 @@ pub async fn config_map(
     optional: bool,
     out: &mut Payload,
 ) -> Result<(), Error> {
-    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.ns());
-    let Some(cm) = api.get_opt(name).await.map_err(kube_err)? else {
+    let ns = ctx.ns();
+    let Some(cm) = ctx
+        .objects
+        .config_maps
+        .get(ctx.client, &ns, name)
+        .await
+        .map_err(kube_err)?
+    else {
         return absent("configmap", name, optional);
     };
-    let mut data: BTreeMap<String, Vec<u8>> = cm
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.into_bytes()))
+    let mut data: BTreeMap<String, Vec<u8>> = (cm.data.iter().flatten())
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
         .collect();
-    for (k, v) in cm.binary_data.unwrap_or_default() {
-        data.insert(k, v.0);
+    for (k, v) in cm.binary_data.iter().flatten() {
+        data.insert(k.clone(), v.0.clone());
     }
     select(
         out,
@@ -123,6 +129,95 @@ pub async fn config_map(
     )
 }
 
+/// The ConfigMaps and Secrets that volumes read, each read from the API once and again
+/// only when the metadata-only informer (which the kubelet keeps anyway, to rewrite
+/// volumes on change) shows a newer resourceVersion, or none; as upstream's kubelet
+/// serves them from a watch-based cache. So a hundred pods in one namespace read
+/// `kube-root-ca.crt` once, and a changed object is read again before its rewrite.
+pub struct Objects {
+    pub config_maps: Cached<ConfigMap>,
+    pub secrets: Cached<Secret>,
+}
+
+impl Objects {
+    pub fn new(
+        config_maps: Option<Arc<Informer<PartialObjectMeta<ConfigMap>>>>,
+        secrets: Option<Arc<Informer<PartialObjectMeta<Secret>>>>,
+    ) -> Self {
+        Objects {
+            config_maps: Cached::new(config_maps),
+            secrets: Cached::new(secrets),
+        }
+    }
+}
+
+/// The resourceVersion an informer shows of an object (namespace, name), if any.
+type Current = Box<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
+
+/// Objects of one kind by namespace and name, each as last read.
+pub struct Cached<K> {
+    current: Current,
+    read: Mutex<HashMap<(String, String), Arc<K>>>,
+}
+
+impl<K> Cached<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    PartialObjectMeta<K>: kite_runtime::informer::Kind,
+{
+    fn new(informer: Option<Arc<Informer<PartialObjectMeta<K>>>>) -> Self {
+        Self::with_current(Box::new(move |ns, name| {
+            informer
+                .as_ref()?
+                .get(ns, name)?
+                .metadata
+                .resource_version
+                .clone()
+        }))
+    }
+
+    fn with_current(current: Current) -> Self {
+        Cached {
+            current,
+            read: Mutex::default(),
+        }
+    }
+
+    /// The object as last read, if the informer shows that version still; else read now.
+    pub async fn get(
+        &self,
+        client: &kube::Client,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<Arc<K>>, kube::Error> {
+        let key = (ns.to_string(), name.to_string());
+        if let (Some(rv), Some(read)) = (
+            (self.current)(ns, name),
+            self.read.lock().unwrap().get(&key),
+        ) {
+            if read.meta().resource_version.as_ref() == Some(&rv) {
+                return Ok(Some(read.clone()));
+            }
+        }
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        let got = api.get_opt(name).await?.map(Arc::new);
+        let mut read = self.read.lock().unwrap();
+        match &got {
+            Some(o) => read.insert(key, o.clone()),
+            None => read.remove(&key),
+        };
+        Ok(got)
+    }
+
+    /// Drops what was read of an object that changed or went.
+    pub fn forget(&self, ns: &str, name: &str) {
+        (self.read.lock().unwrap()).remove(&(ns.to_string(), name.to_string()));
+    }
+}
+
 /// A secret's files.
 pub async fn secret(
     ctx: &Ctx<'_>,
@@ -132,18 +227,21 @@ pub async fn secret(
     optional: bool,
     out: &mut Payload,
 ) -> Result<(), Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.ns());
-    let Some(s) = api.get_opt(name).await.map_err(kube_err)? else {
+    let ns = ctx.ns();
+    let Some(s) = ctx
+        .objects
+        .secrets
+        .get(ctx.client, &ns, name)
+        .await
+        .map_err(kube_err)?
+    else {
         return absent("secret", name, optional);
     };
-    let mut data: BTreeMap<String, Vec<u8>> = s
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
+    let mut data: BTreeMap<String, Vec<u8>> = (s.data.iter().flatten())
+        .map(|(k, v)| (k.clone(), v.0.clone()))
         .collect();
-    for (k, v) in s.string_data.unwrap_or_default() {
-        data.insert(k, v.into_bytes());
+    for (k, v) in s.string_data.iter().flatten() {
+        data.insert(k.clone(), v.clone().into_bytes());
     }
     select(
         out,
@@ -376,4 +474,91 @@ pub async fn projected(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cached;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// A client whose API holds one ConfigMap `default/cm` at the version in `rv` (none:
+    /// not found), and counts the GETs.
+    fn api(rv: Arc<Mutex<Option<String>>>, gets: Arc<AtomicUsize>) -> kube::Client {
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let rv = rv.lock().unwrap().clone();
+            let gets = gets.clone();
+            async move {
+                assert_eq!(req.uri().path(), "/api/v1/namespaces/default/configmaps/cm");
+                gets.fetch_add(1, Ordering::SeqCst);
+                let (code, body) = match rv {
+                    Some(rv) => (
+                        200,
+                        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "cm", "namespace": "default", "resourceVersion": rv},
+                        "data": {"v": rv}}),
+                    ),
+                    None => (
+                        404,
+                        serde_json::json!({"apiVersion": "v1", "kind": "Status",
+                        "status": "Failure", "reason": "NotFound", "code": 404,
+                        "message": "configmaps \"cm\" not found"}),
+                    ),
+                };
+                let resp = http::Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        kube::Client::new(svc, "default")
+    }
+
+    fn value(cm: &ConfigMap) -> &str {
+        &cm.data.as_ref().unwrap()["v"]
+    }
+
+    #[tokio::test]
+    async fn an_object_is_read_again_only_when_its_version_moves() {
+        let rv = Arc::new(Mutex::new(Some("5".to_string())));
+        let gets: Arc<AtomicUsize> = Arc::default();
+        let client = api(rv.clone(), gets.clone());
+        // What the informer shows: "5" too, then whatever the test sets.
+        let shown = Arc::new(Mutex::new(Some("5".to_string())));
+        let s = shown.clone();
+        let cached: Cached<ConfigMap> =
+            Cached::with_current(Box::new(move |_, _| s.lock().unwrap().clone()));
+        for _ in 0..3 {
+            let cm = cached.get(&client, "default", "cm").await.unwrap().unwrap();
+            assert_eq!(value(&cm), "5");
+        }
+        assert_eq!(gets.load(Ordering::SeqCst), 1, "read once for three pods");
+        // Changed: the informer shows the new version, so it is read again.
+        *rv.lock().unwrap() = Some("7".into());
+        *shown.lock().unwrap() = Some("7".into());
+        let cm = cached.get(&client, "default", "cm").await.unwrap().unwrap();
+        assert_eq!((value(&cm), gets.load(Ordering::SeqCst)), ("7", 2));
+        // The informer has not seen it (not synced, or gone): always read.
+        *shown.lock().unwrap() = None;
+        cached.get(&client, "default", "cm").await.unwrap();
+        assert_eq!(gets.load(Ordering::SeqCst), 3);
+        // Gone from the API: none, and nothing kept.
+        *rv.lock().unwrap() = None;
+        *shown.lock().unwrap() = Some("7".into());
+        cached.forget("default", "cm");
+        assert!(cached
+            .get(&client, "default", "cm")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(cached
+            .get(&client, "default", "cm")
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(gets.load(Ordering::SeqCst), 5);
+    }
 }
