@@ -107,7 +107,9 @@ fi
 t0=$SECONDS
 start_agent a1 --token "$TOKEN"
 KITE_TOKEN="$TOKEN" start_agent a2
-check "two agents join and are Ready within 10 s" wait_for 10 "agents Ready" all_ready
+# The join's time is a target of the agents bench (tests/bench/agents.sh: < 5 s, 0.5 s
+# measured); here it only has to happen, on a CI machine running every tier at once.
+check "two agents join and are Ready" wait_for 60 "agents Ready" all_ready
 SERIAL0=$(openssl x509 -noout -serial -in "$WORK/a2/data/agent/tls/client-kubelet.crt")
 echo "# agents Ready after $((SECONDS - t0)) s"
 check "the agent's node has its client certificate's identity" \
