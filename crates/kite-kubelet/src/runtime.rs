@@ -47,6 +47,9 @@ pub trait Runtime: Send + Sync {
 pub struct Indexed<R> {
     inner: R,
     index: std::sync::Mutex<Index>,
+    /// Held while the index is first read, so pods syncing at once after a restart wait
+    /// for one listing instead of each making its own.
+    loading: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -76,11 +79,16 @@ impl<R: Runtime> Indexed<R> {
         Indexed {
             inner,
             index: Default::default(),
+            loading: Default::default(),
         }
     }
 
     /// Reads every container's id once, unless the index is already whole.
     async fn load(&self) -> Result<()> {
+        if self.index.lock().unwrap().whole {
+            return Ok(());
+        }
+        let _one = self.loading.lock().await;
         if !self.index.lock().unwrap().whole {
             let listed = self.inner.ids_by_pod().await?;
             self.index.lock().unwrap().merge(listed);
