@@ -32,6 +32,9 @@ pub const CANCEL: u32 = 5;
 const MAX_FRAME: usize = (1 << 24) - 1;
 /// How much data one DATA frame carries when kite writes (spdystream reads any size).
 const WRITE_CHUNK: usize = 64 * 1024;
+/// The room a buffer leaves before its data for [`StreamWriter::write_framed`]: a DATA
+/// frame's header.
+pub const DATA_HEADER: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpdyError {
@@ -344,6 +347,8 @@ pub fn encode(frame: &Frame, deflater: &mut Deflater) -> Result<Vec<u8>, SpdyErr
 /// What the writer task is asked to do.
 enum Out {
     Frame(Frame),
+    /// A DATA frame already encoded, header and data in one buffer.
+    Encoded(Bytes),
     /// Flush, say GOAWAY, and close the connection.
     Close,
 }
@@ -398,6 +403,32 @@ impl StreamWriter {
             at = end;
         }
         Ok(())
+    }
+
+    /// As [`StreamWriter::write_bytes`], for data read into `buf` after [`DATA_HEADER`]
+    /// bytes of room: the frame's header is written there and the buffer goes out as one
+    /// DATA frame, with no copy (a port-forward's bytes, read from the pod's socket).
+    pub async fn write_framed(&self, mut buf: BytesMut) -> std::io::Result<()> {
+        let len = buf.len().saturating_sub(DATA_HEADER);
+        if buf.len() < DATA_HEADER || len > MAX_FRAME {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a framed write needs the header's room and at most 2^24-1 bytes",
+            ));
+        }
+        if self.is_closed() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "stream closed",
+            ));
+        }
+        buf[..4].copy_from_slice(&(self.id & 0x7fff_ffff).to_be_bytes());
+        buf[4..8].copy_from_slice(&(len as u32).to_be_bytes());
+        buf[4] = 0;
+        self.out
+            .send(Out::Encoded(buf.freeze()))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stream closed"))
     }
 
     /// Half-closes the stream (FIN); later writes fail.
@@ -513,6 +544,12 @@ where
                         Err(e) => {
                             tracing::debug!(error = %e, "SPDY frame not written");
                         }
+                    }
+                    false
+                }
+                Out::Encoded(b) => {
+                    if wr.send(b).await.is_err() {
+                        break;
                     }
                     false
                 }
@@ -748,8 +785,22 @@ mod tests {
         assert_eq!(s.rx.recv().await.unwrap(), Bytes::from_static(b"ping?"));
         assert!(s.rx.recv().await.is_none(), "FIN ends the stream's input");
         s.tx.write(b"pong").await.unwrap();
+        let mut framed = BytesMut::from(&[0u8; DATA_HEADER][..]);
+        framed.extend_from_slice(b"framed");
+        s.tx.write_framed(framed).await.unwrap();
+        assert!(
+            s.tx.write_framed(BytesMut::from(&b"short"[..]))
+                .await
+                .is_err(),
+            "a buffer without the header's room is refused"
+        );
         s.tx.close().await;
         assert!(s.tx.write(b"late").await.is_err());
+        assert!(s
+            .tx
+            .write_framed(BytesMut::zeroed(DATA_HEADER + 1))
+            .await
+            .is_err());
         session.close().await;
 
         let mut i = Inflater::default();
@@ -774,6 +825,11 @@ mod tests {
                     id: 1,
                     fin: false,
                     data: Bytes::from_static(b"pong")
+                },
+                Frame::Data {
+                    id: 1,
+                    fin: false,
+                    data: Bytes::from_static(b"framed")
                 },
                 Frame::Data {
                     id: 1,

@@ -269,9 +269,9 @@ async fn forward(data: Stream, error: Stream, target: Target) {
     // Into the pod until the client half-closes (or resets) the data stream.
     let up = tokio::spawn(copy_in(rx, w));
     // Out of it until the pod's side closes; then the client hears the end on both streams.
-    copy_out(r, |b| {
+    copy_out(r, spdy::DATA_HEADER, |b| {
         let tx = tx.clone();
-        async move { tx.write_bytes(b).await }
+        async move { tx.write_framed(b).await }
     })
     .await;
     tx.close().await;
@@ -291,19 +291,20 @@ async fn copy_in(
     let _ = w.shutdown().await;
 }
 
-async fn copy_out<F, Fut>(mut r: tokio::net::tcp::OwnedReadHalf, send: F)
+/// Reads the pod's side in chunks, each into a buffer of its own that leaves `headroom`
+/// bytes before the data (a frame header the sender writes in place), and sends it on.
+async fn copy_out<F, Fut>(mut r: tokio::net::tcp::OwnedReadHalf, headroom: usize, send: F)
 where
-    F: Fn(Bytes) -> Fut,
+    F: Fn(bytes::BytesMut) -> Fut,
     Fut: std::future::Future<Output = std::io::Result<()>>,
 {
-    // Read straight into the buffer that is sent on (split off, not copied).
-    let mut buf = bytes::BytesMut::new();
     loop {
-        buf.reserve(128 * 1024);
+        let mut buf = bytes::BytesMut::with_capacity(headroom + 128 * 1024);
+        buf.resize(headroom, 0);
         match r.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {
-                if send(buf.split().freeze()).await.is_err() {
+                if send(buf).await.is_err() {
                     return;
                 }
             }
@@ -411,7 +412,7 @@ async fn serve_channels(
                 Ok(tcp) => {
                     let (r, w) = tcp.into_split();
                     let up = tokio::spawn(copy_in(in_rx, w));
-                    copy_out(r, |b| {
+                    copy_out(r, 0, |b| {
                         let out = out.clone();
                         async move {
                             out.send(enc(data_ch, &b))
