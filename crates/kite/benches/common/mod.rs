@@ -22,7 +22,17 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// CPU seconds process `pid` has used so far (utime + stime; 0 if it cannot be read).
 pub fn cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU seconds one thread (`tid`) of process `pid` has used so far, as [`cpu_secs`].
+#[allow(dead_code)] // only the streams bench reads a thread's CPU
+pub fn thread_cpu_secs(pid: u32, tid: u32) -> f64 {
+    stat_cpu_secs(&format!("/proc/{pid}/task/{tid}/stat"))
+}
+
+fn stat_cpu_secs(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0.0;
     };
     // Fields after the command (which may hold spaces) start after the last ')'.

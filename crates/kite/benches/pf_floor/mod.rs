@@ -104,11 +104,13 @@ async fn answer(
         "/api" => serde_json::json!({"kind": "APIVersions", "versions": ["v1"],
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
         "/apis" => serde_json::json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
-        "/api/v1" => serde_json::json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+        "/api/v1" => {
+            serde_json::json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
             {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod", "shortNames": ["po"],
              "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]},
             {"name": "pods/portforward", "singularName": "", "namespaced": true,
-             "kind": "PodPortForwardOptions", "verbs": ["create", "get"]}]}),
+             "kind": "PodPortForwardOptions", "verbs": ["create", "get"]}]})
+        }
         "/api/v1/namespaces/default/pods/web" => serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "web", "namespace": "default",
@@ -140,7 +142,9 @@ fn upgrade(mut req: Request<hyper::body::Incoming>, target: SocketAddr) -> Respo
     let Some(key) = h.get("sec-websocket-key").filter(|_| offered) else {
         return Response::builder()
             .status(StatusCode::BAD_REQUEST)
-            .body(Full::new(Bytes::from_static(b"the floor speaks only WebSocket")))
+            .body(Full::new(Bytes::from_static(
+                b"the floor speaks only WebSocket",
+            )))
             .unwrap();
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
