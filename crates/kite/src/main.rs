@@ -2,6 +2,7 @@
 //! holds no logic of its own beyond start-up order.
 
 mod agent;
+mod alloc;
 mod config;
 mod host;
 mod node;
@@ -21,9 +22,10 @@ fn version_line_names_the_served_kubernetes_version() {
 }
 
 /// mimalloc instead of glibc's malloc: about a third less CPU per request and per scheduled
-/// pod in the benchmarks (docs/benchmarks.md), for about 1 MiB more idle RSS.
+/// pod in the benchmarks (docs/benchmarks.md), for about 1 MiB more idle RSS; its large
+/// blocks staggered within their pages ([`alloc`]), which copies between them need.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::Coloured = alloc::Coloured::new();
 
 fn main() {
     notify::take_socket();
