@@ -1,23 +1,29 @@
 //! The process's allocator: mimalloc, with large blocks staggered within their page
 //! ("cache colouring").
 //!
-//! mimalloc puts every block of 16 KiB or more at the same offset of a 4 KiB page (its
-//! large blocks start pages; its 20 KiB size class is five pages). A copy between two such
-//! buffers, with a few header bytes between the source's and the destination's starts (a
-//! WebSocket frame's into tungstenite's write buffer, that buffer into a TLS record's), then
-//! has every load follow a store to the same page offset, which the CPU takes for a
-//! dependency: `rep movsb` ran at a fraction of its speed, and a port-forward spent a third
-//! of kite's CPU in `memmove` (docs/benchmarks.md, session 31). glibc's malloc, whose blocks
-//! fall at any offset, did not show it. So blocks of [`LARGE`] bytes or more start at an
-//! offset into the block mimalloc gives, a multiple of 64 that changes from one block to the
-//! next; the offset is kept in the word before the block. Smaller blocks, and those asking
-//! for more than 64-byte alignment, are mimalloc's as they are.
+//! mimalloc starts every block above 128 KiB on a page boundary (and, for instance, every
+//! block of its 20 KiB size class). A copy between two buffers that start at the same
+//! page offset, with a few header bytes between the source's and the destination's data (a
+//! WebSocket frame's into tungstenite's write buffer, that buffer into a TLS record's), has
+//! every load follow a store to the same page offset, which the CPU takes for a dependency
+//! (4K aliasing): `rep movsb` ran at a fraction of its speed, and a port-forward spent a
+//! third of kite's CPU in `memmove` (docs/benchmarks.md, session 31). glibc's malloc, whose
+//! blocks fall at any offset, did not show it. So blocks of [`LARGE`] bytes or more start
+//! at an offset into the block mimalloc gives, a multiple of 64 that changes from one block
+//! to the next, kept in the word before the block; one buffer of each such copy at an
+//! offset of its own is enough. Smaller blocks, and those asking for more than 64-byte
+//! alignment, are mimalloc's as they are.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Blocks from this size on are staggered.
-pub const LARGE: usize = 16 * 1024;
+/// Blocks from this size on are staggered: mimalloc's "large" ones, above its largest
+/// size class (128 KiB), each of which starts a page. A port-forward's buffers (128 KiB
+/// reads with a frame header's room, tungstenite's write buffer) are such blocks; the
+/// many smaller ones of a pod's start are left alone (staggering every block from 16 KiB
+/// on, or 64 KiB, moved them into larger size classes, and the node bench measured a
+/// slower start).
+pub const LARGE: usize = 128 * 1024 + 1;
 /// The offsets: 64, 128, … 4032 bytes, in turn.
 const STEP: usize = 64;
 const COLOURS: usize = 4096 / STEP - 1;
@@ -72,8 +78,19 @@ unsafe impl GlobalAlloc for Coloured {
             let Ok(new) = Layout::from_size_align(new_size, l.align()) else {
                 return std::ptr::null_mut();
             };
-            if !staggered(&l) && !staggered(&new) {
-                return mimalloc::MiMalloc.realloc(p, l, new_size);
+            match (staggered(&l), staggered(&new)) {
+                (false, false) => return mimalloc::MiMalloc.realloc(p, l, new_size),
+                // mimalloc's own realloc of the whole block (in place where it can): the
+                // offset, and the word that keeps it, move along.
+                (true, true) => {
+                    let off = p.cast::<usize>().sub(1).read();
+                    let (Some(o), Some(size)) = (outer(&l, off), new_size.checked_add(off)) else {
+                        return std::ptr::null_mut();
+                    };
+                    let r = mimalloc::MiMalloc.realloc(p.sub(off), o, size);
+                    return if r.is_null() { r } else { r.add(off) };
+                }
+                _ => {}
             }
             let q = self.alloc(new);
             if !q.is_null() {
@@ -120,7 +137,17 @@ mod tests {
     #[test]
     fn blocks_keep_their_bytes_and_alignment_through_every_path() {
         let a = Coloured::new();
-        let sizes = [1, 64, 4096, LARGE - 1, LARGE, LARGE + 7, 131_080, 1 << 20];
+        let sizes = [
+            1,
+            64,
+            4096,
+            LARGE - 1,
+            LARGE,
+            LARGE + 7,
+            131_080,
+            1 << 20,
+            3 << 20,
+        ];
         let mut offsets = std::collections::HashSet::new();
         for &align in &[1usize, 8, 16, 64, 4096] {
             for &size in &sizes {
