@@ -79,10 +79,12 @@ if command -v nft >/dev/null 2>&1; then
   done
 fi
 awk -v d="$DATA/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null || true; done
-# Containers' and exec'd processes' FIFOs: this data dir's directories on /dev/shm
-# (kite-io-<dev>-<inode>, kite-exec-<dev>-<inode>).
+# Containers' and exec'd processes' FIFOs, and pod sandboxes (pinned namespaces, hosts
+# files): this data dir's directories on /dev/shm (kite-io-<dev>-<inode>,
+# kite-exec-<dev>-<inode>, kite-pods-<dev>-<inode>).
 if [ -d "$DATA" ]; then
   id=$(stat -c %d-%i "$DATA")
-  rm -rf "/dev/shm/kite-io-$id" "/dev/shm/kite-exec-$id"
+  awk -v d="/dev/shm/kite-pods-$id/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null || true; done
+  rm -rf "/dev/shm/kite-io-$id" "/dev/shm/kite-exec-$id" "/dev/shm/kite-pods-$id"
 fi
 echo "kite stopped"

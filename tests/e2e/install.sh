@@ -213,6 +213,9 @@ fi
 # own directory, which the uninstall removes.
 SHM_IO="/dev/shm/kite-io-$(stat -c %d-%i "$DATA")"
 check "the container's output FIFOs are on /dev/shm" test -n "$(find "$SHM_IO" -name '*-stdout' -type p 2>/dev/null)"
+# So are pod sandboxes: the pinned namespaces and the hosts files.
+SHM_PODS="/dev/shm/kite-pods-$(stat -c %d-%i "$DATA")"
+check "the pod's network namespace is pinned on /dev/shm" test -n "$(awk -v d="$SHM_PODS/" 'index($2, d) == 1 && $3 == "nsfs"' /proc/self/mounts)"
 
 # Uninstall: nothing of kite's is left.
 out=$("$BIN/kite-$NAME-uninstall.sh" 2>&1); rc=$?
@@ -221,4 +224,5 @@ snapshot >"$WORK/after.txt"
 check "the uninstall leaves no kite process, mount, interface, table, cgroup or file" \
   equals "$(diff "$WORK/before.txt" "$WORK/after.txt" && echo same)" same
 check "nor its FIFOs' directory on /dev/shm" test ! -e "$SHM_IO"
+check "nor its sandboxes' directory" test ! -e "$SHM_PODS"
 summary

@@ -182,6 +182,11 @@ sleep 2
 ids_after=$(kc get pods -l app=hello -o jsonpath='{range .items[*]}{.status.containerStatuses[0].containerID}{"\n"}{end}' | sort)
 check "after kill -9 and restart the same container IDs run" equals "$ids_after" "$ids_before"
 check "no duplicate containers after the restart" equals "$(ctr_count "labels.\"io.kubernetes.pod.name\"~=hello")" 2
+# Sandboxes (pinned namespaces, hosts files) are on /dev/shm, a tmpfs here, each pinned once.
+SANDBOXES="/dev/shm/kite-pods-$(stat -c %d-%i "$DATA")"
+pins=$(for u in $(kc get pods -l app=hello -o jsonpath='{.items[*].metadata.uid}'); do
+  awk -v d="$SANDBOXES/$u/ns/" 'index($2, d) == 1 && $3 == "nsfs"' /proc/self/mounts | wc -l; done | tr '\n' ' ')
+check "after the restart each pod's three namespaces are pinned once, on /dev/shm" equals "$pins" "3 3 "
 check "logs written before the restart are still served" equals "$(kc logs talker -c c | head -1)" "one"
 n1=$(kc logs talker -c c | grep -c tick); sleep 2; n2=$(kc logs talker -c c | grep -c tick)
 check "the logger outlived kite: output is still recorded ($n1, then $n2)" test "$n2" -gt "$n1"
@@ -366,6 +371,7 @@ check "kubectl delete removes the containers from containerd" no_containers
 wait_for 10 "the pods to go" bash -c "[ -z \"\$($KUBECTL get pods -l app=hello -o name)\" ]"
 check "the pod objects are gone once their containers stopped" equals "$(kc get pods -l app=hello -o name)" ""
 check "the pods' veths are gone" equals "$(ip -o link show | grep -c 'kitev' || true)" "0"
+check "and their sandboxes: no pinned namespace left" equals "$(awk -v d="$SANDBOXES/" 'index($2, d) == 1' /proc/self/mounts | wc -l)" "0"
 # The host talked to those pods, so its neighbour cache still has their MACs: a new pod
 # must not get one of their addresses (as host-local, addresses go round the range), or
 # it is unreachable from the host until that entry goes stale.

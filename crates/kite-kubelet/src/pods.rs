@@ -181,6 +181,8 @@ pub struct Kubelet {
     exec_dir: std::sync::OnceLock<Option<PathBuf>>,
     /// See [`Kubelet::io_dir`].
     io_dir: std::sync::OnceLock<PathBuf>,
+    /// See [`Kubelet::sandbox_dir`].
+    sandboxes: std::sync::OnceLock<Option<PathBuf>>,
 }
 
 tokio::task_local! {
@@ -310,6 +312,7 @@ impl Kubelet {
             pressure_conditions: Mutex::default(),
             exec_dir: Default::default(),
             io_dir: Default::default(),
+            sandboxes: Default::default(),
         })
     }
 
@@ -503,6 +506,26 @@ impl Kubelet {
     }
 
     async fn remove_orphans(&self) {
+        // What the node holds is listed before the pods are: a pod whose containers or
+        // sandbox are being made now was in the informer before they were.
+        let mut held: Vec<String> = match self.rt.pod_uids().await {
+            Ok(uids) => uids.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "listing containers");
+                return;
+            }
+        };
+        // And sandboxes of pods with no container left (a pod deleted while kite was down
+        // before its first container was made).
+        let sandboxes = self
+            .sandboxes_root()
+            .and_then(|r| std::fs::read_dir(r).ok());
+        for e in sandboxes.into_iter().flatten().flatten() {
+            let uid = e.file_name().to_string_lossy().into_owned();
+            if !held.contains(&uid) {
+                held.push(uid);
+            }
+        }
         let mut known: HashSet<String> = self
             .pods
             .list()
@@ -516,13 +539,7 @@ impl Kubelet {
                 .values()
                 .filter_map(|p| p.metadata.uid.clone()),
         );
-        let orphans: Vec<String> = match self.rt.pod_uids().await {
-            Ok(uids) => uids.into_iter().filter(|u| !known.contains(u)).collect(),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "listing containers");
-                return;
-            }
-        };
+        let orphans = held.into_iter().filter(|u| !known.contains(u));
         for uid in orphans {
             tracing::info!(%uid, "removing the containers of a pod that no longer exists");
             if let Err(e) = self.teardown(&uid, Duration::from_secs(2)).await {
@@ -533,6 +550,30 @@ impl Kubelet {
 
     fn pod_dir(&self, uid: &str) -> PathBuf {
         self.opts.data_dir.join("agent").join("pods").join(uid)
+    }
+
+    /// Where a pod's sandbox is (its pinned namespaces and its hosts, hostname and
+    /// resolv.conf; see `sandbox`): `<uid>` in this data dir's directory on the host's
+    /// /dev/shm when that is a tmpfs (`kite-pods-<dev>-<inode>`, which kite-killall.sh
+    /// finds the same way), else the pod's dir. A sandbox lives no longer than the host's
+    /// boot, and eight files made and removed per pod on a disk filesystem cost a tenth of
+    /// kite's CPU in a burst of pod starts on a filesystem without a journal, where each
+    /// new inode is searched for past those recently deleted. A sandbox a kite before this
+    /// one pinned in the pod's dir stays there while it lives.
+    fn sandbox_dir(&self, uid: &str) -> PathBuf {
+        let root = self.sandboxes_root();
+        crate::sandbox::choose(
+            root.as_deref(),
+            uid,
+            &self.pod_dir(uid),
+            crate::sandbox::live,
+        )
+    }
+
+    fn sandboxes_root(&self) -> Option<PathBuf> {
+        self.sandboxes
+            .get_or_init(|| shm_dir(&self.opts.data_dir, "pods", false))
+            .clone()
     }
 
     /// The log file of a pod's container for `kubectl logs` (`previous`: the instance
@@ -700,7 +741,7 @@ impl Kubelet {
             .ok_or_else(|| LogError::NotFound("pod does not exist".into()))?;
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let host = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
-        let netns = Sandbox::new(&self.pod_dir(&uid)).path("net");
+        let netns = Sandbox::new(&self.sandbox_dir(&uid)).path("net");
         if !host && !netns.exists() {
             return Err(LogError::NotFound(format!(
                 "pod {ns}/{name} has no network namespace on this node yet"
@@ -1329,7 +1370,7 @@ impl Kubelet {
     /// hostNetwork pods, which get no veth).
     async fn ensure_sandbox(&self, pod: &Pod, net: &Network) -> Result<IpAddr> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let dir = self.pod_dir(&uid);
+        let dir = self.sandbox_dir(&uid);
         let sb = Sandbox::new(&dir);
         if !sb.exists() {
             crate::cgroups::ensure_pod(pod).context("creating the pod's cgroup")?;
@@ -1620,7 +1661,7 @@ impl Kubelet {
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
-        let sandbox = Sandbox::new(&dir);
+        let sandbox = Sandbox::new(&self.sandbox_dir(&uid));
         let ready = self
             .volumes
             .lock()
@@ -2505,6 +2546,11 @@ impl Kubelet {
             net.unplumb(uid).await?;
         }
         Sandbox::new(&dir).destroy();
+        if let Some(root) = self.sandboxes_root() {
+            let tmp = root.join(uid);
+            Sandbox::new(&tmp).destroy();
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
         crate::volumes::teardown(&dir);
         crate::image_volumes::remove(&self.cd, uid).await;
         self.tokens.forget(uid);

@@ -280,7 +280,7 @@ pub fn build(i: &Inputs) -> Result<Vec<u8>> {
             continue;
         }
         mounts.push(json!({"destination": format!("/etc/{f}"), "type": "bind",
-            "source": i.pod_dir.join(f), "options": ["rbind", "rprivate", "rw"]}));
+            "source": i.sandbox.file(f), "options": ["rbind", "rprivate", "rw"]}));
     }
     let term_path = c
         .termination_message_path
