@@ -508,8 +508,8 @@ impl Kubelet {
     async fn remove_orphans(&self) {
         // What the node holds is listed before the pods are: a pod whose containers or
         // sandbox are being made now was in the informer before they were.
-        let mut held: Vec<String> = match self.rt.pod_uids().await {
-            Ok(uids) => uids.into_iter().collect(),
+        let mut held = match self.rt.pod_uids().await {
+            Ok(uids) => uids,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "listing containers");
                 return;
@@ -520,12 +520,13 @@ impl Kubelet {
         let sandboxes = self
             .sandboxes_root()
             .and_then(|r| std::fs::read_dir(r).ok());
-        for e in sandboxes.into_iter().flatten().flatten() {
-            let uid = e.file_name().to_string_lossy().into_owned();
-            if !held.contains(&uid) {
-                held.push(uid);
-            }
-        }
+        held.extend(
+            sandboxes
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+        );
         let mut known: HashSet<String> = self
             .pods
             .list()
