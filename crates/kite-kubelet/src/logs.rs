@@ -239,6 +239,21 @@ fn tap_done(id: &str) {
     }
 }
 
+/// Waits (at most `max`) until no copy of container `id`'s output into its log is left:
+/// its exit can be seen before its last words are in the log, as containerd's CRI waits
+/// for a container's IO before it reports the exit.
+pub async fn drained(id: &str, max: std::time::Duration) {
+    let copying = || {
+        TAPS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    };
+    let until = tokio::time::Instant::now() + max;
+    while copying() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Copies one FIFO into the log until its writers are gone.
 async fn copy_fifo(
     from: tokio::net::unix::pipe::Receiver,
@@ -608,6 +623,30 @@ fn tail_offset(f: &mut File, n: usize) -> std::io::Result<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn drained_waits_for_the_copy_and_no_longer_than_asked() {
+        use std::time::{Duration, Instant};
+        // No copy of this container's output: at once.
+        let t = Instant::now();
+        super::drained("never-copied", Duration::from_secs(5)).await;
+        assert!(t.elapsed() < Duration::from_secs(1));
+        // A copy that ends after 50 ms: until then.
+        let _tap = super::tap_feeder("copied");
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            super::tap_done("copied");
+        });
+        let t = Instant::now();
+        super::drained("copied", Duration::from_secs(5)).await;
+        assert!(t.elapsed() >= Duration::from_millis(40) && t.elapsed() < Duration::from_secs(4));
+        // A copy that never ends: the bound.
+        let _stuck = super::tap_feeder("stuck");
+        let t = Instant::now();
+        super::drained("stuck", Duration::from_millis(100)).await;
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        super::tap_done("stuck");
+    }
+
     use super::*;
 
     fn read_all(path: &Path, opts: ReadOptions) -> String {

@@ -2597,6 +2597,13 @@ impl Kubelet {
 
     /// Posts the pod's status when it differs from what the API has.
     async fn report(&self, pod: &Pod, key: &Key, have: &[Info], ip: IpAddr) -> Result<()> {
+        // An exited container's status (a FallbackToLogsOnError message, `kubectl logs`
+        // right after) waits for its output to be in its log, at most 2 s.
+        for i in have {
+            if matches!(i.state, State::Exited { .. }) {
+                logs::drained(&i.id, Duration::from_secs(2)).await;
+            }
+        }
         let (waiting, failed, resize, posted) = {
             let state = self.state.lock().unwrap();
             let s = state
