@@ -557,9 +557,9 @@ impl Kubelet {
     /// resolv.conf; see `sandbox`): `<uid>` in this data dir's directory on the host's
     /// /dev/shm when that is a tmpfs (`kite-pods-<dev>-<inode>`, which kite-killall.sh
     /// finds the same way), else the pod's dir. A sandbox lives no longer than the host's
-    /// boot, and eight files made and removed per pod on a disk filesystem cost a tenth of
-    /// kite's CPU in a burst of pod starts on a filesystem without a journal, where each
-    /// new inode is searched for past those recently deleted. A sandbox a kite before this
+    /// boot, and its seven files and dirs, made and removed per pod on a disk filesystem,
+    /// cost a tenth of kite's CPU in a burst of pod starts on a filesystem without a
+    /// journal, where each new inode is searched for past those recently deleted. A sandbox a kite before this
     /// one pinned in the pod's dir stays there while it lives.
     fn sandbox_dir(&self, uid: &str) -> PathBuf {
         let root = self.sandboxes_root();
